@@ -1,0 +1,174 @@
+//! The JSON object inside `.ralph/loop.lock`.
+//!
+//! ralph-orchestrator reads `pid`, `started` and `prompt` and ignores everything else, so
+//! those three keep ralph's names and types exactly; the rest is ours, and optional on
+//! read so that a lock written by ralph itself parses too.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Longest prompt ralph stores; longer ones are cut to 97 characters plus `...`.
+pub const PROMPT_MAX: usize = 100;
+
+/// How a loop uses its workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Primary,
+    Worktree,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Primary => "primary",
+            Mode::Worktree => "worktree",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// ralph: the pid `ralph loops stop --force` signals — the child's once it runs.
+    pub pid: u32,
+    /// ralph: when the loop started, RFC 3339 in UTC with `Z`.
+    #[serde(with = "rfc3339")]
+    pub started: DateTime<Utc>,
+    /// ralph: the task, at most 100 characters.
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_pid: Option<u32>,
+    /// Kernel start time of the supervisor (clock ticks since boot), to detect pid reuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_start_time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_pid: Option<u32>,
+    /// Kernel start time of the child (clock ticks since boot), to detect pid reuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_start_time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Metadata {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("metadata always serialises")
+    }
+
+    /// Parses lock-file contents. Empty or whitespace-only means "no metadata".
+    pub fn parse(bytes: &[u8]) -> Result<Option<Metadata>, serde_json::Error> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(bytes).map(Some)
+    }
+}
+
+/// Cuts a prompt the way ralph does: at most 100 characters, longer ones become the
+/// first 97 plus `...`. Counts characters, never splits one.
+pub fn truncate_prompt(prompt: &str) -> String {
+    if prompt.chars().count() <= PROMPT_MAX {
+        return prompt.to_string();
+    }
+    let mut cut: String = prompt.chars().take(PROMPT_MAX - 3).collect();
+    cut.push_str("...");
+    cut
+}
+
+/// `2026-11-28T15:04:05.123Z`: RFC 3339, UTC, with `Z`.
+pub fn format_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+mod rfc3339 {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_time(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_cut_like_ralph() {
+        assert_eq!(truncate_prompt("short"), "short");
+        let exact: String = "x".repeat(100);
+        assert_eq!(truncate_prompt(&exact), exact);
+        let long: String = "é".repeat(150);
+        let cut = truncate_prompt(&long);
+        assert_eq!(cut.chars().count(), 100);
+        assert!(cut.ends_with("..."));
+        assert!(cut.starts_with(&"é".repeat(97)));
+    }
+
+    #[test]
+    fn ralph_written_lock_parses() {
+        let ralph =
+            br#"{"pid":4242,"started":"2026-01-02T03:04:05.678901234Z","prompt":"fix the tests"}"#;
+        let m = Metadata::parse(ralph).unwrap().unwrap();
+        assert_eq!(m.pid, 4242);
+        assert_eq!(m.prompt, "fix the tests");
+        assert_eq!(m.child_pid, None);
+    }
+
+    #[test]
+    fn padded_and_empty_contents() {
+        assert_eq!(Metadata::parse(b"").unwrap(), None);
+        assert_eq!(Metadata::parse(b"   \n").unwrap(), None);
+        let m = Metadata::parse(br#"{"pid":1,"started":"2026-01-02T03:04:05Z","prompt":""}      "#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.pid, 1);
+        assert!(Metadata::parse(b"{\"pid\":").is_err());
+    }
+
+    #[test]
+    fn started_is_utc_with_z() {
+        let m = Metadata {
+            pid: 7,
+            started: DateTime::parse_from_rfc3339("2026-11-28T15:04:05.5+02:00")
+                .unwrap()
+                .with_timezone(&Utc),
+            prompt: "p".into(),
+            supervisor_pid: Some(6),
+            supervisor_start_time: None,
+            child_pid: None,
+            child_start_time: None,
+            loop_id: None,
+            mode: Some(Mode::Primary),
+            command: vec!["true".into()],
+            workspace: None,
+            hostname: None,
+            version: None,
+        };
+        let json = m.to_json();
+        assert!(
+            json.contains(r#""started":"2026-11-28T13:04:05.500Z""#),
+            "{json}"
+        );
+        assert_eq!(Metadata::parse(json.as_bytes()).unwrap().unwrap(), m);
+    }
+}

@@ -1,0 +1,259 @@
+//! Spawning the child and supervising it until it is gone.
+//!
+//! # Theory of operation
+//!
+//! At start-up every catchable signal is reset to its default disposition and blocked
+//! ([`crate::sys::reset_and_block_signals`]); the supervisor receives them through a
+//! signalfd instead of handlers. That gives it four properties at once: signals can be
+//! read in order from a descriptor that `poll(2)` waits on; nothing runs in signal
+//! context; the child starts from a clean state (std clears the mask in the child, and
+//! a default disposition is what `exec` passes on); and, as PID 1 of a container, the
+//! kernel queues signals for us instead of dropping them (it never drops a blocked one).
+//!
+//! The child is spawned in its own process group, with the locked descriptor passed open
+//! and, when interactive, the terminal handed to its group before it runs. Then one loop:
+//!
+//! 1. `poll` on the signalfd (and any extra sources) with the state machine's next
+//!    deadline as the timeout, or none: an idle supervisor sleeps in the kernel;
+//! 2. drain the signalfd: SIGCHLD means reap in a loop with `waitpid(-1, WNOHANG)` (the
+//!    supervisor is the only reaper: it is a child subreaper, so orphaned descendants come
+//!    back to it, and SIGCHLD coalesces), every other signal is an event;
+//! 3. feed the events to the [`machine::Machine`], which answers with actions;
+//! 4. carry the actions out: signal the child's group, stop ourselves, hand the terminal
+//!    over or take it back;
+//! 5. once the machine says the supervision is over, return its exit status.
+
+pub mod machine;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::process::Command;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
+use nix::unistd::Pid;
+use tracing::{debug, warn};
+
+use crate::exit::{ChildOutcome, ExitStatus, Failure};
+use crate::signals::{self, Class, classify};
+use crate::sys::{self, ChildSetup, Reaped};
+use crate::terminal::{self, Terminal};
+use machine::{Action, Event, Machine};
+
+/// The supervisor's signal plumbing, set up before anything else happens.
+pub struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    /// Resets and blocks every catchable signal and opens the signalfd that receives
+    /// them; also resets SIGCHLD to default (someone may have left it ignored, and the
+    /// kernel would then reap our children itself).
+    pub fn install() -> io::Result<Signals> {
+        let set: SigSet = sys::reset_and_block_signals()?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
+    }
+
+    /// The next pending signal, if any.
+    pub fn next(&self) -> io::Result<Option<i32>> {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => Ok(Some(info.ssi_signo as i32)),
+            Ok(None) => Ok(None),
+            Err(Errno::EINTR) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsFd for Signals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A spawned child: its pid is also its process-group id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Child {
+    pub pid: Pid,
+}
+
+/// Spawns `command` in its own process group, `inherit_fd` passed open (and exported as
+/// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground.
+pub fn spawn(
+    command: &[OsString],
+    inherit_fd: RawFd,
+    terminal: Option<Terminal>,
+    configure: impl FnOnce(&mut Command),
+) -> Result<Child, Failure> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| Failure::msg(ExitStatus::Usage, "no command given"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    cmd.env("RALPH_LOCK_FD", inherit_fd.to_string());
+    configure(&mut cmd);
+    let tty = terminal.filter(|t| t.is_foreground()).map(|t| t.raw_fd());
+    sys::install_child_setup(
+        &mut cmd,
+        ChildSetup {
+            inherit_fd: Some(inherit_fd),
+            tty,
+        },
+    );
+    let child = cmd
+        .spawn()
+        .map_err(|e| spawn_failure(&program.to_string_lossy(), e))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    // The `Child` handle is dropped without waiting: the event loop is the only reaper.
+    drop(child);
+    if let (Some(t), Some(_)) = (terminal, tty) {
+        // The child did this too; whichever of us runs first, the terminal is its.
+        t.give_to(pid);
+    }
+    Ok(Child { pid })
+}
+
+/// `command not found` (127) or `cannot execute` (126), like a shell says them.
+fn spawn_failure(program: &str, e: io::Error) -> Failure {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Failure::msg(
+            ExitStatus::NotFound,
+            format!("{program}: command not found; check the name and PATH"),
+        ),
+        Some(
+            libc::EACCES
+            | libc::ENOEXEC
+            | libc::EISDIR
+            | libc::ENOTDIR
+            | libc::ELOOP
+            | libc::ETXTBSY
+            | libc::EPERM,
+        ) => Failure::msg(
+            ExitStatus::NotExecutable,
+            format!("{program}: cannot execute: {e}; check that it is an executable file"),
+        ),
+        _ => Failure::new(
+            ExitStatus::Failure,
+            anyhow::Error::new(e).context(format!("cannot start {program}")),
+        ),
+    }
+}
+
+/// Whether any process is left in process group `pgid`.
+pub fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+/// Supervises `child` until the machine says it is over; returns the exit status.
+pub fn supervise(
+    child: Child,
+    machine: &mut Machine,
+    signals: &Signals,
+    terminal: Option<Terminal>,
+) -> io::Result<ExitStatus> {
+    let mut events = Vec::new();
+    loop {
+        if let Some(status) = machine.finished() {
+            return Ok(status);
+        }
+        let timeout = match machine.deadline() {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Round up, so we never wake just before the deadline and spin.
+                let ms = left.as_micros().div_ceil(1000);
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        while let Some(sig) = signals.next()? {
+            if classify(sig) == Class::Child {
+                reap(child, machine, &mut events)?;
+            } else {
+                events.push(Event::Signal(sig));
+            }
+        }
+        if machine.deadline().is_some_and(|d| now >= d) {
+            events.push(Event::Deadline);
+        }
+        for event in events.drain(..) {
+            for action in machine.handle(event, now) {
+                act(action, child, terminal);
+            }
+        }
+        if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid) {
+            machine.handle(Event::GroupEmpty, now);
+        }
+    }
+}
+
+fn reap(child: Child, machine: &Machine, events: &mut Vec<Event>) -> io::Result<()> {
+    while let Some((pid, reaped)) = sys::reap_one()? {
+        if pid != child.pid.as_raw() {
+            debug!(pid, ?reaped, "reaped a descendant");
+            continue;
+        }
+        let outcome = match reaped {
+            Reaped::Exited(code) => ChildOutcome::Exited(code),
+            Reaped::Signaled(sig) => ChildOutcome::Signaled(sig),
+            Reaped::Stopped(sig) => {
+                events.push(Event::ChildStopped(sig));
+                continue;
+            }
+        };
+        if machine.outcome().is_none() {
+            debug!(pid, %outcome, "child ended");
+            events.push(Event::ChildExited {
+                outcome,
+                group_alive: group_alive(child.pid),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn act(action: Action, child: Child, terminal: Option<Terminal>) {
+    match action {
+        Action::SignalGroup(sig) => {
+            debug!(signal = %signals::name(sig), pgid = child.pid.as_raw(), "signalling the child's group");
+            if let Ok(sig) = Signal::try_from(sig) {
+                let _ = killpg(child.pid, sig);
+            }
+        }
+        Action::StopSelf(sig) => {
+            if let Some(t) = terminal {
+                if t.foreground_is(child.pid) {
+                    t.take_back();
+                }
+            }
+            debug!(signal = %signals::name(sig), "child stopped; stopping too");
+            terminal::stop_self(sig);
+        }
+        Action::Resume => {
+            if let Some(t) = terminal {
+                if t.is_foreground() {
+                    t.give_to(child.pid);
+                }
+            }
+            let _ = killpg(child.pid, Signal::SIGCONT);
+        }
+        Action::TakeTerminal => {
+            if let Some(t) = terminal {
+                if t.foreground_is(child.pid) {
+                    t.take_back();
+                }
+            }
+        }
+        Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),
+    }
+}

@@ -1,0 +1,185 @@
+//! The only module with `unsafe`: raw system calls nix does not wrap the way we need.
+//!
+//! * signal dispositions reset to default at start-up (an ignored disposition survives
+//!   `exec`, so the child would inherit it);
+//! * BSD `flock(2)` without a guard that unlocks on drop (nix's `Flock` does, and an early
+//!   return must never free the workspace while the child lives);
+//! * the code that runs in the child between `fork` and `exec`, which must be
+//!   async-signal-safe: no allocation, no logging, no locks.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::signals::FAULTS;
+
+/// Resets every catchable signal to its default disposition and blocks it in this
+/// thread (threads spawned later inherit the mask). Returns the blocked set, to read
+/// through a signalfd.
+///
+/// Whoever started us may have left SIGCHLD ignored (the kernel would then reap our
+/// children itself and their status would be lost) or INT/QUIT ignored (a shell's
+/// background job); a child would inherit either through `exec`.
+pub fn reset_and_block_signals() -> io::Result<nix::sys::signal::SigSet> {
+    let mut raw = empty_sigset();
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || FAULTS.iter().any(|f| *f as i32 == sig) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context. glibc
+        // reserves two real-time signals for itself and refuses them with EINVAL, which
+        // we skip: they are neither ours to reset nor to block.
+        let previous = unsafe { libc::signal(sig, libc::SIG_DFL) };
+        if previous == libc::SIG_ERR {
+            continue;
+        }
+        // SAFETY: `raw` is an initialised sigset_t and `sig` a valid signal number.
+        unsafe {
+            libc::sigaddset(&mut raw, sig);
+        }
+    }
+    // SAFETY: `raw` was initialised by sigemptyset and filled by sigaddset only.
+    let set = unsafe { nix::sys::signal::SigSet::from_sigset_t_unchecked(raw) };
+    set.thread_set_mask().map_err(io::Error::from)?;
+    Ok(set)
+}
+
+/// `flock(2)` operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlockOp {
+    /// Exclusive, blocking.
+    Exclusive,
+    /// Exclusive, non-blocking (`EWOULDBLOCK` when held).
+    TryExclusive,
+    /// Release.
+    Unlock,
+}
+
+/// BSD `flock(2)`: the lock kind ralph-orchestrator uses. Never fcntl/OFD locks, which do
+/// not see flocks.
+pub fn flock(fd: BorrowedFd<'_>, op: FlockOp) -> io::Result<()> {
+    let op = match op {
+        FlockOp::Exclusive => libc::LOCK_EX,
+        FlockOp::TryExclusive => libc::LOCK_EX | libc::LOCK_NB,
+        FlockOp::Unlock => libc::LOCK_UN,
+    };
+    loop {
+        // SAFETY: `fd` is a borrowed, open descriptor for the duration of the call.
+        let rc = unsafe { libc::flock(fd.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// What the child needs done between `fork` and `exec`.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildSetup {
+    /// The locked descriptor to pass open to the child (close-on-exec is cleared for it
+    /// in the child only; the supervisor's copy keeps the flag).
+    pub inherit_fd: Option<RawFd>,
+    /// The terminal to make the child's process group the foreground of.
+    pub tty: Option<RawFd>,
+}
+
+/// Puts the child in a process group of its own and installs `setup` to run in the
+/// child before `exec`. std resets the child's signal mask; we clear it again after
+/// our own use of it.
+pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
+    cmd.process_group(0);
+    // Everything the hook needs is computed here, before fork, so the hook itself does
+    // no allocation.
+    let mut ttou = empty_sigset();
+    // SAFETY: `ttou` is an initialised sigset_t; SIGTTOU is a valid signal.
+    unsafe {
+        libc::sigaddset(&mut ttou, libc::SIGTTOU);
+    }
+    let empty = empty_sigset();
+    let hook = move || -> io::Result<()> {
+        // Only async-signal-safe calls below (fcntl, setpgid, sigprocmask, tcsetpgrp,
+        // getpid), on values copied into the closure: no allocation, no locks.
+        if let Some(fd) = setup.inherit_fd {
+            // SAFETY: fcntl on an fd number we own; async-signal-safe.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(tty) = setup.tty {
+            // SAFETY: async-signal-safe calls on plain values. SIGTTOU is blocked so a
+            // background-group tcsetpgrp does not stop us; shells do the same in the
+            // child so that the terminal is the child's before it runs a single
+            // instruction of its own (the parent does it too, whichever runs first).
+            unsafe {
+                libc::setpgid(0, 0);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+                libc::tcsetpgrp(tty, libc::getpid());
+            }
+        }
+        // SAFETY: restores the empty mask std gave the child; async-signal-safe.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (see
+    // above), as `pre_exec` requires of code running between fork and exec.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+fn empty_sigset() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        set.assume_init()
+    }
+}
+
+/// What `waitpid` reported for one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaped {
+    Exited(i32),
+    Signaled(i32),
+    Stopped(i32),
+}
+
+/// Reaps (or notes the stop of) one child, any child, without blocking.
+/// `Ok(None)` when no child has anything to report, or there are no children.
+///
+/// Raw `waitpid` rather than nix's, whose signal conversion rejects real-time signals
+/// and would lose the status of a child killed by one.
+pub fn reap_one() -> io::Result<Option<(i32, Reaped)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid out-pointer for the duration of the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::WUNTRACED) };
+        if pid > 0 {
+            let reaped = if libc::WIFEXITED(status) {
+                Reaped::Exited(libc::WEXITSTATUS(status))
+            } else if libc::WIFSIGNALED(status) {
+                Reaped::Signaled(libc::WTERMSIG(status))
+            } else if libc::WIFSTOPPED(status) {
+                Reaped::Stopped(libc::WSTOPSIG(status))
+            } else {
+                continue;
+            };
+            return Ok(Some((pid, reaped)));
+        }
+        if pid == 0 {
+            return Ok(None);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
