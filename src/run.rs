@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::lock::{self, Acquire, LockFile};
@@ -108,7 +108,7 @@ fn run_locked(
         let _ = nix::sys::signal::killpg(child.pid, nix::sys::signal::Signal::SIGTERM);
         tracing::error!("cannot record the child in {}: {e}", lock.path().display());
     }
-    info!(pid = child_pid, "running {}", meta.prompt);
+    debug!(pid = child_pid, "running {}", meta.prompt);
 
     let mut machine = machine::Machine::new(machine::Config {
         grace: settings.stop_grace,

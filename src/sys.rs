@@ -100,6 +100,10 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
         libc::sigaddset(&mut ttou, libc::SIGTTOU);
     }
     let empty = empty_sigset();
+    // glibc refuses to touch the real-time signals it reserves (32 and 33), yet a
+    // parent can leave them ignored (glibc's own posix_spawn does) and `exec` keeps an
+    // ignored disposition: reset them in the child with the raw system call.
+    let reserved = 32..libc::SIGRTMIN();
     let hook = move || -> io::Result<()> {
         // Only async-signal-safe calls below (fcntl, setpgid, sigprocmask, tcsetpgrp,
         // getpid), on values copied into the closure: no allocation, no locks.
@@ -120,6 +124,9 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
                 libc::tcsetpgrp(tty, libc::getpid());
             }
         }
+        for sig in reserved.clone() {
+            reset_reserved_signal(sig);
+        }
         // SAFETY: restores the empty mask std gave the child; async-signal-safe.
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
@@ -130,6 +137,37 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     // above), as `pre_exec` requires of code running between fork and exec.
     unsafe {
         cmd.pre_exec(hook);
+    }
+}
+
+/// The kernel's `struct sigaction` (the same layout on x86_64 and aarch64).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// `rt_sigaction(sig, SIG_DFL)` without glibc's filter. Async-signal-safe: one system
+/// call on a stack value.
+fn reset_reserved_signal(sig: i32) {
+    let action = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: `action` is a valid kernel sigaction for the duration of the call, the
+    // old-action pointer is null (not wanted) and 8 is the kernel's sigset size.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &action as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        );
     }
 }
 

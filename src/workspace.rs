@@ -115,6 +115,12 @@ fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
 }
 
 fn refuse_dir(path: &Path, e: Errno) -> Failure {
+    // O_NOFOLLOW|O_DIRECTORY on a symlink says ENOTDIR: ask lstat what it is.
+    let is_link = path
+        .symlink_metadata()
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
+    let e = if is_link { Errno::ELOOP } else { e };
     let why = match e {
         Errno::ELOOP => "it is a symbolic link; ralph-supervise does not follow links for its state directory, replace it with a real directory".to_string(),
         Errno::ENOTDIR => "it is not a directory; move it away so .ralph can be created".to_string(),

@@ -1,0 +1,445 @@
+//! The shared test harness: temp workspaces (with git), the binary under test, processes
+//! with line handshakes and deadlines, and a pseudo-terminal session.
+//!
+//! Nothing here sleeps to synchronise: every wait is for a line, a file or a process
+//! state, polled with a deadline that fails the test instead of hanging it.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Default time limit of any single wait in a test.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ralph-supervise")
+}
+
+/// Polls `cond` every few milliseconds until it holds; panics with `what` at the deadline.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A temporary workspace directory.
+pub struct Workspace {
+    _tmp: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().canonicalize().unwrap();
+        Workspace { _tmp: tmp, path }
+    }
+
+    /// A workspace that is a git repository with one commit.
+    pub fn git() -> Workspace {
+        let ws = Workspace::new();
+        ws.git_cmd(&["init", "-q", "-b", "main"]);
+        std::fs::write(ws.path.join("README"), "hello\n").unwrap();
+        ws.git_cmd(&["add", "README"]);
+        ws.git_cmd(&["commit", "-q", "-m", "init"]);
+        ws
+    }
+
+    pub fn git_cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&self.path)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join(".ralph/loop.lock")
+    }
+
+    /// `flock -n` from a second process: whether somebody holds the workspace lock.
+    pub fn lock_held(&self) -> bool {
+        let status = Command::new("flock")
+            .arg("-n")
+            .arg(self.lock_path())
+            .arg("true")
+            .status()
+            .expect("flock(1)");
+        match status.code() {
+            Some(0) => false,
+            Some(1) => true,
+            other => panic!("flock(1) failed: {other:?}"),
+        }
+    }
+
+    pub fn metadata(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.lock_path()).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("lock metadata {text:?}: {e}"))
+    }
+
+    /// `ralph-supervise -C <ws> <args>`, not yet spawned.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("-C").arg(&self.path).args(args);
+        cmd.current_dir(&self.path);
+        cmd.stdin(Stdio::null());
+        cmd.env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Runs `ralph-supervise -C <ws> <args>` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Proc::spawn(self.cmd(args)).finish()
+    }
+
+    /// Starts `ralph-supervise -C <ws> run [opts] -- <probe args>` and waits for `ready`.
+    pub fn start_probe(&self, run_opts: &[&str], probe_args: &[&str]) -> Proc {
+        let mut args = vec!["run"];
+        args.extend_from_slice(run_opts);
+        args.extend(["--", bin(), "probe"]);
+        args.extend_from_slice(probe_args);
+        let mut p = Proc::spawn(self.cmd(&args));
+        p.expect_line("ready");
+        p
+    }
+}
+
+/// What a finished process left.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+    }
+}
+
+/// A spawned process whose stdout is read line by line and stderr collected.
+pub struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    /// Pids reported by probes (`pid N`), killed when the test ends.
+    reported: Vec<i32>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            reported: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("kill");
+    }
+
+    fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(pid) = line.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
+                    self.reported.push(pid);
+                }
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "timed out; stdout so far: {:?}; stderr: {}",
+                self.seen,
+                self.stderr()
+            ),
+            Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Waits for a line equal to `want`; returns it.
+    pub fn expect_line(&mut self, want: &str) -> String {
+        self.expect(|l| l == want, want)
+    }
+
+    /// Waits for a line matching `pred`.
+    pub fn expect(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            match self.next_line(deadline) {
+                Some(line) if pred(&line) => return line,
+                Some(_) => {}
+                None => panic!(
+                    "stdout closed before {what:?}; stdout: {:?}; stderr: {}",
+                    self.seen,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// The value of a `key value` line seen so far.
+    pub fn value(&self, key: &str) -> String {
+        let prefix = format!("{key} ");
+        self.seen
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {key:?} line in {:?}", self.seen))
+            .to_string()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (with the default limit) for exit and the end of output.
+    pub fn finish(mut self) -> Output {
+        let status = self.wait(LIMIT);
+        let deadline = Instant::now() + LIMIT;
+        while self.next_line(deadline).is_some() {}
+        // stderr's reader ends with the pipe; give it the same deadline.
+        let stdout = self.seen.join("\n");
+        wait_until("stderr to close", LIMIT, || {
+            Arc::strong_count(&self.stderr) == 1
+        });
+        Output {
+            status,
+            stdout,
+            stderr: self.stderr(),
+        }
+    }
+
+    /// Waits for exit with a deadline.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let mut status = None;
+        wait_until("process exit", limit, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
+    /// Lines seen so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for pid in &self.reported {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether `pid` names a live (non-zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// An interactive shell in a real pseudo-terminal (made the controlling terminal by
+/// `setsid --ctty`), for job-control tests.
+pub struct PtyShell {
+    master: File,
+    out: Arc<Mutex<String>>,
+    cursor: usize,
+    child: Child,
+}
+
+pub const PROMPT: &str = "PROMPT> ";
+
+impl PtyShell {
+    pub fn bash(cwd: &Path) -> PtyShell {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let slave: OwnedFd = pty.slave;
+        let mut cmd = Command::new("setsid");
+        cmd.args(["--ctty", "bash", "--norc", "--noprofile", "-i"])
+            .current_dir(cwd)
+            .env("PS1", PROMPT)
+            .env("TERM", "dumb")
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env_remove("RUST_LOG")
+            .env_remove("PROMPT_COMMAND")
+            .stdin(Stdio::from(slave.as_fd().try_clone_to_owned().unwrap()))
+            .stdout(Stdio::from(slave.as_fd().try_clone_to_owned().unwrap()))
+            .stderr(Stdio::from(slave));
+        let child = cmd.spawn().expect("setsid bash");
+        let master = File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut sh = PtyShell {
+            master,
+            out,
+            cursor: 0,
+            child,
+        };
+        sh.expect(PROMPT);
+        sh
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// Waits until `want` appears after the cursor; moves the cursor past it.
+    pub fn expect(&mut self, want: &str) {
+        let mut found = None;
+        let cursor = self.cursor;
+        let deadline = Instant::now() + LIMIT;
+        while found.is_none() {
+            found = self.out.lock().unwrap()[cursor..].find(want);
+            assert!(
+                found.is_some() || Instant::now() < deadline,
+                "timed out waiting for {want:?} on the terminal; after the cursor: {:?}",
+                &self.out.lock().unwrap()[cursor..]
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.cursor = cursor + found.unwrap() + want.len();
+    }
+
+    /// All terminal output so far.
+    pub fn screen(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Runs `line`, waits for the prompt, and returns `$?`.
+    pub fn status_of_last(&mut self) -> i32 {
+        self.send("echo \"rc=$?.\"\n");
+        let start = self.cursor;
+        self.expect(".\r\n");
+        let text = self.out.lock().unwrap()[start..self.cursor].to_string();
+        let rc = text
+            .rsplit("rc=")
+            .next()
+            .and_then(|t| t.split('.').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no rc in {text:?}"));
+        self.expect(PROMPT);
+        rc
+    }
+}
+
+impl Drop for PtyShell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Counts lines equal to `line`.
+pub fn count(lines: &[String], line: &str) -> usize {
+    lines.iter().filter(|l| *l == line).count()
+}
+
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// Children of `pid`, from `/proc/PID/task/PID/children`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Keeps only the last `n` items (for error messages).
+pub fn tail<T: Clone>(v: &[T], n: usize) -> Vec<T> {
+    let mut q: VecDeque<T> = v.iter().cloned().collect();
+    while q.len() > n {
+        q.pop_front();
+    }
+    q.into()
+}

@@ -1,0 +1,9 @@
+//! The integration test binary: real processes, real signals, real flock contention.
+
+mod harness;
+
+mod bad_input;
+mod lifecycle;
+mod pid1;
+mod signals;
+mod terminal;

@@ -1,0 +1,55 @@
+//! The supervisor as PID 1 of a fresh pid namespace, as a container entrypoint.
+
+use std::process::Command;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+fn unshare_permitted() -> bool {
+    Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn pid1_reaps_orphans_forwards_term_and_exits_with_the_child() {
+    if !unshare_permitted() {
+        println!("skipped: unshare --pid is not permitted here");
+        return;
+    }
+    let ws = Workspace::new();
+    let script = format!(
+        "for i in $(seq 20); do (sleep 0.01 &) ; done; exec {} probe --exit-on TERM",
+        bin()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", bin(), "-C"])
+        .arg(&ws.path)
+        .args(["run", "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null());
+    let mut p = Proc::spawn(cmd);
+    p.expect_line("ready");
+    assert_eq!(p.value("pid"), "2", "the child of PID 1");
+    // The supervisor is unshare's only child; inside the namespace it is PID 1.
+    let sup = children_of(p.pid().as_raw());
+    assert_eq!(sup.len(), 1, "{sup:?}");
+    let sup = sup[0];
+    let status = std::fs::read_to_string(format!("/proc/{sup}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "{status}"
+    );
+    wait_until("PID 1 to reap the orphaned sleeps", LIMIT, || {
+        children_of(sup).len() == 1
+    });
+    kill(Pid::from_raw(sup), Signal::SIGTERM).unwrap();
+    p.expect_line("cleanup done");
+    let out = p.finish();
+    assert_eq!(out.code(), 143, "{out:?}");
+}

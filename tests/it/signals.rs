@@ -1,0 +1,177 @@
+//! Signals sent to the supervisor: forwarded once each, stops with grace and escalation,
+//! and a clean signal state for the child whatever the supervisor inherited.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::*;
+
+#[test]
+fn each_forwarded_signal_reaches_the_child_exactly_once() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&[], &["--exit-on", "INT"]);
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        p.signal(sig);
+        p.expect_line(&format!("signal {}", sig.as_str()));
+    }
+    // A stray signal is neither fatal nor forwarded.
+    p.signal(Signal::SIGALRM);
+    p.signal(Signal::SIGINT);
+    p.expect_line("cleanup done");
+    let out = p.finish();
+    assert_eq!(out.code(), 128 + 2);
+    let lines: Vec<String> = out.stdout.lines().map(String::from).collect();
+    for name in [
+        "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGINT",
+    ] {
+        assert_eq!(
+            count(&lines, &format!("signal {name}")),
+            1,
+            "{name}: {lines:?}"
+        );
+    }
+    assert_eq!(count(&lines, "signal SIGALRM"), 0, "ALRM is not forwarded");
+    assert!(out.stderr.contains("ignoring SIGALRM"), "{}", out.stderr);
+}
+
+#[test]
+fn term_is_forwarded_once_and_the_child_decides() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    p.signal(Signal::SIGTERM);
+    p.expect_line("cleanup done");
+    let out = p.finish();
+    assert_eq!(out.code(), 143);
+    let lines: Vec<String> = out.stdout.lines().map(String::from).collect();
+    assert_eq!(count(&lines, "signal SIGTERM"), 1);
+}
+
+#[test]
+fn stray_signals_do_not_kill_the_supervisor() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    for sig in [
+        Signal::SIGALRM,
+        Signal::SIGPIPE,
+        Signal::SIGVTALRM,
+        Signal::SIGPROF,
+        Signal::SIGXCPU,
+        Signal::SIGURG,
+        Signal::SIGIO,
+        Signal::SIGPWR,
+    ] {
+        p.signal(sig);
+    }
+    let rt = libc::SIGRTMIN() + 4;
+    Command::new("kill")
+        .arg(format!("-{rt}"))
+        .arg(p.pid().to_string())
+        .status()
+        .unwrap();
+    // Still alive and still forwarding.
+    p.signal(Signal::SIGUSR1);
+    p.expect_line("signal SIGUSR1");
+    p.signal(Signal::SIGTERM);
+    let out = p.finish();
+    assert_eq!(out.code(), 143, "{out:?}");
+    assert!(out.stderr.contains("ignoring SIGRTMIN+4"), "{}", out.stderr);
+}
+
+#[test]
+fn stop_grace_then_kill() {
+    let ws = Workspace::new();
+    // The probe reports TERM but does not exit on it.
+    let mut p = ws.start_probe(&["--stop-grace", "1s"], &[]);
+    let t0 = Instant::now();
+    p.signal(Signal::SIGTERM);
+    p.expect_line("signal SIGTERM");
+    let status = p.wait(LIMIT);
+    let waited = t0.elapsed();
+    assert_eq!(status.code(), Some(128 + 9));
+    assert!(
+        waited >= Duration::from_secs(1),
+        "KILL never comes before the grace: {waited:?}"
+    );
+}
+
+#[test]
+fn second_stop_signal_escalates_at_once() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&["--stop-grace", "10m"], &[]);
+    p.signal(Signal::SIGINT);
+    p.expect_line("signal SIGINT");
+    p.signal(Signal::SIGTERM);
+    // With a 10-minute grace, exiting at all proves the escalation.
+    assert_eq!(p.wait(LIMIT).code(), Some(128 + 9));
+}
+
+/// Starts the supervisor from python with SIGCHLD ignored and INT/TERM blocked — the
+/// state a careless parent can leave behind.
+fn hostile_parent(ws: &Workspace, args: &[&str]) -> Command {
+    let mut argv = vec![
+        bin().to_string(),
+        "-C".into(),
+        ws.path.display().to_string(),
+    ];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let script = "import os, signal, sys\n\
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n\
+signal.signal(signal.SIGQUIT, signal.SIG_IGN)\n\
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})\n\
+os.execv(sys.argv[1], sys.argv[1:])\n";
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(script).args(&argv);
+    c
+}
+
+#[test]
+fn sigchld_ignored_and_blocked_mask_do_not_leak_into_the_child() {
+    let ws = Workspace::new();
+    let out = Proc::spawn(hostile_parent(
+        &ws,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status; exit 9",
+        ],
+    ))
+    .finish();
+    assert_eq!(
+        out.code(),
+        9,
+        "the exit status survives SIGCHLD ignored: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("SigBlk:\t0000000000000000"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("SigIgn:\t0000000000000000"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn signals_work_when_started_with_them_blocked() {
+    let ws = Workspace::new();
+    let mut cmd = hostile_parent(&ws, &["run", "--", bin(), "probe", "--exit-on", "TERM"]);
+    cmd.stdin(std::process::Stdio::null());
+    let mut p = Proc::spawn(cmd);
+    p.expect_line("ready");
+    assert_eq!(p.value("sigblk"), "0000000000000000");
+    p.signal(Signal::SIGTERM);
+    p.expect_line("cleanup done");
+    assert_eq!(p.finish().code(), 143);
+}

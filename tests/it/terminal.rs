@@ -1,0 +1,96 @@
+//! Interactive use through a real pseudo-terminal, with bash as the job-control shell.
+
+use crate::harness::*;
+
+fn run_line(ws: &Workspace, rest: &str) -> String {
+    format!("{} -C {} run {rest}\n", bin(), ws.path.display())
+}
+
+#[test]
+fn ctrl_c_reaches_the_child_once_and_the_prompt_waits_for_its_cleanup() {
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&run_line(&ws, &format!("-- {} probe --exit-on INT", bin())));
+    sh.expect("tty_foreground yes");
+    sh.expect("ready");
+    sh.send("\x03");
+    sh.expect("signal SIGINT");
+    sh.expect("cleanup done");
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 130);
+    let screen = sh.screen();
+    assert_eq!(screen.matches("signal SIGINT").count(), 1, "{screen}");
+    // The prompt came back only after the cleanup line.
+    let cleanup = screen.find("cleanup done").unwrap();
+    assert!(screen[cleanup..].contains(PROMPT));
+    assert!(!ws.lock_held());
+}
+
+#[test]
+fn ctrl_z_stops_the_job_and_fg_resumes_it_with_the_terminal() {
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&run_line(&ws, &format!("-- {} probe --echo-stdin", bin())));
+    sh.expect("ready");
+    sh.send("\x1a");
+    sh.expect("Stopped");
+    sh.expect(PROMPT);
+    assert!(ws.lock_held(), "a stopped job keeps the workspace");
+    sh.send("fg\n");
+    sh.expect("signal SIGCONT");
+    sh.send("hello\n");
+    sh.expect("got hello");
+    sh.send("\x04");
+    sh.expect("eof");
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 0);
+    assert!(!ws.lock_held());
+}
+
+#[test]
+fn an_interactive_bash_child_has_job_control() {
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&run_line(
+        &ws,
+        "-- env PS1='INNER> ' bash --norc --noprofile -i",
+    ));
+    sh.expect("INNER> ");
+    sh.send("case $- in *m*) echo jc=on;; *) echo jc=off;; esac\n");
+    sh.expect("jc=on");
+    sh.send("sleep 600 &\n");
+    sh.expect("INNER> ");
+    sh.send("jobs\n");
+    sh.expect("Running");
+    sh.send("kill %1; wait; exit 4\n");
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 4);
+    let screen = sh.screen();
+    assert!(!screen.contains("no job control"), "{screen}");
+    assert!(!screen.contains("Inappropriate ioctl"), "{screen}");
+}
+
+#[test]
+fn a_child_reading_the_terminal_gets_its_input() {
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&run_line(&ws, "-- sh -c 'echo started; exec tac'"));
+    sh.expect("started\r\n");
+    sh.send("one\ntwo\n\x04");
+    sh.expect("two\r\none\r\n");
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 0);
+}
+
+#[test]
+fn non_interactive_runs_have_no_tty_errors() {
+    let ws = Workspace::new();
+    let out = ws.run(&["run", "--", "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(out.code(), 0);
+    assert_eq!(out.stdout, "out");
+    assert_eq!(
+        out.stderr.trim(),
+        "err",
+        "nothing but the child's own stderr"
+    );
+}
