@@ -284,7 +284,8 @@ pub enum Source {
     Default,
     /// The policy file at this path.
     File(PathBuf),
-    /// This environment variable.
+    /// This environment variable. [`resolve`] never produces it; it is here for callers
+    /// that take a value from the environment (e.g. `RUST_LOG` for `log.level`).
     Env(&'static str),
     /// A command-line flag; [`flag_for`] names it.
     Flag,
@@ -503,8 +504,8 @@ pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
     parse(text).map_err(|bad| located(path, text, bad.at, &bad.msg))
 }
 
-/// Parses and checks policy text (what [`load`] does after reading the file).
-/// The error is `<line>:<col>: <message>`-less: see [`load`] for the located form.
+/// Parses and checks policy text (what [`load`] does after reading the file). The error
+/// carries a byte offset; [`load`] turns it into `file:line:col`.
 fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let doc = DeTable::parse(text).map_err(|e| Bad {
         at: e.span().map(|s| s.start),
@@ -540,7 +541,7 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
                 return Err(Bad::at(
                     name.span(),
                     format!(
-                        "[{section_name}] must be a section, found an array of tables; write [{section_name}], not [[{section_name}]]"
+                        "{section_name} must be a section, found an array; write a [{section_name}] section (one pair of brackets)"
                     ),
                 ));
             }
@@ -1792,7 +1793,11 @@ level = "info"  # default
             ),
             (
                 "[[stop]]\n",
-                "P:1:3: [stop] must be a section, found an array of tables; write [stop], not [[stop]]",
+                "P:1:3: stop must be a section, found an array; write a [stop] section (one pair of brackets)",
+            ),
+            (
+                "log = [\"json\"]\n",
+                "P:1:1: log must be a section, found an array; write a [log] section (one pair of brackets)",
             ),
             (
                 "[conflict]\nexit_code = \"75\"\n",
