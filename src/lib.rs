@@ -8,6 +8,7 @@ pub mod exit;
 pub mod lock;
 pub mod logging;
 pub mod metadata;
+pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod run;
