@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::exit::CONFLICT_DEFAULT;
+use crate::policy::{OnConflict, Overrides};
 use crate::probe::ProbeSettings;
 
 #[derive(Debug, Parser)]
@@ -44,7 +44,7 @@ pub struct GlobalArgs {
     pub quiet: u8,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -54,6 +54,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run COMMAND holding the workspace lock
     Run(RunArgs),
+    /// Show or check the policy file
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Report what this process inherited, then each signal it receives (for tests)
     #[command(hide = true)]
     Probe(ProbeArgs),
@@ -64,15 +67,61 @@ pub struct RunArgs {
     /// Task text recorded in the lock metadata [default: the command line]
     #[arg(long, value_name = "TEXT", value_parser = clap::value_parser!(OsString))]
     pub prompt: Option<OsString>,
-    /// Time between TERM and KILL when stopping the command (e.g. 10s, 1m30s)
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
-    pub stop_grace: Duration,
-    /// Exit code when the workspace is taken
-    #[arg(long, value_name = "N", default_value_t = CONFLICT_DEFAULT)]
-    pub conflict_exit_code: u8,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// The command to run, with its arguments
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND", value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,
+}
+
+/// Flags that override the policy file (shared by `run` and `policy show`).
+#[derive(Debug, Args, Default)]
+pub struct PolicyArgs {
+    /// Policy file [default: $RALPH_SUPERVISE_POLICY, .ralph/supervise.toml, $XDG_CONFIG_HOME/ralph-supervise/policy.toml]
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// What to do when the workspace is taken [default: worktree in a git repository, else fail]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub on_conflict: Option<OnConflict>,
+    /// Give up waiting for the lock after this long (e.g. 30s, 5m, 1h30m)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub wait_timeout: Option<Duration>,
+    /// Exit code when the workspace is taken [default: 75]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub conflict_exit_code: Option<u8>,
+    /// Time between the stop signal and KILL [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub stop_grace: Option<Duration>,
+    /// Signal that asks the command to stop (TERM, SIGTERM or 15) [default: TERM]
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    pub stop_signal: Option<i32>,
+}
+
+impl PolicyArgs {
+    /// The flags as policy overrides.
+    pub fn overrides(&self, log_format: Option<LogFormat>) -> Overrides {
+        Overrides {
+            on_conflict: self.on_conflict,
+            wait_timeout: self.wait_timeout,
+            conflict_exit_code: self.conflict_exit_code,
+            stop_grace: self.stop_grace,
+            stop_signal: self.stop_signal,
+            log_format,
+            ..Overrides::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the effective policy and where each value came from
+    Show(PolicyArgs),
+    /// Validate a policy file (exit 0 when valid, 78 when not)
+    Check {
+        /// The policy file to check
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

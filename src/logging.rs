@@ -9,11 +9,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` wins over `-v`/`-q` when set.
-pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
+/// Installs the global subscriber. `RUST_LOG` wins over `-v`/`-q`, which win over
+/// `level` (the policy's `log.level`).
+pub fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
     let level = match (verbose, quiet) {
         (_, q) if q > 0 => "error",
-        (0, _) => "info",
+        (0, _) => level,
         (1, _) => "debug",
         _ => "trace",
     };

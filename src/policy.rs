@@ -471,10 +471,20 @@ fn required(path: &Path, how: &str, fix: &str) -> Result<Option<PathBuf>, Failur
     }
 }
 
-/// Whether an implicit candidate is there: anything but "not found" counts, so that a
-/// file we may not read is reported rather than silently skipped.
+/// Whether an implicit candidate is there: a file that exists counts even if we may not
+/// read it (so it is reported rather than silently skipped); one whose directory we may
+/// not even search (a service user with `HOME=/root`) cannot be known to exist, and is
+/// skipped like a missing one.
 fn present(path: &Path) -> bool {
-    !matches!(std::fs::metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound)
+    match std::fs::metadata(path) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::NotFound
+                | io::ErrorKind::PermissionDenied
+                | io::ErrorKind::NotADirectory
+        ),
+    }
 }
 
 /// Reads, parses and checks one policy file.

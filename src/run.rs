@@ -5,10 +5,14 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::Instant;
 
 use chrono::Utc;
-use tracing::debug;
+use tracing::{debug, info};
+
+use crate::conflict::{self, TakenOver, Waited};
+use crate::policy::{AfterTimeout, OnConflict, Orphans, Policy};
+use crate::{signals, stop_request};
 
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::lock::{self, Acquire, LockFile};
@@ -25,9 +29,28 @@ pub struct RunSettings {
     pub command: Vec<OsString>,
     /// Task text for the metadata; the command line when not given.
     pub prompt: Option<String>,
-    pub stop_grace: Duration,
-    pub kill_orphans: bool,
-    pub conflict_exit_code: u8,
+    /// The effective policy (flags over file over defaults).
+    pub policy: Policy,
+    /// The conflict policy that applies here (auto resolved).
+    pub on_conflict: OnConflict,
+    /// Whether the workspace is inside a git work tree.
+    pub in_git_repo: bool,
+}
+
+impl RunSettings {
+    fn conflict_status(&self) -> ExitStatus {
+        ExitStatus::Conflict(self.policy.conflict.exit_code)
+    }
+
+    fn prompt_text(&self) -> String {
+        self.prompt.clone().unwrap_or_else(|| {
+            self.command
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    }
 }
 
 pub fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
@@ -40,18 +63,16 @@ pub fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     let lock = match lock::try_acquire(&dir)? {
         Acquire::Acquired(lock) => lock,
-        Acquire::Held(held) => {
-            return Err(Failure::msg(
-                ExitStatus::Conflict(settings.conflict_exit_code),
-                format!(
-                    "workspace {} is taken: loop held by {}; wait for it with `ralph-supervise wait` or stop it with `ralph-supervise stop`",
-                    settings.workspace.display(),
-                    held.holder().describe()
-                ),
-            ));
-        }
+        Acquire::Held(held) => match on_conflict(&settings, &dir, held, &signals)? {
+            Ok(lock) => lock,
+            Err(status) => return Ok(status),
+        },
     };
     debug!(lock = %lock.path().display(), "lock acquired");
+    // A stop request left from an earlier loop must not stop this one.
+    if stop_request::remove(&dir).unwrap_or(false) {
+        info!("removed a stale {}", stop_request::FILE);
+    }
     let status = run_locked(&settings, &signals, &lock);
     // The child is gone (or never started): empty the metadata while still locked,
     // then unlock explicitly.
@@ -59,6 +80,89 @@ pub fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     let status = status?;
     released?;
     Ok(status)
+}
+
+/// Applies the conflict policy: `Ok(lock)` to run as primary, `Err(status)` to exit.
+fn on_conflict(
+    settings: &RunSettings,
+    dir: &RalphDir,
+    held: LockFile,
+    signals: &Signals,
+) -> Result<Result<LockFile, ExitStatus>, Failure> {
+    let taken = |holder: &lock::Holder| {
+        format!(
+            "workspace {} is taken: loop held by {}",
+            settings.workspace.display(),
+            holder.describe()
+        )
+    };
+    match settings.on_conflict {
+        OnConflict::Fail => Err(Failure::msg(
+            settings.conflict_status(),
+            format!(
+                "{}; wait for it (--on-conflict wait), run beside it (--on-conflict worktree) or stop it (ralph-supervise stop)",
+                taken(&held.holder())
+            ),
+        )),
+        OnConflict::Worktree => Err(worktree_unavailable(settings, &taken(&held.holder()))),
+        OnConflict::Wait => {
+            let holder = held.holder();
+            conflict::log_waiting(&holder);
+            drop(held);
+            let deadline = settings
+                .policy
+                .conflict
+                .wait_timeout
+                .map(|t| Instant::now() + t);
+            match conflict::wait_for_lock(dir, deadline, signals)? {
+                Waited::Acquired(lock) => Ok(Ok(lock)),
+                Waited::Interrupted(sig) => {
+                    info!("{} while waiting: not running", signals::name(sig));
+                    Ok(Err(ExitStatus::Signaled(sig)))
+                }
+                Waited::TimedOut => {
+                    let now = LockFile::open(dir)?.holder();
+                    let timeout = settings.policy.conflict.wait_timeout.unwrap_or_default();
+                    match settings.policy.conflict.after_timeout {
+                        AfterTimeout::Fail => Err(Failure::msg(
+                            settings.conflict_status(),
+                            format!("gave up waiting after {timeout:?}: {}", taken(&now)),
+                        )),
+                        AfterTimeout::Worktree => Err(worktree_unavailable(settings, &taken(&now))),
+                    }
+                }
+            }
+        }
+        OnConflict::Takeover => {
+            match conflict::takeover(
+                dir,
+                held,
+                settings.policy.stop.grace,
+                settings.policy.stop.signal,
+                settings.conflict_status(),
+                signals,
+            )? {
+                TakenOver::Acquired(lock) => Ok(Ok(lock)),
+                TakenOver::Interrupted(sig) => Ok(Err(ExitStatus::Signaled(sig))),
+            }
+        }
+    }
+}
+
+/// The worktree policy cannot run here.
+fn worktree_unavailable(settings: &RunSettings, taken: &str) -> Failure {
+    let why = if settings.in_git_repo {
+        "worktree launches are not available in this build".to_string()
+    } else {
+        format!(
+            "cannot run in a worktree: {} is not in a git repository",
+            settings.workspace.display()
+        )
+    };
+    Failure::msg(
+        settings.conflict_status(),
+        format!("{taken}; {why}; use --on-conflict wait or fail"),
+    )
 }
 
 fn run_locked(
@@ -72,10 +176,7 @@ fn run_locked(
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let prompt = settings
-        .prompt
-        .clone()
-        .unwrap_or_else(|| command_text.join(" "));
+    let prompt = settings.prompt_text();
     let mut meta = Metadata {
         pid: me,
         started: Utc::now(),
@@ -97,7 +198,9 @@ fn run_locked(
         .or_fail(format!("cannot write {}", lock.path().display()))?;
 
     let terminal = Terminal::detect();
-    let child = supervisor::spawn(&settings.command, lock.raw_fd(), terminal, |_| {})?;
+    let child = supervisor::spawn(&settings.command, lock.raw_fd(), terminal, |cmd| {
+        cmd.envs(&settings.policy.run.env);
+    })?;
     let child_pid = child.pid.as_raw() as u32;
     meta.pid = child_pid;
     meta.child_pid = Some(child_pid);
@@ -111,8 +214,8 @@ fn run_locked(
     debug!(pid = child_pid, "running {}", meta.prompt);
 
     let mut machine = machine::Machine::new(machine::Config {
-        grace: settings.stop_grace,
-        kill_orphans: settings.kill_orphans,
+        grace: settings.policy.stop.grace,
+        kill_orphans: settings.policy.stop.orphans == Orphans::Kill,
         job_control: terminal.is_some(),
     });
     let status = supervisor::supervise(child, &mut machine, signals, terminal)
