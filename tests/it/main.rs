@@ -3,6 +3,7 @@
 mod harness;
 
 mod bad_input;
+mod conflict;
 mod lifecycle;
 mod pid1;
 mod signals;

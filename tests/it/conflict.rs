@@ -1,0 +1,416 @@
+//! Conflict policies against real second processes holding the lock: the binary itself
+//! and flock(1).
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+
+use crate::harness::*;
+
+/// flock(1) holding the workspace lock in its own process group, until killed.
+struct FlockHolder {
+    proc: Proc,
+}
+
+impl FlockHolder {
+    fn start(ws: &Workspace) -> FlockHolder {
+        std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+        let mut c = Command::new("flock");
+        c.arg(ws.lock_path())
+            .args(["sh", "-c", "echo locked; exec sleep 600"])
+            .process_group(0);
+        let mut proc = Proc::spawn(c);
+        proc.expect_line("locked");
+        FlockHolder { proc }
+    }
+
+    fn release(self) {
+        killpg(self.proc.pid(), Signal::SIGKILL).unwrap();
+    }
+}
+
+/// Waits until the process's stderr contains `text`.
+fn stderr_has(p: &Proc, text: &str) {
+    wait_until(&format!("{text:?} on stderr"), LIMIT, || {
+        p.stderr().contains(text)
+    });
+}
+
+#[test]
+fn fail_names_the_holder_with_the_configured_code() {
+    let ws = Workspace::git();
+    let mut holder = ws.start_probe(&["--prompt", "refactor parser"], &["--exit-on", "TERM"]);
+    let out = ws.run(&[
+        "run",
+        "--on-conflict",
+        "fail",
+        "--conflict-exit-code",
+        "9",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code(), 9, "{out:?}");
+    let line = out.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains(&format!("pid {}", holder.value("pid"))),
+        "{line}"
+    );
+    assert!(line.contains("\"refactor parser\""), "{line}");
+    assert!(line.contains(" ago)"), "how long it has run: {line}");
+    assert!(
+        line.contains(&format!("supervisor pid {} alive", holder.pid())),
+        "{line}"
+    );
+    holder.signal(Signal::SIGTERM);
+    holder.expect_line("cleanup done");
+}
+
+#[test]
+fn wait_blocks_without_polling_and_hands_off_on_release() {
+    let ws = Workspace::new();
+    let holder = FlockHolder::start(&ws);
+    let mut waiter = Proc::spawn(ws.cmd(&[
+        "run",
+        "--on-conflict",
+        "wait",
+        "--",
+        bin(),
+        "probe",
+        "--exit",
+        "0",
+    ]));
+    stderr_has(&waiter, "waiting for the lock held by");
+    let sup = waiter.pid().as_raw();
+    wait_until("the waiter asleep in poll", LIMIT, || {
+        std::fs::read_to_string(format!("/proc/{sup}/wchan"))
+            .unwrap_or_default()
+            .contains("poll")
+    });
+    let switches = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{sup}/status"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let before = switches();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(switches(), before, "waiting costs no wake-ups");
+    assert!(
+        waiter.seen().is_empty(),
+        "the child does not run while the lock is held"
+    );
+    holder.release();
+    waiter.expect_line("ready");
+    assert_eq!(waiter.finish().code(), 0);
+}
+
+#[test]
+fn wait_timeout_fails_with_the_conflict_code() {
+    let ws = Workspace::new();
+    let holder = FlockHolder::start(&ws);
+    let t0 = Instant::now();
+    let out = ws.run(&[
+        "run",
+        "--on-conflict",
+        "wait",
+        "--wait-timeout",
+        "300ms",
+        "--",
+        "true",
+    ]);
+    let waited = t0.elapsed();
+    assert_eq!(out.code(), 75, "{out:?}");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(
+        out.stderr.contains("gave up waiting after 300ms"),
+        "{}",
+        out.stderr
+    );
+    holder.release();
+}
+
+#[test]
+fn wait_timeout_then_worktree_outside_git_says_so() {
+    let ws = Workspace::new();
+    let policy = ws.path.join("p.toml");
+    std::fs::write(
+        &policy,
+        "[conflict]\npolicy = \"wait\"\nwait_timeout = \"100ms\"\nafter_timeout = \"worktree\"\n",
+    )
+    .unwrap();
+    let holder = FlockHolder::start(&ws);
+    let out = ws.run(&["run", "--policy", policy.to_str().unwrap(), "--", "true"]);
+    assert_eq!(out.code(), 75, "{out:?}");
+    assert!(
+        out.stderr.contains("is not in a git repository"),
+        "{}",
+        out.stderr
+    );
+    holder.release();
+}
+
+#[test]
+fn stop_signals_end_the_wait_and_nothing_runs() {
+    for (sig, code) in [
+        (Signal::SIGTERM, 143),
+        (Signal::SIGINT, 130),
+        (Signal::SIGHUP, 129),
+    ] {
+        let ws = Workspace::new();
+        let mut holder = ws.start_probe(&["--prompt", "holder"], &["--exit-on", "TERM"]);
+        let before = std::fs::read(ws.lock_path()).unwrap();
+        let ran = ws.path.join("ran");
+        let mut waiter = Proc::spawn(ws.cmd(&[
+            "run",
+            "--on-conflict",
+            "wait",
+            "--",
+            "touch",
+            ran.to_str().unwrap(),
+        ]));
+        stderr_has(&waiter, "waiting for the lock held by");
+        waiter.signal(sig);
+        assert_eq!(waiter.wait(LIMIT).code(), Some(code), "{sig}");
+        assert!(!ran.exists(), "the child never ran");
+        assert_eq!(
+            std::fs::read(ws.lock_path()).unwrap(),
+            before,
+            "holder's metadata untouched"
+        );
+        assert!(ws.lock_held());
+        holder.signal(Signal::SIGTERM);
+        holder.expect_line("cleanup done");
+    }
+}
+
+#[test]
+fn stray_signals_neither_kill_nor_end_the_wait() {
+    let ws = Workspace::new();
+    let holder = FlockHolder::start(&ws);
+    let mut waiter = Proc::spawn(ws.cmd(&[
+        "run",
+        "--on-conflict",
+        "wait",
+        "--",
+        bin(),
+        "probe",
+        "--exit",
+        "0",
+    ]));
+    stderr_has(&waiter, "waiting for the lock held by");
+    for sig in [Signal::SIGALRM, Signal::SIGUSR1, Signal::SIGWINCH] {
+        waiter.signal(sig);
+        stderr_has(&waiter, &format!("ignoring {} while waiting", sig.as_str()));
+    }
+    assert!(waiter.seen().is_empty(), "still waiting");
+    holder.release();
+    waiter.expect_line("ready");
+    assert_eq!(waiter.finish().code(), 0);
+}
+
+#[test]
+fn takeover_of_a_cooperative_holder() {
+    let ws = Workspace::new();
+    let mut holder = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    let mut taker = Proc::spawn(ws.cmd(&[
+        "run",
+        "--on-conflict",
+        "takeover",
+        "--",
+        bin(),
+        "probe",
+        "--exit-on",
+        "TERM",
+    ]));
+    holder.expect_line("cleanup done");
+    assert_eq!(holder.wait(LIMIT).code(), Some(143));
+    taker.expect_line("ready");
+    assert_eq!(ws.metadata()["pid"].to_string(), taker.value("pid"));
+    assert!(
+        !ws.path.join(".ralph/stop-requested").exists(),
+        "the request was consumed"
+    );
+    taker.signal(Signal::SIGTERM);
+    assert_eq!(taker.finish().code(), 143);
+}
+
+#[test]
+fn takeover_of_a_holder_that_ignores_term_escalates() {
+    let ws = Workspace::new();
+    // The holder's own supervisor would wait 10 minutes; the taker's grace is 300ms.
+    let mut holder = ws.start_probe(&["--stop-grace", "10m"], &[]);
+    let holder_child: i32 = holder.value("pid").parse().unwrap();
+    let mut taker = Proc::spawn(ws.cmd(&[
+        "run",
+        "--on-conflict",
+        "takeover",
+        "--stop-grace",
+        "300ms",
+        "--",
+        bin(),
+        "probe",
+        "--exit-on",
+        "TERM",
+    ]));
+    holder.expect_line("signal SIGTERM");
+    taker.expect_line("ready");
+    assert!(taker.stderr().contains("killing it"), "{}", taker.stderr());
+    // The holder's supervisor is killed, or sees its child killed first and exits 137.
+    let status = holder.wait(LIMIT);
+    assert!(
+        status.signal() == Some(9) || status.code() == Some(137),
+        "{status:?}"
+    );
+    wait_until("the holder's child to die", LIMIT, || !alive(holder_child));
+    taker.signal(Signal::SIGTERM);
+    assert_eq!(taker.finish().code(), 143);
+}
+
+#[test]
+fn takeover_refuses_to_signal_an_unconfirmed_pid() {
+    let ws = Workspace::new();
+    let holder = FlockHolder::start(&ws);
+    // Metadata as ralph writes it: no start time, so the pid cannot be confirmed.
+    let pid = holder.proc.pid().as_raw();
+    let meta =
+        format!(r#"{{"pid":{pid},"started":"2026-01-01T00:00:00Z","prompt":"ralph's own loop"}}"#);
+    std::fs::write(ws.lock_path(), &meta).unwrap();
+    let out = ws.run(&[
+        "run",
+        "--on-conflict",
+        "takeover",
+        "--stop-grace",
+        "100ms",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code(), 75, "{out:?}");
+    assert!(
+        out.stderr.contains("identity cannot be confirmed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("refusing to take over"),
+        "{}",
+        out.stderr
+    );
+    assert!(alive(pid), "flock(1) was not signalled");
+    assert_eq!(
+        std::fs::read_to_string(ws.lock_path()).unwrap(),
+        meta,
+        "holder's metadata untouched"
+    );
+    assert!(
+        ws.path.join(".ralph/stop-requested").exists(),
+        "asked politely, as ralph loops stop does"
+    );
+
+    // A recorded start time that does not match is refused too.
+    let fake = format!(
+        r#"{{"pid":{pid},"started":"2026-01-01T00:00:00Z","prompt":"p","child_pid":{pid},"child_start_time":1}}"#
+    );
+    std::fs::write(ws.lock_path(), &fake).unwrap();
+    let out = ws.run(&[
+        "run",
+        "--on-conflict",
+        "takeover",
+        "--stop-grace",
+        "100ms",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code(), 75, "{out:?}");
+    assert!(out.stderr.contains("do not match"), "{}", out.stderr);
+    assert!(alive(pid));
+    holder.release();
+}
+
+#[test]
+fn bad_policy_file_is_78_before_anything_is_locked() {
+    let ws = Workspace::new();
+    let policy = ws.path.join("bad.toml");
+    std::fs::write(&policy, "[stop]\ngrase = \"10s\"\n").unwrap();
+    let out = ws.run(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--",
+        "touch",
+        "ran",
+    ]);
+    assert_eq!(out.code(), 78, "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "ralph-supervise: {}:2:1: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans",
+            policy.display()
+        )
+    );
+    assert!(!ws.path.join(".ralph").exists(), "nothing locked");
+    assert!(!ws.path.join("ran").exists(), "nothing run");
+    let check = ws.run(&["policy", "check", policy.to_str().unwrap()]);
+    assert_eq!(check.code(), 78);
+}
+
+#[test]
+fn workspace_policy_file_is_found_and_flags_win() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    std::fs::write(
+        ws.path.join(".ralph/supervise.toml"),
+        "[conflict]\npolicy = \"fail\"\nexit_code = 9\n[stop]\ngrace = \"3s\"\n",
+    )
+    .unwrap();
+    let holder = FlockHolder::start(&ws);
+    assert_eq!(ws.run(&["run", "--", "true"]).code(), 9, "from the file");
+    assert_eq!(
+        ws.run(&["run", "--conflict-exit-code", "11", "--", "true"])
+            .code(),
+        11,
+        "flag wins"
+    );
+    holder.release();
+    let show = ws.run(&["policy", "show", "--stop-grace", "5s"]);
+    assert_eq!(show.code(), 0, "{show:?}");
+    let file = ws.path.join(".ralph/supervise.toml").display().to_string();
+    let line = |key: &str| {
+        show.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("{key} in {}", show.stdout))
+            .to_string()
+    };
+    assert!(line("exit_code").contains(&file), "{}", line("exit_code"));
+    assert!(
+        line("grace").contains("\"5s\"") && line("grace").contains("--stop-grace"),
+        "{}",
+        line("grace")
+    );
+    assert!(line("orphans").contains("default"), "{}", line("orphans"));
+}
+
+#[test]
+fn shipped_example_policies_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Proc::spawn({
+                let mut c = Command::new(bin());
+                c.args(["policy", "check"]).arg(&path);
+                c
+            })
+            .finish();
+            assert_eq!(out.code(), 0, "{}: {out:?}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "examples for each way of use");
+}
