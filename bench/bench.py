@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks of ralph-supervise against flock(1) (and tini where installed).
+
+Run through bench/run.sh, which builds the release binary and the `stamp` helper.
+Prints a Markdown report on stdout. Installs nothing.
+
+    bench.py BINARY STAMP [--quick]
+"""
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = os.path.abspath(sys.argv[1])
+STAMP = os.path.abspath(sys.argv[2])
+QUICK = "--quick" in sys.argv
+N_LAUNCH = 50 if QUICK else 300
+N_HANDOFF = 10 if QUICK else 40
+N_SIGNAL = 10 if QUICK else 40
+TINI = shutil.which("tini")
+FLOCK = shutil.which("flock")
+DEVNULL = subprocess.DEVNULL
+rows = []  # (section, subject, median_ms, p5, p95, n, ratio-note)
+
+
+def stats(samples):
+    samples = sorted(samples)
+    q = statistics.quantiles(samples, n=20) if len(samples) >= 20 else [samples[0], samples[-1]]
+    return statistics.median(samples), q[0], q[-1]
+
+
+def record(section, subject, samples, unit="ms", base=None):
+    med, lo, hi = stats(samples)
+    ratio = f"{med / base:.2f}x" if base else ""
+    rows.append((section, subject, med, lo, hi, len(samples), unit, ratio))
+    return med
+
+
+def workspace():
+    d = tempfile.mkdtemp(prefix="rs-bench-")
+    os.makedirs(os.path.join(d, ".ralph"))
+    open(os.path.join(d, ".ralph", "loop.lock"), "a").close()
+    return d
+
+
+def timed_runs(cmds, n):
+    """Runs each command n times, interleaved, returning wall times in ms."""
+    out = {k: [] for k in cmds}
+    for _ in range(n):
+        for k, argv in cmds.items():
+            t = time.perf_counter()
+            subprocess.run(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
+            out[k].append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def hold_with_flock(lock):
+    p = subprocess.Popen([FLOCK, lock, STAMP, "--wait-stdin"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def launch():
+    ws = workspace()
+    lock = os.path.join(ws, ".ralph", "loop.lock")
+    cmds = {
+        "true": ["true"],
+        "flock FILE true": [FLOCK, lock, "true"],
+        "ralph-supervise run -- true": [BIN, "-C", ws, "run", "--", "true"],
+    }
+    if TINI:
+        cmds["tini -s -- true"] = [TINI, "-s", "--", "true"]
+    res = timed_runs(cmds, N_LAUNCH)
+    base = statistics.median(res["flock FILE true"])
+    for k, v in res.items():
+        record("launch overhead", k, v, base=base)
+
+
+def conflict():
+    ws = workspace()
+    lock = os.path.join(ws, ".ralph", "loop.lock")
+    holder = hold_with_flock(lock)
+    cmds = {
+        "flock -n FILE true": [FLOCK, "-n", lock, "true"],
+        "ralph-supervise run --on-conflict fail": [BIN, "-C", ws, "run", "--on-conflict", "fail", "--", "true"],
+    }
+    res = timed_runs(cmds, N_LAUNCH)
+    holder.stdin.close()
+    holder.wait()
+    base = statistics.median(res["flock -n FILE true"])
+    for k, v in res.items():
+        record("conflict path (lock held)", k, v, base=base)
+
+
+def wchan(pid):
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def wait_blocked(pid, word):
+    deadline = time.monotonic() + 10
+    while word not in wchan(pid):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pid {pid} never blocked in {word}: {wchan(pid)!r}")
+        time.sleep(0.001)
+    # Blocked in the kernel; for ralph-supervise the helper thread also sits in flock.
+    time.sleep(0.005)
+
+
+def handoff_once(kind):
+    ws = workspace()
+    lock = os.path.join(ws, ".ralph", "loop.lock")
+    if kind == "flock":
+        holder = hold_with_flock(lock)
+        waiter = subprocess.Popen([FLOCK, "-w", "60", lock, STAMP], stdout=subprocess.PIPE, text=True)
+        wait_blocked(waiter.pid, "lock")
+    else:
+        holder = subprocess.Popen([BIN, "-C", ws, "run", "--", STAMP, "--wait-stdin"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "ready"
+        waiter = subprocess.Popen([BIN, "-q", "-C", ws, "run", "--on-conflict", "wait", "--", STAMP],
+                                  stdout=subprocess.PIPE, text=True)
+        wait_blocked(waiter.pid, "poll")
+    holder.stdin.close()
+    exited = int(holder.stdout.readline())
+    started = int(waiter.stdout.readline())
+    holder.wait()
+    waiter.wait()
+    shutil.rmtree(ws)
+    return (started - exited) / 1e6
+
+
+def handoff():
+    res = {"flock -w": [], "ralph-supervise --on-conflict wait": []}
+    for _ in range(N_HANDOFF):
+        res["flock -w"].append(handoff_once("flock"))
+        res["ralph-supervise --on-conflict wait"].append(handoff_once("ralph"))
+    base = statistics.median(res["flock -w"])
+    for k, v in res.items():
+        record("hand-off: holder's child exits -> waiter's child starts", k, v, base=base)
+
+
+def wait_timeout():
+    """Error of --wait-timeout: a timed-out wait's run time minus the same process's
+    run time when it fails at once (the process's own start-up and exit), minus 200 ms."""
+    ws = workspace()
+    lock = os.path.join(ws, ".ralph", "loop.lock")
+    holder = hold_with_flock(lock)
+    cmds = {
+        "wait": [BIN, "-q", "-C", ws, "run", "--on-conflict", "wait", "--wait-timeout", "200ms", "--", "true"],
+        "fail": [BIN, "-q", "-C", ws, "run", "--on-conflict", "fail", "--", "true"],
+    }
+    res = timed_runs(cmds, N_HANDOFF)
+    holder.stdin.close()
+    holder.wait()
+    fail = statistics.median(res["fail"])
+    record("wait timeout error (--wait-timeout 200ms, start-up and exit subtracted)", "ralph-supervise",
+           [t - fail - 200 for t in res["wait"]])
+
+
+def signal_latency_once(argv):
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.002)  # let the supervisor settle into poll(2)
+    sent = time.monotonic_ns()
+    os.kill(p.pid, signal.SIGTERM)
+    got = int(p.stdout.readline())
+    p.wait()
+    return (got - sent) / 1e6
+
+
+def signal_latency():
+    ws = workspace()
+    cmds = {
+        "direct (no supervisor)": [STAMP, "--on-term"],
+        "ralph-supervise": [BIN, "-C", ws, "run", "--", STAMP, "--on-term"],
+    }
+    if TINI:
+        cmds["tini"] = [TINI, "-s", "--", STAMP, "--on-term"]
+    res = {k: [] for k in cmds}
+    for _ in range(N_SIGNAL):
+        for k, argv in cmds.items():
+            res[k].append(signal_latency_once(argv))
+    base = statistics.median(res["tini"]) if TINI else None
+    for k, v in res.items():
+        record("signal forwarding: TERM to supervisor -> child's handler", k, v, base=base)
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return {l.split(":")[0]: l.split(":")[1].strip() for l in f if ":" in l}
+
+
+def idle_and_rss():
+    ws = workspace()
+    secs = 2 if QUICK else 10
+    p = subprocess.Popen([BIN, "-C", ws, "run", "--", "sleep", str(secs)])
+    time.sleep(0.2)
+    s0 = proc_status(p.pid)
+    before = int(s0["voluntary_ctxt_switches"]) + int(s0["nonvoluntary_ctxt_switches"])
+    time.sleep(secs - 0.5)
+    s1 = proc_status(p.pid)
+    after = int(s1["voluntary_ctxt_switches"]) + int(s1["nonvoluntary_ctxt_switches"])
+    p.wait()
+    idle = [("ralph-supervise", after - before, f"over {secs - 0.7:.1f} s of a sleeping child")]
+    if TINI:
+        t = subprocess.Popen([TINI, "-s", "--", "sleep", str(secs)])
+        time.sleep(0.2)
+        a = proc_status(t.pid)
+        b0 = int(a["voluntary_ctxt_switches"]) + int(a["nonvoluntary_ctxt_switches"])
+        time.sleep(secs - 0.5)
+        a = proc_status(t.pid)
+        b1 = int(a["voluntary_ctxt_switches"]) + int(a["nonvoluntary_ctxt_switches"])
+        t.wait()
+        idle.append(("tini", b1 - b0, ""))
+    rss = []
+    for name, argv in [("ralph-supervise", [BIN, "-C", ws, "run", "--", STAMP, "--wait-stdin"]),
+                       ("flock", [FLOCK, os.path.join(ws, "other.lock"), STAMP, "--wait-stdin"])] + \
+                      ([("tini", [TINI, "-s", "--", STAMP, "--wait-stdin"])] if TINI else []):
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        p.stdout.readline()
+        rss.append((name, proc_status(p.pid)["VmHWM"]))
+        p.stdin.close()
+        p.wait()
+    return idle, rss
+
+
+def main():
+    machine = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    launch()
+    conflict()
+    handoff()
+    wait_timeout()
+    signal_latency()
+    idle, rss = idle_and_rss()
+    size = os.path.getsize(BIN)
+
+    print(f"Machine: {machine}, {os.cpu_count()} cores, {cpu}")
+    print(f"flock(1): {FLOCK}; tini: {TINI or 'not installed'}; runs: {N_LAUNCH} launches, "
+          f"{N_HANDOFF} hand-offs, {N_SIGNAL} signals{' (quick)' if QUICK else ''}")
+    print()
+    section = None
+    for sec, subject, med, lo, hi, n, unit, ratio in rows:
+        if sec != section:
+            print(f"\n### {sec}\n")
+            print("| subject | median | p5 | p95 | n | vs baseline |")
+            print("|---|---|---|---|---|---|")
+            section = sec
+        print(f"| {subject} | {med:.3f} {unit} | {lo:.3f} | {hi:.3f} | {n} | {ratio} |")
+    print("\n### idle cost: context switches of the supervising process\n")
+    print("| subject | context switches | note |")
+    print("|---|---|---|")
+    for name, n, note in idle:
+        print(f"| {name} | {n} | {note} |")
+    print("\n### memory and size\n")
+    print("| subject | peak RSS (VmHWM) |")
+    print("|---|---|")
+    for name, v in rss:
+        print(f"| {name} | {v} |")
+    print(f"\nBinary size: {size} bytes ({size / 1024 / 1024:.2f} MiB), release profile, stripped.")
+
+
+if __name__ == "__main__":
+    main()
