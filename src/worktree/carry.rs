@@ -32,17 +32,41 @@ pub struct Carried {
 
 /// Copies the uncommitted state of `main` (a work tree top-level) into the fresh worktree
 /// `wt`. `skip_dir` is the worktrees directory relative to `main`, when inside it.
-pub(crate) fn carry(main: &Path, wt: &Path, skip_dir: Option<&Path>, oid_len: usize) -> Result<Carried, Failure> {
+pub(crate) fn carry(
+    main: &Path,
+    wt: &Path,
+    skip_dir: Option<&Path>,
+    oid_len: usize,
+) -> Result<Carried, Failure> {
     let keep = |rel: &Path| carriable(rel, skip_dir);
     let mut carried = Carried::default();
 
     // Working tree: every path that differs from HEAD, plus untracked-not-ignored files.
-    let diff = git::run(main, ["diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "HEAD", "--"], None)?;
+    let diff = git::run(
+        main,
+        [
+            "diff",
+            "--name-only",
+            "-z",
+            "--no-renames",
+            "--no-ext-diff",
+            "HEAD",
+            "--",
+        ],
+        None,
+    )?;
     check(&diff, main, "git diff")?;
-    let untracked = git::run(main, ["ls-files", "-z", "--others", "--exclude-standard"], None)?;
+    let untracked = git::run(
+        main,
+        ["ls-files", "-z", "--others", "--exclude-standard"],
+        None,
+    )?;
     check(&untracked, main, "git ls-files --others")?;
     let mut paths = BTreeSet::new();
-    for raw in git::nul_list(&diff.stdout).into_iter().chain(git::nul_list(&untracked.stdout)) {
+    for raw in git::nul_list(&diff.stdout)
+        .into_iter()
+        .chain(git::nul_list(&untracked.stdout))
+    {
         if raw.last() == Some(&b'/') {
             // An embedded repository git does not descend into: not ours to copy.
             tracing::warn!(path = %String::from_utf8_lossy(&raw), "not carrying a nested git repository into the worktree");
@@ -69,7 +93,19 @@ pub(crate) fn carry(main: &Path, wt: &Path, skip_dir: Option<&Path>, oid_len: us
     }
 
     // Index: paths whose staged state differs from HEAD get the main index's entry.
-    let cached = git::run(main, ["diff", "--cached", "--name-only", "-z", "--no-renames", "HEAD", "--"], None)?;
+    let cached = git::run(
+        main,
+        [
+            "diff",
+            "--cached",
+            "--name-only",
+            "-z",
+            "--no-renames",
+            "HEAD",
+            "--",
+        ],
+        None,
+    )?;
     check(&cached, main, "git diff --cached")?;
     let staged: Vec<Vec<u8>> = git::nul_list(&cached.stdout)
         .into_iter()
@@ -81,12 +117,18 @@ pub(crate) fn carry(main: &Path, wt: &Path, skip_dir: Option<&Path>, oid_len: us
         // path -> (mode, oid, stage)
         let mut index: HashMap<Vec<u8>, Vec<(String, String, u8)>> = HashMap::new();
         for rec in git::nul_list(&listing.stdout) {
-            let Some(tab) = rec.iter().position(|b| *b == b'\t') else { continue };
+            let Some(tab) = rec.iter().position(|b| *b == b'\t') else {
+                continue;
+            };
             let (meta, path) = (&rec[..tab], rec[tab + 1..].to_vec());
             let meta = String::from_utf8_lossy(meta);
             let mut f = meta.split(' ');
             if let (Some(mode), Some(oid), Some(stage)) = (f.next(), f.next(), f.next()) {
-                index.entry(path).or_default().push((mode.to_string(), oid.to_string(), stage.parse().unwrap_or(0)));
+                index.entry(path).or_default().push((
+                    mode.to_string(),
+                    oid.to_string(),
+                    stage.parse().unwrap_or(0),
+                ));
             }
         }
         let zero = "0".repeat(oid_len);
@@ -133,7 +175,11 @@ fn check(out: &git::Output, dir: &Path, what: &str) -> Result<(), Failure> {
     } else {
         Err(Failure::msg(
             ExitStatus::Failure,
-            format!("carrying uncommitted work: {what} failed in {}: {}", dir.display(), out.complaint()),
+            format!(
+                "carrying uncommitted work: {what} failed in {}: {}",
+                dir.display(),
+                out.complaint()
+            ),
         ))
     }
 }
@@ -164,7 +210,9 @@ fn remove_in(wt: &Path, rel: &Path) -> io::Result<bool> {
 /// follow out of the worktree).
 fn parent_is_real(wt: &Path, rel: &Path) -> bool {
     let mut at = wt.to_path_buf();
-    let Some(parent) = rel.parent() else { return true };
+    let Some(parent) = rel.parent() else {
+        return true;
+    };
     for c in parent.components() {
         at.push(c);
         match at.symlink_metadata() {
@@ -179,7 +227,9 @@ fn parent_is_real(wt: &Path, rel: &Path) -> bool {
 /// symlinks that stand in the way (the main work tree has a directory there).
 fn make_parents(wt: &Path, rel: &Path) -> io::Result<()> {
     let mut at = wt.to_path_buf();
-    let Some(parent) = rel.parent() else { return Ok(()) };
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
     for c in parent.components() {
         at.push(c);
         match at.symlink_metadata() {

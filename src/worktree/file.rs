@@ -53,7 +53,8 @@ pub(crate) fn open_locked(
     };
     let path = dir.join(name);
     for _ in 0..16 {
-        let mut flags = access | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        let mut flags =
+            access | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
         if create {
             flags |= OFlag::O_CREAT;
         }
@@ -66,12 +67,18 @@ pub(crate) fn open_locked(
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
             return Err(Failure::msg(
                 ExitStatus::Failure,
-                format!("refusing {}: it is not a regular file; move it away", path.display()),
+                format!(
+                    "refusing {}: it is not a regular file; move it away",
+                    path.display()
+                ),
             ));
         }
         fcntl(&fd, FcntlArg::F_SETFL(access)).map_err(|e| refuse(&path, e))?;
         flock(fd.as_fd(), FlockOp::Exclusive).map_err(|e| {
-            Failure::msg(ExitStatus::Failure, format!("cannot lock {}: {e}", path.display()))
+            Failure::msg(
+                ExitStatus::Failure,
+                format!("cannot lock {}: {e}", path.display()),
+            )
         })?;
         match fstatat(&dirfd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(now) if now.st_dev == st.st_dev && now.st_ino == st.st_ino => {
@@ -96,7 +103,10 @@ fn refuse(path: &Path, e: Errno) -> Failure {
         Errno::EACCES | Errno::EPERM | Errno::EROFS => format!("{}; make it writable", e.desc()),
         e => e.desc().to_string(),
     };
-    Failure::msg(ExitStatus::Failure, format!("refusing {}: {why}", path.display()))
+    Failure::msg(
+        ExitStatus::Failure,
+        format!("refusing {}: {why}", path.display()),
+    )
 }
 
 /// Reads a whole file from offset 0 (pread: independent of the file position).

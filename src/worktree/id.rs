@@ -21,24 +21,24 @@ const WORD_ATTEMPTS: usize = 64;
 const STOPWORDS: &[&str] = &[
     "a", "an", "the", "and", "or", "but", "to", "of", "in", "on", "at", "for", "with", "by",
     "from", "into", "onto", "is", "are", "be", "it", "its", "this", "that", "these", "those",
-    "please", "can", "you", "we", "i", "me", "my", "our", "your", "so", "as", "all", "any",
-    "some", "then", "than", "do", "does", "make", "should", "would", "could", "will", "let",
+    "please", "can", "you", "we", "i", "me", "my", "our", "your", "so", "as", "all", "any", "some",
+    "then", "than", "do", "does", "make", "should", "would", "could", "will", "let",
 ];
 
 const ADJECTIVES: &[&str] = &[
     "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lively", "merry",
-    "nimble", "proud", "quick", "quiet", "bold", "bright", "clever", "cosmic", "daring",
-    "swift", "witty", "zesty", "amber", "azure", "crisp", "dapper", "fuzzy", "golden", "hardy",
-    "humble", "keen", "lucky", "mellow", "noble", "plucky", "rapid", "rustic", "silver",
-    "sturdy", "sunny", "tidy", "vivid", "warm", "wise", "young", "agile", "breezy", "cheery",
+    "nimble", "proud", "quick", "quiet", "bold", "bright", "clever", "cosmic", "daring", "swift",
+    "witty", "zesty", "amber", "azure", "crisp", "dapper", "fuzzy", "golden", "hardy", "humble",
+    "keen", "lucky", "mellow", "noble", "plucky", "rapid", "rustic", "silver", "sturdy", "sunny",
+    "tidy", "vivid", "warm", "wise", "young", "agile", "breezy", "cheery",
 ];
 
 const NOUNS: &[&str] = &[
-    "otter", "falcon", "badger", "beaver", "bison", "cobra", "condor", "coyote", "crane",
-    "dingo", "eagle", "ferret", "finch", "gecko", "heron", "ibis", "jackal", "koala", "lemur",
-    "lynx", "marten", "moose", "newt", "ocelot", "orca", "osprey", "panda", "puffin", "quail",
-    "raven", "robin", "salmon", "seal", "shrew", "sparrow", "stoat", "swan", "tapir", "tiger",
-    "toucan", "trout", "walrus", "weasel", "whale", "wombat", "yak", "zebra", "maple",
+    "otter", "falcon", "badger", "beaver", "bison", "cobra", "condor", "coyote", "crane", "dingo",
+    "eagle", "ferret", "finch", "gecko", "heron", "ibis", "jackal", "koala", "lemur", "lynx",
+    "marten", "moose", "newt", "ocelot", "orca", "osprey", "panda", "puffin", "quail", "raven",
+    "robin", "salmon", "seal", "shrew", "sparrow", "stoat", "swan", "tapir", "tiger", "toucan",
+    "trout", "walrus", "weasel", "whale", "wombat", "yak", "zebra", "maple",
 ];
 
 /// A ralph-style loop id for `prompt` that `taken` rejects not.
@@ -80,9 +80,12 @@ pub fn generate_id(prompt: &str, taken: &dyn Fn(&str) -> bool) -> String {
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN
-        && id
-            .split('-')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && id.split('-').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 /// The usable words of a prompt: ASCII letters and digits, lowercased, stopwords and

@@ -132,7 +132,10 @@ fn inspect(dir: &Path) -> Result<Repo, Failure> {
     } else {
         return Err(Failure::msg(
             ExitStatus::Failure,
-            format!("{} is not a directory; worktree launches need a git repository", dir.display()),
+            format!(
+                "{} is not a directory; worktree launches need a git repository",
+                dir.display()
+            ),
         ));
     };
     let bare = git::run(&dir_for_git, ["rev-parse", "--is-bare-repository"], None)?;
@@ -149,12 +152,21 @@ fn inspect(dir: &Path) -> Result<Repo, Failure> {
     if bare.text() == "true" {
         return Err(Failure::msg(
             ExitStatus::Failure,
-            format!("{} is a bare git repository; worktree launches need a work tree", dir.display()),
+            format!(
+                "{} is a bare git repository; worktree launches need a work tree",
+                dir.display()
+            ),
         ));
     }
     let out = git::run(
         &dir_for_git,
-        ["rev-parse", "--path-format=absolute", "--show-toplevel", "--git-path", "info/exclude"],
+        [
+            "rev-parse",
+            "--path-format=absolute",
+            "--show-toplevel",
+            "--git-path",
+            "info/exclude",
+        ],
         None,
     )?;
     let text = out.text();
@@ -162,17 +174,31 @@ fn inspect(dir: &Path) -> Result<Repo, Failure> {
     let (Some(root), Some(exclude), true) = (lines.next(), lines.next(), out.ok) else {
         return Err(Failure::msg(
             ExitStatus::Failure,
-            format!("{} is not inside a git work tree: {}", dir.display(), out.complaint()),
+            format!(
+                "{} is not inside a git work tree: {}",
+                dir.display(),
+                out.complaint()
+            ),
         ));
     };
-    let head = git::run(&dir_for_git, ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], None)?;
+    let head = git::run(
+        &dir_for_git,
+        ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+        None,
+    )?;
     if !head.ok || head.text().is_empty() {
         return Err(Failure::msg(
             ExitStatus::Failure,
-            format!("the git repository at {root} has no commits yet; commit once so a worktree can branch from HEAD"),
+            format!(
+                "the git repository at {root} has no commits yet; commit once so a worktree can branch from HEAD"
+            ),
         ));
     }
-    let branch = git::run(&dir_for_git, ["symbolic-ref", "--quiet", "--short", "HEAD"], None)?;
+    let branch = git::run(
+        &dir_for_git,
+        ["symbolic-ref", "--quiet", "--short", "HEAD"],
+        None,
+    )?;
     Ok(Repo {
         root: PathBuf::from(root),
         exclude: PathBuf::from(exclude),
@@ -187,7 +213,10 @@ fn worktrees_dir(root: &Path, dir: &Path) -> Result<(PathBuf, Option<PathBuf>), 
     if dir.as_os_str().is_empty() || dir.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(Failure::msg(
             ExitStatus::Failure,
-            format!("worktree dir {:?} must be a path inside the repository without \"..\"", dir.display()),
+            format!(
+                "worktree dir {:?} must be a path inside the repository without \"..\"",
+                dir.display()
+            ),
         ));
     }
     let abs = root.join(dir);
@@ -211,12 +240,26 @@ fn repo_lock(root: &Path) -> Result<RepoLock, Failure> {
     let fd = nix::fcntl::openat(
         &dir,
         REPO_LOCK_FILE,
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+        OFlag::O_RDWR
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY
+            | OFlag::O_NONBLOCK,
         Mode::from_bits_truncate(0o644),
     )
-    .map_err(|e| Failure::msg(ExitStatus::Failure, format!("cannot open {}: {}", path.display(), e.desc())))?;
-    flock(fd.as_fd(), FlockOp::Exclusive)
-        .map_err(|e| Failure::msg(ExitStatus::Failure, format!("cannot lock {}: {e}", path.display())))?;
+    .map_err(|e| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot open {}: {}", path.display(), e.desc()),
+        )
+    })?;
+    flock(fd.as_fd(), FlockOp::Exclusive).map_err(|e| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot lock {}: {e}", path.display()),
+        )
+    })?;
     Ok(RepoLock { _fd: fd })
 }
 
@@ -224,18 +267,31 @@ fn repo_lock(root: &Path) -> Result<RepoLock, Failure> {
 fn ensure_excluded(exclude: &Path, rel: &Path) -> Result<(), Failure> {
     let rel = rel.to_string_lossy();
     let wanted = format!("/{rel}/");
-    let accepted = [wanted.clone(), format!("{rel}/"), format!("/{rel}"), rel.to_string()];
+    let accepted = [
+        wanted.clone(),
+        format!("{rel}/"),
+        format!("/{rel}"),
+        rel.to_string(),
+    ];
     let old = match fs::read_to_string(exclude) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(e) => {
-            return Err(Failure::msg(ExitStatus::Failure, format!("cannot read {}: {e}", exclude.display())));
+            return Err(Failure::msg(
+                ExitStatus::Failure,
+                format!("cannot read {}: {e}", exclude.display()),
+            ));
         }
     };
     if old.lines().any(|l| accepted.iter().any(|a| a == l.trim())) {
         return Ok(());
     }
-    let fail = |e: io::Error| Failure::msg(ExitStatus::Failure, format!("cannot add {wanted} to {}: {e}", exclude.display()));
+    let fail = |e: io::Error| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot add {wanted} to {}: {e}", exclude.display()),
+        )
+    };
     if let Some(parent) = exclude.parent() {
         fs::create_dir_all(parent).map_err(fail)?;
     }
@@ -246,20 +302,36 @@ fn ensure_excluded(exclude: &Path, rel: &Path) -> Result<(), Failure> {
     line.push_str("# ralph loop worktrees\n");
     line.push_str(&wanted);
     line.push('\n');
-    let mut f = fs::OpenOptions::new().append(true).create(true).open(exclude).map_err(fail)?;
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(exclude)
+        .map_err(fail)?;
     io::Write::write_all(&mut f, line.as_bytes()).map_err(fail)
 }
 
 fn branch_exists(root: &Path, branch: &str) -> Result<bool, Failure> {
     let refname = format!("refs/heads/{branch}");
-    Ok(git::run(root, ["show-ref", "--verify", "--quiet", refname.as_str()], None)?.ok)
+    Ok(git::run(
+        root,
+        ["show-ref", "--verify", "--quiet", refname.as_str()],
+        None,
+    )?
+    .ok)
 }
 
 /// Paths of the registered worktrees and the branch each has checked out.
 fn worktree_list(root: &Path) -> Result<Vec<(PathBuf, Option<String>)>, Failure> {
     let out = git::run(root, ["worktree", "list", "--porcelain", "-z"], None)?;
     if !out.ok {
-        return Err(Failure::msg(ExitStatus::Failure, format!("git worktree list failed in {}: {}", root.display(), out.complaint())));
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "git worktree list failed in {}: {}",
+                root.display(),
+                out.complaint()
+            ),
+        ));
     }
     let mut list: Vec<(PathBuf, Option<String>)> = Vec::new();
     for field in git::nul_list(&out.stdout) {
@@ -292,7 +364,16 @@ fn clean_failed_add(root: &Path, path: &Path, branch: &str) -> Result<(), Failur
 fn remove_worktree(root: &Path, path: &Path, branch: Option<&str>) -> Result<(), Failure> {
     let mut errors = Vec::new();
     if path.symlink_metadata().is_ok() {
-        let out = git::run(root, [std::ffi::OsStr::new("worktree"), "remove".as_ref(), "--force".as_ref(), path.as_os_str()], None)?;
+        let out = git::run(
+            root,
+            [
+                std::ffi::OsStr::new("worktree"),
+                "remove".as_ref(),
+                "--force".as_ref(),
+                path.as_os_str(),
+            ],
+            None,
+        )?;
         if !out.ok {
             // Not (or no longer) registered, or half made: remove the directory ourselves.
             if let Err(e) = fs::remove_dir_all(path)
@@ -308,7 +389,10 @@ fn remove_worktree(root: &Path, path: &Path, branch: Option<&str>) -> Result<(),
     {
         let out = git::run(root, ["branch", "-D", "--quiet", branch], None)?;
         if !out.ok {
-            errors.push(format!("cannot delete branch {branch}: {}", out.complaint()));
+            errors.push(format!(
+                "cannot delete branch {branch}: {}",
+                out.complaint()
+            ));
         }
     }
     if errors.is_empty() {
@@ -330,15 +414,20 @@ pub fn create(spec: &Spec) -> Result<Created, Failure> {
     let root = repo.root.clone();
     let (wt_root, wt_rel) = worktrees_dir(&root, &spec.dir)?;
     let probe_ref = format!("refs/heads/{}x", spec.branch_prefix);
-    if spec.branch_prefix.is_empty() || !git::run(&root, ["check-ref-format", probe_ref.as_str()], None)?.ok {
+    if spec.branch_prefix.is_empty()
+        || !git::run(&root, ["check-ref-format", probe_ref.as_str()], None)?.ok
+    {
         return Err(Failure::msg(
             ExitStatus::Failure,
-            format!("branch prefix {:?} does not make valid branch names; use something like \"ralph/\"", spec.branch_prefix),
+            format!(
+                "branch prefix {:?} does not make valid branch names; use something like \"ralph/\"",
+                spec.branch_prefix
+            ),
         ));
     }
     let live: Vec<String> = registry::list(&root.join(RALPH_DIR))?
         .into_iter()
-        .filter(|e| crate::procfs::alive(e.pid, None))
+        .filter(|e| registry::pid_alive(e.pid))
         .map(|e| e.id)
         .collect();
     let created_root = wt_root.symlink_metadata().is_err();
@@ -350,16 +439,29 @@ pub fn create(spec: &Spec) -> Result<Created, Failure> {
         if let Some(rel) = &wt_rel {
             ensure_excluded(&repo.exclude, rel)?;
         }
-        let refs = git::run(&root, ["for-each-ref", "--format=%(refname:lstrip=2)", "refs/heads/"], None)?;
+        let refs = git::run(
+            &root,
+            [
+                "for-each-ref",
+                "--format=%(refname:lstrip=2)",
+                "refs/heads/",
+            ],
+            None,
+        )?;
         let branches: HashSet<String> = refs.text().lines().map(str::to_string).collect();
         let dirs: Vec<String> = fs::read_dir(&wt_root)
-            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let others: Vec<&String> = live.iter().chain(dirs.iter()).collect();
         let taken = |c: &str| {
             wt_root.join(c).symlink_metadata().is_ok()
                 || branches.contains(&format!("{}{c}", spec.branch_prefix))
-                || others.iter().any(|o| o.contains(c) || c.contains(o.as_str()))
+                || others
+                    .iter()
+                    .any(|o| o.contains(c) || c.contains(o.as_str()))
         };
         let id = id::generate_id(&spec.prompt, &taken);
         let branch = format!("{}{id}", spec.branch_prefix);
@@ -385,7 +487,11 @@ pub fn create(spec: &Spec) -> Result<Created, Failure> {
         let error = if branches.contains(&branch) {
             format!("branch {branch} already exists; delete it or pick another prefix")
         } else {
-            format!("git worktree add {} failed: {}", path.display(), add.complaint())
+            format!(
+                "git worktree add {} failed: {}",
+                path.display(),
+                add.complaint()
+            )
         };
         clean_failed_add(&root, &path, &branch)?;
         drop(lock);
@@ -419,7 +525,11 @@ pub fn create(spec: &Spec) -> Result<Created, Failure> {
                 let _ = fs::remove_dir(&wt_root);
             }
             if let Err(r) = rollback {
-                tracing::error!("rolling back worktree {}: {:#}", created.path.display(), r.error);
+                tracing::error!(
+                    "rolling back worktree {}: {:#}",
+                    created.path.display(),
+                    r.error
+                );
             }
             Err(failure)
         }
@@ -435,7 +545,10 @@ fn set_up(spec: &Spec, created: &Created, wt_rel: Option<&Path>) -> Result<Carri
     };
     #[cfg(test)]
     if FAIL_AFTER_ADD.with(|f| f.get()) {
-        return Err(Failure::msg(ExitStatus::Failure, "injected failure after git worktree add"));
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            "injected failure after git worktree add",
+        ));
     }
     share(&created.repo, &created.path)?;
     write_context(created, &spec.prompt)?;
@@ -446,7 +559,12 @@ fn set_up(spec: &Spec, created: &Created, wt_rel: Option<&Path>) -> Result<Carri
 fn share(root: &Path, wt: &Path) -> Result<(), Failure> {
     let main = RalphDir::open_or_create(root)?;
     let main = main.path().to_path_buf();
-    let fail = |what: &Path, e: io::Error| Failure::msg(ExitStatus::Failure, format!("sharing ralph state: {}: {e}", what.display()));
+    let fail = |what: &Path, e: io::Error| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("sharing ralph state: {}: {e}", what.display()),
+        )
+    };
     for d in ["agent", "specs", "tasks"] {
         fs::create_dir_all(main.join(d)).map_err(|e| fail(&main.join(d), e))?;
     }
@@ -517,15 +635,26 @@ fn write_context(created: &Created, prompt: &str) -> Result<(), Failure> {
         repo = created.repo.display(),
         now = crate::metadata::format_time(&chrono::Utc::now()),
     );
-    fs::write(&path, text)
-        .map_err(|e| Failure::msg(ExitStatus::Failure, format!("cannot write {}: {e}", path.display())))
+    fs::write(&path, text).map_err(|e| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })
 }
 
 /// Uncommitted changes in a worktree, ignoring our own untracked `.ralph/`.
 fn has_changes(wt: &Path) -> Result<bool, Failure> {
-    let out = git::run(wt, ["status", "--porcelain=v1", "-z", "--untracked-files=normal"], None)?;
+    let out = git::run(
+        wt,
+        ["status", "--porcelain=v1", "-z", "--untracked-files=normal"],
+        None,
+    )?;
     if !out.ok {
-        return Err(Failure::msg(ExitStatus::Failure, format!("git status failed in {}: {}", wt.display(), out.complaint())));
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!("git status failed in {}: {}", wt.display(), out.complaint()),
+        ));
     }
     Ok(git::nul_list(&out.stdout).iter().any(|rec| {
         let untracked_ralph = rec.starts_with(b"?? ") && {
@@ -537,7 +666,12 @@ fn has_changes(wt: &Path) -> Result<bool, Failure> {
 }
 
 /// Commits in `wt`'s HEAD (and in `branch`, when it exists) not reachable from `base`.
-fn commits_beyond(root: &Path, wt: &Path, base: &str, branch: Option<&str>) -> Result<u64, Failure> {
+fn commits_beyond(
+    root: &Path,
+    wt: &Path,
+    base: &str,
+    branch: Option<&str>,
+) -> Result<u64, Failure> {
     let count = |dir: &Path, tip: &str| -> Result<u64, Failure> {
         let range = format!("{base}..{tip}");
         let text = git::ok(dir, ["rev-list", "--count", range.as_str()], "git rev-list")?;
@@ -559,7 +693,13 @@ fn commits_beyond(root: &Path, wt: &Path, base: &str, branch: Option<&str>) -> R
 ///
 /// Call it after the worktree's `loop.lock` has been released. `queue-merge` without
 /// success or without commits keeps the worktree.
-pub fn finish(repo: &Path, created: &Created, on_exit: OnExit, success: bool, prompt: &str) -> Result<Finish, Failure> {
+pub fn finish(
+    repo: &Path,
+    created: &Created,
+    on_exit: OnExit,
+    success: bool,
+    prompt: &str,
+) -> Result<Finish, Failure> {
     match on_exit {
         OnExit::Keep => Ok(Finish::Kept),
         OnExit::RemoveIfClean => {
@@ -572,14 +712,18 @@ pub fn finish(repo: &Path, created: &Created, on_exit: OnExit, success: bool, pr
                 }
                 return Ok(Finish::KeptDirty);
             }
-            if has_changes(&created.path)? || commits_beyond(repo, &created.path, &created.base, Some(&created.branch))? > 0 {
+            if has_changes(&created.path)?
+                || commits_beyond(repo, &created.path, &created.base, Some(&created.branch))? > 0
+            {
                 return Ok(Finish::KeptDirty);
             }
             remove_worktree(repo, &created.path, Some(&created.branch))?;
             Ok(Finish::Removed)
         }
         OnExit::QueueMerge => {
-            if success && commits_beyond(repo, &created.path, &created.base, Some(&created.branch))? > 0 {
+            if success
+                && commits_beyond(repo, &created.path, &created.base, Some(&created.branch))? > 0
+            {
                 queue::enqueue(&repo.join(RALPH_DIR), &created.id, prompt)?;
                 Ok(Finish::Queued)
             } else {
@@ -595,19 +739,29 @@ fn probe_loop_lock(wt: &Path) -> Result<(bool, Option<OwnedFd>), Failure> {
     let path = wt.join(RALPH_DIR).join(crate::lock::LOCK_FILE);
     let fd = match open(
         &path,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY,
         Mode::empty(),
     ) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok((false, None)),
         Err(e) => {
-            return Err(Failure::msg(ExitStatus::Failure, format!("cannot probe {}: {}", path.display(), e.desc())));
+            return Err(Failure::msg(
+                ExitStatus::Failure,
+                format!("cannot probe {}: {}", path.display(), e.desc()),
+            ));
         }
     };
     match flock(fd.as_fd(), FlockOp::TryExclusive) {
         Ok(()) => Ok((false, Some(fd))),
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok((true, None)),
-        Err(e) => Err(Failure::msg(ExitStatus::Failure, format!("cannot probe {}: {e}", path.display()))),
+        Err(e) => Err(Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot probe {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -615,22 +769,37 @@ fn probe_loop_lock(wt: &Path) -> Result<(bool, Option<OwnedFd>), Failure> {
 /// `<repo>/<dir>` with their branches (when named `<prefix>...`). A worktree is clean
 /// when it has no uncommitted changes and no commit the main work tree's HEAD lacks.
 /// Those with unmerged work are listed, never deleted. `dry_run` changes nothing.
-pub fn gc(repo: &Path, dir: &Path, branch_prefix: &str, dry_run: bool) -> Result<GcReport, Failure> {
+pub fn gc(
+    repo: &Path,
+    dir: &Path,
+    branch_prefix: &str,
+    dry_run: bool,
+) -> Result<GcReport, Failure> {
     let info = inspect(repo)?;
     let root = info.root;
     let (wt_root, _) = worktrees_dir(&root, dir)?;
     let ralph_dir = root.join(RALPH_DIR);
-    let mut report = GcReport::default();
-    report.pruned = if dry_run {
+    let pruned = if dry_run {
         registry::list(&ralph_dir)?
             .into_iter()
-            .filter(|e| !crate::procfs::alive(e.pid, None))
+            .filter(|e| !registry::pid_alive(e.pid))
             .map(|e| e.id)
             .collect()
     } else {
-        registry::prune(&ralph_dir)?.into_iter().map(|e| e.id).collect()
+        registry::prune(&ralph_dir)?
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
     };
-    let _lock = if dry_run { None } else { Some(repo_lock(&root)?) };
+    let mut report = GcReport {
+        pruned,
+        ..GcReport::default()
+    };
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(repo_lock(&root)?)
+    };
     let wt_root = wt_root.canonicalize().unwrap_or(wt_root);
     for (path, branch) in worktree_list(&root)? {
         if path.parent() != Some(wt_root.as_path()) || !path.is_dir() {

@@ -18,10 +18,18 @@ pub const QUEUE_FILE: &str = "merge-queue.jsonl";
 /// someone else) gets one first, so our line stays a line of its own.
 pub fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Result<(), Failure> {
     let path = repo_ralph_dir.join(QUEUE_FILE);
-    let file = open_locked(repo_ralph_dir, QUEUE_FILE, OFlag::O_RDWR | OFlag::O_APPEND, true)?
-        .expect("open_locked with create returns a file");
+    let file = open_locked(
+        repo_ralph_dir,
+        QUEUE_FILE,
+        OFlag::O_RDWR | OFlag::O_APPEND,
+        true,
+    )?
+    .expect("open_locked with create returns a file");
     let fail = |e: std::io::Error| {
-        Failure::msg(ExitStatus::Failure, format!("cannot append to {}: {e}", path.display()))
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot append to {}: {e}", path.display()),
+        )
     };
     let len = file.metadata().map_err(fail)?.len();
     let mut line = Vec::new();

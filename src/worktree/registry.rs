@@ -134,7 +134,7 @@ impl Data {
 }
 
 /// Whether a process with this pid exists (EPERM: it does, another user's).
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
@@ -163,7 +163,8 @@ pub fn deregister(repo_ralph_dir: &Path, id: &str) -> Result<(), Failure> {
     }
     edit(repo_ralph_dir, |data| {
         data.prune();
-        data.loops.retain(|s| !matches!(s, Slot::Known(e) if e.id == id));
+        data.loops
+            .retain(|s| !matches!(s, Slot::Known(e) if e.id == id));
     })
     .map(|_| ())
 }
@@ -221,9 +222,17 @@ fn edit<R>(dir: &Path, change: impl FnOnce(&mut Data) -> R) -> Result<R, Failure
 
 /// Writes `bytes` padded with spaces to `old_len` from offset 0, truncates to the JSON's
 /// length and syncs.
-fn write_in_place(file: &File, path: &Path, mut bytes: Vec<u8>, old_len: usize) -> Result<(), Failure> {
+fn write_in_place(
+    file: &File,
+    path: &Path,
+    mut bytes: Vec<u8>,
+    old_len: usize,
+) -> Result<(), Failure> {
     let fail = |e: std::io::Error| {
-        Failure::msg(ExitStatus::Failure, format!("cannot write {}: {e}", path.display()))
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot write {}: {e}", path.display()),
+        )
     };
     let len = bytes.len();
     if len < old_len {
@@ -261,7 +270,10 @@ fn keep_aside(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Failure> {
                     .map_err(|e| {
                         Failure::msg(
                             ExitStatus::Failure,
-                            format!("cannot keep a copy of the corrupt registry at {}: {e}", path.display()),
+                            format!(
+                                "cannot keep a copy of the corrupt registry at {}: {e}",
+                                path.display()
+                            ),
                         )
                     })?;
                 return Ok(path);
@@ -342,9 +354,17 @@ mod tests {
         assert_eq!(listed[1].prompt, "changed");
 
         // ralph's shape on disk.
-        let raw: Value = serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
         let first = &raw["loops"][0];
-        for key in ["id", "pid", "started", "prompt", "worktree_path", "workspace"] {
+        for key in [
+            "id",
+            "pid",
+            "started",
+            "prompt",
+            "worktree_path",
+            "workspace",
+        ] {
             assert!(first.get(key).is_some(), "{key} missing: {raw}");
         }
         assert!(first["started"].as_str().unwrap().ends_with('Z'));
@@ -352,7 +372,10 @@ mod tests {
         deregister(&dir, "two-calm-seal").unwrap();
         deregister(&dir, "no-such-loop").unwrap();
         let listed = list(&dir).unwrap();
-        assert_eq!(listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["one-brave-otter"]);
+        assert_eq!(
+            listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["one-brave-otter"]
+        );
     }
 
     #[test]
@@ -366,7 +389,10 @@ mod tests {
         assert_eq!(list(&dir).unwrap().len(), 1);
         register(&dir, entry("dead-again", dead)).unwrap();
         let removed = prune(&dir).unwrap();
-        assert_eq!(removed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["dead-again"]);
+        assert_eq!(
+            removed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["dead-again"]
+        );
         assert_eq!(list(&dir).unwrap()[0].id, "live-loop");
     }
 
@@ -384,12 +410,16 @@ mod tests {
         );
         std::fs::write(dir.join(REGISTRY_FILE), ralph).unwrap();
         register(&dir, entry("mine-brave-otter", me)).unwrap();
-        let raw: Value = serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
         assert_eq!(raw["version"], 3);
         let loops = raw["loops"].as_array().unwrap();
         assert_eq!(loops.len(), 3, "{raw}");
         assert_eq!(loops[0]["hat"], "builder");
-        assert!(loops[0].get("worktree_path").is_none(), "primary entry grew a worktree_path");
+        assert!(
+            loops[0].get("worktree_path").is_none(),
+            "primary entry grew a worktree_path"
+        );
         assert_eq!(loops[1]["note"], "keep me");
         assert_eq!(loops[1]["pid"], "not a number");
         let listed = list(&dir).unwrap();
@@ -404,7 +434,9 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let garbage = b"{\"loops\":[{\"id\":\"half-writ";
         std::fs::write(dir.join(REGISTRY_FILE), garbage).unwrap();
-        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(REGISTRY_FILE)).unwrap());
+        let inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(dir.join(REGISTRY_FILE)).unwrap(),
+        );
         // Listing does not touch it.
         assert!(list(&dir).unwrap().is_empty());
         register(&dir, entry("after-corrupt", std::process::id())).unwrap();
@@ -417,7 +449,9 @@ mod tests {
         assert_eq!(std::fs::read(dir.join(&copies[0])).unwrap(), garbage);
         assert_eq!(list(&dir).unwrap()[0].id, "after-corrupt");
         // Edited in place: same inode.
-        let after = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(REGISTRY_FILE)).unwrap());
+        let after = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(dir.join(REGISTRY_FILE)).unwrap(),
+        );
         assert_eq!(inode, after);
         // Wrong shape is corrupt too.
         std::fs::write(dir.join(REGISTRY_FILE), b"[1,2,3]").unwrap();
@@ -434,7 +468,11 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join(REGISTRY_FILE)).unwrap();
         let err = register(&dir, entry("x", std::process::id())).unwrap_err();
         assert_eq!(err.status, ExitStatus::Failure);
-        assert!(err.error.to_string().contains("symbolic link"), "{:#}", err.error);
+        assert!(
+            err.error.to_string().contains("symbolic link"),
+            "{:#}",
+            err.error
+        );
         assert_eq!(std::fs::read(tmp.path().join("elsewhere")).unwrap(), b"{}");
     }
 
@@ -445,7 +483,9 @@ mod tests {
         let threads: Vec<_> = (0..8)
             .map(|i| {
                 let dir = dir.clone();
-                std::thread::spawn(move || register(&dir, entry(&format!("loop-{i}"), std::process::id())).unwrap())
+                std::thread::spawn(move || {
+                    register(&dir, entry(&format!("loop-{i}"), std::process::id())).unwrap()
+                })
             })
             .collect();
         for t in threads {

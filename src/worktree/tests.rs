@@ -55,10 +55,17 @@ fn spec(root: &Path, prompt: &str, carry: bool) -> Spec {
 }
 
 fn branches(root: &Path) -> Vec<String> {
-    g(root, &["for-each-ref", "--format=%(refname:short)", "refs/heads/ralph/"])
-        .lines()
-        .map(str::to_string)
-        .collect()
+    g(
+        root,
+        &[
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/ralph/",
+        ],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
 }
 
 fn commit_in(wt: &Path, name: &str) {
@@ -108,20 +115,35 @@ fn ralph_sharing_and_context() {
         ("tasks", main.join("tasks")),
     ] {
         let l = c.path.join(".ralph").join(link);
-        assert!(l.symlink_metadata().unwrap().file_type().is_symlink(), "{link}");
+        assert!(
+            l.symlink_metadata().unwrap().file_type().is_symlink(),
+            "{link}"
+        );
         assert_eq!(fs::read_link(&l).unwrap(), target);
         assert!(l.exists(), "{link} dangles");
     }
     // Writing through the worktree's link lands in the main repo.
     fs::write(c.path.join(".ralph/agent/memories.md"), "remember\n").unwrap();
-    assert_eq!(fs::read_to_string(main.join("agent/memories.md")).unwrap(), "remember\n");
+    assert_eq!(
+        fs::read_to_string(main.join("agent/memories.md")).unwrap(),
+        "remember\n"
+    );
     let ctx = fs::read_to_string(c.path.join(CONTEXT_FILE)).unwrap();
-    for needle in [&c.id, &c.branch, &c.base, "write the docs", root.to_str().unwrap()] {
-        assert!(ctx.contains(needle.as_str()), "{needle} missing from {ctx}");
+    for needle in [
+        c.id.as_str(),
+        &c.branch,
+        &c.base,
+        "write the docs",
+        root.to_str().unwrap(),
+    ] {
+        assert!(ctx.contains(needle), "{needle} missing from {ctx}");
     }
     // Existing memories are never truncated by another launch.
     create(&spec(&root, "again", false)).unwrap();
-    assert_eq!(fs::read_to_string(main.join("agent/memories.md")).unwrap(), "remember\n");
+    assert_eq!(
+        fs::read_to_string(main.join("agent/memories.md")).unwrap(),
+        "remember\n"
+    );
 }
 
 #[test]
@@ -142,8 +164,17 @@ fn carries_every_kind_of_change() {
     // untracked, in a new subdirectory, executable
     fs::create_dir_all(root.join("new/dir")).unwrap();
     fs::write(root.join("new/dir/tool.sh"), "#!/bin/sh\n").unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut fs::metadata(root.join("new/dir/tool.sh")).unwrap().permissions(), 0o755);
-    fs::set_permissions(root.join("new/dir/tool.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut fs::metadata(root.join("new/dir/tool.sh"))
+            .unwrap()
+            .permissions(),
+        0o755,
+    );
+    fs::set_permissions(
+        root.join("new/dir/tool.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     // untracked symlink (dangling on purpose) and a retargeted tracked symlink
     symlink("../nowhere", root.join("new/link")).unwrap();
     fs::remove_file(root.join("readme-link")).unwrap();
@@ -158,35 +189,74 @@ fn carries_every_kind_of_change() {
 
     let c = create(&spec(&root, "carry it all", true)).unwrap();
     let wt = &c.path;
-    assert_eq!(fs::read_to_string(wt.join("README.md")).unwrap(), "# changed\n");
-    assert_eq!(fs::read_to_string(wt.join("src/lib.rs")).unwrap(), "pub fn worktree() {}\n");
+    assert_eq!(
+        fs::read_to_string(wt.join("README.md")).unwrap(),
+        "# changed\n"
+    );
+    assert_eq!(
+        fs::read_to_string(wt.join("src/lib.rs")).unwrap(),
+        "pub fn worktree() {}\n"
+    );
     assert_eq!(fs::read_to_string(wt.join("added.txt")).unwrap(), "added\n");
     assert!(!wt.join("gone.txt").exists());
     assert!(!wt.join("unstage-del.txt").exists());
-    assert_eq!(fs::read_to_string(wt.join("new/dir/tool.sh")).unwrap(), "#!/bin/sh\n");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(wt.join("new/dir/tool.sh")).unwrap().permissions());
+    assert_eq!(
+        fs::read_to_string(wt.join("new/dir/tool.sh")).unwrap(),
+        "#!/bin/sh\n"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fs::metadata(wt.join("new/dir/tool.sh"))
+            .unwrap()
+            .permissions(),
+    );
     assert_eq!(mode & 0o777, 0o755);
-    assert_eq!(fs::read_link(wt.join("new/link")).unwrap(), PathBuf::from("../nowhere"));
-    assert_eq!(fs::read_link(wt.join("readme-link")).unwrap(), PathBuf::from("src/lib.rs"));
+    assert_eq!(
+        fs::read_link(wt.join("new/link")).unwrap(),
+        PathBuf::from("../nowhere")
+    );
+    assert_eq!(
+        fs::read_link(wt.join("readme-link")).unwrap(),
+        PathBuf::from("src/lib.rs")
+    );
     assert!(!wt.join("debug.log").exists());
     assert!(!wt.join(".ralph/loop.lock").exists());
     assert!(!wt.join(".ralph/events.jsonl").exists());
     assert!(!wt.join(".worktrees").exists());
     // Staged as staged: same index content, same status as the main tree.
-    let staged_main = g(&root, &["diff", "--cached", "--name-status", "--no-renames"]);
+    let staged_main = g(
+        &root,
+        &["diff", "--cached", "--name-status", "--no-renames"],
+    );
     let staged_wt = g(wt, &["diff", "--cached", "--name-status", "--no-renames"]);
     assert_eq!(staged_wt, staged_main);
     assert_eq!(g(wt, &["show", ":src/lib.rs"]), "pub fn staged() {}");
     let strip = |s: String| -> Vec<String> {
-        let mut v: Vec<String> = s.lines().filter(|l| !l.contains(".ralph")).map(str::to_string).collect();
+        let mut v: Vec<String> = s
+            .lines()
+            .filter(|l| !l.contains(".ralph"))
+            .map(str::to_string)
+            .collect();
         v.sort();
         v
     };
     let status = |d: &Path| strip(g(d, &["status", "--porcelain", "--untracked-files=all"]));
-    assert_eq!(status(wt), status(&root).into_iter().filter(|l| !l.contains("debug.log")).collect::<Vec<_>>());
-    assert!(c.carried.copied >= 6 && c.carried.deleted >= 2 && c.carried.staged >= 3, "{:?}", c.carried);
+    assert_eq!(
+        status(wt),
+        status(&root)
+            .into_iter()
+            .filter(|l| !l.contains("debug.log"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        c.carried.copied >= 6 && c.carried.deleted >= 2 && c.carried.staged >= 3,
+        "{:?}",
+        c.carried
+    );
     // The main tree is untouched.
-    assert_eq!(fs::read_to_string(root.join("src/lib.rs")).unwrap(), "pub fn worktree() {}\n");
+    assert_eq!(
+        fs::read_to_string(root.join("src/lib.rs")).unwrap(),
+        "pub fn worktree() {}\n"
+    );
 }
 
 #[test]
@@ -200,7 +270,11 @@ fn detached_head() {
     assert_eq!(c.source_branch, None);
     assert_eq!(g(&c.path, &["rev-parse", "HEAD"]), first);
     assert!(!c.path.join("second.txt").exists());
-    assert!(fs::read_to_string(c.path.join(CONTEXT_FILE)).unwrap().contains("detached HEAD"));
+    assert!(
+        fs::read_to_string(c.path.join(CONTEXT_FILE))
+            .unwrap()
+            .contains("detached HEAD")
+    );
 }
 
 #[test]
@@ -210,11 +284,18 @@ fn clear_errors() {
     fs::create_dir(&plain).unwrap();
     let err = create(&spec(&plain, "x", false)).unwrap_err();
     assert_eq!(err.status, ExitStatus::Failure);
-    assert!(err.error.to_string().contains("not in a git repository"), "{:#}", err.error);
+    assert!(
+        err.error.to_string().contains("not in a git repository"),
+        "{:#}",
+        err.error
+    );
     assert!(!err.error.to_string().contains('\n'));
 
     let bare = tmp.path().join("bare.git");
-    g(tmp.path(), &["init", "-q", "--bare", bare.to_str().unwrap()]);
+    g(
+        tmp.path(),
+        &["init", "-q", "--bare", bare.to_str().unwrap()],
+    );
     let err = create(&spec(&bare, "x", false)).unwrap_err();
     assert!(err.error.to_string().contains("bare"), "{:#}", err.error);
 
@@ -222,13 +303,21 @@ fn clear_errors() {
     fs::create_dir(&empty).unwrap();
     g(&empty, &["init", "-q"]);
     let err = create(&spec(&empty, "x", false)).unwrap_err();
-    assert!(err.error.to_string().contains("no commits"), "{:#}", err.error);
+    assert!(
+        err.error.to_string().contains("no commits"),
+        "{:#}",
+        err.error
+    );
 
     let (_t, root) = repo();
     let mut s = spec(&root, "x", false);
     s.branch_prefix = "bad..prefix/".into();
     let err = create(&s).unwrap_err();
-    assert!(err.error.to_string().contains("branch prefix"), "{:#}", err.error);
+    assert!(
+        err.error.to_string().contains("branch prefix"),
+        "{:#}",
+        err.error
+    );
     let mut s = spec(&root, "x", false);
     s.dir = PathBuf::from("../outside");
     assert!(create(&s).is_err());
@@ -258,9 +347,17 @@ fn rollback_after_injected_failure() {
     FAIL_AFTER_ADD.with(|f| f.set(false));
     assert_eq!(err.status, ExitStatus::Failure);
     assert!(err.error.to_string().contains("injected"));
-    assert!(!root.join(".worktrees").exists(), "worktrees dir left behind");
+    assert!(
+        !root.join(".worktrees").exists(),
+        "worktrees dir left behind"
+    );
     assert!(branches(&root).is_empty(), "{:?}", branches(&root));
-    assert_eq!(g(&root, &["worktree", "list", "--porcelain"]).matches("worktree ").count(), 1);
+    assert_eq!(
+        g(&root, &["worktree", "list", "--porcelain"])
+            .matches("worktree ")
+            .count(),
+        1
+    );
     // And the next create works.
     create(&spec(&root, "doomed", true)).unwrap();
 }
@@ -286,7 +383,10 @@ fn concurrent_creates_are_distinct() {
             std::thread::spawn(move || create(&s))
         })
         .collect();
-    let made: Vec<Created> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+    let made: Vec<Created> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
     let ids: HashSet<&str> = made.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids.len(), 12);
     for c in &made {
@@ -298,7 +398,12 @@ fn concurrent_creates_are_distinct() {
         assert!(c.path.join("README.md").is_file());
     }
     assert_eq!(branches(&root).len(), 12);
-    assert_eq!(g(&root, &["worktree", "list", "--porcelain"]).matches("worktree ").count(), 13);
+    assert_eq!(
+        g(&root, &["worktree", "list", "--porcelain"])
+            .matches("worktree ")
+            .count(),
+        13
+    );
 }
 
 #[test]
@@ -306,31 +411,52 @@ fn finish_modes() {
     let (_tmp, root) = repo();
     // remove-if-clean, clean: worktree and branch gone.
     let c = create(&spec(&root, "clean one", false)).unwrap();
-    assert_eq!(finish(&root, &c, OnExit::RemoveIfClean, true, "clean one").unwrap(), Finish::Removed);
+    assert_eq!(
+        finish(&root, &c, OnExit::RemoveIfClean, true, "clean one").unwrap(),
+        Finish::Removed
+    );
     assert!(!c.path.exists());
     assert!(!branches(&root).contains(&c.branch));
 
     // remove-if-clean with an uncommitted change: kept.
     let c = create(&spec(&root, "dirty one", false)).unwrap();
     fs::write(c.path.join("README.md"), "dirty\n").unwrap();
-    assert_eq!(finish(&root, &c, OnExit::RemoveIfClean, true, "").unwrap(), Finish::KeptDirty);
+    assert_eq!(
+        finish(&root, &c, OnExit::RemoveIfClean, true, "").unwrap(),
+        Finish::KeptDirty
+    );
     assert!(c.path.exists());
 
     // remove-if-clean with a commit: kept.
     let c = create(&spec(&root, "committed one", false)).unwrap();
     commit_in(&c.path, "work.txt");
-    assert_eq!(finish(&root, &c, OnExit::RemoveIfClean, true, "").unwrap(), Finish::KeptDirty);
+    assert_eq!(
+        finish(&root, &c, OnExit::RemoveIfClean, true, "").unwrap(),
+        Finish::KeptDirty
+    );
     assert!(branches(&root).contains(&c.branch));
 
     // keep.
-    assert_eq!(finish(&root, &c, OnExit::Keep, true, "").unwrap(), Finish::Kept);
+    assert_eq!(
+        finish(&root, &c, OnExit::Keep, true, "").unwrap(),
+        Finish::Kept
+    );
 
     // queue-merge: only on success with commits.
-    assert_eq!(finish(&root, &c, OnExit::QueueMerge, false, "p").unwrap(), Finish::Kept);
+    assert_eq!(
+        finish(&root, &c, OnExit::QueueMerge, false, "p").unwrap(),
+        Finish::Kept
+    );
     let idle = create(&spec(&root, "idle", false)).unwrap();
-    assert_eq!(finish(&root, &idle, OnExit::QueueMerge, true, "p").unwrap(), Finish::Kept);
+    assert_eq!(
+        finish(&root, &idle, OnExit::QueueMerge, true, "p").unwrap(),
+        Finish::Kept
+    );
     assert!(!root.join(".ralph/merge-queue.jsonl").exists());
-    assert_eq!(finish(&root, &c, OnExit::QueueMerge, true, "committed one").unwrap(), Finish::Queued);
+    assert_eq!(
+        finish(&root, &c, OnExit::QueueMerge, true, "committed one").unwrap(),
+        Finish::Queued
+    );
     let text = fs::read_to_string(root.join(".ralph/merge-queue.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 1);
     let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
@@ -371,8 +497,12 @@ fn gc_dry_run_then_real() {
     };
     registry::register(&ralph, entry(&running.id, std::process::id())).unwrap();
     // Written by hand: register would prune it on the way in.
-    let mut raw: serde_json::Value = serde_json::from_slice(&fs::read(ralph.join("loops.json")).unwrap()).unwrap();
-    raw["loops"].as_array_mut().unwrap().push(serde_json::to_value(entry(&clean.id, dead)).unwrap());
+    let mut raw: serde_json::Value =
+        serde_json::from_slice(&fs::read(ralph.join("loops.json")).unwrap()).unwrap();
+    raw["loops"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::to_value(entry(&clean.id, dead)).unwrap());
     fs::write(ralph.join("loops.json"), raw.to_string()).unwrap();
 
     let dry = gc(&root, Path::new(".worktrees"), "ralph/", true).unwrap();
@@ -399,7 +529,10 @@ fn gc_dry_run_then_real() {
     assert!(!clean.path.exists() && !merged.path.exists());
     assert!(dirty.path.exists() && committed.path.exists() && running.path.exists());
     let left = branches(&root);
-    assert!(!left.contains(&clean.branch) && !left.contains(&merged.branch), "{left:?}");
+    assert!(
+        !left.contains(&clean.branch) && !left.contains(&merged.branch),
+        "{left:?}"
+    );
     assert_eq!(left.len(), 3);
     assert_eq!(registry::list(&ralph).unwrap().len(), 1);
     drop(lock);
@@ -429,7 +562,18 @@ fn timing_5000_files() {
     let mut plain = Vec::new();
     for i in 0..5 {
         let t = std::time::Instant::now();
-        g(&root, &["worktree", "add", "-q", "-b", &format!("plain{i}"), &format!(".worktrees/plain{i}"), "HEAD"]);
+        g(
+            &root,
+            &[
+                "worktree",
+                "add",
+                "-q",
+                "-b",
+                &format!("plain{i}"),
+                &format!(".worktrees/plain{i}"),
+                "HEAD",
+            ],
+        );
         plain.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let mut ours = Vec::new();
@@ -439,7 +583,11 @@ fn timing_5000_files() {
             let t = std::time::Instant::now();
             create(&spec(&root, "timing run", carry)).unwrap();
             let ms = t.elapsed().as_secs_f64() * 1000.0;
-            if carry { ours_carry.push(ms) } else { ours.push(ms) }
+            if carry {
+                ours_carry.push(ms)
+            } else {
+                ours.push(ms)
+            }
         }
     }
     eprintln!(
