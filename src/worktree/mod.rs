@@ -45,6 +45,10 @@ use crate::workspace::{RALPH_DIR, RalphDir};
 pub const REPO_LOCK_FILE: &str = "worktree.lock";
 /// ralph's context file, relative to a worktree.
 pub const CONTEXT_FILE: &str = ".ralph/agent/context.md";
+/// [`gc`] leaves a worktree alone while its context file is younger than this: between
+/// [`create`] returning and the supervisor locking `<wt>/.ralph/loop.lock` a launch is
+/// in progress, and the worktree looks finished and clean.
+pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +118,8 @@ pub struct GcReport {
     pub removed: Vec<PathBuf>,
     /// Finished worktrees kept because they have changes or unmerged commits.
     pub unmerged: Vec<PathBuf>,
-    /// Worktrees whose loop is running (their `loop.lock` is held): left alone.
+    /// Worktrees whose loop is running (their `loop.lock` is held) or is being launched
+    /// (created less than [`GC_GRACE`] ago): left alone.
     pub running: Vec<PathBuf>,
 }
 
@@ -806,7 +811,10 @@ pub fn gc(
             continue;
         }
         let (running, _held) = probe_loop_lock(&path)?;
-        if running {
+        let launching = fs::metadata(path.join(CONTEXT_FILE))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GC_GRACE));
+        if running || launching {
             report.running.push(path);
             continue;
         }
