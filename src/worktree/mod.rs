@@ -342,8 +342,8 @@ fn worktree_list(root: &Path) -> Result<Vec<(PathBuf, Option<String>)>, Failure>
     for field in git::nul_list(&out.stdout) {
         if let Some(path) = field.strip_prefix(b"worktree ") {
             list.push((PathBuf::from(std::ffi::OsStr::from_bytes(path)), None));
-        } else if let Some(b) = field.strip_prefix(b"branch refs/heads/")
-            && let Some(last) = list.last_mut()
+        } else if let (Some(b), Some(last)) =
+            (field.strip_prefix(b"branch refs/heads/"), list.last_mut())
         {
             last.1 = Some(String::from_utf8_lossy(b).into_owned());
         }
@@ -381,17 +381,19 @@ fn remove_worktree(root: &Path, path: &Path, branch: Option<&str>) -> Result<(),
         )?;
         if !out.ok {
             // Not (or no longer) registered, or half made: remove the directory ourselves.
-            if let Err(e) = fs::remove_dir_all(path)
-                && e.kind() != io::ErrorKind::NotFound
-            {
+            if let Err(e) = fs::remove_dir_all(path).or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }) {
                 errors.push(format!("cannot remove {}: {e}", path.display()));
             }
         }
     }
     let _ = git::run(root, ["worktree", "prune"], None)?;
-    if let Some(branch) = branch
-        && branch_exists(root, branch)?
-    {
+    if let Some(branch) = branch.filter(|b| branch_exists(root, b).unwrap_or(true)) {
         let out = git::run(root, ["branch", "-D", "--quiet", branch], None)?;
         if !out.ok {
             errors.push(format!(
@@ -686,9 +688,7 @@ fn commits_beyond(
     if wt.is_dir() {
         n += count(wt, "HEAD")?;
     }
-    if let Some(branch) = branch
-        && branch_exists(root, branch)?
-    {
+    if let Some(branch) = branch.filter(|b| branch_exists(root, b).unwrap_or(true)) {
         n += count(root, &format!("refs/heads/{branch}"))?;
     }
     Ok(n)
