@@ -19,6 +19,7 @@ pub mod supervisor;
 pub mod sys;
 pub mod terminal;
 pub mod workspace;
+pub mod worktree;
 
 use std::process::ExitCode;
 

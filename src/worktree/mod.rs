@@ -1,0 +1,836 @@
+//! Launching a loop in a fresh git worktree, laid out the way ralph-orchestrator lays
+//! its parallel loops out, so that `ralph loops list|stop|merge` see ours:
+//!
+//! * `<repo>/<dir>/<id>` on branch `<prefix><id>` from HEAD (`.worktrees`, `ralph/`);
+//!   `/<dir>/` goes into `.git/info/exclude` (the tracked `.gitignore` is never edited);
+//! * the user's uncommitted work carried over ([`carry`]);
+//! * ralph's sharing: `<wt>/.ralph/agent/memories.md`, `<wt>/.ralph/specs` and
+//!   `<wt>/.ralph/tasks` are symlinks to the main repo's, and
+//!   `<wt>/.ralph/agent/context.md` describes the loop;
+//! * the loop registered in `<repo>/.ralph/loops.json` ([`registry`]) and, on a
+//!   successful exit with commits, queued in `<repo>/.ralph/merge-queue.jsonl`
+//!   ([`queue`]).
+//!
+//! Creating and removing worktrees is serialised by a blocking flock on
+//! `<repo>/.ralph/worktree.lock`: concurrent `git worktree add` calls race on git's own
+//! lock files, and an abandoned attempt leaves a branch behind. Creation is all or
+//! nothing: on any failure the directory and the branch are removed again.
+
+pub mod carry;
+mod file;
+mod git;
+pub mod id;
+pub mod queue;
+pub mod registry;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::Mode;
+
+pub use carry::Carried;
+pub use id::generate_id;
+
+use crate::exit::{ExitStatus, Failure};
+use crate::sys::{FlockOp, flock};
+use crate::workspace::{RALPH_DIR, RalphDir};
+
+/// The repo-level lock serialising worktree creation and removal.
+pub const REPO_LOCK_FILE: &str = "worktree.lock";
+/// ralph's context file, relative to a worktree.
+pub const CONTEXT_FILE: &str = ".ralph/agent/context.md";
+/// [`gc`] leaves a worktree alone while its context file is younger than this: between
+/// [`create`] returning and the supervisor locking `<wt>/.ralph/loop.lock` a launch is
+/// in progress, and the worktree looks finished and clean.
+pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The main work tree (its top-level; a subdirectory is resolved to it).
+    pub repo: PathBuf,
+    /// Where worktrees go, relative to `repo` (`.worktrees`).
+    pub dir: PathBuf,
+    /// Branch name prefix (`ralph/`).
+    pub branch_prefix: String,
+    /// The task; it names the loop id.
+    pub prompt: String,
+    /// Copy uncommitted work over.
+    pub carry: bool,
+}
+
+/// A created worktree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub id: String,
+    /// Absolute path of the worktree: the loop's workspace.
+    pub path: PathBuf,
+    /// `<prefix><id>`.
+    pub branch: String,
+    /// Full commit id the branch started from.
+    pub base: String,
+    /// The main work tree's top-level, canonical (its `.ralph/` holds loops.json and
+    /// merge-queue.jsonl).
+    pub repo: PathBuf,
+    /// The branch the main work tree was on, `None` for a detached HEAD.
+    pub source_branch: Option<String>,
+    /// What was carried over (all zero when `carry` was off).
+    pub carried: Carried,
+}
+
+impl Created {
+    /// `<repo>/.ralph`: where [`registry`] and [`queue`] live.
+    pub fn repo_ralph_dir(&self) -> PathBuf {
+        self.repo.join(RALPH_DIR)
+    }
+}
+
+/// What happens to a worktree when its loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    Keep,
+    RemoveIfClean,
+    QueueMerge,
+}
+
+/// What [`finish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Kept,
+    Removed,
+    Queued,
+    /// `remove-if-clean`, but the worktree had changes or commits: kept.
+    KeptDirty,
+}
+
+/// What [`gc`] did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Registry ids whose pid is dead.
+    pub pruned: Vec<String>,
+    /// Worktrees removed (with their branches).
+    pub removed: Vec<PathBuf>,
+    /// Finished worktrees kept because they have changes or unmerged commits.
+    pub unmerged: Vec<PathBuf>,
+    /// Worktrees whose loop is running (their `loop.lock` is held) or is being launched
+    /// (created less than [`GC_GRACE`] ago): left alone.
+    pub running: Vec<PathBuf>,
+}
+
+/// What we learn about the repository before touching it.
+struct Repo {
+    root: PathBuf,
+    exclude: PathBuf,
+    head: String,
+    head_branch: Option<String>,
+}
+
+fn inspect(dir: &Path) -> Result<Repo, Failure> {
+    let dir_for_git = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "{} is not a directory; worktree launches need a git repository",
+                dir.display()
+            ),
+        ));
+    };
+    let bare = git::run(&dir_for_git, ["rev-parse", "--is-bare-repository"], None)?;
+    if !bare.ok {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "{} is not in a git repository ({}); run `git init` there or choose another conflict policy",
+                dir.display(),
+                bare.complaint()
+            ),
+        ));
+    }
+    if bare.text() == "true" {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "{} is a bare git repository; worktree launches need a work tree",
+                dir.display()
+            ),
+        ));
+    }
+    let out = git::run(
+        &dir_for_git,
+        [
+            "rev-parse",
+            "--path-format=absolute",
+            "--show-toplevel",
+            "--git-path",
+            "info/exclude",
+        ],
+        None,
+    )?;
+    let text = out.text();
+    let mut lines = text.lines();
+    let (Some(root), Some(exclude), true) = (lines.next(), lines.next(), out.ok) else {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "{} is not inside a git work tree: {}",
+                dir.display(),
+                out.complaint()
+            ),
+        ));
+    };
+    let head = git::run(
+        &dir_for_git,
+        ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+        None,
+    )?;
+    if !head.ok || head.text().is_empty() {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "the git repository at {root} has no commits yet; commit once so a worktree can branch from HEAD"
+            ),
+        ));
+    }
+    let branch = git::run(
+        &dir_for_git,
+        ["symbolic-ref", "--quiet", "--short", "HEAD"],
+        None,
+    )?;
+    Ok(Repo {
+        root: PathBuf::from(root),
+        exclude: PathBuf::from(exclude),
+        head: head.text(),
+        head_branch: branch.ok.then(|| branch.text()).filter(|b| !b.is_empty()),
+    })
+}
+
+/// `dir` must be relative without `..`, or absolute; returns the absolute worktrees
+/// directory and its path relative to the repo root when inside it.
+fn worktrees_dir(root: &Path, dir: &Path) -> Result<(PathBuf, Option<PathBuf>), Failure> {
+    if dir.as_os_str().is_empty() || dir.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "worktree dir {:?} must be a path inside the repository without \"..\"",
+                dir.display()
+            ),
+        ));
+    }
+    let abs = root.join(dir);
+    let rel = abs.strip_prefix(root).ok().map(|r| {
+        r.components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect::<PathBuf>()
+    });
+    Ok((abs, rel.filter(|r| !r.as_os_str().is_empty())))
+}
+
+/// An exclusive flock on `<repo>/.ralph/worktree.lock`, released when dropped (the
+/// descriptor is close-on-exec, so git never holds a copy).
+struct RepoLock {
+    _fd: OwnedFd,
+}
+
+fn repo_lock(root: &Path) -> Result<RepoLock, Failure> {
+    let dir = RalphDir::open_or_create(root)?;
+    let path = dir.path().join(REPO_LOCK_FILE);
+    let fd = nix::fcntl::openat(
+        &dir,
+        REPO_LOCK_FILE,
+        OFlag::O_RDWR
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY
+            | OFlag::O_NONBLOCK,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(|e| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot open {}: {}", path.display(), e.desc()),
+        )
+    })?;
+    flock(fd.as_fd(), FlockOp::Exclusive).map_err(|e| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot lock {}: {e}", path.display()),
+        )
+    })?;
+    Ok(RepoLock { _fd: fd })
+}
+
+/// Adds `/<rel>/` to `info/exclude` unless a line already covers it.
+fn ensure_excluded(exclude: &Path, rel: &Path) -> Result<(), Failure> {
+    let rel = rel.to_string_lossy();
+    let wanted = format!("/{rel}/");
+    let accepted = [
+        wanted.clone(),
+        format!("{rel}/"),
+        format!("/{rel}"),
+        rel.to_string(),
+    ];
+    let old = match fs::read_to_string(exclude) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(Failure::msg(
+                ExitStatus::Failure,
+                format!("cannot read {}: {e}", exclude.display()),
+            ));
+        }
+    };
+    if old.lines().any(|l| accepted.iter().any(|a| a == l.trim())) {
+        return Ok(());
+    }
+    let fail = |e: io::Error| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot add {wanted} to {}: {e}", exclude.display()),
+        )
+    };
+    if let Some(parent) = exclude.parent() {
+        fs::create_dir_all(parent).map_err(fail)?;
+    }
+    let mut line = String::new();
+    if !old.is_empty() && !old.ends_with('\n') {
+        line.push('\n');
+    }
+    line.push_str("# ralph loop worktrees\n");
+    line.push_str(&wanted);
+    line.push('\n');
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(exclude)
+        .map_err(fail)?;
+    io::Write::write_all(&mut f, line.as_bytes()).map_err(fail)
+}
+
+fn branch_exists(root: &Path, branch: &str) -> Result<bool, Failure> {
+    let refname = format!("refs/heads/{branch}");
+    Ok(git::run(
+        root,
+        ["show-ref", "--verify", "--quiet", refname.as_str()],
+        None,
+    )?
+    .ok)
+}
+
+/// Paths of the registered worktrees and the branch each has checked out.
+fn worktree_list(root: &Path) -> Result<Vec<(PathBuf, Option<String>)>, Failure> {
+    let out = git::run(root, ["worktree", "list", "--porcelain", "-z"], None)?;
+    if !out.ok {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "git worktree list failed in {}: {}",
+                root.display(),
+                out.complaint()
+            ),
+        ));
+    }
+    let mut list: Vec<(PathBuf, Option<String>)> = Vec::new();
+    for field in git::nul_list(&out.stdout) {
+        if let Some(path) = field.strip_prefix(b"worktree ") {
+            list.push((PathBuf::from(std::ffi::OsStr::from_bytes(path)), None));
+        } else if let (Some(b), Some(last)) =
+            (field.strip_prefix(b"branch refs/heads/"), list.last_mut())
+        {
+            last.1 = Some(String::from_utf8_lossy(b).into_owned());
+        }
+    }
+    Ok(list)
+}
+
+/// Removes what a failed `git worktree add` may have left: the branch (unless some
+/// worktree has it checked out) and the directory (unless git registered it).
+fn clean_failed_add(root: &Path, path: &Path, branch: &str) -> Result<(), Failure> {
+    let _ = git::run(root, ["worktree", "prune"], None)?;
+    let list = worktree_list(root)?;
+    if !list.iter().any(|(p, _)| p == path) && path.symlink_metadata().is_ok() {
+        let _ = fs::remove_dir_all(path);
+    }
+    if !list.iter().any(|(_, b)| b.as_deref() == Some(branch)) && branch_exists(root, branch)? {
+        git::ok(root, ["branch", "-D", "--quiet", branch], "git branch -D")?;
+    }
+    Ok(())
+}
+
+/// Removes worktree `path` and branch `branch` completely. Caller holds the repo lock.
+fn remove_worktree(root: &Path, path: &Path, branch: Option<&str>) -> Result<(), Failure> {
+    let mut errors = Vec::new();
+    if path.symlink_metadata().is_ok() {
+        let out = git::run(
+            root,
+            [
+                std::ffi::OsStr::new("worktree"),
+                "remove".as_ref(),
+                "--force".as_ref(),
+                path.as_os_str(),
+            ],
+            None,
+        )?;
+        if !out.ok {
+            // Not (or no longer) registered, or half made: remove the directory ourselves.
+            if let Err(e) = fs::remove_dir_all(path).or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }) {
+                errors.push(format!("cannot remove {}: {e}", path.display()));
+            }
+        }
+    }
+    let _ = git::run(root, ["worktree", "prune"], None)?;
+    if let Some(branch) = branch.filter(|b| branch_exists(root, b).unwrap_or(true)) {
+        let out = git::run(root, ["branch", "-D", "--quiet", branch], None)?;
+        if !out.ok {
+            errors.push(format!(
+                "cannot delete branch {branch}: {}",
+                out.complaint()
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::msg(ExitStatus::Failure, errors.join("; ")))
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: make `create` fail after `git worktree add` (to test the rollback).
+    static FAIL_AFTER_ADD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Creates the worktree for a new loop (see the module documentation).
+pub fn create(spec: &Spec) -> Result<Created, Failure> {
+    let repo = inspect(&spec.repo)?;
+    let root = repo.root.clone();
+    let (wt_root, wt_rel) = worktrees_dir(&root, &spec.dir)?;
+    let probe_ref = format!("refs/heads/{}x", spec.branch_prefix);
+    if spec.branch_prefix.is_empty()
+        || !git::run(&root, ["check-ref-format", probe_ref.as_str()], None)?.ok
+    {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "branch prefix {:?} does not make valid branch names; use something like \"ralph/\"",
+                spec.branch_prefix
+            ),
+        ));
+    }
+    let live: Vec<String> = registry::list(&root.join(RALPH_DIR))?
+        .into_iter()
+        .filter(|e| registry::pid_alive(e.pid))
+        .map(|e| e.id)
+        .collect();
+    let created_root = wt_root.symlink_metadata().is_err();
+
+    let mut last_error = None;
+    let mut made = None;
+    for _attempt in 0..3 {
+        let lock = repo_lock(&root)?;
+        if let Some(rel) = &wt_rel {
+            ensure_excluded(&repo.exclude, rel)?;
+        }
+        let refs = git::run(
+            &root,
+            [
+                "for-each-ref",
+                "--format=%(refname:lstrip=2)",
+                "refs/heads/",
+            ],
+            None,
+        )?;
+        let branches: HashSet<String> = refs.text().lines().map(str::to_string).collect();
+        let dirs: Vec<String> = fs::read_dir(&wt_root)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let others: Vec<&String> = live.iter().chain(dirs.iter()).collect();
+        let taken = |c: &str| {
+            wt_root.join(c).symlink_metadata().is_ok()
+                || branches.contains(&format!("{}{c}", spec.branch_prefix))
+                || others
+                    .iter()
+                    .any(|o| o.contains(c) || c.contains(o.as_str()))
+        };
+        let id = id::generate_id(&spec.prompt, &taken);
+        let branch = format!("{}{id}", spec.branch_prefix);
+        let path = wt_root.join(&id);
+        let add = git::run(
+            &root,
+            [
+                std::ffi::OsStr::new("worktree"),
+                "add".as_ref(),
+                "--quiet".as_ref(),
+                "-b".as_ref(),
+                branch.as_ref(),
+                path.as_os_str(),
+                repo.head.as_ref(),
+            ],
+            None,
+        )?;
+        if add.ok {
+            drop(lock);
+            made = Some((id, path, branch));
+            break;
+        }
+        let error = if branches.contains(&branch) {
+            format!("branch {branch} already exists; delete it or pick another prefix")
+        } else {
+            format!(
+                "git worktree add {} failed: {}",
+                path.display(),
+                add.complaint()
+            )
+        };
+        clean_failed_add(&root, &path, &branch)?;
+        drop(lock);
+        last_error = Some(Failure::msg(ExitStatus::Failure, error));
+    }
+    let Some((id, path, branch)) = made else {
+        if created_root {
+            let _ = fs::remove_dir(&wt_root);
+        }
+        return Err(last_error.expect("an attempt failed"));
+    };
+
+    let mut created = Created {
+        id,
+        path,
+        branch,
+        base: repo.head.clone(),
+        repo: root.clone(),
+        source_branch: repo.head_branch.clone(),
+        carried: Carried::default(),
+    };
+    match set_up(spec, &created, wt_rel.as_deref()) {
+        Ok(carried) => {
+            created.carried = carried;
+            Ok(created)
+        }
+        Err(failure) => {
+            let rollback = repo_lock(&root)
+                .and_then(|_lock| remove_worktree(&root, &created.path, Some(&created.branch)));
+            if created_root {
+                let _ = fs::remove_dir(&wt_root);
+            }
+            if let Err(r) = rollback {
+                tracing::error!(
+                    "rolling back worktree {}: {:#}",
+                    created.path.display(),
+                    r.error
+                );
+            }
+            Err(failure)
+        }
+    }
+}
+
+/// Everything after `git worktree add`: carry, sharing links, context file.
+fn set_up(spec: &Spec, created: &Created, wt_rel: Option<&Path>) -> Result<Carried, Failure> {
+    let carried = if spec.carry {
+        carry::carry(&created.repo, &created.path, wt_rel, created.base.len())?
+    } else {
+        Carried::default()
+    };
+    #[cfg(test)]
+    if FAIL_AFTER_ADD.with(|f| f.get()) {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            "injected failure after git worktree add",
+        ));
+    }
+    share(&created.repo, &created.path)?;
+    write_context(created, &spec.prompt)?;
+    Ok(carried)
+}
+
+/// ralph's sharing: memories, specs and tasks of the worktree are the main repo's.
+fn share(root: &Path, wt: &Path) -> Result<(), Failure> {
+    let main = RalphDir::open_or_create(root)?;
+    let main = main.path().to_path_buf();
+    let fail = |what: &Path, e: io::Error| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("sharing ralph state: {}: {e}", what.display()),
+        )
+    };
+    for d in ["agent", "specs", "tasks"] {
+        fs::create_dir_all(main.join(d)).map_err(|e| fail(&main.join(d), e))?;
+    }
+    let memories = main.join("agent/memories.md");
+    nofollow_create(&memories).map_err(|e| fail(&memories, e))?;
+    let wt_ralph = RalphDir::open_or_create(wt)?.path().to_path_buf();
+    fs::create_dir_all(wt_ralph.join("agent")).map_err(|e| fail(&wt_ralph.join("agent"), e))?;
+    for (link, target) in [
+        (wt_ralph.join("agent/memories.md"), memories.clone()),
+        (wt_ralph.join("specs"), main.join("specs")),
+        (wt_ralph.join("tasks"), main.join("tasks")),
+    ] {
+        match link.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                if fs::read_link(&link).ok().as_deref() == Some(&target) {
+                    continue;
+                }
+                fs::remove_file(&link).map_err(|e| fail(&link, e))?;
+            }
+            Ok(_) => {
+                // Checked out from the branch: the repository tracks it. Leave it.
+                tracing::warn!(path = %link.display(), "tracked in git; not replaced by a link to the main repo's");
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(&link, e)),
+        }
+        std::os::unix::fs::symlink(&target, &link).map_err(|e| fail(&link, e))?;
+    }
+    Ok(())
+}
+
+/// Creates an empty regular file unless something is there; never follows a link.
+fn nofollow_create(path: &Path) -> io::Result<()> {
+    match open(
+        path,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o644),
+    ) {
+        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_context(created: &Created, prompt: &str) -> Result<(), Failure> {
+    let path = created.path.join(CONTEXT_FILE);
+    let source = created
+        .source_branch
+        .as_deref()
+        .map_or_else(|| "detached HEAD".to_string(), |b| format!("branch `{b}`"));
+    let text = format!(
+        "# Loop context\n\n\
+         This is a ralph worktree loop started by ralph-supervise because the main\n\
+         workspace was busy. Work and commit here; the main repository is untouched.\n\n\
+         - Loop ID: `{id}`\n\
+         - Branch: `{branch}`\n\
+         - Base commit: `{base}` (from {source})\n\
+         - Worktree: `{wt}`\n\
+         - Main repository: `{repo}`\n\
+         - Created: {now}\n\n\
+         Shared with the main repository (symlinks): `.ralph/agent/memories.md`,\n\
+         `.ralph/specs/`, `.ralph/tasks/`.\n\n\
+         ## Prompt\n\n{prompt}\n",
+        id = created.id,
+        branch = created.branch,
+        base = created.base,
+        wt = created.path.display(),
+        repo = created.repo.display(),
+        now = crate::metadata::format_time(&chrono::Utc::now()),
+    );
+    fs::write(&path, text).map_err(|e| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })
+}
+
+/// Uncommitted changes in a worktree, ignoring our own untracked `.ralph/`.
+fn has_changes(wt: &Path) -> Result<bool, Failure> {
+    let out = git::run(
+        wt,
+        ["status", "--porcelain=v1", "-z", "--untracked-files=normal"],
+        None,
+    )?;
+    if !out.ok {
+        return Err(Failure::msg(
+            ExitStatus::Failure,
+            format!("git status failed in {}: {}", wt.display(), out.complaint()),
+        ));
+    }
+    Ok(git::nul_list(&out.stdout).iter().any(|rec| {
+        let untracked_ralph = rec.starts_with(b"?? ") && {
+            let p = &rec[3..];
+            p == b".ralph/" || p.starts_with(b".ralph/")
+        };
+        !untracked_ralph
+    }))
+}
+
+/// Commits in `wt`'s HEAD (and in `branch`, when it exists) not reachable from `base`.
+fn commits_beyond(
+    root: &Path,
+    wt: &Path,
+    base: &str,
+    branch: Option<&str>,
+) -> Result<u64, Failure> {
+    let count = |dir: &Path, tip: &str| -> Result<u64, Failure> {
+        let range = format!("{base}..{tip}");
+        let text = git::ok(dir, ["rev-list", "--count", range.as_str()], "git rev-list")?;
+        Ok(text.trim().parse().unwrap_or(0))
+    };
+    let mut n = 0;
+    if wt.is_dir() {
+        n += count(wt, "HEAD")?;
+    }
+    if let Some(branch) = branch.filter(|b| branch_exists(root, b).unwrap_or(true)) {
+        n += count(root, &format!("refs/heads/{branch}"))?;
+    }
+    Ok(n)
+}
+
+/// Applies `on_exit` when the loop in `created` has ended (`success`: it exited 0).
+///
+/// Call it after the worktree's `loop.lock` has been released. `queue-merge` without
+/// success or without commits keeps the worktree.
+pub fn finish(
+    repo: &Path,
+    created: &Created,
+    on_exit: OnExit,
+    success: bool,
+    prompt: &str,
+) -> Result<Finish, Failure> {
+    match on_exit {
+        OnExit::Keep => Ok(Finish::Kept),
+        OnExit::RemoveIfClean => {
+            let _lock = repo_lock(repo)?;
+            if !created.path.is_dir() {
+                // Already gone (removed by hand): drop the branch only if it is clean.
+                if commits_beyond(repo, &created.path, &created.base, Some(&created.branch))? == 0 {
+                    remove_worktree(repo, &created.path, Some(&created.branch))?;
+                    return Ok(Finish::Removed);
+                }
+                return Ok(Finish::KeptDirty);
+            }
+            if has_changes(&created.path)?
+                || commits_beyond(repo, &created.path, &created.base, Some(&created.branch))? > 0
+            {
+                return Ok(Finish::KeptDirty);
+            }
+            remove_worktree(repo, &created.path, Some(&created.branch))?;
+            Ok(Finish::Removed)
+        }
+        OnExit::QueueMerge => {
+            if success
+                && commits_beyond(repo, &created.path, &created.base, Some(&created.branch))? > 0
+            {
+                queue::enqueue(&repo.join(RALPH_DIR), &created.id, prompt)?;
+                Ok(Finish::Queued)
+            } else {
+                Ok(Finish::Kept)
+            }
+        }
+    }
+}
+
+/// Whether a loop runs in worktree `wt`: its `.ralph/loop.lock` is flock-held. When it
+/// is free, the returned descriptor holds it, so no loop starts there while we remove.
+fn probe_loop_lock(wt: &Path) -> Result<(bool, Option<OwnedFd>), Failure> {
+    let path = wt.join(RALPH_DIR).join(crate::lock::LOCK_FILE);
+    let fd = match open(
+        &path,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok((false, None)),
+        Err(e) => {
+            return Err(Failure::msg(
+                ExitStatus::Failure,
+                format!("cannot probe {}: {}", path.display(), e.desc()),
+            ));
+        }
+    };
+    match flock(fd.as_fd(), FlockOp::TryExclusive) {
+        Ok(()) => Ok((false, Some(fd))),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok((true, None)),
+        Err(e) => Err(Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot probe {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// Prunes dead registry entries and removes finished, clean worktrees under
+/// `<repo>/<dir>` with their branches (when named `<prefix>...`). A worktree is clean
+/// when it has no uncommitted changes and no commit the main work tree's HEAD lacks.
+/// Those with unmerged work are listed, never deleted. `dry_run` changes nothing.
+pub fn gc(
+    repo: &Path,
+    dir: &Path,
+    branch_prefix: &str,
+    dry_run: bool,
+) -> Result<GcReport, Failure> {
+    let info = inspect(repo)?;
+    let root = info.root;
+    let (wt_root, _) = worktrees_dir(&root, dir)?;
+    let ralph_dir = root.join(RALPH_DIR);
+    let pruned = if dry_run {
+        registry::list(&ralph_dir)?
+            .into_iter()
+            .filter(|e| !registry::pid_alive(e.pid))
+            .map(|e| e.id)
+            .collect()
+    } else {
+        registry::prune(&ralph_dir)?
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    let mut report = GcReport {
+        pruned,
+        ..GcReport::default()
+    };
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(repo_lock(&root)?)
+    };
+    let wt_root = wt_root.canonicalize().unwrap_or(wt_root);
+    for (path, branch) in worktree_list(&root)? {
+        if path.parent() != Some(wt_root.as_path()) || !path.is_dir() {
+            continue;
+        }
+        let (running, _held) = probe_loop_lock(&path)?;
+        let launching = fs::metadata(path.join(CONTEXT_FILE))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GC_GRACE));
+        if running || launching {
+            report.running.push(path);
+            continue;
+        }
+        let ours = branch.as_deref().filter(|b| b.starts_with(branch_prefix));
+        let unmerged = has_changes(&path)? || commits_beyond(&root, &path, &info.head, None)? > 0;
+        if unmerged {
+            report.unmerged.push(path);
+            continue;
+        }
+        if !dry_run {
+            remove_worktree(&root, &path, ours)?;
+        }
+        report.removed.push(path);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+//! ralph's merge queue, `<repo>/.ralph/merge-queue.jsonl`: an append-only log of
+//! `{"ts","loop_id","event":{"type":"queued","prompt"}}` lines.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use chrono::Utc;
+use nix::fcntl::OFlag;
+use serde_json::json;
+
+use super::file::open_locked;
+use crate::exit::{ExitStatus, Failure};
+
+pub const QUEUE_FILE: &str = "merge-queue.jsonl";
+
+/// Appends a `queued` event for `loop_id` under an exclusive flock on the file, in one
+/// O_APPEND write, then syncs. A last line left without its newline (a torn write by
+/// someone else) gets one first, so our line stays a line of its own.
+pub fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Result<(), Failure> {
+    let path = repo_ralph_dir.join(QUEUE_FILE);
+    let file = open_locked(
+        repo_ralph_dir,
+        QUEUE_FILE,
+        OFlag::O_RDWR | OFlag::O_APPEND,
+        true,
+    )?
+    .expect("open_locked with create returns a file");
+    let fail = |e: std::io::Error| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot append to {}: {e}", path.display()),
+        )
+    };
+    let len = file.metadata().map_err(fail)?.len();
+    let mut line = Vec::new();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        file.read_exact_at(&mut last, len - 1).map_err(fail)?;
+        if last[0] != b'\n' {
+            line.push(b'\n');
+        }
+    }
+    let event = json!({
+        "ts": crate::metadata::format_time(&Utc::now()),
+        "loop_id": loop_id,
+        "event": {"type": "queued", "prompt": prompt},
+    });
+    line.extend_from_slice(event.to_string().as_bytes());
+    line.push(b'\n');
+    // One write(2) on an O_APPEND descriptor: the kernel appends it whole.
+    let written = std::io::Write::write(&mut &file, &line).map_err(fail)?;
+    if written != line.len() {
+        return Err(fail(std::io::Error::from(std::io::ErrorKind::WriteZero)));
+    }
+    file.sync_all().map_err(fail)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        enqueue(&dir, "fix-bug-brave-otter", "fix the \"bug\"\nnow").unwrap();
+        // A torn line by someone else does not swallow ours.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(QUEUE_FILE))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"torn\":"))
+            .unwrap();
+        enqueue(&dir, "second-calm-seal", "two").unwrap();
+        let text = std::fs::read_to_string(dir.join(QUEUE_FILE)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(text.ends_with('\n'));
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first["loop_id"], "fix-bug-brave-otter");
+        assert_eq!(first["event"]["type"], "queued");
+        assert_eq!(first["event"]["prompt"], "fix the \"bug\"\nnow");
+        let ts = first["ts"].as_str().unwrap();
+        assert!(ts.ends_with('Z'));
+        chrono::DateTime::parse_from_rfc3339(ts).unwrap();
+        let third: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+        assert_eq!(third["loop_id"], "second-calm-seal");
+    }
+}

@@ -1,0 +1,496 @@
+//! ralph's loop registry, `<repo>/.ralph/loops.json`:
+//! `{"loops":[{"id","pid","started","prompt","worktree_path","workspace"}]}`.
+//!
+//! Edited only in place, under a blocking `flock` on the file itself, exactly as ralph
+//! does (never write-and-rename: ralph holds its lock on the inode). The new JSON is
+//! written over the old bytes padded with spaces, then the file is truncated to length
+//! and synced, so even a reader that ignores the lock never sees it empty or cut.
+//! Nothing anybody else wrote is lost: unknown fields of an entry, unknown top-level
+//! keys and entries we cannot read are written back as they were; a file that is not
+//! JSON at all is copied aside before it is replaced.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use nix::fcntl::OFlag;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::file::{open_locked, read_all};
+use crate::exit::{ExitStatus, Failure};
+
+pub const REGISTRY_FILE: &str = "loops.json";
+
+/// One running loop, as ralph lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    /// The pid `ralph loops stop` signals: the child's.
+    pub pid: u32,
+    #[serde(with = "rfc3339")]
+    pub started: DateTime<Utc>,
+    pub prompt: String,
+    /// Absolute; empty for a loop in the main workspace (ralph omits the field then).
+    #[serde(default, skip_serializing_if = "path_is_empty")]
+    pub worktree_path: PathBuf,
+    /// Absolute workspace root the loop runs in.
+    #[serde(default)]
+    pub workspace: PathBuf,
+    /// Fields we do not know, kept as they were.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// One element of the `loops` array: ours to read, or someone's we keep verbatim.
+#[derive(Debug, Clone)]
+enum Slot {
+    Known(Entry),
+    Opaque(Value),
+}
+
+/// The whole file.
+#[derive(Debug, Default)]
+struct Data {
+    loops: Vec<Slot>,
+    /// Top-level keys other than `loops`.
+    rest: Map<String, Value>,
+}
+
+impl Data {
+    fn parse(bytes: &[u8]) -> Result<Data, String> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Data::default());
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let Value::Object(mut rest) = value else {
+            return Err("the top level is not a JSON object".into());
+        };
+        let loops = match rest.remove("loops") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match serde_json::from_value::<Entry>(item.clone()) {
+                    Ok(entry) => Slot::Known(entry),
+                    Err(_) => Slot::Opaque(item),
+                })
+                .collect(),
+            Some(_) => return Err("\"loops\" is not an array".into()),
+        };
+        Ok(Data { loops, rest })
+    }
+
+    fn to_json(&self) -> Result<Vec<u8>, Failure> {
+        let mut loops = Vec::with_capacity(self.loops.len());
+        for slot in &self.loops {
+            loops.push(match slot {
+                Slot::Known(e) => serde_json::to_value(e).map_err(|err| {
+                    Failure::msg(
+                        ExitStatus::Failure,
+                        format!("loop {}: cannot record it in {REGISTRY_FILE}: {err}", e.id),
+                    )
+                })?,
+                Slot::Opaque(v) => v.clone(),
+            });
+        }
+        let mut top = Map::new();
+        top.insert("loops".into(), Value::Array(loops));
+        for (k, v) in &self.rest {
+            top.insert(k.clone(), v.clone());
+        }
+        let mut bytes = serde_json::to_vec_pretty(&Value::Object(top))
+            .map_err(|e| Failure::msg(ExitStatus::Failure, format!("{REGISTRY_FILE}: {e}")))?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// Drops known entries whose pid is dead; returns them.
+    fn prune(&mut self) -> Vec<Entry> {
+        let mut removed = Vec::new();
+        self.loops.retain(|slot| match slot {
+            Slot::Known(e) if !pid_alive(e.pid) => {
+                removed.push(e.clone());
+                false
+            }
+            _ => true,
+        });
+        removed
+    }
+
+    fn known(&self) -> Vec<Entry> {
+        self.loops
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Known(e) => Some(e.clone()),
+                Slot::Opaque(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Whether a process with this pid exists (EPERM: it does, another user's).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    crate::procfs::alive(pid, None)
+        || matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+            Err(nix::errno::Errno::EPERM)
+        )
+}
+
+/// Adds (or replaces, by id) `entry`, pruning dead entries.
+pub fn register(repo_ralph_dir: &Path, entry: Entry) -> Result<(), Failure> {
+    edit(repo_ralph_dir, |data| {
+        data.prune();
+        data.loops
+            .retain(|s| !matches!(s, Slot::Known(e) if e.id == entry.id));
+        data.loops.push(Slot::Known(entry));
+    })
+    .map(|_| ())
+}
+
+/// Removes the entry `id` (no error when it is not there), pruning dead entries.
+pub fn deregister(repo_ralph_dir: &Path, id: &str) -> Result<(), Failure> {
+    if !repo_ralph_dir.join(REGISTRY_FILE).exists() {
+        return Ok(());
+    }
+    edit(repo_ralph_dir, |data| {
+        data.prune();
+        data.loops
+            .retain(|s| !matches!(s, Slot::Known(e) if e.id == id));
+    })
+    .map(|_| ())
+}
+
+/// The entries as the file lists them (dead ones included), read under the lock.
+/// A corrupt file lists nothing (with a warning) and is left for the next edit to keep.
+pub fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
+    let Some(file) = open_locked(repo_ralph_dir, REGISTRY_FILE, OFlag::O_RDONLY, false)? else {
+        return Ok(Vec::new());
+    };
+    let bytes = read_all(&file)?;
+    match Data::parse(&bytes) {
+        Ok(data) => Ok(data.known()),
+        Err(why) => {
+            tracing::warn!(
+                path = %repo_ralph_dir.join(REGISTRY_FILE).display(),
+                "loop registry is corrupt ({why}); listing no loops from it"
+            );
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Removes the entries whose pid is dead; returns them.
+pub fn prune(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
+    if !repo_ralph_dir.join(REGISTRY_FILE).exists() {
+        return Ok(Vec::new());
+    }
+    edit(repo_ralph_dir, Data::prune)
+}
+
+/// Locks, reads, applies `change`, writes back in place.
+fn edit<R>(dir: &Path, change: impl FnOnce(&mut Data) -> R) -> Result<R, Failure> {
+    let path = dir.join(REGISTRY_FILE);
+    let file = open_locked(dir, REGISTRY_FILE, OFlag::O_RDWR, true)?
+        .expect("open_locked with create returns a file");
+    let old = read_all(&file)?;
+    let mut data = match Data::parse(&old) {
+        Ok(data) => data,
+        Err(why) => {
+            let aside = keep_aside(dir, &old)?;
+            tracing::warn!(
+                path = %path.display(),
+                copy = %aside.display(),
+                "loop registry was corrupt ({why}); kept a copy and started a fresh list"
+            );
+            Data::default()
+        }
+    };
+    let result = change(&mut data);
+    let new = data.to_json()?;
+    write_in_place(&file, &path, new, old.len())?;
+    Ok(result)
+}
+
+/// Writes `bytes` padded with spaces to `old_len` from offset 0, truncates to the JSON's
+/// length and syncs.
+fn write_in_place(
+    file: &File,
+    path: &Path,
+    mut bytes: Vec<u8>,
+    old_len: usize,
+) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    };
+    let len = bytes.len();
+    if len < old_len {
+        bytes.resize(old_len, b' ');
+    }
+    file.write_all_at(&bytes, 0).map_err(fail)?;
+    file.set_len(len as u64).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    Ok(())
+}
+
+/// Copies an unreadable registry to `loops.json.corrupt-<timestamp>` (never replacing
+/// anything) and syncs it.
+fn keep_aside(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    for n in 0..100 {
+        let name = if n == 0 {
+            format!("{REGISTRY_FILE}.corrupt-{stamp}")
+        } else {
+            format!("{REGISTRY_FILE}.corrupt-{stamp}-{n}")
+        };
+        let path = dir.join(name);
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        match opened {
+            Ok(mut f) => {
+                f.write_all(bytes)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| {
+                        Failure::msg(
+                            ExitStatus::Failure,
+                            format!(
+                                "cannot keep a copy of the corrupt registry at {}: {e}",
+                                path.display()
+                            ),
+                        )
+                    })?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(Failure::msg(
+                    ExitStatus::Failure,
+                    format!(
+                        "{} is corrupt and a copy cannot be kept at {}: {e}; fix or move it by hand",
+                        dir.join(REGISTRY_FILE).display(),
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Err(Failure::msg(
+        ExitStatus::Failure,
+        format!("too many corrupt registry copies in {}", dir.display()),
+    ))
+}
+
+mod rfc3339 {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::metadata::format_time(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, pid: u32) -> Entry {
+        Entry {
+            id: id.into(),
+            pid,
+            started: Utc::now(),
+            prompt: format!("prompt of {id}"),
+            worktree_path: PathBuf::from(format!("/repo/.worktrees/{id}")),
+            workspace: PathBuf::from(format!("/repo/.worktrees/{id}")),
+            extra: Map::new(),
+        }
+    }
+
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn register_list_deregister() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        assert!(list(&dir).unwrap().is_empty());
+        let me = std::process::id();
+        register(&dir, entry("one-brave-otter", me)).unwrap();
+        register(&dir, entry("two-calm-seal", me)).unwrap();
+        // Re-registering an id replaces it.
+        let mut again = entry("one-brave-otter", me);
+        again.prompt = "changed".into();
+        register(&dir, again).unwrap();
+        let listed = list(&dir).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].id, "two-calm-seal");
+        assert_eq!(listed[1].prompt, "changed");
+
+        // ralph's shape on disk.
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
+        let first = &raw["loops"][0];
+        for key in [
+            "id",
+            "pid",
+            "started",
+            "prompt",
+            "worktree_path",
+            "workspace",
+        ] {
+            assert!(first.get(key).is_some(), "{key} missing: {raw}");
+        }
+        assert!(first["started"].as_str().unwrap().ends_with('Z'));
+
+        deregister(&dir, "two-calm-seal").unwrap();
+        deregister(&dir, "no-such-loop").unwrap();
+        let listed = list(&dir).unwrap();
+        assert_eq!(
+            listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["one-brave-otter"]
+        );
+    }
+
+    #[test]
+    fn dead_pids_are_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        let dead = dead_pid();
+        register(&dir, entry("dead-loop", dead)).unwrap();
+        register(&dir, entry("live-loop", std::process::id())).unwrap();
+        // Registering live-loop pruned dead-loop already.
+        assert_eq!(list(&dir).unwrap().len(), 1);
+        register(&dir, entry("dead-again", dead)).unwrap();
+        let removed = prune(&dir).unwrap();
+        assert_eq!(
+            removed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["dead-again"]
+        );
+        assert_eq!(list(&dir).unwrap()[0].id, "live-loop");
+    }
+
+    #[test]
+    fn unknown_fields_and_foreign_entries_survive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        std::fs::create_dir(&dir).unwrap();
+        let me = std::process::id();
+        let ralph = format!(
+            r#"{{"loops":[
+              {{"id":"loop-1700000000-ab12","pid":{me},"started":"2026-01-02T03:04:05.678901234Z","prompt":"primary","workspace":"/repo","hat":"builder"}},
+              {{"id":"weird","pid":"not a number","note":"keep me"}}
+            ],"version":3}}"#
+        );
+        std::fs::write(dir.join(REGISTRY_FILE), ralph).unwrap();
+        register(&dir, entry("mine-brave-otter", me)).unwrap();
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
+        assert_eq!(raw["version"], 3);
+        let loops = raw["loops"].as_array().unwrap();
+        assert_eq!(loops.len(), 3, "{raw}");
+        assert_eq!(loops[0]["hat"], "builder");
+        assert!(
+            loops[0].get("worktree_path").is_none(),
+            "primary entry grew a worktree_path"
+        );
+        assert_eq!(loops[1]["note"], "keep me");
+        assert_eq!(loops[1]["pid"], "not a number");
+        let listed = list(&dir).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].extra.get("hat"), Some(&Value::from("builder")));
+    }
+
+    #[test]
+    fn corrupt_file_is_kept_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        std::fs::create_dir(&dir).unwrap();
+        let garbage = b"{\"loops\":[{\"id\":\"half-writ";
+        std::fs::write(dir.join(REGISTRY_FILE), garbage).unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(dir.join(REGISTRY_FILE)).unwrap(),
+        );
+        // Listing does not touch it.
+        assert!(list(&dir).unwrap().is_empty());
+        register(&dir, entry("after-corrupt", std::process::id())).unwrap();
+        let copies: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("loops.json.corrupt-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(std::fs::read(dir.join(&copies[0])).unwrap(), garbage);
+        assert_eq!(list(&dir).unwrap()[0].id, "after-corrupt");
+        // Edited in place: same inode.
+        let after = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(dir.join(REGISTRY_FILE)).unwrap(),
+        );
+        assert_eq!(inode, after);
+        // Wrong shape is corrupt too.
+        std::fs::write(dir.join(REGISTRY_FILE), b"[1,2,3]").unwrap();
+        register(&dir, entry("after-shape", std::process::id())).unwrap();
+        assert_eq!(list(&dir).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn symlinked_registry_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(tmp.path().join("elsewhere"), b"{}").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join(REGISTRY_FILE)).unwrap();
+        let err = register(&dir, entry("x", std::process::id())).unwrap_err();
+        assert_eq!(err.status, ExitStatus::Failure);
+        assert!(
+            err.error.to_string().contains("symbolic link"),
+            "{:#}",
+            err.error
+        );
+        assert_eq!(std::fs::read(tmp.path().join("elsewhere")).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn concurrent_registrations_all_land() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    register(&dir, entry(&format!("loop-{i}"), std::process::id())).unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(list(&dir).unwrap().len(), 8);
+    }
+}
