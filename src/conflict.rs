@@ -10,6 +10,7 @@
 //! lock later, nobody is listening any more, so it drops the descriptor, which unlocks.
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ pub enum Waited {
 pub fn wait_for_lock(
     dir: &RalphDir,
     deadline: Option<Instant>,
-    signals: &Signals,
+    signals: Option<&Signals>,
 ) -> Result<Waited, Failure> {
     loop {
         let lock = LockFile::open(dir)?;
@@ -67,15 +68,18 @@ pub fn wait_for_lock(
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = [
-                PollFd::new(std::os::fd::AsFd::as_fd(signals), PollFlags::POLLIN),
-                PollFd::new(std::os::fd::AsFd::as_fd(&wake_rx), PollFlags::POLLIN),
-            ];
+            let mut fds = vec![PollFd::new(wake_rx.as_fd(), PollFlags::POLLIN)];
+            if let Some(signals) = signals {
+                fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(Failure::from(anyhow::Error::new(e).context("poll"))),
             }
-            while let Some(sig) = signals.next().or_fail("cannot read signals")? {
+            while let Some(sig) = match signals {
+                Some(s) => s.next().or_fail("cannot read signals")?,
+                None => None,
+            } {
                 match classify(sig) {
                     Class::Forward { stop: true } => return Ok(Waited::Interrupted(sig)),
                     _ if sig == libc::SIGHUP => return Ok(Waited::Interrupted(sig)),
@@ -193,7 +197,7 @@ pub fn takeover(
     // The holder's own supervisor escalates after its grace; allow for ours plus a
     // margin before we escalate ourselves.
     let margin = Duration::from_secs(1);
-    match wait_for_lock(dir, Some(Instant::now() + grace + margin), signals)? {
+    match wait_for_lock(dir, Some(Instant::now() + grace + margin), Some(signals))? {
         Waited::Acquired(lock) => return Ok(TakenOver::Acquired(lock)),
         Waited::Interrupted(sig) => return Ok(TakenOver::Interrupted(sig)),
         Waited::TimedOut => {}
@@ -211,7 +215,7 @@ pub fn takeover(
     };
     warn!("the holder did not stop within {grace:?}; killing it");
     kill_holder(t);
-    match wait_for_lock(dir, Some(Instant::now() + grace + margin), signals)? {
+    match wait_for_lock(dir, Some(Instant::now() + grace + margin), Some(signals))? {
         Waited::Acquired(lock) => Ok(TakenOver::Acquired(lock)),
         Waited::Interrupted(sig) => Ok(TakenOver::Interrupted(sig)),
         Waited::TimedOut => Err(Failure::msg(

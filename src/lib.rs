@@ -13,11 +13,14 @@ pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod run;
+pub mod service;
+pub mod history;
 pub mod signals;
 pub mod stop_request;
 pub mod supervisor;
 pub mod sys;
 pub mod terminal;
+pub mod watch;
 pub mod workspace;
 pub mod worktree;
 

@@ -1,44 +1,110 @@
 //! The supervisor's decisions, as a pure state machine.
 //!
-//! Events come in (a signal, the child's exit or stop, the group emptying, a deadline);
-//! actions come out (signal the group, stop ourselves, finish). No system call happens
-//! here, so every transition is unit-tested without processes; the event loop in
-//! [`super`] turns the real world into events and actions back into system calls.
+//! Events come in (a signal, the child's exit or stop, the group emptying, a stop
+//! request, a deadline); actions come out (signal the group, stop ourselves, spawn the
+//! child again). No system call happens here, so every transition is unit-tested without
+//! processes; the event loop in [`super`] turns the real world into events and actions
+//! back into system calls.
 //!
 //! ```text
-//!   Running ──TERM/INT──▶ Stopping{deadline} ──deadline or 2nd TERM/INT──▶ (KILL sent)
-//!      │                        │
-//!      └──────child exits───────┴──▶ Draining{deadline} (leftover group members got TERM)
-//!                                        │ group empty, or deadline (KILL sent)
-//!                                        ▼
-//!                                      Exited(status)
+//!            ┌──────────── Spawn ◀── Backoff{until} ◀──────────────┐ restart policy
+//!            ▼                                                      │ says so
+//!   Running{since} ──stop──▶ Stopping{deadline} ─deadline / 2nd─▶ KILL sent
+//!      │ (TERM/INT, stop request, max runtime)  │
+//!      └────────────child exits─────────────────┴──▶ Draining{deadline} ──┤
+//!                                  (leftover group members got TERM)       │ no restart
+//!                                                                          ▼
+//!                                                                   Exited(status)
 //! ```
+//!
+//! A stop (signal, stop request, max runtime) ends restarts; the exit status is the last
+//! run's, or 124 when `max_runtime` expired.
 
 use std::time::{Duration, Instant};
 
 use crate::exit::{ChildOutcome, ExitStatus};
 use crate::signals::{Class, classify};
 
+/// When the child is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartWhen {
+    Never,
+    OnFailure,
+    Always,
+}
+
+/// Restart settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart {
+    pub when: RestartWhen,
+    /// Most restarts; `None` = unlimited.
+    pub max: Option<u32>,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Restart {
+    pub const NEVER: Restart = Restart {
+        when: RestartWhen::Never,
+        max: None,
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+    };
+
+    /// Delay before the restart after `failures` quick exits in a row:
+    /// `backoff_initial * 2^failures`, capped at `backoff_max`.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let factor = 1u32.checked_shl(failures).unwrap_or(u32::MAX);
+        self.backoff_initial
+            .checked_mul(factor)
+            .unwrap_or(Duration::MAX)
+            .min(self.backoff_max)
+    }
+
+    /// A run at least this long counts as stable: the backoff starts over.
+    pub fn stable_after(&self) -> Duration {
+        self.backoff_max.max(Duration::from_secs(10))
+    }
+}
+
 /// Fixed settings of one supervision.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
-    /// TERM→KILL grace, for stops and for leftover group members.
+    /// Stop-signal→KILL grace, for stops and for leftover group members.
     pub grace: Duration,
+    /// The signal a stop request or max runtime sends to the child's group.
+    pub stop_signal: i32,
     /// Send TERM then KILL to group members left after the child exits.
     pub kill_orphans: bool,
     /// Stdin is our controlling terminal: mirror the child's stops (shell job control).
     pub job_control: bool,
+    pub restart: Restart,
+    /// Stop the child when it has run this long (over all restarts); exit 124.
+    pub max_runtime: Option<Duration>,
+}
+
+/// Why a supervision was stopped (for the history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop signal was sent to the supervisor.
+    Signal(i32),
+    /// `.ralph/stop-requested` appeared (`ralph loops stop`, `ralph-supervise stop`).
+    StopRequest,
+    /// `max_runtime` expired.
+    MaxRuntime,
 }
 
 /// Where the supervision is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    /// The child runs.
-    Running,
+    /// The child runs, since `since`.
+    Running { since: Instant },
     /// A stop began; at `deadline` the group gets SIGKILL (once: `killed`).
     Stopping { deadline: Instant, killed: bool },
     /// The child exited; leftover group members got TERM and get KILL at `deadline`.
     Draining { deadline: Instant },
+    /// Waiting to start the child again at `until`.
+    Backoff { until: Instant },
     /// Done: release the lock and exit.
     Exited(ExitStatus),
 }
@@ -56,6 +122,8 @@ pub enum Event {
     ChildStopped(i32),
     /// The child's process group has no members left.
     GroupEmpty,
+    /// A graceful stop was requested (the stop-request file appeared).
+    StopRequest,
     /// The current deadline passed.
     Deadline,
 }
@@ -71,6 +139,8 @@ pub enum Action {
     Resume,
     /// The child is gone: take the terminal back if the child had it.
     TakeTerminal,
+    /// Start the child (again); the driver then calls [`Machine::spawned`].
+    Spawn,
     /// Log that a signal was ignored.
     Ignored(i32),
 }
@@ -79,15 +149,31 @@ pub enum Action {
 pub struct Machine {
     config: Config,
     state: State,
+    /// The last run's outcome.
     outcome: Option<ChildOutcome>,
+    stop: Option<StopReason>,
+    /// Restarts done.
+    restarts: u32,
+    /// Quick exits in a row, for the backoff.
+    failures: u32,
+    /// Whether the draining child is to be restarted.
+    restart_after_drain: bool,
+    /// When `max_runtime` expires.
+    runtime_deadline: Option<Instant>,
 }
 
 impl Machine {
-    pub fn new(config: Config) -> Machine {
+    /// A machine for a child spawned at `now`.
+    pub fn new(config: Config, now: Instant) -> Machine {
         Machine {
             config,
-            state: State::Running,
+            state: State::Running { since: now },
             outcome: None,
+            stop: None,
+            restarts: 0,
+            failures: 0,
+            restart_after_drain: false,
+            runtime_deadline: config.max_runtime.map(|d| now + d),
         }
     }
 
@@ -103,71 +189,80 @@ impl Machine {
         }
     }
 
-    /// How the child ended, once it has.
+    /// How the last run ended, once it has.
     pub fn outcome(&self) -> Option<ChildOutcome> {
         self.outcome
+    }
+
+    /// Whether a child is running (its exit is still to come).
+    pub fn child_running(&self) -> bool {
+        matches!(self.state, State::Running { .. } | State::Stopping { .. })
+    }
+
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop
+    }
+
+    pub fn restarts(&self) -> u32 {
+        self.restarts
     }
 
     /// When the event loop must wake up even if nothing happens.
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
+            State::Running { .. } => self.runtime_deadline,
             State::Stopping {
                 deadline,
                 killed: false,
             } => Some(deadline),
             State::Draining { deadline } => Some(deadline),
+            State::Backoff { until } => Some(until),
             _ => None,
         }
     }
 
+    /// The driver started the child again (after [`Action::Spawn`]).
+    pub fn spawned(&mut self, now: Instant) {
+        self.state = State::Running { since: now };
+        self.outcome = None;
+    }
+
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
-        let grace = self.config.grace;
         match (self.state, event) {
             (State::Exited(_), _) => vec![],
 
-            (State::Draining { .. }, Event::GroupEmpty) => {
-                self.exit();
-                vec![]
-            }
-            (State::Draining { .. }, Event::Deadline) => {
-                self.exit();
-                vec![Action::SignalGroup(libc::SIGKILL)]
-            }
-            (State::Draining { .. }, Event::Signal(sig))
-                if classify(sig) == (Class::Forward { stop: true }) =>
-            {
-                self.exit();
-                vec![Action::SignalGroup(libc::SIGKILL)]
-            }
-
-            (
-                _,
-                Event::ChildExited {
-                    outcome,
-                    group_alive,
-                },
-            ) => {
-                self.outcome = Some(outcome);
-                if group_alive && self.config.kill_orphans {
-                    self.state = State::Draining {
-                        deadline: now + grace,
-                    };
-                    vec![Action::TakeTerminal, Action::SignalGroup(libc::SIGTERM)]
-                } else {
-                    self.exit();
-                    vec![Action::TakeTerminal]
-                }
-            }
+            (_, Event::ChildExited {
+                outcome,
+                group_alive,
+            }) => self.child_exited(outcome, group_alive, now),
 
             (_, Event::ChildStopped(sig)) => {
-                if self.config.job_control {
+                if self.config.job_control && self.child_running() {
                     vec![Action::StopSelf(sig)]
                 } else {
                     vec![]
                 }
             }
 
-            (State::Stopping { killed: false, .. }, Event::Deadline) => {
+            (State::Draining { .. }, Event::GroupEmpty) => self.after_drain(now),
+            (State::Draining { .. }, Event::Deadline) => {
+                let mut actions = vec![Action::SignalGroup(libc::SIGKILL)];
+                actions.extend(self.after_drain(now));
+                actions
+            }
+
+            (State::Backoff { until }, Event::Deadline) if now >= until => {
+                self.restarts += 1;
+                vec![Action::Spawn]
+            }
+
+            (State::Running { .. }, Event::Deadline)
+                if self.runtime_deadline.is_some_and(|d| now >= d) =>
+            {
+                self.begin_stop(StopReason::MaxRuntime, self.config.stop_signal, now)
+            }
+
+            (State::Stopping { killed: false, deadline }, Event::Deadline) if now >= deadline => {
                 self.state = State::Stopping {
                     deadline: now,
                     killed: true,
@@ -175,26 +270,19 @@ impl Machine {
                 vec![Action::SignalGroup(libc::SIGKILL)]
             }
 
-            (state, Event::Signal(sig)) => match classify(sig) {
-                Class::Forward { stop: true } => match state {
-                    State::Running => {
-                        self.state = State::Stopping {
-                            deadline: now + grace,
-                            killed: false,
-                        };
+            (_, Event::StopRequest) => self.stop_requested(StopReason::StopRequest, None, now),
+
+            (_, Event::Signal(sig)) => match classify(sig) {
+                Class::Forward { stop: true } => {
+                    self.stop_requested(StopReason::Signal(sig), Some(sig), now)
+                }
+                Class::Forward { stop: false } | Class::JobStop => {
+                    if self.child_running() || matches!(self.state, State::Draining { .. }) {
                         vec![Action::SignalGroup(sig)]
+                    } else {
+                        vec![]
                     }
-                    State::Stopping { killed: false, .. } => {
-                        // A second stop signal escalates at once.
-                        self.state = State::Stopping {
-                            deadline: now,
-                            killed: true,
-                        };
-                        vec![Action::SignalGroup(libc::SIGKILL)]
-                    }
-                    _ => vec![Action::SignalGroup(sig)],
-                },
-                Class::Forward { stop: false } | Class::JobStop => vec![Action::SignalGroup(sig)],
+                }
                 Class::Continue => vec![Action::Resume],
                 Class::Child => vec![],
                 Class::Ignore => vec![Action::Ignored(sig)],
@@ -204,11 +292,105 @@ impl Machine {
         }
     }
 
+    /// A stop signal (`forward` = the signal, sent as is) or a stop request.
+    fn stop_requested(&mut self, reason: StopReason, forward: Option<i32>, now: Instant) -> Vec<Action> {
+        let signal = forward.unwrap_or(self.config.stop_signal);
+        match self.state {
+            State::Running { .. } => self.begin_stop(reason, signal, now),
+            State::Stopping { killed: false, .. } => {
+                // A second stop escalates at once.
+                self.state = State::Stopping {
+                    deadline: now,
+                    killed: true,
+                };
+                vec![Action::SignalGroup(libc::SIGKILL)]
+            }
+            State::Draining { .. } => {
+                self.stop.get_or_insert(reason);
+                self.restart_after_drain = false;
+                let mut actions = vec![Action::SignalGroup(libc::SIGKILL)];
+                actions.extend(self.after_drain(now));
+                actions
+            }
+            State::Backoff { .. } => {
+                // No child: a stop ends the restarts.
+                self.stop.get_or_insert(reason);
+                self.exit();
+                vec![]
+            }
+            State::Stopping { killed: true, .. } | State::Exited(_) => vec![],
+        }
+    }
+
+    fn begin_stop(&mut self, reason: StopReason, signal: i32, now: Instant) -> Vec<Action> {
+        self.stop.get_or_insert(reason);
+        self.state = State::Stopping {
+            deadline: now + self.config.grace,
+            killed: false,
+        };
+        vec![Action::SignalGroup(signal)]
+    }
+
+    fn child_exited(&mut self, outcome: ChildOutcome, group_alive: bool, now: Instant) -> Vec<Action> {
+        let ran = match self.state {
+            State::Running { since } => now.saturating_duration_since(since),
+            _ => Duration::ZERO,
+        };
+        self.outcome = Some(outcome);
+        self.restart_after_drain = self.should_restart(outcome);
+        if self.restart_after_drain {
+            if ran >= self.config.restart.stable_after() {
+                self.failures = 0;
+            }
+        }
+        let mut actions = vec![Action::TakeTerminal];
+        if group_alive && self.config.kill_orphans {
+            self.state = State::Draining {
+                deadline: now + self.config.grace,
+            };
+            actions.push(Action::SignalGroup(libc::SIGTERM));
+        } else {
+            actions.extend(self.after_drain(now));
+        }
+        actions
+    }
+
+    fn should_restart(&self, outcome: ChildOutcome) -> bool {
+        if self.stop.is_some() {
+            return false;
+        }
+        let wanted = match self.config.restart.when {
+            RestartWhen::Never => false,
+            RestartWhen::OnFailure => !outcome.success(),
+            RestartWhen::Always => true,
+        };
+        wanted && self.config.restart.max.is_none_or(|max| self.restarts < max)
+    }
+
+    /// The child and its group are gone: restart after the backoff, or finish.
+    fn after_drain(&mut self, now: Instant) -> Vec<Action> {
+        if self.restart_after_drain && self.stop.is_none() {
+            let delay = self.config.restart.delay(self.failures);
+            self.failures = self.failures.saturating_add(1);
+            self.state = State::Backoff { until: now + delay };
+            if delay.is_zero() {
+                self.restarts += 1;
+                return vec![Action::Spawn];
+            }
+        } else {
+            self.exit();
+        }
+        vec![]
+    }
+
     fn exit(&mut self) {
-        let status = self
-            .outcome
-            .map(ExitStatus::from_wait)
-            .unwrap_or(ExitStatus::Failure);
+        let status = if self.stop == Some(StopReason::MaxRuntime) {
+            ExitStatus::Timeout
+        } else {
+            self.outcome
+                .map(ExitStatus::from_wait)
+                .unwrap_or(ExitStatus::Failure)
+        };
         self.state = State::Exited(status);
     }
 }
@@ -219,12 +401,29 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(10);
 
-    fn machine(job_control: bool) -> Machine {
-        Machine::new(Config {
+    fn config() -> Config {
+        Config {
             grace: GRACE,
+            stop_signal: libc::SIGTERM,
             kill_orphans: true,
-            job_control,
-        })
+            job_control: false,
+            restart: Restart::NEVER,
+            max_runtime: None,
+        }
+    }
+
+    fn machine(job_control: bool) -> (Machine, Instant) {
+        let now = Instant::now();
+        (
+            Machine::new(
+                Config {
+                    job_control,
+                    ..config()
+                },
+                now,
+            ),
+            now,
+        )
     }
 
     fn exited(code: i32, group_alive: bool) -> Event {
@@ -236,9 +435,8 @@ mod tests {
 
     #[test]
     fn forwards_each_forwarded_signal_once() {
-        let now = Instant::now();
         for sig in crate::signals::FORWARDED {
-            let mut m = machine(false);
+            let (mut m, now) = machine(false);
             assert_eq!(
                 m.handle(Event::Signal(sig as i32), now),
                 vec![Action::SignalGroup(sig as i32)]
@@ -248,19 +446,15 @@ mod tests {
 
     #[test]
     fn term_starts_grace_then_kill_at_deadline() {
-        let t0 = Instant::now();
-        let mut m = machine(false);
+        let (mut m, t0) = machine(false);
         m.handle(Event::Signal(libc::SIGTERM), t0);
         assert_eq!(m.deadline(), Some(t0 + GRACE));
+        assert_eq!(m.handle(Event::Deadline, t0 + GRACE / 2), vec![], "not before the deadline");
         assert_eq!(
             m.handle(Event::Deadline, t0 + GRACE),
             vec![Action::SignalGroup(libc::SIGKILL)]
         );
-        assert_eq!(
-            m.deadline(),
-            None,
-            "KILL is sent once, then no more wake-ups"
-        );
+        assert_eq!(m.deadline(), None, "KILL is sent once, then no more wake-ups");
         assert_eq!(m.handle(Event::Deadline, t0 + GRACE * 2), vec![]);
         m.handle(
             Event::ChildExited {
@@ -270,12 +464,12 @@ mod tests {
             t0 + GRACE,
         );
         assert_eq!(m.finished(), Some(ExitStatus::Signaled(libc::SIGKILL)));
+        assert_eq!(m.stop_reason(), Some(StopReason::Signal(libc::SIGTERM)));
     }
 
     #[test]
     fn second_stop_signal_escalates_at_once() {
-        let t0 = Instant::now();
-        let mut m = machine(false);
+        let (mut m, t0) = machine(false);
         assert_eq!(
             m.handle(Event::Signal(libc::SIGINT), t0),
             vec![Action::SignalGroup(libc::SIGINT)]
@@ -288,9 +482,26 @@ mod tests {
     }
 
     #[test]
+    fn stop_request_sends_the_stop_signal_with_grace() {
+        let now = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                stop_signal: libc::SIGINT,
+                ..config()
+            },
+            now,
+        );
+        assert_eq!(
+            m.handle(Event::StopRequest, now),
+            vec![Action::SignalGroup(libc::SIGINT)]
+        );
+        assert_eq!(m.deadline(), Some(now + GRACE));
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+    }
+
+    #[test]
     fn leftover_group_members_are_drained() {
-        let t0 = Instant::now();
-        let mut m = machine(false);
+        let (mut m, t0) = machine(false);
         assert_eq!(
             m.handle(exited(3, true), t0),
             vec![Action::TakeTerminal, Action::SignalGroup(libc::SIGTERM)]
@@ -303,8 +514,7 @@ mod tests {
 
     #[test]
     fn stubborn_leftovers_get_kill_after_grace() {
-        let t0 = Instant::now();
-        let mut m = machine(false);
+        let (mut m, t0) = machine(false);
         m.handle(exited(0, true), t0);
         assert_eq!(
             m.handle(Event::Deadline, t0 + GRACE),
@@ -315,72 +525,158 @@ mod tests {
 
     #[test]
     fn leftovers_left_alone_when_configured() {
-        let mut m = Machine::new(Config {
-            grace: GRACE,
-            kill_orphans: false,
-            job_control: false,
-        });
-        assert_eq!(
-            m.handle(exited(1, true), Instant::now()),
-            vec![Action::TakeTerminal]
+        let now = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                kill_orphans: false,
+                ..config()
+            },
+            now,
         );
+        assert_eq!(m.handle(exited(1, true), now), vec![Action::TakeTerminal]);
         assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
     }
 
     #[test]
     fn job_control_mirrors_child_stops() {
-        let now = Instant::now();
-        let mut m = machine(true);
+        let (mut m, now) = machine(true);
         assert_eq!(
             m.handle(Event::ChildStopped(libc::SIGTSTP), now),
             vec![Action::StopSelf(libc::SIGTSTP)]
         );
-        assert_eq!(
-            m.handle(Event::Signal(libc::SIGCONT), now),
-            vec![Action::Resume]
-        );
-        assert_eq!(m.state(), State::Running);
-        let mut service = machine(false);
-        assert_eq!(
-            service.handle(Event::ChildStopped(libc::SIGSTOP), now),
-            vec![]
-        );
+        assert_eq!(m.handle(Event::Signal(libc::SIGCONT), now), vec![Action::Resume]);
+        assert!(matches!(m.state(), State::Running { .. }));
+        let (mut service, now) = machine(false);
+        assert_eq!(service.handle(Event::ChildStopped(libc::SIGSTOP), now), vec![]);
     }
 
     #[test]
     fn stray_signals_are_ignored_not_fatal() {
-        let mut m = machine(false);
-        for sig in [
-            libc::SIGALRM,
-            libc::SIGPIPE,
-            libc::SIGVTALRM,
-            libc::SIGRTMIN(),
-        ] {
-            assert_eq!(
-                m.handle(Event::Signal(sig), Instant::now()),
-                vec![Action::Ignored(sig)]
-            );
+        let (mut m, now) = machine(false);
+        for sig in [libc::SIGALRM, libc::SIGPIPE, libc::SIGVTALRM, libc::SIGRTMIN()] {
+            assert_eq!(m.handle(Event::Signal(sig), now), vec![Action::Ignored(sig)]);
         }
-        assert_eq!(m.state(), State::Running);
+        assert!(matches!(m.state(), State::Running { .. }));
     }
 
     #[test]
     fn every_exit_code_and_signal_maps_through() {
         for code in 0..=255 {
-            let mut m = machine(false);
-            m.handle(exited(code, false), Instant::now());
+            let (mut m, now) = machine(false);
+            m.handle(exited(code, false), now);
             assert_eq!(m.finished().unwrap().code() as i32, code);
         }
-        for sig in 1..=31 {
-            let mut m = machine(false);
+        for sig in 1..=64 {
+            let (mut m, now) = machine(false);
             m.handle(
                 Event::ChildExited {
                     outcome: ChildOutcome::Signaled(sig),
                     group_alive: false,
                 },
-                Instant::now(),
+                now,
             );
             assert_eq!(m.finished().unwrap().code() as i32, 128 + sig);
         }
+    }
+
+    fn restarting(when: RestartWhen, max: Option<u32>) -> (Machine, Instant) {
+        let now = Instant::now();
+        let m = Machine::new(
+            Config {
+                restart: Restart {
+                    when,
+                    max,
+                    backoff_initial: Duration::from_secs(1),
+                    backoff_max: Duration::from_secs(8),
+                },
+                ..config()
+            },
+            now,
+        );
+        (m, now)
+    }
+
+    #[test]
+    fn on_failure_restarts_with_capped_exponential_backoff() {
+        let (mut m, mut now) = restarting(RestartWhen::OnFailure, Some(5));
+        let mut delays = vec![];
+        loop {
+            m.handle(exited(1, false), now);
+            let Some(until) = m.deadline() else { break };
+            delays.push(until - now);
+            now = until;
+            assert_eq!(m.handle(Event::Deadline, now), vec![Action::Spawn]);
+            m.spawned(now);
+        }
+        let secs: Vec<u64> = delays.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 8], "doubling, capped at backoff_max");
+        assert_eq!(m.restarts(), 5);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(1)), "the last run's code");
+    }
+
+    #[test]
+    fn success_ends_on_failure_restarts_but_not_always() {
+        let (mut m, now) = restarting(RestartWhen::OnFailure, None);
+        m.handle(exited(0, false), now);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(0)));
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        m.handle(exited(0, false), now);
+        assert!(matches!(m.state(), State::Backoff { .. }));
+    }
+
+    #[test]
+    fn a_stable_run_resets_the_backoff() {
+        let (mut m, mut now) = restarting(RestartWhen::Always, None);
+        for _ in 0..3 {
+            m.handle(exited(1, false), now);
+            now = m.deadline().unwrap();
+            m.handle(Event::Deadline, now);
+            m.spawned(now);
+        }
+        // Now a long, stable run.
+        now += Duration::from_secs(60);
+        m.handle(exited(1, false), now);
+        assert_eq!(m.deadline().unwrap() - now, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stop_ends_restarts() {
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        m.handle(Event::Signal(libc::SIGTERM), now);
+        m.handle(exited(143, false), now);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(143)));
+        // And during the backoff, with no child to signal.
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        m.handle(exited(1, false), now);
+        assert_eq!(m.handle(Event::StopRequest, now), vec![]);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
+    }
+
+    #[test]
+    fn max_runtime_stops_gracefully_and_exits_124() {
+        let now = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                max_runtime: Some(Duration::from_secs(30)),
+                restart: Restart {
+                    when: RestartWhen::Always,
+                    ..Restart::NEVER
+                },
+                ..config()
+            },
+            now,
+        );
+        assert_eq!(m.deadline(), Some(now + Duration::from_secs(30)));
+        let t = now + Duration::from_secs(30);
+        assert_eq!(m.handle(Event::Deadline, t), vec![Action::SignalGroup(libc::SIGTERM)]);
+        assert_eq!(m.stop_reason(), Some(StopReason::MaxRuntime));
+        m.handle(
+            Event::ChildExited {
+                outcome: ChildOutcome::Signaled(libc::SIGTERM),
+                group_alive: false,
+            },
+            t,
+        );
+        assert_eq!(m.finished(), Some(ExitStatus::Timeout));
     }
 }

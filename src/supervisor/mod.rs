@@ -22,6 +22,10 @@
 //! 4. carry the actions out: signal the child's group, stop ourselves, hand the terminal
 //!    over or take it back;
 //! 5. once the machine says the supervision is over, return its exit status.
+//!
+//! Besides signals, the loop watches the workspace's `.ralph/` directory (inotify): a
+//! stop-request file means a graceful stop, a deleted lock file is recreated and locked
+//! again by the owner ([`Hooks`]), which also spawns the child again on a restart.
 
 pub mod machine;
 
@@ -36,12 +40,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
 use nix::unistd::Pid;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::exit::{ChildOutcome, ExitStatus, Failure};
 use crate::signals::{self, Class, classify};
 use crate::sys::{self, ChildSetup, Reaped};
 use crate::terminal::{self, Terminal};
+use crate::watch::{Change, Watch};
 use machine::{Action, Event, Machine};
 
 /// The supervisor's signal plumbing, set up before anything else happens.
@@ -149,13 +154,25 @@ pub fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
 }
 
+/// What the event loop asks of its owner (who holds the lock and the metadata).
+pub trait Hooks {
+    /// Starts the child again (a restart); records it.
+    fn respawn(&mut self) -> Result<Child, Failure>;
+    /// The stop-request file appeared: remove it; `true` if it was there (ours to act on).
+    fn take_stop_request(&mut self) -> bool;
+    /// `loop.lock` was deleted while held: recreate and lock it again.
+    fn lock_deleted(&mut self);
+}
+
 /// Supervises `child` until the machine says it is over; returns the exit status.
 pub fn supervise(
-    child: Child,
+    mut child: Child,
     machine: &mut Machine,
     signals: &Signals,
     terminal: Option<Terminal>,
-) -> io::Result<ExitStatus> {
+    watch: Option<&Watch>,
+    hooks: &mut dyn Hooks,
+) -> Result<ExitStatus, Failure> {
     let mut events = Vec::new();
     loop {
         if let Some(status) = machine.finished() {
@@ -170,17 +187,31 @@ pub fn supervise(
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(w) = watch {
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(anyhow::Error::new(e).context("poll").into()),
         }
         let now = Instant::now();
         while let Some(sig) = signals.next()? {
             if classify(sig) == Class::Child {
-                reap(child, machine, &mut events)?;
+                reap(child, &mut events)?;
             } else {
                 events.push(Event::Signal(sig));
+            }
+        }
+        for change in watch.map(Watch::changes).unwrap_or_default() {
+            match change {
+                Change::StopRequested => {
+                    if hooks.take_stop_request() {
+                        info!("stop requested");
+                        events.push(Event::StopRequest);
+                    }
+                }
+                Change::LockDeleted => hooks.lock_deleted(),
             }
         }
         if machine.deadline().is_some_and(|d| now >= d) {
@@ -188,16 +219,29 @@ pub fn supervise(
         }
         for event in events.drain(..) {
             for action in machine.handle(event, now) {
-                act(action, child, terminal);
+                if action == Action::Spawn {
+                    child = hooks.respawn()?;
+                    machine.spawned(Instant::now());
+                } else {
+                    act(action, child, terminal);
+                }
             }
         }
-        if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid) {
-            machine.handle(Event::GroupEmpty, now);
+        if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid)
+        {
+            for action in machine.handle(Event::GroupEmpty, now) {
+                if action == Action::Spawn {
+                    child = hooks.respawn()?;
+                    machine.spawned(Instant::now());
+                } else {
+                    act(action, child, terminal);
+                }
+            }
         }
     }
 }
 
-fn reap(child: Child, machine: &Machine, events: &mut Vec<Event>) -> io::Result<()> {
+fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
     while let Some((pid, reaped)) = sys::reap_one()? {
         if pid != child.pid.as_raw() {
             debug!(pid, ?reaped, "reaped a descendant");
@@ -211,13 +255,11 @@ fn reap(child: Child, machine: &Machine, events: &mut Vec<Event>) -> io::Result<
                 continue;
             }
         };
-        if machine.outcome().is_none() {
-            debug!(pid, %outcome, "child ended");
-            events.push(Event::ChildExited {
-                outcome,
-                group_alive: group_alive(child.pid),
-            });
-        }
+        debug!(pid, %outcome, "child ended");
+        events.push(Event::ChildExited {
+            outcome,
+            group_alive: group_alive(child.pid),
+        });
     }
     Ok(())
 }
@@ -255,5 +297,6 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
             }
         }
         Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),
+        Action::Spawn => unreachable!("spawning is the driver's"),
     }
 }

@@ -738,6 +738,13 @@ pub fn finish(
     }
 }
 
+/// Rolls back a launch that failed after [`create`] (the command could not be started):
+/// removes the worktree and its branch, so a failed launch leaves nothing behind.
+pub fn discard(created: &Created) -> Result<(), Failure> {
+    let _lock = repo_lock(&created.repo)?;
+    remove_worktree(&created.repo, &created.path, Some(&created.branch))
+}
+
 /// Whether a loop runs in worktree `wt`: its `.ralph/loop.lock` is flock-held. When it
 /// is free, the returned descriptor holds it, so no loop starts there while we remove.
 fn probe_loop_lock(wt: &Path) -> Result<(bool, Option<OwnedFd>), Failure> {

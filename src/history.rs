@@ -1,0 +1,176 @@
+//! `.ralph/supervise/runs.jsonl`: one JSON line per supervised run.
+//!
+//! Many supervisors (a primary and its worktree loops all write the main repository's
+//! history) append at once. Each record is one `write(2)` on an `O_APPEND` descriptor
+//! under an exclusive flock on the file, so lines never interleave; a line torn by a
+//! crash is closed with a newline by the next writer and skipped by readers.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, fstat, mkdirat};
+use nix::sys::uio::pread;
+use serde::{Deserialize, Serialize};
+
+use crate::sys::{FlockOp, flock};
+use crate::workspace::RalphDir;
+
+pub const DIR: &str = "supervise";
+pub const FILE: &str = "runs.jsonl";
+
+/// One run, from lock to release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub mode: String,
+    pub command: Vec<String>,
+    pub prompt: String,
+    /// RFC 3339, UTC.
+    pub start: String,
+    pub end: String,
+    /// The last run's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the last run, when one did (`SIGTERM`).
+    pub signal: Option<String>,
+    /// What `ralph-supervise run` exited with.
+    pub status: u8,
+    pub restarts: u32,
+    /// How it was stopped: `signal SIGTERM`, `stop-request`, `max-runtime`; `None` when
+    /// the command ended by itself.
+    pub stopped_by: Option<String>,
+    pub worktree: Option<PathBuf>,
+    pub supervisor_pid: u32,
+    pub child_pid: Option<u32>,
+}
+
+/// Appends one record (creating `supervise/` and the file as needed, never through a
+/// symlink).
+pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
+    let mut line = serde_json::to_string(record)?;
+    line.push('\n');
+    let file = open(dir, true)?.expect("created");
+    flock(file.as_fd(), FlockOp::Exclusive)?;
+    let mut file = File::from(file);
+    let len = fstat(&file)?.st_size;
+    if len > 0 {
+        let mut last = [0u8; 1];
+        if pread(&file, &mut last, len - 1)? == 1 && last[0] != b'\n' {
+            // Someone crashed mid-line: end it, so our record stands on its own line.
+            line.insert(0, '\n');
+        }
+    }
+    file.write_all(line.as_bytes())?;
+    file.sync_data()?;
+    Ok(())
+}
+
+/// All readable records, oldest first; lines that do not parse are skipped (counted in
+/// the second value).
+pub fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
+    let Some(fd) = open(dir, false)? else {
+        return Ok((Vec::new(), 0));
+    };
+    let mut text = String::new();
+    File::from(fd).read_to_string(&mut text)?;
+    let mut bad = 0;
+    let records = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                bad += 1;
+                None
+            }
+        })
+        .collect();
+    Ok((records, bad))
+}
+
+/// Opens `supervise/runs.jsonl` below `dir`: for appending (`create`), or for reading
+/// (`Ok(None)` when missing).
+fn open(dir: &RalphDir, create: bool) -> io::Result<Option<OwnedFd>> {
+    if create {
+        match mkdirat(dir, DIR, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let sub = match openat(
+        dir,
+        DIR,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) if !create => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let flags = if create {
+        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT
+    } else {
+        OFlag::O_RDONLY
+    };
+    match openat(
+        &sub,
+        FILE,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) if !create => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Record {
+        Record {
+            id: id.into(),
+            mode: "primary".into(),
+            command: vec!["true".into()],
+            prompt: "p".into(),
+            start: "2026-01-01T00:00:00.000Z".into(),
+            end: "2026-01-01T00:00:01.000Z".into(),
+            exit_code: Some(0),
+            signal: None,
+            status: 0,
+            restarts: 0,
+            stopped_by: None,
+            worktree: None,
+            supervisor_pid: 1,
+            child_pid: Some(2),
+        }
+    }
+
+    #[test]
+    fn appends_and_reads_back_skipping_torn_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RalphDir::open_or_create(tmp.path()).unwrap();
+        assert_eq!(read(&dir).unwrap(), (vec![], 0));
+        append(&dir, &record("a")).unwrap();
+        // A crashed writer left half a line.
+        let path = tmp.path().join(".ralph/supervise/runs.jsonl");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"id\":\"torn").unwrap();
+        append(&dir, &record("b")).unwrap();
+        let (records, bad) = read(&dir).unwrap();
+        assert_eq!(records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(bad, 1);
+    }
+
+    #[test]
+    fn refuses_a_symlinked_history_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RalphDir::open_or_create(tmp.path()).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), tmp.path().join(".ralph/supervise")).unwrap();
+        assert!(append(&dir, &record("a")).is_err());
+    }
+}
