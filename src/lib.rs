@@ -4,10 +4,13 @@
 //! exit status or a [`Failure`] that is printed once, with its context chain.
 
 pub mod cli;
+pub mod completions;
 pub mod exit;
 pub mod lock;
 pub mod logging;
+pub mod man;
 pub mod metadata;
+pub mod notify;
 pub mod policy;
 pub mod probe;
 pub mod procfs;

@@ -4,6 +4,8 @@ mod harness;
 
 mod bad_input;
 mod lifecycle;
+mod man;
 mod pid1;
+mod service;
 mod signals;
 mod terminal;
