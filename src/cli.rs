@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::policy::{OnConflict, Overrides};
+use crate::policy::{OnConflict, Overrides, RestartPolicy};
 use crate::probe::ProbeSettings;
 
 #[derive(Debug, Parser)]
@@ -54,9 +54,59 @@ pub enum LogFormat {
 pub enum Command {
     /// Run COMMAND holding the workspace lock
     Run(RunArgs),
+    /// Show who holds the workspace (exit 0 if a loop runs, 3 if none)
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the primary loop and every worktree loop
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a loop gracefully and wait until its lock is released
+    Stop(StopArgs),
+    /// Block until the workspace is free (exit 0, or 124 at the timeout)
+    Wait {
+        /// Give up after this long
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Show the runs recorded in .ralph/supervise/runs.jsonl
+    History {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// How many of the latest runs
+        #[arg(short = 'n', long = "limit", value_name = "N", default_value_t = 20)]
+        limit: usize,
+    },
+    /// Prune dead registry entries and remove clean, finished worktrees
+    Gc {
+        /// Say what would be done, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Policy file (for worktree.dir and worktree.branch_prefix)
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
     /// Show or check the policy file
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: crate::completions::Shell,
+    },
+    /// Write the manual pages into DIR (for packagers)
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Report what this process inherited, then each signal it receives (for tests)
     #[command(hide = true)]
     Probe(ProbeArgs),
@@ -95,6 +145,18 @@ pub struct PolicyArgs {
     /// Signal that asks the command to stop (TERM, SIGTERM or 15) [default: TERM]
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     pub stop_signal: Option<i32>,
+    /// When to start the command again after it exits [default: never]
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub restart: Option<RestartPolicy>,
+    /// Most restarts [default: unlimited]
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<u32>,
+    /// Delay before the first restart; doubles up to restart.backoff_max [default: 1s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub restart_delay: Option<Duration>,
+    /// Stop the command gracefully after this long and exit 124
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub max_runtime: Option<Duration>,
 }
 
 impl PolicyArgs {
@@ -106,10 +168,29 @@ impl PolicyArgs {
             conflict_exit_code: self.conflict_exit_code,
             stop_grace: self.stop_grace,
             stop_signal: self.stop_signal,
+            restart: self.restart,
+            max_restarts: self.max_restarts,
+            restart_delay: self.restart_delay,
+            max_runtime: self.max_runtime,
             log_format,
-            ..Overrides::default()
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// A worktree loop's id (see `list`) [default: the workspace's own loop]
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+    /// Signal sent to the loop's supervisor (TERM, SIGINT, 15, ...)
+    #[arg(long, value_name = "SIG", value_parser = parse_signal, default_value = "TERM")]
+    pub signal: i32,
+    /// How long to wait for the lock to be released
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+    /// Kill the loop's process group at once instead of asking
+    #[arg(long)]
+    pub kill: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -111,7 +111,7 @@ fn open(dir: &RalphDir, create: bool) -> io::Result<Option<OwnedFd>> {
         Err(e) => return Err(e.into()),
     };
     let flags = if create {
-        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT
+        OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT
     } else {
         OFlag::O_RDONLY
     };
@@ -158,11 +158,17 @@ mod tests {
         append(&dir, &record("a")).unwrap();
         // A crashed writer left half a line.
         let path = tmp.path().join(".ralph/supervise/runs.jsonl");
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"id\":\"torn").unwrap();
         append(&dir, &record("b")).unwrap();
         let (records, bad) = read(&dir).unwrap();
-        assert_eq!(records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(bad, 1);
     }
 

@@ -4,17 +4,21 @@
 //! exit status or a [`Failure`] that is printed once, with its context chain.
 
 pub mod cli;
+pub mod completions;
 pub mod conflict;
+pub mod control;
 pub mod exit;
+pub mod history;
 pub mod lock;
 pub mod logging;
+pub mod man;
 pub mod metadata;
+pub mod notify;
 pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod run;
 pub mod service;
-pub mod history;
 pub mod signals;
 pub mod stop_request;
 pub mod supervisor;
@@ -28,9 +32,11 @@ use std::process::ExitCode;
 
 use cli::{Cli, Command, GlobalArgs, LogFormat, PolicyArgs, PolicyCommand};
 pub use exit::{ExitStatus, Failure};
+use exit::ResultExt;
 
 /// Parses, logs, dispatches, prints the one error line, and exits.
 pub fn main() -> ExitCode {
+    sys::default_sigpipe();
     let cli = <Cli as clap::Parser>::parse();
     match run(cli) {
         Ok(status) => ExitCode::from(status.code()),
@@ -72,6 +78,55 @@ pub fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             init_logging(&global, None);
             policy::load(&file)?;
             println!("{}: ok", file.display());
+            Ok(ExitStatus::SUCCESS)
+        }
+        Command::Status { json } => {
+            init_logging(&global, None);
+            control::status(&workspace::resolve(global.workspace.as_deref())?, json)
+        }
+        Command::List { json } => {
+            init_logging(&global, None);
+            control::list(&workspace::resolve(global.workspace.as_deref())?, json)
+        }
+        Command::Stop(args) => {
+            init_logging(&global, None);
+            let workspace = workspace::resolve(global.workspace.as_deref())?;
+            let effective = effective_policy(&workspace, &PolicyArgs::default(), &global)?;
+            let settings = control::StopSettings {
+                id: args.id,
+                signal: args.signal,
+                timeout: args.timeout,
+                kill: args.kill,
+                grace: effective.policy.stop.grace,
+            };
+            control::stop(&workspace, &settings)
+        }
+        Command::Wait { timeout } => {
+            init_logging(&global, None);
+            control::wait(&workspace::resolve(global.workspace.as_deref())?, timeout)
+        }
+        Command::History { json, limit } => {
+            init_logging(&global, None);
+            control::show_history(&workspace::resolve(global.workspace.as_deref())?, limit, json)
+        }
+        Command::Gc { dry_run, policy } => {
+            init_logging(&global, None);
+            let workspace = workspace::resolve(global.workspace.as_deref())?;
+            let args = PolicyArgs {
+                policy,
+                ..PolicyArgs::default()
+            };
+            let effective = effective_policy(&workspace, &args, &global)?;
+            let wt = &effective.policy.worktree;
+            control::gc(&workspace, &wt.dir, &wt.branch_prefix, dry_run)
+        }
+        Command::Completions { shell } => {
+            completions::generate(shell, cli::command(), &mut std::io::stdout());
+            Ok(ExitStatus::SUCCESS)
+        }
+        Command::Man { dir } => {
+            man::write_all(&dir, cli::command())
+                .or_fail(format!("cannot write manual pages to {}", dir.display()))?;
             Ok(ExitStatus::SUCCESS)
         }
         Command::Probe(args) => probe::probe(args.into()),

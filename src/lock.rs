@@ -89,6 +89,32 @@ impl LockFile {
         })
     }
 
+    /// Opens the lock file of `dir` if it exists (never creates it).
+    pub fn open_existing(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
+        match fstatat(dir, LOCK_FILE, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => Ok(None),
+            _ => LockFile::open(dir).map(Some),
+        }
+    }
+
+    /// Whether nobody holds the lock, by a non-blocking attempt that, if it succeeds,
+    /// lets go at once without touching the file (for systems without `/proc/locks`).
+    pub fn probe_free(&self) -> bool {
+        match self.try_lock() {
+            Ok(true) => {
+                let _ = flock(self.file.as_fd(), FlockOp::Unlock);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Lets go of a lock taken only to learn that the workspace is free (`wait`,
+    /// `stop`): unlocks without touching the file, whose contents are not ours.
+    pub fn unlock(self) {
+        let _ = flock(self.file.as_fd(), FlockOp::Unlock);
+    }
+
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }

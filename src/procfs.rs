@@ -87,10 +87,8 @@ fn parse_locks(text: &str, dev: u64, ino: u64) -> Vec<HeldLock> {
         let same = u32::from_str_radix(maj, 16).ok() == Some(major)
             && u32::from_str_radix(min, 16).ok() == Some(minor)
             && inode.parse::<u64>().ok() == Some(ino);
-        if same {
-            if let Ok(pid) = pid.parse() {
-                held.push(HeldLock { pid });
-            }
+        if same && let Ok(pid) = pid.parse() {
+            held.push(HeldLock { pid });
         }
     }
     held

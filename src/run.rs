@@ -23,8 +23,8 @@ use crate::supervisor::machine::{self, Machine, RestartWhen, StopReason};
 use crate::supervisor::{self, Child, Hooks, Signals};
 use crate::terminal::Terminal;
 use crate::watch::Watch;
-use crate::worktree::{self, Created};
 use crate::workspace::RalphDir;
+use crate::worktree::{self, Created};
 use crate::{signals, stop_request};
 
 /// Everything `run` needs, resolved from flags and the policy file.
@@ -125,7 +125,10 @@ fn on_conflict(
         OnConflict::Wait => {
             let holder = held.holder();
             conflict::log_waiting(&holder);
-            crate::service::status(&format!("waiting for the lock held by {}", holder_pid(&holder)));
+            crate::service::status(&format!(
+                "waiting for the lock held by {}",
+                holder_pid(&holder)
+            ));
             drop(held);
             let deadline = settings
                 .policy
@@ -206,13 +209,17 @@ fn run_in_worktree(settings: &RunSettings, signals: &Signals) -> Result<ExitStat
         created.path.display(),
         created.branch
     );
-    let locked = RalphDir::open_or_create(&created.path).and_then(|dir| match lock::try_acquire(&dir)? {
-        Acquire::Acquired(lock) => Ok((dir, lock)),
-        Acquire::Held(_) => Err(Failure::msg(
-            ExitStatus::Failure,
-            format!("the new worktree {} is locked by someone else", created.path.display()),
-        )),
-    });
+    let locked =
+        RalphDir::open_or_create(&created.path).and_then(|dir| match lock::try_acquire(&dir)? {
+            Acquire::Acquired(lock) => Ok((dir, lock)),
+            Acquire::Held(_) => Err(Failure::msg(
+                ExitStatus::Failure,
+                format!(
+                    "the new worktree {} is locked by someone else",
+                    created.path.display()
+                ),
+            )),
+        });
     let (dir, lock) = match locked {
         Ok(x) => x,
         Err(e) => {
@@ -248,7 +255,11 @@ fn run_in_worktree(settings: &RunSettings, signals: &Signals) -> Result<ExitStat
 
 fn rollback(created: &Created) {
     if let Err(e) = worktree::discard(created) {
-        warn!("cannot remove the failed worktree {}: {:#}", created.path.display(), e.error);
+        warn!(
+            "cannot remove the failed worktree {}: {:#}",
+            created.path.display(),
+            e.error
+        );
     }
 }
 
@@ -299,7 +310,10 @@ impl Session<'_> {
         if let Err(e) = self.write_metadata() {
             // The child runs and holds the lock, but nobody can see who it is: stop it.
             let _ = nix::sys::signal::killpg(child.pid, nix::sys::signal::Signal::SIGTERM);
-            error!("cannot record the child in {}: {e}; stopping it", self.lock.path().display());
+            error!(
+                "cannot record the child in {}: {e}; stopping it",
+                self.lock.path().display()
+            );
         }
         if let Some(created) = self.place.worktree {
             let entry = worktree::registry::Entry {
@@ -370,7 +384,12 @@ fn run_locked(
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
     let watch = Watch::new(dir.path())
-        .map_err(|e| warn!("cannot watch {}: {e}; stop requests will not be seen", dir.path().display()))
+        .map_err(|e| {
+            warn!(
+                "cannot watch {}: {e}; stop requests will not be seen",
+                dir.path().display()
+            )
+        })
         .ok();
     if stop_request::remove(dir).unwrap_or(false) {
         info!("removed a stale {}", stop_request::FILE);
@@ -411,7 +430,8 @@ fn run_locked(
     let result = match session.write_metadata() {
         Err(e) => Err(Failure::new(
             ExitStatus::Failure,
-            anyhow::Error::new(e).context(format!("cannot write {}", session.lock.path().display())),
+            anyhow::Error::new(e)
+                .context(format!("cannot write {}", session.lock.path().display())),
         )),
         Ok(()) => supervise(&mut session, signals, watch.as_ref(), spawned),
     };
@@ -420,10 +440,10 @@ fn run_locked(
     if let Ok((status, machine)) = &result {
         record_history(&session, *status, machine, started);
     }
-    if let Some(created) = place.worktree {
-        if let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id) {
-            warn!("cannot deregister the loop: {:#}", e.error);
-        }
+    if let Some(created) = place.worktree
+        && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
+    {
+        warn!("cannot deregister the loop: {:#}", e.error);
     }
     // The child is gone (or never started): empty the metadata while still locked,
     // then unlock explicitly.
@@ -473,10 +493,10 @@ fn supervise(
     if early_stop {
         let actions = machine.handle(machine::Event::StopRequest, Instant::now());
         for action in actions {
-            if let machine::Action::SignalGroup(sig) = action {
-                if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
-                    let _ = nix::sys::signal::killpg(child.pid, sig);
-                }
+            if let machine::Action::SignalGroup(sig) = action
+                && let Ok(sig) = nix::sys::signal::Signal::try_from(sig)
+            {
+                let _ = nix::sys::signal::killpg(child.pid, sig);
             }
         }
     }
@@ -487,7 +507,12 @@ fn supervise(
     Ok((status, machine))
 }
 
-fn record_history(session: &Session<'_>, status: ExitStatus, machine: &Machine, started: DateTime<Utc>) {
+fn record_history(
+    session: &Session<'_>,
+    status: ExitStatus,
+    machine: &Machine,
+    started: DateTime<Utc>,
+) {
     let (exit_code, signal) = match machine.outcome() {
         Some(ChildOutcome::Exited(code)) => (Some(code), None),
         Some(ChildOutcome::Signaled(sig)) => (None, Some(signals::name(sig))),
@@ -518,9 +543,9 @@ fn record_history(session: &Session<'_>, status: ExitStatus, machine: &Machine, 
         Some(created) => RalphDir::open_or_create(&created.repo),
         None => RalphDir::open_or_create(&session.place.workspace),
     };
-    let written = target.map_err(|e| e.error).and_then(|dir| {
-        history::append(&dir, &record).map_err(anyhow::Error::from)
-    });
+    let written = target
+        .map_err(|e| e.error)
+        .and_then(|dir| history::append(&dir, &record).map_err(anyhow::Error::from));
     if let Err(e) = written {
         warn!("cannot record the run in the history: {e:#}");
     }

@@ -221,3 +221,12 @@ pub fn reap_one() -> io::Result<Option<(i32, Reaped)>> {
         }
     }
 }
+
+/// Restores SIGPIPE's default action (Rust ignores it at start-up), so that a command
+/// whose output is piped into `head` ends quietly like any other Unix tool.
+pub fn default_sigpipe() {
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

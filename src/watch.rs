@@ -51,7 +51,9 @@ impl Watch {
                 Err(_) => break,
             };
             for ev in events {
-                let Some(name) = ev.name.as_deref() else { continue };
+                let Some(name) = ev.name.as_deref() else {
+                    continue;
+                };
                 let created = ev
                     .mask
                     .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO);

@@ -231,10 +231,13 @@ impl Machine {
         match (self.state, event) {
             (State::Exited(_), _) => vec![],
 
-            (_, Event::ChildExited {
-                outcome,
-                group_alive,
-            }) => self.child_exited(outcome, group_alive, now),
+            (
+                _,
+                Event::ChildExited {
+                    outcome,
+                    group_alive,
+                },
+            ) => self.child_exited(outcome, group_alive, now),
 
             (_, Event::ChildStopped(sig)) => {
                 if self.config.job_control && self.child_running() {
@@ -262,7 +265,13 @@ impl Machine {
                 self.begin_stop(StopReason::MaxRuntime, self.config.stop_signal, now)
             }
 
-            (State::Stopping { killed: false, deadline }, Event::Deadline) if now >= deadline => {
+            (
+                State::Stopping {
+                    killed: false,
+                    deadline,
+                },
+                Event::Deadline,
+            ) if now >= deadline => {
                 self.state = State::Stopping {
                     deadline: now,
                     killed: true,
@@ -270,6 +279,9 @@ impl Machine {
                 vec![Action::SignalGroup(libc::SIGKILL)]
             }
 
+            // A stop request while already stopping is the same request again: only a
+            // second stop *signal* escalates.
+            (State::Stopping { .. }, Event::StopRequest) => vec![],
             (_, Event::StopRequest) => self.stop_requested(StopReason::StopRequest, None, now),
 
             (_, Event::Signal(sig)) => match classify(sig) {
@@ -293,7 +305,12 @@ impl Machine {
     }
 
     /// A stop signal (`forward` = the signal, sent as is) or a stop request.
-    fn stop_requested(&mut self, reason: StopReason, forward: Option<i32>, now: Instant) -> Vec<Action> {
+    fn stop_requested(
+        &mut self,
+        reason: StopReason,
+        forward: Option<i32>,
+        now: Instant,
+    ) -> Vec<Action> {
         let signal = forward.unwrap_or(self.config.stop_signal);
         match self.state {
             State::Running { .. } => self.begin_stop(reason, signal, now),
@@ -331,17 +348,20 @@ impl Machine {
         vec![Action::SignalGroup(signal)]
     }
 
-    fn child_exited(&mut self, outcome: ChildOutcome, group_alive: bool, now: Instant) -> Vec<Action> {
+    fn child_exited(
+        &mut self,
+        outcome: ChildOutcome,
+        group_alive: bool,
+        now: Instant,
+    ) -> Vec<Action> {
         let ran = match self.state {
             State::Running { since } => now.saturating_duration_since(since),
             _ => Duration::ZERO,
         };
         self.outcome = Some(outcome);
         self.restart_after_drain = self.should_restart(outcome);
-        if self.restart_after_drain {
-            if ran >= self.config.restart.stable_after() {
-                self.failures = 0;
-            }
+        if self.restart_after_drain && ran >= self.config.restart.stable_after() {
+            self.failures = 0;
         }
         let mut actions = vec![Action::TakeTerminal];
         if group_alive && self.config.kill_orphans {
@@ -364,7 +384,12 @@ impl Machine {
             RestartWhen::OnFailure => !outcome.success(),
             RestartWhen::Always => true,
         };
-        wanted && self.config.restart.max.is_none_or(|max| self.restarts < max)
+        wanted
+            && self
+                .config
+                .restart
+                .max
+                .is_none_or(|max| self.restarts < max)
     }
 
     /// The child and its group are gone: restart after the backoff, or finish.
@@ -449,12 +474,20 @@ mod tests {
         let (mut m, t0) = machine(false);
         m.handle(Event::Signal(libc::SIGTERM), t0);
         assert_eq!(m.deadline(), Some(t0 + GRACE));
-        assert_eq!(m.handle(Event::Deadline, t0 + GRACE / 2), vec![], "not before the deadline");
+        assert_eq!(
+            m.handle(Event::Deadline, t0 + GRACE / 2),
+            vec![],
+            "not before the deadline"
+        );
         assert_eq!(
             m.handle(Event::Deadline, t0 + GRACE),
             vec![Action::SignalGroup(libc::SIGKILL)]
         );
-        assert_eq!(m.deadline(), None, "KILL is sent once, then no more wake-ups");
+        assert_eq!(
+            m.deadline(),
+            None,
+            "KILL is sent once, then no more wake-ups"
+        );
         assert_eq!(m.handle(Event::Deadline, t0 + GRACE * 2), vec![]);
         m.handle(
             Event::ChildExited {
@@ -497,6 +530,11 @@ mod tests {
         );
         assert_eq!(m.deadline(), Some(now + GRACE));
         assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+        assert_eq!(m.handle(Event::StopRequest, now), vec![], "no escalation");
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGTERM), now),
+            vec![Action::SignalGroup(libc::SIGKILL)]
+        );
     }
 
     #[test]
@@ -544,17 +582,31 @@ mod tests {
             m.handle(Event::ChildStopped(libc::SIGTSTP), now),
             vec![Action::StopSelf(libc::SIGTSTP)]
         );
-        assert_eq!(m.handle(Event::Signal(libc::SIGCONT), now), vec![Action::Resume]);
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGCONT), now),
+            vec![Action::Resume]
+        );
         assert!(matches!(m.state(), State::Running { .. }));
         let (mut service, now) = machine(false);
-        assert_eq!(service.handle(Event::ChildStopped(libc::SIGSTOP), now), vec![]);
+        assert_eq!(
+            service.handle(Event::ChildStopped(libc::SIGSTOP), now),
+            vec![]
+        );
     }
 
     #[test]
     fn stray_signals_are_ignored_not_fatal() {
         let (mut m, now) = machine(false);
-        for sig in [libc::SIGALRM, libc::SIGPIPE, libc::SIGVTALRM, libc::SIGRTMIN()] {
-            assert_eq!(m.handle(Event::Signal(sig), now), vec![Action::Ignored(sig)]);
+        for sig in [
+            libc::SIGALRM,
+            libc::SIGPIPE,
+            libc::SIGVTALRM,
+            libc::SIGRTMIN(),
+        ] {
+            assert_eq!(
+                m.handle(Event::Signal(sig), now),
+                vec![Action::Ignored(sig)]
+            );
         }
         assert!(matches!(m.state(), State::Running { .. }));
     }
@@ -611,7 +663,11 @@ mod tests {
         let secs: Vec<u64> = delays.iter().map(|d| d.as_secs()).collect();
         assert_eq!(secs, vec![1, 2, 4, 8, 8], "doubling, capped at backoff_max");
         assert_eq!(m.restarts(), 5);
-        assert_eq!(m.finished(), Some(ExitStatus::Child(1)), "the last run's code");
+        assert_eq!(
+            m.finished(),
+            Some(ExitStatus::Child(1)),
+            "the last run's code"
+        );
     }
 
     #[test]
@@ -668,7 +724,10 @@ mod tests {
         );
         assert_eq!(m.deadline(), Some(now + Duration::from_secs(30)));
         let t = now + Duration::from_secs(30);
-        assert_eq!(m.handle(Event::Deadline, t), vec![Action::SignalGroup(libc::SIGTERM)]);
+        assert_eq!(
+            m.handle(Event::Deadline, t),
+            vec![Action::SignalGroup(libc::SIGTERM)]
+        );
         assert_eq!(m.stop_reason(), Some(StopReason::MaxRuntime));
         m.handle(
             Event::ChildExited {

@@ -227,8 +227,7 @@ pub fn supervise(
                 }
             }
         }
-        if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid)
-        {
+        if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid) {
             for action in machine.handle(Event::GroupEmpty, now) {
                 if action == Action::Spawn {
                     child = hooks.respawn()?;
@@ -273,27 +272,27 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
             }
         }
         Action::StopSelf(sig) => {
-            if let Some(t) = terminal {
-                if t.foreground_is(child.pid) {
-                    t.take_back();
-                }
+            if let Some(t) = terminal
+                && t.foreground_is(child.pid)
+            {
+                t.take_back();
             }
             debug!(signal = %signals::name(sig), "child stopped; stopping too");
             terminal::stop_self(sig);
         }
         Action::Resume => {
-            if let Some(t) = terminal {
-                if t.is_foreground() {
-                    t.give_to(child.pid);
-                }
+            if let Some(t) = terminal
+                && t.is_foreground()
+            {
+                t.give_to(child.pid);
             }
             let _ = killpg(child.pid, Signal::SIGCONT);
         }
         Action::TakeTerminal => {
-            if let Some(t) = terminal {
-                if t.foreground_is(child.pid) {
-                    t.take_back();
-                }
+            if let Some(t) = terminal
+                && t.foreground_is(child.pid)
+            {
+                t.take_back();
             }
         }
         Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),

@@ -69,7 +69,7 @@ pub fn generate_id(prompt: &str, taken: &dyn Fn(&str) -> bool) -> String {
             return id;
         }
         attempt += 1;
-        if attempt % 16 == 0 {
+        if attempt.is_multiple_of(16) {
             hex_len += 4;
         }
     }

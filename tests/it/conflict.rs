@@ -259,7 +259,7 @@ fn takeover_of_a_holder_that_ignores_term_escalates() {
     ]));
     holder.expect_line("signal SIGTERM");
     taker.expect_line("ready");
-    assert!(taker.stderr().contains("killing it"), "{}", taker.stderr());
+    stderr_has(&taker, "killing it");
     // The holder's supervisor is killed, or sees its child killed first and exits 137.
     let status = holder.wait(LIMIT);
     assert!(

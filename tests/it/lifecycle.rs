@@ -204,7 +204,7 @@ fn leftover_group_members_get_term_then_kill() {
     p.expect_line("signal SIGTERM");
     let out = p.finish();
     assert_eq!(out.code(), 5, "the child's own status: {out:?}");
-    assert!(!alive(orphan), "leftover killed");
+    wait_until("the leftover to be killed", LIMIT, || !alive(orphan));
 }
 
 #[test]
@@ -217,7 +217,7 @@ fn cooperative_leftovers_end_on_term() {
     p.expect_line("cleanup done");
     let out = p.finish();
     assert_eq!(out.code(), 0);
-    assert!(!alive(orphan));
+    wait_until("the leftover to end", LIMIT, || !alive(orphan));
 }
 
 #[test]

@@ -5,6 +5,8 @@ mod harness;
 mod bad_input;
 mod conflict;
 mod lifecycle;
+mod man;
 mod pid1;
+mod service;
 mod signals;
 mod terminal;
