@@ -4,6 +4,7 @@ mod harness;
 
 mod bad_input;
 mod conflict;
+mod control;
 mod lifecycle;
 mod man;
 mod pid1;
