@@ -26,10 +26,10 @@ fn redact(v: &mut serde_json::Value) {
         "workspace",
         "lock_holders",
     ] {
-        if let Some(x) = v.get_mut(key) {
-            if !x.is_null() {
-                *x = serde_json::json!("<redacted>");
-            }
+        if let Some(x) = v.get_mut(key)
+            && !x.is_null()
+        {
+            *x = serde_json::json!("<redacted>");
         }
     }
 }
