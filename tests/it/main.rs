@@ -7,6 +7,7 @@ mod conflict;
 mod control;
 mod lifecycle;
 mod man;
+mod notify_logs;
 mod pid1;
 mod service;
 mod signals;
