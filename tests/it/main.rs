@@ -10,3 +10,4 @@ mod pid1;
 mod service;
 mod signals;
 mod terminal;
+mod worktree;
