@@ -126,6 +126,9 @@ fn a_taken_git_workspace_runs_the_second_loop_in_a_worktree() {
 
     let child: u64 = wt_loop.value("pid").parse().unwrap();
     let lock = wt.join(".ralph/loop.lock");
+    // The child holds the worktree's own lock, not the primary's.
+    let fd = wt_loop.value("lock_fd");
+    assert_eq!(wt_loop.value(&format!("fd {fd}")), lock.to_str().unwrap());
     let mut meta = Value::Null;
     wait_until("the worktree lock to name the child", LIMIT, || {
         meta = serde_json::from_str(&std::fs::read_to_string(&lock).unwrap()).unwrap_or_default();
@@ -173,7 +176,15 @@ fn a_taken_git_workspace_runs_the_second_loop_in_a_worktree() {
         "{list}"
     );
 
-    wt_loop.signal(Signal::SIGTERM);
+    // `stop <id>` from the main repository finds the loop through the registry.
+    let stop = ws.run(&["stop", &id, "--timeout", "10s"]);
+    assert_eq!(stop.code(), 0, "{stop:?}");
+    assert!(
+        stop.stdout.starts_with(&format!("stopped {id} in "))
+            && stop.stdout.contains("killed by SIGTERM"),
+        "{}",
+        stop.stdout
+    );
     wt_loop.expect_line("cleanup done");
     assert_eq!(wt_loop.finish().code(), 143);
     assert!(
