@@ -50,14 +50,33 @@ fn git_worktrees(ws: &Workspace) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The entries of `<repo>/.ralph/loops.json` (none when the file is missing or empty).
-fn registry(ws: &Workspace) -> Vec<Value> {
-    let text = std::fs::read_to_string(ws.path.join(".ralph/loops.json")).unwrap_or_default();
+/// The entries of `<repo>/.ralph/loops.json` (none when the file is missing or empty),
+/// read under a shared flock as a careful reader does; `None` when it is not JSON.
+fn try_registry(ws: &Workspace) -> Option<Vec<Value>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(ws.path.join(".ralph/loops.json")) else {
+        return Some(Vec::new());
+    };
+    let mut locked = Flock::lock(file, FlockArg::LockShared)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let mut text = String::new();
+    locked.read_to_string(&mut text).unwrap();
     if text.trim().is_empty() {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
-    v["loops"].as_array().cloned().unwrap_or_default()
+    let v: Value = serde_json::from_str(&text).ok()?;
+    Some(v["loops"].as_array().cloned().unwrap_or_default())
+}
+
+fn registry(ws: &Workspace) -> Vec<Value> {
+    try_registry(ws).unwrap_or_else(|| {
+        panic!(
+            "loops.json is not JSON: {:?}",
+            std::fs::read_to_string(ws.path.join(".ralph/loops.json"))
+        )
+    })
 }
 
 fn id_of(wt: &Path) -> String {
@@ -611,8 +630,9 @@ fn a_corrupt_registry_is_kept_aside_and_the_launch_still_works() {
     let wt = only_worktree(&ws);
     assert_eq!(wt_loop.value("cwd"), wt.to_str().unwrap());
     let child: u64 = wt_loop.value("pid").parse().unwrap();
+    // Until the launch registers, the corrupt file is still in place.
     wait_until("the loop in the new loops.json", LIMIT, || {
-        registry(&ws).iter().any(|e| e["pid"] == child)
+        try_registry(&ws).is_some_and(|r| r.iter().any(|e| e["pid"] == child))
     });
     let entries = registry(&ws);
     assert_eq!(entries.len(), 1, "{entries:?}");
