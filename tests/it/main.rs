@@ -12,3 +12,4 @@ mod pid1;
 mod service;
 mod signals;
 mod terminal;
+mod worktree;
