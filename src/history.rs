@@ -63,8 +63,9 @@ pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
             line.insert(0, '\n');
         }
     }
+    // One write under the flock: concurrent appends never interleave. No fsync: the
+    // history is a record for people, not worth a disk flush on every loop's exit.
     file.write_all(line.as_bytes())?;
-    file.sync_data()?;
     Ok(())
 }
 
