@@ -95,20 +95,24 @@ pub fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
 /// Opens `supervise/runs.jsonl` below `dir`: for appending (`create`), or for reading
 /// (`Ok(None)` when missing).
 fn open(dir: &RalphDir, create: bool) -> io::Result<Option<OwnedFd>> {
-    if create {
-        match mkdirat(dir, DIR, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let sub = match openat(
-        dir,
-        DIR,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
+    let open_sub = || {
+        openat(
+            dir,
+            DIR,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let sub = match open_sub() {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) if !create => return Ok(None),
+        Err(Errno::ENOENT) if create => {
+            match mkdirat(dir, DIR, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            open_sub()?
+        }
+        Err(Errno::ENOENT) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let flags = if create {

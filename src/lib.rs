@@ -37,7 +37,7 @@ pub use exit::{ExitStatus, Failure};
 /// Parses, logs, dispatches, prints the one error line, and exits.
 pub fn main() -> ExitCode {
     sys::default_sigpipe();
-    let cli = <Cli as clap::Parser>::parse();
+    let cli = cli::parse();
     match run(cli) {
         Ok(status) => ExitCode::from(status.code()),
         Err(failure) => {

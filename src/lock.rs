@@ -169,7 +169,9 @@ impl LockFile {
                 Err(e) => return Err(e.into()),
             }
         }
-        ftruncate(&self.file, len as i64)?;
+        if old_len > len {
+            ftruncate(&self.file, len as i64)?;
+        }
         Ok(())
     }
 

@@ -474,8 +474,8 @@ fn supervise(
 ) -> Result<(ExitStatus, Machine), Failure> {
     let child = session.spawn()?;
     *spawned = true;
-    // A stop request written between the stale-file removal and the watch is not lost.
-    let early_stop = stop_request::remove(session.dir).unwrap_or(false);
+    // A stop request written since the watch began is not lost: its change signal is
+    // queued in the signalfd, and the event loop reads it first.
     let policy = &session.settings.policy;
     let mut machine = Machine::new(
         machine::Config {
@@ -497,16 +497,6 @@ fn supervise(
         },
         Instant::now(),
     );
-    if early_stop {
-        let actions = machine.handle(machine::Event::StopRequest, Instant::now());
-        for action in actions {
-            if let machine::Action::SignalGroup(sig) = action
-                && let Ok(sig) = nix::sys::signal::Signal::try_from(sig)
-            {
-                let _ = nix::sys::signal::killpg(child.pid, sig);
-            }
-        }
-    }
     let terminal = session.terminal;
     let status = supervisor::supervise(child, &mut machine, signals, terminal, session)?;
     crate::service::stopping();

@@ -126,13 +126,14 @@ impl Workspace {
         p.expect_line("ready");
         // The supervisor records the child's pid right after the spawn, concurrently with
         // the child's start: wait for it, so tests see the settled metadata.
-        let pid = p.value("pid");
+        let pid: u64 = p.value("pid").parse().unwrap();
         let lock = p.value(&format!("fd {}", p.value("lock_fd")));
-        wait_until("the child's pid in the lock metadata", LIMIT, || {
+        let what = format!("the child's pid {pid} in the lock metadata at {lock}");
+        wait_until(&what, LIMIT, || {
             std::fs::read_to_string(&lock)
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|m| m["pid"].to_string() == pid)
+                .is_some_and(|m| m["pid"].as_u64() == Some(pid))
         });
         p
     }
