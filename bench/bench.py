@@ -18,6 +18,8 @@ import time
 
 BIN = os.path.abspath(sys.argv[1])
 STAMP = os.path.abspath(sys.argv[2])
+# Optional: the same binary built statically (bench/run.sh builds it).
+STATIC = next((os.path.abspath(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--static=")), None)
 QUICK = "--quick" in sys.argv
 N_LAUNCH = 50 if QUICK else 300
 N_HANDOFF = 10 if QUICK else 40
@@ -74,6 +76,8 @@ def launch():
         "flock FILE true": [FLOCK, lock, "true"],
         "ralph-supervise run -- true": [BIN, "-C", ws, "run", "--", "true"],
     }
+    if STATIC:
+        cmds["ralph-supervise (static build) run -- true"] = [STATIC, "-C", ws, "run", "--", "true"]
     if TINI:
         cmds["tini -s -- true"] = [TINI, "-s", "--", "true"]
     res = timed_runs(cmds, N_LAUNCH)
@@ -195,6 +199,42 @@ def signal_latency():
         record("signal forwarding: TERM to supervisor -> child's handler", k, v, base=base)
 
 
+def worktree_launch():
+    """A worktree launch on a repo of 5,000 small files (the primary held by flock(1))
+    against plain `git worktree add` on the same repo."""
+    n = 3 if QUICK else 9
+    repo = tempfile.mkdtemp(prefix="rs-bench-repo-")
+    env = dict(os.environ, GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@example.com",
+               GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@example.com")
+    git = lambda *a: subprocess.run(["git", "-C", repo, *a], check=True, env=env,
+                                    stdout=DEVNULL, stderr=DEVNULL)
+    git("init", "-q", "-b", "main")
+    for d in range(50):
+        os.makedirs(os.path.join(repo, f"d{d}"))
+        for f in range(100):
+            with open(os.path.join(repo, f"d{d}", f"f{f}.txt"), "w") as fh:
+                fh.write(f"{d} {f}\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "5000 files")
+    os.makedirs(os.path.join(repo, ".ralph"), exist_ok=True)
+    holder = hold_with_flock(os.path.join(repo, ".ralph", "loop.lock"))
+    res = {"git worktree add": [], "ralph-supervise run (worktree launch) -- true": []}
+    for i in range(n):
+        t = time.perf_counter()
+        git("worktree", "add", "-q", "-b", f"plain-{i}", os.path.join(repo, ".plain", f"w{i}"), "HEAD")
+        res["git worktree add"].append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        subprocess.run([BIN, "-q", "-C", repo, "run", "--on-conflict", "worktree", "--", "true"],
+                       check=True, env=env, stdout=DEVNULL, stderr=DEVNULL)
+        res["ralph-supervise run (worktree launch) -- true"].append((time.perf_counter() - t) * 1000)
+    holder.stdin.close()
+    holder.wait()
+    shutil.rmtree(repo)
+    base = statistics.median(res["git worktree add"])
+    for k, v in res.items():
+        record("worktree launch, repo of 5,000 files", k, v, base=base)
+
+
 def proc_status(pid):
     with open(f"/proc/{pid}/status") as f:
         return {l.split(":")[0]: l.split(":")[1].strip() for l in f if ":" in l}
@@ -223,7 +263,8 @@ def idle_and_rss():
         t.wait()
         idle.append(("tini", b1 - b0, ""))
     rss = []
-    for name, argv in [("ralph-supervise", [BIN, "-C", ws, "run", "--", STAMP, "--wait-stdin"]),
+    for name, argv in [("ralph-supervise", [BIN, "-C", ws, "run", "--", STAMP, "--wait-stdin"])] + \
+                      ([("ralph-supervise (static build)", [STATIC, "-C", ws, "run", "--", STAMP, "--wait-stdin"])] if STATIC else []) + [
                        ("flock", [FLOCK, os.path.join(ws, "other.lock"), STAMP, "--wait-stdin"])] + \
                       ([("tini", [TINI, "-s", "--", STAMP, "--wait-stdin"])] if TINI else []):
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -247,6 +288,7 @@ def main():
     handoff()
     wait_timeout()
     signal_latency()
+    worktree_launch()
     idle, rss = idle_and_rss()
     size = os.path.getsize(BIN)
 
@@ -273,6 +315,9 @@ def main():
     for name, v in rss:
         print(f"| {name} | {v} |")
     print(f"\nBinary size: {size} bytes ({size / 1024 / 1024:.2f} MiB), release profile, stripped.")
+    if STATIC:
+        ssize = os.path.getsize(STATIC)
+        print(f"Static build: {ssize} bytes ({ssize / 1024 / 1024:.2f} MiB).")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ pub fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
     let Some(lock) = LockFile::open_existing(&dir)? else {
         return Ok(empty());
     };
-    let holder = lock.holder();
+    let holder = lock.holder_with_kernel();
     let (held, lockers) = match holder.kernel {
         Some(pids) if !pids.is_empty() => (true, pids),
         // Not listed (or no /proc/locks): the kernel's own answer, by a non-blocking
@@ -346,6 +346,13 @@ pub fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStatus, Fai
     match waited {
         Waited::Acquired(lock) => {
             lock.unlock();
+            // The supervisor writes its history record right after it lets go of the
+            // lock: wait (briefly) for it to exit before reading the record.
+            if let Ok(t) = &targets
+                && let Some(sup) = t.supervisor
+            {
+                wait_exit(sup, Duration::from_secs(2));
+            }
             let how = loop_id
                 .as_deref()
                 .and_then(|id| last_record(workspace, &target, id))
@@ -368,6 +375,18 @@ pub fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStatus, Fai
         }
         Waited::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
     }
+}
+
+/// Waits until process `pid` has exited, at most `limit` (no polling: a pidfd).
+fn wait_exit(pid: nix::unistd::Pid, limit: Duration) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let Ok(fd) = crate::sys::pidfd_open(pid.as_raw()) else {
+        return; // already gone
+    };
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(limit.as_millis()).unwrap_or(PollTimeout::MAX);
+    let _ = poll(&mut fds, ms);
 }
 
 /// The worktree path of loop `id`: a registry entry, or the primary's own id.

@@ -11,8 +11,15 @@ use nix::unistd::Pid;
 
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_start_time(&stat)
+    // One read into a buffer large enough for any stat line (it sits on the launch
+    // path; `read_to_string` would grow from 32 bytes in five reads).
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let n = fs::File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    parse_stat_start_time(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
 fn parse_stat_start_time(stat: &str) -> Option<u64> {

@@ -64,6 +64,8 @@ pub fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     // Orphaned descendants are re-parented to us, so we reap them and see them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
 
+    // Looked up now, so that a wait for the lock hands off without these system calls.
+    self_identity();
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     let lock = match lock::try_acquire(&dir)? {
         Acquire::Acquired(lock) => lock,
@@ -409,7 +411,7 @@ fn run_locked(
         started,
         prompt: truncate_prompt(&settings.prompt_text()),
         supervisor_pid: Some(me),
-        supervisor_start_time: procfs::start_time(me),
+        supervisor_start_time: self_identity().0,
         child_pid: None,
         child_start_time: None,
         loop_id: Some(place.loop_id.clone()),
@@ -420,9 +422,7 @@ fn run_locked(
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         workspace: Some(place.workspace.clone()),
-        hostname: nix::unistd::gethostname()
-            .ok()
-            .map(|h| h.to_string_lossy().into_owned()),
+        hostname: self_identity().1.clone(),
         version: Some(env!("CARGO_PKG_VERSION").to_string()),
     };
     let mut session = Session {
@@ -443,11 +443,13 @@ fn run_locked(
         )),
         Ok(()) => supervise(&mut session, signals, spawned),
     };
-    // History first, so that whoever waits for the lock (ralph-supervise stop) finds
-    // the record when the lock frees.
-    if let Ok((status, machine)) = &result {
-        record_history(&session, *status, machine, started);
-    }
+    // The record is made now and written after the release: the next loop waiting for
+    // the workspace should not wait for our bookkeeping (`stop` waits for this process
+    // to exit before it reads the history).
+    let record = result
+        .as_ref()
+        .ok()
+        .map(|(status, machine)| history_record(&session, *status, machine, started));
     if let Some(created) = place.worktree
         && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
     {
@@ -461,6 +463,9 @@ fn run_locked(
         .or_fail("cannot release the workspace lock");
     for extra in session.extra {
         let _ = extra.release();
+    }
+    if let Some(record) = record {
+        append_history(place, &record);
     }
     let (status, _) = result?;
     released?;
@@ -504,18 +509,18 @@ fn supervise(
     Ok((status, machine))
 }
 
-fn record_history(
+fn history_record(
     session: &Session<'_>,
     status: ExitStatus,
     machine: &Machine,
     started: DateTime<Utc>,
-) {
+) -> history::Record {
     let (exit_code, signal) = match machine.outcome() {
         Some(ChildOutcome::Exited(code)) => (Some(code), None),
         Some(ChildOutcome::Signaled(sig)) => (None, Some(signals::name(sig))),
         None => (None, None),
     };
-    let record = history::Record {
+    history::Record {
         id: session.place.loop_id.clone(),
         mode: session.place.mode.to_string(),
         command: session.meta.command.clone(),
@@ -534,18 +539,37 @@ fn record_history(
         worktree: session.place.worktree.map(|c| c.path.clone()),
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
-    };
-    // Worktree loops write the main repository's history, so one place lists all runs.
-    let target = match session.place.worktree {
+    }
+}
+
+/// Appends the run's record. Worktree loops write the main repository's history, so one
+/// place lists all runs.
+fn append_history(place: &Place<'_>, record: &history::Record) {
+    let target = match place.worktree {
         Some(created) => RalphDir::open_or_create(&created.repo),
-        None => RalphDir::open_or_create(&session.place.workspace),
+        None => RalphDir::open_or_create(&place.workspace),
     };
     let written = target
         .map_err(|e| e.error)
-        .and_then(|dir| history::append(&dir, &record).map_err(anyhow::Error::from));
+        .and_then(|dir| history::append(&dir, record).map_err(anyhow::Error::from));
     if let Err(e) = written {
         warn!("cannot record the run in the history: {e:#}");
     }
+}
+
+/// The supervisor's kernel start time and the host name, for the metadata: the same for
+/// the whole run, looked up once.
+fn self_identity() -> &'static (Option<u64>, Option<String>) {
+    static IDENTITY: std::sync::OnceLock<(Option<u64>, Option<String>)> =
+        std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        (
+            procfs::start_time(std::process::id()),
+            nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned()),
+        )
+    })
 }
 
 /// `ralph-YYYYMMDD-HHMMSS-xxxx`, ralph's fallback loop-id style.

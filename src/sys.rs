@@ -278,3 +278,15 @@ pub fn notify_directory(dir: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when process `pid` exits.
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: a plain system call with integer arguments; on success the return value is
+    // a new descriptor that nothing else owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
