@@ -9,10 +9,12 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
@@ -25,10 +27,19 @@ pub fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
         (1, _) => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("ralph_supervise={level}")));
+    // RUST_LOG's target=level directives (`Targets` rather than `EnvFilter`: no span or
+    // field filters, and no regex engine in the binary).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            format!("ralph_supervise={level}")
+                .parse()
+                .unwrap_or_else(|_| Targets::new().with_target("ralph_supervise", Level::INFO))
+        });
+    // The builder filters at INFO by default; `filter` decides instead.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(Level::TRACE)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => {
@@ -36,9 +47,16 @@ pub fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
             builder
                 .with_ansi(ansi)
                 .event_format(Text { ansi })
+                .finish()
+                .with(filter)
                 .try_init()
         }
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .finish()
+            .with(filter)
+            .try_init(),
     };
 }
 
