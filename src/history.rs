@@ -63,7 +63,13 @@ pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
             line.insert(0, '\n');
         }
     }
-    file.write_all(line.as_bytes())?;
+    // Space first (a full disk then fails before a byte is appended); should a write
+    // still stop half-way, cut the torn record off again: no partial line is left.
+    crate::sys::reserve(file.as_fd(), len as u64, line.len() as u64)?;
+    if let Err(e) = file.write_all(line.as_bytes()) {
+        let _ = file.set_len(len as u64);
+        return Err(e);
+    }
     file.sync_data()?;
     Ok(())
 }

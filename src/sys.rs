@@ -230,3 +230,24 @@ pub fn default_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+/// Makes sure the bytes `offset..offset + len` of `fd`'s file have disk space, without
+/// changing the file's size (`fallocate(FALLOC_FL_KEEP_SIZE)`), so that a write that
+/// follows cannot stop half-way with ENOSPC after overwriting part of what was there.
+/// File systems without `fallocate` are let through (the write then takes its chance).
+pub fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{FallocateFlags, fallocate};
+    if len == 0 {
+        return Ok(());
+    }
+    match fallocate(
+        fd,
+        FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset as libc::off_t,
+        len as libc::off_t,
+    ) {
+        Ok(()) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

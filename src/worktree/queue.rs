@@ -47,10 +47,18 @@ pub fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Result<(),
     });
     line.extend_from_slice(event.to_string().as_bytes());
     line.push(b'\n');
-    // One write(2) on an O_APPEND descriptor: the kernel appends it whole.
-    let written = std::io::Write::write(&mut &file, &line).map_err(fail)?;
-    if written != line.len() {
-        return Err(fail(std::io::Error::from(std::io::ErrorKind::WriteZero)));
+    // Space first, so a full disk fails before a byte is appended; then one write(2)
+    // on an O_APPEND descriptor, which the kernel appends whole. A short write (a disk
+    // that filled anyway) is cut off again, leaving no torn line.
+    crate::sys::reserve(std::os::fd::AsFd::as_fd(&file), len, line.len() as u64)
+        .map_err(fail)?;
+    let written = std::io::Write::write(&mut &file, &line);
+    if !matches!(written, Ok(n) if n == line.len()) {
+        let _ = file.set_len(len);
+        return Err(fail(match written {
+            Err(e) => e,
+            Ok(_) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+        }));
     }
     file.sync_all().map_err(fail)?;
     Ok(())

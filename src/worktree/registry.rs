@@ -237,6 +237,10 @@ fn write_in_place(
     let len = bytes.len();
     if len < old_len {
         bytes.resize(old_len, b' ');
+    } else {
+        // On a full disk, fail before the first byte is overwritten: a write that stops
+        // half-way would leave a cut file and lose every entry in it.
+        crate::sys::reserve(std::os::fd::AsFd::as_fd(file), 0, len as u64).map_err(fail)?;
     }
     file.write_all_at(&bytes, 0).map_err(fail)?;
     file.set_len(len as u64).map_err(fail)?;
