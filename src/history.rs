@@ -80,13 +80,20 @@ pub fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
     let Some(fd) = open(dir, false)? else {
         return Ok((Vec::new(), 0));
     };
-    let mut text = String::new();
-    File::from(fd).read_to_string(&mut text)?;
+    let mut bytes = Vec::new();
+    File::from(fd).read_to_end(&mut bytes)?;
+    Ok(parse(&bytes))
+}
+
+/// Parses history contents line by line: the records that parse, and how many
+/// non-blank lines did not (a torn or foreign line, even one that is not UTF-8, costs
+/// only itself).
+pub fn parse(bytes: &[u8]) -> (Vec<Record>, usize) {
     let mut bad = 0;
-    let records = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| match serde_json::from_str(l) {
+    let records = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .filter_map(|l| match serde_json::from_slice(l) {
             Ok(r) => Some(r),
             Err(_) => {
                 bad += 1;
@@ -94,7 +101,7 @@ pub fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
             }
         })
         .collect();
-    Ok((records, bad))
+    (records, bad)
 }
 
 /// Opens `supervise/runs.jsonl` below `dir`: for appending (`create`), or for reading
