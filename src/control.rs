@@ -108,7 +108,9 @@ impl LoopState {
         let mut out = format!(
             "running: loop {} ({})\n",
             m.loop_id.as_deref().unwrap_or("-"),
-            m.mode.map(|x| x.to_string()).unwrap_or_else(|| "ralph".into())
+            m.mode
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "ralph".into())
         );
         let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<11}{v}\n"));
         row("child pid", format!("{} ({})", m.pid, alive(child_alive)));
@@ -176,7 +178,12 @@ pub fn status(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
     let state = inspect(workspace)?;
     let mut out = std::io::stdout().lock();
     if as_json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&state.to_json()).unwrap()).or_fail("stdout")?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&state.to_json()).unwrap()
+        )
+        .or_fail("stdout")?;
     } else {
         write!(out, "{}", state.describe()).or_fail("stdout")?;
     }
@@ -228,17 +235,30 @@ pub fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
         writeln!(out, "no loops").or_fail("stdout")?;
         return Ok(ExitStatus::SUCCESS);
     }
-    writeln!(out, "{:<36} {:<8} {:>8} {:<7} {:>7}  PROMPT", "ID", "MODE", "PID", "STATE", "AGE")
-        .or_fail("stdout")?;
+    writeln!(
+        out,
+        "{:<36} {:<8} {:>8} {:<7} {:>7}  PROMPT",
+        "ID", "MODE", "PID", "STATE", "AGE"
+    )
+    .or_fail("stdout")?;
     for r in &rows {
-        let age = r["age_seconds"].as_i64().map(|s| human_age(chrono::TimeDelta::seconds(s)));
+        let age = r["age_seconds"]
+            .as_i64()
+            .map(|s| human_age(chrono::TimeDelta::seconds(s)));
         writeln!(
             out,
             "{:<36} {:<8} {:>8} {:<7} {:>7}  {}",
             r["id"].as_str().unwrap_or("-"),
             r["mode"].as_str().unwrap_or("-"),
-            r["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            if r["running"].as_bool() == Some(true) { "running" } else { "dead" },
+            r["pid"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            if r["running"].as_bool() == Some(true) {
+                "running"
+            } else {
+                "dead"
+            },
             age.unwrap_or_else(|| "-".into()),
             r["prompt"].as_str().unwrap_or(""),
         )
@@ -305,11 +325,15 @@ pub fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStatus, Fai
         conflict::request_stop(&dir, targets.clone(), settings.signal);
     }
     // With no supervisor to escalate, `stop` escalates itself after the grace.
-    let escalate = matches!(&targets, Ok(t) if t.supervisor.is_none() && t.child.is_some())
-        && !settings.kill;
+    let escalate =
+        matches!(&targets, Ok(t) if t.supervisor.is_none() && t.child.is_some()) && !settings.kill;
     let mut waited = conflict::wait_for_lock(
         &dir,
-        Some(if escalate { (started + settings.grace).min(deadline) } else { deadline }),
+        Some(if escalate {
+            (started + settings.grace).min(deadline)
+        } else {
+            deadline
+        }),
         Some(&signals),
     )?;
     if escalate && matches!(waited, Waited::TimedOut) && Instant::now() < deadline {
@@ -352,16 +376,13 @@ fn find_loop(workspace: &Path, id: &str) -> Result<Option<PathBuf>, Failure> {
         return Ok(Some(workspace.to_path_buf()));
     }
     let entries = worktree::registry::list(&workspace.join(crate::workspace::RALPH_DIR))?;
-    Ok(entries
-        .into_iter()
-        .find(|e| e.id == id)
-        .map(|e| {
-            if e.worktree_path.as_os_str().is_empty() {
-                e.workspace
-            } else {
-                e.worktree_path
-            }
-        }))
+    Ok(entries.into_iter().find(|e| e.id == id).map(|e| {
+        if e.worktree_path.as_os_str().is_empty() {
+            e.workspace
+        } else {
+            e.worktree_path
+        }
+    }))
 }
 
 /// The newest history record of loop `id` (worktree loops write the main repository's

@@ -31,8 +31,8 @@ pub mod worktree;
 use std::process::ExitCode;
 
 use cli::{Cli, Command, GlobalArgs, LogFormat, PolicyArgs, PolicyCommand};
-pub use exit::{ExitStatus, Failure};
 use exit::ResultExt;
+pub use exit::{ExitStatus, Failure};
 
 /// Parses, logs, dispatches, prints the one error line, and exits.
 pub fn main() -> ExitCode {
@@ -107,7 +107,11 @@ pub fn run(cli: Cli) -> Result<ExitStatus, Failure> {
         }
         Command::History { json, limit } => {
             init_logging(&global, None);
-            control::show_history(&workspace::resolve(global.workspace.as_deref())?, limit, json)
+            control::show_history(
+                &workspace::resolve(global.workspace.as_deref())?,
+                limit,
+                json,
+            )
         }
         Command::Gc { dry_run, policy } => {
             init_logging(&global, None);
