@@ -13,6 +13,38 @@ use crate::exit::{ExitStatus, Failure};
 
 pub const QUEUE_FILE: &str = "merge-queue.jsonl";
 
+/// One `queued` line of the merge queue, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub ts: chrono::DateTime<Utc>,
+    pub loop_id: String,
+    pub prompt: String,
+}
+
+/// Parses one line of `merge-queue.jsonl`: `Ok(Some)` for a `queued` event, `Ok(None)`
+/// for another event type (ralph writes others), `Err` for a line that is not an event.
+pub fn parse_line(line: &[u8]) -> Result<Option<Queued>, String> {
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let field = |v: &serde_json::Value, key: &str| -> Result<String, String> {
+        v.get(key)
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no string {key:?}"))
+    };
+    let event = value.get("event").ok_or("no \"event\"")?;
+    if field(event, "type")? != "queued" {
+        return Ok(None);
+    }
+    let ts = chrono::DateTime::parse_from_rfc3339(&field(&value, "ts")?)
+        .map_err(|e| format!("ts: {e}"))?
+        .with_timezone(&Utc);
+    Ok(Some(Queued {
+        ts,
+        loop_id: field(&value, "loop_id")?,
+        prompt: field(event, "prompt")?,
+    }))
+}
+
 /// Appends a `queued` event for `loop_id` under an exclusive flock on the file, in one
 /// O_APPEND write, then syncs. A last line left without its newline (a torn write by
 /// someone else) gets one first, so our line stays a line of its own.

@@ -133,6 +133,19 @@ impl Data {
     }
 }
 
+/// Parses registry contents the way every edit does: the readable entries, or why the
+/// file is corrupt (it would then be kept aside). Empty or blank means no loops.
+pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
+    Data::parse(bytes).map(|data| data.known())
+}
+
+/// What an edit writes back for `bytes` (unchanged entries, foreign ones kept): the
+/// parse/serialise round trip, for tests and fuzzing. `Err` when `bytes` is corrupt.
+pub fn rewrite(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let data = Data::parse(bytes)?;
+    data.to_json().map_err(|f| format!("{:#}", f.error))
+}
+
 /// Whether a process with this pid exists (EPERM: it does, another user's).
 pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
