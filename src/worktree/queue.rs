@@ -82,8 +82,7 @@ pub fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Result<(),
     // Space first, so a full disk fails before a byte is appended; then one write(2)
     // on an O_APPEND descriptor, which the kernel appends whole. A short write (a disk
     // that filled anyway) is cut off again, leaving no torn line.
-    crate::sys::reserve(std::os::fd::AsFd::as_fd(&file), len, line.len() as u64)
-        .map_err(fail)?;
+    crate::sys::reserve(std::os::fd::AsFd::as_fd(&file), len, line.len() as u64).map_err(fail)?;
     let written = std::io::Write::write(&mut &file, &line);
     if !matches!(written, Ok(n) if n == line.len()) {
         let _ = file.set_len(len);

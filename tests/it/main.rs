@@ -3,10 +3,16 @@
 mod harness;
 
 mod bad_input;
+mod bad_input_matrix;
+mod chaos;
 mod conflict;
+mod faults;
 mod lifecycle;
 mod man;
 mod pid1;
+mod props;
+mod security;
 mod service;
 mod signals;
+mod stress;
 mod terminal;
