@@ -12,7 +12,13 @@ fuzz_target!(|data: &[u8]| {
             .expect("our own JSON parses")
             .expect("our own JSON is not empty");
         // Timestamps are written to the millisecond: compare the rest.
-        assert_eq!(again.to_json(), Metadata::parse(again.to_json().as_bytes()).unwrap().unwrap().to_json());
+        assert_eq!(
+            again.to_json(),
+            Metadata::parse(again.to_json().as_bytes())
+                .unwrap()
+                .unwrap()
+                .to_json()
+        );
         assert_eq!(again.pid, meta.pid);
         assert_eq!(again.prompt, meta.prompt);
         assert_eq!(again.command, meta.command);
