@@ -161,9 +161,10 @@ pub fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
     };
     let holder = lock.holder();
     let (held, lockers) = match holder.kernel {
-        Some(pids) => (!pids.is_empty(), pids),
-        // No /proc/locks: a non-blocking probe, let go at once without touching the file.
-        None => (!lock.probe_free(), vec![]),
+        Some(pids) if !pids.is_empty() => (true, pids),
+        // Not listed (or no /proc/locks): the kernel's own answer, by a non-blocking
+        // attempt that lets go at once without touching the file.
+        pids => (!lock.probe_free(), pids.unwrap_or_default()),
     };
     Ok(LoopState {
         workspace: workspace.to_path_buf(),

@@ -63,6 +63,8 @@ pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
             line.insert(0, '\n');
         }
     }
+    // One write under the flock: concurrent appends never interleave. No fsync: the
+    // history is a record for people, not worth a disk flush on every loop's exit.
     // Space first (a full disk then fails before a byte is appended); should a write
     // still stop half-way, cut the torn record off again: no partial line is left.
     crate::sys::reserve(file.as_fd(), len as u64, line.len() as u64)?;
@@ -70,7 +72,6 @@ pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
         let _ = file.set_len(len as u64);
         return Err(e);
     }
-    file.sync_data()?;
     Ok(())
 }
 

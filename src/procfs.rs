@@ -54,8 +54,15 @@ pub struct HeldLock {
 /// The FLOCK holders of the file with this device and inode, from `/proc/locks`.
 /// `None` when `/proc/locks` cannot be read (not Linux, no procfs).
 pub fn flock_holders(dev: u64, ino: u64) -> Option<Vec<HeldLock>> {
-    let text = fs::read_to_string("/proc/locks").ok()?;
+    let text = read_locks()?;
     Some(parse_locks(&text, dev, ino))
+}
+
+/// `/proc/locks`. The kernel walks its lock list anew for each page it hands out, so
+/// while other processes lock and unlock, an entry can be skipped: callers treat
+/// "not listed" as "ask the kernel again" (a non-blocking flock probe), never as proof.
+fn read_locks() -> Option<String> {
+    fs::read_to_string("/proc/locks").ok()
 }
 
 fn parse_locks(text: &str, dev: u64, ino: u64) -> Vec<HeldLock> {
@@ -64,7 +71,7 @@ fn parse_locks(text: &str, dev: u64, ino: u64) -> Vec<HeldLock> {
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
         let _id = fields.next();
-        let Some(mut kind) = fields.next() else {
+        let Some(kind) = fields.next() else {
             continue;
         };
         if kind == "->" {
@@ -74,8 +81,7 @@ fn parse_locks(text: &str, dev: u64, ino: u64) -> Vec<HeldLock> {
         if kind != "FLOCK" {
             continue;
         }
-        kind = fields.next().unwrap_or_default(); // ADVISORY
-        let _ = kind;
+        let _advisory = fields.next();
         let _mode = fields.next(); // READ / WRITE
         let (Some(pid), Some(file)) = (fields.next(), fields.next()) else {
             continue;

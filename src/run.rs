@@ -22,7 +22,6 @@ use crate::procfs;
 use crate::supervisor::machine::{self, Machine, RestartWhen, StopReason};
 use crate::supervisor::{self, Child, Hooks, Signals};
 use crate::terminal::Terminal;
-use crate::watch::Watch;
 use crate::workspace::RalphDir;
 use crate::worktree::{self, Created};
 use crate::{signals, stop_request};
@@ -341,24 +340,35 @@ impl Hooks for Session<'_> {
         self.spawn()
     }
 
-    fn take_stop_request(&mut self) -> bool {
+    fn workspace_changed(&mut self) -> bool {
+        let newest = self.extra.last().unwrap_or(&self.lock);
+        if !newest.still_linked(self.dir) {
+            self.lock_deleted();
+        }
         stop_request::remove(self.dir).unwrap_or(false)
     }
+}
 
+impl Session<'_> {
     fn lock_deleted(&mut self) {
         warn!(
             "{} was deleted while the loop holds it; recreating and locking it again",
             self.lock.path().display()
         );
         let recreated = LockFile::open(self.dir).and_then(|l| {
-            if l.try_lock().or_fail("cannot lock the recreated file")? {
-                Ok(l)
-            } else {
-                Err(Failure::msg(
-                    ExitStatus::Failure,
-                    "another process locked the recreated lock file first: two loops now run in this workspace",
-                ))
+            // A prober (`flock -n`, `ralph-supervise status`) may hold the new file for
+            // a few microseconds; a loop that took it holds it for good. Tell them
+            // apart with a few tries over 100 ms.
+            for _ in 0..50 {
+                if l.try_lock().or_fail("cannot lock the recreated file")? {
+                    return Ok(l);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
+            Err(Failure::msg(
+                ExitStatus::Failure,
+                "another process locked the recreated lock file first: two loops now run in this workspace",
+            ))
         });
         match recreated {
             Ok(l) => {
@@ -383,14 +393,12 @@ fn run_locked(
 ) -> Result<ExitStatus, Failure> {
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
-    let watch = Watch::new(dir.path())
-        .map_err(|e| {
-            warn!(
-                "cannot watch {}: {e}; stop requests will not be seen",
-                dir.path().display()
-            )
-        })
-        .ok();
+    if let Err(e) = crate::watch::watch(dir) {
+        warn!(
+            "cannot watch {}: {e}; stop requests will not be seen",
+            dir.path().display()
+        );
+    }
     if stop_request::remove(dir).unwrap_or(false) {
         info!("removed a stale {}", stop_request::FILE);
     }
@@ -433,7 +441,7 @@ fn run_locked(
             anyhow::Error::new(e)
                 .context(format!("cannot write {}", session.lock.path().display())),
         )),
-        Ok(()) => supervise(&mut session, signals, watch.as_ref(), spawned),
+        Ok(()) => supervise(&mut session, signals, spawned),
     };
     // History first, so that whoever waits for the lock (ralph-supervise stop) finds
     // the record when the lock frees.
@@ -462,7 +470,6 @@ fn run_locked(
 fn supervise(
     session: &mut Session<'_>,
     signals: &Signals,
-    watch: Option<&Watch>,
     spawned: &mut bool,
 ) -> Result<(ExitStatus, Machine), Failure> {
     let child = session.spawn()?;
@@ -501,7 +508,7 @@ fn supervise(
         }
     }
     let terminal = session.terminal;
-    let status = supervisor::supervise(child, &mut machine, signals, terminal, watch, session)?;
+    let status = supervisor::supervise(child, &mut machine, signals, terminal, session)?;
     crate::service::stopping();
     debug!(code = status.code(), "supervision over");
     Ok((status, machine))

@@ -251,3 +251,36 @@ pub fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Linux `fcntl` values for dnotify, which the libc crate does not export for every
+/// target (`<linux/fcntl.h>`; the same on x86_64 and aarch64).
+const F_SETSIG: libc::c_int = 10;
+const DN_CREATE: libc::c_int = 0x0000_0004;
+const DN_DELETE: libc::c_int = 0x0000_0008;
+const DN_RENAME: libc::c_int = 0x0000_0010;
+const DN_MULTISHOT: libc::c_int = 0x8000_0000_u32 as libc::c_int;
+
+/// Asks the kernel to send `sig` whenever an entry of directory `dir` is created,
+/// deleted or renamed (dnotify), for as long as `dir` stays open.
+///
+/// dnotify rather than inotify: closing an inotify instance waits for an RCU grace
+/// period (measured here: 15 ms on every exit), while dnotify's marks belong to one
+/// global group and go away without a wait. The signal arrives through the signalfd
+/// like any other.
+pub fn notify_directory(dir: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: fcntl on a borrowed open descriptor with integer arguments.
+    unsafe {
+        if libc::fcntl(dir.as_raw_fd(), F_SETSIG, sig) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fcntl(
+            dir.as_raw_fd(),
+            libc::F_NOTIFY,
+            DN_CREATE | DN_DELETE | DN_RENAME | DN_MULTISHOT,
+        ) == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -99,8 +99,13 @@ pub enum StopReason {
 pub enum State {
     /// The child runs, since `since`.
     Running { since: Instant },
-    /// A stop began; at `deadline` the group gets SIGKILL (once: `killed`).
-    Stopping { deadline: Instant, killed: bool },
+    /// A stop began; at `deadline` the group gets SIGKILL (once: `killed`). `by_signal`:
+    /// it began with a stop signal, so another one escalates.
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+        by_signal: bool,
+    },
     /// The child exited; leftover group members got TERM and get KILL at `deadline`.
     Draining { deadline: Instant },
     /// Waiting to start the child again at `until`.
@@ -214,6 +219,7 @@ impl Machine {
             State::Stopping {
                 deadline,
                 killed: false,
+                ..
             } => Some(deadline),
             State::Draining { deadline } => Some(deadline),
             State::Backoff { until } => Some(until),
@@ -269,12 +275,14 @@ impl Machine {
                 State::Stopping {
                     killed: false,
                     deadline,
+                    ..
                 },
                 Event::Deadline,
             ) if now >= deadline => {
                 self.state = State::Stopping {
                     deadline: now,
                     killed: true,
+                    by_signal: true,
                 };
                 vec![Action::SignalGroup(libc::SIGKILL)]
             }
@@ -314,14 +322,35 @@ impl Machine {
         let signal = forward.unwrap_or(self.config.stop_signal);
         match self.state {
             State::Running { .. } => self.begin_stop(reason, signal, now),
-            State::Stopping { killed: false, .. } => {
-                // A second stop escalates at once.
+            State::Stopping {
+                killed: false,
+                by_signal: false,
+                deadline,
+            } if forward.is_some() => {
+                // A stop signal right after a stop request (`ralph-supervise stop` does
+                // both) is the same stop: the child already got the stop signal. Only
+                // a further signal escalates.
+                self.state = State::Stopping {
+                    deadline,
+                    killed: false,
+                    by_signal: true,
+                };
+                vec![]
+            }
+            State::Stopping {
+                killed: false,
+                by_signal: true,
+                ..
+            } => {
+                // A second stop signal escalates at once.
                 self.state = State::Stopping {
                     deadline: now,
                     killed: true,
+                    by_signal: true,
                 };
                 vec![Action::SignalGroup(libc::SIGKILL)]
             }
+            State::Stopping { killed: false, .. } => vec![],
             State::Draining { .. } => {
                 self.stop.get_or_insert(reason);
                 self.restart_after_drain = false;
@@ -344,6 +373,7 @@ impl Machine {
         self.state = State::Stopping {
             deadline: now + self.config.grace,
             killed: false,
+            by_signal: matches!(reason, StopReason::Signal(_)),
         };
         vec![Action::SignalGroup(signal)]
     }
@@ -531,6 +561,10 @@ mod tests {
         assert_eq!(m.deadline(), Some(now + GRACE));
         assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
         assert_eq!(m.handle(Event::StopRequest, now), vec![], "no escalation");
+        // `stop` writes the request and signals the supervisor: one stop, not two.
+        assert_eq!(m.handle(Event::Signal(libc::SIGTERM), now), vec![]);
+        assert_eq!(m.deadline(), Some(now + GRACE), "the grace still runs");
+        // A further signal escalates.
         assert_eq!(
             m.handle(Event::Signal(libc::SIGTERM), now),
             vec![Action::SignalGroup(libc::SIGKILL)]

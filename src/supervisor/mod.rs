@@ -23,9 +23,10 @@
 //!    over or take it back;
 //! 5. once the machine says the supervision is over, return its exit status.
 //!
-//! Besides signals, the loop watches the workspace's `.ralph/` directory (inotify): a
-//! stop-request file means a graceful stop, a deleted lock file is recreated and locked
-//! again by the owner ([`Hooks`]), which also spawns the child again on a restart.
+//! The workspace's `.ralph/` directory is watched through the same signalfd (the kernel
+//! sends [`crate::watch::signal`] on every change): a stop-request file means a graceful
+//! stop, a deleted lock file is recreated and locked again by the owner ([`Hooks`]),
+//! which also spawns the child again on a restart.
 
 pub mod machine;
 
@@ -46,7 +47,7 @@ use crate::exit::{ChildOutcome, ExitStatus, Failure};
 use crate::signals::{self, Class, classify};
 use crate::sys::{self, ChildSetup, Reaped};
 use crate::terminal::{self, Terminal};
-use crate::watch::{Change, Watch};
+use crate::watch;
 use machine::{Action, Event, Machine};
 
 /// The supervisor's signal plumbing, set up before anything else happens.
@@ -158,10 +159,9 @@ pub fn group_alive(pgid: Pid) -> bool {
 pub trait Hooks {
     /// Starts the child again (a restart); records it.
     fn respawn(&mut self) -> Result<Child, Failure>;
-    /// The stop-request file appeared: remove it; `true` if it was there (ours to act on).
-    fn take_stop_request(&mut self) -> bool;
-    /// `loop.lock` was deleted while held: recreate and lock it again.
-    fn lock_deleted(&mut self);
+    /// Something changed in `.ralph/`: recreate a deleted lock file; consume a stop
+    /// request and return `true` if there was one.
+    fn workspace_changed(&mut self) -> bool;
 }
 
 /// Supervises `child` until the machine says it is over; returns the exit status.
@@ -170,7 +170,6 @@ pub fn supervise(
     machine: &mut Machine,
     signals: &Signals,
     terminal: Option<Terminal>,
-    watch: Option<&Watch>,
     hooks: &mut dyn Hooks,
 ) -> Result<ExitStatus, Failure> {
     let mut events = Vec::new();
@@ -187,31 +186,25 @@ pub fn supervise(
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(w) = watch {
-            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
-        }
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(anyhow::Error::new(e).context("poll").into()),
         }
         let now = Instant::now();
+        let mut looked = false;
         while let Some(sig) = signals.next()? {
-            if classify(sig) == Class::Child {
+            if watch::is_watch_signal(sig) {
+                // Changes coalesce: one look serves every signal of this batch.
+                if !looked && hooks.workspace_changed() {
+                    info!("stop requested");
+                    events.push(Event::StopRequest);
+                }
+                looked = true;
+            } else if classify(sig) == Class::Child {
                 reap(child, &mut events)?;
             } else {
                 events.push(Event::Signal(sig));
-            }
-        }
-        for change in watch.map(Watch::changes).unwrap_or_default() {
-            match change {
-                Change::StopRequested => {
-                    if hooks.take_stop_request() {
-                        info!("stop requested");
-                        events.push(Event::StopRequest);
-                    }
-                }
-                Change::LockDeleted => hooks.lock_deleted(),
             }
         }
         if machine.deadline().is_some_and(|d| now >= d) {

@@ -124,6 +124,16 @@ impl Workspace {
         args.extend_from_slice(probe_args);
         let mut p = Proc::spawn(self.cmd(&args));
         p.expect_line("ready");
+        // The supervisor records the child's pid right after the spawn, concurrently with
+        // the child's start: wait for it, so tests see the settled metadata.
+        let pid = p.value("pid");
+        let lock = p.value(&format!("fd {}", p.value("lock_fd")));
+        wait_until("the child's pid in the lock metadata", LIMIT, || {
+            std::fs::read_to_string(&lock)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|m| m["pid"].to_string() == pid)
+        });
         p
     }
 }

@@ -1,0 +1,420 @@
+//! status, list, stop, wait, history; stop requests, restarts, max runtime, and a lock
+//! file deleted under a running loop.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+/// Replaces run-specific values (pids, times, paths) so a JSON shape can be compared.
+fn redact(v: &mut serde_json::Value) {
+    for key in [
+        "pid",
+        "child_pid",
+        "supervisor_pid",
+        "started",
+        "age_seconds",
+        "id",
+        "workspace",
+        "lock_holders",
+    ] {
+        if let Some(x) = v.get_mut(key)
+            && !x.is_null()
+        {
+            *x = serde_json::json!("<redacted>");
+        }
+    }
+}
+
+#[test]
+fn status_exit_codes_and_json() {
+    let ws = Workspace::new();
+    let none = ws.run(&["status"]);
+    assert_eq!(none.code(), 3);
+    assert_eq!(none.stdout, "not running");
+
+    let p = ws.start_probe(&["--prompt", "write docs"], &["--exit-on", "TERM"]);
+    let out = ws.run(&["status", "--json"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    let mut v = json(&out);
+    assert_eq!(v["child_pid"].to_string(), p.value("pid"));
+    assert_eq!(v["supervisor_pid"], p.pid().as_raw());
+    assert_eq!(
+        v["lock_holders"][0],
+        p.pid().as_raw(),
+        "the kernel names the supervisor"
+    );
+    redact(&mut v);
+    let expected = serde_json::json!({
+        "workspace": "<redacted>",
+        "running": true,
+        "stale": false,
+        "metadata": "valid",
+        "lock_holders": "<redacted>",
+        "id": "<redacted>",
+        "mode": "primary",
+        "pid": "<redacted>",
+        "child_pid": "<redacted>",
+        "child_alive": true,
+        "supervisor_pid": "<redacted>",
+        "supervisor_alive": true,
+        "started": "<redacted>",
+        "age_seconds": "<redacted>",
+        "prompt": "write docs",
+        "command": [bin(), "probe", "--exit-on", "TERM"],
+        "worktree": null,
+    });
+    assert_eq!(v, expected);
+    let text = ws.run(&["status"]);
+    assert!(
+        text.stdout.starts_with("running: loop ralph-"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("prompt     write docs"),
+        "{}",
+        text.stdout
+    );
+    p.signal(Signal::SIGTERM);
+    p.finish();
+    assert_eq!(ws.run(&["status"]).code(), 3);
+}
+
+#[test]
+fn stale_metadata_is_not_running_and_truncated_held_lock_is_running() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    std::fs::write(
+        ws.lock_path(),
+        r#"{"pid":999999,"started":"2026-01-01T00:00:00Z","prompt":"old"}"#,
+    )
+    .unwrap();
+    let out = ws.run(&["status"]);
+    assert_eq!(out.code(), 3);
+    assert_eq!(out.stdout, "not running (stale metadata from pid 999999)");
+    assert_eq!(json(&ws.run(&["status", "--json"]))["stale"], true);
+
+    let p = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    // Someone empties the file while the loop holds the lock.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(ws.lock_path())
+        .unwrap();
+    let out = ws.run(&["status"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("flock taken by pid {}", p.pid())),
+        "{}",
+        out.stdout
+    );
+    p.signal(Signal::SIGTERM);
+    p.finish();
+}
+
+#[test]
+fn list_shows_the_primary() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["list"]).stdout, "no loops");
+    let p = ws.start_probe(&["--prompt", "listed"], &["--exit-on", "TERM"]);
+    let out = ws.run(&["list", "--json"]);
+    assert_eq!(out.code(), 0);
+    let v = json(&out);
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["mode"], "primary");
+    assert_eq!(v[0]["running"], true, "{v}");
+    assert_eq!(v[0]["prompt"], "listed");
+    let table = ws.run(&["list"]).stdout;
+    assert!(table.lines().nth(1).unwrap().contains("running"), "{table}");
+    p.signal(Signal::SIGTERM);
+    p.finish();
+}
+
+#[test]
+fn stop_a_cooperative_loop() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    let id = ws.metadata()["loop_id"].as_str().unwrap().to_string();
+    let out = ws.run(&["stop"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with(&format!("stopped {id} in ")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("killed by SIGTERM"), "{}", out.stdout);
+    p.expect_line("cleanup done");
+    let lines: Vec<String> = p.finish().stdout.lines().map(String::from).collect();
+    assert_eq!(
+        count(&lines, "signal SIGTERM"),
+        1,
+        "one stop, no escalation: {lines:?}"
+    );
+    assert_eq!(ws.run(&["stop"]).code(), 3, "nothing running any more");
+}
+
+#[test]
+fn stop_a_loop_that_ignores_term_through_its_supervisor() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&["--stop-grace", "300ms"], &[]);
+    let out = ws.run(&["stop"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("killed by SIGKILL"), "{}", out.stdout);
+    assert_eq!(p.wait(LIMIT).code(), Some(137));
+}
+
+#[test]
+fn stop_times_out_with_124() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&["--stop-grace", "10m"], &[]);
+    let out = ws.run(&["stop", "--timeout", "300ms"]);
+    assert_eq!(out.code(), 124, "{out:?}");
+    assert!(out.stderr.contains("still running"), "{}", out.stderr);
+    assert!(ws.lock_held());
+    let killed = ws.run(&["stop", "--kill"]);
+    assert_eq!(killed.code(), 0, "{killed:?}");
+    assert_eq!(p.wait(LIMIT).code(), Some(137));
+}
+
+#[test]
+fn stop_when_the_supervisor_was_killed() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    std::fs::write(
+        ws.path.join(".ralph/supervise.toml"),
+        "[stop]\ngrace = \"300ms\"\n",
+    )
+    .unwrap();
+    // A child that ignores TERM, orphaned by a SIGKILLed supervisor: stop signals the
+    // child's group itself, then escalates after the grace.
+    let mut p = ws.start_probe(&[], &[]);
+    let child: i32 = p.value("pid").parse().unwrap();
+    p.signal(Signal::SIGKILL);
+    p.wait(LIMIT);
+    assert!(ws.lock_held(), "the orphaned child keeps the lock");
+    let out = ws.run(&["stop"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    wait_until("the child to die", LIMIT, || !alive(child));
+    assert!(!ws.lock_held());
+}
+
+#[test]
+fn wait_returns_when_free_or_times_out() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["wait"]).code(), 0, "nothing to wait for");
+    let p = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    assert_eq!(ws.run(&["wait", "--timeout", "200ms"]).code(), 124);
+    let mut waiter = Proc::spawn(ws.cmd(&["wait"]));
+    let sup = waiter.pid().as_raw();
+    wait_until("wait to block in poll", LIMIT, || {
+        std::fs::read_to_string(format!("/proc/{sup}/wchan"))
+            .unwrap_or_default()
+            .contains("poll")
+    });
+    p.signal(Signal::SIGTERM);
+    p.finish();
+    assert_eq!(waiter.wait(LIMIT).code(), Some(0));
+    assert!(!ws.lock_held(), "wait let go of the lock it probed with");
+    assert_eq!(
+        std::fs::read_to_string(ws.lock_path()).unwrap(),
+        "",
+        "and wrote nothing"
+    );
+}
+
+#[test]
+fn live_stop_request_stops_gracefully_and_is_removed() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    std::fs::write(ws.path.join(".ralph/stop-requested"), "").unwrap();
+    p.expect_line("cleanup done");
+    assert_eq!(p.finish().code(), 143);
+    assert!(!ws.path.join(".ralph/stop-requested").exists());
+    let h = json(&ws.run(&["history", "--json"]));
+    assert_eq!(h[0]["stopped_by"], "stop-request");
+}
+
+#[test]
+fn stale_stop_request_is_removed_before_launch() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    std::fs::write(ws.path.join(".ralph/stop-requested"), "").unwrap();
+    let mut p = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    assert!(!ws.path.join(".ralph/stop-requested").exists());
+    // Still running: it was not stopped by the stale request.
+    p.signal(Signal::SIGUSR1);
+    p.expect_line("signal SIGUSR1");
+    assert!(!p.seen().iter().any(|l| l == "signal SIGTERM"));
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.finish().code(), 143);
+}
+
+#[test]
+fn restarts_hold_the_lock_back_off_and_return_the_last_code() {
+    let ws = Workspace::new();
+    let runs = ws.path.join("runs");
+    let script = format!("echo $$ >> {}; exit 3", runs.display());
+    let t0 = Instant::now();
+    let mut p = Proc::spawn(ws.cmd(&[
+        "run",
+        "--restart",
+        "on-failure",
+        "--max-restarts",
+        "3",
+        "--restart-delay",
+        "100ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    // During the first backoff the workspace stays locked.
+    wait_until("the first run", LIMIT, || {
+        std::fs::read_to_string(&runs).is_ok_and(|t| !t.is_empty())
+    });
+    assert!(ws.lock_held(), "held across restarts");
+    assert_eq!(p.wait(LIMIT).code(), Some(3), "the last run's code");
+    let elapsed = t0.elapsed();
+    let pids: Vec<String> = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(pids.len(), 4, "1 run + 3 restarts: {pids:?}");
+    assert!(
+        elapsed >= Duration::from_millis(100 + 200 + 400),
+        "backoff doubles: {elapsed:?}"
+    );
+    let h = json(&ws.run(&["history", "--json"]));
+    assert_eq!(h[0]["restarts"], 3);
+    assert_eq!(h[0]["exit_code"], 3);
+}
+
+#[test]
+fn a_stop_ends_restarts() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(
+        &["--restart", "always", "--restart-delay", "10ms"],
+        &["--exit-on", "TERM"],
+    );
+    p.signal(Signal::SIGTERM);
+    p.expect_line("cleanup done");
+    assert_eq!(p.finish().code(), 143);
+    let lines = ws.run(&["history", "--json"]);
+    assert_eq!(json(&lines)[0]["restarts"], 0);
+}
+
+#[test]
+fn max_runtime_stops_gracefully_and_exits_124() {
+    let ws = Workspace::new();
+    let t0 = Instant::now();
+    let mut p = ws.start_probe(&["--max-runtime", "300ms"], &["--exit-on", "TERM"]);
+    p.expect_line("cleanup done");
+    assert_eq!(p.finish().code(), 124);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        json(&ws.run(&["history", "--json"]))[0]["stopped_by"],
+        "max-runtime"
+    );
+}
+
+#[test]
+fn deleted_lock_file_is_recreated_and_a_newcomer_refused() {
+    let ws = Workspace::new();
+    let p = ws.start_probe(&["--prompt", "keep me"], &["--exit-on", "TERM"]);
+    std::fs::remove_file(ws.lock_path()).unwrap();
+    wait_until("the lock file to be recreated and held", LIMIT, || {
+        ws.lock_path().exists() && ws.lock_held()
+    });
+    wait_until("its metadata to be written", LIMIT, || {
+        std::fs::read_to_string(ws.lock_path()).is_ok_and(|t| t.contains("keep me"))
+    });
+    let newcomer = ws.run(&["run", "--on-conflict", "fail", "--", "true"]);
+    assert_eq!(newcomer.code(), 75, "{newcomer:?}");
+    assert!(newcomer.stderr.contains("keep me"), "{}", newcomer.stderr);
+    p.signal(Signal::SIGTERM);
+    let out = p.finish();
+    assert!(
+        out.stderr.contains("was deleted while the loop holds it"),
+        "{}",
+        out.stderr
+    );
+    assert!(!ws.lock_held());
+}
+
+#[test]
+fn history_appends_from_many_supervisors_never_tear() {
+    let ws = Workspace::new();
+    // 20 supervisors, one after another through the lock, all appending at the end.
+    let procs: Vec<Proc> = (0..20)
+        .map(|i| {
+            let prompt = format!("run {i} {}", "x".repeat(200));
+            Proc::spawn(ws.cmd(&[
+                "run",
+                "--on-conflict",
+                "wait",
+                "--prompt",
+                &prompt,
+                "--",
+                "true",
+            ]))
+        })
+        .collect();
+    for p in procs {
+        assert_eq!(p.finish().code(), 0);
+    }
+    let text = std::fs::read_to_string(ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
+        .collect();
+    assert_eq!(records.len(), 20);
+    let mut prompts: Vec<String> = records
+        .iter()
+        .map(|r| {
+            r["prompt"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    prompts.sort();
+    prompts.dedup();
+    assert_eq!(prompts.len(), 20, "every run recorded once");
+    let shown = json(&ws.run(&["history", "--json", "-n", "5"]));
+    assert_eq!(shown.as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn ralph_loops_stop_style_request_reaches_a_waiting_holder_only_once() {
+    // A flock(1) holder has no supervisor: `stop` cannot confirm it and says so.
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    let mut c = Command::new("flock");
+    c.arg(ws.lock_path())
+        .args(["sh", "-c", "echo locked; exec sleep 600"])
+        .process_group(0);
+    let mut holder = Proc::spawn(c);
+    holder.expect_line("locked");
+    let out = ws.run(&["stop", "--kill"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(out.stderr.contains("refusing to kill"), "{}", out.stderr);
+    assert!(
+        kill(Pid::from_raw(holder.pid().as_raw()), None).is_ok(),
+        "not signalled"
+    );
+    killpg(holder.pid(), Signal::SIGKILL).unwrap();
+}
