@@ -132,7 +132,7 @@ impl Workspace {
             std::fs::read_to_string(&lock)
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|m| m["pid"].to_string() == pid)
+                .is_some_and(|m| m["pid"].as_u64().map(|p| p.to_string()) == Some(pid.clone()))
         });
         p
     }
