@@ -308,7 +308,10 @@ fn corrupt_registry_is_kept_aside_on_a_worktree_launch() {
             "sh",
             "-c",
             &format!(
-                "until grep -q '\"id\"' {reg}; do sleep 0.01; done; cat {reg} > {}",
+                // Read under a shared flock, as ralph reads it: an edit in progress
+                // (50 MB of padding being written) is never seen half done.
+                "until flock -s {reg} grep -q '\"id\"' {reg}; do sleep 0.01; done; \
+                 flock -s {reg} cat {reg} > {}",
                 during.display(),
                 reg = registry.display()
             ),

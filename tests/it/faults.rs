@@ -48,12 +48,24 @@ fn read(out: &Path, name: &str) -> String {
     std::fs::read_to_string(out.join(name)).unwrap_or_default()
 }
 
+/// The final error lines of stderr: `ralph-supervise: ...` but not the log's own
+/// `ralph-supervise: info: ...`, `warning: ...` lines.
+pub fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("ralph-supervise: ").is_some_and(|rest| {
+                !["info:", "warning:", "debug:", "trace:"]
+                    .iter()
+                    .any(|level| rest.starts_with(level))
+            })
+        })
+        .collect()
+}
+
 /// The one error line (the log's own lines, if any, are warnings and go first).
 fn assert_one_error_line(stderr: &str, want: &str) {
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("ralph-supervise:"))
-        .collect();
+    let errors = error_lines(stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains(want), "{stderr}");
 }
@@ -287,11 +299,7 @@ fn too_few_file_descriptors_fail_cleanly() {
             0 => ok += 1,
             125 => {
                 failed += 1;
-                let errors: Vec<&str> = out
-                    .stderr
-                    .lines()
-                    .filter(|l| l.starts_with("ralph-supervise:"))
-                    .collect();
+                let errors = error_lines(&out.stderr);
                 assert_eq!(errors.len(), 1, "limit {limit}: {}", out.stderr);
                 assert!(
                     errors[0].contains("Too many open files"),

@@ -216,11 +216,7 @@ fn planted_registry_symlink_refuses_the_launch_and_leaves_its_target() {
     symlink(&victim, ws.path.join(".ralph/loops.json")).unwrap();
     let out = ws.run(&["run", "--on-conflict", "worktree", "--", "true"]);
     assert_eq!(out.code(), 125, "{out:?}");
-    let errors: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("ralph-supervise:"))
-        .collect();
+    let errors = crate::faults::error_lines(&out.stderr);
     assert_eq!(errors.len(), 1, "{}", out.stderr);
     assert!(
         errors[0].contains("loops.json: it is a symbolic link"),
