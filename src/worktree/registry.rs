@@ -445,6 +445,26 @@ mod tests {
     }
 
     #[test]
+    fn foreign_numbers_survive_rewrites_unchanged() {
+        // Found by the registry fuzz target: a long foreign number was read with
+        // serde_json's fast (not always correctly rounded) float parser, so every edit
+        // wrote it back one ulp off, drifting another tool's data.
+        let text = concat!(
+            r#"{"lo#o_h":"/r/.worktrees/loop-1","workversion":"#,
+            "5555555555555555555555555555455555555555555555555555555555555555555555555555555555555555553}"
+        );
+        let once = rewrite(text.as_bytes()).unwrap();
+        let twice = rewrite(&once).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&once),
+            String::from_utf8_lossy(&twice)
+        );
+        let v: Value = serde_json::from_slice(&once).unwrap();
+        let original: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["workversion"], original["workversion"]);
+    }
+
+    #[test]
     fn corrupt_file_is_kept_aside() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join(".ralph");
