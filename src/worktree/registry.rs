@@ -460,7 +460,7 @@ mod tests {
             String::from_utf8_lossy(&twice)
         );
         let v: Value = serde_json::from_slice(&once).unwrap();
-        let original: Value = serde_json::from_str(&text).unwrap();
+        let original: Value = serde_json::from_str(text).unwrap();
         assert_eq!(v["workversion"], original["workversion"]);
     }
 
