@@ -65,7 +65,13 @@ pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
     }
     // One write under the flock: concurrent appends never interleave. No fsync: the
     // history is a record for people, not worth a disk flush on every loop's exit.
-    file.write_all(line.as_bytes())?;
+    // Space first (a full disk then fails before a byte is appended); should a write
+    // still stop half-way, cut the torn record off again: no partial line is left.
+    crate::sys::reserve(file.as_fd(), len as u64, line.len() as u64)?;
+    if let Err(e) = file.write_all(line.as_bytes()) {
+        let _ = file.set_len(len as u64);
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -75,13 +81,20 @@ pub fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
     let Some(fd) = open(dir, false)? else {
         return Ok((Vec::new(), 0));
     };
-    let mut text = String::new();
-    File::from(fd).read_to_string(&mut text)?;
+    let mut bytes = Vec::new();
+    File::from(fd).read_to_end(&mut bytes)?;
+    Ok(parse(&bytes))
+}
+
+/// Parses history contents line by line: the records that parse, and how many
+/// non-blank lines did not (a torn or foreign line, even one that is not UTF-8, costs
+/// only itself).
+pub fn parse(bytes: &[u8]) -> (Vec<Record>, usize) {
     let mut bad = 0;
-    let records = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| match serde_json::from_str(l) {
+    let records = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .filter_map(|l| match serde_json::from_slice(l) {
             Ok(r) => Some(r),
             Err(_) => {
                 bad += 1;
@@ -89,7 +102,7 @@ pub fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
             }
         })
         .collect();
-    Ok((records, bad))
+    (records, bad)
 }
 
 /// Opens `supervise/runs.jsonl` below `dir`: for appending (`create`), or for reading

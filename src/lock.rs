@@ -159,6 +159,9 @@ impl LockFile {
         let len = buf.len();
         if buf.len() < old_len {
             buf.resize(old_len, b' ');
+        } else {
+            // A full disk must fail the write before it touches the old metadata.
+            crate::sys::reserve(self.file.as_fd(), 0, len as u64)?;
         }
         let mut written = 0;
         while written < buf.len() {

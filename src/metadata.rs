@@ -54,7 +54,12 @@ pub struct Metadata {
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written lossily when not UTF-8 (JSON strings are text): never fails to serialise.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "lossy_path"
+    )]
     pub workspace: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -73,6 +78,13 @@ impl Metadata {
             return Ok(None);
         }
         serde_json::from_slice(bytes).map(Some)
+    }
+}
+
+fn lossy_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_some(&p.to_string_lossy()),
+        None => s.serialize_none(),
     }
 }
 
@@ -143,6 +155,20 @@ mod tests {
             .unwrap();
         assert_eq!(m.pid, 1);
         assert!(Metadata::parse(b"{\"pid\":").is_err());
+    }
+
+    #[test]
+    fn non_utf8_workspace_serialises() {
+        use std::os::unix::ffi::OsStringExt;
+        let mut m = Metadata::parse(br#"{"pid":1,"started":"2026-01-02T03:04:05Z","prompt":""}"#)
+            .unwrap()
+            .unwrap();
+        m.workspace = Some(PathBuf::from(std::ffi::OsString::from_vec(
+            b"/w/\xff".to_vec(),
+        )));
+        let json = m.to_json();
+        assert!(json.contains("\"workspace\":\"/w/\u{fffd}\""), "{json}");
+        assert!(Metadata::parse(json.as_bytes()).unwrap().is_some());
     }
 
     #[test]

@@ -511,6 +511,12 @@ pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
             ));
         }
     };
+    parse_str(text, path)
+}
+
+/// Parses and checks policy text as if read from `path` (named in errors as
+/// `file:line:col`): [`load`] without the file system, for tests and fuzzing.
+pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
     parse(text).map_err(|bad| located(path, text, bad.at, &bad.msg))
 }
 

@@ -246,6 +246,27 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Makes sure the bytes `offset..offset + len` of `fd`'s file have disk space, without
+/// changing the file's size (`fallocate(FALLOC_FL_KEEP_SIZE)`), so that a write that
+/// follows cannot stop half-way with ENOSPC after overwriting part of what was there.
+/// File systems without `fallocate` are let through (the write then takes its chance).
+pub fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{FallocateFlags, fallocate};
+    if len == 0 {
+        return Ok(());
+    }
+    match fallocate(
+        fd,
+        FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset as libc::off_t,
+        len as libc::off_t,
+    ) {
+        Ok(()) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Linux `fcntl` values for dnotify, which the libc crate does not export for every
 /// target (`<linux/fcntl.h>`; the same on x86_64 and aarch64).
 const F_SETSIG: libc::c_int = 10;

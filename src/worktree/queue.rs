@@ -13,6 +13,38 @@ use crate::exit::{ExitStatus, Failure};
 
 pub const QUEUE_FILE: &str = "merge-queue.jsonl";
 
+/// One `queued` line of the merge queue, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub ts: chrono::DateTime<Utc>,
+    pub loop_id: String,
+    pub prompt: String,
+}
+
+/// Parses one line of `merge-queue.jsonl`: `Ok(Some)` for a `queued` event, `Ok(None)`
+/// for another event type (ralph writes others), `Err` for a line that is not an event.
+pub fn parse_line(line: &[u8]) -> Result<Option<Queued>, String> {
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let field = |v: &serde_json::Value, key: &str| -> Result<String, String> {
+        v.get(key)
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no string {key:?}"))
+    };
+    let event = value.get("event").ok_or("no \"event\"")?;
+    if field(event, "type")? != "queued" {
+        return Ok(None);
+    }
+    let ts = chrono::DateTime::parse_from_rfc3339(&field(&value, "ts")?)
+        .map_err(|e| format!("ts: {e}"))?
+        .with_timezone(&Utc);
+    Ok(Some(Queued {
+        ts,
+        loop_id: field(&value, "loop_id")?,
+        prompt: field(event, "prompt")?,
+    }))
+}
+
 /// Appends a `queued` event for `loop_id` under an exclusive flock on the file, in one
 /// O_APPEND write, then syncs. A last line left without its newline (a torn write by
 /// someone else) gets one first, so our line stays a line of its own.
@@ -47,10 +79,17 @@ pub fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Result<(),
     });
     line.extend_from_slice(event.to_string().as_bytes());
     line.push(b'\n');
-    // One write(2) on an O_APPEND descriptor: the kernel appends it whole.
-    let written = std::io::Write::write(&mut &file, &line).map_err(fail)?;
-    if written != line.len() {
-        return Err(fail(std::io::Error::from(std::io::ErrorKind::WriteZero)));
+    // Space first, so a full disk fails before a byte is appended; then one write(2)
+    // on an O_APPEND descriptor, which the kernel appends whole. A short write (a disk
+    // that filled anyway) is cut off again, leaving no torn line.
+    crate::sys::reserve(std::os::fd::AsFd::as_fd(&file), len, line.len() as u64).map_err(fail)?;
+    let written = std::io::Write::write(&mut &file, &line);
+    if !matches!(written, Ok(n) if n == line.len()) {
+        let _ = file.set_len(len);
+        return Err(fail(match written {
+            Err(e) => e,
+            Ok(_) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+        }));
     }
     file.sync_all().map_err(fail)?;
     Ok(())

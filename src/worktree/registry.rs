@@ -133,6 +133,19 @@ impl Data {
     }
 }
 
+/// Parses registry contents the way every edit does: the readable entries, or why the
+/// file is corrupt (it would then be kept aside). Empty or blank means no loops.
+pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
+    Data::parse(bytes).map(|data| data.known())
+}
+
+/// What an edit writes back for `bytes` (unchanged entries, foreign ones kept): the
+/// parse/serialise round trip, for tests and fuzzing. `Err` when `bytes` is corrupt.
+pub fn rewrite(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let data = Data::parse(bytes)?;
+    data.to_json().map_err(|f| format!("{:#}", f.error))
+}
+
 /// Whether a process with this pid exists (EPERM: it does, another user's).
 pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
@@ -237,6 +250,10 @@ fn write_in_place(
     let len = bytes.len();
     if len < old_len {
         bytes.resize(old_len, b' ');
+    } else {
+        // On a full disk, fail before the first byte is overwritten: a write that stops
+        // half-way would leave a cut file and lose every entry in it.
+        crate::sys::reserve(std::os::fd::AsFd::as_fd(file), 0, len as u64).map_err(fail)?;
     }
     file.write_all_at(&bytes, 0).map_err(fail)?;
     file.set_len(len as u64).map_err(fail)?;
@@ -425,6 +442,26 @@ mod tests {
         let listed = list(&dir).unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].extra.get("hat"), Some(&Value::from("builder")));
+    }
+
+    #[test]
+    fn foreign_numbers_survive_rewrites_unchanged() {
+        // Found by the registry fuzz target: a long foreign number was read with
+        // serde_json's fast (not always correctly rounded) float parser, so every edit
+        // wrote it back one ulp off, drifting another tool's data.
+        let text = concat!(
+            r#"{"lo#o_h":"/r/.worktrees/loop-1","workversion":"#,
+            "5555555555555555555555555555455555555555555555555555555555555555555555555555555555555555553}"
+        );
+        let once = rewrite(text.as_bytes()).unwrap();
+        let twice = rewrite(&once).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&once),
+            String::from_utf8_lossy(&twice)
+        );
+        let v: Value = serde_json::from_slice(&once).unwrap();
+        let original: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["workversion"], original["workversion"]);
     }
 
     #[test]

@@ -3,13 +3,19 @@
 mod harness;
 
 mod bad_input;
+mod bad_input_matrix;
+mod chaos;
 mod conflict;
 mod control;
+mod faults;
 mod lifecycle;
 mod man;
 mod notify_logs;
 mod pid1;
+mod props;
+mod security;
 mod service;
 mod signals;
+mod stress;
 mod terminal;
 mod worktree;

@@ -53,3 +53,52 @@ fn pid1_reaps_orphans_forwards_term_and_exits_with_the_child() {
     let out = p.finish();
     assert_eq!(out.code(), 143, "{out:?}");
 }
+
+#[test]
+fn pid1_reaps_a_hundred_orphaned_grandchildren() {
+    if !unshare_permitted() {
+        println!("skipped: unshare --pid is not permitted here");
+        return;
+    }
+    const N: usize = 100;
+    let ws = Workspace::new();
+    let parents = ws.path.join("parents");
+    // Each grandchild is orphaned at once (its subshell exits), then records, from
+    // inside the namespace, who its parent became: PID 1, the supervisor.
+    let script = format!(
+        "for i in $(seq {N}); do (sh -c 'sleep 0.1; read p c s ppid r < /proc/$$/stat; echo $ppid >> {}' &); done; \
+         exec {} probe --exit-on TERM",
+        parents.display(),
+        bin()
+    );
+    let started = std::time::Instant::now();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", bin(), "-C"])
+        .arg(&ws.path)
+        .args(["run", "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null());
+    let mut p = Proc::spawn(cmd);
+    p.expect_line("ready");
+    let sup = children_of(p.pid().as_raw());
+    assert_eq!(sup.len(), 1, "{sup:?}");
+    let sup = sup[0];
+    wait_until("all orphans to report their parent", LIMIT, || {
+        std::fs::read_to_string(&parents)
+            .map(|t| t.lines().count() == N)
+            .unwrap_or(false)
+    });
+    // Only the probe is left: every orphan was reaped (no zombie stays a child).
+    wait_until("PID 1 to reap the hundred orphans", LIMIT, || {
+        children_of(sup).len() == 1
+    });
+    let text = std::fs::read_to_string(&parents).unwrap();
+    assert!(text.lines().all(|l| l == "1"), "{text}");
+    kill(Pid::from_raw(sup), Signal::SIGTERM).unwrap();
+    p.expect_line("signal SIGTERM");
+    let out = p.finish();
+    assert_eq!(out.code(), 143, "{out:?}");
+    println!(
+        "pid1: {N} orphans reparented to and reaped by PID 1, TERM forwarded, exit 143, in {:?}",
+        started.elapsed()
+    );
+}

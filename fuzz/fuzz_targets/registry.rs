@@ -1,0 +1,23 @@
+//! The loop registry reader (`loops.json`): any bytes parse or are reported corrupt;
+//! what parses is written back as JSON that parses to the same entries.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ralph_supervise::worktree::registry;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(entries) = registry::parse(data) else {
+        return;
+    };
+    let written = registry::rewrite(data).expect("a readable registry can be written back");
+    let again = registry::parse(&written).expect("our own registry parses");
+    assert_eq!(again.len(), entries.len());
+    for (a, b) in again.iter().zip(&entries) {
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.pid, b.pid);
+        assert_eq!(a.prompt, b.prompt);
+        assert_eq!(a.worktree_path, b.worktree_path);
+    }
+    // Foreign entries and keys survive: writing back is a fixed point.
+    assert_eq!(registry::rewrite(&written).unwrap(), written);
+});

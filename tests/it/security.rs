@@ -1,0 +1,353 @@
+//! Security: hostile prompts cannot steer a worktree out of `.worktrees/`, files get
+//! sane modes and are never written through a planted symlink, and secrets in the
+//! supervisor's environment never reach `.ralph/`.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::*;
+
+/// Holds the workspace lock with flock(1), as any other primary would.
+fn hold(ws: &Workspace) -> Proc {
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    let mut p = Proc::spawn({
+        let mut c = Command::new("flock");
+        c.arg(ws.lock_path())
+            .args(["sh", "-c", "echo ready; exec sleep 60"]);
+        c
+    });
+    p.expect_line("ready");
+    p
+}
+
+/// Every path below `root` (not following links), relative.
+fn tree(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().to_path_buf());
+            if e.file_type().unwrap().is_dir() && e.file_name() != ".git" {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn hostile_prompts_stay_inside_worktrees_dir() {
+    // The repository is a subdirectory, so that anything escaping it shows up beside it.
+    let outer = Workspace::new();
+    let repo = outer.path.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "hi\n").unwrap();
+    git(&["add", "README"]);
+    git(&["commit", "-q", "-m", "init"]);
+    std::fs::create_dir_all(repo.join(".ralph")).unwrap();
+    let mut holder = Proc::spawn({
+        let mut c = Command::new("flock");
+        c.arg(repo.join(".ralph/loop.lock"))
+            .args(["sh", "-c", "echo ready; exec sleep 60"]);
+        c
+    });
+    holder.expect_line("ready");
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(bin());
+        cmd.arg("-C").arg(&repo).args(args).current_dir(&repo);
+        cmd.stdin(std::process::Stdio::null());
+        Proc::spawn(cmd).finish()
+    };
+    let long = "../".repeat(2000) + "x";
+    let prompts = [
+        "../../x",
+        "a/../../b",
+        "/etc/passwd",
+        "..",
+        ".",
+        "-rf --force",
+        "ralph/../../../escape",
+        "$(touch pwned) `touch pwned2`",
+        "x\ny\rz\tw",
+        "é 漢字 😀",
+        long.as_str(),
+        "",
+    ];
+    let before_outer: Vec<_> = std::fs::read_dir(&outer.path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    for prompt in prompts {
+        let out = run(&[
+            "run",
+            "--on-conflict",
+            "worktree",
+            &format!("--prompt={prompt}"),
+            "--",
+            "sh",
+            "-c",
+            "pwd > \"$RALPH_WORKSPACE_ROOT/../../where-$$\"",
+        ]);
+        assert_eq!(out.code(), 0, "{prompt:?}: {out:?}");
+    }
+    // Every worktree is a direct child of .worktrees with a plain id.
+    let wts: Vec<String> = std::fs::read_dir(repo.join(".worktrees"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(wts.len(), prompts.len(), "{wts:?}");
+    for id in &wts {
+        assert!(
+            id.len() <= 64
+                && id.split('-').all(|p| !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())),
+            "id {id:?}"
+        );
+    }
+    // Each child ran inside its worktree (the where-* files, written relative to it,
+    // land in the repository root), and nothing appeared beside the repository.
+    let wheres: Vec<String> = std::fs::read_dir(&repo)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("where-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(wheres.len(), prompts.len());
+    for w in &wheres {
+        assert!(
+            w.trim()
+                .starts_with(&format!("{}/.worktrees/", repo.display())),
+            "{w}"
+        );
+    }
+    let after_outer: Vec<_> = std::fs::read_dir(&outer.path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before_outer, after_outer);
+    assert!(!repo.join("pwned").exists() && !repo.join("pwned2").exists());
+    let branches = git(&["branch", "--format=%(refname)"]);
+    for b in branches.lines().filter(|b| *b != "refs/heads/main") {
+        let id = b.strip_prefix("refs/heads/ralph/").expect(b);
+        assert!(wts.iter().any(|w| w == id), "branch {b} without a worktree");
+    }
+}
+
+#[test]
+fn files_get_sane_modes_under_any_umask() {
+    for (umask, file_mode, dir_mode) in [
+        ("022", 0o644, 0o755),
+        ("077", 0o600, 0o700),
+        ("000", 0o644, 0o755),
+    ] {
+        let ws = Workspace::new();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(bin())
+            .arg("-C")
+            .arg(&ws.path)
+            .args(["run", "--", "true"]);
+        let out = Proc::spawn(cmd).finish();
+        assert_eq!(out.code(), 0, "{out:?}");
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(ws.path.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode(".ralph"), dir_mode, "umask {umask}");
+        assert_eq!(mode(".ralph/supervise"), dir_mode, "umask {umask}");
+        assert_eq!(mode(".ralph/loop.lock"), file_mode, "umask {umask}");
+        assert_eq!(
+            mode(".ralph/supervise/runs.jsonl"),
+            file_mode,
+            "umask {umask}"
+        );
+    }
+}
+
+#[test]
+fn planted_history_symlink_is_refused_and_its_target_untouched() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph/supervise")).unwrap();
+    let target = ws.path.join("victim");
+    std::fs::write(&target, "precious\n").unwrap();
+    symlink(&target, ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
+    let out = ws.run(&["run", "--", "true"]);
+    // The command ran; its record was refused, said so in one warning.
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains("cannot record the run"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    let hist = ws.run(&["history"]);
+    assert_eq!(hist.code(), 125, "{hist:?}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+}
+
+#[test]
+fn planted_registry_symlink_refuses_the_launch_and_leaves_its_target() {
+    let ws = Workspace::git();
+    let _holder = hold(&ws);
+    let victim = ws.path.join("victim.json");
+    std::fs::write(&victim, "{\"precious\":true}\n").unwrap();
+    symlink(&victim, ws.path.join(".ralph/loops.json")).unwrap();
+    let out = ws.run(&["run", "--on-conflict", "worktree", "--", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    let errors = crate::faults::error_lines(&out.stderr);
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("loops.json: it is a symbolic link"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "{\"precious\":true}\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(ws.path.join(".ralph/loops.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // No worktree or branch was left behind.
+    let branches = ws.git_cmd(&["branch", "--list", "ralph/*"]);
+    assert_eq!(branches.trim(), "", "{branches}");
+    let list = ws.run(&["list"]);
+    assert_ne!(list.code(), 0, "list reads through the link: {list:?}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "{\"precious\":true}\n"
+    );
+}
+
+#[test]
+fn planted_merge_queue_symlink_is_refused_and_its_target_untouched() {
+    let ws = Workspace::git();
+    let _holder = hold(&ws);
+    let victim = ws.path.join("victim.jsonl");
+    std::fs::write(&victim, "precious\n").unwrap();
+    symlink(&victim, ws.path.join(".ralph/merge-queue.jsonl")).unwrap();
+    let policy = ws.path.join("queue.toml");
+    std::fs::write(&policy, "[worktree]\non_exit = \"queue-merge\"\n").unwrap();
+    let out = ws.run(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--on-conflict",
+        "worktree",
+        "--",
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.com",
+        "commit",
+        "--allow-empty",
+        "-qm",
+        "work",
+    ]);
+    // The loop ran; queueing its merge was refused, in one warning.
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("merge-queue.jsonl: it is a symbolic link"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+#[test]
+fn environment_secrets_never_reach_ralph_files() {
+    let ws = Workspace::git();
+    let secrets = [
+        ("GITHUB_TOKEN", "secret123-gh"),
+        ("OPENAI_API_KEY", "sk-secret456-openai"),
+        ("ANTHROPIC_API_KEY", "sk-ant-secret789"),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-000"),
+    ];
+    let with_env = |args: &[&str]| {
+        let mut cmd = ws.cmd(args);
+        for (k, v) in secrets {
+            cmd.env(k, v);
+        }
+        Proc::spawn(cmd)
+    };
+    // A primary, a worktree loop beside it (registry, merge queue, history), and
+    // control commands, all with the secrets in their environment.
+    let mut primary = with_env(&["run", "--", bin(), "probe", "--exit-on", "TERM"]);
+    primary.expect_line("ready");
+    let policy = ws.path.join("queue.toml");
+    std::fs::write(&policy, "[worktree]\non_exit = \"queue-merge\"\n").unwrap();
+    let out = with_env(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--on-conflict",
+        "worktree",
+        "--",
+        "sh",
+        "-c",
+        "test ${#GITHUB_TOKEN} -eq 12 && cp .ralph/loop.lock ../../wt-meta && \
+         git -c user.name=t -c user.email=t@example.com commit --allow-empty -qm work",
+    ])
+    .finish();
+    assert_eq!(
+        out.code(),
+        0,
+        "the child still gets its environment: {out:?}"
+    );
+    for args in [&["status", "--json"][..], &["list", "--json"], &["history"]] {
+        assert_eq!(with_env(args).finish().code(), 0, "{args:?}");
+    }
+    let meta = std::fs::read(ws.lock_path()).unwrap();
+    primary.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(primary.finish().code(), 143);
+    let mut scanned = vec![("loop.lock during the run".to_string(), meta)];
+    scanned.push((
+        "worktree loop.lock during the run".into(),
+        std::fs::read(ws.path.join("wt-meta")).unwrap(),
+    ));
+    for rel in tree(&ws.path) {
+        let p = ws.path.join(&rel);
+        let s = rel.to_string_lossy();
+        if (s.contains(".ralph") || s.starts_with(".worktrees")) && p.is_file() && !p.is_symlink() {
+            scanned.push((s.into_owned(), std::fs::read(&p).unwrap()));
+        }
+    }
+    assert!(
+        scanned.len() >= 6,
+        "{:?}",
+        scanned.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    for (name, bytes) in &scanned {
+        let text = String::from_utf8_lossy(bytes);
+        for (k, v) in secrets {
+            assert!(!text.contains(v), "{k}'s value leaked into {name}");
+        }
+    }
+}
