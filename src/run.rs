@@ -443,13 +443,12 @@ fn run_locked(
         )),
         Ok(()) => supervise(&mut session, signals, spawned),
     };
-    // The record is made now and written after the release: the next loop waiting for
-    // the workspace should not wait for our bookkeeping (`stop` waits for this process
-    // to exit before it reads the history).
-    let record = result
-        .as_ref()
-        .ok()
-        .map(|(status, machine)| history_record(&session, *status, machine, started));
+    // History before the release, so that whoever waits for the lock (`stop`) finds the
+    // record when the lock frees. (Written after the release, the record was always
+    // given the space the lock file freed: a full disk could never show on it.)
+    if let Ok((status, machine)) = &result {
+        append_history(place, &history_record(&session, *status, machine, started));
+    }
     if let Some(created) = place.worktree
         && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
     {
@@ -463,9 +462,6 @@ fn run_locked(
         .or_fail("cannot release the workspace lock");
     for extra in session.extra {
         let _ = extra.release();
-    }
-    if let Some(record) = record {
-        append_history(place, &record);
     }
     let (status, _) = result?;
     released?;

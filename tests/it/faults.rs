@@ -188,12 +188,14 @@ fn full_disk_while_registering_a_worktree_loop() {
     let ws = Workspace::git();
     let out = tempfile::tempdir().unwrap();
     // Only the main repository's .ralph is small and full; the worktree goes beside it.
+    // The primary waits on a conflict: the script's own `flock -n` probe may hold the
+    // lock for an instant just when the primary tries it.
     // A primary holds the workspace, so the second run launches a worktree loop whose
     // registration in loops.json (4000 bytes, a page boundary 96 bytes on) cannot fit.
     let script = format!(
         "mkdir -p \"$W/.ralph\"\nmount -t tmpfs -o size=128k tmpfs \"$W/.ralph\"\n{}\n\
          printf '%4096s' '' > \"$W/.ralph/loop.lock\"\n\
-         \"$BIN\" -C \"$W\" -q run --prompt primary -- sleep 30 2>/dev/null &\n\
+         \"$BIN\" -C \"$W\" -q run --prompt primary --on-conflict wait -- sleep 30 2>/dev/null &\n\
          while flock -n \"$W/.ralph/loop.lock\" true; do sleep 0.01; done\n\
          {SNAPSHOT} > \"$OUT/before\"\n\
          cp \"$W/.ralph/loops.json\" \"$OUT/reg-before\"\n\
