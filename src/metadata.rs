@@ -104,7 +104,8 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-mod rfc3339 {
+/// Serde helpers for `DateTime<Utc>` as RFC 3339 with `Z` (ralph's timestamps).
+pub mod rfc3339 {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -29,7 +29,7 @@ pub struct Entry {
     pub id: String,
     /// The pid `ralph loops stop` signals: the child's.
     pub pid: u32,
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::metadata::rfc3339")]
     pub started: DateTime<Utc>,
     pub prompt: String,
     /// Absolute; empty for a loop in the main workspace (ralph omits the field then).
@@ -312,22 +312,6 @@ fn keep_aside(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Failure> {
         ExitStatus::Failure,
         format!("too many corrupt registry copies in {}", dir.display()),
     ))
-}
-
-mod rfc3339 {
-    use chrono::{DateTime, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::metadata::format_time(t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let text = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]

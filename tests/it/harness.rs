@@ -454,3 +454,30 @@ pub fn tail<T: Clone>(v: &[T], n: usize) -> Vec<T> {
     }
     q.into()
 }
+
+/// Voluntary plus involuntary context switches of `pid`.
+fn context_switches(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("ctxt_switches"))
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Waits until `pid` sleeps in poll(2), then watches it for `window`: it must not wake
+/// up once (no polling, no timers).
+pub fn assert_idle(pid: i32, window: Duration) {
+    wait_until(&format!("pid {pid} asleep in poll"), LIMIT, || {
+        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+            .unwrap_or_default()
+            .contains("poll")
+    });
+    let before = context_switches(pid);
+    std::thread::sleep(window);
+    assert_eq!(
+        context_switches(pid),
+        before,
+        "pid {pid} woke up while idle"
+    );
+}
