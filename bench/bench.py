@@ -235,6 +235,24 @@ def worktree_launch():
         record("worktree launch, repo of 5,000 files", k, v, base=base)
 
 
+def stop_latency():
+    """`ralph-supervise stop` against a cooperative child (exits on TERM): the whole
+    command, from start to its report that the lock is released."""
+    res = []
+    for _ in range(N_SIGNAL):
+        ws = workspace()
+        p = subprocess.Popen([BIN, "-q", "-C", ws, "run", "--", STAMP, "--on-term"],
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.002)  # let the supervisor record the child's pid
+        t = time.perf_counter()
+        subprocess.run([BIN, "-q", "-C", ws, "stop"], check=True, stdout=DEVNULL)
+        res.append((time.perf_counter() - t) * 1000)
+        p.wait()
+        shutil.rmtree(ws)
+    record("stop latency: `ralph-supervise stop`, cooperative child", "ralph-supervise stop", res)
+
+
 def proc_status(pid):
     with open(f"/proc/{pid}/status") as f:
         return {l.split(":")[0]: l.split(":")[1].strip() for l in f if ":" in l}
@@ -288,6 +306,7 @@ def main():
     handoff()
     wait_timeout()
     signal_latency()
+    stop_latency()
     worktree_launch()
     idle, rss = idle_and_rss()
     size = os.path.getsize(BIN)
