@@ -521,7 +521,10 @@ pub fn gc(
         println!("keep {} (unmerged work)", path.display());
     }
     for path in &report.running {
-        println!("keep {} (running)", path.display());
+        println!(
+            "keep {} (running, or launched in the last 2 minutes)",
+            path.display()
+        );
     }
     if report.pruned.is_empty() && report.removed.is_empty() {
         println!("nothing to clean up");

@@ -248,7 +248,16 @@ fn run_in_worktree(settings: &RunSettings, signals: &Signals) -> Result<ExitStat
     };
     let success = matches!(status, Ok(ExitStatus::Child(0)));
     match worktree::finish(&created.repo, &created, on_exit, success, &prompt) {
-        Ok(done) => info!("worktree {}: {done:?}", created.path.display()),
+        Ok(done) => info!(
+            "worktree {} {}",
+            created.path.display(),
+            match done {
+                worktree::Finish::Kept => "kept",
+                worktree::Finish::Removed => "removed with its branch (nothing changed)",
+                worktree::Finish::Queued => "queued for merging",
+                worktree::Finish::KeptDirty => "kept: it has changes or commits",
+            }
+        ),
         Err(e) => warn!("worktree {}: {:#}", created.path.display(), e.error),
     }
     status

@@ -575,7 +575,10 @@ fn gc_removes_clean_finished_worktrees_and_prunes_dead_entries() {
         clean.display()
     ));
     says(&format!("keep {} (unmerged work)", dirty.display()));
-    says(&format!("keep {} (running)", running_wt.display()));
+    says(&format!(
+        "keep {} (running, or launched in the last 2 minutes)",
+        running_wt.display()
+    ));
     assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
     assert_eq!(std::fs::read(&registry_path).unwrap(), before_registry);
     assert_eq!(ralph_branches(&ws), before_branches);
@@ -593,7 +596,10 @@ fn gc_removes_clean_finished_worktrees_and_prunes_dead_entries() {
     says("prune registry entry dead-loop-calm-otter (its process is gone)");
     says(&format!("remove {} (finished and clean)", clean.display()));
     says(&format!("keep {} (unmerged work)", dirty.display()));
-    says(&format!("keep {} (running)", running_wt.display()));
+    says(&format!(
+        "keep {} (running, or launched in the last 2 minutes)",
+        running_wt.display()
+    ));
     assert!(!clean.exists());
     assert!(dirty.is_dir() && running_wt.is_dir());
     let branches = ralph_branches(&ws);
