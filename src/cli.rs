@@ -115,7 +115,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Task text recorded in the lock metadata [default: the command line]
-    #[arg(long, value_name = "TEXT", value_parser = clap::value_parser!(OsString))]
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
     pub prompt: Option<OsString>,
     #[command(flatten)]
     pub policy: PolicyArgs,

@@ -134,3 +134,34 @@ fn missing_workspace_is_a_usage_error() {
     assert_eq!(out.code(), 2);
     assert!(out.stderr.contains("/nonexistent/ws"), "{}", out.stderr);
 }
+
+#[test]
+fn worktree_launch_without_git_says_so() {
+    let ws = Workspace::git();
+    let mut holder = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    let empty = tempfile::tempdir().unwrap();
+    let mut cmd = ws.cmd(&["run", "--on-conflict", "worktree", "--", "/bin/true"]);
+    cmd.env("PATH", empty.path());
+    let out = Proc::spawn(cmd).finish();
+    assert_eq!(out.code(), 125, "{out:?}");
+    let last = out
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.contains("git is not installed"), "{}", out.stderr);
+    assert!(!ws.path.join(".worktrees").exists(), "nothing created");
+    holder.signal(nix::sys::signal::Signal::SIGTERM);
+    holder.expect_line("cleanup done");
+}
+
+#[test]
+fn a_prompt_may_start_with_a_dash() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&["--prompt", "-x marks the spot"], &["--exit-on", "TERM"]);
+    assert_eq!(ws.metadata()["prompt"], "-x marks the spot");
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    p.expect_line("cleanup done");
+}
