@@ -78,6 +78,9 @@ pub struct Created {
     /// The main work tree's top-level, canonical (its `.ralph/` holds loops.json and
     /// merge-queue.jsonl).
     pub repo: PathBuf,
+    /// The work tree the launch started from (the main one, or a linked worktree when a
+    /// loop launches another): its uncommitted work is carried over.
+    pub source: PathBuf,
     /// The branch the main work tree was on, `None` for a detached HEAD.
     pub source_branch: Option<String>,
     /// What was carried over (all zero when `carry` was off).
@@ -125,7 +128,11 @@ pub struct GcReport {
 
 /// What we learn about the repository before touching it.
 struct Repo {
+    /// The work tree we were started in (its HEAD and uncommitted work are the base).
     root: PathBuf,
+    /// The main work tree: where `.worktrees/` and `.ralph/loops.json` live, also when
+    /// `root` is itself a linked worktree (a loop launching another).
+    main: PathBuf,
     exclude: PathBuf,
     head: String,
     head_branch: Option<String>,
@@ -171,12 +178,15 @@ fn inspect(dir: &Path) -> Result<Repo, Failure> {
             "--show-toplevel",
             "--git-path",
             "info/exclude",
+            "--git-common-dir",
         ],
         None,
     )?;
     let text = out.text();
     let mut lines = text.lines();
-    let (Some(root), Some(exclude), true) = (lines.next(), lines.next(), out.ok) else {
+    let (Some(root), Some(exclude), common, true) =
+        (lines.next(), lines.next(), lines.next(), out.ok)
+    else {
         return Err(Failure::msg(
             ExitStatus::Failure,
             format!(
@@ -204,7 +214,16 @@ fn inspect(dir: &Path) -> Result<Repo, Failure> {
         ["symbolic-ref", "--quiet", "--short", "HEAD"],
         None,
     )?;
+    // In a linked worktree the common git dir is the main work tree's `.git`.
+    let main = common
+        .map(Path::new)
+        .filter(|c| c.file_name().is_some_and(|n| n == ".git"))
+        .and_then(Path::parent)
+        .filter(|m| m.is_dir())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(root));
     Ok(Repo {
+        main,
         root: PathBuf::from(root),
         exclude: PathBuf::from(exclude),
         head: head.text(),
@@ -418,7 +437,9 @@ thread_local! {
 /// Creates the worktree for a new loop (see the module documentation).
 pub fn create(spec: &Spec) -> Result<Created, Failure> {
     let repo = inspect(&spec.repo)?;
-    let root = repo.root.clone();
+    // Worktrees, the registry and the repo lock belong to the main work tree; the base
+    // commit and the work carried over come from the tree we were started in.
+    let root = repo.main.clone();
     let (wt_root, wt_rel) = worktrees_dir(&root, &spec.dir)?;
     let probe_ref = format!("refs/heads/{}x", spec.branch_prefix);
     if spec.branch_prefix.is_empty()
@@ -517,6 +538,7 @@ pub fn create(spec: &Spec) -> Result<Created, Failure> {
         branch,
         base: repo.head.clone(),
         repo: root.clone(),
+        source: repo.root.clone(),
         source_branch: repo.head_branch.clone(),
         carried: Carried::default(),
     };
@@ -546,7 +568,7 @@ pub fn create(spec: &Spec) -> Result<Created, Failure> {
 /// Everything after `git worktree add`: carry, sharing links, context file.
 fn set_up(spec: &Spec, created: &Created, wt_rel: Option<&Path>) -> Result<Carried, Failure> {
     let carried = if spec.carry {
-        carry::carry(&created.repo, &created.path, wt_rel, created.base.len())?
+        carry::carry(&created.source, &created.path, wt_rel, created.base.len())?
     } else {
         Carried::default()
     };

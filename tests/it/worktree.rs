@@ -664,3 +664,63 @@ fn a_corrupt_registry_is_kept_aside_and_the_launch_still_works() {
     holder.signal(Signal::SIGTERM);
     holder.expect_line("cleanup done");
 }
+
+#[test]
+fn a_loop_launched_from_inside_a_worktree_loop_goes_to_the_main_repository() {
+    let ws = Workspace::git();
+    let mut primary = ws.start_probe(&["--prompt", "primary"], &["--exit-on", "TERM"]);
+    // A worktree loop, because the primary holds the repository.
+    let mut outer = ws.start_probe(&["--prompt", "outer loop"], &["--exit-on", "TERM"]);
+    let outer_wt = std::path::PathBuf::from(outer.value("cwd"));
+    assert!(
+        outer_wt.starts_with(ws.path.join(".worktrees")),
+        "{outer_wt:?}"
+    );
+    std::fs::write(outer_wt.join("from-outer.txt"), "carried\n").unwrap();
+    // From inside the outer loop's worktree (which it holds), launch another loop.
+    let out = Proc::spawn({
+        let mut c = std::process::Command::new(bin());
+        c.args([
+            "run",
+            "--prompt",
+            "inner loop",
+            "--",
+            "sh",
+            "-c",
+            "pwd; cat from-outer.txt",
+        ])
+        .current_dir(&outer_wt)
+        .stdin(std::process::Stdio::null());
+        c
+    })
+    .finish();
+    assert_eq!(out.code(), 0, "{out:?}");
+    let mut lines = out.stdout.lines();
+    let inner_wt = std::path::PathBuf::from(lines.next().unwrap());
+    assert_eq!(
+        inner_wt.parent(),
+        Some(ws.path.join(".worktrees").as_path()),
+        "beside the outer one, not nested in it"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("carried"),
+        "the outer tree's work came along"
+    );
+    assert!(!outer_wt.join(".worktrees").exists());
+    // Recorded in the main repository's history, like every other loop.
+    let history = ws.run(&["history", "--json"]);
+    let records: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["prompt"] == "inner loop" && r["worktree"] == inner_wt.display().to_string()),
+        "{records}"
+    );
+    for p in [&mut outer, &mut primary] {
+        p.signal(nix::sys::signal::Signal::SIGTERM);
+        p.expect_line("cleanup done");
+    }
+}
