@@ -6,8 +6,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -433,10 +431,6 @@ pub fn count(lines: &[String], line: &str) -> usize {
     lines.iter().filter(|l| *l == line).count()
 }
 
-pub fn os(s: &str) -> &OsStr {
-    OsStr::new(s)
-}
-
 /// Children of `pid`, from `/proc/PID/task/PID/children`.
 pub fn children_of(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -444,15 +438,6 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
-}
-
-/// Keeps only the last `n` items (for error messages).
-pub fn tail<T: Clone>(v: &[T], n: usize) -> Vec<T> {
-    let mut q: VecDeque<T> = v.iter().cloned().collect();
-    while q.len() > n {
-        q.pop_front();
-    }
-    q.into()
 }
 
 /// Voluntary plus involuntary context switches of `pid`.
