@@ -131,7 +131,6 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     fn recv(socket: &UnixDatagram) -> Vec<u8> {
         socket
@@ -206,8 +205,7 @@ mod tests {
     fn the_socket_is_close_on_exec() {
         let dir = tempfile::tempdir().unwrap();
         let notifier = Notifier::new(dir.path().join("n").as_os_str()).unwrap();
-        let flags = unsafe { libc::fcntl(notifier.socket.as_raw_fd(), libc::F_GETFD) };
-        assert!(flags >= 0);
+        let flags = nix::fcntl::fcntl(&notifier.socket, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
     }
 }
