@@ -297,6 +297,13 @@ fn reference_sections(roff: &mut Roff) {
         "Reaps the command and, as a child subreaper (and as PID 1 in a container), every \
          orphaned descendant.",
     );
+    item(
+        roff,
+        "`SIGRTMIN+1`, `IO`",
+        "The kernel sends these when an entry of `.ralph/` changes (dnotify): \
+         ralph-supervise looks at the directory again (a new stop request stops the \
+         command gracefully; a deleted `loop.lock` is recreated and locked again).",
+    );
     item(roff, "others", "Ignored and logged.");
     para(
         roff,
