@@ -13,7 +13,7 @@
 //! The child is spawned in its own process group, with the locked descriptor passed open
 //! and, when interactive, the terminal handed to its group before it runs. Then one loop:
 //!
-//! 1. `poll` on the signalfd (and any extra sources) with the state machine's next
+//! 1. `poll` on the signalfd (the only descriptor it needs) with the state machine's next
 //!    deadline as the timeout, or none: an idle supervisor sleeps in the kernel;
 //! 2. drain the signalfd: SIGCHLD means reap in a loop with `waitpid(-1, WNOHANG)` (the
 //!    supervisor is the only reaper: it is a child subreaper, so orphaned descendants come
