@@ -456,7 +456,11 @@ fn run_locked(
     // record when the lock frees. (Written after the release, the record was always
     // given the space the lock file freed: a full disk could never show on it.)
     if let Ok((status, machine)) = &result {
-        append_history(place, &history_record(&session, *status, machine, started));
+        append_history(
+            place,
+            dir,
+            &history_record(&session, *status, machine, started),
+        );
     }
     if let Some(created) = place.worktree
         && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
@@ -549,14 +553,14 @@ fn history_record(
 
 /// Appends the run's record. Worktree loops write the main repository's history, so one
 /// place lists all runs.
-fn append_history(place: &Place<'_>, record: &history::Record) {
-    let target = match place.worktree {
-        Some(created) => RalphDir::open_or_create(&created.repo),
-        None => RalphDir::open_or_create(&place.workspace),
+/// `dir` is the run's own `.ralph/`, already open: a primary's history goes there.
+fn append_history(place: &Place<'_>, dir: &RalphDir, record: &history::Record) {
+    let written = match place.worktree {
+        Some(created) => RalphDir::open_or_create(&created.repo)
+            .map_err(|e| e.error)
+            .and_then(|repo| history::append(&repo, record).map_err(anyhow::Error::from)),
+        None => history::append(dir, record).map_err(anyhow::Error::from),
     };
-    let written = target
-        .map_err(|e| e.error)
-        .and_then(|dir| history::append(&dir, record).map_err(anyhow::Error::from));
     if let Err(e) = written {
         warn!("cannot record the run in the history: {e:#}");
     }
