@@ -15,6 +15,16 @@ fn unshare_permitted() -> bool {
         .unwrap_or(false)
 }
 
+/// `ralph-supervise -C <ws> run -- sh -c <script>` as PID 1 of a fresh pid namespace.
+fn run_as_pid1(ws: &Workspace, script: &str) -> Proc {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", bin(), "-C"])
+        .arg(&ws.path)
+        .args(["run", "--", "sh", "-c", script])
+        .stdin(std::process::Stdio::null());
+    Proc::spawn(cmd)
+}
+
 #[test]
 fn pid1_reaps_orphans_forwards_term_and_exits_with_the_child() {
     if !unshare_permitted() {
@@ -26,12 +36,7 @@ fn pid1_reaps_orphans_forwards_term_and_exits_with_the_child() {
         "for i in $(seq 20); do (sleep 0.01 &) ; done; exec {} probe --exit-on TERM",
         bin()
     );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", bin(), "-C"])
-        .arg(&ws.path)
-        .args(["run", "--", "sh", "-c", &script])
-        .stdin(std::process::Stdio::null());
-    let mut p = Proc::spawn(cmd);
+    let mut p = run_as_pid1(&ws, &script);
     p.expect_line("ready");
     assert_eq!(p.value("pid"), "2", "the child of PID 1");
     // The supervisor is unshare's only child; inside the namespace it is PID 1.
@@ -72,12 +77,7 @@ fn pid1_reaps_a_hundred_orphaned_grandchildren() {
         bin()
     );
     let started = std::time::Instant::now();
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", bin(), "-C"])
-        .arg(&ws.path)
-        .args(["run", "--", "sh", "-c", &script])
-        .stdin(std::process::Stdio::null());
-    let mut p = Proc::spawn(cmd);
+    let mut p = run_as_pid1(&ws, &script);
     p.expect_line("ready");
     let sup = children_of(p.pid().as_raw());
     assert_eq!(sup.len(), 1, "{sup:?}");
