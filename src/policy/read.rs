@@ -1,0 +1,210 @@
+//! Reading a policy file: TOML's spanned document tree, walked in file order against the
+//! key table, so the first problem in the file is reported as `file:line:col`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::{PolicyFile, SECTIONS, key};
+use crate::exit::{ExitStatus, Failure};
+
+/// A complaint about the policy text, at a byte offset.
+#[derive(Debug)]
+pub struct Bad {
+    at: Option<usize>,
+    msg: String,
+}
+
+impl Bad {
+    pub(crate) fn at(span: Range<usize>, msg: impl Into<String>) -> Bad {
+        let msg = msg.into();
+        Bad {
+            at: Some(span.start),
+            msg,
+        }
+    }
+}
+
+/// One value being checked, with its full key (`stop.grace`) for messages.
+pub struct Val<'a, 'i> {
+    pub(crate) key: &'a str,
+    pub(crate) value: &'a Spanned<DeValue<'i>>,
+}
+
+impl Val<'_, '_> {
+    pub(crate) fn bad(&self, what: impl fmt::Display) -> Bad {
+        Bad::at(self.value.span(), format!("{}: {what}", self.key))
+    }
+
+    pub(crate) fn wrong_type(&self, expected: &str, hint: &str) -> Bad {
+        let found = a(self.value.get_ref().type_str());
+        let msg = format!("{} must be {expected}, found {found}; {hint}", self.key);
+        Bad::at(self.value.span(), msg)
+    }
+
+    /// `hint` says what to write instead.
+    pub(crate) fn string(&self, hint: &str) -> Result<&str, Bad> {
+        let text = self.value.get_ref().as_str();
+        text.ok_or_else(|| self.wrong_type("a string", hint))
+    }
+
+    pub(crate) fn integer(&self, example: &str) -> Result<i64, Bad> {
+        let Some(int) = self.value.get_ref().as_integer() else {
+            return Err(self.wrong_type("an integer", &format!("write {example}, without quotes")));
+        };
+        i64::from_str_radix(int.as_str(), int.radix())
+            .map_err(|_| self.bad(format!("{} is out of range; use {example}", int.as_str())))
+    }
+}
+
+/// Reads, parses and checks one policy file.
+pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        let msg = "check that the policy file exists and is readable";
+        Failure::msg(
+            ExitStatus::BadPolicy,
+            format!("{}: {e}; {msg}", path.display()),
+        )
+    })?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse_str(text, path),
+        Err(e) => {
+            // Report where the bad bytes begin, on the valid prefix.
+            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+            let msg = "the file is not valid UTF-8; save it as UTF-8 text";
+            Err(located(path, valid, Some(e.valid_up_to()), msg))
+        }
+    }
+}
+
+/// Parses and checks policy text as if read from `path` (named in errors as
+/// `file:line:col`): [`load`] without the file system, for tests and fuzzing.
+pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
+    parse(text).map_err(|bad| located(path, text, bad.at, &bad.msg))
+}
+
+fn parse(text: &str) -> Result<PolicyFile, Bad> {
+    let doc = DeTable::parse(text).map_err(|e| Bad {
+        at: e.span().map(|s| s.start),
+        msg: format!(
+            "invalid TOML: {}; fix the syntax there",
+            e.message().trim_end()
+        ),
+    })?;
+    let mut file = PolicyFile::default();
+    let mut spans = BTreeMap::new();
+    for (name, section) in in_file_order(doc.get_ref()) {
+        let section_name = name.get_ref().as_ref();
+        let Some((_, keys)) = SECTIONS.iter().find(|(s, _)| *s == section_name) else {
+            let what = match section.get_ref().is_table() {
+                true => format!("unknown section [{section_name}]"),
+                false => format!("unknown key {section_name:?} at top level"),
+            };
+            let sections: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
+            let msg = format!(
+                "{what}; expected one of the sections {}",
+                sections.join(", ")
+            );
+            return Err(Bad::at(name.span(), msg));
+        };
+        let table = match section.get_ref() {
+            DeValue::Table(table) => table,
+            DeValue::Array(_) => {
+                return Err(Bad::at(
+                    name.span(),
+                    format!(
+                        "{section_name} must be a section, found an array; write a [{section_name}] section (one pair of brackets)"
+                    ),
+                ));
+            }
+            other => {
+                return Err(Bad::at(
+                    name.span(),
+                    format!(
+                        "{section_name} must be a section, found {}; put its keys under a [{section_name}] header",
+                        a(other.type_str())
+                    ),
+                ));
+            }
+        };
+        for (name, value) in in_file_order(table) {
+            let key_name = name.get_ref().as_ref();
+            let full = format!("{section_name}.{key_name}");
+            let Some(key) = key(&full) else {
+                return Err(Bad::at(
+                    name.span(),
+                    format!(
+                        "unknown key {key_name:?} in [{section_name}]; expected one of {}",
+                        keys.join(", ")
+                    ),
+                ));
+            };
+            (key.read)(&mut file.values, &Val { key: &full, value })?;
+            file.set.insert(key.full);
+            spans.insert(key.full, value.span());
+        }
+    }
+    // Checked once the whole file is read: `backoff_max` may come first.
+    let restart = &file.values.restart;
+    if let Some(span) = spans.get("restart.backoff_max")
+        && file.set.contains("restart.backoff_initial")
+        && restart.backoff_max < restart.backoff_initial
+    {
+        let show = |d| super::show::quoted(&super::format_duration(d));
+        return Err(Bad::at(
+            span.clone(),
+            format!(
+                "restart.backoff_max {} is shorter than restart.backoff_initial {}; make it at least as long",
+                show(restart.backoff_max),
+                show(restart.backoff_initial)
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// `<file>:<line>:<col>: <msg>`, status 78. Line and column are 1-based; the column
+/// counts characters.
+fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
+    let place = match at {
+        Some(offset) => {
+            let (line, col) = line_col(text, offset);
+            format!("{}:{line}:{col}", path.display())
+        }
+        None => path.display().to_string(),
+    };
+    Failure::msg(ExitStatus::BadPolicy, format!("{place}: {msg}"))
+}
+
+/// 1-based line and character column of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+type Entry<'a, 'i> = (&'a Spanned<Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
+
+/// Table entries in the order they appear in the file, so the first problem in the file
+/// is the one reported.
+pub(crate) fn in_file_order<'a, 'i>(table: &'a DeTable<'i>) -> Vec<Entry<'a, 'i>> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    entries
+}
+
+/// "an integer", "a string".
+fn a(type_name: &str) -> String {
+    let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {type_name}", if vowel { "an" } else { "a" })
+}
