@@ -234,7 +234,7 @@ fn keyword<K: Keyword>() -> impl TypedValueParser<Value = K> {
         "" => PossibleValue::new(k.as_str()),
         help => PossibleValue::new(k.as_str()).help(help),
     });
-    PossibleValuesParser::new(values).map(|text| text.parse::<K>().expect("a possible value"))
+    PossibleValuesParser::new(values).map(|text| K::parse(&text).expect("a possible value"))
 }
 
 /// Human durations: `30s`, `5m`, `1h30m`, `250ms`.

@@ -1,11 +1,10 @@
-//! The kinds of value a key can hold: each reads and checks its value from the file
-//! (with the message and the hint for each mistake), and prints it back as TOML.
-//! Kinds whose value has rules of its own ([`Signal`], [`BranchPrefix`], [`Env`], ...)
-//! are marker types whose [`Kind::Out`] is the plain value the rest of the crate uses.
+//! The kinds of value a key can hold. Each reads and checks its value (with the message
+//! and hint for each mistake) and prints it back as TOML. Kinds with rules of their own
+//! are marker types ([`Signal`], [`BranchPrefix`], ...) whose [`Kind::Out`] is the plain
+//! value the rest of the crate uses (`i32`, `String`, ...).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use toml::de::DeValue;
@@ -22,7 +21,7 @@ pub trait Kind {
     type Out: Clone;
     /// The type named in the man page.
     const DOC: &'static str;
-    /// For keywords: every spelling and what it means, for the man page.
+    /// For keywords: every spelling and its man page text.
     const VALUES: &'static [(&'static str, &'static str)] = &[];
     fn read(v: &Val) -> Result<Self::Out, Bad>;
     /// The value as TOML; `None` for an unset optional value.
@@ -30,7 +29,7 @@ pub trait Kind {
 }
 
 /// A closed set of lowercase keywords (declared with `keywords!`).
-pub trait Keyword: Copy + PartialEq + Send + Sync + 'static + FromStr<Err = String> {
+pub trait Keyword: Copy + PartialEq + Send + Sync + 'static {
     /// Every value, in documentation order.
     const ALL: &'static [Self];
     /// Every spelling with its man page text, in the order of [`Keyword::ALL`].
@@ -39,8 +38,12 @@ pub trait Keyword: Copy + PartialEq + Send + Sync + 'static + FromStr<Err = Stri
     fn help(self) -> &'static str;
     /// The spelling used in policy files and on the command line.
     fn as_str(self) -> &'static str {
-        let at = Self::ALL.iter().position(|v| *v == self).unwrap_or(0);
-        Self::VALUES[at].0
+        Self::VALUES[Self::ALL.iter().position(|v| *v == self).unwrap_or(0)].0
+    }
+    /// The value spelled `text`.
+    fn parse(text: &str) -> Result<Self, String> {
+        let found = Self::ALL.iter().copied().find(|v| v.as_str() == text);
+        found.ok_or_else(|| format!("{text:?} is not valid; expected one of {}", Self::list()))
     }
     /// "a, b, c", for messages.
     fn list() -> String {
@@ -55,7 +58,7 @@ impl<K: Keyword> Kind for K {
     const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
     fn read(v: &Val) -> Result<K, Bad> {
         let hint = format!("write one of {}, in quotes", K::list());
-        v.string(&hint)?.parse::<K>().map_err(|e| v.bad(e))
+        K::parse(v.string(&hint)?).map_err(|e| v.bad(e))
     }
     fn show(value: &K) -> Option<String> {
         Some(quoted(value.as_str()))
@@ -74,222 +77,142 @@ impl<K: Kind> Kind for Option<K> {
     }
 }
 
-impl Kind for Duration {
-    type Out = Duration;
-    const DOC: &'static str = "duration";
-    fn read(v: &Val) -> Result<Duration, Bad> {
-        const HINT: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
-        let Some(text) = v.value.get_ref().as_str() else {
-            return Err(v.wrong_type("a duration string", HINT));
-        };
+/// An exit code, 1 to 255.
+pub struct ExitCode;
+/// A number of restarts.
+pub struct Restarts;
+/// A directory, not empty.
+pub struct Dir;
+/// A git branch name prefix: git's ref-name rules, as far as a prefix can break them.
+pub struct BranchPrefix;
+/// A signal, by name (`"TERM"`, `"SIGTERM"`) or number.
+pub struct Signal;
+/// Environment variables: names without `=` or NUL, values without NUL.
+pub struct Env;
+/// One of [`LOG_LEVELS`].
+pub struct LogLevel;
+
+/// `Type => Out, "man page type", |v| { read } |x| show;` for each kind.
+macro_rules! kinds {
+    ($($ty:ty => $out:ty, $doc:literal, |$v:ident| $read:block |$x:ident| $show:expr;)+) => {$(
+        impl Kind for $ty {
+            type Out = $out;
+            const DOC: &'static str = $doc;
+            fn read($v: &Val) -> Result<$out, Bad> $read
+            fn show($x: &$out) -> Option<String> { Some($show) }
+        }
+    )+};
+}
+
+const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
+const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
+const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
+
+kinds! {
+    Duration => Duration, "duration", |v| {
+        let text = v.value.get_ref().as_str();
+        let text = text.ok_or_else(|| v.wrong_type("a duration string", DURATION))?;
         humantime::parse_duration(text.trim()).map_err(|e| {
             // humantime appends the whole unit table to unknown units; the hint suffices.
             let why = e.to_string();
             let why = why.split(", supported units").next().unwrap_or_default();
-            v.bad(format!("{text:?} is not a duration ({why}); {HINT}"))
+            v.bad(format!("{text:?} is not a duration ({why}); {DURATION}"))
         })
-    }
-    fn show(value: &Duration) -> Option<String> {
-        Some(quoted(&format_duration(*value)))
-    }
-}
+    } |d| quoted(&format_duration(*d));
 
-impl Kind for bool {
-    type Out = bool;
-    const DOC: &'static str = "boolean";
-    fn read(v: &Val) -> Result<bool, Bad> {
+    bool => bool, "boolean", |v| {
         let hint = "write true or false, without quotes";
-        (v.value.get_ref().as_bool()).ok_or_else(|| v.wrong_type("true or false", hint))
-    }
-    fn show(value: &bool) -> Option<String> {
-        Some(value.to_string())
-    }
-}
+        v.value.get_ref().as_bool().ok_or_else(|| v.wrong_type("true or false", hint))
+    } |b| b.to_string();
 
-/// An exit code, 1 to 255.
-pub struct ExitCode;
+    ExitCode => u8, "integer, 1 to 255", |v| {
+        let code = v.integer(EXIT_CODE)?;
+        let out_of_range = || v.bad(format!("{code} is out of range; use {EXIT_CODE}"));
+        u8::try_from(code).ok().filter(|c| *c != 0).ok_or_else(out_of_range)
+    } |code| code.to_string();
 
-impl Kind for ExitCode {
-    type Out = u8;
-    const DOC: &'static str = "integer, 1 to 255";
-    fn read(v: &Val) -> Result<u8, Bad> {
-        const RANGE: &str = "an exit code from 1 to 255 (default 75)";
-        let code = v.integer(RANGE)?;
-        let out_of_range = || v.bad(format!("{code} is out of range; use {RANGE}"));
-        u8::try_from(code)
-            .ok()
-            .filter(|c| *c != 0)
-            .ok_or_else(out_of_range)
-    }
-    fn show(value: &u8) -> Option<String> {
-        Some(value.to_string())
-    }
-}
-
-/// A number of restarts.
-pub struct Restarts;
-
-impl Kind for Restarts {
-    type Out = u32;
-    const DOC: &'static str = "integer, 0 or more";
-    fn read(v: &Val) -> Result<u32, Bad> {
+    Restarts => u32, "integer, 0 or more", |v| {
         let max = v.integer("a number of restarts (0 or more)")?;
-        u32::try_from(max).map_err(|_| {
-            let limit = u32::MAX;
-            v.bad(format!(
-                "{max} is out of range; use 0 to {limit}, or leave the key out for no limit"
-            ))
-        })
-    }
-    fn show(value: &u32) -> Option<String> {
-        Some(value.to_string())
-    }
-}
+        let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
+        u32::try_from(max).map_err(|_| v.bad(format!("{max} is out of range; {use_}")))
+    } |max| max.to_string();
 
-/// A directory, not empty.
-pub struct Dir;
-
-impl Kind for Dir {
-    type Out = PathBuf;
-    const DOC: &'static str = "string";
-    fn read(v: &Val) -> Result<PathBuf, Bad> {
+    Dir => PathBuf, "string", |v| {
         match v.string("write a directory in quotes, like \".worktrees\"")? {
             "" => Err(v.bad("the directory is empty; use a directory like \".worktrees\"")),
             dir => Ok(PathBuf::from(dir)),
         }
-    }
-    fn show(value: &PathBuf) -> Option<String> {
-        Some(quoted(&value.to_string_lossy()))
-    }
-}
+    } |dir| quoted(&dir.to_string_lossy());
 
-/// A git branch name prefix: git's ref-name rules, as far as a prefix can break them.
-pub struct BranchPrefix;
-
-impl BranchPrefix {
-    fn check(prefix: &str) -> Result<(), &'static str> {
-        let parts = || prefix.split('/');
-        if prefix.starts_with('/') || prefix.starts_with('-') {
-            Err("it may not start with / or -")
-        } else if prefix.contains("..") || prefix.contains("//") || prefix.contains("@{") {
-            Err("it may not contain .., // or @{")
-        } else if (prefix.chars()).any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c)) {
-            Err("it may not contain spaces, control characters or any of ~^:?*[\\")
-        } else if parts().any(|part| part.starts_with('.')) {
-            Err("no part of it may start with a dot")
-        } else if parts().any(|part| part.ends_with(".lock")) {
-            Err("no part of it may end in .lock")
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl Kind for BranchPrefix {
-    type Out = String;
-    const DOC: &'static str = "string";
-    fn read(v: &Val) -> Result<String, Bad> {
+    BranchPrefix => String, "string", |v| {
         let prefix = v.string("write a prefix in quotes, like \"ralph/\"")?;
-        BranchPrefix::check(prefix).map_err(|why| {
-            v.bad(format!(
-                "{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\""
-            ))
-        })?;
-        Ok(prefix.to_string())
-    }
-    fn show(value: &String) -> Option<String> {
-        Some(quoted(value))
-    }
-}
+        let parts = || prefix.split('/');
+        let why = if prefix.starts_with('/') || prefix.starts_with('-') {
+            "it may not start with / or -"
+        } else if prefix.contains("..") || prefix.contains("//") || prefix.contains("@{") {
+            "it may not contain .., // or @{"
+        } else if prefix.chars().any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c)) {
+            "it may not contain spaces, control characters or any of ~^:?*[\\"
+        } else if parts().any(|part| part.starts_with('.')) {
+            "no part of it may start with a dot"
+        } else if parts().any(|part| part.ends_with(".lock")) {
+            "no part of it may end in .lock"
+        } else {
+            return Ok(prefix.to_string());
+        };
+        let use_ = "use a prefix like \"ralph/\"";
+        Err(v.bad(format!("{prefix:?} is not a usable branch prefix ({why}); {use_}")))
+    } |prefix| quoted(prefix);
 
-/// A signal, by name (`"TERM"`, `"SIGTERM"`) or number.
-pub struct Signal;
-
-impl Kind for Signal {
-    type Out = i32;
-    const DOC: &'static str = "string or integer";
-    fn read(v: &Val) -> Result<i32, Bad> {
-        const HINT: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
+    Signal => i32, "string or integer", |v| {
         let text = match v.value.get_ref() {
             DeValue::String(s) => s.to_string(),
-            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-                Ok(n) => n.to_string(),
-                Err(_) => i.as_str().to_string(),
-            },
-            _ => return Err(v.wrong_type("a signal name or number", HINT)),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .map_or_else(|_| i.as_str().to_string(), |n| n.to_string()),
+            _ => return Err(v.wrong_type("a signal name or number", SIGNAL)),
         };
         match crate::signals::parse(&text) {
             Ok(signal) => Ok(signal as i32),
             Err(_) if v.value.get_ref().is_integer() => {
-                Err(v.bad(format!("{text} is not a signal number; {HINT}")))
+                Err(v.bad(format!("{text} is not a signal number; {SIGNAL}")))
             }
-            Err(_) => Err(v.bad(format!("{text:?} is not a signal; {HINT}"))),
+            Err(_) => Err(v.bad(format!("{text:?} is not a signal; {SIGNAL}"))),
         }
-    }
-    fn show(value: &i32) -> Option<String> {
-        Some(quoted(&crate::signals::name(*value)))
-    }
-}
+    } |signal| quoted(&crate::signals::name(*signal));
 
-/// Environment variables: names without `=` or NUL, string values without NUL.
-pub struct Env;
-
-impl Kind for Env {
-    type Out = BTreeMap<String, String>;
-    const DOC: &'static str = "table of strings";
-    fn read(v: &Val) -> Result<Self::Out, Bad> {
-        const HINT: &str = "write a [run.env] section with lines like NAME = \"value\"";
+    Env => BTreeMap<String, String>, "table of strings", |v| {
+        let hint = "write a [run.env] section with lines like NAME = \"value\"";
         let DeValue::Table(table) = v.value.get_ref() else {
-            return Err(v.wrong_type("a table", HINT));
+            return Err(v.wrong_type("a table", hint));
         };
         let mut env = BTreeMap::new();
         for (name, value) in in_file_order(table) {
             let (span, name) = (name.span(), name.get_ref().as_ref());
             if name.is_empty() || name.contains(['=', '\0']) {
-                return Err(Bad::at(
-                    span,
-                    format!(
-                        "run.env: {name:?} is not a usable variable name; use a name without = or NUL, like RUST_LOG"
-                    ),
-                ));
+                let use_ = "use a name without = or NUL, like RUST_LOG";
+                let msg = format!("run.env: {name:?} is not a usable variable name; {use_}");
+                return Err(Bad::at(span, msg));
             }
             let full = format!("run.env.{name}");
             let v = Val { key: &full, value };
-            let hint = format!("write the value in quotes, like {} = \"1\"", toml_key(name));
-            let text = v.string(&hint)?;
+            let text = v.string(&format!("write the value in quotes, like {} = \"1\"", toml_key(name)))?;
             if text.contains('\0') {
                 return Err(v.bad("the value contains a NUL character; remove it"));
             }
             env.insert(name.to_string(), text.to_string());
         }
         Ok(env)
-    }
-    fn show(env: &Self::Out) -> Option<String> {
-        let pairs: Vec<String> = (env.iter())
-            .map(|(k, v)| format!("{} = {}", toml_key(k), quoted(v)))
-            .collect();
-        Some(match pairs.is_empty() {
-            true => "{}".to_string(),
-            false => format!("{{ {} }}", pairs.join(", ")),
-        })
-    }
-}
+    } |env| {
+        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{} = {}", toml_key(k), quoted(v))).collect();
+        if pairs.is_empty() { "{}".to_string() } else { format!("{{ {} }}", pairs.join(", ")) }
+    };
 
-/// One of [`LOG_LEVELS`].
-pub struct LogLevel;
-
-impl Kind for LogLevel {
-    type Out = String;
-    const DOC: &'static str = "string";
-    fn read(v: &Val) -> Result<String, Bad> {
+    LogLevel => String, "string", |v| {
         let list = LOG_LEVELS.join(", ");
         let level = v.string(&format!("write one of {list}, in quotes"))?;
         match LOG_LEVELS.contains(&level) {
             true => Ok(level.to_string()),
             false => Err(v.bad(format!("{level:?} is not valid; expected one of {list}"))),
         }
-    }
-    fn show(value: &String) -> Option<String> {
-        Some(quoted(value))
-    }
+    } |level| quoted(level);
 }

@@ -1,33 +1,27 @@
 //! The policy file: where it is found, how it is read and checked, and how it combines
-//! with the command line into the effective [`Policy`].
+//! with the command line into the effective [`Policy`]. Precedence, highest first:
+//! command-line flags ([`Overrides`]), the one policy file [`find`] picks (files are not
+//! merged), built-in defaults.
 //!
-//! Precedence, highest first: command-line flags ([`Overrides`]), the one policy file
-//! [`find`] picks, built-in defaults. Only one file is ever read; files are not merged.
-//!
-//! Every key is declared once, in the [`schema!`] table below: its section, [`Kind`]
-//! (which reads, checks and prints the value), default, documentation and flag. The
-//! section structs, [`Overrides`], `policy show` and `ralph-supervise.toml(5)` all come
-//! from that table. To add a key, add one line to it (and a flag in `cli.rs` if it has
-//! one). Every complaint about a file is one line naming `file:line:column`, what is
-//! wrong and what to do, and exits 78 ([`ExitStatus::BadPolicy`]).
+//! Every key is declared once, in the `schema!` table below: section, [`Kind`] (which
+//! reads, checks and prints the value), default, man page text and flag. The section
+//! structs, [`Overrides`], the reader, `policy show` and `ralph-supervise.toml(5)` come
+//! from it. A new key is one entry there (and, with a flag, one field in `cli.rs`).
+//! A bad file is one line, `file:line:col: what; what to do`, and exit 78.
 
-mod doc;
 mod kinds;
 mod read;
 mod show;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::io;
+use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use doc::man_page;
-pub use kinds::{
-    BranchPrefix, Dir, Env, ExitCode, Keyword, Kind, LOG_LEVELS, LogLevel, Restarts, Signal,
-};
+pub use kinds::*;
 pub use read::{Bad, Val, load, parse_str};
-pub use show::{format_duration, show};
+pub use show::{format_duration, man_page, show};
 
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
 
@@ -38,39 +32,28 @@ pub const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
 /// The user's policy file, relative to `$XDG_CONFIG_HOME`.
 pub const USER_FILE: &str = "ralph-supervise/policy.toml";
 
-/// Declares a closed set of keywords: the enum, [`Keyword`] (spellings, CLI help, and
-/// the man page's text for each value), `FromStr` and `Display`.
+/// Declares closed sets of keywords: each enum with [`Keyword`] (its spellings, their
+/// `--help` text and their man page text), `FromStr` and `Display`.
 macro_rules! keywords {
-    ($(#[$meta:meta])* $name:ident {
-        $($(#[$vmeta:meta])* $variant:ident = $text:literal, $help:literal, $man:literal;)+
-    }) => {
+    ($($(#[$meta:meta])* $name:ident {
+        $($variant:ident = $text:literal, $help:literal, $man:literal;)+
+    })+) => {$(
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vmeta])* #[doc = $man] $variant,)+ }
-
+        pub enum $name { $(#[doc = $man] $variant,)+ }
         impl Keyword for $name {
             const ALL: &'static [$name] = &[$($name::$variant),+];
             const VALUES: &'static [(&'static str, &'static str)] = &[$(($text, $man)),+];
-            fn help(self) -> &'static str {
-                match self { $($name::$variant => $help,)+ }
-            }
+            fn help(self) -> &'static str { match self { $($name::$variant => $help,)+ } }
         }
-
         impl std::str::FromStr for $name {
             type Err = String;
-            fn from_str(text: &str) -> Result<$name, String> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == text).ok_or_else(|| {
-                    format!("{text:?} is not valid; expected one of {}", Self::list())
-                })
-            }
+            fn from_str(text: &str) -> Result<$name, String> { Keyword::parse(text) }
         }
-
         impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
         }
-    };
+    )+};
 }
 
 keywords! {
@@ -85,38 +68,24 @@ keywords! {
         Takeover = "takeover", "Stop the holder (grace, then KILL) and take the lock",
             "Stop the holder as `ralph-supervise stop` does (its grace, then KILL), then take the lock.";
     }
-}
-
-keywords! {
     /// What `wait` does once `wait_timeout` expires.
     AfterTimeout {
-        Fail = "fail", "Exit with the conflict code", "Exit with `exit_code`.";
-        Worktree = "worktree", "Run the command in a new git worktree",
-            "Run the command in a new git worktree.";
+        Fail = "fail", "", "Exit with `exit_code`.";
+        Worktree = "worktree", "", "Run the command in a new git worktree.";
     }
-}
-
-keywords! {
     /// What happens to a worktree when its loop ends.
     OnExit {
-        Keep = "keep", "Leave it in place", "Leave it in place.";
-        RemoveIfClean = "remove-if-clean",
-            "Remove it if it has no changes and no commits beyond its base",
+        Keep = "keep", "", "Leave it in place.";
+        RemoveIfClean = "remove-if-clean", "",
             "Remove it if it has no changes and no commits beyond its base.";
-        QueueMerge = "queue-merge", "On exit 0, queue it in `.ralph/merge-queue.jsonl`",
+        QueueMerge = "queue-merge", "",
             "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
     }
-}
-
-keywords! {
     /// What happens to members of the child's process group left after it exits.
     Orphans {
-        Kill = "kill", "TERM, then KILL after the grace", "TERM, then KILL after `grace`.";
-        Leave = "leave", "Leave them running", "Leave them running.";
+        Kill = "kill", "", "TERM, then KILL after `grace`.";
+        Leave = "leave", "", "Leave them running.";
     }
-}
-
-keywords! {
     /// When the child is started again after it exits.
     RestartPolicy {
         Never = "never", "Never", "Never.";
@@ -124,9 +93,6 @@ keywords! {
             "When it exits non-zero or is killed by a signal.";
         Always = "always", "Whenever it exits (a stop still ends the run)", "Whenever it exits.";
     }
-}
-
-keywords! {
     /// The format of the supervisor's own log lines.
     LogFormat {
         Text = "text", "", "For people.";
@@ -134,8 +100,8 @@ keywords! {
     }
 }
 
-/// Declares every key once; see the module documentation. Each line is
-/// `key: Kind = default, "man page text" [, unset "what None means"] [, flag field: Type];`.
+/// Declares every key once; see the module documentation. Each entry is
+/// `key: Kind = default, "man page text" [, unset "what unset means"] [, flag field: Type];`.
 macro_rules! schema {
     ($($(#[$sdoc:meta])* [$sec:ident] $Sec:ident {
         $($key:ident: $kind:ty = $default:expr, $doc:literal
@@ -145,15 +111,11 @@ macro_rules! schema {
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $Sec { $(#[doc = $doc] pub $key: <$kind as Kind>::Out,)+ })+
 
-        /// The effective policy: every value resolved.
+        /// The effective policy: every value resolved. `default()` is the built-in one.
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct Policy { $(pub $sec: $Sec,)+ }
-
         impl Default for Policy {
-            /// The built-in defaults.
-            fn default() -> Policy {
-                Policy { $($sec: $Sec { $($key: $default,)+ },)+ }
-            }
+            fn default() -> Policy { Policy { $($sec: $Sec { $($key: $default,)+ },)+ } }
         }
 
         /// Values given on the command line, one per flag. All optional; set ones win.
@@ -162,11 +124,12 @@ macro_rules! schema {
 
         /// Every section and its keys, in documentation order.
         pub const SECTIONS: &[(&str, &[&str])] = &[$((stringify!($sec), &[$(stringify!($key)),+])),+];
-
         /// Every key, as `"section.key"`, in documentation order.
         pub const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
 
         const TABLE: &[Key] = &[$($(Key {
+            section: stringify!($sec),
+            name: stringify!($key),
             full: concat!(stringify!($sec), ".", stringify!($key)),
             doc: $doc,
             kind: <$kind as Kind>::DOC,
@@ -177,10 +140,7 @@ macro_rules! schema {
             copy: |p, from| p.$sec.$key = from.$sec.$key.clone(),
             show: |p| <$kind as Kind>::show(&p.$sec.$key),
             flagged: |_p, _o| {
-                $(if let Some(v) = &_o.$flag {
-                    _p.$sec.$key = v.clone().into();
-                    return true;
-                })?
+                $(if let Some(v) = &_o.$flag { _p.$sec.$key = v.clone().into(); return true; })?
                 false
             },
         }),+),+];
@@ -254,6 +214,8 @@ schema! {
 
 /// One row of the key table.
 struct Key {
+    section: &'static str,
+    name: &'static str,
     full: &'static str,
     doc: &'static str,
     kind: &'static str,
@@ -271,43 +233,36 @@ fn key(full: &str) -> Option<&'static Key> {
 }
 
 impl Conflict {
-    /// The policy that applies: the configured one, else `worktree` in a git
-    /// repository and `fail` elsewhere.
+    /// The configured policy, else `worktree` in a git repository and `fail` elsewhere.
     pub fn effective(&self, in_git_repo: bool) -> OnConflict {
-        match self.policy {
-            Some(policy) => policy,
-            None if in_git_repo => OnConflict::Worktree,
-            None => OnConflict::Fail,
+        match (self.policy, in_git_repo) {
+            (Some(policy), _) => policy,
+            (None, true) => OnConflict::Worktree,
+            (None, false) => OnConflict::Fail,
         }
     }
 }
 
-/// Where a value came from.
+/// Where a value came from: built in, the policy file at this path, or a flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// Built in.
     Default,
-    /// The policy file at this path.
     File(PathBuf),
-    /// A command-line flag; [`flag_for`] names it.
     Flag,
 }
 
-/// One policy file as written: the keys it sets (as `"section.key"`), with their
-/// values in `values` (every other value there is the default).
+/// One policy file as written: the keys it sets, with their values in `values`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyFile {
     pub values: Policy,
     pub set: BTreeSet<&'static str>,
 }
 
-/// The effective policy, the file it came from, and where each value came from.
+/// The effective policy, the file read (if any), and the [`Source`] of every key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Effective {
     pub policy: Policy,
-    /// The policy file read, if any.
     pub file: Option<PathBuf>,
-    /// Provenance of every key in [`KEYS`], keyed `"section.key"`.
     pub sources: BTreeMap<&'static str, Source>,
 }
 
@@ -318,11 +273,10 @@ impl Effective {
     }
 }
 
-/// The command-line flag that sets `key` (`"stop.grace"` → `--stop-grace`), if any.
+/// The command-line flag that sets `key` (`"stop.grace"`: `--stop-grace`), if any.
 pub fn flag_for(full: &str) -> Option<String> {
-    key(full)?
-        .flag
-        .map(|f| format!("--{}", f.replace('_', "-")))
+    let flag = key(full)?.flag?;
+    Some(format!("--{}", flag.replace('_', "-")))
 }
 
 /// The process environment, for [`find`].
@@ -330,85 +284,60 @@ pub fn process_env(name: &str) -> Option<OsString> {
     std::env::var_os(name)
 }
 
-/// Picks the policy file, in this order: `explicit` (`--policy FILE`),
-/// `$RALPH_SUPERVISE_POLICY`, `<workspace>/.ralph/supervise.toml`,
-/// `$XDG_CONFIG_HOME/ralph-supervise/policy.toml` (`$HOME/.config` when
-/// `XDG_CONFIG_HOME` is unset, empty or relative), else none.
-///
-/// A file named by `--policy` or the environment must exist (else exit 78, naming it);
-/// the implicit ones are skipped when absent. An empty `$RALPH_SUPERVISE_POLICY` counts
-/// as unset. A path that exists but cannot be read is returned, so [`load`] reports why.
+/// Picks the policy file: `explicit` (`--policy FILE`), `$RALPH_SUPERVISE_POLICY` (when
+/// not empty), `<workspace>/.ralph/supervise.toml`, `$XDG_CONFIG_HOME/ralph-supervise/
+/// policy.toml` (`$HOME/.config` when `XDG_CONFIG_HOME` is unset, empty or relative),
+/// else none. The first two must exist (else exit 78); the others are skipped when
+/// absent. A path that exists but cannot be read is returned, so [`load`] reports why.
 pub fn find(
     explicit: Option<&Path>,
     workspace: &Path,
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Option<PathBuf>, Failure> {
-    if let Some(path) = explicit {
-        return required(path, "given by --policy", "check the path");
-    }
-    if let Some(value) = env(ENV_POLICY).filter(|v| !v.is_empty()) {
-        return required(
-            Path::new(&value),
-            "named by $RALPH_SUPERVISE_POLICY",
-            "check the path, or unset the variable",
-        );
-    }
-    let workspace_file = workspace.join(WORKSPACE_FILE);
-    if present(&workspace_file) {
-        return Ok(Some(workspace_file));
-    }
-    let config_home = env("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| {
-            env("HOME")
-                .filter(|h| !h.is_empty())
-                .map(|h| PathBuf::from(h).join(".config"))
-        });
-    Ok(config_home
-        .map(|dir| dir.join(USER_FILE))
-        .filter(|file| present(file)))
-}
-
-fn required(path: &Path, how: &str, fix: &str) -> Result<Option<PathBuf>, Failure> {
+    let named = env(ENV_POLICY).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let (path, how) = match (explicit, &named) {
+        (Some(path), _) => (path, "given by --policy); check the path"),
+        (None, Some(path)) => (
+            path.as_path(),
+            "named by $RALPH_SUPERVISE_POLICY); check the path, or unset the variable",
+        ),
+        (None, None) => {
+            let config = env("XDG_CONFIG_HOME").map(PathBuf::from);
+            let home = env("HOME").filter(|h| !h.is_empty());
+            let config = (config.filter(|p| p.is_absolute()))
+                .or_else(|| home.map(|h| PathBuf::from(h).join(".config")));
+            let user_file = config.map(|c| c.join(USER_FILE));
+            let found = [Some(workspace.join(WORKSPACE_FILE)), user_file].into_iter();
+            return Ok(found.flatten().find(|p| present(p)));
+        }
+    };
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Failure::msg(
+        Err(e) if e.kind() == NotFound => Err(Failure::msg(
             ExitStatus::BadPolicy,
-            format!("{}: policy file not found ({how}); {fix}", path.display()),
+            format!("{}: policy file not found ({how}", path.display()),
         )),
         _ => Ok(Some(path.to_path_buf())),
     }
 }
 
-/// Whether an implicit candidate is there: a file that exists counts even if we may not
-/// read it (so it is reported rather than silently skipped); one whose directory we may
-/// not even search (a service user with `HOME=/root`) cannot be known to exist, and is
-/// skipped like a missing one.
+/// Whether an implicit candidate is there: one that exists counts even if unreadable (so
+/// it is reported); one in a directory we may not search (a service user with
+/// `HOME=/root`) cannot be known to exist, and is skipped like a missing one.
 fn present(path: &Path) -> bool {
-    match std::fs::metadata(path) {
-        Ok(_) => true,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::NotFound
-                | io::ErrorKind::PermissionDenied
-                | io::ErrorKind::NotADirectory
-        ),
-    }
+    std::fs::metadata(path).map_or_else(
+        |e| !matches!(e.kind(), NotFound | PermissionDenied | NotADirectory),
+        |_| true,
+    )
 }
 
 /// Combines the file and the flags: flags override the file, the file overrides the
-/// built-in defaults. If the resulting `backoff_initial` is longer than `backoff_max`,
-/// `backoff_max` is raised to it (and credited to the same source), so `--restart-delay
-/// 2m` means two minutes even against the default 60 s cap.
+/// built-in defaults. A `backoff_max` shorter than the resulting `backoff_initial` is
+/// raised to it (credited to the same source): `--restart-delay 2m` means two minutes.
 pub fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
     let mut policy = Policy::default();
-    let mut sources: BTreeMap<&'static str, Source> =
-        KEYS.iter().map(|key| (*key, Source::Default)).collect();
-    let path = file.as_ref().map(|(path, _)| path.clone());
+    let mut sources: BTreeMap<_, _> = KEYS.iter().map(|key| (*key, Source::Default)).collect();
     for key in TABLE {
-        if let Some((path, f)) = &file
-            && f.set.contains(key.full)
-        {
+        if let Some((path, f)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
             (key.copy)(&mut policy, &f.values);
             sources.insert(key.full, Source::File(path.clone()));
         }
@@ -419,12 +348,15 @@ pub fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effect
     let restart = &mut policy.restart;
     if restart.backoff_max < restart.backoff_initial {
         restart.backoff_max = restart.backoff_initial;
-        let source = sources["restart.backoff_initial"].clone();
-        sources.insert("restart.backoff_max", source);
+        sources.insert(
+            "restart.backoff_max",
+            sources["restart.backoff_initial"].clone(),
+        );
     }
+    let file = file.map(|(path, _)| path);
     Effective {
         policy,
-        file: path,
+        file,
         sources,
     }
 }
@@ -436,10 +368,10 @@ pub fn effective(
     env: &dyn Fn(&str) -> Option<OsString>,
     flags: &Overrides,
 ) -> Result<Effective, Failure> {
-    let file = match find(explicit, workspace, env)? {
-        Some(path) => Some((path.clone(), load(&path)?)),
-        None => None,
-    };
+    let found = find(explicit, workspace, env)?;
+    let file = found
+        .map(|path| load(&path).map(|f| (path, f)))
+        .transpose()?;
     Ok(resolve(file, flags))
 }
 

@@ -1,16 +1,16 @@
 //! Reading a policy file: TOML's spanned document tree, walked in file order against the
-//! key table, so the first problem in the file is reported as `file:line:col`.
+//! key table, so the first problem in the file is reported, as `file:line:col`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::Display;
 use std::ops::Range;
 use std::path::Path;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{PolicyFile, SECTIONS, key};
+use super::{PolicyFile, SECTIONS, format_duration, key, show::quoted};
 use crate::exit::{ExitStatus, Failure};
 
 /// A complaint about the policy text, at a byte offset.
@@ -22,11 +22,8 @@ pub struct Bad {
 
 impl Bad {
     pub(crate) fn at(span: Range<usize>, msg: impl Into<String>) -> Bad {
-        let msg = msg.into();
-        Bad {
-            at: Some(span.start),
-            msg,
-        }
+        let (at, msg) = (Some(span.start), msg.into());
+        Bad { at, msg }
     }
 }
 
@@ -37,7 +34,7 @@ pub struct Val<'a, 'i> {
 }
 
 impl Val<'_, '_> {
-    pub(crate) fn bad(&self, what: impl fmt::Display) -> Bad {
+    pub(crate) fn bad(&self, what: impl Display) -> Bad {
         Bad::at(self.value.span(), format!("{}: {what}", self.key))
     }
 
@@ -47,7 +44,7 @@ impl Val<'_, '_> {
         Bad::at(self.value.span(), msg)
     }
 
-    /// `hint` says what to write instead.
+    /// A string; `hint` says what to write instead.
     pub(crate) fn string(&self, hint: &str) -> Result<&str, Bad> {
         let text = self.value.get_ref().as_str();
         text.ok_or_else(|| self.wrong_type("a string", hint))
@@ -57,29 +54,29 @@ impl Val<'_, '_> {
         let Some(int) = self.value.get_ref().as_integer() else {
             return Err(self.wrong_type("an integer", &format!("write {example}, without quotes")));
         };
-        i64::from_str_radix(int.as_str(), int.radix())
-            .map_err(|_| self.bad(format!("{} is out of range; use {example}", int.as_str())))
+        let out_of_range = |_| self.bad(format!("{} is out of range; use {example}", int.as_str()));
+        i64::from_str_radix(int.as_str(), int.radix()).map_err(out_of_range)
     }
 }
 
 /// Reads, parses and checks one policy file.
 pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
     let bytes = std::fs::read(path).map_err(|e| {
-        let msg = "check that the policy file exists and is readable";
+        let fix = "check that the policy file exists and is readable";
         Failure::msg(
             ExitStatus::BadPolicy,
-            format!("{}: {e}; {msg}", path.display()),
+            format!("{}: {e}; {fix}", path.display()),
         )
     })?;
-    match std::str::from_utf8(&bytes) {
-        Ok(text) => parse_str(text, path),
-        Err(e) => {
+    std::str::from_utf8(&bytes).map_or_else(
+        |e| {
             // Report where the bad bytes begin, on the valid prefix.
             let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
             let msg = "the file is not valid UTF-8; save it as UTF-8 text";
             Err(located(path, valid, Some(e.valid_up_to()), msg))
-        }
-    }
+        },
+        |text| parse_str(text, path),
+    )
 }
 
 /// Parses and checks policy text as if read from `path` (named in errors as
@@ -99,49 +96,37 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let mut file = PolicyFile::default();
     let mut spans = BTreeMap::new();
     for (name, section) in in_file_order(doc.get_ref()) {
-        let section_name = name.get_ref().as_ref();
+        let (at, section_name) = (name.span(), name.get_ref().as_ref());
         let Some((_, keys)) = SECTIONS.iter().find(|(s, _)| *s == section_name) else {
             let what = match section.get_ref().is_table() {
                 true => format!("unknown section [{section_name}]"),
                 false => format!("unknown key {section_name:?} at top level"),
             };
             let sections: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
-            let msg = format!(
-                "{what}; expected one of the sections {}",
-                sections.join(", ")
-            );
-            return Err(Bad::at(name.span(), msg));
+            let expected = format!("expected one of the sections {}", sections.join(", "));
+            return Err(Bad::at(at, format!("{what}; {expected}")));
         };
+        let must = format!("{section_name} must be a section, found");
         let table = match section.get_ref() {
             DeValue::Table(table) => table,
             DeValue::Array(_) => {
-                return Err(Bad::at(
-                    name.span(),
-                    format!(
-                        "{section_name} must be a section, found an array; write a [{section_name}] section (one pair of brackets)"
-                    ),
-                ));
+                let fix = format!("write a [{section_name}] section (one pair of brackets)");
+                return Err(Bad::at(at, format!("{must} an array; {fix}")));
             }
             other => {
-                return Err(Bad::at(
-                    name.span(),
-                    format!(
-                        "{section_name} must be a section, found {}; put its keys under a [{section_name}] header",
-                        a(other.type_str())
-                    ),
-                ));
+                let found = a(other.type_str());
+                let fix = format!("put its keys under a [{section_name}] header");
+                return Err(Bad::at(at, format!("{must} {found}; {fix}")));
             }
         };
         for (name, value) in in_file_order(table) {
-            let key_name = name.get_ref().as_ref();
+            let (at, key_name) = (name.span(), name.get_ref().as_ref());
             let full = format!("{section_name}.{key_name}");
             let Some(key) = key(&full) else {
+                let what = format!("unknown key {key_name:?} in [{section_name}]");
                 return Err(Bad::at(
-                    name.span(),
-                    format!(
-                        "unknown key {key_name:?} in [{section_name}]; expected one of {}",
-                        keys.join(", ")
-                    ),
+                    at,
+                    format!("{what}; expected one of {}", keys.join(", ")),
                 ));
             };
             (key.read)(&mut file.values, &Val { key: &full, value })?;
@@ -150,20 +135,15 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
         }
     }
     // Checked once the whole file is read: `backoff_max` may come first.
-    let restart = &file.values.restart;
+    let (restart, dur) = (&file.values.restart, |d| quoted(&format_duration(d)));
     if let Some(span) = spans.get("restart.backoff_max")
         && file.set.contains("restart.backoff_initial")
         && restart.backoff_max < restart.backoff_initial
     {
-        let show = |d| super::show::quoted(&super::format_duration(d));
-        return Err(Bad::at(
-            span.clone(),
-            format!(
-                "restart.backoff_max {} is shorter than restart.backoff_initial {}; make it at least as long",
-                show(restart.backoff_max),
-                show(restart.backoff_initial)
-            ),
-        ));
+        let (max, initial) = (dur(restart.backoff_max), dur(restart.backoff_initial));
+        let what = format!("restart.backoff_max {max} is shorter than restart.backoff_initial");
+        let msg = format!("{what} {initial}; make it at least as long");
+        return Err(Bad::at(span.clone(), msg));
     }
     Ok(file)
 }
@@ -171,11 +151,8 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
 /// `<file>:<line>:<col>: <msg>`, status 78. Line and column are 1-based; the column
 /// counts characters.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
-    let place = match at {
-        Some(offset) => {
-            let (line, col) = line_col(text, offset);
-            format!("{}:{line}:{col}", path.display())
-        }
+    let place = match at.map(|offset| line_col(text, offset)) {
+        Some((line, col)) => format!("{}:{line}:{col}", path.display()),
         None => path.display().to_string(),
     };
     Failure::msg(ExitStatus::BadPolicy, format!("{place}: {msg}"))
@@ -188,15 +165,14 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
         offset -= 1;
     }
     let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
+    let col = before[line_start..].chars().count() + 1;
+    (before.matches('\n').count() + 1, col)
 }
 
 type Entry<'a, 'i> = (&'a Spanned<Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
 
-/// Table entries in the order they appear in the file, so the first problem in the file
-/// is the one reported.
+/// Table entries in the order they appear in the file.
 pub(crate) fn in_file_order<'a, 'i>(table: &'a DeTable<'i>) -> Vec<Entry<'a, 'i>> {
     let mut entries: Vec<_> = table.iter().collect();
     entries.sort_by_key(|(key, _)| key.span().start);

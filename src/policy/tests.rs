@@ -929,7 +929,7 @@ fn the_policy_page_documents_every_key_with_its_default() {
     assert_eq!(documented, KEYS, "the key table must follow KEYS");
     let defaults: BTreeMap<&str, String> = KEYS
         .iter()
-        .map(|key| (*key, doc::default_of(key).expect("a default")))
+        .map(|key| (*key, show::default_of(super::key(key).unwrap())))
         .collect();
     assert_eq!(defaults["stop.grace"], "\"10s\"");
     assert_eq!(defaults["conflict.exit_code"], "75");
