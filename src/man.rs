@@ -73,7 +73,7 @@ pub fn render(cmd: clap::Command) -> Vec<(String, Vec<u8>)> {
         splice(roff, &body(&extra));
     }
 
-    pages.push((format!("{top}.toml.5"), policy::man_page(&top, &version)));
+    pages.push((format!("{top}.toml.5"), policy::man_page(&version)));
     pages
 }
 

@@ -1,7 +1,6 @@
-//! The kinds of value a key can hold. Each reads and checks its value (with the message
-//! and hint for each mistake) and prints it back as TOML. Kinds with rules of their own
-//! are marker types ([`Signal`], [`BranchPrefix`], ...) whose [`Kind::Out`] is the plain
-//! value the rest of the crate uses (`i32`, `String`, ...).
+//! The kinds of value a key can hold: each reads and checks its value (a message and a
+//! hint for each mistake) and prints it as TOML. Kinds with rules of their own are marker
+//! types ([`Signal`], [`BranchPrefix`], ...) whose [`Kind::Out`] is the plain value.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,37 +14,29 @@ use super::show::{format_duration, quoted, toml_key};
 /// Log levels `log.level` accepts, least verbose first.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
-/// How one key's value is read from the file and printed back.
+/// How a key's value is read, checked and shown. `DOC` names the type in the man page;
+/// `VALUES` lists a keyword's spellings and meanings; `show` is `None` when unset.
 pub trait Kind {
-    /// The value the effective [`Policy`](super::Policy) holds.
     type Out: Clone;
-    /// The type named in the man page.
     const DOC: &'static str;
-    /// For keywords: every spelling and its man page text.
     const VALUES: &'static [(&'static str, &'static str)] = &[];
     fn read(v: &Val) -> Result<Self::Out, Bad>;
-    /// The value as TOML; `None` for an unset optional value.
     fn show(value: &Self::Out) -> Option<String>;
 }
 
-/// A closed set of lowercase keywords (declared with `keywords!`).
+/// A closed set of keywords (declared with `keywords!`): every value, in documentation
+/// order, with its spelling and man text, and its `--help` text (may be empty).
 pub trait Keyword: Copy + PartialEq + Send + Sync + 'static {
-    /// Every value, in documentation order.
     const ALL: &'static [Self];
-    /// Every spelling with its man page text, in the order of [`Keyword::ALL`].
     const VALUES: &'static [(&'static str, &'static str)];
-    /// A one-line description for `--help` (empty: none).
     fn help(self) -> &'static str;
-    /// The spelling used in policy files and on the command line.
     fn as_str(self) -> &'static str {
         Self::VALUES[Self::ALL.iter().position(|v| *v == self).unwrap_or(0)].0
     }
-    /// The value spelled `text`.
     fn parse(text: &str) -> Result<Self, String> {
         let found = Self::ALL.iter().copied().find(|v| v.as_str() == text);
         found.ok_or_else(|| format!("{text:?} is not valid; expected one of {}", Self::list()))
     }
-    /// "a, b, c", for messages.
     fn list() -> String {
         let names: Vec<&str> = Self::VALUES.iter().map(|(name, _)| *name).collect();
         names.join(", ")
@@ -77,22 +68,7 @@ impl<K: Kind> Kind for Option<K> {
     }
 }
 
-/// An exit code, 1 to 255.
-pub struct ExitCode;
-/// A number of restarts.
-pub struct Restarts;
-/// A directory, not empty.
-pub struct Dir;
-/// A git branch name prefix: git's ref-name rules, as far as a prefix can break them.
-pub struct BranchPrefix;
-/// A signal, by name (`"TERM"`, `"SIGTERM"`) or number.
-pub struct Signal;
-/// Environment variables: names without `=` or NUL, values without NUL.
-pub struct Env;
-/// One of [`LOG_LEVELS`].
-pub struct LogLevel;
-
-/// `Type => Out, "man page type", |v| { read } |x| show;` for each kind.
+/// `Type => Out, "man page type", |v| { read } |x| shown;`, for each kind below.
 macro_rules! kinds {
     ($($ty:ty => $out:ty, $doc:literal, |$v:ident| $read:block |$x:ident| $show:expr;)+) => {$(
         impl Kind for $ty {
@@ -103,6 +79,18 @@ macro_rules! kinds {
         }
     )+};
 }
+
+/// An exit code, 1 to 255; a number of restarts; a directory, not empty.
+pub struct ExitCode;
+pub struct Restarts;
+pub struct Dir;
+/// A git branch name prefix (git's ref-name rules, as far as a prefix can break them).
+pub struct BranchPrefix;
+/// A signal, by name (`"TERM"`, `"SIGTERM"`) or number.
+pub struct Signal;
+/// Environment variables (names without `=` or NUL, values without NUL); a log level.
+pub struct Env;
+pub struct LogLevel;
 
 const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
@@ -193,9 +181,9 @@ kinds! {
                 let msg = format!("run.env: {name:?} is not a usable variable name; {use_}");
                 return Err(Bad::at(span, msg));
             }
-            let full = format!("run.env.{name}");
+            let (full, example) = (format!("run.env.{name}"), toml_key(name));
             let v = Val { key: &full, value };
-            let text = v.string(&format!("write the value in quotes, like {} = \"1\"", toml_key(name)))?;
+            let text = v.string(&format!("write the value in quotes, like {example} = \"1\""))?;
             if text.contains('\0') {
                 return Err(v.bad("the value contains a NUL character; remove it"));
             }

@@ -1,13 +1,8 @@
-//! The policy file: where it is found, how it is read and checked, and how it combines
-//! with the command line into the effective [`Policy`]. Precedence, highest first:
-//! command-line flags ([`Overrides`]), the one policy file [`find`] picks (files are not
-//! merged), built-in defaults.
-//!
-//! Every key is declared once, in the `schema!` table below: section, [`Kind`] (which
-//! reads, checks and prints the value), default, man page text and flag. The section
-//! structs, [`Overrides`], the reader, `policy show` and `ralph-supervise.toml(5)` come
-//! from it. A new key is one entry there (and, with a flag, one field in `cli.rs`).
-//! A bad file is one line, `file:line:col: what; what to do`, and exit 78.
+//! The policy: command-line flags ([`Overrides`]) over the one policy file [`find`] picks
+//! over built-in defaults. Every key is declared once, in `schema!` below (section,
+//! [`Kind`], default, man text, flag); the section structs, [`Overrides`], the reader,
+//! `policy show` and `ralph-supervise.toml(5)` are generated from it. A bad file is one
+//! line, `file:line:col: what; what to do`, and exit 78.
 
 mod kinds;
 mod read;
@@ -25,15 +20,12 @@ pub use show::{format_duration, man_page, show};
 
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
 
-/// Environment variable naming the policy file (second in the lookup order).
+/// The policy file names: in the environment, in the workspace, in `$XDG_CONFIG_HOME`.
 pub const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
-/// The workspace's own policy file, relative to the workspace.
 pub const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
-/// The user's policy file, relative to `$XDG_CONFIG_HOME`.
 pub const USER_FILE: &str = "ralph-supervise/policy.toml";
 
-/// Declares closed sets of keywords: each enum with [`Keyword`] (its spellings, their
-/// `--help` text and their man page text), `FromStr` and `Display`.
+/// Declares keyword enums: [`Keyword`] (spelling, `--help` and man text), `FromStr`, `Display`.
 macro_rules! keywords {
     ($($(#[$meta:meta])* $name:ident {
         $($variant:ident = $text:literal, $help:literal, $man:literal;)+
@@ -76,10 +68,8 @@ keywords! {
     /// What happens to a worktree when its loop ends.
     OnExit {
         Keep = "keep", "", "Leave it in place.";
-        RemoveIfClean = "remove-if-clean", "",
-            "Remove it if it has no changes and no commits beyond its base.";
-        QueueMerge = "queue-merge", "",
-            "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
+        RemoveIfClean = "remove-if-clean", "", "Remove it if it has no changes and no commits beyond its base.";
+        QueueMerge = "queue-merge", "", "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
     }
     /// What happens to members of the child's process group left after it exits.
     Orphans {
@@ -100,8 +90,7 @@ keywords! {
     }
 }
 
-/// Declares every key once; see the module documentation. Each entry is
-/// `key: Kind = default, "man page text" [, unset "what unset means"] [, flag field: Type];`.
+/// The key table: `key: Kind = default, "man text" [, unset "meaning"] [, flag field: T];`.
 macro_rules! schema {
     ($($(#[$sdoc:meta])* [$sec:ident] $Sec:ident {
         $($key:ident: $kind:ty = $default:expr, $doc:literal
@@ -122,18 +111,14 @@ macro_rules! schema {
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
         pub struct Overrides { $($($(pub $flag: Option<$fty>,)?)+)+ }
 
-        /// Every section and its keys, in documentation order.
+        /// Every section and its keys; every key as `"section.key"`; every key's row.
         pub const SECTIONS: &[(&str, &[&str])] = &[$((stringify!($sec), &[$(stringify!($key)),+])),+];
-        /// Every key, as `"section.key"`, in documentation order.
         pub const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
 
         const TABLE: &[Key] = &[$($(Key {
-            section: stringify!($sec),
-            name: stringify!($key),
+            section: stringify!($sec), name: stringify!($key), doc: $doc,
             full: concat!(stringify!($sec), ".", stringify!($key)),
-            doc: $doc,
-            kind: <$kind as Kind>::DOC,
-            values: <$kind as Kind>::VALUES,
+            kind: <$kind as Kind>::DOC, values: <$kind as Kind>::VALUES,
             unset: { let _u = ""; $(let _u = $unset;)? _u },
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             read: |p, v| Ok(p.$sec.$key = <$kind as Kind>::read(v)?),
@@ -212,7 +197,6 @@ schema! {
     }
 }
 
-/// One row of the key table.
 struct Key {
     section: &'static str,
     name: &'static str,
@@ -243,7 +227,7 @@ impl Conflict {
     }
 }
 
-/// Where a value came from: built in, the policy file at this path, or a flag.
+/// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Default,
@@ -279,16 +263,13 @@ pub fn flag_for(full: &str) -> Option<String> {
     Some(format!("--{}", flag.replace('_', "-")))
 }
 
-/// The process environment, for [`find`].
 pub fn process_env(name: &str) -> Option<OsString> {
     std::env::var_os(name)
 }
 
-/// Picks the policy file: `explicit` (`--policy FILE`), `$RALPH_SUPERVISE_POLICY` (when
-/// not empty), `<workspace>/.ralph/supervise.toml`, `$XDG_CONFIG_HOME/ralph-supervise/
-/// policy.toml` (`$HOME/.config` when `XDG_CONFIG_HOME` is unset, empty or relative),
-/// else none. The first two must exist (else exit 78); the others are skipped when
-/// absent. A path that exists but cannot be read is returned, so [`load`] reports why.
+/// The policy file: `--policy`, `$RALPH_SUPERVISE_POLICY` (not empty), the workspace's,
+/// `$XDG_CONFIG_HOME`'s (`$HOME/.config` if unset, empty or relative), or none. The first
+/// two must exist (else exit 78); an unreadable one is returned, for [`load`] to report.
 pub fn find(
     explicit: Option<&Path>,
     workspace: &Path,
@@ -320,9 +301,8 @@ pub fn find(
     }
 }
 
-/// Whether an implicit candidate is there: one that exists counts even if unreadable (so
-/// it is reported); one in a directory we may not search (a service user with
-/// `HOME=/root`) cannot be known to exist, and is skipped like a missing one.
+/// An implicit candidate counts if it exists, readable or not; one in a directory we may
+/// not search (a service user with `HOME=/root`) is skipped like a missing one.
 fn present(path: &Path) -> bool {
     std::fs::metadata(path).map_or_else(
         |e| !matches!(e.kind(), NotFound | PermissionDenied | NotADirectory),
@@ -330,9 +310,8 @@ fn present(path: &Path) -> bool {
     )
 }
 
-/// Combines the file and the flags: flags override the file, the file overrides the
-/// built-in defaults. A `backoff_max` shorter than the resulting `backoff_initial` is
-/// raised to it (credited to the same source): `--restart-delay 2m` means two minutes.
+/// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
+/// is raised to it (same source), so `--restart-delay 2m` means two minutes.
 pub fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
     let mut policy = Policy::default();
     let mut sources: BTreeMap<_, _> = KEYS.iter().map(|key| (*key, Source::Default)).collect();

@@ -1,5 +1,5 @@
-//! Reading a policy file: TOML's spanned document tree, walked in file order against the
-//! key table, so the first problem in the file is reported, as `file:line:col`.
+//! Reading a policy file: TOML's spanned tree, walked in file order against the key
+//! table, so the first problem in the file is reported, as `file:line:col`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -15,15 +15,11 @@ use crate::exit::{ExitStatus, Failure};
 
 /// A complaint about the policy text, at a byte offset.
 #[derive(Debug)]
-pub struct Bad {
-    at: Option<usize>,
-    msg: String,
-}
+pub struct Bad(Option<usize>, String);
 
 impl Bad {
     pub(crate) fn at(span: Range<usize>, msg: impl Into<String>) -> Bad {
-        let (at, msg) = (Some(span.start), msg.into());
-        Bad { at, msg }
+        Bad(Some(span.start), msg.into())
     }
 }
 
@@ -62,11 +58,11 @@ impl Val<'_, '_> {
 /// Reads, parses and checks one policy file.
 pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
     let bytes = std::fs::read(path).map_err(|e| {
-        let fix = "check that the policy file exists and is readable";
-        Failure::msg(
-            ExitStatus::BadPolicy,
-            format!("{}: {e}; {fix}", path.display()),
-        )
+        let msg = format!(
+            "{}: {e}; check that the policy file exists and is readable",
+            path.display()
+        );
+        Failure::msg(ExitStatus::BadPolicy, msg)
     })?;
     std::str::from_utf8(&bytes).map_or_else(
         |e| {
@@ -82,16 +78,16 @@ pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
 /// Parses and checks policy text as if read from `path` (named in errors as
 /// `file:line:col`): [`load`] without the file system, for tests and fuzzing.
 pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
-    parse(text).map_err(|bad| located(path, text, bad.at, &bad.msg))
+    parse(text).map_err(|Bad(at, msg)| located(path, text, at, &msg))
 }
 
 fn parse(text: &str) -> Result<PolicyFile, Bad> {
-    let doc = DeTable::parse(text).map_err(|e| Bad {
-        at: e.span().map(|s| s.start),
-        msg: format!(
+    let doc = DeTable::parse(text).map_err(|e| {
+        let msg = format!(
             "invalid TOML: {}; fix the syntax there",
             e.message().trim_end()
-        ),
+        );
+        Bad(e.span().map(|s| s.start), msg)
     })?;
     let mut file = PolicyFile::default();
     let mut spans = BTreeMap::new();
@@ -123,11 +119,11 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
             let (at, key_name) = (name.span(), name.get_ref().as_ref());
             let full = format!("{section_name}.{key_name}");
             let Some(key) = key(&full) else {
-                let what = format!("unknown key {key_name:?} in [{section_name}]");
-                return Err(Bad::at(
-                    at,
-                    format!("{what}; expected one of {}", keys.join(", ")),
-                ));
+                let (what, keys) = (
+                    format!("unknown key {key_name:?} in [{section_name}]"),
+                    keys.join(", "),
+                );
+                return Err(Bad::at(at, format!("{what}; expected one of {keys}")));
             };
             (key.read)(&mut file.values, &Val { key: &full, value })?;
             file.set.insert(key.full);

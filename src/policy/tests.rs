@@ -935,7 +935,7 @@ fn the_policy_page_documents_every_key_with_its_default() {
     assert_eq!(defaults["conflict.exit_code"], "75");
     assert!(defaults["restart.max"].starts_with("not set ("));
 
-    let text = String::from_utf8(man_page("ralph-supervise", "0.1.0")).unwrap();
+    let text = String::from_utf8(man_page("0.1.0")).unwrap();
     for (name, keys) in SECTIONS {
         assert!(text.contains(&format!(".SS [{name}]")), "no [{name}]");
         for key in *keys {
