@@ -1,6 +1,6 @@
-//! The kinds of value a key can hold: each reads and checks its value (a message and a
-//! hint for each mistake) and prints it as TOML. Kinds with rules of their own are marker
-//! types ([`Signal`], [`BranchPrefix`], ...) whose [`Kind::Out`] is the plain value.
+//! The kinds of value a key holds: each reads and checks its value (a message and a hint
+//! for each mistake) and prints it as TOML. Kinds with rules of their own are marker types
+//! ([`Signal`], [`BranchPrefix`], ...) whose [`Kind::Out`] is the plain value.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use toml::de::DeValue;
 use super::read::{Bad, Val, in_file_order};
 use super::show::{format_duration, quoted, toml_key};
 
-/// Log levels `log.level` accepts, least verbose first.
+/// The values of `log.level`, least verbose first.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// How a key's value is read, checked and shown. `DOC` names the type in the man page;
@@ -68,7 +68,7 @@ impl<K: Kind> Kind for Option<K> {
     }
 }
 
-/// `Type => Out, "man page type", |v| { read } |x| shown;`, for each kind below.
+/// `Type => Out, "man page type", |v| { read } |x| shown;`
 macro_rules! kinds {
     ($($ty:ty => $out:ty, $doc:literal, |$v:ident| $read:block |$x:ident| $show:expr;)+) => {$(
         impl Kind for $ty {
@@ -98,8 +98,7 @@ const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 
 
 kinds! {
     Duration => Duration, "duration", |v| {
-        let text = v.value.get_ref().as_str();
-        let text = text.ok_or_else(|| v.wrong_type("a duration string", DURATION))?;
+        let text = v.value.get_ref().as_str().ok_or_else(|| v.wrong_type("a duration string", DURATION))?;
         humantime::parse_duration(text.trim()).map_err(|e| {
             // humantime appends the whole unit table to unknown units; the hint suffices.
             let why = e.to_string();
@@ -107,31 +106,26 @@ kinds! {
             v.bad(format!("{text:?} is not a duration ({why}); {DURATION}"))
         })
     } |d| quoted(&format_duration(*d));
-
     bool => bool, "boolean", |v| {
         let hint = "write true or false, without quotes";
         v.value.get_ref().as_bool().ok_or_else(|| v.wrong_type("true or false", hint))
     } |b| b.to_string();
-
     ExitCode => u8, "integer, 1 to 255", |v| {
         let code = v.integer(EXIT_CODE)?;
         let out_of_range = || v.bad(format!("{code} is out of range; use {EXIT_CODE}"));
         u8::try_from(code).ok().filter(|c| *c != 0).ok_or_else(out_of_range)
     } |code| code.to_string();
-
     Restarts => u32, "integer, 0 or more", |v| {
         let max = v.integer("a number of restarts (0 or more)")?;
         let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
         u32::try_from(max).map_err(|_| v.bad(format!("{max} is out of range; {use_}")))
     } |max| max.to_string();
-
     Dir => PathBuf, "string", |v| {
         match v.string("write a directory in quotes, like \".worktrees\"")? {
             "" => Err(v.bad("the directory is empty; use a directory like \".worktrees\"")),
             dir => Ok(PathBuf::from(dir)),
         }
     } |dir| quoted(&dir.to_string_lossy());
-
     BranchPrefix => String, "string", |v| {
         let prefix = v.string("write a prefix in quotes, like \"ralph/\"")?;
         let parts = || prefix.split('/');
@@ -151,23 +145,18 @@ kinds! {
         let use_ = "use a prefix like \"ralph/\"";
         Err(v.bad(format!("{prefix:?} is not a usable branch prefix ({why}); {use_}")))
     } |prefix| quoted(prefix);
-
     Signal => i32, "string or integer", |v| {
         let text = match v.value.get_ref() {
             DeValue::String(s) => s.to_string(),
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
-                .map_or_else(|_| i.as_str().to_string(), |n| n.to_string()),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).map_or(i.as_str().into(), |n| n.to_string()),
             _ => return Err(v.wrong_type("a signal name or number", SIGNAL)),
         };
         match crate::signals::parse(&text) {
             Ok(signal) => Ok(signal as i32),
-            Err(_) if v.value.get_ref().is_integer() => {
-                Err(v.bad(format!("{text} is not a signal number; {SIGNAL}")))
-            }
+            Err(_) if v.value.get_ref().is_integer() => Err(v.bad(format!("{text} is not a signal number; {SIGNAL}"))),
             Err(_) => Err(v.bad(format!("{text:?} is not a signal; {SIGNAL}"))),
         }
     } |signal| quoted(&crate::signals::name(*signal));
-
     Env => BTreeMap<String, String>, "table of strings", |v| {
         let hint = "write a [run.env] section with lines like NAME = \"value\"";
         let DeValue::Table(table) = v.value.get_ref() else {
@@ -194,7 +183,6 @@ kinds! {
         let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{} = {}", toml_key(k), quoted(v))).collect();
         if pairs.is_empty() { "{}".to_string() } else { format!("{{ {} }}", pairs.join(", ")) }
     };
-
     LogLevel => String, "string", |v| {
         let list = LOG_LEVELS.join(", ");
         let level = v.string(&format!("write one of {list}, in quotes"))?;

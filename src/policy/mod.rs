@@ -51,14 +51,10 @@ macro_rules! keywords {
 keywords! {
     /// What `run` does when the workspace lock is already held.
     OnConflict {
-        Worktree = "worktree", "Run the command in a new git worktree",
-            "Run the command in a new git worktree (see [worktree]).";
-        Wait = "wait", "Block until the lock frees (optionally bounded by `wait_timeout`)",
-            "Block until the lock is free, without polling; bounded by `wait_timeout`.";
-        Fail = "fail", "Exit with the conflict code, naming the holder",
-            "Exit with `exit_code`, naming the holder.";
-        Takeover = "takeover", "Stop the holder (grace, then KILL) and take the lock",
-            "Stop the holder as `ralph-supervise stop` does (its grace, then KILL), then take the lock.";
+        Worktree = "worktree", "Run the command in a new git worktree", "Run the command in a new git worktree (see [worktree]).";
+        Wait = "wait", "Block until the lock frees (optionally bounded by `wait_timeout`)", "Block until the lock is free, without polling; bounded by `wait_timeout`.";
+        Fail = "fail", "Exit with the conflict code, naming the holder", "Exit with `exit_code`, naming the holder.";
+        Takeover = "takeover", "Stop the holder (grace, then KILL) and take the lock", "Stop the holder as `ralph-supervise stop` does (its grace, then KILL), then take the lock.";
     }
     /// What `wait` does once `wait_timeout` expires.
     AfterTimeout {
@@ -79,8 +75,7 @@ keywords! {
     /// When the child is started again after it exits.
     RestartPolicy {
         Never = "never", "Never", "Never.";
-        OnFailure = "on-failure", "When it exits non-zero or dies of a signal",
-            "When it exits non-zero or is killed by a signal.";
+        OnFailure = "on-failure", "When it exits non-zero or dies of a signal", "When it exits non-zero or is killed by a signal.";
         Always = "always", "Whenever it exits (a stop still ends the run)", "Whenever it exits.";
     }
     /// The format of the supervisor's own log lines.
@@ -135,65 +130,40 @@ macro_rules! schema {
 schema! {
     /// `[conflict]`: what to do when the workspace is taken.
     [conflict] Conflict {
-        policy: Option<OnConflict> = None,
-            "What `run` does when another loop holds the workspace lock.",
-            unset "worktree in a git repository, fail elsewhere", flag on_conflict: OnConflict;
-        wait_timeout: Option<Duration> = None,
-            "How long \"wait\" waits; then `after_timeout` applies.",
-            unset "wait without limit", flag wait_timeout: Duration;
-        after_timeout: AfterTimeout = AfterTimeout::Fail,
-            "What \"wait\" does when `wait_timeout` expires.";
-        exit_code: ExitCode = CONFLICT_DEFAULT,
-            "Exit status for \"fail\" and for a timed-out wait.", flag conflict_exit_code: u8;
+        policy: Option<OnConflict> = None, "What `run` does when another loop holds the workspace lock.", unset "worktree in a git repository, fail elsewhere", flag on_conflict: OnConflict;
+        wait_timeout: Option<Duration> = None, "How long \"wait\" waits; then `after_timeout` applies.", unset "wait without limit", flag wait_timeout: Duration;
+        after_timeout: AfterTimeout = AfterTimeout::Fail, "What \"wait\" does when `wait_timeout` expires.";
+        exit_code: ExitCode = CONFLICT_DEFAULT, "Exit status for \"fail\" and for a timed-out wait.", flag conflict_exit_code: u8;
     }
     /// `[worktree]`: how worktree launches are laid out and cleaned up.
     [worktree] Worktree {
-        dir: Dir = PathBuf::from(".worktrees"),
-            "Directory the worktrees are made in, one subdirectory per loop id; relative to the repository's top level.";
-        branch_prefix: BranchPrefix = "ralph/".to_string(),
-            "Prefix of each worktree's branch name, followed by the loop id. It must be usable in a git ref name.";
-        sync: bool = true,
-            "Carry uncommitted work (modified, staged, deleted and untracked files that are not ignored) over into the new worktree.";
+        dir: Dir = PathBuf::from(".worktrees"), "Directory the worktrees are made in, one subdirectory per loop id; relative to the repository's top level.";
+        branch_prefix: BranchPrefix = "ralph/".to_string(), "Prefix of each worktree's branch name, followed by the loop id. It must be usable in a git ref name.";
+        sync: bool = true, "Carry uncommitted work (modified, staged, deleted and untracked files that are not ignored) over into the new worktree.";
         on_exit: OnExit = OnExit::Keep, "What happens to a worktree when its loop ends.";
     }
     /// `[stop]`: how the child is stopped.
     [stop] Stop {
-        signal: Signal = libc::SIGTERM,
-            "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.",
-            flag stop_signal: i32;
-        grace: Duration = Duration::from_secs(10), "Time between the stop signal and KILL.",
-            flag stop_grace: Duration;
-        orphans: Orphans = Orphans::Kill,
-            "What happens to members of the command's process group still running after it exits.";
+        signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal: i32;
+        grace: Duration = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace: Duration;
+        orphans: Orphans = Orphans::Kill, "What happens to members of the command's process group still running after it exits.";
     }
     /// `[restart]`: when and how fast the child is started again.
     [restart] Restart {
-        policy: RestartPolicy = RestartPolicy::Never,
-            "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.",
-            flag restart: RestartPolicy;
-        max: Option<Restarts> = None,
-            "Most restarts in one run; then ralph-supervise exits with the command's status.",
-            unset "unlimited", flag max_restarts: u32;
-        backoff_initial: Duration = Duration::from_secs(1),
-            "Delay before the first restart; it doubles with each further restart.",
-            flag restart_delay: Duration;
-        backoff_max: Duration = Duration::from_secs(60),
-            "Longest delay between restarts; at least `backoff_initial`.";
+        policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart: RestartPolicy;
+        max: Option<Restarts> = None, "Most restarts in one run; then ralph-supervise exits with the command's status.", unset "unlimited", flag max_restarts: u32;
+        backoff_initial: Duration = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay: Duration;
+        backoff_max: Duration = Duration::from_secs(60), "Longest delay between restarts; at least `backoff_initial`.";
     }
     /// `[run]`: the child's run.
     [run] Run {
-        max_runtime: Option<Duration> = None,
-            "Stop the command gracefully when it has run this long, and exit 124.",
-            unset "no limit", flag max_runtime: Duration;
-        env: Env = BTreeMap::new(),
-            "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines.";
+        max_runtime: Option<Duration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime: Duration;
+        env: Env = BTreeMap::new(), "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines.";
     }
     /// `[log]`: the supervisor's own logging.
     [log] Log {
-        format: LogFormat = LogFormat::Text,
-            "Format of ralph-supervise's own log lines on standard error.", flag log_format: LogFormat;
-        level: LogLevel = "info".to_string(),
-            "Least severe level logged: \"error\", \"warn\", \"info\", \"debug\" or \"trace\". `RUST_LOG`, `-v` and `-q` win over it.";
+        format: LogFormat = LogFormat::Text, "Format of ralph-supervise's own log lines on standard error.", flag log_format: LogFormat;
+        level: LogLevel = "info".to_string(), "Least severe level logged: \"error\", \"warn\", \"info\", \"debug\" or \"trace\". `RUST_LOG`, `-v` and `-q` win over it.";
     }
 }
 
@@ -267,14 +237,12 @@ pub fn process_env(name: &str) -> Option<OsString> {
     std::env::var_os(name)
 }
 
+type EnvFn<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
 /// The policy file: `--policy`, `$RALPH_SUPERVISE_POLICY` (not empty), the workspace's,
 /// `$XDG_CONFIG_HOME`'s (`$HOME/.config` if unset, empty or relative), or none. The first
 /// two must exist (else exit 78); an unreadable one is returned, for [`load`] to report.
-pub fn find(
-    explicit: Option<&Path>,
-    workspace: &Path,
-    env: &dyn Fn(&str) -> Option<OsString>,
-) -> Result<Option<PathBuf>, Failure> {
+pub fn find(explicit: Option<&Path>, ws: &Path, env: EnvFn) -> Result<Option<PathBuf>, Failure> {
     let named = env(ENV_POLICY).filter(|v| !v.is_empty()).map(PathBuf::from);
     let (path, how) = match (explicit, &named) {
         (Some(path), _) => (path, "given by --policy); check the path"),
@@ -283,31 +251,32 @@ pub fn find(
             "named by $RALPH_SUPERVISE_POLICY); check the path, or unset the variable",
         ),
         (None, None) => {
-            let config = env("XDG_CONFIG_HOME").map(PathBuf::from);
-            let home = env("HOME").filter(|h| !h.is_empty());
-            let config = (config.filter(|p| p.is_absolute()))
-                .or_else(|| home.map(|h| PathBuf::from(h).join(".config")));
-            let user_file = config.map(|c| c.join(USER_FILE));
-            let found = [Some(workspace.join(WORKSPACE_FILE)), user_file].into_iter();
-            return Ok(found.flatten().find(|p| present(p)));
+            let config = env("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute());
+            let home = env("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"));
+            let user_file = config.or(home).map(|c| c.join(USER_FILE));
+            // A candidate counts if it exists, readable or not; one in a directory we may not
+            // search (a service user with `HOME=/root`) is skipped like a missing one.
+            let present = |p: &PathBuf| match std::fs::metadata(p) {
+                Err(e) => !matches!(e.kind(), NotFound | PermissionDenied | NotADirectory),
+                Ok(_) => true,
+            };
+            return Ok([Some(ws.join(WORKSPACE_FILE)), user_file]
+                .into_iter()
+                .flatten()
+                .find(present));
         }
     };
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == NotFound => Err(Failure::msg(
-            ExitStatus::BadPolicy,
-            format!("{}: policy file not found ({how}", path.display()),
-        )),
+        Err(e) if e.kind() == NotFound => {
+            let msg = format!("{}: policy file not found ({how}", path.display());
+            Err(Failure::msg(ExitStatus::BadPolicy, msg))
+        }
         _ => Ok(Some(path.to_path_buf())),
     }
-}
-
-/// An implicit candidate counts if it exists, readable or not; one in a directory we may
-/// not search (a service user with `HOME=/root`) is skipped like a missing one.
-fn present(path: &Path) -> bool {
-    std::fs::metadata(path).map_or_else(
-        |e| !matches!(e.kind(), NotFound | PermissionDenied | NotADirectory),
-        |_| true,
-    )
 }
 
 /// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
@@ -327,10 +296,8 @@ pub fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effect
     let restart = &mut policy.restart;
     if restart.backoff_max < restart.backoff_initial {
         restart.backoff_max = restart.backoff_initial;
-        sources.insert(
-            "restart.backoff_max",
-            sources["restart.backoff_initial"].clone(),
-        );
+        let source = sources["restart.backoff_initial"].clone();
+        sources.insert("restart.backoff_max", source);
     }
     let file = file.map(|(path, _)| path);
     Effective {
@@ -343,15 +310,12 @@ pub fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effect
 /// [`find`], [`load`] and [`resolve`] in one: the effective policy for a run.
 pub fn effective(
     explicit: Option<&Path>,
-    workspace: &Path,
-    env: &dyn Fn(&str) -> Option<OsString>,
+    ws: &Path,
+    env: EnvFn,
     flags: &Overrides,
 ) -> Result<Effective, Failure> {
-    let found = find(explicit, workspace, env)?;
-    let file = found
-        .map(|path| load(&path).map(|f| (path, f)))
-        .transpose()?;
-    Ok(resolve(file, flags))
+    let file = find(explicit, ws, env)?.map(|path| load(&path).map(|f| (path, f)));
+    Ok(resolve(file.transpose()?, flags))
 }
 
 #[cfg(test)]

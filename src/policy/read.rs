@@ -1,5 +1,5 @@
 //! Reading a policy file: TOML's spanned tree, walked in file order against the key
-//! table, so the first problem in the file is reported, as `file:line:col`.
+//! table, so the first problem in the file is the one reported, as `file:line:col`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -33,19 +33,16 @@ impl Val<'_, '_> {
     pub(crate) fn bad(&self, what: impl Display) -> Bad {
         Bad::at(self.value.span(), format!("{}: {what}", self.key))
     }
-
     pub(crate) fn wrong_type(&self, expected: &str, hint: &str) -> Bad {
         let found = a(self.value.get_ref().type_str());
         let msg = format!("{} must be {expected}, found {found}; {hint}", self.key);
         Bad::at(self.value.span(), msg)
     }
-
     /// A string; `hint` says what to write instead.
     pub(crate) fn string(&self, hint: &str) -> Result<&str, Bad> {
         let text = self.value.get_ref().as_str();
         text.ok_or_else(|| self.wrong_type("a string", hint))
     }
-
     pub(crate) fn integer(&self, example: &str) -> Result<i64, Bad> {
         let Some(int) = self.value.get_ref().as_integer() else {
             return Err(self.wrong_type("an integer", &format!("write {example}, without quotes")));
@@ -57,13 +54,9 @@ impl Val<'_, '_> {
 
 /// Reads, parses and checks one policy file.
 pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        let msg = format!(
-            "{}: {e}; check that the policy file exists and is readable",
-            path.display()
-        );
-        Failure::msg(ExitStatus::BadPolicy, msg)
-    })?;
+    let fail = |msg: String| Failure::msg(ExitStatus::BadPolicy, msg);
+    let fix = "check that the policy file exists and is readable";
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("{}: {e}; {fix}", path.display())))?;
     std::str::from_utf8(&bytes).map_or_else(
         |e| {
             // Report where the bad bytes begin, on the valid prefix.
@@ -75,55 +68,55 @@ pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
     )
 }
 
-/// Parses and checks policy text as if read from `path` (named in errors as
-/// `file:line:col`): [`load`] without the file system, for tests and fuzzing.
+/// [`load`] without the file system (for tests and fuzzing): errors name `path`.
 pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
     parse(text).map_err(|Bad(at, msg)| located(path, text, at, &msg))
 }
 
 fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let doc = DeTable::parse(text).map_err(|e| {
-        let msg = format!(
-            "invalid TOML: {}; fix the syntax there",
-            e.message().trim_end()
-        );
-        Bad(e.span().map(|s| s.start), msg)
+        let what = e.message().trim_end();
+        Bad(
+            e.span().map(|s| s.start),
+            format!("invalid TOML: {what}; fix the syntax there"),
+        )
     })?;
-    let mut file = PolicyFile::default();
-    let mut spans = BTreeMap::new();
+    let (mut file, mut spans) = (PolicyFile::default(), BTreeMap::new());
     for (name, section) in in_file_order(doc.get_ref()) {
-        let (at, section_name) = (name.span(), name.get_ref().as_ref());
-        let Some((_, keys)) = SECTIONS.iter().find(|(s, _)| *s == section_name) else {
+        let (at, sec) = (name.span(), name.get_ref().as_ref());
+        let Some((_, keys)) = SECTIONS.iter().find(|(s, _)| *s == sec) else {
             let what = match section.get_ref().is_table() {
-                true => format!("unknown section [{section_name}]"),
-                false => format!("unknown key {section_name:?} at top level"),
+                true => format!("unknown section [{sec}]"),
+                false => format!("unknown key {sec:?} at top level"),
             };
             let sections: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
             let expected = format!("expected one of the sections {}", sections.join(", "));
             return Err(Bad::at(at, format!("{what}; {expected}")));
         };
-        let must = format!("{section_name} must be a section, found");
         let table = match section.get_ref() {
             DeValue::Table(table) => table,
             DeValue::Array(_) => {
-                let fix = format!("write a [{section_name}] section (one pair of brackets)");
-                return Err(Bad::at(at, format!("{must} an array; {fix}")));
+                let msg = format!(
+                    "{sec} must be a section, found an array; write a [{sec}] section (one pair of brackets)"
+                );
+                return Err(Bad::at(at, msg));
             }
             other => {
                 let found = a(other.type_str());
-                let fix = format!("put its keys under a [{section_name}] header");
-                return Err(Bad::at(at, format!("{must} {found}; {fix}")));
+                let msg = format!(
+                    "{sec} must be a section, found {found}; put its keys under a [{sec}] header"
+                );
+                return Err(Bad::at(at, msg));
             }
         };
         for (name, value) in in_file_order(table) {
-            let (at, key_name) = (name.span(), name.get_ref().as_ref());
-            let full = format!("{section_name}.{key_name}");
+            let (at, full) = (name.span(), format!("{sec}.{}", name.get_ref()));
             let Some(key) = key(&full) else {
-                let (what, keys) = (
-                    format!("unknown key {key_name:?} in [{section_name}]"),
-                    keys.join(", "),
-                );
-                return Err(Bad::at(at, format!("{what}; expected one of {keys}")));
+                let what = format!("unknown key {:?} in [{sec}]", name.get_ref().as_ref());
+                return Err(Bad::at(
+                    at,
+                    format!("{what}; expected one of {}", keys.join(", ")),
+                ));
             };
             (key.read)(&mut file.values, &Val { key: &full, value })?;
             file.set.insert(key.full);
@@ -144,8 +137,7 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
     Ok(file)
 }
 
-/// `<file>:<line>:<col>: <msg>`, status 78. Line and column are 1-based; the column
-/// counts characters.
+/// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
     let place = match at.map(|offset| line_col(text, offset)) {
         Some((line, col)) => format!("{}:{line}:{col}", path.display()),
@@ -154,7 +146,7 @@ fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
     Failure::msg(ExitStatus::BadPolicy, format!("{place}: {msg}"))
 }
 
-/// 1-based line and character column of byte `offset` in `text`.
+/// 1-based line and character (not byte) column of byte `offset` in `text`.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
