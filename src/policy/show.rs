@@ -30,17 +30,14 @@ pub fn show(e: &Effective) -> String {
     }
     out
 }
-
 /// `1h30m`, `10s`, `250ms`: humantime's form without its spaces (it parses back).
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
-
 /// A TOML string.
 pub(crate) fn quoted(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
-
 /// A TOML key: bare when it can be, quoted otherwise.
 pub(crate) fn toml_key(key: &str) -> String {
     let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
@@ -51,7 +48,6 @@ pub(crate) fn toml_key(key: &str) -> String {
         quoted(key)
     }
 }
-
 /// The built-in default as the man page shows it: TOML, or "not set (...)".
 pub(crate) fn default_of(key: &Key) -> String {
     let shown = (key.show)(&Policy::default());
@@ -67,15 +63,9 @@ pub fn man_page(version: &str) -> Vec<u8> {
         }
         let (name, kind, doc) = (roff(key.name), roff(key.kind), roff(key.doc));
         let flag = flag_for(key.full).map(|f| format!(" Command-line flag: `{f}`."));
-        let default = roff(&format!(
-            "Default: `{}`.{}",
-            default_of(key),
-            flag.unwrap_or_default()
-        ));
-        let _ = writeln!(
-            keys,
-            ".TP\n\\fB{name}\\fR = \\fI{kind}\\fR\n{doc}\n{default}"
-        );
+        let flag = flag.unwrap_or_default();
+        let default = roff(&format!("Default: `{}`.{flag}", default_of(key)));
+        keys += &format!(".TP\n\\fB{name}\\fR = \\fI{kind}\\fR\n{doc}\n{default}\n");
         if !key.values.is_empty() {
             keys.push_str(".RS\n");
             for (value, meaning) in key.values {
@@ -87,19 +77,13 @@ pub fn man_page(version: &str) -> Vec<u8> {
     let page = include_str!("../../man/ralph-supervise.toml.5.in").replace("@VERSION@", version);
     page.replace("@KEYS@", &keys).into_bytes()
 }
-
 /// `text` as a roff text line, with `code` in bold.
 fn roff(text: &str) -> String {
-    let text = text
-        .replace('\\', "\\\\")
-        .replace('-', "\\-")
-        .replace('\'', "\\*(Aq");
-    let bold = |(i, part): (usize, &str)| {
-        if i % 2 == 1 {
-            format!("\\fB{part}\\fR")
-        } else {
-            part.to_string()
-        }
-    };
-    text.split('`').enumerate().map(bold).collect()
+    let text = text.replace('\\', "\\\\").replace('-', "\\-");
+    let text = text.replace('\'', "\\*(Aq");
+    let bold = |p: &str| format!("\\fB{p}\\fR");
+    let parts = text.split('`').enumerate();
+    parts.fold(String::new(), |out, (i, p)| {
+        if i % 2 == 1 { out + &bold(p) } else { out + p }
+    })
 }
