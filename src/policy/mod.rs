@@ -17,10 +17,12 @@ pub use read::*;
 pub use show::{format_duration, man_page, show};
 
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
+
 /// The policy file names: in the environment, in the workspace, in `$XDG_CONFIG_HOME`.
 pub const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
 pub const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
 pub const USER_FILE: &str = "ralph-supervise/policy.toml";
+
 /// Declares keyword enums: [`Keyword`] (spelling, `--help` and man text), `FromStr`, `Display`.
 macro_rules! keywords {
     ($($name:ident $doc:literal {
@@ -39,7 +41,7 @@ macro_rules! keywords {
             fn from_str(text: &str) -> Result<$name, String> { Keyword::parse(text) }
         }
         impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result { f.write_str(self.as_str()) }
         }
     )+};
 }
@@ -83,22 +85,16 @@ macro_rules! schema {
         $(#[doc = $sdoc]
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $Sec { $(#[doc = $doc] pub $key: <$kind as Kind>::Out,)+ })+
-
         /// The effective policy: every value resolved. `default()` is the built-in one.
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct Policy { $(pub $sec: $Sec,)+ }
-        impl Default for Policy {
-            fn default() -> Policy { Policy { $($sec: $Sec { $($key: $default,)+ },)+ } }
-        }
-
+        impl Default for Policy { fn default() -> Policy { Policy { $($sec: $Sec { $($key: $default,)+ },)+ } } }
         /// Values given on the command line, one per flag. All optional; set ones win.
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
         pub struct Overrides { $($($(pub $flag: Option<$fty>,)?)+)+ }
-
         /// Every section and its keys; every key as `"section.key"`; every key's row.
         pub const SECTIONS: &[(&str, &[&str])] = &[$((stringify!($sec), &[$(stringify!($key)),+])),+];
         pub const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
-
         const TABLE: &[Key] = &[$($(Key {
             section: stringify!($sec), name: stringify!($key), doc: $doc,
             full: concat!(stringify!($sec), ".", stringify!($key)),
@@ -106,8 +102,7 @@ macro_rules! schema {
             unset: { let _u = ""; $(let _u = $unset;)? _u },
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             read: |p, v| Ok(p.$sec.$key = <$kind as Kind>::read(v)?),
-            copy: |p, from| p.$sec.$key = from.$sec.$key.clone(),
-            show: |p| <$kind as Kind>::show(&p.$sec.$key),
+            copy: |p, from| p.$sec.$key = from.$sec.$key.clone(), show: |p| <$kind as Kind>::show(&p.$sec.$key),
             flagged: |_p, _o| { $(if let Some(v) = &_o.$flag { _p.$sec.$key = v.clone().into(); return true; })? false },
         }),+),+];
     };
@@ -179,14 +174,12 @@ pub enum Source {
     File(PathBuf),
     Flag,
 }
-
 /// One policy file as written: the keys it sets, with their values in `values`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyFile {
     pub values: Policy,
     pub set: BTreeSet<&'static str>,
 }
-
 /// The effective policy, the file read (if any), and the [`Source`] of every key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Effective {

@@ -39,7 +39,6 @@ impl Val<'_, '_> {
         let msg = format!("{} must be {expected}, found {found}; {hint}", self.key);
         Bad::at(self.value.span(), msg)
     }
-    /// A string; `hint` says what to write instead.
     pub(crate) fn string(&self, hint: &str) -> Result<&str, Bad> {
         let text = self.value.get_ref().as_str();
         text.ok_or_else(|| self.wrong_type("a string", hint))
@@ -152,7 +151,6 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (before.matches('\n').count() + 1, col)
 }
 type Entry<'a, 'i> = (&'a Spanned<Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
-/// Table entries in the order they appear in the file.
 pub(crate) fn in_file_order<'a, 'i>(table: &'a DeTable<'i>) -> Vec<Entry<'a, 'i>> {
     let mut entries: Vec<_> = table.iter().collect();
     entries.sort_by_key(|(key, _)| key.span().start);
@@ -221,22 +219,19 @@ impl<K: Kind> Kind for Option<K> {
 macro_rules! kinds {
     ($($ty:ty => $out:ty, $doc:literal, |$v:ident| $read:block |$x:ident| $show:expr;)+) => {$(
         impl Kind for $ty {
-            type Out = $out;
-            const DOC: &'static str = $doc;
+            type Out = $out; const DOC: &'static str = $doc;
             fn read($v: &Val) -> Result<$out, Bad> $read
             fn show($x: &$out) -> Option<String> { Some($show) }
         }
     )+};
 }
-/// An exit code, 1 to 255; a number of restarts; a directory, not empty.
+/// Kinds with rules of their own (an exit code, 1 to 255; a non-empty directory; a git
+/// branch prefix; a signal name or number; environment variables; ...): see `kinds!`.
 pub struct ExitCode;
 pub struct Restarts;
 pub struct Dir;
-/// A git branch name prefix (git's ref-name rules, as far as a prefix can break them).
 pub struct BranchPrefix;
-/// A signal, by name (`"TERM"`, `"SIGTERM"`) or number.
 pub struct Signal;
-/// Environment variables (names without `=` or NUL, values without NUL); a log level.
 pub struct Env;
 pub struct LogLevel;
 const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
@@ -247,8 +242,7 @@ kinds! {
     Duration => Duration, "duration", |v| {
         let text = v.value.get_ref().as_str().ok_or_else(|| v.wrong_type("a duration string", DURATION))?;
         humantime::parse_duration(text.trim()).map_err(|e| {
-            // humantime appends the whole unit table to unknown units; the hint suffices.
-            let why = e.to_string();
+            let why = e.to_string(); // without the unit table humantime appends: the hint suffices
             let why = why.split(", supported units").next().unwrap_or_default();
             v.bad(format!("{text:?} is not a duration ({why}); {DURATION}"))
         })

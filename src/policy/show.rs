@@ -34,18 +34,15 @@ pub fn show(e: &Effective) -> String {
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
-/// A TOML string.
 pub(crate) fn quoted(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
 /// A TOML key: bare when it can be, quoted otherwise.
 pub(crate) fn toml_key(key: &str) -> String {
     let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    let is_bare = !key.is_empty() && key.chars().all(bare);
-    if is_bare {
-        key.to_string()
-    } else {
-        quoted(key)
+    match !key.is_empty() && key.chars().all(bare) {
+        true => key.to_string(),
+        false => quoted(key),
     }
 }
 /// The built-in default as the man page shows it: TOML, or "not set (...)".
