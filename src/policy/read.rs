@@ -17,6 +17,7 @@ use toml::de::{DeTable, DeValue};
 use super::show::{format_duration, quoted, toml_key};
 use super::{PolicyFile, SECTIONS, key};
 use crate::exit::{ExitStatus, Failure};
+
 /// A complaint about the policy text, at a byte offset.
 #[derive(Debug)]
 pub struct Bad(Option<usize>, String);
@@ -25,6 +26,7 @@ impl Bad {
         Bad(Some(span.start), msg.into())
     }
 }
+
 /// One value being checked, with its full key (`stop.grace`) for messages.
 pub struct Val<'a, 'i> {
     pub(crate) key: &'a str,
@@ -57,16 +59,17 @@ pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
     let fail = |msg: String| Failure::msg(ExitStatus::BadPolicy, msg);
     let fix = "check that the policy file exists and is readable";
     let bytes = std::fs::read(path).map_err(|e| fail(format!("{}: {e}; {fix}", path.display())))?;
-    std::str::from_utf8(&bytes).map_or_else(
-        |e| {
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse_str(text, path),
+        Err(e) => {
             // Report where the bad bytes begin, on the valid prefix.
             let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
             let msg = "the file is not valid UTF-8; save it as UTF-8 text";
             Err(located(path, valid, Some(e.valid_up_to()), msg))
-        },
-        |text| parse_str(text, path),
-    )
+        }
+    }
 }
+
 /// [`load`] without the file system (for tests and fuzzing): errors name `path`.
 pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
     parse(text).map_err(|Bad(at, msg)| located(path, text, at, &msg))
@@ -74,10 +77,8 @@ pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
 fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let doc = DeTable::parse(text).map_err(|e| {
         let what = e.message().trim_end();
-        Bad(
-            e.span().map(|s| s.start),
-            format!("invalid TOML: {what}; fix the syntax there"),
-        )
+        let msg = format!("invalid TOML: {what}; fix the syntax there");
+        Bad(e.span().map(|s| s.start), msg)
     })?;
     let (mut file, mut spans) = (PolicyFile::default(), BTreeMap::new());
     for (name, section) in in_file_order(doc.get_ref()) {
