@@ -5,9 +5,11 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
 
-use crate::policy::{OnConflict, Overrides, RestartPolicy};
+pub use crate::policy::LogFormat;
+use crate::policy::{Keyword, OnConflict, Overrides, RestartPolicy};
 use crate::probe::ProbeSettings;
 
 #[derive(Debug, Parser)]
@@ -34,7 +36,7 @@ pub struct GlobalArgs {
     #[arg(short = 'C', long = "workspace", value_name = "DIR", global = true)]
     pub workspace: Option<PathBuf>,
     /// Log format on stderr
-    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
+    #[arg(long, value_name = "FORMAT", global = true, value_parser = keyword::<LogFormat>())]
     pub log_format: Option<LogFormat>,
     /// More log output (-v debug, -vv trace)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -42,12 +44,6 @@ pub struct GlobalArgs {
     /// Less log output (-q errors only)
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,7 +127,7 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// What to do when the workspace is taken [default: worktree in a git repository, else fail]
-    #[arg(long, value_enum, value_name = "POLICY")]
+    #[arg(long, value_name = "POLICY", value_parser = keyword::<OnConflict>())]
     pub on_conflict: Option<OnConflict>,
     /// Give up waiting for the lock after this long (e.g. 30s, 5m, 1h30m)
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
@@ -146,7 +142,7 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     pub stop_signal: Option<i32>,
     /// When to start the command again after it exits [default: never]
-    #[arg(long, value_enum, value_name = "WHEN")]
+    #[arg(long, value_name = "WHEN", value_parser = keyword::<RestartPolicy>())]
     pub restart: Option<RestartPolicy>,
     /// Most restarts [default: unlimited]
     #[arg(long, value_name = "N")]
@@ -230,6 +226,15 @@ impl From<ProbeArgs> for ProbeSettings {
             echo_stdin: a.echo_stdin,
         }
     }
+}
+
+/// A policy keyword: its spellings (with their help) are the possible values.
+fn keyword<K: Keyword>() -> impl TypedValueParser<Value = K> {
+    let values = K::ALL.iter().map(|k| match k.help() {
+        "" => PossibleValue::new(k.as_str()),
+        help => PossibleValue::new(k.as_str()).help(help),
+    });
+    PossibleValuesParser::new(values).map(|text| K::parse(&text).expect("a possible value"))
 }
 
 /// Human durations: `30s`, `5m`, `1h30m`, `250ms`.
@@ -354,5 +359,30 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("10").is_err());
+    }
+
+    #[test]
+    fn keywords_match_clap_spellings() {
+        use crate::policy::{AfterTimeout, OnExit, Orphans};
+        fn check<K: Keyword + std::fmt::Display>() {
+            let parser = keyword::<K>();
+            let clap_names: Vec<String> = (parser.possible_values().unwrap())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            let names: Vec<String> = K::ALL.iter().map(|v| v.to_string()).collect();
+            assert_eq!(clap_names, names);
+        }
+        check::<OnConflict>();
+        check::<AfterTimeout>();
+        check::<OnExit>();
+        check::<Orphans>();
+        check::<RestartPolicy>();
+        check::<LogFormat>();
+        assert_eq!("on-failure".parse(), Ok(RestartPolicy::OnFailure));
+        assert_eq!("remove-if-clean".parse(), Ok(OnExit::RemoveIfClean));
+        assert_eq!(
+            "Wait".parse::<OnConflict>(),
+            Err("\"Wait\" is not valid; expected one of worktree, wait, fail, takeover".into())
+        );
     }
 }

@@ -145,7 +145,7 @@ fn effective_policy(
     policy::effective(
         args.policy.as_deref(),
         workspace,
-        &policy::process_env,
+        &|name| std::env::var_os(name),
         &args.overrides(global.log_format),
     )
 }

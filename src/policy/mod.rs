@@ -1,0 +1,280 @@
+//! The policy: command-line flags ([`Overrides`]) over the one policy file [`find`] picks
+//! over built-in defaults. Every key is declared once, in `schema!` below (section,
+//! [`Kind`], default, man text, flag); the section structs, [`Overrides`], the reader,
+//! `policy show` and `ralph-supervise.toml(5)` are generated from it. A bad file is one
+//! line, `file:line:col: what; what to do`, and exit 78.
+
+mod read;
+mod show;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use read::*;
+pub use show::{format_duration, man_page, show};
+
+use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
+
+/// The policy file names: in the environment, in the workspace, in `$XDG_CONFIG_HOME`.
+pub const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
+pub const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
+pub const USER_FILE: &str = "ralph-supervise/policy.toml";
+
+/// Declares keyword enums: [`Keyword`] (spelling, `--help` and man text), `FromStr`, `Display`.
+macro_rules! keywords {
+    ($($name:ident $doc:literal {
+        $($variant:ident = $text:literal, $help:literal, $man:literal;)+
+    })+) => {$(
+        #[doc = $doc]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $(#[doc = $man] $variant,)+ }
+        impl Keyword for $name {
+            const ALL: &'static [$name] = &[$($name::$variant),+];
+            const VALUES: &'static [(&'static str, &'static str)] = &[$(($text, $man)),+];
+            fn help(self) -> &'static str { match self { $($name::$variant => $help,)+ } }
+        }
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<$name, String> { Keyword::parse(text) }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result { f.write_str(self.as_str()) }
+        }
+    )+};
+}
+
+keywords! {
+    OnConflict "What `run` does when the workspace lock is already held." {
+        Worktree = "worktree", "Run the command in a new git worktree", "Run the command in a new git worktree (see [worktree]).";
+        Wait = "wait", "Block until the lock frees (optionally bounded by `wait_timeout`)", "Block until the lock is free, without polling; bounded by `wait_timeout`.";
+        Fail = "fail", "Exit with the conflict code, naming the holder", "Exit with `exit_code`, naming the holder.";
+        Takeover = "takeover", "Stop the holder (grace, then KILL) and take the lock", "Stop the holder as `ralph-supervise stop` does (its grace, then KILL), then take the lock.";
+    }
+    AfterTimeout "What `wait` does once `wait_timeout` expires." {
+        Fail = "fail", "", "Exit with `exit_code`.";
+        Worktree = "worktree", "", "Run the command in a new git worktree.";
+    }
+    OnExit "What happens to a worktree when its loop ends." {
+        Keep = "keep", "", "Leave it in place.";
+        RemoveIfClean = "remove-if-clean", "", "Remove it if it has no changes and no commits beyond its base.";
+        QueueMerge = "queue-merge", "", "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
+    }
+    Orphans "What happens to members of the child's process group left after it exits." {
+        Kill = "kill", "", "TERM, then KILL after `grace`.";
+        Leave = "leave", "", "Leave them running.";
+    }
+    RestartPolicy "When the child is started again after it exits." {
+        Never = "never", "Never", "Never.";
+        OnFailure = "on-failure", "When it exits non-zero or dies of a signal", "When it exits non-zero or is killed by a signal.";
+        Always = "always", "Whenever it exits (a stop still ends the run)", "Whenever it exits.";
+    }
+    LogFormat "The format of the supervisor's own log lines." {
+        Text = "text", "", "For people.";
+        Json = "json", "", "One JSON object per line, for collectors.";
+    }
+}
+/// The key table: `key: Kind = default, "man text" [, unset "meaning"] [, flag field: T];`.
+macro_rules! schema {
+    ($([$sec:ident] $Sec:ident $sdoc:literal {
+        $($key:ident: $kind:ty = $default:expr, $doc:literal
+            $(, unset $unset:literal)? $(, flag $flag:ident: $fty:ty)?;)+
+    })+) => {
+        $(#[doc = $sdoc]
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $Sec { $(#[doc = $doc] pub $key: <$kind as Kind>::Out,)+ })+
+        /// The effective policy: every value resolved. `default()` is the built-in one.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Policy { $(pub $sec: $Sec,)+ }
+        impl Default for Policy { fn default() -> Policy { Policy { $($sec: $Sec { $($key: $default,)+ },)+ } } }
+        /// Values given on the command line, one per flag. All optional; set ones win.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct Overrides { $($($(pub $flag: Option<$fty>,)?)+)+ }
+        /// Every section and its keys; every key as `"section.key"`; every key's row.
+        pub const SECTIONS: &[(&str, &[&str])] = &[$((stringify!($sec), &[$(stringify!($key)),+])),+];
+        pub const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
+        const TABLE: &[Key] = &[$($(Key {
+            section: stringify!($sec), name: stringify!($key), doc: $doc,
+            full: concat!(stringify!($sec), ".", stringify!($key)),
+            kind: <$kind as Kind>::DOC, values: <$kind as Kind>::VALUES,
+            unset: { let _u = ""; $(let _u = $unset;)? _u },
+            flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
+            read: |p, v| Ok(p.$sec.$key = <$kind as Kind>::read(v)?),
+            copy: |p, from| p.$sec.$key = from.$sec.$key.clone(), show: |p| <$kind as Kind>::show(&p.$sec.$key),
+            flagged: |_p, _o| { $(if let Some(v) = &_o.$flag { _p.$sec.$key = v.clone().into(); return true; })? false },
+        }),+),+];
+    };
+}
+
+schema! {
+    [conflict] Conflict "`[conflict]`: what to do when the workspace is taken." {
+        policy: Option<OnConflict> = None, "What `run` does when another loop holds the workspace lock.", unset "worktree in a git repository, fail elsewhere", flag on_conflict: OnConflict;
+        wait_timeout: Option<Duration> = None, "How long \"wait\" waits; then `after_timeout` applies.", unset "wait without limit", flag wait_timeout: Duration;
+        after_timeout: AfterTimeout = AfterTimeout::Fail, "What \"wait\" does when `wait_timeout` expires.";
+        exit_code: ExitCode = CONFLICT_DEFAULT, "Exit status for \"fail\" and for a timed-out wait.", flag conflict_exit_code: u8;
+    }
+    [worktree] Worktree "`[worktree]`: how worktree launches are laid out and cleaned up." {
+        dir: Dir = PathBuf::from(".worktrees"), "Directory the worktrees are made in, one subdirectory per loop id; relative to the repository's top level.";
+        branch_prefix: BranchPrefix = "ralph/".to_string(), "Prefix of each worktree's branch name, followed by the loop id. It must be usable in a git ref name.";
+        sync: bool = true, "Carry uncommitted work (modified, staged, deleted and untracked files that are not ignored) over into the new worktree.";
+        on_exit: OnExit = OnExit::Keep, "What happens to a worktree when its loop ends.";
+    }
+    [stop] Stop "`[stop]`: how the child is stopped." {
+        signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal: i32;
+        grace: Duration = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace: Duration;
+        orphans: Orphans = Orphans::Kill, "What happens to members of the command's process group still running after it exits.";
+    }
+    [restart] Restart "`[restart]`: when and how fast the child is started again." {
+        policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart: RestartPolicy;
+        max: Option<Restarts> = None, "Most restarts in one run; then ralph-supervise exits with the command's status.", unset "unlimited", flag max_restarts: u32;
+        backoff_initial: Duration = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay: Duration;
+        backoff_max: Duration = Duration::from_secs(60), "Longest delay between restarts; at least `backoff_initial`.";
+    }
+    [run] Run "`[run]`: the child's run." {
+        max_runtime: Option<Duration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime: Duration;
+        env: Env = BTreeMap::new(), "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines.";
+    }
+    [log] Log "`[log]`: the supervisor's own logging." {
+        format: LogFormat = LogFormat::Text, "Format of ralph-supervise's own log lines on standard error.", flag log_format: LogFormat;
+        level: LogLevel = "info".to_string(), "Least severe level logged: \"error\", \"warn\", \"info\", \"debug\" or \"trace\". `RUST_LOG`, `-v` and `-q` win over it.";
+    }
+}
+struct Key {
+    section: &'static str,
+    name: &'static str,
+    full: &'static str,
+    doc: &'static str,
+    kind: &'static str,
+    values: &'static [(&'static str, &'static str)],
+    unset: &'static str,
+    flag: Option<&'static str>,
+    read: fn(&mut Policy, &Val) -> Result<(), Bad>,
+    copy: fn(&mut Policy, &Policy),
+    show: fn(&Policy) -> Option<String>,
+    flagged: fn(&mut Policy, &Overrides) -> bool,
+}
+fn key(full: &str) -> Option<&'static Key> {
+    TABLE.iter().find(|k| k.full == full)
+}
+
+impl Conflict {
+    /// The configured policy, else `worktree` in a git repository and `fail` elsewhere.
+    pub fn effective(&self, in_git_repo: bool) -> OnConflict {
+        let auto = in_git_repo.then_some(OnConflict::Worktree);
+        self.policy.or(auto).unwrap_or(OnConflict::Fail)
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Flag,
+}
+/// One policy file as written: the keys it sets, with their values in `values`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyFile {
+    pub values: Policy,
+    pub set: BTreeSet<&'static str>,
+}
+/// The effective policy, the file read (if any), and the [`Source`] of every key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    pub policy: Policy,
+    pub file: Option<PathBuf>,
+    pub sources: BTreeMap<&'static str, Source>,
+}
+impl Effective {
+    /// Where `key` (`"stop.grace"`) came from; [`Source::Default`] for unknown keys.
+    pub fn source(&self, key: &str) -> &Source {
+        self.sources.get(key).unwrap_or(&Source::Default)
+    }
+}
+
+/// The command-line flag that sets `key` (`"stop.grace"`: `--stop-grace`), if any.
+pub fn flag_for(full: &str) -> Option<String> {
+    Some(format!("--{}", key(full)?.flag?.replace('_', "-")))
+}
+
+type EnvFn<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+const NAMED: &str = "named by $RALPH_SUPERVISE_POLICY); check the path, or unset the variable";
+
+/// The policy file: `--policy`, `$RALPH_SUPERVISE_POLICY` (not empty), the workspace's,
+/// `$XDG_CONFIG_HOME`'s (`$HOME/.config` if unset, empty or relative), or none. The first
+/// two must exist (else exit 78); an unreadable one is returned, for [`load`] to report.
+pub fn find(explicit: Option<&Path>, ws: &Path, env: EnvFn) -> Result<Option<PathBuf>, Failure> {
+    let named = env(ENV_POLICY).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let (path, how) = match (explicit, &named) {
+        (Some(path), _) => (path, "given by --policy); check the path"),
+        (None, Some(path)) => (path.as_path(), NAMED),
+        (None, None) => {
+            let xdg = env("XDG_CONFIG_HOME").map(PathBuf::from);
+            let home = env("HOME").filter(|h| !h.is_empty());
+            let home = home.map(|h| PathBuf::from(h).join(".config"));
+            let user = xdg.filter(|p| p.is_absolute()).or(home);
+            let candidates = [
+                Some(ws.join(WORKSPACE_FILE)),
+                user.map(|c| c.join(USER_FILE)),
+            ];
+            // One counts if it exists, readable or not; one in a directory we may not search
+            // (a service user with `HOME=/root`) is skipped like a missing one.
+            let present = |p: &PathBuf| match std::fs::metadata(p) {
+                Err(e) => !matches!(e.kind(), NotFound | PermissionDenied | NotADirectory),
+                Ok(_) => true,
+            };
+            return Ok(candidates.into_iter().flatten().find(present));
+        }
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == NotFound => {
+            let msg = format!("{}: policy file not found ({how}", path.display());
+            Err(Failure::msg(ExitStatus::BadPolicy, msg))
+        }
+        _ => Ok(Some(path.to_path_buf())),
+    }
+}
+
+/// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
+/// is raised to it (same source), so `--restart-delay 2m` means two minutes.
+pub fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
+    let mut policy = Policy::default();
+    let mut sources: BTreeMap<_, _> = KEYS.iter().map(|key| (*key, Source::Default)).collect();
+    for key in TABLE {
+        if let Some((path, f)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
+            (key.copy)(&mut policy, &f.values);
+            sources.insert(key.full, Source::File(path.clone()));
+        }
+        if (key.flagged)(&mut policy, flags) {
+            sources.insert(key.full, Source::Flag);
+        }
+    }
+    let restart = &mut policy.restart;
+    if restart.backoff_max < restart.backoff_initial {
+        restart.backoff_max = restart.backoff_initial;
+        let source = sources["restart.backoff_initial"].clone();
+        sources.insert("restart.backoff_max", source);
+    }
+    let file = file.map(|(path, _)| path);
+    Effective {
+        policy,
+        file,
+        sources,
+    }
+}
+
+/// [`find`], [`load`] and [`resolve`] in one: the effective policy for a run.
+pub fn effective(
+    at: Option<&Path>,
+    ws: &Path,
+    env: EnvFn,
+    o: &Overrides,
+) -> Result<Effective, Failure> {
+    let file = find(at, ws, env)?.map(|path| load(&path).map(|f| (path, f)));
+    Ok(resolve(file.transpose()?, o))
+}
+
+#[cfg(test)]
+mod tests;

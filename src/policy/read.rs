@@ -1,0 +1,336 @@
+//! Reading a policy file: TOML's spanned tree, walked in file order against the key
+//! table, so the first problem in the file is the one reported, as `file:line:col`; and
+//! the kinds of value a key holds, each read and checked (a message and a hint for each
+//! mistake) and shown as TOML. Kinds with rules of their own are marker types
+//! ([`Signal`], [`BranchPrefix`], ...) whose [`Kind::Out`] is the plain value.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::show::{format_duration, quoted, toml_key};
+use super::{PolicyFile, SECTIONS, key};
+use crate::exit::{ExitStatus, Failure};
+
+/// A complaint about the policy text, at a byte offset.
+#[derive(Debug)]
+pub struct Bad(Option<usize>, String);
+impl Bad {
+    pub(crate) fn at(span: Range<usize>, msg: impl Into<String>) -> Bad {
+        Bad(Some(span.start), msg.into())
+    }
+}
+
+/// One value being checked, with its full key (`stop.grace`) for messages.
+pub struct Val<'a, 'i> {
+    pub(crate) key: &'a str,
+    pub(crate) value: &'a Spanned<DeValue<'i>>,
+}
+impl Val<'_, '_> {
+    pub(crate) fn bad(&self, what: impl Display) -> Bad {
+        Bad::at(self.value.span(), format!("{}: {what}", self.key))
+    }
+    pub(crate) fn wrong_type(&self, expected: &str, hint: &str) -> Bad {
+        let found = a(self.value.get_ref().type_str());
+        let msg = format!("{} must be {expected}, found {found}; {hint}", self.key);
+        Bad::at(self.value.span(), msg)
+    }
+    pub(crate) fn string(&self, hint: &str) -> Result<&str, Bad> {
+        let text = self.value.get_ref().as_str();
+        text.ok_or_else(|| self.wrong_type("a string", hint))
+    }
+    pub(crate) fn integer(&self, example: &str) -> Result<i64, Bad> {
+        let Some(int) = self.value.get_ref().as_integer() else {
+            return Err(self.wrong_type("an integer", &format!("write {example}, without quotes")));
+        };
+        let out_of_range = |_| self.bad(format!("{} is out of range; use {example}", int.as_str()));
+        i64::from_str_radix(int.as_str(), int.radix()).map_err(out_of_range)
+    }
+}
+
+/// Reads, parses and checks one policy file.
+pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
+    let fail = |msg: String| Failure::msg(ExitStatus::BadPolicy, msg);
+    let fix = "check that the policy file exists and is readable";
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("{}: {e}; {fix}", path.display())))?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse_str(text, path),
+        Err(e) => {
+            // Report where the bad bytes begin, on the valid prefix.
+            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+            let msg = "the file is not valid UTF-8; save it as UTF-8 text";
+            Err(located(path, valid, Some(e.valid_up_to()), msg))
+        }
+    }
+}
+
+/// [`load`] without the file system (for tests and fuzzing): errors name `path`.
+pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
+    parse(text).map_err(|Bad(at, msg)| located(path, text, at, &msg))
+}
+fn parse(text: &str) -> Result<PolicyFile, Bad> {
+    let doc = DeTable::parse(text).map_err(|e| {
+        let what = e.message().trim_end();
+        let msg = format!("invalid TOML: {what}; fix the syntax there");
+        Bad(e.span().map(|s| s.start), msg)
+    })?;
+    let (mut file, mut spans) = (PolicyFile::default(), BTreeMap::new());
+    for (name, section) in in_file_order(doc.get_ref()) {
+        let (at, sec) = (name.span(), name.get_ref().as_ref());
+        let Some((_, keys)) = SECTIONS.iter().find(|(s, _)| *s == sec) else {
+            let what = match section.get_ref().is_table() {
+                true => format!("unknown section [{sec}]"),
+                false => format!("unknown key {sec:?} at top level"),
+            };
+            let sections: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
+            let expected = format!("expected one of the sections {}", sections.join(", "));
+            return Err(Bad::at(at, format!("{what}; {expected}")));
+        };
+        let table = match section.get_ref() {
+            DeValue::Table(table) => table,
+            other => {
+                let (found, fix) = match other {
+                    DeValue::Array(_) => (
+                        "an array".into(),
+                        "write a [_] section (one pair of brackets)",
+                    ),
+                    _ => (a(other.type_str()), "put its keys under a [_] header"),
+                };
+                let fix = fix.replace('_', sec);
+                let msg = format!("{sec} must be a section, found {found}; {fix}");
+                return Err(Bad::at(at, msg));
+            }
+        };
+        for (name, value) in in_file_order(table) {
+            let (at, full) = (name.span(), format!("{sec}.{}", name.get_ref()));
+            let Some(key) = key(&full) else {
+                let (name, keys) = (name.get_ref().as_ref(), keys.join(", "));
+                let msg = format!("unknown key {name:?} in [{sec}]; expected one of {keys}");
+                return Err(Bad::at(at, msg));
+            };
+            (key.read)(&mut file.values, &Val { key: &full, value })?;
+            file.set.insert(key.full);
+            spans.insert(key.full, value.span());
+        }
+    }
+    // Checked once the whole file is read: `backoff_max` may come first.
+    let (restart, dur) = (&file.values.restart, |d| quoted(&format_duration(d)));
+    if let Some(span) = spans.get("restart.backoff_max")
+        && file.set.contains("restart.backoff_initial")
+        && restart.backoff_max < restart.backoff_initial
+    {
+        let (max, initial) = (dur(restart.backoff_max), dur(restart.backoff_initial));
+        let what = format!("restart.backoff_max {max} is shorter than restart.backoff_initial");
+        let msg = format!("{what} {initial}; make it at least as long");
+        return Err(Bad::at(span.clone(), msg));
+    }
+    Ok(file)
+}
+/// `<file>:<line>:<col>: <msg>`, status 78.
+fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
+    let place = match at.map(|offset| line_col(text, offset)) {
+        Some((line, col)) => format!("{}:{line}:{col}", path.display()),
+        None => path.display().to_string(),
+    };
+    Failure::msg(ExitStatus::BadPolicy, format!("{place}: {msg}"))
+}
+/// 1-based line and character (not byte) column of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[line_start..].chars().count() + 1;
+    (before.matches('\n').count() + 1, col)
+}
+type Entry<'a, 'i> = (&'a Spanned<Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
+pub(crate) fn in_file_order<'a, 'i>(table: &'a DeTable<'i>) -> Vec<Entry<'a, 'i>> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    entries
+}
+/// "an integer", "a string".
+fn a(type_name: &str) -> String {
+    let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {type_name}", if vowel { "an" } else { "a" })
+}
+/// The values of `log.level`, least verbose first.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// How a key's value is read, checked and shown. `DOC` names the type in the man page;
+/// `VALUES` lists a keyword's spellings and meanings; `show` is `None` when unset.
+pub trait Kind {
+    type Out: Clone;
+    const DOC: &'static str;
+    const VALUES: &'static [(&'static str, &'static str)] = &[];
+    fn read(v: &Val) -> Result<Self::Out, Bad>;
+    fn show(value: &Self::Out) -> Option<String>;
+}
+
+/// A closed set of keywords (declared with `keywords!`): every value, in documentation
+/// order, with its spelling and man text, and its `--help` text (may be empty).
+pub trait Keyword: Copy + PartialEq + Send + Sync + 'static {
+    const ALL: &'static [Self];
+    const VALUES: &'static [(&'static str, &'static str)];
+    fn help(self) -> &'static str;
+    fn as_str(self) -> &'static str {
+        Self::VALUES[Self::ALL.iter().position(|v| *v == self).unwrap_or(0)].0
+    }
+    fn parse(text: &str) -> Result<Self, String> {
+        let found = Self::ALL.iter().copied().find(|v| v.as_str() == text);
+        found.ok_or_else(|| format!("{text:?} is not valid; expected one of {}", Self::list()))
+    }
+    fn list() -> String {
+        let names: Vec<&str> = Self::VALUES.iter().map(|(name, _)| *name).collect();
+        names.join(", ")
+    }
+}
+impl<K: Keyword> Kind for K {
+    type Out = K;
+    const DOC: &'static str = "string";
+    const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
+    fn read(v: &Val) -> Result<K, Bad> {
+        let hint = format!("write one of {}, in quotes", K::list());
+        K::parse(v.string(&hint)?).map_err(|e| v.bad(e))
+    }
+    fn show(value: &K) -> Option<String> {
+        Some(quoted(value.as_str()))
+    }
+}
+impl<K: Kind> Kind for Option<K> {
+    type Out = Option<K::Out>;
+    const DOC: &'static str = K::DOC;
+    const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
+    fn read(v: &Val) -> Result<Self::Out, Bad> {
+        K::read(v).map(Some)
+    }
+    fn show(value: &Self::Out) -> Option<String> {
+        value.as_ref().and_then(K::show)
+    }
+}
+/// `Type => Out, "man page type", |v| { read } |x| shown;`
+macro_rules! kinds {
+    ($($ty:ty => $out:ty, $doc:literal, |$v:ident| $read:block |$x:ident| $show:expr;)+) => {$(
+        impl Kind for $ty {
+            type Out = $out; const DOC: &'static str = $doc;
+            fn read($v: &Val) -> Result<$out, Bad> $read
+            fn show($x: &$out) -> Option<String> { Some($show) }
+        }
+    )+};
+}
+/// Kinds with rules of their own (an exit code, 1 to 255; a non-empty directory; a git
+/// branch prefix; a signal name or number; environment variables; ...): see `kinds!`.
+pub struct ExitCode;
+pub struct Restarts;
+pub struct Dir;
+pub struct BranchPrefix;
+pub struct Signal;
+pub struct Env;
+pub struct LogLevel;
+const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
+const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
+const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
+
+kinds! {
+    Duration => Duration, "duration", |v| {
+        let text = v.value.get_ref().as_str().ok_or_else(|| v.wrong_type("a duration string", DURATION))?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            let why = e.to_string(); // without the unit table humantime appends: the hint suffices
+            let why = why.split(", supported units").next().unwrap_or_default();
+            v.bad(format!("{text:?} is not a duration ({why}); {DURATION}"))
+        })
+    } |d| quoted(&format_duration(*d));
+    bool => bool, "boolean", |v| {
+        let hint = "write true or false, without quotes";
+        v.value.get_ref().as_bool().ok_or_else(|| v.wrong_type("true or false", hint))
+    } |b| b.to_string();
+    ExitCode => u8, "integer, 1 to 255", |v| {
+        let code = v.integer(EXIT_CODE)?;
+        let out_of_range = || v.bad(format!("{code} is out of range; use {EXIT_CODE}"));
+        u8::try_from(code).ok().filter(|c| *c != 0).ok_or_else(out_of_range)
+    } |code| code.to_string();
+    Restarts => u32, "integer, 0 or more", |v| {
+        let max = v.integer("a number of restarts (0 or more)")?;
+        let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
+        u32::try_from(max).map_err(|_| v.bad(format!("{max} is out of range; {use_}")))
+    } |max| max.to_string();
+    Dir => PathBuf, "string", |v| {
+        match v.string("write a directory in quotes, like \".worktrees\"")? {
+            "" => Err(v.bad("the directory is empty; use a directory like \".worktrees\"")),
+            dir => Ok(PathBuf::from(dir)),
+        }
+    } |dir| quoted(&dir.to_string_lossy());
+    BranchPrefix => String, "string", |v| {
+        let prefix = v.string("write a prefix in quotes, like \"ralph/\"")?;
+        let parts = || prefix.split('/');
+        let why = if prefix.starts_with('/') || prefix.starts_with('-') {
+            "it may not start with / or -"
+        } else if prefix.contains("..") || prefix.contains("//") || prefix.contains("@{") {
+            "it may not contain .., // or @{"
+        } else if prefix.chars().any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c)) {
+            "it may not contain spaces, control characters or any of ~^:?*[\\"
+        } else if parts().any(|part| part.starts_with('.')) {
+            "no part of it may start with a dot"
+        } else if parts().any(|part| part.ends_with(".lock")) {
+            "no part of it may end in .lock"
+        } else {
+            return Ok(prefix.to_string());
+        };
+        let use_ = "use a prefix like \"ralph/\"";
+        Err(v.bad(format!("{prefix:?} is not a usable branch prefix ({why}); {use_}")))
+    } |prefix| quoted(prefix);
+    Signal => i32, "string or integer", |v| {
+        let text = match v.value.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).map_or(i.as_str().into(), |n| n.to_string()),
+            _ => return Err(v.wrong_type("a signal name or number", SIGNAL)),
+        };
+        match crate::signals::parse(&text) {
+            Ok(signal) => Ok(signal as i32),
+            Err(_) if v.value.get_ref().is_integer() => Err(v.bad(format!("{text} is not a signal number; {SIGNAL}"))),
+            Err(_) => Err(v.bad(format!("{text:?} is not a signal; {SIGNAL}"))),
+        }
+    } |signal| quoted(&crate::signals::name(*signal));
+    Env => BTreeMap<String, String>, "table of strings", |v| {
+        let hint = "write a [run.env] section with lines like NAME = \"value\"";
+        let DeValue::Table(table) = v.value.get_ref() else {
+            return Err(v.wrong_type("a table", hint));
+        };
+        let mut env = BTreeMap::new();
+        for (name, value) in in_file_order(table) {
+            let (span, name) = (name.span(), name.get_ref().as_ref());
+            if name.is_empty() || name.contains(['=', '\0']) {
+                let use_ = "use a name without = or NUL, like RUST_LOG";
+                let msg = format!("run.env: {name:?} is not a usable variable name; {use_}");
+                return Err(Bad::at(span, msg));
+            }
+            let (full, example) = (format!("run.env.{name}"), toml_key(name));
+            let v = Val { key: &full, value };
+            let text = v.string(&format!("write the value in quotes, like {example} = \"1\""))?;
+            if text.contains('\0') {
+                return Err(v.bad("the value contains a NUL character; remove it"));
+            }
+            env.insert(name.to_string(), text.to_string());
+        }
+        Ok(env)
+    } |env| {
+        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{} = {}", toml_key(k), quoted(v))).collect();
+        if pairs.is_empty() { "{}".to_string() } else { format!("{{ {} }}", pairs.join(", ")) }
+    };
+    LogLevel => String, "string", |v| {
+        let list = LOG_LEVELS.join(", ");
+        let level = v.string(&format!("write one of {list}, in quotes"))?;
+        match LOG_LEVELS.contains(&level) {
+            true => Ok(level.to_string()),
+            false => Err(v.bad(format!("{level:?} is not valid; expected one of {list}"))),
+        }
+    } |level| quoted(level);
+}

@@ -1,0 +1,990 @@
+use super::read::line_col;
+use super::*;
+use std::collections::HashMap;
+
+/// The value file `$f` sets for `$sec.$key`, if it sets it.
+macro_rules! set {
+    ($f:expr, $sec:ident . $key:ident) => {{
+        let f = &$f;
+        let key = concat!(stringify!($sec), ".", stringify!($key));
+        f.set.contains(key).then(|| f.values.$sec.$key.clone())
+    }};
+}
+
+/// A policy file setting `keys` to the values `values` gives them.
+fn file_setting(keys: &[&'static str], values: impl FnOnce(&mut Policy)) -> PolicyFile {
+    let mut file = PolicyFile::default();
+    values(&mut file.values);
+    file.set.extend(keys);
+    file
+}
+
+/// Writes `text` to `<tmp>/supervise.toml` and loads it.
+fn load_text(text: &str) -> (tempfile::TempDir, PathBuf, Result<PolicyFile, Failure>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("supervise.toml");
+    std::fs::write(&path, text).unwrap();
+    let result = load(&path);
+    (dir, path, result)
+}
+
+fn parsed(text: &str) -> PolicyFile {
+    let (_dir, _path, result) = load_text(text);
+    result.unwrap_or_else(|e| panic!("{text:?}: {:#}", e.error))
+}
+
+/// The one error line for `text`, with the temp path replaced by `P`; asserts 78.
+fn error(text: &str) -> String {
+    let (_dir, path, result) = load_text(text);
+    let failure = result.expect_err(text);
+    assert_eq!(failure.status, ExitStatus::BadPolicy, "{text:?}");
+    assert_eq!(failure.status.code(), 78);
+    let msg = format!("{:#}", failure.error);
+    assert!(!msg.contains('\n'), "one line: {msg:?}");
+    msg.replace(&path.display().to_string(), "P")
+}
+
+const FULL: &str = r#"
+[conflict]
+policy = "wait"
+wait_timeout = "5m"
+after_timeout = "worktree"
+exit_code = 9
+
+[worktree]
+dir = "trees"
+branch_prefix = "agents/"
+sync = false
+on_exit = "queue-merge"
+
+[stop]
+signal = "INT"
+grace = "1m30s"
+orphans = "leave"
+
+[restart]
+policy = "always"
+max = 4
+backoff_initial = "250ms"
+backoff_max = "1h"
+
+[run]
+max_runtime = "2h"
+env = { FOO = "bar", "WITH SPACE" = "x y" }
+
+[log]
+format = "json"
+level = "trace"
+"#;
+
+fn full_file() -> PolicyFile {
+    file_setting(KEYS, |p| {
+        p.conflict = Conflict {
+            policy: Some(OnConflict::Wait),
+            wait_timeout: Some(Duration::from_secs(300)),
+            after_timeout: AfterTimeout::Worktree,
+            exit_code: 9,
+        };
+        p.worktree = Worktree {
+            dir: PathBuf::from("trees"),
+            branch_prefix: "agents/".into(),
+            sync: false,
+            on_exit: OnExit::QueueMerge,
+        };
+        p.stop = Stop {
+            signal: libc::SIGINT,
+            grace: Duration::from_secs(90),
+            orphans: Orphans::Leave,
+        };
+        p.restart = Restart {
+            policy: RestartPolicy::Always,
+            max: Some(4),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(3600),
+        };
+        p.run = Run {
+            max_runtime: Some(Duration::from_secs(7200)),
+            env: BTreeMap::from([
+                ("FOO".to_string(), "bar".to_string()),
+                ("WITH SPACE".to_string(), "x y".to_string()),
+            ]),
+        };
+        p.log = Log {
+            format: LogFormat::Json,
+            level: "trace".into(),
+        };
+    })
+}
+
+#[test]
+fn every_key_parses() {
+    assert_eq!(parsed(FULL), full_file());
+}
+
+#[test]
+fn every_enum_value_parses() {
+    for v in OnConflict::ALL {
+        let f = parsed(&format!("[conflict]\npolicy = \"{v}\"\n"));
+        assert_eq!(set!(f, conflict.policy).flatten(), Some(*v));
+    }
+    for v in AfterTimeout::ALL {
+        let f = parsed(&format!("[conflict]\nafter_timeout = \"{v}\"\n"));
+        assert_eq!(set!(f, conflict.after_timeout), Some(*v));
+    }
+    for v in OnExit::ALL {
+        let f = parsed(&format!("[worktree]\non_exit = \"{v}\"\n"));
+        assert_eq!(set!(f, worktree.on_exit), Some(*v));
+    }
+    for v in Orphans::ALL {
+        let f = parsed(&format!("[stop]\norphans = \"{v}\"\n"));
+        assert_eq!(set!(f, stop.orphans), Some(*v));
+    }
+    for v in RestartPolicy::ALL {
+        let f = parsed(&format!("[restart]\npolicy = \"{v}\"\n"));
+        assert_eq!(set!(f, restart.policy), Some(*v));
+    }
+    for level in LOG_LEVELS {
+        let f = parsed(&format!("[log]\nlevel = \"{level}\"\n"));
+        assert_eq!(set!(f, log.level).as_deref(), Some(level));
+    }
+    assert_eq!(
+        set!(parsed("[log]\nformat = \"text\"\n"), log.format),
+        Some(LogFormat::Text)
+    );
+}
+
+#[test]
+fn signals_by_name_and_number() {
+    for text in ["\"TERM\"", "\"SIGTERM\"", "\"term\"", "15", "\"15\""] {
+        let f = parsed(&format!("[stop]\nsignal = {text}\n"));
+        assert_eq!(set!(f, stop.signal), Some(libc::SIGTERM), "{text}");
+    }
+    assert_eq!(
+        set!(parsed("[stop]\nsignal = 0x1\n"), stop.signal),
+        Some(libc::SIGHUP)
+    );
+    assert_eq!(
+        set!(parsed("[stop]\nsignal = \"USR1\"\n"), stop.signal),
+        Some(libc::SIGUSR1)
+    );
+}
+
+#[test]
+fn durations() {
+    let f = parsed("[conflict]\nwait_timeout = \"1h30m\"\n[run]\nmax_runtime = \"1h 30m\"\n");
+    assert_eq!(
+        set!(f, conflict.wait_timeout).flatten(),
+        Some(Duration::from_secs(5400))
+    );
+    assert_eq!(
+        set!(f, run.max_runtime).flatten(),
+        Some(Duration::from_secs(5400))
+    );
+    assert_eq!(
+        set!(parsed("[stop]\ngrace = \"0s\"\n"), stop.grace),
+        Some(Duration::ZERO)
+    );
+    for d in [1, 90, 5400, 86_400 + 3] {
+        let d = Duration::from_secs(d);
+        assert_eq!(humantime::parse_duration(&format_duration(d)), Ok(d));
+    }
+    assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+    assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+}
+
+#[test]
+fn other_spellings_of_sections() {
+    // Dotted keys, inline tables, a [run.env] header, and an empty file.
+    let f =
+        parsed("stop.grace = \"3s\"\nrestart = { policy = \"always\" }\n[run.env]\nA = \"1\"\n");
+    assert_eq!(set!(f, stop.grace), Some(Duration::from_secs(3)));
+    assert_eq!(set!(f, restart.policy), Some(RestartPolicy::Always));
+    assert_eq!(
+        set!(f, run.env),
+        Some(BTreeMap::from([("A".into(), "1".into())]))
+    );
+    assert_eq!(parsed(""), PolicyFile::default());
+    assert_eq!(parsed("# only a comment\n[stop]\n"), PolicyFile::default());
+    // Exit codes at both ends, restart.max 0.
+    assert_eq!(
+        set!(parsed("[conflict]\nexit_code = 1\n"), conflict.exit_code),
+        Some(1)
+    );
+    assert_eq!(
+        set!(parsed("[conflict]\nexit_code = 255\n"), conflict.exit_code),
+        Some(255)
+    );
+    assert_eq!(
+        set!(parsed("[restart]\nmax = 0\n"), restart.max).flatten(),
+        Some(0)
+    );
+    assert_eq!(
+        set!(
+            parsed("[worktree]\nbranch_prefix = \"\"\n"),
+            worktree.branch_prefix
+        ),
+        Some(String::new())
+    );
+}
+
+#[test]
+fn defaults() {
+    let e = resolve(None, &Overrides::default());
+    assert_eq!(e.file, None);
+    assert_eq!(e.sources.len(), KEYS.len());
+    assert!(e.sources.values().all(|s| *s == Source::Default));
+    let p = e.policy;
+    assert_eq!(p, Policy::default());
+    assert_eq!(p.conflict.policy, None);
+    assert_eq!(p.conflict.wait_timeout, None);
+    assert_eq!(p.conflict.after_timeout, AfterTimeout::Fail);
+    assert_eq!(p.conflict.exit_code, 75);
+    assert_eq!(p.worktree.dir, PathBuf::from(".worktrees"));
+    assert_eq!(p.worktree.branch_prefix, "ralph/");
+    assert!(p.worktree.sync);
+    assert_eq!(p.worktree.on_exit, OnExit::Keep);
+    assert_eq!(p.stop.signal, libc::SIGTERM);
+    assert_eq!(p.stop.grace, Duration::from_secs(10));
+    assert_eq!(p.stop.orphans, Orphans::Kill);
+    assert_eq!(p.restart.policy, RestartPolicy::Never);
+    assert_eq!(p.restart.max, None);
+    assert_eq!(p.restart.backoff_initial, Duration::from_secs(1));
+    assert_eq!(p.restart.backoff_max, Duration::from_secs(60));
+    assert_eq!(p.run.max_runtime, None);
+    assert!(p.run.env.is_empty());
+    assert_eq!(p.log.format, LogFormat::Text);
+    assert_eq!(p.log.level, "info");
+    // An empty file changes nothing but the provenance of nothing.
+    let e = resolve(
+        Some(("/x.toml".into(), PolicyFile::default())),
+        &Overrides::default(),
+    );
+    assert_eq!(e.policy, Policy::default());
+    assert_eq!(e.file, Some(PathBuf::from("/x.toml")));
+    assert!(e.sources.values().all(|s| *s == Source::Default));
+}
+
+#[test]
+fn every_key_has_a_section_entry() {
+    let from_sections: Vec<String> = SECTIONS
+        .iter()
+        .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
+        .collect();
+    assert_eq!(from_sections, KEYS.to_vec());
+}
+
+#[test]
+fn file_overrides_defaults_and_flags_override_file() {
+    let path = PathBuf::from("/etc/ralph/supervise.toml");
+    let keys = [
+        "conflict.policy",
+        "stop.grace",
+        "stop.signal",
+        "restart.policy",
+        "restart.max",
+        "log.level",
+    ];
+    let file = file_setting(&keys, |p| {
+        p.conflict.policy = Some(OnConflict::Wait);
+        p.stop.grace = Duration::from_secs(20);
+        p.stop.signal = libc::SIGINT;
+        p.restart.policy = RestartPolicy::OnFailure;
+        p.restart.max = Some(3);
+        p.log.level = "debug".into();
+    });
+    let flags = Overrides {
+        on_conflict: Some(OnConflict::Takeover),
+        stop_grace: Some(Duration::from_secs(5)),
+        max_runtime: Some(Duration::from_secs(60)),
+        ..Overrides::default()
+    };
+    let e = resolve(Some((path.clone(), file)), &flags);
+    let p = &e.policy;
+    // Flag over file.
+    assert_eq!(p.conflict.policy, Some(OnConflict::Takeover));
+    assert_eq!(e.source("conflict.policy"), &Source::Flag);
+    assert_eq!(p.stop.grace, Duration::from_secs(5));
+    assert_eq!(e.source("stop.grace"), &Source::Flag);
+    // Flag over default.
+    assert_eq!(p.run.max_runtime, Some(Duration::from_secs(60)));
+    assert_eq!(e.source("run.max_runtime"), &Source::Flag);
+    // File over default.
+    assert_eq!(p.stop.signal, libc::SIGINT);
+    assert_eq!(e.source("stop.signal"), &Source::File(path.clone()));
+    assert_eq!(p.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(p.restart.max, Some(3));
+    assert_eq!(e.source("restart.max"), &Source::File(path.clone()));
+    assert_eq!(p.log.level, "debug");
+    // Default.
+    assert_eq!(p.stop.orphans, Orphans::Kill);
+    assert_eq!(e.source("stop.orphans"), &Source::Default);
+    assert_eq!(e.source("conflict.exit_code"), &Source::Default);
+
+    let flagged: Vec<_> = e
+        .sources
+        .iter()
+        .filter(|(_, s)| **s == Source::Flag)
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        flagged,
+        ["conflict.policy", "run.max_runtime", "stop.grace"]
+    );
+    let from_file: Vec<_> = e
+        .sources
+        .iter()
+        .filter(|(_, s)| matches!(s, Source::File(_)))
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        from_file,
+        ["log.level", "restart.max", "restart.policy", "stop.signal"]
+    );
+}
+
+#[test]
+fn every_flag_overrides_the_full_file() {
+    let path = PathBuf::from("/p.toml");
+    let flags = Overrides {
+        on_conflict: Some(OnConflict::Fail),
+        wait_timeout: Some(Duration::from_secs(7)),
+        conflict_exit_code: Some(99),
+        stop_grace: Some(Duration::from_secs(2)),
+        stop_signal: Some(libc::SIGHUP),
+        restart: Some(RestartPolicy::Never),
+        max_restarts: Some(1),
+        restart_delay: Some(Duration::from_secs(3)),
+        max_runtime: Some(Duration::from_secs(4)),
+        log_format: Some(LogFormat::Text),
+    };
+    let e = resolve(Some((path.clone(), full_file())), &flags);
+    let p = &e.policy;
+    assert_eq!(p.conflict.policy, Some(OnConflict::Fail));
+    assert_eq!(p.conflict.wait_timeout, Some(Duration::from_secs(7)));
+    assert_eq!(p.conflict.exit_code, 99);
+    assert_eq!(p.stop.grace, Duration::from_secs(2));
+    assert_eq!(p.stop.signal, libc::SIGHUP);
+    assert_eq!(p.restart.policy, RestartPolicy::Never);
+    assert_eq!(p.restart.max, Some(1));
+    assert_eq!(p.restart.backoff_initial, Duration::from_secs(3));
+    assert_eq!(p.run.max_runtime, Some(Duration::from_secs(4)));
+    assert_eq!(p.log.format, LogFormat::Text);
+    // Keys without a flag keep the file's values.
+    assert_eq!(p.conflict.after_timeout, AfterTimeout::Worktree);
+    assert_eq!(p.worktree.on_exit, OnExit::QueueMerge);
+    assert_eq!(p.restart.backoff_max, Duration::from_secs(3600));
+    assert_eq!(p.log.level, "trace");
+    for key in KEYS {
+        let expected = if flag_for(key).is_some() {
+            Source::Flag
+        } else {
+            Source::File(path.clone())
+        };
+        assert_eq!(e.source(key), &expected, "{key}");
+    }
+}
+
+#[test]
+fn restart_delay_raises_a_shorter_backoff_max() {
+    let flags = Overrides {
+        restart_delay: Some(Duration::from_secs(120)),
+        ..Overrides::default()
+    };
+    let e = resolve(None, &flags);
+    assert_eq!(e.policy.restart.backoff_initial, Duration::from_secs(120));
+    assert_eq!(e.policy.restart.backoff_max, Duration::from_secs(120));
+    assert_eq!(e.source("restart.backoff_max"), &Source::Flag);
+}
+
+#[test]
+fn auto_conflict_policy() {
+    let mut c = Policy::default().conflict;
+    assert_eq!(c.effective(true), OnConflict::Worktree);
+    assert_eq!(c.effective(false), OnConflict::Fail);
+    c.policy = Some(OnConflict::Wait);
+    assert_eq!(c.effective(true), OnConflict::Wait);
+    assert_eq!(c.effective(false), OnConflict::Wait);
+}
+
+#[test]
+fn show_defaults() {
+    let shown = show(&resolve(None, &Overrides::default()));
+    let expected = r#"# effective policy; no policy file, built-in defaults
+
+[conflict]
+# policy not set: worktree in a git repository, fail elsewhere  # default
+# wait_timeout not set: wait without limit  # default
+after_timeout = "fail"  # default
+exit_code = 75  # default
+
+[worktree]
+dir = ".worktrees"  # default
+branch_prefix = "ralph/"  # default
+sync = true  # default
+on_exit = "keep"  # default
+
+[stop]
+signal = "SIGTERM"  # default
+grace = "10s"  # default
+orphans = "kill"  # default
+
+[restart]
+policy = "never"  # default
+# max not set: unlimited  # default
+backoff_initial = "1s"  # default
+backoff_max = "1m"  # default
+
+[run]
+# max_runtime not set: no limit  # default
+env = {}  # default
+
+[log]
+format = "text"  # default
+level = "info"  # default
+"#;
+    assert_eq!(shown, expected);
+}
+
+#[test]
+fn show_names_each_source() {
+    let path = PathBuf::from("/w/.ralph/supervise.toml");
+    let file = file_setting(&["stop.grace", "conflict.policy", "run.env"], |p| {
+        p.stop.grace = Duration::from_secs(20);
+        p.conflict.policy = Some(OnConflict::Wait);
+        p.run.env = BTreeMap::from([("A B".into(), "say \"hi\"".into())]);
+    });
+    let flags = Overrides {
+        wait_timeout: Some(Duration::from_secs(5400)),
+        stop_signal: Some(libc::SIGINT),
+        ..Overrides::default()
+    };
+    let shown = show(&resolve(Some((path, file)), &flags));
+    let lines: Vec<&str> = shown.lines().collect();
+    for line in [
+        "# effective policy; file: /w/.ralph/supervise.toml",
+        "policy = \"wait\"  # /w/.ralph/supervise.toml",
+        "wait_timeout = \"1h30m\"  # --wait-timeout",
+        "signal = \"SIGINT\"  # --stop-signal",
+        "grace = \"20s\"  # /w/.ralph/supervise.toml",
+        "orphans = \"kill\"  # default",
+        "env = { \"A B\" = 'say \"hi\"' }  # /w/.ralph/supervise.toml",
+    ] {
+        assert!(lines.contains(&line), "{line:?} missing from:\n{shown}");
+    }
+}
+
+#[test]
+fn show_output_is_a_policy_file_for_the_same_policy() {
+    let e = resolve(Some(("/p.toml".into(), full_file())), &Overrides::default());
+    let (_dir, path, loaded) = load_text(&show(&e));
+    let again = resolve(Some((path, loaded.unwrap())), &Overrides::default());
+    assert_eq!(again.policy, e.policy);
+    let (_dir, path, loaded) = load_text(&show(&resolve(None, &Overrides::default())));
+    let again = resolve(Some((path, loaded.unwrap())), &Overrides::default());
+    assert_eq!(again.policy, Policy::default());
+}
+
+/// A fake environment.
+fn env_of(vars: &[(&str, &Path)]) -> impl Fn(&str) -> Option<OsString> + use<> {
+    let map: HashMap<String, OsString> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_os_str().to_owned()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+#[test]
+fn lookup_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let workspace = root.join("ws");
+    let home = root.join("home");
+    let xdg = root.join("xdg");
+    let explicit = root.join("explicit.toml");
+    let named = root.join("named.toml");
+    let ws_file = workspace.join(".ralph/supervise.toml");
+    let xdg_file = xdg.join("ralph-supervise/policy.toml");
+    let home_file = home.join(".config/ralph-supervise/policy.toml");
+    for f in [&explicit, &named, &ws_file, &xdg_file, &home_file] {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, "").unwrap();
+    }
+    let all = env_of(&[
+        (ENV_POLICY, &named),
+        ("XDG_CONFIG_HOME", &xdg),
+        ("HOME", &home),
+    ]);
+    let no_env = env_of(&[("XDG_CONFIG_HOME", &xdg), ("HOME", &home)]);
+    let found = |explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<OsString>| {
+        find(explicit, &workspace, env).unwrap()
+    };
+
+    assert_eq!(found(Some(&explicit), &all), Some(explicit.clone()));
+    assert_eq!(found(None, &all), Some(named.clone()));
+    // An empty variable counts as unset.
+    let empty = env_of(&[(ENV_POLICY, Path::new("")), ("HOME", &home)]);
+    assert_eq!(found(None, &empty), Some(ws_file.clone()));
+    assert_eq!(found(None, &no_env), Some(ws_file.clone()));
+    std::fs::remove_file(&ws_file).unwrap();
+    assert_eq!(found(None, &no_env), Some(xdg_file.clone()));
+    // XDG_CONFIG_HOME unset, empty or relative: $HOME/.config.
+    let home_only = env_of(&[("HOME", &home)]);
+    assert_eq!(found(None, &home_only), Some(home_file.clone()));
+    let relative = env_of(&[("XDG_CONFIG_HOME", Path::new("rel")), ("HOME", &home)]);
+    assert_eq!(found(None, &relative), Some(home_file.clone()));
+    let blank = env_of(&[("XDG_CONFIG_HOME", Path::new("")), ("HOME", &home)]);
+    assert_eq!(found(None, &blank), Some(home_file.clone()));
+    // The XDG directory is used even if $HOME/.config also has a file.
+    assert_eq!(found(None, &no_env), Some(xdg_file.clone()));
+    // A set XDG_CONFIG_HOME replaces $HOME/.config; it is not searched as well.
+    std::fs::remove_file(&xdg_file).unwrap();
+    assert_eq!(found(None, &no_env), None);
+    assert_eq!(found(None, &home_only), Some(home_file.clone()));
+    std::fs::remove_file(&home_file).unwrap();
+    assert_eq!(found(None, &home_only), None);
+    assert_eq!(found(None, &env_of(&[])), None);
+}
+
+#[test]
+fn named_files_must_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.toml");
+    let ws = tmp.path();
+    let m = missing.display().to_string();
+
+    let e = find(Some(&missing), ws, &env_of(&[])).unwrap_err();
+    assert_eq!(e.status, ExitStatus::BadPolicy);
+    assert_eq!(
+        format!("{:#}", e.error),
+        format!("{m}: policy file not found (given by --policy); check the path")
+    );
+
+    let e = find(None, ws, &env_of(&[(ENV_POLICY, &missing)])).unwrap_err();
+    assert_eq!(e.status.code(), 78);
+    assert_eq!(
+        format!("{:#}", e.error),
+        format!(
+            "{m}: policy file not found (named by $RALPH_SUPERVISE_POLICY); check the path, or unset the variable"
+        )
+    );
+
+    // An explicit file beats a broken variable.
+    let present = tmp.path().join("present.toml");
+    std::fs::write(&present, "").unwrap();
+    let env = env_of(&[(ENV_POLICY, &missing)]);
+    assert_eq!(
+        find(Some(&present), ws, &env).unwrap(),
+        Some(present.clone())
+    );
+}
+
+#[test]
+fn effective_finds_loads_and_resolves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws_file = tmp.path().join(".ralph/supervise.toml");
+    std::fs::create_dir_all(ws_file.parent().unwrap()).unwrap();
+    std::fs::write(&ws_file, "[stop]\ngrace = \"3s\"\n").unwrap();
+    let e = effective(None, tmp.path(), &env_of(&[]), &Overrides::default()).unwrap();
+    assert_eq!(e.file, Some(ws_file.clone()));
+    assert_eq!(e.policy.stop.grace, Duration::from_secs(3));
+    assert_eq!(e.source("stop.grace"), &Source::File(ws_file.clone()));
+    std::fs::write(&ws_file, "[stop]\ngrace = 3\n").unwrap();
+    let err = effective(None, tmp.path(), &env_of(&[]), &Overrides::default()).unwrap_err();
+    assert_eq!(err.status, ExitStatus::BadPolicy);
+}
+
+#[test]
+fn unknown_keys_and_sections() {
+    assert_eq!(
+        error("[stop]\ngrase = \"1s\"\n"),
+        "P:2:1: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans"
+    );
+    assert_eq!(
+        error("[stop]\nsignal = \"TERM\"\n  grase = \"1s\"\n"),
+        "P:3:3: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans"
+    );
+    assert_eq!(
+        error("# policy\n\n[stoop]\ngrace = \"1s\"\n"),
+        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, log"
+    );
+    assert_eq!(
+        error("grace = \"1s\"\n"),
+        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, log"
+    );
+    assert_eq!(
+        error("[stop.extra]\nx = 1\n"),
+        "P:1:7: unknown key \"extra\" in [stop]; expected one of signal, grace, orphans"
+    );
+    assert_eq!(
+        error("[conflict]\npolicy = \"wait\"\n[restart]\nmax = 1\nbackof = \"1s\"\n"),
+        "P:5:1: unknown key \"backof\" in [restart]; expected one of policy, max, backoff_initial, backoff_max"
+    );
+    // The first problem in the file is reported, not the first in key order.
+    assert_eq!(
+        error("[stop]\nzzz = 1\naaa = 1\n"),
+        "P:2:1: unknown key \"zzz\" in [stop]; expected one of signal, grace, orphans"
+    );
+}
+
+#[test]
+fn wrong_types() {
+    let cases = [
+        (
+            "[stop]\ngrace = 10\n",
+            "P:2:9: stop.grace must be a duration string, found an integer; write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+        (
+            "stop = 1\n",
+            "P:1:1: stop must be a section, found an integer; put its keys under a [stop] header",
+        ),
+        (
+            "[[stop]]\n",
+            "P:1:3: stop must be a section, found an array; write a [stop] section (one pair of brackets)",
+        ),
+        (
+            "log = [\"json\"]\n",
+            "P:1:1: log must be a section, found an array; write a [log] section (one pair of brackets)",
+        ),
+        (
+            "[conflict]\nexit_code = \"75\"\n",
+            "P:2:13: conflict.exit_code must be an integer, found a string; write an exit code from 1 to 255 (default 75), without quotes",
+        ),
+        (
+            "[worktree]\nsync = \"yes\"\n",
+            "P:2:8: worktree.sync must be true or false, found a string; write true or false, without quotes",
+        ),
+        (
+            "[worktree]\ndir = 1\n",
+            "P:2:7: worktree.dir must be a string, found an integer; write a directory in quotes, like \".worktrees\"",
+        ),
+        (
+            "[restart]\npolicy = true\n",
+            "P:2:10: restart.policy must be a string, found a boolean; write one of never, on-failure, always, in quotes",
+        ),
+        (
+            "[stop]\nsignal = 1.5\n",
+            "P:2:10: stop.signal must be a signal name or number, found a float; use a name like \"TERM\" or \"SIGTERM\", or a number like 15",
+        ),
+        (
+            "[run]\nenv = [\"A=1\"]\n",
+            "P:2:7: run.env must be a table, found an array; write a [run.env] section with lines like NAME = \"value\"",
+        ),
+        (
+            "[run.env]\nA = 1\n",
+            "P:2:5: run.env.A must be a string, found an integer; write the value in quotes, like A = \"1\"",
+        ),
+        (
+            "[log]\nlevel = 3\n",
+            "P:2:9: log.level must be a string, found an integer; write one of error, warn, info, debug, trace, in quotes",
+        ),
+        (
+            "[run]\nmax_runtime = 1979-05-27\n",
+            "P:2:15: run.max_runtime must be a duration string, found a datetime; write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error(text), expected, "{text:?}");
+    }
+}
+
+#[test]
+fn bad_values() {
+    let cases = [
+        (
+            "[stop]\ngrace = \"10 parsecs\"\n",
+            "P:2:9: stop.grace: \"10 parsecs\" is not a duration (unknown time unit \"parsecs\"); write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+        (
+            "[conflict]\nwait_timeout = \"10\"\n",
+            "P:2:16: conflict.wait_timeout: \"10\" is not a duration (time unit needed, for example 10sec or 10ms); write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+        (
+            "[stop]\nsignal = \"SIGFOO\"\n",
+            "P:2:10: stop.signal: \"SIGFOO\" is not a signal; use a name like \"TERM\" or \"SIGTERM\", or a number like 15",
+        ),
+        (
+            "[stop]\nsignal = 99\n",
+            "P:2:10: stop.signal: 99 is not a signal number; use a name like \"TERM\" or \"SIGTERM\", or a number like 15",
+        ),
+        (
+            "[restart]\npolicy = \"sometimes\"\n",
+            "P:2:10: restart.policy: \"sometimes\" is not valid; expected one of never, on-failure, always",
+        ),
+        (
+            "[conflict]\npolicy = \"Worktree\"\n",
+            "P:2:10: conflict.policy: \"Worktree\" is not valid; expected one of worktree, wait, fail, takeover",
+        ),
+        (
+            "[conflict]\nafter_timeout = \"wait\"\n",
+            "P:2:17: conflict.after_timeout: \"wait\" is not valid; expected one of fail, worktree",
+        ),
+        (
+            "[worktree]\non_exit = \"remove\"\n",
+            "P:2:11: worktree.on_exit: \"remove\" is not valid; expected one of keep, remove-if-clean, queue-merge",
+        ),
+        (
+            "[stop]\norphans = \"reap\"\n",
+            "P:2:11: stop.orphans: \"reap\" is not valid; expected one of kill, leave",
+        ),
+        (
+            "[conflict]\nexit_code = 0\n",
+            "P:2:13: conflict.exit_code: 0 is out of range; use an exit code from 1 to 255 (default 75)",
+        ),
+        (
+            "[conflict]\nexit_code = 256\n",
+            "P:2:13: conflict.exit_code: 256 is out of range; use an exit code from 1 to 255 (default 75)",
+        ),
+        (
+            "[conflict]\nexit_code = -75\n",
+            "P:2:13: conflict.exit_code: -75 is out of range; use an exit code from 1 to 255 (default 75)",
+        ),
+        (
+            "[restart]\nmax = -1\n",
+            "P:2:7: restart.max: -1 is out of range; use 0 to 4294967295, or leave the key out for no limit",
+        ),
+        (
+            "[log]\nlevel = \"verbose\"\n",
+            "P:2:9: log.level: \"verbose\" is not valid; expected one of error, warn, info, debug, trace",
+        ),
+        (
+            "[log]\nformat = \"xml\"\n",
+            "P:2:10: log.format: \"xml\" is not valid; expected one of text, json",
+        ),
+        (
+            "[worktree]\ndir = \"\"\n",
+            "P:2:7: worktree.dir: the directory is empty; use a directory like \".worktrees\"",
+        ),
+        (
+            "[worktree]\nbranch_prefix = \"a b/\"\n",
+            "P:2:17: worktree.branch_prefix: \"a b/\" is not a usable branch prefix (it may not contain spaces, control characters or any of ~^:?*[\\); use a prefix like \"ralph/\"",
+        ),
+        (
+            "[worktree]\nbranch_prefix = \"ralph/.x\"\n",
+            "P:2:17: worktree.branch_prefix: \"ralph/.x\" is not a usable branch prefix (no part of it may start with a dot); use a prefix like \"ralph/\"",
+        ),
+        (
+            "[run.env]\n\"A=B\" = \"1\"\n",
+            "P:2:1: run.env: \"A=B\" is not a usable variable name; use a name without = or NUL, like RUST_LOG",
+        ),
+        (
+            "[restart]\nbackoff_max = \"1s\"\nbackoff_initial = \"5s\"\n",
+            "P:2:15: restart.backoff_max \"1s\" is shorter than restart.backoff_initial \"5s\"; make it at least as long",
+        ),
+        // Columns count characters, not bytes.
+        (
+            "# é\n[stop]\nsignal = \"É\"\n",
+            "P:3:10: stop.signal: \"É\" is not a signal; use a name like \"TERM\" or \"SIGTERM\", or a number like 15",
+        ),
+        (
+            "[stop] # «x»\ngrace = \"x\" ; orphans = \"kill\"\n",
+            "P:2:13: invalid TOML: unexpected key or value, expected newline, `#`; fix the syntax there",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error(text), expected, "{text:?}");
+    }
+}
+
+#[test]
+fn invalid_toml() {
+    let cases = [
+        (
+            "[stop\n",
+            "P:1:6: invalid TOML: unclosed table, expected `]`; fix the syntax there",
+        ),
+        (
+            "[stop]\ngrace = \n",
+            "P:2:9: invalid TOML: string values must be quoted, expected literal string; fix the syntax there",
+        ),
+        (
+            "[stop]\ngrace = \"1s\"\ngrace = \"2s\"\n",
+            "P:3:1: invalid TOML: duplicate key; fix the syntax there",
+        ),
+        (
+            "a = = 1",
+            "P:1:5: invalid TOML: extra `=`, expected nothing; fix the syntax there",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error(text), expected, "{text:?}");
+    }
+}
+
+#[test]
+fn not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, b"[stop]\ngrace = \"1\xffs\"\n").unwrap();
+    let e = load(&path).unwrap_err();
+    assert_eq!(e.status, ExitStatus::BadPolicy);
+    assert_eq!(
+        format!("{:#}", e.error),
+        format!(
+            "{}:2:11: the file is not valid UTF-8; save it as UTF-8 text",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gone.toml");
+    let e = load(&missing).unwrap_err();
+    assert_eq!(e.status, ExitStatus::BadPolicy);
+    assert_eq!(
+        format!("{:#}", e.error),
+        format!(
+            "{}: No such file or directory (os error 2); check that the policy file exists and is readable",
+            missing.display()
+        )
+    );
+    let e = load(dir.path()).unwrap_err();
+    assert_eq!(e.status.code(), 78);
+    assert_eq!(
+        format!("{:#}", e.error),
+        format!(
+            "{}: Is a directory (os error 21); check that the policy file exists and is readable",
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn line_and_column() {
+    let text = "ab\nçd\n\nx";
+    assert_eq!(line_col(text, 0), (1, 1));
+    assert_eq!(line_col(text, 2), (1, 3));
+    assert_eq!(line_col(text, 3), (2, 1));
+    assert_eq!(line_col(text, 5), (2, 2)); // after the two-byte ç
+    assert_eq!(line_col(text, 4), (2, 1)); // inside ç: its start
+    assert_eq!(line_col(text, 8), (4, 1));
+    assert_eq!(line_col(text, 99), (4, 2));
+    assert_eq!(line_col("a\r\nb", 3), (2, 1));
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let file = load(&path).unwrap_or_else(|e| panic!("{:#}", e.error));
+            assert_ne!(
+                file,
+                PolicyFile::default(),
+                "{} sets nothing",
+                path.display()
+            );
+            names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    for expected in [
+        "ci.toml",
+        "interactive.toml",
+        "parallel-agents.toml",
+        "systemd.toml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "config/{expected} missing"
+        );
+    }
+    // Spot-check that each example says what its comments promise.
+    let get = |name: &str| load(&dir.join(name)).unwrap();
+    assert_eq!(
+        set!(get("interactive.toml"), conflict.policy).flatten(),
+        Some(OnConflict::Worktree)
+    );
+    let systemd = get("systemd.toml");
+    assert_eq!(
+        set!(systemd, conflict.policy).flatten(),
+        Some(OnConflict::Wait)
+    );
+    assert_eq!(
+        set!(systemd, restart.policy),
+        Some(RestartPolicy::OnFailure)
+    );
+    assert!(set!(systemd, stop.grace).unwrap() > Duration::from_secs(10));
+    assert_eq!(
+        set!(get("ci.toml"), conflict.policy).flatten(),
+        Some(OnConflict::Fail)
+    );
+    let parallel = get("parallel-agents.toml");
+    assert_eq!(
+        set!(parallel, conflict.policy).flatten(),
+        Some(OnConflict::Worktree)
+    );
+    assert!(matches!(
+        set!(parallel, worktree.on_exit),
+        Some(OnExit::QueueMerge | OnExit::RemoveIfClean)
+    ));
+}
+
+#[test]
+fn the_policy_page_documents_every_key_with_its_default() {
+    let documented: Vec<&str> = TABLE.iter().map(|d| d.full).collect();
+    assert_eq!(documented, KEYS, "the key table must follow KEYS");
+    let defaults: BTreeMap<&str, String> = KEYS
+        .iter()
+        .map(|key| (*key, show::default_of(super::key(key).unwrap())))
+        .collect();
+    assert_eq!(defaults["stop.grace"], "\"10s\"");
+    assert_eq!(defaults["conflict.exit_code"], "75");
+    assert!(defaults["restart.max"].starts_with("not set ("));
+
+    let text = String::from_utf8(man_page("0.1.0")).unwrap();
+    for (name, keys) in SECTIONS {
+        assert!(text.contains(&format!(".SS [{name}]")), "no [{name}]");
+        for key in *keys {
+            let escaped = key.replace('-', "\\-");
+            assert!(text.contains(&format!("\\fB{escaped}\\fR")), "no {key}");
+        }
+    }
+    for word in [
+        "78",
+        "line",
+        "column",
+        "RALPH_SUPERVISE_POLICY",
+        "XDG_CONFIG_HOME",
+    ] {
+        assert!(text.contains(word), "no {word}");
+    }
+}
+
+#[test]
+fn keyword_values_match_the_code() {
+    fn spelled<T: Copy>(all: &[T], f: fn(T) -> &'static str) -> Vec<&'static str> {
+        all.iter().map(|v| f(*v)).collect()
+    }
+    let expected: [(&str, Vec<&str>); 6] = [
+        (
+            "conflict.policy",
+            spelled(OnConflict::ALL, <OnConflict as Keyword>::as_str),
+        ),
+        (
+            "conflict.after_timeout",
+            spelled(AfterTimeout::ALL, <AfterTimeout as Keyword>::as_str),
+        ),
+        (
+            "worktree.on_exit",
+            spelled(OnExit::ALL, <OnExit as Keyword>::as_str),
+        ),
+        (
+            "stop.orphans",
+            spelled(Orphans::ALL, <Orphans as Keyword>::as_str),
+        ),
+        (
+            "restart.policy",
+            spelled(RestartPolicy::ALL, <RestartPolicy as Keyword>::as_str),
+        ),
+        ("log.format", vec!["text", "json"]),
+    ];
+    for (key, values) in expected {
+        let doc = super::key(key).unwrap();
+        let listed: Vec<&str> = doc.values.iter().map(|(v, _)| *v).collect();
+        assert_eq!(listed, values, "{key}");
+    }
+}
