@@ -58,6 +58,14 @@ impl LockFile {
             .map(|file| LockFile { file }))
     }
 
+    /// Opens the lock file of `dir` read-only if it exists, for a prober that may find
+    /// the workspace unwritable (`gc`): it can try the lock and read who holds it.
+    pub fn open_to_probe(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
+        Ok(dir
+            .open(LOCK_FILE, Access::Read, false)?
+            .map(|file| LockFile { file }))
+    }
+
     /// Whether nobody holds the lock, by a non-blocking attempt that, if it succeeds,
     /// lets go at once without touching the file (for systems without `/proc/locks`).
     pub fn probe_free(&self) -> bool {
