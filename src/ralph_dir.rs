@@ -487,9 +487,9 @@ impl From<Error> for Failure {
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
-        let kind = e.errno.map_or(io::ErrorKind::InvalidInput, |errno| {
-            io::Error::from(errno).kind()
-        });
+        let kind = e
+            .errno
+            .map_or(io::ErrorKind::Other, |errno| io::Error::from(errno).kind());
         io::Error::new(kind, e)
     }
 }
