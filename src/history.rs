@@ -1,22 +1,17 @@
 //! `.ralph/supervise/runs.jsonl`: one JSON line per supervised run.
 //!
 //! Many supervisors (a primary and its worktree loops all write the main repository's
-//! history) append at once. Each record is one `write(2)` on an `O_APPEND` descriptor
-//! under an exclusive flock on the file, so lines never interleave; a line torn by a
-//! crash is closed with a newline by the next writer and skipped by readers.
+//! history) append at once. Each record is appended on an `O_APPEND` descriptor under an
+//! exclusive flock on the file ([`crate::ralph_dir::RalphFile::append`]), so lines never
+//! interleave; a line torn by a crash is closed with a newline by the next writer and
+//! skipped by readers.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io;
 use std::path::PathBuf;
 
-use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::{Mode, fstat, mkdirat};
-use nix::sys::uio::pread;
 use serde::{Deserialize, Serialize};
 
-use crate::sys::{FlockOp, flock};
+use crate::ralph_dir::Access;
 use crate::workspace::RalphDir;
 
 pub const DIR: &str = "supervise";
@@ -52,38 +47,26 @@ pub struct Record {
 pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
     let mut line = serde_json::to_string(record)?;
     line.push('\n');
-    let file = open(dir, true)?.expect("created");
-    flock(file.as_fd(), FlockOp::Exclusive)?;
-    let mut file = File::from(file);
-    let len = fstat(&file)?.st_size;
-    if len > 0 {
-        let mut last = [0u8; 1];
-        if pread(&file, &mut last, len - 1)? == 1 && last[0] != b'\n' {
-            // Someone crashed mid-line: end it, so our record stands on its own line.
-            line.insert(0, '\n');
-        }
-    }
-    // One write under the flock: concurrent appends never interleave. No fsync: the
-    // history is a record for people, not worth a disk flush on every loop's exit.
-    // Space first (a full disk then fails before a byte is appended); should a write
-    // still stop half-way, cut the torn record off again: no partial line is left.
-    crate::sys::reserve(file.as_fd(), len as u64, line.len() as u64)?;
-    if let Err(e) = file.write_all(line.as_bytes()) {
-        let _ = file.set_len(len as u64);
-        return Err(e);
-    }
-    Ok(())
+    let sub = dir.subdir(DIR, true)?.expect("created");
+    let file = sub
+        .open_locked(FILE, Access::Append, true)?
+        .expect("created");
+    // One record under the flock: concurrent appends never interleave, and a torn
+    // line (a crash, a full disk) is never left behind. No fsync: the history is a
+    // record for people, not worth a disk flush on every loop's exit.
+    file.append(line.as_bytes())
 }
 
 /// All readable records, oldest first; lines that do not parse are skipped (counted in
 /// the second value).
 pub fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
-    let Some(fd) = open(dir, false)? else {
+    let Some(sub) = dir.subdir(DIR, false)? else {
         return Ok((Vec::new(), 0));
     };
-    let mut bytes = Vec::new();
-    File::from(fd).read_to_end(&mut bytes)?;
-    Ok(parse(&bytes))
+    let Some(file) = sub.open(FILE, Access::Read, false)? else {
+        return Ok((Vec::new(), 0));
+    };
+    Ok(parse(&file.read_all()?))
 }
 
 /// Parses history contents line by line: the records that parse, and how many
@@ -105,48 +88,10 @@ pub fn parse(bytes: &[u8]) -> (Vec<Record>, usize) {
     (records, bad)
 }
 
-/// Opens `supervise/runs.jsonl` below `dir`: for appending (`create`), or for reading
-/// (`Ok(None)` when missing).
-fn open(dir: &RalphDir, create: bool) -> io::Result<Option<OwnedFd>> {
-    let open_sub = || {
-        openat(
-            dir,
-            DIR,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-    };
-    let sub = match open_sub() {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) if create => {
-            match mkdirat(dir, DIR, Mode::from_bits_truncate(0o755)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(e.into()),
-            }
-            open_sub()?
-        }
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let flags = if create {
-        OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT
-    } else {
-        OFlag::O_RDONLY
-    };
-    match openat(
-        &sub,
-        FILE,
-        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    ) {
-        Ok(fd) => Ok(Some(fd)),
-        Err(Errno::ENOENT) if !create => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn record(id: &str) -> Record {

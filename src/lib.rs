@@ -17,6 +17,7 @@ pub mod notify;
 pub mod policy;
 pub mod probe;
 pub mod procfs;
+pub mod ralph_dir;
 pub mod run;
 pub mod service;
 pub mod signals;

@@ -12,21 +12,14 @@
 //! and while locked it always holds valid JSON: new metadata is written padded with spaces
 //! over the old bytes, then the file is truncated to length.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-use nix::errno::Errno;
-use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl, openat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
-use nix::sys::uio::{pread, pwrite};
-use nix::unistd::ftruncate;
-
-use crate::exit::{ExitStatus, Failure};
+use crate::exit::Failure;
 use crate::metadata::Metadata;
 use crate::procfs;
-use crate::sys::{FlockOp, flock};
+use crate::ralph_dir::{Access, RalphFile, TryLock};
+use crate::sys::FlockOp;
 use crate::workspace::RalphDir;
 
 pub const LOCK_FILE: &str = "loop.lock";
@@ -37,10 +30,7 @@ const READ_LIMIT: usize = 1 << 20;
 /// An open `.ralph/loop.lock`, locked or not.
 #[derive(Debug)]
 pub struct LockFile {
-    file: File,
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
+    file: RalphFile,
 }
 
 /// Result of trying the lock.
@@ -55,46 +45,25 @@ impl LockFile {
     /// Opens (creating if missing, mode 0644 before umask) the lock file of `dir`,
     /// without following a symlink. Refuses anything but a regular file.
     pub fn open(dir: &RalphDir) -> Result<LockFile, Failure> {
-        let path = dir.path().join(LOCK_FILE);
-        let fd: OwnedFd = openat(
-            dir,
-            LOCK_FILE,
-            // O_NONBLOCK so that a FIFO planted here cannot hang the open; cleared below.
-            OFlag::O_RDWR
-                | OFlag::O_CREAT
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC
-                | OFlag::O_NONBLOCK
-                | OFlag::O_NOCTTY,
-            Mode::from_bits_truncate(0o644),
-        )
-        .map_err(|e| refuse(&path, e))?;
-        let st = fstat(&fd).map_err(|e| refuse(&path, e))?;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-            return Err(Failure::msg(
-                ExitStatus::Failure,
-                format!(
-                    "refusing {}: it is not a regular file; remove it so a lock file can be created",
-                    path.display()
-                ),
-            ));
-        }
-        // The child inherits this open file description: give it ordinary flags.
-        fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_RDWR)).map_err(|e| refuse(&path, e))?;
-        Ok(LockFile {
-            file: File::from(fd),
-            path,
-            dev: st.st_dev,
-            ino: st.st_ino,
-        })
+        let file = dir
+            .open(LOCK_FILE, Access::ReadWrite, true)?
+            .expect("created");
+        Ok(LockFile { file })
     }
 
     /// Opens the lock file of `dir` if it exists (never creates it).
     pub fn open_existing(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
-        match fstatat(dir, LOCK_FILE, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(Errno::ENOENT) => Ok(None),
-            _ => LockFile::open(dir).map(Some),
-        }
+        Ok(dir
+            .open(LOCK_FILE, Access::ReadWrite, false)?
+            .map(|file| LockFile { file }))
+    }
+
+    /// Opens the lock file of `dir` read-only if it exists, for a prober that may find
+    /// the workspace unwritable (`gc`): it can try the lock and read who holds it.
+    pub fn open_to_probe(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
+        Ok(dir
+            .open(LOCK_FILE, Access::Read, false)?
+            .map(|file| LockFile { file }))
     }
 
     /// Whether nobody holds the lock, by a non-blocking attempt that, if it succeeds,
@@ -102,7 +71,7 @@ impl LockFile {
     pub fn probe_free(&self) -> bool {
         match self.try_lock() {
             Ok(true) => {
-                let _ = flock(self.file.as_fd(), FlockOp::Unlock);
+                let _ = self.file.unlock();
                 true
             }
             _ => false,
@@ -112,15 +81,15 @@ impl LockFile {
     /// Lets go of a lock taken only to learn that the workspace is free (`wait`,
     /// `stop`): unlocks without touching the file, whose contents are not ours.
     pub fn unlock(self) {
-        let _ = flock(self.file.as_fd(), FlockOp::Unlock);
+        let _ = self.file.unlock();
     }
 
     pub fn path(&self) -> &std::path::Path {
-        &self.path
+        self.file.path()
     }
 
     pub fn dev_ino(&self) -> (u64, u64) {
-        (self.dev, self.ino)
+        self.file.dev_ino()
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -129,75 +98,29 @@ impl LockFile {
 
     /// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when someone else holds it.
     pub fn try_lock(&self) -> io::Result<bool> {
-        match flock(self.file.as_fd(), FlockOp::TryExclusive) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.file.lock(FlockOp::TryExclusive)
     }
 
     /// `flock(LOCK_EX)`, blocking in the kernel until the lock is ours.
     pub fn lock_blocking(&self) -> io::Result<()> {
-        flock(self.file.as_fd(), FlockOp::Exclusive)
+        self.file.lock(FlockOp::Exclusive).map(drop)
     }
 
     /// Whether `.ralph/loop.lock` still names the inode we opened.
     pub fn still_linked(&self, dir: &RalphDir) -> bool {
-        matches!(
-            fstatat(dir, LOCK_FILE, AtFlags::AT_SYMLINK_NOFOLLOW),
-            Ok(FileStat { st_dev, st_ino, .. }) if st_dev == self.dev && st_ino == self.ino
-        )
+        self.file.still_linked(dir)
     }
 
     /// Replaces the metadata without the file ever being empty or invalid: the new JSON,
-    /// padded with spaces to the old length, is written over the old bytes in one
-    /// `pwrite`, then the file is truncated to the JSON's length.
+    /// padded with spaces to the old length, is written over the old bytes, then the
+    /// file is truncated to the JSON's length.
     pub fn write_metadata(&self, meta: &Metadata) -> io::Result<()> {
-        let json = meta.to_json();
-        let old_len = fstat(&self.file).map(|s| s.st_size as usize).unwrap_or(0);
-        let mut buf = json.into_bytes();
-        let len = buf.len();
-        if buf.len() < old_len {
-            buf.resize(old_len, b' ');
-        } else {
-            // A full disk must fail the write before it touches the old metadata.
-            crate::sys::reserve(self.file.as_fd(), 0, len as u64)?;
-        }
-        let mut written = 0;
-        while written < buf.len() {
-            match pwrite(&self.file, &buf[written..], written as i64) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => written += n,
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if old_len > len {
-            ftruncate(&self.file, len as i64)?;
-        }
-        Ok(())
+        self.file.write_in_place(meta.to_json().into_bytes())
     }
 
     /// The file's contents (capped), whatever they are.
     pub fn read_raw(&self) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; 4096];
-        let mut len = 0;
-        loop {
-            if len == buf.len() {
-                if buf.len() >= READ_LIMIT {
-                    break;
-                }
-                buf.resize(buf.len() * 2, 0);
-            }
-            match pread(&self.file, &mut buf[len..], len as i64) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        buf.truncate(len);
-        Ok(buf)
+        self.file.read_up_to(READ_LIMIT)
     }
 
     /// Who holds the lock: the file's word, and the kernel's (`/proc/locks`) only when
@@ -219,8 +142,8 @@ impl LockFile {
     }
 
     fn kernel_holders(&self) -> Option<Vec<u32>> {
-        procfs::flock_holders(self.dev, self.ino)
-            .map(|holders| holders.into_iter().map(|h| h.pid).collect())
+        let (dev, ino) = self.file.dev_ino();
+        procfs::flock_holders(dev, ino).map(|holders| holders.into_iter().map(|h| h.pid).collect())
     }
 
     fn holder_from_file(&self) -> Holder {
@@ -242,8 +165,8 @@ impl LockFile {
     /// the lock, unlocks explicitly (a leaked grandchild holding a copy of the
     /// descriptor would otherwise keep the workspace locked), then closes.
     pub fn release(self) -> io::Result<()> {
-        let truncated = ftruncate(&self.file, 0).map_err(io::Error::from);
-        flock(self.file.as_fd(), FlockOp::Unlock)?;
+        let truncated = self.file.truncate(0);
+        self.file.unlock()?;
         truncated
     }
 }
@@ -257,27 +180,10 @@ impl AsFd for LockFile {
 /// Tries to take the workspace lock once (non-blocking), re-checking after locking that
 /// the path still names the locked inode (if someone replaced the file, start over).
 pub fn try_acquire(dir: &RalphDir) -> Result<Acquire, Failure> {
-    for _ in 0..16 {
-        let lock = LockFile::open(dir)?;
-        let locked = lock
-            .try_lock()
-            .map_err(|e| Failure::new(ExitStatus::Failure, e))?;
-        if !locked {
-            return Ok(Acquire::Held(lock));
-        }
-        if lock.still_linked(dir) {
-            return Ok(Acquire::Acquired(lock));
-        }
-        // We locked an inode that is no longer (or not yet) at the path: drop it (our
-        // descriptor is its only one, so closing unlocks) and try the new file.
-    }
-    Err(Failure::msg(
-        ExitStatus::Failure,
-        format!(
-            "{}/{LOCK_FILE} keeps being replaced while we lock it; find the process that recreates it",
-            dir.path().display()
-        ),
-    ))
+    Ok(match dir.try_lock(LOCK_FILE)? {
+        TryLock::Locked(file) => Acquire::Acquired(LockFile { file }),
+        TryLock::Held(file) => Acquire::Held(LockFile { file }),
+    })
 }
 
 /// What the lock file said about its holder.
@@ -348,25 +254,6 @@ pub fn human_age(age: chrono::TimeDelta) -> String {
         (0, _) => format!("{m}m{s:02}s"),
         _ => format!("{h}h{m:02}m"),
     }
-}
-
-fn refuse(path: &std::path::Path, e: Errno) -> Failure {
-    let why = match e {
-        Errno::ELOOP => {
-            "it is a symbolic link; ralph-supervise never follows links for the lock, remove it"
-                .to_string()
-        }
-        Errno::EISDIR => "it is a directory, not a lock file; remove it".to_string(),
-        Errno::EACCES | Errno::EPERM | Errno::EROFS => format!(
-            "{}; make the workspace writable or choose another with -C",
-            e.desc()
-        ),
-        e => e.desc().to_string(),
-    };
-    Failure::msg(
-        ExitStatus::Failure,
-        format!("refusing {}: {why}", path.display()),
-    )
 }
 
 #[cfg(test)]

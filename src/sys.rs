@@ -63,6 +63,8 @@ fn ignored_signals() -> Option<u64> {
 /// `flock(2)` operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlockOp {
+    /// Shared, blocking (readers).
+    Shared,
     /// Exclusive, blocking.
     Exclusive,
     /// Exclusive, non-blocking (`EWOULDBLOCK` when held).
@@ -75,6 +77,7 @@ pub enum FlockOp {
 /// not see flocks.
 pub fn flock(fd: BorrowedFd<'_>, op: FlockOp) -> io::Result<()> {
     let op = match op {
+        FlockOp::Shared => libc::LOCK_SH,
         FlockOp::Exclusive => libc::LOCK_EX,
         FlockOp::TryExclusive => libc::LOCK_EX | libc::LOCK_NB,
         FlockOp::Unlock => libc::LOCK_UN,

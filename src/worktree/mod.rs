@@ -17,7 +17,6 @@
 //! nothing: on any failure the directory and the branch are removed again.
 
 pub mod carry;
-mod file;
 mod git;
 pub mod id;
 pub mod queue;
@@ -26,19 +25,17 @@ pub mod registry;
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, open};
-use nix::sys::stat::Mode;
 
 pub use carry::Carried;
 pub use id::generate_id;
 
 use crate::exit::{ExitStatus, Failure};
-use crate::sys::{FlockOp, flock};
+use crate::lock::LockFile;
+use crate::ralph_dir::{Access, RalphFile};
 use crate::workspace::{RALPH_DIR, RalphDir};
 
 /// The repo-level lock serialising worktree creation and removal.
@@ -255,36 +252,15 @@ fn worktrees_dir(root: &Path, dir: &Path) -> Result<(PathBuf, Option<PathBuf>), 
 /// An exclusive flock on `<repo>/.ralph/worktree.lock`, released when dropped (the
 /// descriptor is close-on-exec, so git never holds a copy).
 struct RepoLock {
-    _fd: OwnedFd,
+    _file: RalphFile,
 }
 
 fn repo_lock(root: &Path) -> Result<RepoLock, Failure> {
     let dir = RalphDir::open_or_create(root)?;
-    let path = dir.path().join(REPO_LOCK_FILE);
-    let fd = nix::fcntl::openat(
-        &dir,
-        REPO_LOCK_FILE,
-        OFlag::O_RDWR
-            | OFlag::O_CREAT
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC
-            | OFlag::O_NOCTTY
-            | OFlag::O_NONBLOCK,
-        Mode::from_bits_truncate(0o644),
-    )
-    .map_err(|e| {
-        Failure::msg(
-            ExitStatus::Failure,
-            format!("cannot open {}: {}", path.display(), e.desc()),
-        )
-    })?;
-    flock(fd.as_fd(), FlockOp::Exclusive).map_err(|e| {
-        Failure::msg(
-            ExitStatus::Failure,
-            format!("cannot lock {}: {e}", path.display()),
-        )
-    })?;
-    Ok(RepoLock { _fd: fd })
+    let file = dir
+        .open_locked(REPO_LOCK_FILE, Access::ReadWrite, true)?
+        .expect("created");
+    Ok(RepoLock { _file: file })
 }
 
 /// Adds `/<rel>/` to `info/exclude` unless a line already covers it.
@@ -586,8 +562,8 @@ fn set_up(spec: &Spec, created: &Created, wt_rel: Option<&Path>) -> Result<Carri
 
 /// ralph's sharing: memories, specs and tasks of the worktree are the main repo's.
 fn share(root: &Path, wt: &Path) -> Result<(), Failure> {
-    let main = RalphDir::open_or_create(root)?;
-    let main = main.path().to_path_buf();
+    let main_dir = RalphDir::open_or_create(root)?;
+    let main = main_dir.path().to_path_buf();
     let fail = |what: &Path, e: io::Error| {
         Failure::msg(
             ExitStatus::Failure,
@@ -598,7 +574,9 @@ fn share(root: &Path, wt: &Path) -> Result<(), Failure> {
         fs::create_dir_all(main.join(d)).map_err(|e| fail(&main.join(d), e))?;
     }
     let memories = main.join("agent/memories.md");
-    nofollow_create(&memories).map_err(|e| fail(&memories, e))?;
+    main_dir
+        .create_if_missing("agent/memories.md")
+        .map_err(|e| fail(&memories, e))?;
     let wt_ralph = RalphDir::open_or_create(wt)?.path().to_path_buf();
     fs::create_dir_all(wt_ralph.join("agent")).map_err(|e| fail(&wt_ralph.join("agent"), e))?;
     for (link, target) in [
@@ -624,18 +602,6 @@ fn share(root: &Path, wt: &Path) -> Result<(), Failure> {
         std::os::unix::fs::symlink(&target, &link).map_err(|e| fail(&link, e))?;
     }
     Ok(())
-}
-
-/// Creates an empty regular file unless something is there; never follows a link.
-fn nofollow_create(path: &Path) -> io::Result<()> {
-    match open(
-        path,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::from_bits_truncate(0o644),
-    ) {
-        Ok(_) | Err(Errno::EEXIST) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn write_context(created: &Created, prompt: &str) -> Result<(), Failure> {
@@ -768,35 +734,25 @@ pub fn discard(created: &Created) -> Result<(), Failure> {
 }
 
 /// Whether a loop runs in worktree `wt`: its `.ralph/loop.lock` is flock-held. When it
-/// is free, the returned descriptor holds it, so no loop starts there while we remove.
-fn probe_loop_lock(wt: &Path) -> Result<(bool, Option<OwnedFd>), Failure> {
-    let path = wt.join(RALPH_DIR).join(crate::lock::LOCK_FILE);
-    let fd = match open(
-        &path,
-        OFlag::O_RDONLY
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok((false, None)),
-        Err(e) => {
-            return Err(Failure::msg(
-                ExitStatus::Failure,
-                format!("cannot probe {}: {}", path.display(), e.desc()),
-            ));
-        }
+/// is free, the returned lock file holds it, so no loop starts there while we remove.
+/// A `.ralph` that is not a directory (or has no lock file) has no loop.
+fn probe_loop_lock(wt: &Path) -> Result<(bool, Option<LockFile>), Failure> {
+    let dir = match RalphDir::at(&wt.join(RALPH_DIR), false) {
+        Ok(Some(dir)) => dir,
+        Ok(None) => return Ok((false, None)),
+        Err(e) if e.errno() == Some(Errno::ENOTDIR) => return Ok((false, None)),
+        Err(e) => return Err(e.into()),
     };
-    match flock(fd.as_fd(), FlockOp::TryExclusive) {
-        Ok(()) => Ok((false, Some(fd))),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok((true, None)),
-        Err(e) => Err(Failure::msg(
+    let Some(lock) = LockFile::open_to_probe(&dir)? else {
+        return Ok((false, None));
+    };
+    let free = lock.try_lock().map_err(|e| {
+        Failure::msg(
             ExitStatus::Failure,
-            format!("cannot probe {}: {e}", path.display()),
-        )),
-    }
+            format!("cannot probe {}: {e}", lock.path().display()),
+        )
+    })?;
+    Ok((!free, free.then_some(lock)))
 }
 
 /// Prunes dead registry entries and removes finished, clean worktrees under

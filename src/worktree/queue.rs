@@ -1,15 +1,13 @@
 //! ralph's merge queue, `<repo>/.ralph/merge-queue.jsonl`: an append-only log of
 //! `{"ts","loop_id","event":{"type":"queued","prompt"}}` lines.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use chrono::Utc;
-use nix::fcntl::OFlag;
 use serde_json::json;
 
-use super::file::open_locked;
 use crate::exit::{ExitStatus, Failure};
+use crate::ralph_dir::{Access, RalphDir};
 
 pub const QUEUE_FILE: &str = "merge-queue.jsonl";
 
@@ -45,54 +43,27 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Queued>, String> {
     }))
 }
 
-/// Appends a `queued` event for `loop_id` under an exclusive flock on the file, in one
-/// O_APPEND write, then syncs. A last line left without its newline (a torn write by
-/// someone else) gets one first, so our line stays a line of its own.
+/// Appends a `queued` event for `loop_id` under an exclusive flock on the file, then
+/// syncs. A last line left without its newline (a torn write by someone else) gets one
+/// first, so our line stays a line of its own.
 pub fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Result<(), Failure> {
-    let path = repo_ralph_dir.join(QUEUE_FILE);
-    let file = open_locked(
-        repo_ralph_dir,
-        QUEUE_FILE,
-        OFlag::O_RDWR | OFlag::O_APPEND,
-        true,
-    )?
-    .expect("open_locked with create returns a file");
-    let fail = |e: std::io::Error| {
-        Failure::msg(
-            ExitStatus::Failure,
-            format!("cannot append to {}: {e}", path.display()),
-        )
-    };
-    let len = file.metadata().map_err(fail)?.len();
-    let mut line = Vec::new();
-    if len > 0 {
-        let mut last = [0u8; 1];
-        file.read_exact_at(&mut last, len - 1).map_err(fail)?;
-        if last[0] != b'\n' {
-            line.push(b'\n');
-        }
-    }
+    let dir = RalphDir::at(repo_ralph_dir, true)?.expect("created");
+    let file = dir
+        .open_locked(QUEUE_FILE, Access::Append, true)?
+        .expect("created");
     let event = json!({
         "ts": crate::metadata::format_time(&Utc::now()),
         "loop_id": loop_id,
         "event": {"type": "queued", "prompt": prompt},
     });
-    line.extend_from_slice(event.to_string().as_bytes());
+    let mut line = event.to_string().into_bytes();
     line.push(b'\n');
-    // Space first, so a full disk fails before a byte is appended; then one write(2)
-    // on an O_APPEND descriptor, which the kernel appends whole. A short write (a disk
-    // that filled anyway) is cut off again, leaving no torn line.
-    crate::sys::reserve(std::os::fd::AsFd::as_fd(&file), len, line.len() as u64).map_err(fail)?;
-    let written = std::io::Write::write(&mut &file, &line);
-    if !matches!(written, Ok(n) if n == line.len()) {
-        let _ = file.set_len(len);
-        return Err(fail(match written {
-            Err(e) => e,
-            Ok(_) => std::io::Error::from(std::io::ErrorKind::WriteZero),
-        }));
-    }
-    file.sync_all().map_err(fail)?;
-    Ok(())
+    file.append(&line).and_then(|()| file.sync()).map_err(|e| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("cannot append to {}: {e}", file.path().display()),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -9,17 +9,14 @@
 //! keys and entries we cannot read are written back as they were; a file that is not
 //! JSON at all is copied aside before it is replaced.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::file::{open_locked, read_all};
 use crate::exit::{ExitStatus, Failure};
+use crate::ralph_dir::{Access, RalphDir, RalphFile};
 
 pub const REGISTRY_FILE: &str = "loops.json";
 
@@ -160,7 +157,7 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 
 /// Adds (or replaces, by id) `entry`, pruning dead entries.
 pub fn register(repo_ralph_dir: &Path, entry: Entry) -> Result<(), Failure> {
-    edit(repo_ralph_dir, |data| {
+    edit(repo_ralph_dir, true, |data| {
         data.prune();
         data.loops
             .retain(|s| !matches!(s, Slot::Known(e) if e.id == entry.id));
@@ -171,10 +168,7 @@ pub fn register(repo_ralph_dir: &Path, entry: Entry) -> Result<(), Failure> {
 
 /// Removes the entry `id` (no error when it is not there), pruning dead entries.
 pub fn deregister(repo_ralph_dir: &Path, id: &str) -> Result<(), Failure> {
-    if !repo_ralph_dir.join(REGISTRY_FILE).exists() {
-        return Ok(());
-    }
-    edit(repo_ralph_dir, |data| {
+    edit(repo_ralph_dir, false, |data| {
         data.prune();
         data.loops
             .retain(|s| !matches!(s, Slot::Known(e) if e.id == id));
@@ -182,18 +176,20 @@ pub fn deregister(repo_ralph_dir: &Path, id: &str) -> Result<(), Failure> {
     .map(|_| ())
 }
 
-/// The entries as the file lists them (dead ones included), read under the lock.
+/// The entries as the file lists them (dead ones included), read under a shared lock.
 /// A corrupt file lists nothing (with a warning) and is left for the next edit to keep.
 pub fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
-    let Some(file) = open_locked(repo_ralph_dir, REGISTRY_FILE, OFlag::O_RDONLY, false)? else {
+    let Some(dir) = RalphDir::at(repo_ralph_dir, false)? else {
         return Ok(Vec::new());
     };
-    let bytes = read_all(&file)?;
-    match Data::parse(&bytes) {
+    let Some(file) = dir.open_locked(REGISTRY_FILE, Access::Read, false)? else {
+        return Ok(Vec::new());
+    };
+    match Data::parse(&read(&file)?) {
         Ok(data) => Ok(data.known()),
         Err(why) => {
             tracing::warn!(
-                path = %repo_ralph_dir.join(REGISTRY_FILE).display(),
+                path = %file.path().display(),
                 "loop registry is corrupt ({why}); listing no loops from it"
             );
             Ok(Vec::new())
@@ -203,24 +199,29 @@ pub fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
 
 /// Removes the entries whose pid is dead; returns them.
 pub fn prune(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
-    if !repo_ralph_dir.join(REGISTRY_FILE).exists() {
-        return Ok(Vec::new());
-    }
-    edit(repo_ralph_dir, Data::prune)
+    Ok(edit(repo_ralph_dir, false, Data::prune)?.unwrap_or_default())
 }
 
-/// Locks, reads, applies `change`, writes back in place.
-fn edit<R>(dir: &Path, change: impl FnOnce(&mut Data) -> R) -> Result<R, Failure> {
-    let path = dir.join(REGISTRY_FILE);
-    let file = open_locked(dir, REGISTRY_FILE, OFlag::O_RDWR, true)?
-        .expect("open_locked with create returns a file");
-    let old = read_all(&file)?;
+/// Locks, reads, applies `change`, writes back in place and syncs. Without `create`, a
+/// missing file (or directory) is left missing: `Ok(None)`.
+fn edit<R>(
+    repo_ralph_dir: &Path,
+    create: bool,
+    change: impl FnOnce(&mut Data) -> R,
+) -> Result<Option<R>, Failure> {
+    let Some(dir) = RalphDir::at(repo_ralph_dir, create)? else {
+        return Ok(None);
+    };
+    let Some(file) = dir.open_locked(REGISTRY_FILE, Access::ReadWrite, create)? else {
+        return Ok(None);
+    };
+    let old = read(&file)?;
     let mut data = match Data::parse(&old) {
         Ok(data) => data,
         Err(why) => {
-            let aside = keep_aside(dir, &old)?;
+            let aside = keep_aside(&dir, &old)?;
             tracing::warn!(
-                path = %path.display(),
+                path = %file.path().display(),
                 copy = %aside.display(),
                 "loop registry was corrupt ({why}); kept a copy and started a fresh list"
             );
@@ -229,43 +230,29 @@ fn edit<R>(dir: &Path, change: impl FnOnce(&mut Data) -> R) -> Result<R, Failure
     };
     let result = change(&mut data);
     let new = data.to_json()?;
-    write_in_place(&file, &path, new, old.len())?;
-    Ok(result)
+    // In place (ralph holds its lock on this inode), padded over the old bytes, space
+    // reserved first: a full disk fails before the first byte is overwritten, where a
+    // write that stopped half-way would leave a cut file and lose every entry in it.
+    file.write_in_place(new)
+        .and_then(|()| file.sync())
+        .map_err(|e| {
+            Failure::msg(
+                ExitStatus::Failure,
+                format!("cannot write {}: {e}", file.path().display()),
+            )
+        })?;
+    Ok(Some(result))
 }
 
-/// Writes `bytes` padded with spaces to `old_len` from offset 0, truncates to the JSON's
-/// length and syncs.
-fn write_in_place(
-    file: &File,
-    path: &Path,
-    mut bytes: Vec<u8>,
-    old_len: usize,
-) -> Result<(), Failure> {
-    let fail = |e: std::io::Error| {
-        Failure::msg(
-            ExitStatus::Failure,
-            format!("cannot write {}: {e}", path.display()),
-        )
-    };
-    let len = bytes.len();
-    if len < old_len {
-        bytes.resize(old_len, b' ');
-    } else {
-        // On a full disk, fail before the first byte is overwritten: a write that stops
-        // half-way would leave a cut file and lose every entry in it.
-        crate::sys::reserve(std::os::fd::AsFd::as_fd(file), 0, len as u64).map_err(fail)?;
-    }
-    file.write_all_at(&bytes, 0).map_err(fail)?;
-    file.set_len(len as u64).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
-    Ok(())
+fn read(file: &RalphFile) -> Result<Vec<u8>, Failure> {
+    file.read_all()
+        .map_err(|e| Failure::msg(ExitStatus::Failure, format!("read: {e}")))
 }
 
 /// Copies an unreadable registry to `loops.json.corrupt-<timestamp>` (never replacing
 /// anything) and syncs it.
-fn keep_aside(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Failure> {
+fn keep_aside(dir: &RalphDir, bytes: &[u8]) -> Result<PathBuf, Failure> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
     for n in 0..100 {
         let name = if n == 0 {
@@ -273,14 +260,8 @@ fn keep_aside(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Failure> {
         } else {
             format!("{REGISTRY_FILE}.corrupt-{stamp}-{n}")
         };
-        let path = dir.join(name);
-        let opened = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path);
-        match opened {
+        let path = dir.path().join(&name);
+        match dir.create_new(&name) {
             Ok(mut f) => {
                 f.write_all(bytes)
                     .and_then(|()| f.sync_all())
@@ -301,7 +282,7 @@ fn keep_aside(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Failure> {
                     ExitStatus::Failure,
                     format!(
                         "{} is corrupt and a copy cannot be kept at {}: {e}; fix or move it by hand",
-                        dir.join(REGISTRY_FILE).display(),
+                        dir.path().join(REGISTRY_FILE).display(),
                         path.display()
                     ),
                 ));
@@ -310,7 +291,10 @@ fn keep_aside(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Failure> {
     }
     Err(Failure::msg(
         ExitStatus::Failure,
-        format!("too many corrupt registry copies in {}", dir.display()),
+        format!(
+            "too many corrupt registry copies in {}",
+            dir.path().display()
+        ),
     ))
 }
 
