@@ -211,26 +211,33 @@ pub fn supervise(
             events.push(Event::Deadline);
         }
         for event in events.drain(..) {
-            for action in machine.handle(event, now) {
-                if action == Action::Spawn {
-                    child = hooks.respawn()?;
-                    machine.spawned(Instant::now());
-                } else {
-                    act(action, child, terminal);
-                }
-            }
+            carry_out(machine, event, now, &mut child, terminal, hooks)?;
         }
         if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid) {
-            for action in machine.handle(Event::GroupEmpty, now) {
-                if action == Action::Spawn {
-                    child = hooks.respawn()?;
-                    machine.spawned(Instant::now());
-                } else {
-                    act(action, child, terminal);
-                }
-            }
+            carry_out(machine, Event::GroupEmpty, now, &mut child, terminal, hooks)?;
         }
     }
+}
+
+/// Feeds one event to the machine and carries out the actions it answers: a spawn
+/// through the owner (`child` becomes the new one), everything else by system calls.
+fn carry_out(
+    machine: &mut Machine,
+    event: Event,
+    now: Instant,
+    child: &mut Child,
+    terminal: Option<Terminal>,
+    hooks: &mut dyn Hooks,
+) -> Result<(), Failure> {
+    for action in machine.handle(event, now) {
+        if action == Action::Spawn {
+            *child = hooks.respawn()?;
+            machine.spawned(Instant::now());
+        } else {
+            act(action, *child, terminal);
+        }
+    }
+    Ok(())
 }
 
 fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
