@@ -1,9 +1,15 @@
 //! `ralph-supervise run`: take the workspace, run the command, give the workspace back.
 //!
-//! CLI + policy -> settings -> workspace -> lock (or the conflict policy: fail, wait,
-//! take over, or a fresh git worktree) -> metadata -> spawn with the locked descriptor
-//! inherited -> supervise (signals, stop requests, restarts, max runtime) -> history
-//! record -> release -> exit status.
+//! This is the one place that walks a run from start to end; each step's details live
+//! in its own module. Read [`run`] top to bottom:
+//!
+//! 1. signals: blocked and read from a signalfd before anything else ([`Signals`]);
+//! 2. workspace: its `.ralph/` opened once ([`RalphDir`]);
+//! 3. lock or conflict: [`conflict::acquire`] answers run here, run in a new worktree,
+//!    or exit;
+//! 4. spawn: metadata written, the child started with the locked descriptor inherited;
+//! 5. supervise: signals, stop requests, restarts, max runtime ([`supervisor`]);
+//! 6. release: history record, then the lock freed; for a worktree, `worktree.on_exit`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -12,12 +18,12 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
-use crate::conflict::{self, TakenOver, Waited};
+use crate::conflict::{self, Next};
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::history;
 use crate::lock::{self, Acquire, LockFile};
 use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
-use crate::policy::{AfterTimeout, OnConflict, OnExit, Orphans, Policy, RestartPolicy};
+use crate::policy::{OnConflict, OnExit, Orphans, Policy, RestartPolicy};
 use crate::procfs;
 use crate::supervisor::machine::{self, Machine, RestartWhen, StopReason};
 use crate::supervisor::{self, Child, Hooks, Signals};
@@ -37,13 +43,22 @@ pub struct RunSettings {
     pub policy: Policy,
     /// The conflict policy that applies here (auto resolved).
     pub on_conflict: OnConflict,
-    /// Whether the workspace is inside a git work tree.
-    pub in_git_repo: bool,
+    /// The git top-level of the workspace, found once; `None` outside a git repository.
+    pub repo: Option<PathBuf>,
 }
 
 impl RunSettings {
-    fn conflict_status(&self) -> ExitStatus {
-        ExitStatus::Conflict(self.policy.conflict.exit_code)
+    fn conflict_rules(&self) -> conflict::Rules<'_> {
+        conflict::Rules {
+            workspace: &self.workspace,
+            repo: self.repo.as_deref(),
+            policy: self.on_conflict,
+            wait_timeout: self.policy.conflict.wait_timeout,
+            after_timeout: self.policy.conflict.after_timeout,
+            refused: ExitStatus::Conflict(self.policy.conflict.exit_code),
+            grace: self.policy.stop.grace,
+            stop_signal: self.policy.stop.signal,
+        }
     }
 
     fn prompt_text(&self) -> String {
@@ -63,25 +78,23 @@ pub fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     let signals = Signals::install().or_fail("cannot set up signal handling")?;
     // Orphaned descendants are re-parented to us, so we reap them and see them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
-
     // Looked up now, so that a wait for the lock hands off without these system calls.
     self_identity();
+
     let dir = RalphDir::open_or_create(&settings.workspace)?;
-    let lock = match lock::try_acquire(&dir)? {
-        Acquire::Acquired(lock) => lock,
-        Acquire::Held(held) => match on_conflict(&settings, &dir, held, &signals)? {
-            Next::Primary(lock) => lock,
-            Next::Worktree => return run_in_worktree(&settings, &signals),
-            Next::Exit(status) => return Ok(status),
-        },
-    };
-    let place = Place {
-        workspace: settings.workspace.clone(),
-        mode: Mode::Primary,
-        loop_id: new_loop_id(),
-        worktree: None,
-    };
-    run_locked(&settings, &signals, &dir, lock, &place, &mut false)
+    match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
+        Next::Primary(lock) => {
+            let place = Place {
+                workspace: settings.workspace.clone(),
+                mode: Mode::Primary,
+                loop_id: new_loop_id(),
+                worktree: None,
+            };
+            run_locked(&settings, &signals, &dir, lock, &place, &mut false)
+        }
+        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo),
+        Next::Exit(status) => Ok(status),
+    }
 }
 
 /// Where a run happens.
@@ -93,110 +106,12 @@ struct Place<'a> {
     worktree: Option<&'a Created>,
 }
 
-/// What to do after the conflict policy.
-enum Next {
-    Primary(LockFile),
-    Worktree,
-    Exit(ExitStatus),
-}
-
-/// Applies the conflict policy.
-fn on_conflict(
-    settings: &RunSettings,
-    dir: &RalphDir,
-    held: LockFile,
-    signals: &Signals,
-) -> Result<Next, Failure> {
-    let taken = |holder: &lock::Holder| {
-        format!(
-            "workspace {} is taken: loop held by {}",
-            settings.workspace.display(),
-            holder.describe()
-        )
-    };
-    match settings.on_conflict {
-        OnConflict::Fail => Err(Failure::msg(
-            settings.conflict_status(),
-            format!(
-                "{}; wait for it (--on-conflict wait), run beside it (--on-conflict worktree) or stop it (ralph-supervise stop)",
-                taken(&held.holder())
-            ),
-        )),
-        OnConflict::Worktree => worktree_or_refuse(settings, &taken(&held.holder())),
-        OnConflict::Wait => {
-            let holder = held.holder();
-            conflict::log_waiting(&holder);
-            crate::service::status(&format!(
-                "waiting for the lock held by {}",
-                holder_pid(&holder)
-            ));
-            drop(held);
-            let deadline = settings
-                .policy
-                .conflict
-                .wait_timeout
-                .map(|t| Instant::now() + t);
-            match conflict::wait_for_lock(dir, deadline, Some(signals))? {
-                Waited::Acquired(lock) => Ok(Next::Primary(lock)),
-                Waited::Interrupted(sig) => {
-                    info!("{} while waiting: not running", signals::name(sig));
-                    Ok(Next::Exit(ExitStatus::Signaled(sig)))
-                }
-                Waited::TimedOut => {
-                    let now = LockFile::open(dir)?.holder();
-                    let timeout = settings.policy.conflict.wait_timeout.unwrap_or_default();
-                    match settings.policy.conflict.after_timeout {
-                        AfterTimeout::Fail => Err(Failure::msg(
-                            settings.conflict_status(),
-                            format!("gave up waiting after {timeout:?}: {}", taken(&now)),
-                        )),
-                        AfterTimeout::Worktree => worktree_or_refuse(settings, &taken(&now)),
-                    }
-                }
-            }
-        }
-        OnConflict::Takeover => {
-            match conflict::takeover(
-                dir,
-                held,
-                settings.policy.stop.grace,
-                settings.policy.stop.signal,
-                settings.conflict_status(),
-                signals,
-            )? {
-                TakenOver::Acquired(lock) => Ok(Next::Primary(lock)),
-                TakenOver::Interrupted(sig) => Ok(Next::Exit(ExitStatus::Signaled(sig))),
-            }
-        }
-    }
-}
-
-fn holder_pid(holder: &lock::Holder) -> String {
-    match &holder.metadata {
-        lock::MetaState::Valid(m) => format!("pid {}", m.pid),
-        _ => "another process".into(),
-    }
-}
-
-/// A worktree launch, or (outside a git repository) the conflict code with the reason.
-fn worktree_or_refuse(settings: &RunSettings, taken: &str) -> Result<Next, Failure> {
-    if settings.in_git_repo {
-        info!("{taken}; running in a new worktree");
-        return Ok(Next::Worktree);
-    }
-    Err(Failure::msg(
-        settings.conflict_status(),
-        format!(
-            "{taken}; cannot run in a worktree: {} is not in a git repository; use --on-conflict wait or fail",
-            settings.workspace.display()
-        ),
-    ))
-}
-
 /// Creates a worktree, runs there holding its own lock, applies `worktree.on_exit`.
-fn run_in_worktree(settings: &RunSettings, signals: &Signals) -> Result<ExitStatus, Failure> {
-    let repo = crate::workspace::git_toplevel(&settings.workspace)
-        .unwrap_or_else(|| settings.workspace.clone());
+fn run_in_worktree(
+    settings: &RunSettings,
+    signals: &Signals,
+    repo: PathBuf,
+) -> Result<ExitStatus, Failure> {
     let prompt = settings.prompt_text();
     let created = worktree::create(&worktree::Spec {
         repo,
@@ -481,6 +396,7 @@ fn run_locked(
     Ok(status)
 }
 
+/// Spawns the child and supervises it (and its restarts) to the end.
 fn supervise(
     session: &mut Session<'_>,
     signals: &Signals,
