@@ -12,7 +12,7 @@
 //! 6. release: history record, then the lock freed; for a worktree, `worktree.on_exit`.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -84,26 +84,55 @@ pub fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
         Next::Primary(lock) => {
-            let place = Place {
-                workspace: settings.workspace.clone(),
-                mode: Mode::Primary,
+            let place = Place::Primary {
+                workspace: &settings.workspace,
                 loop_id: new_loop_id(),
-                worktree: None,
             };
-            run_locked(&settings, &signals, &dir, lock, &place, &mut false)
+            run_locked(&settings, &signals, &dir, lock, &place).status
         }
         Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo),
         Next::Exit(status) => Ok(status),
     }
 }
 
-/// Where a run happens.
-struct Place<'a> {
-    /// The workspace the child runs in (the worktree for a worktree launch).
-    workspace: PathBuf,
-    mode: Mode,
-    loop_id: String,
-    worktree: Option<&'a Created>,
+/// Where a run happens: the workspace itself, or a worktree created for this run.
+enum Place<'a> {
+    Primary {
+        workspace: &'a Path,
+        loop_id: String,
+    },
+    Worktree(&'a Created),
+}
+
+impl<'a> Place<'a> {
+    /// The directory the child works in, recorded in the metadata.
+    fn workspace(&self) -> &Path {
+        match self {
+            Place::Primary { workspace, .. } => workspace,
+            Place::Worktree(created) => &created.path,
+        }
+    }
+
+    fn loop_id(&self) -> &str {
+        match self {
+            Place::Primary { loop_id, .. } => loop_id,
+            Place::Worktree(created) => &created.id,
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        match self {
+            Place::Primary { .. } => Mode::Primary,
+            Place::Worktree(_) => Mode::Worktree,
+        }
+    }
+
+    fn worktree(&self) -> Option<&'a Created> {
+        match *self {
+            Place::Primary { .. } => None,
+            Place::Worktree(created) => Some(created),
+        }
+    }
 }
 
 /// Creates a worktree, runs there holding its own lock, applies `worktree.on_exit`.
@@ -143,19 +172,13 @@ fn run_in_worktree(
             return Err(e);
         }
     };
-    let place = Place {
-        workspace: created.path.clone(),
-        mode: Mode::Worktree,
-        loop_id: created.id.clone(),
-        worktree: Some(&created),
-    };
-    let mut spawned = false;
-    let status = run_locked(settings, signals, &dir, lock, &place, &mut spawned);
-    if !spawned {
+    let ran = run_locked(settings, signals, &dir, lock, &Place::Worktree(&created));
+    if !ran.spawned {
         // The command never started: leave no worktree, branch or registry entry.
         rollback(&created);
-        return status;
+        return ran.status;
     }
+    let status = ran.status;
     let on_exit = match settings.policy.worktree.on_exit {
         OnExit::Keep => worktree::OnExit::Keep,
         OnExit::RemoveIfClean => worktree::OnExit::RemoveIfClean,
@@ -221,9 +244,9 @@ impl Session<'_> {
                 // The notify socket is ours: a child (say `ralph run`) must not report
                 // READY for us.
                 cmd.env_remove(crate::notify::ENV);
-                if place.mode == Mode::Worktree {
-                    cmd.current_dir(&place.workspace);
-                    cmd.env("RALPH_WORKSPACE_ROOT", &place.workspace);
+                if let Place::Worktree(created) = place {
+                    cmd.current_dir(&created.path);
+                    cmd.env("RALPH_WORKSPACE_ROOT", &created.path);
                 }
             },
         )?;
@@ -240,7 +263,7 @@ impl Session<'_> {
                 self.lock.path().display()
             );
         }
-        if let Some(created) = self.place.worktree {
+        if let Some(created) = self.place.worktree() {
             let entry = worktree::registry::Entry {
                 id: created.id.clone(),
                 pid,
@@ -254,7 +277,7 @@ impl Session<'_> {
                 warn!("cannot register the loop: {:#}", e.error);
             }
         }
-        crate::service::ready_running(pid, self.place.worktree.map(|c| c.path.as_path()));
+        crate::service::ready_running(pid, self.place.worktree().map(|c| c.path.as_path()));
         debug!(pid, "running {}", self.meta.prompt);
         Ok(child)
     }
@@ -308,6 +331,13 @@ impl Session<'_> {
     }
 }
 
+/// How a locked run ended.
+struct Ran {
+    status: Result<ExitStatus, Failure>,
+    /// Whether the command ever started (a worktree whose command never did is removed).
+    spawned: bool,
+}
+
 /// Runs the command holding `lock` (of `dir`), then records the run and releases.
 fn run_locked(
     settings: &RunSettings,
@@ -315,8 +345,7 @@ fn run_locked(
     dir: &RalphDir,
     lock: LockFile,
     place: &Place<'_>,
-    spawned: &mut bool,
-) -> Result<ExitStatus, Failure> {
+) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
     if let Err(e) = crate::watch::watch(dir) {
@@ -338,14 +367,14 @@ fn run_locked(
         supervisor_start_time: self_identity().0,
         child_pid: None,
         child_start_time: None,
-        loop_id: Some(place.loop_id.clone()),
-        mode: Some(place.mode),
+        loop_id: Some(place.loop_id().to_owned()),
+        mode: Some(place.mode()),
         command: settings
             .command
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
-        workspace: Some(place.workspace.clone()),
+        workspace: Some(place.workspace().to_path_buf()),
         hostname: self_identity().1.clone(),
         version: Some(env!("CARGO_PKG_VERSION").to_string()),
     };
@@ -365,7 +394,7 @@ fn run_locked(
             anyhow::Error::new(e)
                 .context(format!("cannot write {}", session.lock.path().display())),
         )),
-        Ok(()) => supervise(&mut session, signals, spawned),
+        Ok(()) => supervise(&mut session, signals),
     };
     // History before the release, so that whoever waits for the lock (`stop`) finds the
     // record when the lock frees. (Written after the release, the record was always
@@ -377,11 +406,12 @@ fn run_locked(
             &history_record(&session, *status, machine, started),
         );
     }
-    if let Some(created) = place.worktree
+    if let Some(created) = place.worktree()
         && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
     {
         warn!("cannot deregister the loop: {:#}", e.error);
     }
+    let spawned = session.child.is_some();
     // The child is gone (or never started): empty the metadata while still locked,
     // then unlock explicitly.
     let released = session
@@ -391,19 +421,16 @@ fn run_locked(
     for extra in session.extra {
         let _ = extra.release();
     }
-    let (status, _) = result?;
-    released?;
-    Ok(status)
+    let status = result.and_then(|(status, _)| released.map(|()| status));
+    Ran { status, spawned }
 }
 
 /// Spawns the child and supervises it (and its restarts) to the end.
 fn supervise(
     session: &mut Session<'_>,
     signals: &Signals,
-    spawned: &mut bool,
 ) -> Result<(ExitStatus, Machine), Failure> {
     let child = session.spawn()?;
-    *spawned = true;
     // A stop request written since the watch began is not lost: its change signal is
     // queued in the signalfd, and the event loop reads it first.
     let policy = &session.settings.policy;
@@ -446,8 +473,8 @@ fn history_record(
         None => (None, None),
     };
     history::Record {
-        id: session.place.loop_id.clone(),
-        mode: session.place.mode.to_string(),
+        id: session.place.loop_id().to_owned(),
+        mode: session.place.mode().to_string(),
         command: session.meta.command.clone(),
         prompt: session.meta.prompt.clone(),
         start: format_time(&started),
@@ -461,7 +488,7 @@ fn history_record(
             StopReason::StopRequest => "stop-request".into(),
             StopReason::MaxRuntime => "max-runtime".into(),
         }),
-        worktree: session.place.worktree.map(|c| c.path.clone()),
+        worktree: session.place.worktree().map(|c| c.path.clone()),
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
     }
@@ -471,7 +498,7 @@ fn history_record(
 /// place lists all runs.
 /// `dir` is the run's own `.ralph/`, already open: a primary's history goes there.
 fn append_history(place: &Place<'_>, dir: &RalphDir, record: &history::Record) {
-    let written = match place.worktree {
+    let written = match place.worktree() {
         Some(created) => RalphDir::open_or_create(&created.repo)
             .map_err(|e| e.error)
             .and_then(|repo| history::append(&repo, record).map_err(anyhow::Error::from)),
