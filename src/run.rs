@@ -211,6 +211,142 @@ fn rollback(created: &Created) {
     }
 }
 
+/// How a locked run ended.
+struct Ran {
+    status: Result<ExitStatus, Failure>,
+    /// Whether the command ever started (a worktree whose command never did is removed).
+    spawned: bool,
+}
+
+/// Runs the command holding `lock` (of `dir`), then records the run and releases.
+fn run_locked(
+    settings: &RunSettings,
+    signals: &Signals,
+    dir: &RalphDir,
+    lock: LockFile,
+    place: &Place<'_>,
+) -> Ran {
+    debug!(lock = %lock.path().display(), "lock acquired");
+    // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
+    if let Err(e) = crate::watch::watch(dir) {
+        warn!(
+            "cannot watch {}: {e}; stop requests will not be seen",
+            dir.path().display()
+        );
+    }
+    if stop_request::remove(dir).unwrap_or(false) {
+        info!("removed a stale {}", stop_request::FILE);
+    }
+    let started = Utc::now();
+    let mut session = Session {
+        settings,
+        place,
+        dir,
+        lock,
+        extra: Vec::new(),
+        meta: metadata(settings, place, started),
+        terminal: Terminal::detect(),
+        child: None,
+    };
+    let result = match session.write_metadata() {
+        Err(e) => Err(Failure::new(
+            ExitStatus::Failure,
+            anyhow::Error::new(e)
+                .context(format!("cannot write {}", session.lock.path().display())),
+        )),
+        Ok(()) => supervise(&mut session, signals),
+    };
+    // History before the release, so that whoever waits for the lock (`stop`) finds the
+    // record when the lock frees. (Written after the release, the record was always
+    // given the space the lock file freed: a full disk could never show on it.)
+    if let Ok((status, machine)) = &result {
+        append_history(
+            place,
+            dir,
+            &history_record(&session, *status, machine, started),
+        );
+    }
+    if let Some(created) = place.worktree()
+        && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
+    {
+        warn!("cannot deregister the loop: {:#}", e.error);
+    }
+    let spawned = session.child.is_some();
+    // The child is gone (or never started): empty the metadata while still locked,
+    // then unlock explicitly.
+    let released = session
+        .lock
+        .release()
+        .or_fail("cannot release the workspace lock");
+    for extra in session.extra {
+        let _ = extra.release();
+    }
+    let status = result.and_then(|(status, _)| released.map(|()| status));
+    Ran { status, spawned }
+}
+
+/// Spawns the child and supervises it (and its restarts) to the end.
+fn supervise(
+    session: &mut Session<'_>,
+    signals: &Signals,
+) -> Result<(ExitStatus, Machine), Failure> {
+    let child = session.spawn()?;
+    // A stop request written since the watch began is not lost: its change signal is
+    // queued in the signalfd, and the event loop reads it first.
+    let terminal = session.terminal;
+    let config = machine_config(&session.settings.policy, terminal.is_some());
+    let mut machine = Machine::new(config, Instant::now());
+    let status = supervisor::supervise(child, &mut machine, signals, terminal, session)?;
+    crate::service::stopping();
+    debug!(code = status.code(), "supervision over");
+    Ok((status, machine))
+}
+
+/// The state machine's settings, from the policy.
+fn machine_config(policy: &Policy, job_control: bool) -> machine::Config {
+    machine::Config {
+        grace: policy.stop.grace,
+        stop_signal: policy.stop.signal,
+        kill_orphans: policy.stop.orphans == Orphans::Kill,
+        job_control,
+        restart: machine::Restart {
+            when: match policy.restart.policy {
+                RestartPolicy::Never => RestartWhen::Never,
+                RestartPolicy::OnFailure => RestartWhen::OnFailure,
+                RestartPolicy::Always => RestartWhen::Always,
+            },
+            max: policy.restart.max,
+            backoff_initial: policy.restart.backoff_initial,
+            backoff_max: policy.restart.backoff_max,
+        },
+        max_runtime: policy.run.max_runtime,
+    }
+}
+
+/// What the lock file says before the child starts (its pid is filled in at spawn).
+fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -> Metadata {
+    let me = std::process::id();
+    Metadata {
+        pid: me,
+        started,
+        prompt: truncate_prompt(&settings.prompt_text()),
+        supervisor_pid: Some(me),
+        supervisor_start_time: self_identity().0,
+        child_pid: None,
+        child_start_time: None,
+        loop_id: Some(place.loop_id().to_owned()),
+        mode: Some(place.mode()),
+        command: settings
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        workspace: Some(place.workspace().to_path_buf()),
+        hostname: self_identity().1.clone(),
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
+    }
+}
+
 /// The locks and metadata of one run, and what the event loop asks of them.
 struct Session<'a> {
     settings: &'a RunSettings,
@@ -329,136 +465,6 @@ impl Session<'_> {
             Err(e) => error!("{:#}", e.error),
         }
     }
-}
-
-/// How a locked run ended.
-struct Ran {
-    status: Result<ExitStatus, Failure>,
-    /// Whether the command ever started (a worktree whose command never did is removed).
-    spawned: bool,
-}
-
-/// Runs the command holding `lock` (of `dir`), then records the run and releases.
-fn run_locked(
-    settings: &RunSettings,
-    signals: &Signals,
-    dir: &RalphDir,
-    lock: LockFile,
-    place: &Place<'_>,
-) -> Ran {
-    debug!(lock = %lock.path().display(), "lock acquired");
-    // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
-    if let Err(e) = crate::watch::watch(dir) {
-        warn!(
-            "cannot watch {}: {e}; stop requests will not be seen",
-            dir.path().display()
-        );
-    }
-    if stop_request::remove(dir).unwrap_or(false) {
-        info!("removed a stale {}", stop_request::FILE);
-    }
-    let me = std::process::id();
-    let started = Utc::now();
-    let meta = Metadata {
-        pid: me,
-        started,
-        prompt: truncate_prompt(&settings.prompt_text()),
-        supervisor_pid: Some(me),
-        supervisor_start_time: self_identity().0,
-        child_pid: None,
-        child_start_time: None,
-        loop_id: Some(place.loop_id().to_owned()),
-        mode: Some(place.mode()),
-        command: settings
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        workspace: Some(place.workspace().to_path_buf()),
-        hostname: self_identity().1.clone(),
-        version: Some(env!("CARGO_PKG_VERSION").to_string()),
-    };
-    let mut session = Session {
-        settings,
-        place,
-        dir,
-        lock,
-        extra: Vec::new(),
-        meta,
-        terminal: Terminal::detect(),
-        child: None,
-    };
-    let result = match session.write_metadata() {
-        Err(e) => Err(Failure::new(
-            ExitStatus::Failure,
-            anyhow::Error::new(e)
-                .context(format!("cannot write {}", session.lock.path().display())),
-        )),
-        Ok(()) => supervise(&mut session, signals),
-    };
-    // History before the release, so that whoever waits for the lock (`stop`) finds the
-    // record when the lock frees. (Written after the release, the record was always
-    // given the space the lock file freed: a full disk could never show on it.)
-    if let Ok((status, machine)) = &result {
-        append_history(
-            place,
-            dir,
-            &history_record(&session, *status, machine, started),
-        );
-    }
-    if let Some(created) = place.worktree()
-        && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
-    {
-        warn!("cannot deregister the loop: {:#}", e.error);
-    }
-    let spawned = session.child.is_some();
-    // The child is gone (or never started): empty the metadata while still locked,
-    // then unlock explicitly.
-    let released = session
-        .lock
-        .release()
-        .or_fail("cannot release the workspace lock");
-    for extra in session.extra {
-        let _ = extra.release();
-    }
-    let status = result.and_then(|(status, _)| released.map(|()| status));
-    Ran { status, spawned }
-}
-
-/// Spawns the child and supervises it (and its restarts) to the end.
-fn supervise(
-    session: &mut Session<'_>,
-    signals: &Signals,
-) -> Result<(ExitStatus, Machine), Failure> {
-    let child = session.spawn()?;
-    // A stop request written since the watch began is not lost: its change signal is
-    // queued in the signalfd, and the event loop reads it first.
-    let policy = &session.settings.policy;
-    let mut machine = Machine::new(
-        machine::Config {
-            grace: policy.stop.grace,
-            stop_signal: policy.stop.signal,
-            kill_orphans: policy.stop.orphans == Orphans::Kill,
-            job_control: session.terminal.is_some(),
-            restart: machine::Restart {
-                when: match policy.restart.policy {
-                    RestartPolicy::Never => RestartWhen::Never,
-                    RestartPolicy::OnFailure => RestartWhen::OnFailure,
-                    RestartPolicy::Always => RestartWhen::Always,
-                },
-                max: policy.restart.max,
-                backoff_initial: policy.restart.backoff_initial,
-                backoff_max: policy.restart.backoff_max,
-            },
-            max_runtime: policy.run.max_runtime,
-        },
-        Instant::now(),
-    );
-    let terminal = session.terminal;
-    let status = supervisor::supervise(child, &mut machine, signals, terminal, session)?;
-    crate::service::stopping();
-    debug!(code = status.code(), "supervision over");
-    Ok((status, machine))
 }
 
 fn history_record(
