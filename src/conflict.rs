@@ -1,5 +1,19 @@
-//! What `run` does when the workspace lock is already held: fail, wait, or take over.
-//! (The fourth policy, a worktree launch, lives in [`crate::worktree`].)
+//! The workspace lock, or what to do when someone else holds it.
+//!
+//! `run` asks one question here, [`acquire`]: may it run, and where? The answer is a
+//! [`Next`]: the lock (run as the primary), a worktree to create (run beside the
+//! holder), or an exit status (a stop signal came while waiting). All four conflict
+//! policies are decided here and nowhere else, with every message they print:
+//!
+//! - `fail`: the conflict code (75 by default), naming the holder;
+//! - `wait`: block until the lock frees; after `wait_timeout`, `after_timeout` says fail
+//!   or worktree;
+//! - `takeover`: ask the holder to stop as `stop` does, wait its grace, kill it, acquire;
+//! - `worktree`: run in a new git worktree, or outside a git repository refuse with the
+//!   conflict code. (Creating the worktree is [`crate::worktree`]'s; `run` does it.)
+//!
+//! `stop` and `wait` reuse the waiting and stopping parts ([`wait_for_lock`],
+//! [`confirm_targets`], [`request_stop`], [`kill_holder`]).
 //!
 //! Waiting blocks in the kernel: a helper thread sits in `flock(LOCK_EX)` on its own open
 //! file description while the main thread sleeps in `poll(2)` on the signalfd and a pipe
@@ -11,6 +25,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -21,11 +36,137 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use crate::exit::{ExitStatus, Failure, ResultExt};
-use crate::lock::{Holder, LockFile, MetaState};
+use crate::lock::{self, Acquire, Holder, LockFile, MetaState};
+use crate::policy::{AfterTimeout, OnConflict};
 use crate::procfs;
 use crate::signals::{self, Class, classify};
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
+
+/// What `run` does next, once the lock question is settled.
+#[derive(Debug)]
+pub enum Next {
+    /// The workspace lock is ours: run here, as the primary.
+    Primary(LockFile),
+    /// Run beside the holder, in a new worktree of the repository at `repo` (its top-level).
+    Worktree { repo: PathBuf },
+    /// Run nothing: a stop signal came while waiting; exit with this status (128+N).
+    Exit(ExitStatus),
+}
+
+/// What the conflict policies need, resolved from flags and the policy file.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// The workspace, as the messages name it.
+    pub workspace: &'a Path,
+    /// Its git top-level, found once by the caller; `None` outside a git repository.
+    pub repo: Option<&'a Path>,
+    /// The policy that applies (`auto` already resolved).
+    pub policy: OnConflict,
+    /// Bound on `wait`; `None` waits without limit.
+    pub wait_timeout: Option<Duration>,
+    /// What a timed-out `wait` does.
+    pub after_timeout: AfterTimeout,
+    /// The status of a refusal: the conflict code.
+    pub refused: ExitStatus,
+    /// How a takeover stops the holder: the grace before killing, and the signal for a
+    /// child whose supervisor is gone.
+    pub grace: Duration,
+    pub stop_signal: i32,
+}
+
+/// Takes the workspace lock of `dir`; if it is held, applies the conflict policy.
+pub fn acquire(dir: &RalphDir, rules: &Rules<'_>, signals: &Signals) -> Result<Next, Failure> {
+    let held = match lock::try_acquire(dir)? {
+        Acquire::Acquired(lock) => return Ok(Next::Primary(lock)),
+        Acquire::Held(held) => held,
+    };
+    match rules.policy {
+        OnConflict::Fail => Err(rules.refuse(format!(
+            "{}; wait for it (--on-conflict wait), run beside it (--on-conflict worktree) or stop it (ralph-supervise stop)",
+            rules.taken(&held.holder())
+        ))),
+        OnConflict::Worktree => rules.worktree_or_refuse(&held.holder()),
+        OnConflict::Wait => wait(dir, held, rules, signals),
+        OnConflict::Takeover => takeover(dir, held, rules, signals),
+    }
+}
+
+impl Rules<'_> {
+    /// "workspace W is taken: loop held by pid N (prompt) since T"
+    fn taken(&self, holder: &Holder) -> String {
+        format!(
+            "workspace {} is taken: loop held by {}",
+            self.workspace.display(),
+            holder.describe()
+        )
+    }
+
+    fn refuse(&self, msg: impl std::fmt::Display) -> Failure {
+        Failure::msg(self.refused, msg)
+    }
+
+    /// A worktree launch, or (outside a git repository) the conflict code with the reason.
+    fn worktree_or_refuse(&self, holder: &Holder) -> Result<Next, Failure> {
+        let taken = self.taken(holder);
+        match self.repo {
+            Some(repo) => {
+                info!("{taken}; running in a new worktree");
+                Ok(Next::Worktree {
+                    repo: repo.to_path_buf(),
+                })
+            }
+            None => Err(self.refuse(format!(
+                "{taken}; cannot run in a worktree: {} is not in a git repository; use --on-conflict wait or fail",
+                self.workspace.display()
+            ))),
+        }
+    }
+}
+
+/// `wait`: blocks until the lock frees, a stop signal comes, or `wait_timeout` passes
+/// (then `after_timeout` decides).
+fn wait(
+    dir: &RalphDir,
+    held: LockFile,
+    rules: &Rules<'_>,
+    signals: &Signals,
+) -> Result<Next, Failure> {
+    let holder = held.holder();
+    info!("waiting for the lock held by {}", holder.describe());
+    crate::service::status(&format!(
+        "waiting for the lock held by {}",
+        holder_pid(&holder)
+    ));
+    drop(held);
+    let deadline = rules.wait_timeout.map(|t| Instant::now() + t);
+    match wait_for_lock(dir, deadline, Some(signals))? {
+        Waited::Acquired(lock) => Ok(Next::Primary(lock)),
+        Waited::Interrupted(sig) => {
+            info!("{} while waiting: not running", signals::name(sig));
+            Ok(Next::Exit(ExitStatus::Signaled(sig)))
+        }
+        Waited::TimedOut => {
+            let now = LockFile::open(dir)?.holder();
+            let timeout = rules.wait_timeout.unwrap_or_default();
+            match rules.after_timeout {
+                AfterTimeout::Fail => Err(rules.refuse(format!(
+                    "gave up waiting after {timeout:?}: {}",
+                    rules.taken(&now)
+                ))),
+                AfterTimeout::Worktree => rules.worktree_or_refuse(&now),
+            }
+        }
+    }
+}
+
+/// "pid N" for the service manager's status line, or "another process".
+fn holder_pid(holder: &Holder) -> String {
+    match &holder.metadata {
+        MetaState::Valid(m) => format!("pid {}", m.pid),
+        _ => "another process".into(),
+    }
+}
 
 /// How a wait for the lock ended.
 #[derive(Debug)]
@@ -104,11 +245,6 @@ pub fn wait_for_lock(
     }
 }
 
-/// "waiting for the lock held by pid N (prompt) since T", logged once.
-pub fn log_waiting(holder: &Holder) {
-    info!("waiting for the lock held by {}", holder.describe());
-}
-
 /// Pids of a holder that may be signalled: each confirmed alive by its recorded start
 /// time. `Err` says why nothing can be signalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,54 +308,42 @@ pub fn kill_holder(t: Targets) {
     }
 }
 
-/// How a takeover ended.
-#[derive(Debug)]
-pub enum TakenOver {
-    Acquired(LockFile),
-    Interrupted(i32),
-}
-
-/// Takes the workspace from its holder: ask it to stop, wait `grace`, kill it, acquire.
-/// Refuses (with the conflict code) to signal anything whose identity is not confirmed.
-pub fn takeover(
+/// `takeover`: ask the holder to stop, wait `grace`, kill it, acquire. Refuses (with the
+/// conflict code) to signal anything whose identity is not confirmed.
+fn takeover(
     dir: &RalphDir,
     held: LockFile,
-    grace: Duration,
-    stop_signal: i32,
-    conflict: ExitStatus,
+    rules: &Rules<'_>,
     signals: &Signals,
-) -> Result<TakenOver, Failure> {
+) -> Result<Next, Failure> {
+    let grace = rules.grace;
     let holder = held.holder();
     drop(held);
     let targets = confirm_targets(&holder);
     info!("taking over the workspace from {}", holder.describe());
-    request_stop(dir, targets.clone(), stop_signal);
+    request_stop(dir, targets.clone(), rules.stop_signal);
     // The holder's own supervisor escalates after its grace; allow for ours plus a
     // margin before we escalate ourselves.
     let margin = Duration::from_secs(1);
     match wait_for_lock(dir, Some(Instant::now() + grace + margin), Some(signals))? {
-        Waited::Acquired(lock) => return Ok(TakenOver::Acquired(lock)),
-        Waited::Interrupted(sig) => return Ok(TakenOver::Interrupted(sig)),
+        Waited::Acquired(lock) => return Ok(Next::Primary(lock)),
+        Waited::Interrupted(sig) => return Ok(Next::Exit(ExitStatus::Signaled(sig))),
         Waited::TimedOut => {}
     }
     let t = match targets {
         Ok(t) => t,
         Err(why) => {
-            return Err(Failure::msg(
-                conflict,
-                format!(
-                    "refusing to take over the workspace: {why}; not signalling it. Stop it yourself (ralph loops stop, or kill the holder), then run again"
-                ),
-            ));
+            return Err(rules.refuse(format!(
+                "refusing to take over the workspace: {why}; not signalling it. Stop it yourself (ralph loops stop, or kill the holder), then run again"
+            )));
         }
     };
     warn!("the holder did not stop within {grace:?}; killing it");
     kill_holder(t);
     match wait_for_lock(dir, Some(Instant::now() + grace + margin), Some(signals))? {
-        Waited::Acquired(lock) => Ok(TakenOver::Acquired(lock)),
-        Waited::Interrupted(sig) => Ok(TakenOver::Interrupted(sig)),
-        Waited::TimedOut => Err(Failure::msg(
-            conflict,
+        Waited::Acquired(lock) => Ok(Next::Primary(lock)),
+        Waited::Interrupted(sig) => Ok(Next::Exit(ExitStatus::Signaled(sig))),
+        Waited::TimedOut => Err(rules.refuse(
             "the workspace is still locked after killing its holder: a process outside its group holds the lock; find it with `ralph-supervise status`",
         )),
     }

@@ -56,11 +56,11 @@ pub fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             let workspace = workspace::resolve(global.workspace.as_deref())?;
             let effective = effective_policy(&workspace, &args.policy, &global)?;
             init_logging(&global, Some(&effective.policy));
-            let in_git_repo = workspace::git_toplevel(&workspace).is_some();
+            let repo = workspace::git_toplevel(&workspace);
             let policy = effective.policy;
             let settings = run::RunSettings {
-                on_conflict: policy.conflict.effective(in_git_repo),
-                in_git_repo,
+                on_conflict: policy.conflict.effective(repo.is_some()),
+                repo,
                 workspace,
                 prompt: args.prompt.map(|p| p.to_string_lossy().into_owned()),
                 command: args.command,

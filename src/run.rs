@@ -1,23 +1,29 @@
 //! `ralph-supervise run`: take the workspace, run the command, give the workspace back.
 //!
-//! CLI + policy -> settings -> workspace -> lock (or the conflict policy: fail, wait,
-//! take over, or a fresh git worktree) -> metadata -> spawn with the locked descriptor
-//! inherited -> supervise (signals, stop requests, restarts, max runtime) -> history
-//! record -> release -> exit status.
+//! This is the one place that walks a run from start to end; each step's details live
+//! in its own module. Read [`run`] top to bottom:
+//!
+//! 1. signals: blocked and read from a signalfd before anything else ([`Signals`]);
+//! 2. workspace: its `.ralph/` opened once ([`RalphDir`]);
+//! 3. lock or conflict: [`conflict::acquire`] answers run here, run in a new worktree,
+//!    or exit;
+//! 4. spawn: metadata written, the child started with the locked descriptor inherited;
+//! 5. supervise: signals, stop requests, restarts, max runtime ([`supervisor`]);
+//! 6. release: history record, then the lock freed; for a worktree, `worktree.on_exit`.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
-use crate::conflict::{self, TakenOver, Waited};
+use crate::conflict::{self, Next};
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::history;
 use crate::lock::{self, Acquire, LockFile};
 use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
-use crate::policy::{AfterTimeout, OnConflict, OnExit, Orphans, Policy, RestartPolicy};
+use crate::policy::{OnConflict, OnExit, Orphans, Policy, RestartPolicy};
 use crate::procfs;
 use crate::supervisor::machine::{self, Machine, RestartWhen, StopReason};
 use crate::supervisor::{self, Child, Hooks, Signals};
@@ -37,13 +43,22 @@ pub struct RunSettings {
     pub policy: Policy,
     /// The conflict policy that applies here (auto resolved).
     pub on_conflict: OnConflict,
-    /// Whether the workspace is inside a git work tree.
-    pub in_git_repo: bool,
+    /// The git top-level of the workspace, found once; `None` outside a git repository.
+    pub repo: Option<PathBuf>,
 }
 
 impl RunSettings {
-    fn conflict_status(&self) -> ExitStatus {
-        ExitStatus::Conflict(self.policy.conflict.exit_code)
+    fn conflict_rules(&self) -> conflict::Rules<'_> {
+        conflict::Rules {
+            workspace: &self.workspace,
+            repo: self.repo.as_deref(),
+            policy: self.on_conflict,
+            wait_timeout: self.policy.conflict.wait_timeout,
+            after_timeout: self.policy.conflict.after_timeout,
+            refused: ExitStatus::Conflict(self.policy.conflict.exit_code),
+            grace: self.policy.stop.grace,
+            stop_signal: self.policy.stop.signal,
+        }
     }
 
     fn prompt_text(&self) -> String {
@@ -63,140 +78,69 @@ pub fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     let signals = Signals::install().or_fail("cannot set up signal handling")?;
     // Orphaned descendants are re-parented to us, so we reap them and see them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
-
     // Looked up now, so that a wait for the lock hands off without these system calls.
     self_identity();
+
     let dir = RalphDir::open_or_create(&settings.workspace)?;
-    let lock = match lock::try_acquire(&dir)? {
-        Acquire::Acquired(lock) => lock,
-        Acquire::Held(held) => match on_conflict(&settings, &dir, held, &signals)? {
-            Next::Primary(lock) => lock,
-            Next::Worktree => return run_in_worktree(&settings, &signals),
-            Next::Exit(status) => return Ok(status),
-        },
-    };
-    let place = Place {
-        workspace: settings.workspace.clone(),
-        mode: Mode::Primary,
-        loop_id: new_loop_id(),
-        worktree: None,
-    };
-    run_locked(&settings, &signals, &dir, lock, &place, &mut false)
-}
-
-/// Where a run happens.
-struct Place<'a> {
-    /// The workspace the child runs in (the worktree for a worktree launch).
-    workspace: PathBuf,
-    mode: Mode,
-    loop_id: String,
-    worktree: Option<&'a Created>,
-}
-
-/// What to do after the conflict policy.
-enum Next {
-    Primary(LockFile),
-    Worktree,
-    Exit(ExitStatus),
-}
-
-/// Applies the conflict policy.
-fn on_conflict(
-    settings: &RunSettings,
-    dir: &RalphDir,
-    held: LockFile,
-    signals: &Signals,
-) -> Result<Next, Failure> {
-    let taken = |holder: &lock::Holder| {
-        format!(
-            "workspace {} is taken: loop held by {}",
-            settings.workspace.display(),
-            holder.describe()
-        )
-    };
-    match settings.on_conflict {
-        OnConflict::Fail => Err(Failure::msg(
-            settings.conflict_status(),
-            format!(
-                "{}; wait for it (--on-conflict wait), run beside it (--on-conflict worktree) or stop it (ralph-supervise stop)",
-                taken(&held.holder())
-            ),
-        )),
-        OnConflict::Worktree => worktree_or_refuse(settings, &taken(&held.holder())),
-        OnConflict::Wait => {
-            let holder = held.holder();
-            conflict::log_waiting(&holder);
-            crate::service::status(&format!(
-                "waiting for the lock held by {}",
-                holder_pid(&holder)
-            ));
-            drop(held);
-            let deadline = settings
-                .policy
-                .conflict
-                .wait_timeout
-                .map(|t| Instant::now() + t);
-            match conflict::wait_for_lock(dir, deadline, Some(signals))? {
-                Waited::Acquired(lock) => Ok(Next::Primary(lock)),
-                Waited::Interrupted(sig) => {
-                    info!("{} while waiting: not running", signals::name(sig));
-                    Ok(Next::Exit(ExitStatus::Signaled(sig)))
-                }
-                Waited::TimedOut => {
-                    let now = LockFile::open(dir)?.holder();
-                    let timeout = settings.policy.conflict.wait_timeout.unwrap_or_default();
-                    match settings.policy.conflict.after_timeout {
-                        AfterTimeout::Fail => Err(Failure::msg(
-                            settings.conflict_status(),
-                            format!("gave up waiting after {timeout:?}: {}", taken(&now)),
-                        )),
-                        AfterTimeout::Worktree => worktree_or_refuse(settings, &taken(&now)),
-                    }
-                }
-            }
+    match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
+        Next::Primary(lock) => {
+            let place = Place::Primary {
+                workspace: &settings.workspace,
+                loop_id: new_loop_id(),
+            };
+            run_locked(&settings, &signals, &dir, lock, &place).status
         }
-        OnConflict::Takeover => {
-            match conflict::takeover(
-                dir,
-                held,
-                settings.policy.stop.grace,
-                settings.policy.stop.signal,
-                settings.conflict_status(),
-                signals,
-            )? {
-                TakenOver::Acquired(lock) => Ok(Next::Primary(lock)),
-                TakenOver::Interrupted(sig) => Ok(Next::Exit(ExitStatus::Signaled(sig))),
-            }
+        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo),
+        Next::Exit(status) => Ok(status),
+    }
+}
+
+/// Where a run happens: the workspace itself, or a worktree created for this run.
+enum Place<'a> {
+    Primary {
+        workspace: &'a Path,
+        loop_id: String,
+    },
+    Worktree(&'a Created),
+}
+
+impl<'a> Place<'a> {
+    /// The directory the child works in, recorded in the metadata.
+    fn workspace(&self) -> &Path {
+        match self {
+            Place::Primary { workspace, .. } => workspace,
+            Place::Worktree(created) => &created.path,
         }
     }
-}
 
-fn holder_pid(holder: &lock::Holder) -> String {
-    match &holder.metadata {
-        lock::MetaState::Valid(m) => format!("pid {}", m.pid),
-        _ => "another process".into(),
+    fn loop_id(&self) -> &str {
+        match self {
+            Place::Primary { loop_id, .. } => loop_id,
+            Place::Worktree(created) => &created.id,
+        }
     }
-}
 
-/// A worktree launch, or (outside a git repository) the conflict code with the reason.
-fn worktree_or_refuse(settings: &RunSettings, taken: &str) -> Result<Next, Failure> {
-    if settings.in_git_repo {
-        info!("{taken}; running in a new worktree");
-        return Ok(Next::Worktree);
+    fn mode(&self) -> Mode {
+        match self {
+            Place::Primary { .. } => Mode::Primary,
+            Place::Worktree(_) => Mode::Worktree,
+        }
     }
-    Err(Failure::msg(
-        settings.conflict_status(),
-        format!(
-            "{taken}; cannot run in a worktree: {} is not in a git repository; use --on-conflict wait or fail",
-            settings.workspace.display()
-        ),
-    ))
+
+    fn worktree(&self) -> Option<&'a Created> {
+        match *self {
+            Place::Primary { .. } => None,
+            Place::Worktree(created) => Some(created),
+        }
+    }
 }
 
 /// Creates a worktree, runs there holding its own lock, applies `worktree.on_exit`.
-fn run_in_worktree(settings: &RunSettings, signals: &Signals) -> Result<ExitStatus, Failure> {
-    let repo = crate::workspace::git_toplevel(&settings.workspace)
-        .unwrap_or_else(|| settings.workspace.clone());
+fn run_in_worktree(
+    settings: &RunSettings,
+    signals: &Signals,
+    repo: PathBuf,
+) -> Result<ExitStatus, Failure> {
     let prompt = settings.prompt_text();
     let created = worktree::create(&worktree::Spec {
         repo,
@@ -228,19 +172,13 @@ fn run_in_worktree(settings: &RunSettings, signals: &Signals) -> Result<ExitStat
             return Err(e);
         }
     };
-    let place = Place {
-        workspace: created.path.clone(),
-        mode: Mode::Worktree,
-        loop_id: created.id.clone(),
-        worktree: Some(&created),
-    };
-    let mut spawned = false;
-    let status = run_locked(settings, signals, &dir, lock, &place, &mut spawned);
-    if !spawned {
+    let ran = run_locked(settings, signals, &dir, lock, &Place::Worktree(&created));
+    if !ran.spawned {
         // The command never started: leave no worktree, branch or registry entry.
         rollback(&created);
-        return status;
+        return ran.status;
     }
+    let status = ran.status;
     let on_exit = match settings.policy.worktree.on_exit {
         OnExit::Keep => worktree::OnExit::Keep,
         OnExit::RemoveIfClean => worktree::OnExit::RemoveIfClean,
@@ -270,6 +208,142 @@ fn rollback(created: &Created) {
             created.path.display(),
             e.error
         );
+    }
+}
+
+/// How a locked run ended.
+struct Ran {
+    status: Result<ExitStatus, Failure>,
+    /// Whether the command ever started (a worktree whose command never did is removed).
+    spawned: bool,
+}
+
+/// Runs the command holding `lock` (of `dir`), then records the run and releases.
+fn run_locked(
+    settings: &RunSettings,
+    signals: &Signals,
+    dir: &RalphDir,
+    lock: LockFile,
+    place: &Place<'_>,
+) -> Ran {
+    debug!(lock = %lock.path().display(), "lock acquired");
+    // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
+    if let Err(e) = crate::watch::watch(dir) {
+        warn!(
+            "cannot watch {}: {e}; stop requests will not be seen",
+            dir.path().display()
+        );
+    }
+    if stop_request::remove(dir).unwrap_or(false) {
+        info!("removed a stale {}", stop_request::FILE);
+    }
+    let started = Utc::now();
+    let mut session = Session {
+        settings,
+        place,
+        dir,
+        lock,
+        extra: Vec::new(),
+        meta: metadata(settings, place, started),
+        terminal: Terminal::detect(),
+        child: None,
+    };
+    let result = match session.write_metadata() {
+        Err(e) => Err(Failure::new(
+            ExitStatus::Failure,
+            anyhow::Error::new(e)
+                .context(format!("cannot write {}", session.lock.path().display())),
+        )),
+        Ok(()) => supervise(&mut session, signals),
+    };
+    // History before the release, so that whoever waits for the lock (`stop`) finds the
+    // record when the lock frees. (Written after the release, the record was always
+    // given the space the lock file freed: a full disk could never show on it.)
+    if let Ok((status, machine)) = &result {
+        append_history(
+            place,
+            dir,
+            &history_record(&session, *status, machine, started),
+        );
+    }
+    if let Some(created) = place.worktree()
+        && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
+    {
+        warn!("cannot deregister the loop: {:#}", e.error);
+    }
+    let spawned = session.child.is_some();
+    // The child is gone (or never started): empty the metadata while still locked,
+    // then unlock explicitly.
+    let released = session
+        .lock
+        .release()
+        .or_fail("cannot release the workspace lock");
+    for extra in session.extra {
+        let _ = extra.release();
+    }
+    let status = result.and_then(|(status, _)| released.map(|()| status));
+    Ran { status, spawned }
+}
+
+/// Spawns the child and supervises it (and its restarts) to the end.
+fn supervise(
+    session: &mut Session<'_>,
+    signals: &Signals,
+) -> Result<(ExitStatus, Machine), Failure> {
+    let child = session.spawn()?;
+    // A stop request written since the watch began is not lost: its change signal is
+    // queued in the signalfd, and the event loop reads it first.
+    let terminal = session.terminal;
+    let config = machine_config(&session.settings.policy, terminal.is_some());
+    let mut machine = Machine::new(config, Instant::now());
+    let status = supervisor::supervise(child, &mut machine, signals, terminal, session)?;
+    crate::service::stopping();
+    debug!(code = status.code(), "supervision over");
+    Ok((status, machine))
+}
+
+/// The state machine's settings, from the policy.
+fn machine_config(policy: &Policy, job_control: bool) -> machine::Config {
+    machine::Config {
+        grace: policy.stop.grace,
+        stop_signal: policy.stop.signal,
+        kill_orphans: policy.stop.orphans == Orphans::Kill,
+        job_control,
+        restart: machine::Restart {
+            when: match policy.restart.policy {
+                RestartPolicy::Never => RestartWhen::Never,
+                RestartPolicy::OnFailure => RestartWhen::OnFailure,
+                RestartPolicy::Always => RestartWhen::Always,
+            },
+            max: policy.restart.max,
+            backoff_initial: policy.restart.backoff_initial,
+            backoff_max: policy.restart.backoff_max,
+        },
+        max_runtime: policy.run.max_runtime,
+    }
+}
+
+/// What the lock file says before the child starts (its pid is filled in at spawn).
+fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -> Metadata {
+    let me = std::process::id();
+    Metadata {
+        pid: me,
+        started,
+        prompt: truncate_prompt(&settings.prompt_text()),
+        supervisor_pid: Some(me),
+        supervisor_start_time: self_identity().0,
+        child_pid: None,
+        child_start_time: None,
+        loop_id: Some(place.loop_id().to_owned()),
+        mode: Some(place.mode()),
+        command: settings
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        workspace: Some(place.workspace().to_path_buf()),
+        hostname: self_identity().1.clone(),
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
     }
 }
 
@@ -306,9 +380,9 @@ impl Session<'_> {
                 // The notify socket is ours: a child (say `ralph run`) must not report
                 // READY for us.
                 cmd.env_remove(crate::notify::ENV);
-                if place.mode == Mode::Worktree {
-                    cmd.current_dir(&place.workspace);
-                    cmd.env("RALPH_WORKSPACE_ROOT", &place.workspace);
+                if let Place::Worktree(created) = place {
+                    cmd.current_dir(&created.path);
+                    cmd.env("RALPH_WORKSPACE_ROOT", &created.path);
                 }
             },
         )?;
@@ -325,7 +399,7 @@ impl Session<'_> {
                 self.lock.path().display()
             );
         }
-        if let Some(created) = self.place.worktree {
+        if let Some(created) = self.place.worktree() {
             let entry = worktree::registry::Entry {
                 id: created.id.clone(),
                 pid,
@@ -339,7 +413,7 @@ impl Session<'_> {
                 warn!("cannot register the loop: {:#}", e.error);
             }
         }
-        crate::service::ready_running(pid, self.place.worktree.map(|c| c.path.as_path()));
+        crate::service::ready_running(pid, self.place.worktree().map(|c| c.path.as_path()));
         debug!(pid, "running {}", self.meta.prompt);
         Ok(child)
     }
@@ -393,131 +467,6 @@ impl Session<'_> {
     }
 }
 
-/// Runs the command holding `lock` (of `dir`), then records the run and releases.
-fn run_locked(
-    settings: &RunSettings,
-    signals: &Signals,
-    dir: &RalphDir,
-    lock: LockFile,
-    place: &Place<'_>,
-    spawned: &mut bool,
-) -> Result<ExitStatus, Failure> {
-    debug!(lock = %lock.path().display(), "lock acquired");
-    // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
-    if let Err(e) = crate::watch::watch(dir) {
-        warn!(
-            "cannot watch {}: {e}; stop requests will not be seen",
-            dir.path().display()
-        );
-    }
-    if stop_request::remove(dir).unwrap_or(false) {
-        info!("removed a stale {}", stop_request::FILE);
-    }
-    let me = std::process::id();
-    let started = Utc::now();
-    let meta = Metadata {
-        pid: me,
-        started,
-        prompt: truncate_prompt(&settings.prompt_text()),
-        supervisor_pid: Some(me),
-        supervisor_start_time: self_identity().0,
-        child_pid: None,
-        child_start_time: None,
-        loop_id: Some(place.loop_id.clone()),
-        mode: Some(place.mode),
-        command: settings
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        workspace: Some(place.workspace.clone()),
-        hostname: self_identity().1.clone(),
-        version: Some(env!("CARGO_PKG_VERSION").to_string()),
-    };
-    let mut session = Session {
-        settings,
-        place,
-        dir,
-        lock,
-        extra: Vec::new(),
-        meta,
-        terminal: Terminal::detect(),
-        child: None,
-    };
-    let result = match session.write_metadata() {
-        Err(e) => Err(Failure::new(
-            ExitStatus::Failure,
-            anyhow::Error::new(e)
-                .context(format!("cannot write {}", session.lock.path().display())),
-        )),
-        Ok(()) => supervise(&mut session, signals, spawned),
-    };
-    // History before the release, so that whoever waits for the lock (`stop`) finds the
-    // record when the lock frees. (Written after the release, the record was always
-    // given the space the lock file freed: a full disk could never show on it.)
-    if let Ok((status, machine)) = &result {
-        append_history(
-            place,
-            dir,
-            &history_record(&session, *status, machine, started),
-        );
-    }
-    if let Some(created) = place.worktree
-        && let Err(e) = worktree::registry::deregister(&created.repo_ralph_dir(), &created.id)
-    {
-        warn!("cannot deregister the loop: {:#}", e.error);
-    }
-    // The child is gone (or never started): empty the metadata while still locked,
-    // then unlock explicitly.
-    let released = session
-        .lock
-        .release()
-        .or_fail("cannot release the workspace lock");
-    for extra in session.extra {
-        let _ = extra.release();
-    }
-    let (status, _) = result?;
-    released?;
-    Ok(status)
-}
-
-fn supervise(
-    session: &mut Session<'_>,
-    signals: &Signals,
-    spawned: &mut bool,
-) -> Result<(ExitStatus, Machine), Failure> {
-    let child = session.spawn()?;
-    *spawned = true;
-    // A stop request written since the watch began is not lost: its change signal is
-    // queued in the signalfd, and the event loop reads it first.
-    let policy = &session.settings.policy;
-    let mut machine = Machine::new(
-        machine::Config {
-            grace: policy.stop.grace,
-            stop_signal: policy.stop.signal,
-            kill_orphans: policy.stop.orphans == Orphans::Kill,
-            job_control: session.terminal.is_some(),
-            restart: machine::Restart {
-                when: match policy.restart.policy {
-                    RestartPolicy::Never => RestartWhen::Never,
-                    RestartPolicy::OnFailure => RestartWhen::OnFailure,
-                    RestartPolicy::Always => RestartWhen::Always,
-                },
-                max: policy.restart.max,
-                backoff_initial: policy.restart.backoff_initial,
-                backoff_max: policy.restart.backoff_max,
-            },
-            max_runtime: policy.run.max_runtime,
-        },
-        Instant::now(),
-    );
-    let terminal = session.terminal;
-    let status = supervisor::supervise(child, &mut machine, signals, terminal, session)?;
-    crate::service::stopping();
-    debug!(code = status.code(), "supervision over");
-    Ok((status, machine))
-}
-
 fn history_record(
     session: &Session<'_>,
     status: ExitStatus,
@@ -530,8 +479,8 @@ fn history_record(
         None => (None, None),
     };
     history::Record {
-        id: session.place.loop_id.clone(),
-        mode: session.place.mode.to_string(),
+        id: session.place.loop_id().to_owned(),
+        mode: session.place.mode().to_string(),
         command: session.meta.command.clone(),
         prompt: session.meta.prompt.clone(),
         start: format_time(&started),
@@ -545,7 +494,7 @@ fn history_record(
             StopReason::StopRequest => "stop-request".into(),
             StopReason::MaxRuntime => "max-runtime".into(),
         }),
-        worktree: session.place.worktree.map(|c| c.path.clone()),
+        worktree: session.place.worktree().map(|c| c.path.clone()),
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
     }
@@ -555,7 +504,7 @@ fn history_record(
 /// place lists all runs.
 /// `dir` is the run's own `.ralph/`, already open: a primary's history goes there.
 fn append_history(place: &Place<'_>, dir: &RalphDir, record: &history::Record) {
-    let written = match place.worktree {
+    let written = match place.worktree() {
         Some(created) => RalphDir::open_or_create(&created.repo)
             .map_err(|e| e.error)
             .and_then(|repo| history::append(&repo, record).map_err(anyhow::Error::from)),

@@ -1,5 +1,10 @@
 //! Spawning the child and supervising it until it is gone.
 //!
+//! This module is the supervisor's contact with the system: it turns signals, exits and
+//! `.ralph/` changes into [`machine::Event`]s and the machine's [`machine::Action`]s
+//! into system calls. What to do is decided in [`machine`], which stays pure; what the
+//! run owns (the lock, the metadata, a respawn) is reached through [`Hooks`].
+//!
 //! # Theory of operation
 //!
 //! At start-up every catchable signal is reset to its default disposition and blocked
@@ -19,8 +24,8 @@
 //!    supervisor is the only reaper: it is a child subreaper, so orphaned descendants come
 //!    back to it, and SIGCHLD coalesces), every other signal is an event;
 //! 3. feed the events to the [`machine::Machine`], which answers with actions;
-//! 4. carry the actions out: signal the child's group, stop ourselves, hand the terminal
-//!    over or take it back;
+//! 4. carry the actions out (`carry_out`, the one dispatch): signal the child's group,
+//!    stop ourselves, hand the terminal over or take it back, spawn again;
 //! 5. once the machine says the supervision is over, return its exit status.
 //!
 //! The workspace's `.ralph/` directory is watched through the same signalfd (the kernel
@@ -211,26 +216,33 @@ pub fn supervise(
             events.push(Event::Deadline);
         }
         for event in events.drain(..) {
-            for action in machine.handle(event, now) {
-                if action == Action::Spawn {
-                    child = hooks.respawn()?;
-                    machine.spawned(Instant::now());
-                } else {
-                    act(action, child, terminal);
-                }
-            }
+            carry_out(machine, event, now, &mut child, terminal, hooks)?;
         }
         if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid) {
-            for action in machine.handle(Event::GroupEmpty, now) {
-                if action == Action::Spawn {
-                    child = hooks.respawn()?;
-                    machine.spawned(Instant::now());
-                } else {
-                    act(action, child, terminal);
-                }
-            }
+            carry_out(machine, Event::GroupEmpty, now, &mut child, terminal, hooks)?;
         }
     }
+}
+
+/// Feeds one event to the machine and carries out the actions it answers: a spawn
+/// through the owner (`child` becomes the new one), everything else by system calls.
+fn carry_out(
+    machine: &mut Machine,
+    event: Event,
+    now: Instant,
+    child: &mut Child,
+    terminal: Option<Terminal>,
+    hooks: &mut dyn Hooks,
+) -> Result<(), Failure> {
+    for action in machine.handle(event, now) {
+        if action == Action::Spawn {
+            *child = hooks.respawn()?;
+            machine.spawned(Instant::now());
+        } else {
+            act(action, *child, terminal);
+        }
+    }
+    Ok(())
 }
 
 fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
@@ -289,6 +301,6 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
             }
         }
         Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),
-        Action::Spawn => unreachable!("spawning is the driver's"),
+        Action::Spawn => unreachable!("carry_out spawns"),
     }
 }
