@@ -106,7 +106,10 @@ pub fn wait_for_lock(
 
 /// "waiting for the lock held by pid N (prompt) since T", logged once.
 pub fn log_waiting(holder: &Holder) {
-    info!("waiting for the lock held by {}", holder.describe());
+    info!(
+        "waiting for the lock held by {}",
+        crate::present::holder(holder)
+    );
 }
 
 /// Pids of a holder that may be signalled: each confirmed alive by its recorded start
@@ -192,7 +195,10 @@ pub fn takeover(
     let holder = held.holder();
     drop(held);
     let targets = confirm_targets(&holder);
-    info!("taking over the workspace from {}", holder.describe());
+    info!(
+        "taking over the workspace from {}",
+        crate::present::holder(&holder)
+    );
     request_stop(dir, targets.clone(), stop_signal);
     // The holder's own supervisor escalates after its grace; allow for ours plus a
     // margin before we escalate ourselves.

@@ -111,7 +111,7 @@ fn on_conflict(
         format!(
             "workspace {} is taken: loop held by {}",
             settings.workspace.display(),
-            holder.describe()
+            crate::present::holder(holder)
         )
     };
     match settings.on_conflict {
