@@ -175,7 +175,7 @@ fn assemble(cmd: &clap::Command, man: &Man, extra: &Roff) -> Vec<u8> {
 const REFERENCE: &str = include_str!("../man/src/reference.md");
 
 /// The prose files of each page, by page name, in the order they are rendered.
-const PROSE: [(&str, &[&str]); 2] = [
+const PROSE: [(&str, &[&str]); 5] = [
     (
         "ralph-supervise",
         &[REFERENCE, include_str!("../man/src/ralph-supervise.md")],
@@ -183,6 +183,18 @@ const PROSE: [(&str, &[&str]); 2] = [
     (
         "ralph-supervise-run",
         &[REFERENCE, include_str!("../man/src/ralph-supervise-run.md")],
+    ),
+    (
+        "ralph-supervise-status",
+        &[include_str!("../man/src/ralph-supervise-status.md")],
+    ),
+    (
+        "ralph-supervise-list",
+        &[include_str!("../man/src/ralph-supervise-list.md")],
+    ),
+    (
+        "ralph-supervise-history",
+        &[include_str!("../man/src/ralph-supervise-history.md")],
     ),
 ];
 
