@@ -4,8 +4,9 @@
 //! Why a module: the pages are built, not written, so that they cannot drift from the
 //! CLI. Each section 1 page is assembled from `clap_mangen`'s own sections (title, NAME,
 //! SYNOPSIS, DESCRIPTION, OPTIONS, SUBCOMMANDS, ..., VERSION), with hand-written
-//! sections in between: the prose lives in `man/src/*.md`, included at build time (see
-//! [`PROSE`] for which file goes on which page, and [`prose`] for the small format).
+//! sections in between: the prose lives in `man/src/*.md`, included at build time
+//! (`PROSE` says which file goes on which page; `man/src/README.md` and `prose` describe
+//! the small format).
 //! SEE ALSO is generated: every page points to the top page, parents to children and
 //! children to parents, the top page to all; a prose file's SEE ALSO adds to that.
 //! Nested subcommands get pages of their own, named like git's: `policy show` is

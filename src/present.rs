@@ -497,6 +497,73 @@ mod tests {
         assert!(empty.contains("\"id\": null"), "{empty}");
     }
 
+    /// The `json!` literal `status --json` was printed from before `Status`.
+    fn old_status_json(state: &LoopState) -> serde_json::Value {
+        let (sup_alive, child_alive) = state.liveness();
+        let m = state.meta();
+        serde_json::json!({
+            "workspace": state.workspace,
+            "running": state.held,
+            "stale": !state.held && m.is_some(),
+            "metadata": match &state.metadata {
+                MetaState::Valid(_) => "valid",
+                MetaState::Empty => "empty",
+                MetaState::Invalid(_) => "invalid",
+            },
+            "lock_holders": state.lockers,
+            "id": m.and_then(|m| m.loop_id.clone()),
+            "mode": m.and_then(|m| m.mode.map(|x| x.to_string())),
+            "pid": m.map(|m| m.pid),
+            "child_pid": m.and_then(|m| m.child_pid),
+            "child_alive": child_alive,
+            "supervisor_pid": m.and_then(|m| m.supervisor_pid),
+            "supervisor_alive": sup_alive,
+            "started": m.map(|m| format_time(&m.started)),
+            "age_seconds": m.map(|m| age_seconds(m.started)),
+            "prompt": m.map(|m| m.prompt.clone()),
+            "command": m.map(|m| m.command.clone()),
+            "worktree": m.and_then(|m| (m.mode == Some(Mode::Worktree)).then(|| m.workspace.clone())).flatten(),
+        })
+    }
+
+    #[test]
+    fn status_json_prints_the_same_bytes_as_before() {
+        let meta = |mode| Metadata {
+            pid: std::process::id(),
+            started: Utc::now(),
+            prompt: "it's \"quoted\"".into(),
+            supervisor_pid: Some(std::process::id()),
+            supervisor_start_time: None,
+            child_pid: Some(std::process::id()),
+            child_start_time: None,
+            loop_id: Some("ralph-1".into()),
+            mode,
+            command: vec!["a".into(), "b c".into()],
+            workspace: Some(PathBuf::from("/w/.worktrees/ralph-1")),
+            hostname: Some("h".into()),
+            version: None,
+        };
+        let states = [
+            state(true, MetaState::Empty),
+            state(true, MetaState::Invalid("bad".into())),
+            state(false, MetaState::Valid(Box::new(meta(None)))),
+            state(true, MetaState::Valid(Box::new(meta(Some(Mode::Primary))))),
+            state(true, MetaState::Valid(Box::new(meta(Some(Mode::Worktree))))),
+        ];
+        // The age may tick between the two renderings.
+        let without_age = |text: String| {
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with("\"age_seconds\""))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        for state in &states {
+            let new = serde_json::to_string_pretty(&Status::new(state)).unwrap();
+            let old = serde_json::to_string_pretty(&old_status_json(state)).unwrap();
+            assert_eq!(without_age(new), without_age(old), "{state:?}");
+        }
+    }
+
     #[test]
     fn registered_rows_and_the_table() {
         let entry = registry::Entry {
@@ -508,6 +575,25 @@ mod tests {
             workspace: PathBuf::from("/w"),
             extra: Default::default(),
         };
+        // The `json!` literal `list --json` printed registry rows from before.
+        for wt in [None, Some(PathBuf::from("/w/.worktrees/ralph-2"))] {
+            let old = serde_json::json!({
+                "id": entry.id,
+                "mode": if wt.is_some() { "worktree" } else { "primary" },
+                "pid": entry.pid,
+                "running": true,
+                "started": format_time(&entry.started),
+                "age_seconds": age_seconds(entry.started),
+                "prompt": entry.prompt,
+                "worktree": wt,
+                "workspace": entry.workspace,
+            });
+            let new = ListRow::Registered(Registered::new(&entry, wt.clone(), true));
+            assert_eq!(
+                serde_json::to_string_pretty(&new).unwrap(),
+                serde_json::to_string_pretty(&old).unwrap()
+            );
+        }
         let row = ListRow::Registered(Registered::new(&entry, None, false));
         let v = serde_json::to_value(&row).unwrap();
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
