@@ -1,15 +1,15 @@
 //! Manual pages: `ralph-supervise(1)`, one page per subcommand, and
 //! `ralph-supervise.toml(5)` for the policy file.
 //!
-//! Why a module: the pages are built, not written, so that they cannot drift from the
+//! The pages are built rather than written by hand so that they cannot drift from the
 //! CLI. Each section 1 page is assembled from `clap_mangen`'s own sections (title, NAME,
 //! SYNOPSIS, DESCRIPTION, OPTIONS, SUBCOMMANDS, ..., VERSION), with hand-written
-//! sections in between: the prose lives in `man/src/*.md`, included at build time
-//! (`PROSE` says which file goes on which page; `man/src/README.md` and `prose` describe
-//! the small format).
-//! SEE ALSO is generated: every page points to the top page, parents to children and
-//! children to parents, the top page to all; a prose file's SEE ALSO adds to that.
-//! Nested subcommands get pages of their own, named like git's: `policy show` is
+//! sections before VERSION. The prose of those lives in `man/src/*.md`, included at
+//! build time: `PROSE` says which file goes on which page, and `man/src/README.md` and
+//! `prose` describe the small Markdown subset it is written in. SEE ALSO is generated
+//! (every page points to the top page, parents to children and children to parents,
+//! the top page to all); a prose file's SEE ALSO adds to it. Nested subcommands get
+//! pages of their own, named like git's: `policy show` is
 //! `ralph-supervise-policy-show(1)`, next to `ralph-supervise-policy(1)`. Hidden
 //! subcommands get none.
 //!
@@ -932,6 +932,27 @@ mod tests {
                 ("sd_notify".to_string(), "3")
             ]
         );
+    }
+
+    /// Without hand-written sections a page is what `Man::render` makes: `assemble`
+    /// picks the same sections, in the same order.
+    #[test]
+    fn assemble_follows_man_render() {
+        let mut cmd = crate::cli::command().disable_help_subcommand(true);
+        cmd.build();
+        let mut commands = Vec::new();
+        collect(&cmd, &mut commands);
+        for cmd in commands {
+            let man = Man::new(cmd.clone());
+            let mut whole = Vec::new();
+            man.render(&mut whole).unwrap();
+            assert_eq!(
+                String::from_utf8(assemble(cmd, &man, &Roff::new())).unwrap(),
+                String::from_utf8(whole).unwrap(),
+                "{}",
+                man.get_filename()
+            );
+        }
     }
 
     #[test]
