@@ -98,7 +98,7 @@ impl Rules<'_> {
         format!(
             "workspace {} is taken: loop held by {}",
             self.workspace.display(),
-            holder.describe()
+            crate::present::holder(holder)
         )
     }
 
@@ -133,7 +133,10 @@ fn wait(
     signals: &Signals,
 ) -> Result<Next, Failure> {
     let holder = held.holder();
-    info!("waiting for the lock held by {}", holder.describe());
+    info!(
+        "waiting for the lock held by {}",
+        crate::present::holder(&holder)
+    );
     crate::service::status(&format!(
         "waiting for the lock held by {}",
         holder_pid(&holder)
@@ -320,7 +323,10 @@ fn takeover(
     let holder = held.holder();
     drop(held);
     let targets = confirm_targets(&holder);
-    info!("taking over the workspace from {}", holder.describe());
+    info!(
+        "taking over the workspace from {}",
+        crate::present::holder(&holder)
+    );
     request_stop(dir, targets.clone(), rules.stop_signal);
     // The holder's own supervisor escalates after its grace; allow for ours plus a
     // margin before we escalate ourselves.

@@ -5,19 +5,20 @@
 //! the lock file's: a file can be stale (its writer died) or emptied by hand while the
 //! lock is still held. The file then says *who* (pids, prompt, start times), and every
 //! pid is confirmed by its recorded start time before anything is signalled.
+//!
+//! This module finds things out and acts; what it prints (text, tables, the JSON
+//! shapes) is formatted in the `present` module.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use serde_json::{Value, json};
-
 use crate::conflict::{self, Waited};
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::history;
-use crate::lock::{LockFile, MetaState, human_age};
-use crate::metadata::{Metadata, format_time};
+use crate::lock::{LockFile, MetaState};
+use crate::metadata::{Metadata, Mode};
+use crate::present::{self, ListRow, Registered, Status};
 use crate::procfs;
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
@@ -35,7 +36,7 @@ pub struct LoopState {
 }
 
 impl LoopState {
-    fn meta(&self) -> Option<&Metadata> {
+    pub(crate) fn meta(&self) -> Option<&Metadata> {
         match &self.metadata {
             MetaState::Valid(m) => Some(m),
             _ => None,
@@ -43,7 +44,7 @@ impl LoopState {
     }
 
     /// `(supervisor alive, child alive)`, each confirmed by start time where recorded.
-    fn liveness(&self) -> (Option<bool>, Option<bool>) {
+    pub(crate) fn liveness(&self) -> (Option<bool>, Option<bool>) {
         let Some(m) = self.meta() else {
             return (None, None);
         };
@@ -55,93 +56,6 @@ impl LoopState {
             .map(|p| procfs::alive(p, m.child_start_time))
             .or_else(|| (m.supervisor_pid.is_none()).then(|| procfs::alive(m.pid, None)));
         (sup, child)
-    }
-
-    fn to_json(&self) -> Value {
-        let (sup_alive, child_alive) = self.liveness();
-        let m = self.meta();
-        json!({
-            "workspace": self.workspace,
-            "running": self.held,
-            "stale": !self.held && m.is_some(),
-            "metadata": match &self.metadata {
-                MetaState::Valid(_) => "valid",
-                MetaState::Empty => "empty",
-                MetaState::Invalid(_) => "invalid",
-            },
-            "lock_holders": self.lockers,
-            "id": m.and_then(|m| m.loop_id.clone()),
-            "mode": m.and_then(|m| m.mode.map(|x| x.to_string())),
-            "pid": m.map(|m| m.pid),
-            "child_pid": m.and_then(|m| m.child_pid),
-            "child_alive": child_alive,
-            "supervisor_pid": m.and_then(|m| m.supervisor_pid),
-            "supervisor_alive": sup_alive,
-            "started": m.map(|m| format_time(&m.started)),
-            "age_seconds": m.map(|m| Utc::now().signed_duration_since(m.started).num_seconds().max(0)),
-            "prompt": m.map(|m| m.prompt.clone()),
-            "command": m.map(|m| m.command.clone()),
-            "worktree": m.and_then(|m| (m.mode == Some(crate::metadata::Mode::Worktree)).then(|| m.workspace.clone())).flatten(),
-        })
-    }
-
-    fn describe(&self) -> String {
-        let (sup_alive, child_alive) = self.liveness();
-        let alive = |a: Option<bool>| match a {
-            Some(true) => "alive",
-            Some(false) => "gone",
-            None => "unknown",
-        };
-        if !self.held {
-            return match self.meta() {
-                Some(m) => format!("not running (stale metadata from pid {})\n", m.pid),
-                None => "not running\n".to_string(),
-            };
-        }
-        let Some(m) = self.meta() else {
-            let who = match self.lockers.first() {
-                Some(pid) => format!("flock taken by pid {pid}"),
-                None => "holder unknown".to_string(),
-            };
-            return format!("running ({who}; the lock file has no readable metadata)\n");
-        };
-        let mut out = format!(
-            "running: loop {} ({})\n",
-            m.loop_id.as_deref().unwrap_or("-"),
-            m.mode
-                .map(|x| x.to_string())
-                .unwrap_or_else(|| "ralph".into())
-        );
-        let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<11}{v}\n"));
-        row("child pid", format!("{} ({})", m.pid, alive(child_alive)));
-        match m.supervisor_pid {
-            Some(sp) => row("supervisor", format!("{sp} ({})", alive(sup_alive))),
-            None => row("supervisor", "none (not started by ralph-supervise)".into()),
-        }
-        row(
-            "started",
-            format!(
-                "{} ({} ago)",
-                format_time(&m.started),
-                human_age(Utc::now().signed_duration_since(m.started))
-            ),
-        );
-        row("prompt", m.prompt.clone());
-        if !m.command.is_empty() {
-            row("command", m.command.join(" "));
-        }
-        row("workspace", self.workspace.display().to_string());
-        if m.mode == Some(crate::metadata::Mode::Worktree) {
-            row(
-                "worktree",
-                m.workspace
-                    .as_deref()
-                    .unwrap_or(&self.workspace)
-                    .display()
-                    .to_string(),
-            );
-        }
-        out
     }
 }
 
@@ -182,11 +96,11 @@ pub fn status(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
         writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&state.to_json()).unwrap()
+            serde_json::to_string_pretty(&Status::new(&state)).unwrap()
         )
         .or_fail("stdout")?;
     } else {
-        write!(out, "{}", state.describe()).or_fail("stdout")?;
+        write!(out, "{}", present::status_text(&state)).or_fail("stdout")?;
     }
     Ok(if state.held {
         ExitStatus::SUCCESS
@@ -198,11 +112,11 @@ pub fn status(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
 /// The primary loop and every registered (worktree) loop, with liveness.
 pub fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
     let primary = inspect(workspace)?;
-    let mut rows: Vec<Value> = Vec::new();
+    let mut rows = Vec::new();
     if primary.held || primary.meta().is_some() {
-        let mut v = primary.to_json();
-        v["mode"] = json!(v["mode"].as_str().unwrap_or("primary"));
-        rows.push(v);
+        let mut status = Status::new(&primary);
+        status.mode.get_or_insert(Mode::Primary);
+        rows.push(ListRow::Workspace(status));
     }
     let registry = worktree::registry::list(&workspace.join(crate::workspace::RALPH_DIR))?;
     for entry in registry {
@@ -215,55 +129,13 @@ pub fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
             .as_ref()
             .map(|s| s.held)
             .unwrap_or_else(|| procfs::alive(entry.pid, None));
-        rows.push(json!({
-            "id": entry.id,
-            "mode": if wt.is_some() { "worktree" } else { "primary" },
-            "pid": entry.pid,
-            "running": running,
-            "started": format_time(&entry.started),
-            "age_seconds": Utc::now().signed_duration_since(entry.started).num_seconds().max(0),
-            "prompt": entry.prompt,
-            "worktree": wt,
-            "workspace": entry.workspace,
-        }));
+        rows.push(ListRow::Registered(Registered::new(&entry, wt, running)));
     }
     let mut out = std::io::stdout().lock();
     if as_json {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows).unwrap()).or_fail("stdout")?;
-        return Ok(ExitStatus::SUCCESS);
-    }
-    if rows.is_empty() {
-        writeln!(out, "no loops").or_fail("stdout")?;
-        return Ok(ExitStatus::SUCCESS);
-    }
-    writeln!(
-        out,
-        "{:<36} {:<8} {:>8} {:<7} {:>7}  PROMPT",
-        "ID", "MODE", "PID", "STATE", "AGE"
-    )
-    .or_fail("stdout")?;
-    for r in &rows {
-        let age = r["age_seconds"]
-            .as_i64()
-            .map(|s| human_age(chrono::TimeDelta::seconds(s)));
-        writeln!(
-            out,
-            "{:<36} {:<8} {:>8} {:<7} {:>7}  {}",
-            r["id"].as_str().unwrap_or("-"),
-            r["mode"].as_str().unwrap_or("-"),
-            r["pid"]
-                .as_u64()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-            if r["running"].as_bool() == Some(true) {
-                "running"
-            } else {
-                "dead"
-            },
-            age.unwrap_or_else(|| "-".into()),
-            r["prompt"].as_str().unwrap_or(""),
-        )
-        .or_fail("stdout")?;
+    } else {
+        write!(out, "{}", present::list_table(&rows)).or_fail("stdout")?;
     }
     Ok(ExitStatus::SUCCESS)
 }
@@ -356,7 +228,7 @@ pub fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStatus, Fai
             let how = loop_id
                 .as_deref()
                 .and_then(|id| last_record(workspace, &target, id))
-                .map(|r| describe_end(&r))
+                .map(|r| present::run_end(&r))
                 .unwrap_or_else(|| "its lock was released".into());
             println!(
                 "stopped {} in {:.1}s: {how}",
@@ -415,18 +287,6 @@ fn last_record(workspace: &Path, target: &Path, id: &str) -> Option<history::Rec
     })
 }
 
-fn describe_end(r: &history::Record) -> String {
-    let how = match (&r.exit_code, &r.signal) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(sig)) => format!("killed by {sig}"),
-        (None, None) => "ended".into(),
-    };
-    match &r.stopped_by {
-        Some(by) => format!("{how} (stopped by {by})"),
-        None => how,
-    }
-}
-
 /// `wait`: blocks until the workspace is free. 0, or 124 at the timeout.
 pub fn wait(workspace: &Path, timeout: Option<Duration>) -> Result<ExitStatus, Failure> {
     let signals = Signals::install().or_fail("cannot set up signal handling")?;
@@ -462,43 +322,7 @@ pub fn show_history(workspace: &Path, n: usize, as_json: bool) -> Result<ExitSta
         writeln!(out, "{}", serde_json::to_string_pretty(recent).unwrap()).or_fail("stdout")?;
         return Ok(ExitStatus::SUCCESS);
     }
-    if recent.is_empty() {
-        writeln!(out, "no runs recorded").or_fail("stdout")?;
-        return Ok(ExitStatus::SUCCESS);
-    }
-    writeln!(
-        out,
-        "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} PROMPT",
-        "ID", "MODE", "START", "DURATION", "RESULT", "RESTARTS", "STOPPED BY"
-    )
-    .or_fail("stdout")?;
-    for r in recent {
-        let duration = match (
-            chrono::DateTime::parse_from_rfc3339(&r.start),
-            chrono::DateTime::parse_from_rfc3339(&r.end),
-        ) {
-            (Ok(a), Ok(b)) => human_age(b.signed_duration_since(a)),
-            _ => "-".into(),
-        };
-        let result = match (&r.exit_code, &r.signal) {
-            (Some(c), _) => format!("exit {c}"),
-            (None, Some(s)) => s.clone(),
-            _ => format!("status {}", r.status),
-        };
-        writeln!(
-            out,
-            "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} {}",
-            r.id,
-            r.mode,
-            r.start,
-            duration,
-            result,
-            r.restarts,
-            r.stopped_by.as_deref().unwrap_or("-"),
-            r.prompt
-        )
-        .or_fail("stdout")?;
-    }
+    write!(out, "{}", present::history_table(recent)).or_fail("stdout")?;
     Ok(ExitStatus::SUCCESS)
 }
 

@@ -15,6 +15,7 @@ pub mod man;
 pub mod metadata;
 pub mod notify;
 pub mod policy;
+mod present;
 pub mod probe;
 pub mod procfs;
 pub mod ralph_dir;

@@ -203,59 +203,6 @@ pub struct Holder {
     pub kernel: Option<Vec<u32>>,
 }
 
-impl Holder {
-    /// One human line naming the holder: child pid, prompt, how long it has run and
-    /// whether its supervisor is alive.
-    pub fn describe(&self) -> String {
-        match &self.metadata {
-            MetaState::Valid(m) => {
-                let age = chrono::Utc::now().signed_duration_since(m.started);
-                let mut s = format!(
-                    "pid {} ({:?}) since {} ({} ago)",
-                    m.pid,
-                    m.prompt,
-                    crate::metadata::format_time(&m.started),
-                    human_age(age)
-                );
-                match m.supervisor_pid {
-                    Some(sp) if sp == m.pid => s.push_str(", under ralph-supervise (starting)"),
-                    Some(sp) => {
-                        let alive = procfs::alive(sp, m.supervisor_start_time);
-                        s.push_str(&format!(
-                            ", supervisor pid {sp} {}",
-                            if alive { "alive" } else { "gone" }
-                        ));
-                    }
-                    None => s.push_str(", not supervised (ralph or another tool)"),
-                }
-                s
-            }
-            MetaState::Empty | MetaState::Invalid(_) => {
-                let what = match &self.metadata {
-                    MetaState::Empty => "no metadata".to_string(),
-                    MetaState::Invalid(e) => format!("unreadable metadata: {e}"),
-                    MetaState::Valid(_) => unreachable!(),
-                };
-                match self.kernel.as_deref() {
-                    Some([pid, ..]) => format!("a process (flock taken by pid {pid}; {what})"),
-                    _ => format!("an unknown process ({what})"),
-                }
-            }
-        }
-    }
-}
-
-/// `3h12m`, `45s`: a short age.
-pub fn human_age(age: chrono::TimeDelta) -> String {
-    let secs = age.num_seconds().max(0);
-    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m{s:02}s"),
-        _ => format!("{h}h{m:02}m"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,15 +262,5 @@ mod tests {
         lock.release().unwrap();
         assert!(other.try_lock().unwrap());
         assert!(other.read_raw().unwrap().is_empty());
-    }
-
-    #[test]
-    fn ages() {
-        assert_eq!(human_age(chrono::TimeDelta::seconds(5)), "5s");
-        assert_eq!(human_age(chrono::TimeDelta::seconds(125)), "2m05s");
-        assert_eq!(
-            human_age(chrono::TimeDelta::seconds(3 * 3600 + 720)),
-            "3h12m"
-        );
     }
 }

@@ -1,16 +1,21 @@
 //! Manual pages: `ralph-supervise(1)`, one page per subcommand, and
 //! `ralph-supervise.toml(5)` for the policy file.
 //!
-//! The section 1 pages are generated from the clap command by `clap_mangen`, with
-//! hand-written EXIT STATUS, SIGNALS, FILES, ENVIRONMENT and SEE ALSO sections added to
-//! the top page and the `run` page. Nested subcommands get pages of their own, named
-//! like git's: `policy show` is `ralph-supervise-policy-show(1)`, next to
-//! `ralph-supervise-policy(1)`. Hidden subcommands get none.
+//! The pages are built rather than written by hand so that they cannot drift from the
+//! CLI. Each section 1 page is assembled from `clap_mangen`'s own sections (title, NAME,
+//! SYNOPSIS, DESCRIPTION, OPTIONS, SUBCOMMANDS, ..., VERSION), with hand-written
+//! sections before VERSION. The prose of those lives in `man/src/*.md`, included at
+//! build time: `PROSE` says which file goes on which page, and `man/src/README.md` and
+//! `prose` describe the small Markdown subset it is written in. SEE ALSO is generated
+//! (every page points to the top page, parents to children and children to parents,
+//! the top page to all); a prose file's SEE ALSO adds to it. Nested subcommands get
+//! pages of their own, named like git's: `policy show` is
+//! `ralph-supervise-policy-show(1)`, next to `ralph-supervise-policy(1)`. Hidden
+//! subcommands get none.
 //!
 //! The section 5 page is written here with the `roff` crate. Its key list is checked
-//! against [`policy::KEYS`](crate::policy::KEYS) by a unit test, and the defaults it
-//! shows are taken from [`policy::show`](crate::policy::show) of the built-in policy, so
-//! the page cannot drift from the code.
+//! against [`policy::KEYS`] by a unit test, and the defaults it shows are taken from
+//! [`policy::show`] of the built-in policy, so the page cannot drift from the code.
 //!
 //! The committed copies live in `man/`; the integration test `man` fails when they
 //! differ from what this module renders. Regenerate them with
@@ -19,6 +24,7 @@
 use std::io;
 use std::path::Path;
 
+use clap_mangen::Man;
 use roff::{Inline, Roff, bold, italic, roman};
 
 use crate::policy;
@@ -30,47 +36,31 @@ pub fn render(cmd: clap::Command) -> Vec<(String, Vec<u8>)> {
     cmd.build();
     let top = cmd.get_name().to_string();
     let version = cmd.get_version().unwrap_or_default().to_string();
+    // Subcommands have no version of their own: every page names the program's.
+    let source = format!("{top} {version}");
+
+    let mut commands = Vec::new();
+    collect(&cmd, &mut commands);
+    let mans: Vec<Man> = commands
+        .iter()
+        .map(|c| Man::new((*c).clone()).source(source.as_str()))
+        .collect();
+    let names: Vec<String> = mans
+        .iter()
+        .map(|m| m.get_filename().trim_end_matches(".1").to_string())
+        .collect();
 
     let mut pages = Vec::new();
-    let mut names = Vec::new();
-    let source = format!("{top} {version}");
-    collect(&cmd, &source, &mut pages, &mut names);
-
-    // SEE ALSO of the top page lists every other page.
-    let mut see_also: Vec<(String, &str)> = names
-        .iter()
-        .filter(|n| **n != top)
-        .map(|n| (n.clone(), "1"))
-        .collect();
-    see_also.push((format!("{top}.toml"), "5"));
-    see_also.extend(EXTERNAL_SEE_ALSO.iter().map(|(n, s)| (n.to_string(), *s)));
-
-    for (name, roff) in pages.iter_mut() {
-        let page = name.trim_end_matches(".1");
+    for ((cmd, man), page) in commands.iter().zip(&mans).zip(&names) {
         let mut extra = Roff::new();
-        if page == top || page == format!("{top}-run") {
-            reference_sections(&mut extra);
-        }
-        if page == top {
-            see_also_section(&mut extra, &see_also);
-        } else {
-            let mut refs = vec![(top.clone(), "1")];
-            // A parent page points to its children, a child to its parent.
-            refs.extend(
-                names
-                    .iter()
-                    .filter(|n| {
-                        (n.starts_with(&format!("{page}-")) && n.len() > page.len())
-                            || (page.starts_with(&format!("{n}-")) && **n != top)
-                    })
-                    .map(|n| (n.clone(), "1")),
-            );
-            if page == format!("{top}-run") {
-                refs.push((format!("{top}.toml"), "5"));
+        let mut refs = generated_see_also(&top, page, &names);
+        for (_, text) in PROSE.iter().filter(|(p, _)| p == page) {
+            for text in *text {
+                refs.extend(prose(&mut extra, text));
             }
-            see_also_section(&mut extra, &refs);
         }
-        splice(roff, &body(&extra));
+        see_also_section(&mut extra, &refs);
+        pages.push((man.get_filename(), assemble(cmd, man, &extra)));
     }
 
     pages.push((format!("{top}.toml.5"), policy::man_page(&version)));
@@ -87,63 +77,235 @@ pub fn write_all(dir: &Path, cmd: clap::Command) -> io::Result<()> {
     Ok(())
 }
 
-/// Renders `cmd` and, depth first, its visible subcommands. `cmd` must be built, so
-/// that subcommands carry their display names (`ralph-supervise-run`) and bin names
+/// `cmd` and, depth first, its visible subcommands. `cmd` must be built, so that
+/// subcommands carry their display names (`ralph-supervise-run`) and bin names
 /// (`ralph-supervise run`) for the title and the synopsis.
-fn collect(
-    cmd: &clap::Command,
-    source: &str,
-    pages: &mut Vec<(String, Vec<u8>)>,
-    names: &mut Vec<String>,
-) {
-    // Subcommands have no version of their own: every page names the program's.
-    let man = clap_mangen::Man::new(cmd.clone()).source(source);
-    let mut roff = Vec::new();
-    man.render(&mut roff)
-        .expect("rendering into a Vec cannot fail");
-    let name = man.get_filename();
-    names.push(name.trim_end_matches(".1").to_string());
-    pages.push((name, roff));
+fn collect<'a>(cmd: &'a clap::Command, out: &mut Vec<&'a clap::Command>) {
+    out.push(cmd);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        collect(sub, source, pages, names);
+        collect(sub, out);
     }
 }
 
-/// Inserts `extra` before the VERSION (or AUTHORS) section clap_mangen ends with, so
-/// the reference sections follow OPTIONS and SUBCOMMANDS; else appends it.
-fn splice(page: &mut Vec<u8>, extra: &str) {
-    let text = String::from_utf8_lossy(page).into_owned();
-    let at = ["\n.SH VERSION\n", "\n.SH AUTHORS\n"]
-        .iter()
-        .filter_map(|marker| text.find(marker).map(|i| i + 1))
-        .min()
-        .unwrap_or(text.len());
-    let mut out = String::with_capacity(text.len() + extra.len());
-    out.push_str(&text[..at]);
-    if !out.ends_with('\n') && !out.is_empty() {
-        out.push('\n');
+/// The SEE ALSO references made from the page names: the top page lists every other
+/// page; another page lists the top page, its parent and its children.
+fn generated_see_also(top: &str, page: &str, names: &[String]) -> Vec<(String, &'static str)> {
+    if page == top {
+        return names
+            .iter()
+            .filter(|n| *n != top)
+            .map(|n| (n.clone(), "1"))
+            .collect();
     }
-    out.push_str(extra);
-    out.push_str(&text[at..]);
-    *page = out.into_bytes();
+    let mut refs = vec![(top.to_string(), "1")];
+    refs.extend(
+        names
+            .iter()
+            .filter(|n| {
+                (n.starts_with(&format!("{page}-")) && n.len() > page.len())
+                    || (page.starts_with(&format!("{n}-")) && *n != top)
+            })
+            .map(|n| (n.clone(), "1")),
+    );
+    refs
 }
 
-/// `roff` rendered without the preamble `Roff::render` puts first, for splicing into a
-/// page that already has it.
-fn body(roff: &Roff) -> String {
+/// One of `clap_mangen`'s section renderers.
+type Section = fn(&Man, &mut dyn io::Write) -> io::Result<()>;
+
+/// A page from `clap_mangen`'s sections, in the order `Man::render` puts them, with
+/// `extra` after OPTIONS, SUBCOMMANDS and EXTRA and before VERSION and AUTHORS. Each
+/// renderer starts its output with the `roff` preamble; the page has it once.
+fn assemble(cmd: &clap::Command, man: &Man, extra: &Roff) -> Vec<u8> {
+    let mut head: Vec<Section> = vec![
+        Man::render_title,
+        Man::render_name_section,
+        Man::render_synopsis_section,
+        Man::render_description_section,
+    ];
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        head.push(Man::render_options_section);
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        head.push(Man::render_subcommands_section);
+    }
+    if cmd.get_after_long_help().is_some() || cmd.get_after_help().is_some() {
+        head.push(Man::render_extra_section);
+    }
+    let mut tail: Vec<Section> = Vec::new();
+    if cmd
+        .get_version()
+        .or_else(|| cmd.get_long_version())
+        .is_some()
+    {
+        tail.push(Man::render_version_section);
+    }
+    if cmd.get_author().is_some() {
+        tail.push(Man::render_authors_section);
+    }
+
     let preamble = Roff::new().render();
-    let full = roff.render();
-    full.strip_prefix(&preamble).unwrap_or(&full).to_string()
+    let strip = |rendered: &[u8]| -> Vec<u8> {
+        rendered
+            .strip_prefix(preamble.as_bytes())
+            .expect("roff output starts with its preamble")
+            .to_vec()
+    };
+    let body = |render: Section| {
+        let mut out = Vec::new();
+        render(man, &mut out).expect("rendering into a Vec cannot fail");
+        strip(&out)
+    };
+    let mut page = preamble.clone().into_bytes();
+    for render in head {
+        page.extend(body(render));
+    }
+    page.extend(strip(extra.render().as_bytes()));
+    for render in tail {
+        page.extend(body(render));
+    }
+    page
 }
 
-const EXTERNAL_SEE_ALSO: [(&str, &str); 6] = [
-    ("flock", "1"),
-    ("flock", "2"),
-    ("git-worktree", "1"),
-    ("systemd.service", "5"),
-    ("sd_notify", "3"),
-    ("launchd.plist", "5"),
+// ---------------------------------------------------------------------------------
+// The hand-written sections of the section 1 pages.
+
+/// The EXIT STATUS, SIGNALS, FILES and ENVIRONMENT sections, on the top page and the
+/// `run` page.
+const REFERENCE: &str = include_str!("../man/src/reference.md");
+
+/// The prose files of each page, by page name, in the order they are rendered.
+const PROSE: [(&str, &[&str]); 5] = [
+    (
+        "ralph-supervise",
+        &[REFERENCE, include_str!("../man/src/ralph-supervise.md")],
+    ),
+    (
+        "ralph-supervise-run",
+        &[REFERENCE, include_str!("../man/src/ralph-supervise-run.md")],
+    ),
+    (
+        "ralph-supervise-status",
+        &[include_str!("../man/src/ralph-supervise-status.md")],
+    ),
+    (
+        "ralph-supervise-list",
+        &[include_str!("../man/src/ralph-supervise-list.md")],
+    ),
+    (
+        "ralph-supervise-history",
+        &[include_str!("../man/src/ralph-supervise-history.md")],
+    ),
 ];
+
+/// Renders one prose file into `roff` and returns the references of its SEE ALSO
+/// section, which the caller adds to the generated ones.
+///
+/// The format is a small subset of Markdown, read line by line:
+///
+/// - `# TITLE` starts a section (`.SH`), `## Title` a subsection (`.SS`).
+/// - Blank lines separate blocks. A block is a paragraph (`.PP`), its lines joined
+///   with spaces, unless it is a definition list: a tag line, then its text on lines
+///   starting with `: `, continued on indented lines (`.TP` for each tag).
+/// - Lines between two ```` ``` ```` lines are shown as they are (an indented `.nf`
+///   block).
+/// - In text and tags, `` `code` `` is bold and `*placeholder*` is italic.
+/// - The SEE ALSO section holds one block of `name(section)` references separated by
+///   commas.
+///
+/// Panics on a definition list tag without text: the prose files are part of the
+/// source, and the unit tests render them all.
+fn prose(roff: &mut Roff, text: &'static str) -> Vec<(String, &'static str)> {
+    let mut refs = Vec::new();
+    let mut see_also = false;
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(title) = line.strip_prefix("# ") {
+            see_also = title == "SEE ALSO";
+            if !see_also {
+                section(roff, title);
+            }
+            continue;
+        }
+        if let Some(title) = line.strip_prefix("## ") {
+            subsection(roff, title);
+            continue;
+        }
+        if line.starts_with("```") {
+            let mut shown = Vec::new();
+            for line in lines.by_ref() {
+                if line.starts_with("```") {
+                    break;
+                }
+                shown.push(line);
+            }
+            literal(roff, &shown);
+            continue;
+        }
+        let mut block = vec![line];
+        while let Some(next) = lines.peek() {
+            if next.trim().is_empty() || next.starts_with('#') || next.starts_with("```") {
+                break;
+            }
+            block.push(next);
+            lines.next();
+        }
+        if see_also {
+            refs.extend(block.into_iter().flat_map(references));
+        } else if block.iter().any(|l| l.starts_with(": ")) {
+            definitions(roff, &block);
+        } else {
+            para(roff, &joined(&block));
+        }
+    }
+    refs
+}
+
+/// Lines trimmed and joined with single spaces.
+fn joined(lines: &[&str]) -> String {
+    lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
+}
+
+/// A definition list: a tag line, then `: text` with indented continuation lines.
+fn definitions(roff: &mut Roff, lines: &[&str]) {
+    let mut tag: Option<&str> = None;
+    let mut text: Vec<&str> = Vec::new();
+    let mut flush = |tag: Option<&str>, text: &mut Vec<&str>| {
+        if let Some(tag) = tag {
+            assert!(!text.is_empty(), "man prose: the tag {tag:?} has no text");
+            item(roff, tag, &joined(text));
+            text.clear();
+        }
+    };
+    for line in lines {
+        if let Some(first) = line.strip_prefix(": ") {
+            text.push(first);
+        } else if line.starts_with(char::is_whitespace) && !text.is_empty() {
+            text.push(line);
+        } else {
+            flush(tag, &mut text);
+            tag = Some(line.trim());
+        }
+    }
+    flush(tag, &mut text);
+}
+
+/// `flock(1), git-worktree(1)` as (name, section) pairs.
+fn references(line: &'static str) -> impl Iterator<Item = (String, &'static str)> {
+    line.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let (name, sect) = r
+                .strip_suffix(')')
+                .and_then(|r| r.rsplit_once('('))
+                .unwrap_or_else(|| panic!("man prose: {r:?} is not a name(section) reference"));
+            (name.to_string(), sect)
+        })
+}
 
 // ---------------------------------------------------------------------------------
 // Light markup for the hand-written text: `code` is bold, *placeholder* is italic.
@@ -177,6 +339,10 @@ fn section(roff: &mut Roff, title: &str) {
     roff.control("SH", [title]);
 }
 
+fn subsection(roff: &mut Roff, title: &str) {
+    roff.control("SS", [title]);
+}
+
 fn para(roff: &mut Roff, text: &str) {
     roff.control("PP", []);
     roff.text(inlines(text));
@@ -189,6 +355,18 @@ fn item(roff: &mut Roff, tag: &str, text: &str) {
     roff.text(inlines(text));
 }
 
+/// Lines shown as they are, indented (examples).
+fn literal(roff: &mut Roff, lines: &[&str]) {
+    roff.control("PP", []);
+    roff.control("RS", ["4"]);
+    roff.control("nf", []);
+    for line in lines {
+        roff.text([roman(*line)]);
+    }
+    roff.control("fi", []);
+    roff.control("RE", []);
+}
+
 fn see_also_section(roff: &mut Roff, refs: &[(String, &str)]) {
     section(roff, "SEE ALSO");
     let mut text = Vec::new();
@@ -198,190 +376,6 @@ fn see_also_section(roff: &mut Roff, refs: &[(String, &str)]) {
         text.push(roman(format!("({sect}{sep}")));
     }
     roff.text(text);
-}
-
-// ---------------------------------------------------------------------------------
-// ralph-supervise(1) and ralph-supervise-run(1): the reference sections.
-
-fn reference_sections(roff: &mut Roff) {
-    section(roff, "EXIT STATUS");
-    para(
-        roff,
-        "`run` exits with the command's status; the codes below are ralph-supervise's own, \
-         in the style of `timeout`(1) and `env`(1). A command that itself exits with one of \
-         them cannot be told apart from the supervisor by the code alone; the log says which.",
-    );
-    let codes: [(&str, &str); 10] = [
-        (
-            "*N*",
-            "`run`: the command exited with status *N* (0 included). The other \
-             subcommands exit 0 on success (`status`: a loop is running).",
-        ),
-        (
-            "128+*N*",
-            "The command was killed by signal *N* (143 for TERM, 137 for KILL).",
-        ),
-        ("2", "Usage error: a bad flag, value or missing argument."),
-        (
-            "3",
-            "`status`, `stop`: nothing is running in the workspace (like `systemctl is-active`).",
-        ),
-        (
-            "75",
-            "The workspace is taken and the conflict policy said fail, or a bounded wait \
-             expired with `after_timeout` = \"fail\" (EX_TEMPFAIL). \
-             `--conflict-exit-code` and `conflict.exit_code` change the number.",
-        ),
-        (
-            "78",
-            "The policy file is missing, unreadable or invalid (EX_CONFIG); the message names \
-             *file*:*line*:*column*.",
-        ),
-        (
-            "124",
-            "`max_runtime` expired and the command was stopped, or `stop` or `wait` timed out.",
-        ),
-        (
-            "125",
-            "ralph-supervise itself failed (an unwritable workspace, a lock file that is a \
-             symlink or a directory, ...).",
-        ),
-        ("126", "The command was found but cannot be executed."),
-        ("127", "The command was not found."),
-    ];
-    for (code, meaning) in codes {
-        item(roff, code, meaning);
-    }
-
-    section(roff, "SIGNALS");
-    para(
-        roff,
-        "The command runs in its own process group. `HUP`, `INT`, `QUIT`, `TERM`, `USR1`, \
-         `USR2` and `WINCH` received by ralph-supervise are forwarded to that group.",
-    );
-    item(
-        roff,
-        "`TERM`, `INT`",
-        "Also begin a stop: when the group has not exited after the grace \
-         (`--stop-grace`, `stop.grace`, default 10s) it gets `KILL`. A second `TERM` or \
-         `INT` during the grace sends `KILL` at once. A stop ends restarts.",
-    );
-    item(
-        roff,
-        "`TSTP`, `CONT`",
-        "Job control. At a terminal the command's group owns the terminal, so Ctrl-C and \
-         Ctrl-Z reach the command only. When the command stops, ralph-supervise stops \
-         itself too, so the shell sees the job stopped; on `CONT` (`fg`, `bg`) it hands \
-         the terminal back to the command and continues it.",
-    );
-    item(
-        roff,
-        "`CHLD`",
-        "Reaps the command and, as a child subreaper (and as PID 1 in a container), every \
-         orphaned descendant.",
-    );
-    item(
-        roff,
-        "`SIGRTMIN+1`, `IO`",
-        "The kernel sends these when an entry of `.ralph/` changes (dnotify): \
-         ralph-supervise looks at the directory again (a new stop request stops the \
-         command gracefully; a deleted `loop.lock` is recreated and locked again).",
-    );
-    item(roff, "others", "Ignored and logged.");
-    para(
-        roff,
-        "`KILL` cannot be caught. If ralph-supervise is killed, the command keeps running \
-         and keeps the workspace locked through the descriptor it inherited, until it exits.",
-    );
-
-    section(roff, "FILES");
-    para(
-        roff,
-        "Paths starting with `.ralph` are relative to the workspace: `-C` *DIR*, else the \
-         git top level of the current directory, else the current directory. The first \
-         four are ralph-orchestrator's and are shared with it.",
-    );
-    let files: [(&str, &str); 8] = [
-        (
-            ".ralph/loop.lock",
-            "The workspace lock (BSD `flock`(2)) and, while held, JSON metadata naming the \
-             loop (`pid` of the command, `started`, `prompt`, `supervisor_pid`, ...). \
-             Created if missing; never deleted or replaced.",
-        ),
-        (
-            ".ralph/loops.json",
-            "Registry of loops running in worktrees, edited in place under its own flock.",
-        ),
-        (
-            ".ralph/merge-queue.jsonl",
-            "Merge queue; a worktree loop with `on_exit` = \"queue-merge\" appends itself \
-             here when it exits 0.",
-        ),
-        (
-            ".ralph/stop-requested",
-            "Created by `ralph loops stop` (or `ralph-supervise stop`) to ask the loop to \
-             stop gracefully; removed when seen, and before a launch.",
-        ),
-        (
-            ".ralph/supervise.toml",
-            "The workspace's policy file; see `ralph-supervise.toml`(5).",
-        ),
-        (
-            ".ralph/supervise/runs.jsonl",
-            "History: one JSON record per run (id, mode, command, prompt, start, end, exit \
-             code or signal, restarts, stop reason, worktree), read by `history`.",
-        ),
-        (
-            "$XDG_CONFIG_HOME/ralph-supervise/policy.toml",
-            "The user's policy file (`~/.config` when `XDG_CONFIG_HOME` is unset).",
-        ),
-        (
-            ".worktrees/",
-            "Worktree loops, one per directory `.worktrees/`*loop-id* on branch \
-             `ralph/`*loop-id* (`worktree.dir`, `worktree.branch_prefix`); `.worktrees/` \
-             is added to `.git/info/exclude`.",
-        ),
-    ];
-    for (path, meaning) in files {
-        item(roff, &format!("`{path}`"), meaning);
-    }
-
-    section(roff, "ENVIRONMENT");
-    para(roff, "Set for the command:");
-    item(
-        roff,
-        "`RALPH_LOCK_FD`",
-        "The number of the inherited descriptor that holds the workspace lock. The lock \
-         lasts as long as any process keeps it open; do not unlock it.",
-    );
-    item(
-        roff,
-        "`RALPH_WORKSPACE_ROOT`",
-        "The directory the command works in: the workspace, or its worktree.",
-    );
-    para(roff, "Read by ralph-supervise:");
-    item(
-        roff,
-        "`RALPH_SUPERVISE_POLICY`",
-        "Policy file to use when `--policy` is not given; it must exist.",
-    );
-    item(
-        roff,
-        "`XDG_CONFIG_HOME`",
-        "Where the user's policy file is looked up (default `~/.config`).",
-    );
-    item(
-        roff,
-        "`NOTIFY_SOCKET`",
-        "Set by systemd for `Type=notify` services: ralph-supervise sends `READY=1` once \
-         the command runs, `STATUS=` lines (waiting for the lock, running pid *N*), and \
-         `STOPPING=1`. Not passed on to the command.",
-    );
-    item(
-        roff,
-        "`RUST_LOG`",
-        "Log filter (e.g. `ralph_supervise=debug`); wins over `-v`, `-q` and `log.level`.",
-    );
 }
 
 #[cfg(test)]
@@ -469,6 +463,57 @@ mod tests {
             vec![roman("a "), bold("b"), roman(" "), italic("c"), roman(" d")]
         );
         assert_eq!(inlines("no `end"), vec![roman("no `end")]);
+    }
+
+    #[test]
+    fn prose_format() {
+        let mut r = Roff::new();
+        let refs = prose(
+            &mut r,
+            "# TITLE\n\nA `b`\n  c.\n\n## Sub\n\n*N*\n: one\n  two\nx\n: y\n\n```\n{ a }\n\n b\n```\n\n# SEE ALSO\n\nflock(1), git-worktree(1),\nsd_notify(3)\n",
+        );
+        assert_eq!(
+            r.to_roff(),
+            ".SH TITLE\n.PP\nA \\fBb\\fR c.\n.SS Sub\n.TP\n\\fIN\\fR\none two\n.TP\nx\ny\n\
+             .PP\n.RS 4\n.nf\n{ a }\n\n b\n.fi\n.RE\n"
+        );
+        assert_eq!(
+            refs,
+            [
+                ("flock".to_string(), "1"),
+                ("git-worktree".to_string(), "1"),
+                ("sd_notify".to_string(), "3")
+            ]
+        );
+    }
+
+    /// Without hand-written sections a page is what `Man::render` makes: `assemble`
+    /// picks the same sections, in the same order.
+    #[test]
+    fn assemble_follows_man_render() {
+        let mut cmd = crate::cli::command().disable_help_subcommand(true);
+        cmd.build();
+        let mut commands = Vec::new();
+        collect(&cmd, &mut commands);
+        for cmd in commands {
+            let man = Man::new(cmd.clone());
+            let mut whole = Vec::new();
+            man.render(&mut whole).unwrap();
+            assert_eq!(
+                String::from_utf8(assemble(cmd, &man, &Roff::new())).unwrap(),
+                String::from_utf8(whole).unwrap(),
+                "{}",
+                man.get_filename()
+            );
+        }
+    }
+
+    #[test]
+    fn every_prose_file_belongs_to_a_page() {
+        let names: Vec<String> = pages().into_iter().map(|(n, _)| n).collect();
+        for (page, _) in PROSE {
+            assert!(names.contains(&format!("{page}.1")), "no page {page}");
+        }
     }
 
     #[test]
