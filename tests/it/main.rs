@@ -4,6 +4,7 @@ mod harness;
 
 mod bad_input;
 mod bad_input_matrix;
+mod broken_stderr;
 mod chaos;
 mod conflict;
 mod control;
