@@ -54,7 +54,7 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 /// A pseudo-terminal (master, slave), both close-on-exec from the start (`openpty`
 /// leaves them inheritable, and a master leaked into a child would keep the terminal
 /// from hanging up).
-fn pty() -> (OwnedFd, OwnedFd) {
+pub fn pty() -> (OwnedFd, OwnedFd) {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
     let master = posix_openpt(flags).expect("posix_openpt");

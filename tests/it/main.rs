@@ -6,6 +6,7 @@ mod bad_input;
 mod bad_input_matrix;
 mod broken_stderr;
 mod chaos;
+mod completions;
 mod conflict;
 mod control;
 mod faults;
