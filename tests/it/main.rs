@@ -14,6 +14,7 @@ mod lifecycle;
 mod man;
 mod notify_logs;
 mod pid1;
+mod pipelines;
 mod props;
 mod security;
 mod service;
