@@ -40,6 +40,10 @@ pub struct Record {
     pub worktree: Option<PathBuf>,
     pub supervisor_pid: u32,
     pub child_pid: Option<u32>,
+    /// Log lines the supervisor could not write to its stderr (a hung-up terminal, a
+    /// closed pipe); left out when none were lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_lines_dropped: Option<u64>,
 }
 
 /// Appends one record (creating `supervise/` and the file as needed, never through a
@@ -110,6 +114,7 @@ mod tests {
             worktree: None,
             supervisor_pid: 1,
             child_pid: Some(2),
+            log_lines_dropped: None,
         }
     }
 

@@ -40,10 +40,13 @@ pub use exit::{ExitStatus, Failure};
 pub fn main() -> ExitCode {
     sys::default_sigpipe();
     let cli = cli::parse();
+    let log_format = cli.global.log_format;
     match run(cli) {
         Ok(status) => ExitCode::from(status.code()),
         Err(failure) => {
-            eprintln!("ralph-supervise: {:#}", failure.error);
+            // Through the logging writer: a broken stderr must not turn the exit status
+            // into a panic.
+            logging::print_error(&failure.error, failure.status.code(), log_format);
             ExitCode::from(failure.status.code())
         }
     }

@@ -4,9 +4,19 @@
 //! the supervisor only ever writes its own lines to its own stderr. Text lines look like
 //! the one error line `main` prints (`ralph-supervise: warning: ...`), coloured only when
 //! stderr is a terminal.
+//!
+//! A broken stderr never ends supervision. Every line goes through [`write_stderr`],
+//! which drops a line it cannot write (a hung-up terminal says EIO, a pipe whose reader
+//! is gone EPIPE) and counts it ([`dropped`], recorded in the run's history) instead of
+//! failing: tracing-subscriber answers a failed write with `eprintln!`, which panics on
+//! the same broken stderr, and `panic = "abort"` would take the supervisor down with
+//! the agent still running and holding the lock. After EPIPE or EIO nothing more is
+//! written at all: neither comes back, and with SIGPIPE blocked (the supervisor's
+//! signalfd) every further write would queue one more SIGPIPE to ignore and log.
 
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::Targets;
@@ -17,6 +27,91 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
+
+/// Lines that could not be written to stderr (log lines and the final error line).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Set once stderr failed for good (EPIPE, EIO): nothing is written after that.
+static BROKEN: AtomicBool = AtomicBool::new(false);
+/// The format [`init`] chose: 0 not yet chosen, 1 text, 2 JSON.
+static FORMAT: AtomicU8 = AtomicU8::new(0);
+
+/// How many lines were dropped because stderr failed.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Writes `buf` (one whole line) to stderr; returns whether it was written. Never
+/// panics and never fails: a line stderr does not take is dropped and counted.
+pub fn write_stderr(buf: &[u8]) -> bool {
+    if BROKEN.load(Ordering::Relaxed) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    let stderr = io::stderr();
+    let mut stderr = stderr.lock();
+    let mut rest = buf;
+    while !rest.is_empty() {
+        match stderr.write(rest) {
+            Ok(0) => break,
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::EIO)) {
+                    BROKEN.store(true, Ordering::Relaxed);
+                }
+                break;
+            }
+        }
+    }
+    if rest.is_empty() {
+        return true;
+    }
+    // Anything else (a full disk, a non-blocking descriptor that would block): drop
+    // this line, try the next.
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+    false
+}
+
+/// The subscriber's writer: [`write_stderr`] for each formatted event (tracing-subscriber
+/// formats an event into one buffer and writes it with one `write_all`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        write_stderr(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Prints `main`'s one error line: `ralph-supervise: message` as text, or, in the JSON
+/// log format, an object shaped like the log lines (`level` `ERROR`, the message under
+/// `fields`, with the exit status). The format is the one logging was set up with, else
+/// `flag` (an error can come before logging is set up), else text.
+pub fn print_error(error: &anyhow::Error, status: u8, flag: Option<LogFormat>) {
+    let json = match FORMAT.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => flag == Some(LogFormat::Json),
+    };
+    let mut line = if json {
+        // Keys in the log lines' order (a `json!` map would sort them).
+        let text = |s: &str| serde_json::Value::from(s).to_string();
+        format!(
+            r#"{{"timestamp":{},"level":"ERROR","fields":{{"message":{},"status":{status}}},"target":"ralph_supervise"}}"#,
+            text(&chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            text(&format!("{error:#}")),
+        )
+    } else {
+        format!("ralph-supervise: {error:#}")
+    };
+    line.push('\n');
+    write_stderr(line.as_bytes());
+}
 
 /// Installs the global subscriber. `RUST_LOG` wins over `-v`/`-q`, which win over
 /// `level` (the policy's `log.level`).
@@ -40,7 +135,14 @@ pub fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
     // The builder filters at INFO by default; `filter` decides instead.
     let builder = tracing_subscriber::fmt()
         .with_max_level(Level::TRACE)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Stderr);
+    FORMAT.store(
+        match format {
+            LogFormat::Text => 1,
+            LogFormat::Json => 2,
+        },
+        Ordering::Relaxed,
+    );
     let _ = match format {
         LogFormat::Text => {
             let ansi = std::io::stderr().is_terminal();

@@ -497,6 +497,7 @@ fn history_record(
         worktree: session.place.worktree().map(|c| c.path.clone()),
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
+        log_lines_dropped: Some(crate::logging::dropped()).filter(|n| *n > 0),
     }
 }
 

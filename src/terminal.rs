@@ -5,38 +5,66 @@
 //! (so that signals to it never hit the supervisor), so the supervisor hands it the
 //! terminal: Ctrl-C and Ctrl-Z then reach the child only, and a full-screen program can
 //! own the screen. When the child stops, the supervisor takes the terminal back and stops
-//! itself, so the shell sees the job stopped; when continued, it hands the terminal back.
-//! All signals are blocked in the supervisor, so its own `tcsetpgrp` from the background
-//! never raises SIGTTOU.
+//! its job too, so the shell sees the job stopped; when continued, it hands the terminal
+//! back. All signals are blocked in the supervisor, so its own `tcsetpgrp` from the
+//! background never raises SIGTTOU.
+//!
+//! In a pipeline the supervisor is not the whole job. In `ralph-supervise run -- X |
+//! less` the pager shares the supervisor's process group and reads the terminal: handing
+//! the terminal to the child's group would put the pager in the background, where its
+//! first read stops it (SIGTTIN), and a Ctrl-Z would then stop the child's group while
+//! `cat -n` in `X | cat -n` ran on and the shell waited for it. So when the supervisor's
+//! standard output is a pipe (or socket), it keeps the terminal: the job's own group
+//! stays in the foreground, the terminal's Ctrl-C and Ctrl-Z reach the supervisor and the
+//! rest of the job, and the supervisor forwards them to the child's group, once.
+//!
+//! Whoever else is in the job, a child that stops for job control (TSTP, TTIN, TTOU)
+//! stops the whole job, as the terminal's signal would have without a supervisor: a
+//! `producer | ralph-supervise run -- less` or a wrapper script that runs the supervisor
+//! is stopped with it, and the shell sees the job stopped.
 
-use std::io::IsTerminal;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 
-use nix::sys::signal::{SigSet, Signal, kill, raise};
+use nix::sys::signal::{SigSet, Signal, kill, killpg};
+use nix::sys::stat::{SFlag, fstat};
 use nix::sys::termios::tcgetsid;
-use nix::unistd::{Pid, getpgrp, getpid, getsid, tcgetpgrp, tcsetpgrp};
+use nix::unistd::{Pid, getpgrp, getpid, getsid, isatty, tcgetpgrp, tcsetpgrp};
 
-/// Standard input, when it is our controlling terminal.
+/// Our controlling terminal, as one of our standard descriptors.
 #[derive(Debug, Clone, Copy)]
 pub struct Terminal {
     fd: RawFd,
+    /// Whether the child's group may be given the terminal (we are not writing into a
+    /// pipeline whose other members share our group).
+    hand_over: bool,
+}
+
+/// A standard descriptor (0, 1 or 2): never closed by the supervisor.
+fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
+    debug_assert!((0..=2).contains(&fd));
+    // SAFETY: the standard descriptors stay open for the life of the process (the
+    // supervisor never closes them; if one was closed at start-up, the calls below fail
+    // with EBADF and it is not taken for a terminal).
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 impl Terminal {
-    /// Stdin, if it is a terminal and the controlling terminal of our session (job
-    /// control applies). Under systemd, in CI or with redirected stdin: `None`.
+    /// The first of stdin, stdout and stderr that is the controlling terminal of our
+    /// session (job control applies). Under systemd, in CI or with no terminal: `None`.
     pub fn detect() -> Option<Terminal> {
-        let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
-            return None;
-        }
-        let session = tcgetsid(stdin.as_fd()).ok()?;
-        (getsid(None).ok()? == session).then_some(Terminal { fd: 0 })
+        let session = getsid(None).ok()?;
+        let fd = (0..=2).find(|&fd| {
+            let fd = std_fd(fd);
+            isatty(fd).unwrap_or(false) && tcgetsid(fd).ok() == Some(session)
+        })?;
+        Some(Terminal {
+            fd,
+            hand_over: !writes_to_a_pipeline(),
+        })
     }
 
-    /// The terminal (stdin: never closed by us, so always valid to use).
-    fn fd(&self) -> std::io::Stdin {
-        std::io::stdin()
+    fn fd(&self) -> BorrowedFd<'static> {
+        std_fd(self.fd)
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -48,15 +76,24 @@ impl Terminal {
         tcgetpgrp(self.fd()).ok() == Some(getpgrp())
     }
 
+    /// Whether the child's group should get the terminal now: we are in the foreground
+    /// and not the writing end of a pipeline (see the module's documentation).
+    pub fn can_hand_over(&self) -> bool {
+        self.hand_over && self.is_foreground()
+    }
+
     /// Whether the terminal's foreground group is `pgid`.
     pub fn foreground_is(&self, pgid: Pid) -> bool {
         tcgetpgrp(self.fd()).ok() == Some(pgid)
     }
 
-    /// Makes `pgid` the foreground group. Errors (the terminal went away) are ignored:
-    /// there is nothing better to do than carry on.
+    /// Makes `pgid` the foreground group (never when [`Terminal::can_hand_over`] says
+    /// no). Errors (the terminal went away) are ignored: there is nothing better to do
+    /// than carry on.
     pub fn give_to(&self, pgid: Pid) {
-        let _ = tcsetpgrp(self.fd(), pgid);
+        if self.hand_over {
+            let _ = tcsetpgrp(self.fd(), pgid);
+        }
     }
 
     /// Makes our own group the foreground group again.
@@ -65,18 +102,38 @@ impl Terminal {
     }
 }
 
-/// Stops the supervisor with `sig` (TSTP, TTIN or TTOU, so the shell reports why; STOP
-/// otherwise), returning once something continues it.
+/// Whether our standard output is a pipe or a socket: we are the writing end of a
+/// pipeline (`X | less`, `X | cat -n`), and the readers share our process group.
+///
+/// Not "is anybody else in our process group" (a scan of `/proc`): the shell forks the
+/// pipeline's later members after us, so a scan can run before they exist, and a member
+/// that does not need the terminal (the shell running a wrapper script, `producer` in
+/// `producer | ralph-supervise run -- less`) is no reason to keep it from the child.
+fn writes_to_a_pipeline() -> bool {
+    fstat(std_fd(1)).is_ok_and(|st| {
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        kind == SFlag::S_IFIFO || kind == SFlag::S_IFSOCK
+    })
+}
+
+/// Stops the supervisor with `sig`, returning once something continues it. TSTP, TTIN
+/// and TTOU (so the shell reports why) go to our whole process group, the job, as the
+/// terminal sends them: the other members of a pipeline or the shell running a wrapper
+/// script stop with us, so the shell sees the job stopped instead of waiting for it.
+/// Anything else stops only us, with STOP.
 pub fn stop_self(sig: i32) {
     let job_stop = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
     match Signal::try_from(sig) {
         Ok(s) if job_stop.contains(&s) => {
             let mut only = SigSet::empty();
             only.add(s);
-            // The signal is blocked (all are); unblock it just around raise() so that
-            // its default action, stopping, applies to us.
+            // The signal is blocked (all are); unblock it just around sending it so that
+            // its default action, stopping, applies to us (a process-directed signal
+            // goes to a thread that does not block it: this one).
             let _ = only.thread_unblock();
-            let _ = raise(s);
+            if killpg(getpgrp(), s).is_err() {
+                let _ = kill(getpid(), s);
+            }
             let _ = only.thread_block();
         }
         _ => {

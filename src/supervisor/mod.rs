@@ -108,7 +108,7 @@ pub fn spawn(
     cmd.args(args);
     cmd.env("RALPH_LOCK_FD", inherit_fd.to_string());
     configure(&mut cmd);
-    let tty = terminal.filter(|t| t.is_foreground()).map(|t| t.raw_fd());
+    let tty = terminal.filter(|t| t.can_hand_over()).map(|t| t.raw_fd());
     sys::install_child_setup(
         &mut cmd,
         ChildSetup {
@@ -287,7 +287,7 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
         }
         Action::Resume => {
             if let Some(t) = terminal
-                && t.is_foreground()
+                && t.can_hand_over()
             {
                 t.give_to(child.pid);
             }

@@ -4,7 +4,9 @@ mod harness;
 
 mod bad_input;
 mod bad_input_matrix;
+mod broken_stderr;
 mod chaos;
+mod completions;
 mod conflict;
 mod control;
 mod faults;
@@ -12,6 +14,7 @@ mod lifecycle;
 mod man;
 mod notify_logs;
 mod pid1;
+mod pipelines;
 mod props;
 mod security;
 mod service;

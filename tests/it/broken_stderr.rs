@@ -1,0 +1,185 @@
+//! A broken stderr (a pipe whose reader is gone, a terminal that hung up) never ends
+//! supervision: log lines are dropped and counted, the loop still stops on request,
+//! records its run and releases the workspace. Also: the final error line in JSON.
+
+use nix::fcntl::OFlag;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+
+use crate::harness::*;
+
+/// Starts `ralph-supervise <flags> run -- probe --exit-on TERM` with `stderr` as its
+/// stderr; returns once the probe is ready and recorded in the lock metadata.
+fn start(ws: &Workspace, flags: &[&str], stderr: OwnedFd) -> Child {
+    let ready = ws.path.join("probe-ready");
+    let ready_arg = ready.display().to_string();
+    let mut args = flags.to_vec();
+    args.extend([
+        "run",
+        "--",
+        bin(),
+        "probe",
+        "--exit-on",
+        "TERM",
+        "--ready-file",
+        &ready_arg,
+    ]);
+    let mut cmd = ws.cmd(&args);
+    cmd.stdout(Stdio::null()).stderr(Stdio::from(stderr));
+    let mut child = cmd.spawn().expect("spawn");
+    // Our copy of the descriptor goes with the command.
+    drop(cmd);
+    wait_until("the probe's ready file", LIMIT, || {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the supervisor ended before its child was ready: {status:?}");
+        }
+        ready.exists()
+    });
+    wait_until("the child's pid in the metadata", LIMIT, || {
+        std::fs::read_to_string(ws.lock_path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|m| m["child_pid"].is_u64())
+    });
+    child
+}
+
+/// A pipe, both ends close-on-exec from the start: a reader leaked into a process that
+/// another test spawns at the same moment would keep the pipe from breaking.
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
+}
+
+/// A pseudo-terminal (master, slave), both close-on-exec from the start (`openpty`
+/// leaves them inheritable, and a master leaked into a child would keep the terminal
+/// from hanging up).
+pub fn pty() -> (OwnedFd, OwnedFd) {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master = posix_openpt(flags).expect("posix_openpt");
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname_r(&master).unwrap();
+    let slave = nix::fcntl::open(name.as_str(), flags, nix::sys::stat::Mode::empty()).unwrap();
+    (master.into(), slave)
+}
+
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    let mut status = None;
+    wait_until("the supervisor to exit", LIMIT, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
+fn last_record(ws: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(ws.join(".ralph/supervise/runs.jsonl")).expect("a history record");
+    let line = text.lines().last().expect("a history line");
+    serde_json::from_str(line).unwrap()
+}
+
+/// `stop` works on a supervisor whose stderr broke, and the run is recorded with the
+/// lines it lost.
+fn stop_and_check(ws: &Workspace, mut child: Child) {
+    let pid: i32 = ws.metadata()["child_pid"].as_i64().unwrap() as i32;
+    let stop = ws.run(&["stop", "--timeout", "15s"]);
+    assert_eq!(stop.code(), 0, "{stop:?}");
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(143), "the child's TERM, not a crash");
+    assert!(!alive(pid), "the child is gone");
+    assert!(!ws.lock_held());
+    let record = last_record(&ws.path);
+    assert_eq!(record["status"], 143, "{record}");
+    assert!(
+        record["log_lines_dropped"].as_u64().is_some_and(|n| n >= 1),
+        "the lost lines are counted: {record}"
+    );
+}
+
+#[test]
+fn a_closed_stderr_pipe_does_not_end_supervision() {
+    // With -v lines are written from the start; without, the first is "stop requested".
+    for flags in [&["-v"][..], &[][..]] {
+        let ws = Workspace::new();
+        let (reader, writer) = pipe();
+        drop(reader);
+        let child = start(&ws, flags, writer);
+        stop_and_check(&ws, child);
+    }
+}
+
+#[test]
+fn a_hung_up_terminal_on_stderr_does_not_end_supervision() {
+    let ws = Workspace::new();
+    let (master, slave) = pty();
+    let child = start(&ws, &["-v"], slave);
+    // Closing the master hangs the terminal up: writes to it now fail with EIO.
+    drop(master);
+    stop_and_check(&ws, child);
+}
+
+#[test]
+fn the_final_error_line_survives_a_closed_stderr() {
+    let ws = Workspace::new();
+    let (reader, writer) = pipe();
+    drop(reader);
+    let mut cmd = ws.cmd(&["run", "--", "/nonexistent/command"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::from(writer));
+    let mut child = cmd.spawn().expect("spawn");
+    drop(cmd);
+    assert_eq!(wait_exit(&mut child).code(), Some(127), "not a panic");
+}
+
+fn assert_json_error(stderr: &str, status: u64, message: &str) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let last = lines.last().unwrap_or_else(|| panic!("no error line"));
+    let v: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{last:?} is not JSON: {e}"));
+    assert_eq!(v["level"], "ERROR", "{v}");
+    assert_eq!(v["fields"]["status"], status, "{v}");
+    assert!(v["timestamp"].is_string(), "{v}");
+    let text = v["fields"]["message"].as_str().unwrap();
+    assert!(text.contains(message), "{v}");
+    for line in lines {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"));
+    }
+}
+
+#[test]
+fn the_final_error_line_is_json_in_the_json_log_format() {
+    let ws = Workspace::new();
+    // Before logging is set up (the policy fails to load): the flag decides.
+    let out = ws.run(&[
+        "--log-format",
+        "json",
+        "run",
+        "--policy",
+        "/nonexistent/p.toml",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code(), 78, "{out:?}");
+    assert_json_error(&out.stderr, 78, "policy file not found");
+    // The policy file's format, with -v lines before the error.
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    std::fs::write(
+        ws.path.join(".ralph/supervise.toml"),
+        "[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let out = ws.run(&["-v", "run", "--", "/nonexistent/command"]);
+    assert_eq!(out.code(), 127, "{out:?}");
+    assert_json_error(&out.stderr, 127, "command not found");
+    // Text stays as it was.
+    let out = ws.run(&["--log-format", "text", "run", "--", "/nonexistent/command"]);
+    assert_eq!(out.code(), 127, "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("ralph-supervise: /nonexistent/command: command not found"),
+        "{out:?}"
+    );
+}
