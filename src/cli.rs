@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-pub use crate::policy::LogFormat;
+pub(crate) use crate::policy::LogFormat;
 use crate::policy::{Keyword, OnConflict, Overrides, RestartPolicy};
 use crate::probe::ProbeSettings;
 
@@ -23,31 +23,31 @@ use crate::probe::ProbeSettings;
         exactly as long as the work, forwards signals, records who holds the lock, and \
         releases it when the command exits."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
-    pub global: GlobalArgs,
+    pub(crate) global: GlobalArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Args)]
-pub struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// Workspace directory [default: the git top-level of the current directory, else the current directory]
     #[arg(short = 'C', long = "workspace", value_name = "DIR", global = true)]
-    pub workspace: Option<PathBuf>,
+    pub(crate) workspace: Option<PathBuf>,
     /// Log format on stderr
     #[arg(long, value_name = "FORMAT", global = true, value_parser = keyword::<LogFormat>())]
-    pub log_format: Option<LogFormat>,
+    pub(crate) log_format: Option<LogFormat>,
     /// More log output (-v debug, -vv trace)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     /// Less log output (-q errors only)
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
-    pub quiet: u8,
+    pub(crate) quiet: u8,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run COMMAND holding the workspace lock
     Run(RunArgs),
     /// Show who holds the workspace (exit 0 if a loop runs, 3 if none)
@@ -109,55 +109,55 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Task text recorded in the lock metadata [default: the command line]
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
-    pub prompt: Option<OsString>,
+    pub(crate) prompt: Option<OsString>,
     #[command(flatten)]
-    pub policy: PolicyArgs,
+    pub(crate) policy: PolicyArgs,
     /// The command to run, with its arguments
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND", value_parser = clap::value_parser!(OsString))]
-    pub command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
 }
 
 /// Flags that override the policy file (shared by `run` and `policy show`).
 #[derive(Debug, Args, Default)]
-pub struct PolicyArgs {
+pub(crate) struct PolicyArgs {
     /// Policy file [default: $RALPH_SUPERVISE_POLICY, .ralph/supervise.toml, $XDG_CONFIG_HOME/ralph-supervise/policy.toml]
     #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
+    pub(crate) policy: Option<PathBuf>,
     /// What to do when the workspace is taken [default: worktree in a git repository, else fail]
     #[arg(long, value_name = "POLICY", value_parser = keyword::<OnConflict>())]
-    pub on_conflict: Option<OnConflict>,
+    pub(crate) on_conflict: Option<OnConflict>,
     /// Give up waiting for the lock after this long (e.g. 30s, 5m, 1h30m)
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub wait_timeout: Option<Duration>,
+    pub(crate) wait_timeout: Option<Duration>,
     /// Exit code when the workspace is taken [default: 75]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
-    pub conflict_exit_code: Option<u8>,
+    pub(crate) conflict_exit_code: Option<u8>,
     /// Time between the stop signal and KILL [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub stop_grace: Option<Duration>,
+    pub(crate) stop_grace: Option<Duration>,
     /// Signal that asks the command to stop (TERM, SIGTERM or 15) [default: TERM]
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
-    pub stop_signal: Option<i32>,
+    pub(crate) stop_signal: Option<i32>,
     /// When to start the command again after it exits [default: never]
     #[arg(long, value_name = "WHEN", value_parser = keyword::<RestartPolicy>())]
-    pub restart: Option<RestartPolicy>,
+    pub(crate) restart: Option<RestartPolicy>,
     /// Most restarts [default: unlimited]
     #[arg(long, value_name = "N")]
-    pub max_restarts: Option<u32>,
+    pub(crate) max_restarts: Option<u32>,
     /// Delay before the first restart; doubles up to restart.backoff_max [default: 1s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub restart_delay: Option<Duration>,
+    pub(crate) restart_delay: Option<Duration>,
     /// Stop the command gracefully after this long and exit 124
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub max_runtime: Option<Duration>,
+    pub(crate) max_runtime: Option<Duration>,
 }
 
 impl PolicyArgs {
     /// The flags as policy overrides.
-    pub fn overrides(&self, log_format: Option<LogFormat>) -> Overrides {
+    pub(crate) fn overrides(&self, log_format: Option<LogFormat>) -> Overrides {
         Overrides {
             on_conflict: self.on_conflict,
             wait_timeout: self.wait_timeout,
@@ -174,23 +174,23 @@ impl PolicyArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StopArgs {
+pub(crate) struct StopArgs {
     /// A worktree loop's id (see `list`) [default: the workspace's own loop]
     #[arg(value_name = "ID")]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Signal sent to the loop's supervisor (TERM, SIGINT, 15, ...)
     #[arg(long, value_name = "SIG", value_parser = parse_signal, default_value = "TERM")]
-    pub signal: i32,
+    pub(crate) signal: i32,
     /// How long to wait for the lock to be released
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Kill the loop's process group at once instead of asking
     #[arg(long)]
-    pub kill: bool,
+    pub(crate) kill: bool,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Print the effective policy and where each value came from
     Show(PolicyArgs),
     /// Validate a policy file (exit 0 when valid, 78 when not)
@@ -202,19 +202,19 @@ pub enum PolicyCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// Die by this signal after reporting it (repeatable; TERM, SIGTERM or 15)
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
-    pub exit_on: Vec<i32>,
+    pub(crate) exit_on: Vec<i32>,
     /// Exit with this code right after printing ready
     #[arg(long, value_name = "N")]
-    pub exit: Option<u8>,
+    pub(crate) exit: Option<u8>,
     /// Also write "ready" into this file
     #[arg(long, value_name = "PATH")]
-    pub ready_file: Option<PathBuf>,
+    pub(crate) ready_file: Option<PathBuf>,
     /// Echo each stdin line as "got LINE"; exit 0 at end of input
     #[arg(long)]
-    pub echo_stdin: bool,
+    pub(crate) echo_stdin: bool,
 }
 
 impl From<ProbeArgs> for ProbeSettings {
@@ -267,7 +267,7 @@ enum RunOnlyCommand {
 /// Parses the command line. A `run` line goes through a parser that knows only `run`;
 /// anything else, and any `run` line that parser does not accept as it is (help,
 /// errors), goes through the full parser, so every message is the full parser's.
-pub fn parse() -> Cli {
+pub(crate) fn parse() -> Cli {
     if subcommand_name(std::env::args_os().skip(1)).is_some_and(|name| name == "run")
         && let Ok(r) = <RunOnly as Parser>::try_parse()
     {

@@ -8,14 +8,14 @@
 
 use std::io::Write;
 
-pub use clap_complete::Shell;
+pub(crate) use clap_complete::Shell;
 
 /// Writes the completion script for `shell` to `out`. The command's name (normally
 /// `ralph-supervise`) is the name completed. Hidden subcommands (`man`, `probe`) and
 /// hidden flags are left out.
 ///
 /// `Shell` also has variants for elvish and PowerShell; they work the same way.
-pub fn generate(shell: Shell, cmd: clap::Command, out: &mut dyn Write) {
+pub(crate) fn generate(shell: Shell, cmd: clap::Command, out: &mut dyn Write) {
     let name = cmd.get_name().to_string();
     let mut cmd = visible(&cmd);
     if shell != Shell::Bash || !name.contains('-') {

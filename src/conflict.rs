@@ -45,7 +45,7 @@ use crate::workspace::RalphDir;
 
 /// What `run` does next, once the lock question is settled.
 #[derive(Debug)]
-pub enum Next {
+pub(crate) enum Next {
     /// The workspace lock is ours: run here, as the primary.
     Primary(LockFile),
     /// Run beside the holder, in a new worktree of the repository at `repo` (its top-level).
@@ -56,27 +56,31 @@ pub enum Next {
 
 /// What the conflict policies need, resolved from flags and the policy file.
 #[derive(Debug, Clone, Copy)]
-pub struct Rules<'a> {
+pub(crate) struct Rules<'a> {
     /// The workspace, as the messages name it.
-    pub workspace: &'a Path,
+    pub(crate) workspace: &'a Path,
     /// Its git top-level, found once by the caller; `None` outside a git repository.
-    pub repo: Option<&'a Path>,
+    pub(crate) repo: Option<&'a Path>,
     /// The policy that applies (`auto` already resolved).
-    pub policy: OnConflict,
+    pub(crate) policy: OnConflict,
     /// Bound on `wait`; `None` waits without limit.
-    pub wait_timeout: Option<Duration>,
+    pub(crate) wait_timeout: Option<Duration>,
     /// What a timed-out `wait` does.
-    pub after_timeout: AfterTimeout,
+    pub(crate) after_timeout: AfterTimeout,
     /// The status of a refusal: the conflict code.
-    pub refused: ExitStatus,
+    pub(crate) refused: ExitStatus,
     /// How a takeover stops the holder: the grace before killing, and the signal for a
     /// child whose supervisor is gone.
-    pub grace: Duration,
-    pub stop_signal: i32,
+    pub(crate) grace: Duration,
+    pub(crate) stop_signal: i32,
 }
 
 /// Takes the workspace lock of `dir`; if it is held, applies the conflict policy.
-pub fn acquire(dir: &RalphDir, rules: &Rules<'_>, signals: &Signals) -> Result<Next, Failure> {
+pub(crate) fn acquire(
+    dir: &RalphDir,
+    rules: &Rules<'_>,
+    signals: &Signals,
+) -> Result<Next, Failure> {
     let held = match lock::try_acquire(dir)? {
         Acquire::Acquired(lock) => return Ok(Next::Primary(lock)),
         Acquire::Held(held) => held,
@@ -173,7 +177,7 @@ fn holder_pid(holder: &Holder) -> String {
 
 /// How a wait for the lock ended.
 #[derive(Debug)]
-pub enum Waited {
+pub(crate) enum Waited {
     Acquired(LockFile),
     TimedOut,
     /// A TERM, INT or HUP arrived: the caller exits 128+N without running anything.
@@ -181,7 +185,7 @@ pub enum Waited {
 }
 
 /// Blocks until the workspace lock is ours, `deadline` passes, or a stop signal comes.
-pub fn wait_for_lock(
+pub(crate) fn wait_for_lock(
     dir: &RalphDir,
     deadline: Option<Instant>,
     signals: Option<&Signals>,
@@ -251,15 +255,15 @@ pub fn wait_for_lock(
 /// Pids of a holder that may be signalled: each confirmed alive by its recorded start
 /// time. `Err` says why nothing can be signalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Targets {
+pub(crate) struct Targets {
     /// The holder's supervisor (a ralph-supervise), if alive.
-    pub supervisor: Option<Pid>,
+    pub(crate) supervisor: Option<Pid>,
     /// The child, leader of its own process group, if alive.
-    pub child: Option<Pid>,
+    pub(crate) child: Option<Pid>,
 }
 
 /// Confirms the holder's pids against `/proc` before anything is signalled.
-pub fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
+pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
     let MetaState::Valid(m) = &holder.metadata else {
         return Err("its lock file has no readable metadata, so no pid can be trusted".into());
     };
@@ -287,7 +291,7 @@ pub fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
 /// Asks the holder to stop the way `stop` does: the stop request file (which ralph and
 /// ralph-supervise both honour), then a signal to its supervisor, or to its child's
 /// group if the supervisor is gone.
-pub fn request_stop(dir: &RalphDir, targets: Result<Targets, String>, signal: i32) {
+pub(crate) fn request_stop(dir: &RalphDir, targets: Result<Targets, String>, signal: i32) {
     if let Err(e) = crate::stop_request::create(dir) {
         warn!("cannot write the stop request: {e:#}");
     }
@@ -302,7 +306,7 @@ pub fn request_stop(dir: &RalphDir, targets: Result<Targets, String>, signal: i3
 }
 
 /// Kills what is left of the holder: the child's group, then its supervisor.
-pub fn kill_holder(t: Targets) {
+pub(crate) fn kill_holder(t: Targets) {
     if let Some(child) = t.child {
         let _ = killpg(child, Signal::SIGKILL);
     }

@@ -26,13 +26,13 @@ use crate::worktree;
 
 /// What the kernel and the lock file say about one workspace.
 #[derive(Debug)]
-pub struct LoopState {
-    pub workspace: PathBuf,
+pub(crate) struct LoopState {
+    pub(crate) workspace: PathBuf,
     /// Somebody holds the flock.
-    pub held: bool,
+    pub(crate) held: bool,
     /// Pids `/proc/locks` names as having taken the flock.
-    pub lockers: Vec<u32>,
-    pub metadata: MetaState,
+    pub(crate) lockers: Vec<u32>,
+    pub(crate) metadata: MetaState,
 }
 
 impl LoopState {
@@ -60,7 +60,7 @@ impl LoopState {
 }
 
 /// Reads the state of `workspace` without taking its lock or creating anything.
-pub fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
+pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
     let empty = || LoopState {
         workspace: workspace.to_path_buf(),
         held: false,
@@ -89,7 +89,7 @@ pub fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
 }
 
 /// `status`: 0 when a loop holds the workspace, 3 when none.
-pub fn status(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
+pub(crate) fn status(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
     let state = inspect(workspace)?;
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -110,7 +110,7 @@ pub fn status(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
 }
 
 /// The primary loop and every registered (worktree) loop, with liveness.
-pub fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
+pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
     let primary = inspect(workspace)?;
     let mut rows = Vec::new();
     if primary.held || primary.meta().is_some() {
@@ -142,18 +142,18 @@ pub fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
 
 /// How `stop` stops.
 #[derive(Debug, Clone)]
-pub struct StopSettings {
+pub(crate) struct StopSettings {
     /// A worktree loop's id; `None` = the workspace's own loop.
-    pub id: Option<String>,
-    pub signal: i32,
-    pub timeout: Duration,
-    pub kill: bool,
+    pub(crate) id: Option<String>,
+    pub(crate) signal: i32,
+    pub(crate) timeout: Duration,
+    pub(crate) kill: bool,
     /// Grace before KILL when stop signals the child itself (its supervisor is gone).
-    pub grace: Duration,
+    pub(crate) grace: Duration,
 }
 
 /// `stop`: 0 stopped, 3 nothing running, 124 still running at the timeout.
-pub fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStatus, Failure> {
+pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStatus, Failure> {
     let signals = Signals::install().or_fail("cannot set up signal handling")?;
     let target = match &settings.id {
         None => workspace.to_path_buf(),
@@ -288,7 +288,7 @@ fn last_record(workspace: &Path, target: &Path, id: &str) -> Option<history::Rec
 }
 
 /// `wait`: blocks until the workspace is free. 0, or 124 at the timeout.
-pub fn wait(workspace: &Path, timeout: Option<Duration>) -> Result<ExitStatus, Failure> {
+pub(crate) fn wait(workspace: &Path, timeout: Option<Duration>) -> Result<ExitStatus, Failure> {
     let signals = Signals::install().or_fail("cannot set up signal handling")?;
     if !inspect(workspace)?.held {
         return Ok(ExitStatus::SUCCESS);
@@ -305,7 +305,11 @@ pub fn wait(workspace: &Path, timeout: Option<Duration>) -> Result<ExitStatus, F
 }
 
 /// `history`: the last `n` runs, oldest first.
-pub fn show_history(workspace: &Path, n: usize, as_json: bool) -> Result<ExitStatus, Failure> {
+pub(crate) fn show_history(
+    workspace: &Path,
+    n: usize,
+    as_json: bool,
+) -> Result<ExitStatus, Failure> {
     let records = match RalphDir::open_existing(workspace)? {
         Some(dir) => {
             let (records, bad) = history::read(&dir).or_fail("cannot read the history")?;
@@ -327,7 +331,7 @@ pub fn show_history(workspace: &Path, n: usize, as_json: bool) -> Result<ExitSta
 }
 
 /// `gc`: prune dead registry entries, remove clean finished worktrees, list the rest.
-pub fn gc(
+pub(crate) fn gc(
     workspace: &Path,
     dir: &Path,
     branch_prefix: &str,

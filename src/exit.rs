@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Default code for a run that found the workspace taken (`EX_TEMPFAIL`).
-pub const CONFLICT_DEFAULT: u8 = 75;
+pub(crate) const CONFLICT_DEFAULT: u8 = 75;
 
 /// What the process exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +37,10 @@ pub enum ExitStatus {
 
 impl ExitStatus {
     /// The supervisor ran, and there is nothing to report.
-    pub const SUCCESS: ExitStatus = ExitStatus::Child(0);
+    pub(crate) const SUCCESS: ExitStatus = ExitStatus::Child(0);
 
     /// The process exit code for this status.
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             ExitStatus::Child(code) => code,
             // Signal numbers on Linux stop at 64, so this never wraps; clamp anyway.
@@ -57,7 +57,7 @@ impl ExitStatus {
     }
 
     /// Maps a `waitpid` result of the child to its exit status.
-    pub fn from_wait(outcome: ChildOutcome) -> ExitStatus {
+    pub(crate) fn from_wait(outcome: ChildOutcome) -> ExitStatus {
         match outcome {
             ChildOutcome::Exited(code) => ExitStatus::Child((code & 0xff) as u8),
             ChildOutcome::Signaled(sig) => ExitStatus::Signaled(sig),
@@ -67,13 +67,13 @@ impl ExitStatus {
 
 /// How a child process ended, as `waitpid` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildOutcome {
+pub(crate) enum ChildOutcome {
     Exited(i32),
     Signaled(i32),
 }
 
 impl ChildOutcome {
-    pub fn success(self) -> bool {
+    pub(crate) fn success(self) -> bool {
         self == ChildOutcome::Exited(0)
     }
 }
@@ -97,14 +97,14 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(status: ExitStatus, error: impl Into<anyhow::Error>) -> Failure {
+    pub(crate) fn new(status: ExitStatus, error: impl Into<anyhow::Error>) -> Failure {
         Failure {
             status,
             error: error.into(),
         }
     }
 
-    pub fn msg(status: ExitStatus, msg: impl fmt::Display) -> Failure {
+    pub(crate) fn msg(status: ExitStatus, msg: impl fmt::Display) -> Failure {
         Failure::new(status, anyhow::anyhow!("{msg}"))
     }
 }
@@ -125,18 +125,12 @@ impl From<std::io::Error> for Failure {
 }
 
 /// Attaches an exit status to an error result.
-pub trait ResultExt<T> {
-    /// Ends the process with `status` on error.
-    fn exit_with(self, status: ExitStatus) -> Result<T, Failure>;
+pub(crate) trait ResultExt<T> {
     /// A supervisor failure (125), with `what` as context.
     fn or_fail(self, what: impl fmt::Display) -> Result<T, Failure>;
 }
 
 impl<T, E: Into<anyhow::Error>> ResultExt<T> for Result<T, E> {
-    fn exit_with(self, status: ExitStatus) -> Result<T, Failure> {
-        self.map_err(|e| Failure::new(status, e))
-    }
-
     fn or_fail(self, what: impl fmt::Display) -> Result<T, Failure> {
         self.map_err(|e| Failure::new(ExitStatus::Failure, e.into().context(what.to_string())))
     }

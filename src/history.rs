@@ -14,41 +14,41 @@ use serde::{Deserialize, Serialize};
 use crate::ralph_dir::Access;
 use crate::workspace::RalphDir;
 
-pub const DIR: &str = "supervise";
-pub const FILE: &str = "runs.jsonl";
+pub(crate) const DIR: &str = "supervise";
+pub(crate) const FILE: &str = "runs.jsonl";
 
 /// One run, from lock to release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    pub id: String,
-    pub mode: String,
-    pub command: Vec<String>,
-    pub prompt: String,
+    pub(crate) id: String,
+    pub(crate) mode: String,
+    pub(crate) command: Vec<String>,
+    pub(crate) prompt: String,
     /// RFC 3339, UTC.
-    pub start: String,
-    pub end: String,
+    pub(crate) start: String,
+    pub(crate) end: String,
     /// The last run's exit code, when it exited.
-    pub exit_code: Option<i32>,
+    pub(crate) exit_code: Option<i32>,
     /// The signal that killed the last run, when one did (`SIGTERM`).
-    pub signal: Option<String>,
+    pub(crate) signal: Option<String>,
     /// What `ralph-supervise run` exited with.
-    pub status: u8,
-    pub restarts: u32,
+    pub(crate) status: u8,
+    pub(crate) restarts: u32,
     /// How it was stopped: `signal SIGTERM`, `stop-request`, `max-runtime`; `None` when
     /// the command ended by itself.
-    pub stopped_by: Option<String>,
-    pub worktree: Option<PathBuf>,
-    pub supervisor_pid: u32,
-    pub child_pid: Option<u32>,
+    pub(crate) stopped_by: Option<String>,
+    pub(crate) worktree: Option<PathBuf>,
+    pub(crate) supervisor_pid: u32,
+    pub(crate) child_pid: Option<u32>,
     /// Log lines the supervisor could not write to its stderr (a hung-up terminal, a
     /// closed pipe); left out when none were lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_lines_dropped: Option<u64>,
+    pub(crate) log_lines_dropped: Option<u64>,
 }
 
 /// Appends one record (creating `supervise/` and the file as needed, never through a
 /// symlink).
-pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
+pub(crate) fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
     let mut line = serde_json::to_string(record)?;
     line.push('\n');
     let sub = dir.subdir(DIR, true)?.expect("created");
@@ -63,7 +63,7 @@ pub fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
 
 /// All readable records, oldest first; lines that do not parse are skipped (counted in
 /// the second value).
-pub fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
+pub(crate) fn read(dir: &RalphDir) -> io::Result<(Vec<Record>, usize)> {
     let Some(sub) = dir.subdir(DIR, false)? else {
         return Ok((Vec::new(), 0));
     };

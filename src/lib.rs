@@ -2,39 +2,45 @@
 //!
 //! `main` parses the command line, sets up logging and calls [`run`], which returns an
 //! exit status or a [`Failure`] that is printed once, with its context chain.
+//!
+//! `unsafe` is denied everywhere but in [`sys`], where each block says why it is sound.
+//! ARCHITECTURE.md says which module holds what.
+
+#![deny(unsafe_code)]
 
 pub mod cli;
-pub mod completions;
-pub mod conflict;
-pub mod control;
+pub(crate) mod completions;
+pub(crate) mod conflict;
+pub(crate) mod control;
 pub mod exit;
 pub mod history;
-pub mod lock;
-pub mod logging;
+pub(crate) mod lock;
+pub(crate) mod logging;
 pub mod man;
 pub mod metadata;
-pub mod notify;
+pub(crate) mod notify;
 pub mod policy;
 mod present;
-pub mod probe;
-pub mod procfs;
-pub mod ralph_dir;
-pub mod run;
-pub mod service;
-pub mod signals;
-pub mod stop_request;
-pub mod supervisor;
-pub mod sys;
-pub mod terminal;
-pub mod watch;
-pub mod workspace;
+pub(crate) mod probe;
+pub(crate) mod procfs;
+pub(crate) mod ralph_dir;
+pub(crate) mod run;
+pub(crate) mod service;
+pub(crate) mod signals;
+pub(crate) mod stop_request;
+pub(crate) mod supervisor;
+#[allow(unsafe_code)]
+pub(crate) mod sys;
+pub(crate) mod terminal;
+pub(crate) mod watch;
+pub(crate) mod workspace;
 pub mod worktree;
 
 use std::process::ExitCode;
 
 use cli::{Cli, Command, GlobalArgs, LogFormat, PolicyArgs, PolicyCommand};
 use exit::ResultExt;
-pub use exit::{ExitStatus, Failure};
+pub(crate) use exit::{ExitStatus, Failure};
 
 /// Parses, logs, dispatches, prints the one error line, and exits.
 pub fn main() -> ExitCode {
@@ -53,7 +59,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs one parsed command line.
-pub fn run(cli: Cli) -> Result<ExitStatus, Failure> {
+pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
     let global = cli.global;
     match cli.command {
         Command::Run(args) => {

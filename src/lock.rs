@@ -22,20 +22,20 @@ use crate::ralph_dir::{Access, RalphFile, TryLock};
 use crate::sys::FlockOp;
 use crate::workspace::RalphDir;
 
-pub const LOCK_FILE: &str = "loop.lock";
+pub(crate) const LOCK_FILE: &str = "loop.lock";
 
 /// Largest metadata file read back; anything larger is not ours or ralph's.
 const READ_LIMIT: usize = 1 << 20;
 
 /// An open `.ralph/loop.lock`, locked or not.
 #[derive(Debug)]
-pub struct LockFile {
+pub(crate) struct LockFile {
     file: RalphFile,
 }
 
 /// Result of trying the lock.
 #[derive(Debug)]
-pub enum Acquire {
+pub(crate) enum Acquire {
     Acquired(LockFile),
     /// Someone holds it; the file is open (unlocked) for reading who.
     Held(LockFile),
@@ -44,7 +44,7 @@ pub enum Acquire {
 impl LockFile {
     /// Opens (creating if missing, mode 0644 before umask) the lock file of `dir`,
     /// without following a symlink. Refuses anything but a regular file.
-    pub fn open(dir: &RalphDir) -> Result<LockFile, Failure> {
+    pub(crate) fn open(dir: &RalphDir) -> Result<LockFile, Failure> {
         let file = dir
             .open(LOCK_FILE, Access::ReadWrite, true)?
             .expect("created");
@@ -52,7 +52,7 @@ impl LockFile {
     }
 
     /// Opens the lock file of `dir` if it exists (never creates it).
-    pub fn open_existing(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
+    pub(crate) fn open_existing(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
         Ok(dir
             .open(LOCK_FILE, Access::ReadWrite, false)?
             .map(|file| LockFile { file }))
@@ -60,7 +60,7 @@ impl LockFile {
 
     /// Opens the lock file of `dir` read-only if it exists, for a prober that may find
     /// the workspace unwritable (`gc`): it can try the lock and read who holds it.
-    pub fn open_to_probe(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
+    pub(crate) fn open_to_probe(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
         Ok(dir
             .open(LOCK_FILE, Access::Read, false)?
             .map(|file| LockFile { file }))
@@ -68,7 +68,7 @@ impl LockFile {
 
     /// Whether nobody holds the lock, by a non-blocking attempt that, if it succeeds,
     /// lets go at once without touching the file (for systems without `/proc/locks`).
-    pub fn probe_free(&self) -> bool {
+    pub(crate) fn probe_free(&self) -> bool {
         match self.try_lock() {
             Ok(true) => {
                 let _ = self.file.unlock();
@@ -80,53 +80,49 @@ impl LockFile {
 
     /// Lets go of a lock taken only to learn that the workspace is free (`wait`,
     /// `stop`): unlocks without touching the file, whose contents are not ours.
-    pub fn unlock(self) {
+    pub(crate) fn unlock(self) {
         let _ = self.file.unlock();
     }
 
-    pub fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         self.file.path()
     }
 
-    pub fn dev_ino(&self) -> (u64, u64) {
-        self.file.dev_ino()
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
+    pub(crate) fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 
     /// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when someone else holds it.
-    pub fn try_lock(&self) -> io::Result<bool> {
+    pub(crate) fn try_lock(&self) -> io::Result<bool> {
         self.file.lock(FlockOp::TryExclusive)
     }
 
     /// `flock(LOCK_EX)`, blocking in the kernel until the lock is ours.
-    pub fn lock_blocking(&self) -> io::Result<()> {
+    pub(crate) fn lock_blocking(&self) -> io::Result<()> {
         self.file.lock(FlockOp::Exclusive).map(drop)
     }
 
     /// Whether `.ralph/loop.lock` still names the inode we opened.
-    pub fn still_linked(&self, dir: &RalphDir) -> bool {
+    pub(crate) fn still_linked(&self, dir: &RalphDir) -> bool {
         self.file.still_linked(dir)
     }
 
     /// Replaces the metadata without the file ever being empty or invalid: the new JSON,
     /// padded with spaces to the old length, is written over the old bytes, then the
     /// file is truncated to the JSON's length.
-    pub fn write_metadata(&self, meta: &Metadata) -> io::Result<()> {
+    pub(crate) fn write_metadata(&self, meta: &Metadata) -> io::Result<()> {
         self.file.write_in_place(meta.to_json().into_bytes())
     }
 
     /// The file's contents (capped), whatever they are.
-    pub fn read_raw(&self) -> io::Result<Vec<u8>> {
+    pub(crate) fn read_raw(&self) -> io::Result<Vec<u8>> {
         self.file.read_up_to(READ_LIMIT)
     }
 
     /// Who holds the lock: the file's word, and the kernel's (`/proc/locks`) only when
     /// the file does not say. Reading `/proc/locks` costs an RCU grace period (the kernel
     /// takes a global write lock for it: measured 4-15 ms), too much for every conflict.
-    pub fn holder(&self) -> Holder {
+    pub(crate) fn holder(&self) -> Holder {
         let mut holder = self.holder_from_file();
         if !matches!(holder.metadata, MetaState::Valid(_)) {
             holder.kernel = self.kernel_holders();
@@ -135,7 +131,7 @@ impl LockFile {
     }
 
     /// Who holds the lock, asking the kernel in any case (`status`, `list`).
-    pub fn holder_with_kernel(&self) -> Holder {
+    pub(crate) fn holder_with_kernel(&self) -> Holder {
         let mut holder = self.holder_from_file();
         holder.kernel = self.kernel_holders();
         holder
@@ -164,7 +160,7 @@ impl LockFile {
     /// Ends the lock when the work is over: empties the metadata while still holding
     /// the lock, unlocks explicitly (a leaked grandchild holding a copy of the
     /// descriptor would otherwise keep the workspace locked), then closes.
-    pub fn release(self) -> io::Result<()> {
+    pub(crate) fn release(self) -> io::Result<()> {
         let truncated = self.file.truncate(0);
         self.file.unlock()?;
         truncated
@@ -179,7 +175,7 @@ impl AsFd for LockFile {
 
 /// Tries to take the workspace lock once (non-blocking), re-checking after locking that
 /// the path still names the locked inode (if someone replaced the file, start over).
-pub fn try_acquire(dir: &RalphDir) -> Result<Acquire, Failure> {
+pub(crate) fn try_acquire(dir: &RalphDir) -> Result<Acquire, Failure> {
     Ok(match dir.try_lock(LOCK_FILE)? {
         TryLock::Locked(file) => Acquire::Acquired(LockFile { file }),
         TryLock::Held(file) => Acquire::Held(LockFile { file }),
@@ -188,7 +184,7 @@ pub fn try_acquire(dir: &RalphDir) -> Result<Acquire, Failure> {
 
 /// What the lock file said about its holder.
 #[derive(Debug, Clone)]
-pub enum MetaState {
+pub(crate) enum MetaState {
     Valid(Box<Metadata>),
     Empty,
     Invalid(String),
@@ -196,11 +192,11 @@ pub enum MetaState {
 
 /// The holder of a lock: the file's word and the kernel's.
 #[derive(Debug, Clone)]
-pub struct Holder {
-    pub metadata: MetaState,
+pub(crate) struct Holder {
+    pub(crate) metadata: MetaState,
     /// Pids `/proc/locks` lists as having taken the flock; `None` when not asked (the
     /// metadata said who) or without procfs.
-    pub kernel: Option<Vec<u32>>,
+    pub(crate) kernel: Option<Vec<u32>>,
 }
 
 #[cfg(test)]

@@ -36,13 +36,13 @@ static BROKEN: AtomicBool = AtomicBool::new(false);
 static FORMAT: AtomicU8 = AtomicU8::new(0);
 
 /// How many lines were dropped because stderr failed.
-pub fn dropped() -> u64 {
+pub(crate) fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
 /// Writes `buf` (one whole line) to stderr; returns whether it was written. Never
 /// panics and never fails: a line stderr does not take is dropped and counted.
-pub fn write_stderr(buf: &[u8]) -> bool {
+pub(crate) fn write_stderr(buf: &[u8]) -> bool {
     if BROKEN.load(Ordering::Relaxed) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return false;
@@ -75,7 +75,7 @@ pub fn write_stderr(buf: &[u8]) -> bool {
 /// The subscriber's writer: [`write_stderr`] for each formatted event (tracing-subscriber
 /// formats an event into one buffer and writes it with one `write_all`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Stderr;
+pub(crate) struct Stderr;
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -92,7 +92,7 @@ impl Write for Stderr {
 /// log format, an object shaped like the log lines (`level` `ERROR`, the message under
 /// `fields`, with the exit status). The format is the one logging was set up with, else
 /// `flag` (an error can come before logging is set up), else text.
-pub fn print_error(error: &anyhow::Error, status: u8, flag: Option<LogFormat>) {
+pub(crate) fn print_error(error: &anyhow::Error, status: u8, flag: Option<LogFormat>) {
     let json = match FORMAT.load(Ordering::Relaxed) {
         1 => false,
         2 => true,
@@ -115,7 +115,7 @@ pub fn print_error(error: &anyhow::Error, status: u8, flag: Option<LogFormat>) {
 
 /// Installs the global subscriber. `RUST_LOG` wins over `-v`/`-q`, which win over
 /// `level` (the policy's `log.level`).
-pub fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
+pub(crate) fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
     let level = match (verbose, quiet) {
         (_, q) if q > 0 => "error",
         (0, _) => level,

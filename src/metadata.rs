@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Longest prompt ralph stores; longer ones are cut to 97 characters plus `...`.
-pub const PROMPT_MAX: usize = 100;
+pub(crate) const PROMPT_MAX: usize = 100;
 
 /// How a loop uses its workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,20 +100,20 @@ pub fn truncate_prompt(prompt: &str) -> String {
 }
 
 /// `2026-11-28T15:04:05.123Z`: RFC 3339, UTC, with `Z`.
-pub fn format_time(t: &DateTime<Utc>) -> String {
+pub(crate) fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Serde helpers for `DateTime<Utc>` as RFC 3339 with `Z` (ralph's timestamps).
-pub mod rfc3339 {
+pub(crate) mod rfc3339 {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_time(t))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(d)?;
         DateTime::parse_from_rfc3339(&text)
             .map(|t| t.with_timezone(&Utc))

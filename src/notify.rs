@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The environment variable systemd sets for `Type=notify` services.
-pub const ENV: &str = "NOTIFY_SOCKET";
+pub(crate) const ENV: &str = "NOTIFY_SOCKET";
 
 /// How long one send may block when systemd's receive queue is full. Long enough for
 /// a busy systemd to catch up, short enough not to stall the supervisor's event loop.
@@ -32,7 +32,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connection to the service manager's notification socket.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,
     /// What `$NOTIFY_SOCKET` said, for log messages.
@@ -44,7 +44,7 @@ pub struct Notifier {
 impl Notifier {
     /// The notifier `$NOTIFY_SOCKET` names; `None` when the variable is unset or empty
     /// (not running under systemd) or the address cannot be used (logged at debug).
-    pub fn from_env() -> Option<Notifier> {
+    pub(crate) fn from_env() -> Option<Notifier> {
         let value = std::env::var_os(ENV)?;
         if value.is_empty() {
             return None;
@@ -63,7 +63,7 @@ impl Notifier {
 
     /// A notifier for one address in `$NOTIFY_SOCKET` syntax: an absolute or relative
     /// filesystem path, or `@name` for the abstract socket `name`.
-    pub fn new(address: &OsStr) -> io::Result<Notifier> {
+    pub(crate) fn new(address: &OsStr) -> io::Result<Notifier> {
         let bytes = address.as_bytes();
         let addr = match bytes.split_first() {
             None => {
@@ -85,30 +85,25 @@ impl Notifier {
         })
     }
 
-    /// `READY=1`: startup is finished (send once the child runs).
-    pub fn ready(&self) -> bool {
-        self.send("READY=1")
-    }
-
     /// `STATUS=<text>`: a one-line status shown by `systemctl status`. Newlines in
     /// `text` become spaces (a newline would start a new assignment).
-    pub fn status(&self, text: &str) -> bool {
+    pub(crate) fn status(&self, text: &str) -> bool {
         self.send(&format!("STATUS={}", one_line(text)))
     }
 
     /// `READY=1` and `STATUS=<text>` in one datagram.
-    pub fn ready_with_status(&self, text: &str) -> bool {
+    pub(crate) fn ready_with_status(&self, text: &str) -> bool {
         self.send(&format!("READY=1\nSTATUS={}", one_line(text)))
     }
 
     /// `STOPPING=1`: the service is shutting down.
-    pub fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.send("STOPPING=1")
     }
 
     /// Sends `message` as is, in one datagram. Returns whether it was sent; a failure
     /// is logged (at debug level the first time, at trace level after) and ignored.
-    pub fn send(&self, message: &str) -> bool {
+    pub(crate) fn send(&self, message: &str) -> bool {
         match self.socket.send_to_addr(message.as_bytes(), &self.addr) {
             Ok(_) => true,
             Err(e) => {
@@ -149,7 +144,7 @@ mod tests {
         let server = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier::new(path.as_os_str()).unwrap();
 
-        assert!(notifier.ready());
+        assert!(notifier.send("READY=1"));
         assert_eq!(recv(&server), b"READY=1");
         assert!(notifier.status("running pid 42 as primary"));
         assert_eq!(recv(&server), b"STATUS=running pid 42 as primary");
@@ -174,7 +169,7 @@ mod tests {
         let server = UnixDatagram::bind_addr(&addr).unwrap();
         let notifier = Notifier::new(OsStr::new(&format!("@{name}"))).unwrap();
 
-        assert!(notifier.ready());
+        assert!(notifier.send("READY=1"));
         assert_eq!(recv(&server), b"READY=1");
         assert!(notifier.status("waiting for the lock held by pid 7"));
         assert_eq!(recv(&server), b"STATUS=waiting for the lock held by pid 7");
@@ -190,7 +185,7 @@ mod tests {
         let notifier = Notifier::new(path.as_os_str()).unwrap();
         drop(server);
         std::fs::remove_file(&path).unwrap();
-        assert!(!notifier.ready());
+        assert!(!notifier.send("READY=1"));
         assert!(!notifier.status("still alive"));
     }
 

@@ -123,23 +123,23 @@ pub(crate) enum MetadataKind {
 /// - `worktree` (string|null): the worktree directory, for a worktree loop.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Status {
-    pub age_seconds: Option<i64>,
-    pub child_alive: Option<bool>,
-    pub child_pid: Option<u32>,
-    pub command: Option<Vec<String>>,
-    pub id: Option<String>,
-    pub lock_holders: Vec<u32>,
-    pub metadata: MetadataKind,
-    pub mode: Option<Mode>,
-    pub pid: Option<u32>,
-    pub prompt: Option<String>,
-    pub running: bool,
-    pub stale: bool,
-    pub started: Option<String>,
-    pub supervisor_alive: Option<bool>,
-    pub supervisor_pid: Option<u32>,
-    pub workspace: PathBuf,
-    pub worktree: Option<PathBuf>,
+    pub(crate) age_seconds: Option<i64>,
+    pub(crate) child_alive: Option<bool>,
+    pub(crate) child_pid: Option<u32>,
+    pub(crate) command: Option<Vec<String>>,
+    pub(crate) id: Option<String>,
+    pub(crate) lock_holders: Vec<u32>,
+    pub(crate) metadata: MetadataKind,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) pid: Option<u32>,
+    pub(crate) prompt: Option<String>,
+    pub(crate) running: bool,
+    pub(crate) stale: bool,
+    pub(crate) started: Option<String>,
+    pub(crate) supervisor_alive: Option<bool>,
+    pub(crate) supervisor_pid: Option<u32>,
+    pub(crate) workspace: PathBuf,
+    pub(crate) worktree: Option<PathBuf>,
 }
 
 impl Status {
@@ -253,15 +253,15 @@ pub(crate) fn status_text(state: &LoopState) -> String {
 /// - `worktree` (string|null): its worktree directory.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Registered {
-    pub age_seconds: i64,
-    pub id: String,
-    pub mode: Mode,
-    pub pid: u32,
-    pub prompt: String,
-    pub running: bool,
-    pub started: String,
-    pub workspace: PathBuf,
-    pub worktree: Option<PathBuf>,
+    pub(crate) age_seconds: i64,
+    pub(crate) id: String,
+    pub(crate) mode: Mode,
+    pub(crate) pid: u32,
+    pub(crate) prompt: String,
+    pub(crate) running: bool,
+    pub(crate) started: String,
+    pub(crate) workspace: PathBuf,
+    pub(crate) worktree: Option<PathBuf>,
 }
 
 impl Registered {

@@ -15,15 +15,15 @@ use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::signals;
 
 #[derive(Debug, Clone, Default)]
-pub struct ProbeSettings {
+pub(crate) struct ProbeSettings {
     /// Die by these signals (after printing them, and `cleanup done`).
-    pub exit_on: Vec<i32>,
+    pub(crate) exit_on: Vec<i32>,
     /// Exit with this code right after `ready`.
-    pub exit: Option<u8>,
+    pub(crate) exit: Option<u8>,
     /// Also write `ready` into this file (for when stdout is not a pipe we read).
-    pub ready_file: Option<PathBuf>,
+    pub(crate) ready_file: Option<PathBuf>,
     /// Print `got LINE` for each line of stdin, `eof` and exit 0 at its end.
-    pub echo_stdin: bool,
+    pub(crate) echo_stdin: bool,
 }
 
 /// Signals the probe reports (and so catches): the forwarded ones plus a few strays.
@@ -31,7 +31,7 @@ const REPORTED: [i32; 10] = [
     SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGPIPE,
 ];
 
-pub fn probe(settings: ProbeSettings) -> Result<ExitStatus, Failure> {
+pub(crate) fn probe(settings: ProbeSettings) -> Result<ExitStatus, Failure> {
     let out = std::io::stdout();
     let mut out = out.lock();
     let report = report();

@@ -10,7 +10,7 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
-pub fn start_time(pid: u32) -> Option<u64> {
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
     // One read into a buffer large enough for any stat line (it sits on the launch
     // path; `read_to_string` would grow from 32 bytes in five reads).
     use std::io::Read;
@@ -30,7 +30,7 @@ fn parse_stat_start_time(stat: &str) -> Option<u64> {
 }
 
 /// Whether `pid` is alive and, when a start time was recorded, still the same process.
-pub fn alive(pid: u32, recorded_start: Option<u64>) -> bool {
+pub(crate) fn alive(pid: u32, recorded_start: Option<u64>) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
@@ -52,15 +52,15 @@ fn is_zombie(pid: u32) -> bool {
 
 /// A flock held on a file, as `/proc/locks` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeldLock {
+pub(crate) struct HeldLock {
     /// The process that took the lock (it may have died since, leaving the lock to a
     /// child that inherited the descriptor).
-    pub pid: u32,
+    pub(crate) pid: u32,
 }
 
 /// The FLOCK holders of the file with this device and inode, from `/proc/locks`.
 /// `None` when `/proc/locks` cannot be read (not Linux, no procfs).
-pub fn flock_holders(dev: u64, ino: u64) -> Option<Vec<HeldLock>> {
+pub(crate) fn flock_holders(dev: u64, ino: u64) -> Option<Vec<HeldLock>> {
     let text = read_locks()?;
     Some(parse_locks(&text, dev, ino))
 }

@@ -34,17 +34,17 @@ use crate::{signals, stop_request};
 
 /// Everything `run` needs, resolved from flags and the policy file.
 #[derive(Debug, Clone)]
-pub struct RunSettings {
-    pub workspace: PathBuf,
-    pub command: Vec<OsString>,
+pub(crate) struct RunSettings {
+    pub(crate) workspace: PathBuf,
+    pub(crate) command: Vec<OsString>,
     /// Task text for the metadata; the command line when not given.
-    pub prompt: Option<String>,
+    pub(crate) prompt: Option<String>,
     /// The effective policy (flags over file over defaults).
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// The conflict policy that applies here (auto resolved).
-    pub on_conflict: OnConflict,
+    pub(crate) on_conflict: OnConflict,
     /// The git top-level of the workspace, found once; `None` outside a git repository.
-    pub repo: Option<PathBuf>,
+    pub(crate) repo: Option<PathBuf>,
 }
 
 impl RunSettings {
@@ -72,7 +72,7 @@ impl RunSettings {
     }
 }
 
-pub fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
+pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     // Before anything else: from here on no signal can kill us or go unseen, and
     // SIGCHLD is no longer ignored (if it was).
     let signals = Signals::install().or_fail("cannot set up signal handling")?;
@@ -532,7 +532,7 @@ fn self_identity() -> &'static (Option<u64>, Option<String>) {
 }
 
 /// `ralph-YYYYMMDD-HHMMSS-xxxx`, ralph's fallback loop-id style.
-pub fn new_loop_id() -> String {
+pub(crate) fn new_loop_id() -> String {
     let now = Utc::now();
     let nanos = now.timestamp_subsec_nanos();
     let mix = (std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos as u64;

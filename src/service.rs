@@ -14,7 +14,7 @@ fn notifier() -> Option<&'static Notifier> {
 }
 
 /// STATUS= while waiting for the lock.
-pub fn status(text: &str) {
+pub(crate) fn status(text: &str) {
     if let Some(n) = notifier() {
         n.status(text);
     }
@@ -22,7 +22,7 @@ pub fn status(text: &str) {
 
 /// READY=1 with a STATUS= line once the child runs: `pid M, primary` or
 /// `pid M, worktree X`.
-pub fn ready_running(pid: u32, worktree: Option<&std::path::Path>) {
+pub(crate) fn ready_running(pid: u32, worktree: Option<&std::path::Path>) {
     if let Some(n) = notifier() {
         let text = match worktree {
             Some(path) => format!("running pid {pid}, worktree {}", path.display()),
@@ -33,7 +33,7 @@ pub fn ready_running(pid: u32, worktree: Option<&std::path::Path>) {
 }
 
 /// STOPPING=1.
-pub fn stopping() {
+pub(crate) fn stopping() {
     if let Some(n) = notifier() {
         n.stopping();
     }

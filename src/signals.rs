@@ -8,7 +8,7 @@
 use nix::sys::signal::Signal;
 
 /// Signals forwarded to the child's process group, as `DESIGN.md` lists them.
-pub const FORWARDED: [Signal; 7] = [
+pub(crate) const FORWARDED: [Signal; 7] = [
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -20,7 +20,7 @@ pub const FORWARDED: [Signal; 7] = [
 
 /// Synchronous fault signals: never blocked or caught (blocking them does not stop the
 /// kernel from killing the process, and catching them hides real crashes).
-pub const FAULTS: [Signal; 6] = [
+pub(crate) const FAULTS: [Signal; 6] = [
     Signal::SIGSEGV,
     Signal::SIGBUS,
     Signal::SIGFPE,
@@ -31,7 +31,7 @@ pub const FAULTS: [Signal; 6] = [
 
 /// How the supervisor treats a signal sent to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// Forward to the child's group; `stop` says whether it also begins a stop.
     Forward { stop: bool },
     /// TSTP, TTIN, TTOU: pass to the child's group (it stops, then so do we).
@@ -44,7 +44,7 @@ pub enum Class {
     Ignore,
 }
 
-pub fn classify(sig: i32) -> Class {
+pub(crate) fn classify(sig: i32) -> Class {
     match Signal::try_from(sig) {
         Ok(Signal::SIGINT | Signal::SIGTERM) => Class::Forward { stop: true },
         Ok(s) if FORWARDED.contains(&s) => Class::Forward { stop: false },
@@ -56,7 +56,7 @@ pub fn classify(sig: i32) -> Class {
 }
 
 /// `SIGTERM`-style name of a signal number (`SIGRT+3` style for real-time signals).
-pub fn name(sig: i32) -> String {
+pub(crate) fn name(sig: i32) -> String {
     match Signal::try_from(sig) {
         Ok(s) => s.as_str().to_string(),
         Err(_) => {
@@ -71,7 +71,7 @@ pub fn name(sig: i32) -> String {
 }
 
 /// Parses `TERM`, `SIGTERM`, `term` or `15`.
-pub fn parse(text: &str) -> Result<Signal, String> {
+pub(crate) fn parse(text: &str) -> Result<Signal, String> {
     let t = text.trim();
     if let Ok(n) = t.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));

@@ -8,18 +8,14 @@ use std::io;
 
 use crate::workspace::RalphDir;
 
-pub const FILE: &str = "stop-requested";
+pub(crate) const FILE: &str = "stop-requested";
 
 /// Creates the stop request (no symlink followed; an existing one is left as it is).
-pub fn create(dir: &RalphDir) -> io::Result<()> {
+pub(crate) fn create(dir: &RalphDir) -> io::Result<()> {
     dir.create_if_missing(FILE)
 }
 
 /// Removes the stop request; `Ok(false)` when there was none.
-pub fn remove(dir: &RalphDir) -> io::Result<bool> {
+pub(crate) fn remove(dir: &RalphDir) -> io::Result<bool> {
     dir.remove(FILE)
-}
-
-pub fn exists(dir: &RalphDir) -> bool {
-    dir.exists(FILE)
 }

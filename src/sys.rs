@@ -21,7 +21,7 @@ use crate::signals::FAULTS;
 /// Whoever started us may have left SIGCHLD ignored (the kernel would then reap our
 /// children itself and their status would be lost) or INT/QUIT ignored (a shell's
 /// background job); a child would inherit either through `exec`.
-pub fn reset_and_block_signals() -> io::Result<nix::sys::signal::SigSet> {
+pub(crate) fn reset_and_block_signals() -> io::Result<nix::sys::signal::SigSet> {
     // At start-up a disposition is either the default or SIG_IGN (handlers do not
     // survive exec; std's own SIGPIPE is SIG_IGN too), so resetting the ignored ones is
     // enough: one read of /proc instead of sixty system calls. Without /proc, reset all.
@@ -62,7 +62,7 @@ fn ignored_signals() -> Option<u64> {
 
 /// `flock(2)` operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlockOp {
+pub(crate) enum FlockOp {
     /// Shared, blocking (readers).
     Shared,
     /// Exclusive, blocking.
@@ -75,7 +75,7 @@ pub enum FlockOp {
 
 /// BSD `flock(2)`: the lock kind ralph-orchestrator uses. Never fcntl/OFD locks, which do
 /// not see flocks.
-pub fn flock(fd: BorrowedFd<'_>, op: FlockOp) -> io::Result<()> {
+pub(crate) fn flock(fd: BorrowedFd<'_>, op: FlockOp) -> io::Result<()> {
     let op = match op {
         FlockOp::Shared => libc::LOCK_SH,
         FlockOp::Exclusive => libc::LOCK_EX,
@@ -97,18 +97,18 @@ pub fn flock(fd: BorrowedFd<'_>, op: FlockOp) -> io::Result<()> {
 
 /// What the child needs done between `fork` and `exec`.
 #[derive(Debug, Clone, Copy)]
-pub struct ChildSetup {
+pub(crate) struct ChildSetup {
     /// The locked descriptor to pass open to the child (close-on-exec is cleared for it
     /// in the child only; the supervisor's copy keeps the flag).
-    pub inherit_fd: Option<RawFd>,
+    pub(crate) inherit_fd: Option<RawFd>,
     /// The terminal to make the child's process group the foreground of.
-    pub tty: Option<RawFd>,
+    pub(crate) tty: Option<RawFd>,
 }
 
 /// Puts the child in a process group of its own and installs `setup` to run in the
 /// child before `exec`. std resets the child's signal mask; we clear it again after
 /// our own use of it.
-pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
+pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     cmd.process_group(0);
     // Everything the hook needs is computed here, before fork, so the hook itself does
     // no allocation.
@@ -200,7 +200,7 @@ fn empty_sigset() -> libc::sigset_t {
 
 /// What `waitpid` reported for one process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reaped {
+pub(crate) enum Reaped {
     Exited(i32),
     Signaled(i32),
     Stopped(i32),
@@ -211,7 +211,7 @@ pub enum Reaped {
 ///
 /// Raw `waitpid` rather than nix's, whose signal conversion rejects real-time signals
 /// and would lose the status of a child killed by one.
-pub fn reap_one() -> io::Result<Option<(i32, Reaped)>> {
+pub(crate) fn reap_one() -> io::Result<Option<(i32, Reaped)>> {
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: `status` is a valid out-pointer for the duration of the call.
@@ -242,7 +242,7 @@ pub fn reap_one() -> io::Result<Option<(i32, Reaped)>> {
 
 /// Restores SIGPIPE's default action (Rust ignores it at start-up), so that a command
 /// whose output is piped into `head` ends quietly like any other Unix tool.
-pub fn default_sigpipe() {
+pub(crate) fn default_sigpipe() {
     // SAFETY: installing SIG_DFL runs no code of ours in signal context.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -253,7 +253,7 @@ pub fn default_sigpipe() {
 /// changing the file's size (`fallocate(FALLOC_FL_KEEP_SIZE)`), so that a write that
 /// follows cannot stop half-way with ENOSPC after overwriting part of what was there.
 /// File systems without `fallocate` are let through (the write then takes its chance).
-pub fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     use nix::errno::Errno;
     use nix::fcntl::{FallocateFlags, fallocate};
     if len == 0 {
@@ -285,7 +285,7 @@ const DN_MULTISHOT: libc::c_int = 0x8000_0000_u32 as libc::c_int;
 /// period (measured here: 15 ms on every exit), while dnotify's marks belong to one
 /// global group and go away without a wait. The signal arrives through the signalfd
 /// like any other.
-pub fn notify_directory(dir: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+pub(crate) fn notify_directory(dir: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     // SAFETY: fcntl on a borrowed open descriptor with integer arguments.
     unsafe {
         if libc::fcntl(dir.as_raw_fd(), F_SETSIG, sig) == -1 {
@@ -304,7 +304,7 @@ pub fn notify_directory(dir: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
 }
 
 /// `pidfd_open(2)`: a descriptor that becomes readable when process `pid` exits.
-pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: a plain system call with integer arguments; on success the return value is
     // a new descriptor that nothing else owns.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -313,4 +313,13 @@ pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     }
     // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
+/// A standard descriptor (0, 1 or 2): never closed by the supervisor.
+pub(crate) fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
+    debug_assert!((0..=2).contains(&fd));
+    // SAFETY: the standard descriptors stay open for the life of the process (the
+    // supervisor never closes them; if one was closed at start-up, calls on it fail
+    // with EBADF and it is not taken for a terminal).
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }

@@ -30,28 +30,21 @@ use nix::sys::stat::{SFlag, fstat};
 use nix::sys::termios::tcgetsid;
 use nix::unistd::{Pid, getpgrp, getpid, getsid, isatty, tcgetpgrp, tcsetpgrp};
 
+use crate::sys::std_fd;
+
 /// Our controlling terminal, as one of our standard descriptors.
 #[derive(Debug, Clone, Copy)]
-pub struct Terminal {
+pub(crate) struct Terminal {
     fd: RawFd,
     /// Whether the child's group may be given the terminal (we are not writing into a
     /// pipeline whose other members share our group).
     hand_over: bool,
 }
 
-/// A standard descriptor (0, 1 or 2): never closed by the supervisor.
-fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
-    debug_assert!((0..=2).contains(&fd));
-    // SAFETY: the standard descriptors stay open for the life of the process (the
-    // supervisor never closes them; if one was closed at start-up, the calls below fail
-    // with EBADF and it is not taken for a terminal).
-    unsafe { BorrowedFd::borrow_raw(fd) }
-}
-
 impl Terminal {
     /// The first of stdin, stdout and stderr that is the controlling terminal of our
     /// session (job control applies). Under systemd, in CI or with no terminal: `None`.
-    pub fn detect() -> Option<Terminal> {
+    pub(crate) fn detect() -> Option<Terminal> {
         let session = getsid(None).ok()?;
         let fd = (0..=2).find(|&fd| {
             let fd = std_fd(fd);
@@ -67,37 +60,37 @@ impl Terminal {
         std_fd(self.fd)
     }
 
-    pub fn raw_fd(&self) -> RawFd {
+    pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd
     }
 
     /// Whether our process group is the terminal's foreground group.
-    pub fn is_foreground(&self) -> bool {
+    pub(crate) fn is_foreground(&self) -> bool {
         tcgetpgrp(self.fd()).ok() == Some(getpgrp())
     }
 
     /// Whether the child's group should get the terminal now: we are in the foreground
     /// and not the writing end of a pipeline (see the module's documentation).
-    pub fn can_hand_over(&self) -> bool {
+    pub(crate) fn can_hand_over(&self) -> bool {
         self.hand_over && self.is_foreground()
     }
 
     /// Whether the terminal's foreground group is `pgid`.
-    pub fn foreground_is(&self, pgid: Pid) -> bool {
+    pub(crate) fn foreground_is(&self, pgid: Pid) -> bool {
         tcgetpgrp(self.fd()).ok() == Some(pgid)
     }
 
     /// Makes `pgid` the foreground group (never when [`Terminal::can_hand_over`] says
     /// no). Errors (the terminal went away) are ignored: there is nothing better to do
     /// than carry on.
-    pub fn give_to(&self, pgid: Pid) {
+    pub(crate) fn give_to(&self, pgid: Pid) {
         if self.hand_over {
             let _ = tcsetpgrp(self.fd(), pgid);
         }
     }
 
     /// Makes our own group the foreground group again.
-    pub fn take_back(&self) {
+    pub(crate) fn take_back(&self) {
         let _ = tcsetpgrp(self.fd(), getpgrp());
     }
 }
@@ -121,7 +114,7 @@ fn writes_to_a_pipeline() -> bool {
 /// terminal sends them: the other members of a pipeline or the shell running a wrapper
 /// script stop with us, so the shell sees the job stopped instead of waiting for it.
 /// Anything else stops only us, with STOP.
-pub fn stop_self(sig: i32) {
+pub(crate) fn stop_self(sig: i32) {
     let job_stop = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
     match Signal::try_from(sig) {
         Ok(s) if job_stop.contains(&s) => {

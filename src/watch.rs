@@ -16,17 +16,17 @@ use std::os::fd::AsFd;
 use crate::workspace::RalphDir;
 
 /// The real-time signal the kernel sends on a change in `.ralph/`.
-pub fn signal() -> i32 {
+pub(crate) fn signal() -> i32 {
     libc::SIGRTMIN() + 1
 }
 
 /// Whether `sig` means "look at `.ralph/` again": our watch signal, or SIGIO, which the
 /// kernel sends instead when the real-time signal queue is full.
-pub fn is_watch_signal(sig: i32) -> bool {
+pub(crate) fn is_watch_signal(sig: i32) -> bool {
     sig == signal() || sig == libc::SIGIO
 }
 
 /// Starts watching `dir` (for as long as it stays open).
-pub fn watch(dir: &RalphDir) -> io::Result<()> {
+pub(crate) fn watch(dir: &RalphDir) -> io::Result<()> {
     crate::sys::notify_directory(dir.as_fd(), signal())
 }

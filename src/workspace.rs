@@ -8,11 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::exit::{ExitStatus, Failure};
-pub use crate::ralph_dir::{RALPH_DIR, RalphDir};
+pub(crate) use crate::ralph_dir::{RALPH_DIR, RalphDir};
 
 /// Resolves the workspace: `explicit` (from `-C`), else the enclosing git work tree,
 /// else the current directory. Always absolute and canonical.
-pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
+pub(crate) fn resolve(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
     if let Some(dir) = explicit {
         return dir.canonicalize().map_err(|e| {
             Failure::msg(
@@ -32,7 +32,7 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
 
 /// The nearest ancestor of `dir` (itself included) that contains `.git` — a directory
 /// in a main work tree, a file in a linked worktree.
-pub fn git_toplevel(dir: &Path) -> Option<PathBuf> {
+pub(crate) fn git_toplevel(dir: &Path) -> Option<PathBuf> {
     dir.ancestors()
         .find(|d| d.join(".git").symlink_metadata().is_ok())
         .map(Path::to_path_buf)

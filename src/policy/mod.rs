@@ -13,15 +13,16 @@ use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use read::*;
-pub use show::{format_duration, man_page, show};
+pub use read::parse_str;
+pub(crate) use read::*;
+pub(crate) use show::{man_page, show};
 
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
 
 /// The policy file names: in the environment, in the workspace, in `$XDG_CONFIG_HOME`.
-pub const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
-pub const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
-pub const USER_FILE: &str = "ralph-supervise/policy.toml";
+pub(crate) const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
+pub(crate) const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
+pub(crate) const USER_FILE: &str = "ralph-supervise/policy.toml";
 
 /// Declares keyword enums: [`Keyword`] (spelling, `--help` and man text), `FromStr`, `Display`.
 macro_rules! keywords {
@@ -30,7 +31,7 @@ macro_rules! keywords {
     })+) => {$(
         #[doc = $doc]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $(#[doc = $man] $variant,)+ }
+        pub(crate) enum $name { $(#[doc = $man] $variant,)+ }
         impl Keyword for $name {
             const ALL: &'static [$name] = &[$($name::$variant),+];
             const VALUES: &'static [(&'static str, &'static str)] = &[$(($text, $man)),+];
@@ -84,17 +85,17 @@ macro_rules! schema {
     })+) => {
         $(#[doc = $sdoc]
         #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $Sec { $(#[doc = $doc] pub $key: <$kind as Kind>::Out,)+ })+
+        pub(crate) struct $Sec { $(#[doc = $doc] pub $key: <$kind as Kind>::Out,)+ })+
         /// The effective policy: every value resolved. `default()` is the built-in one.
         #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct Policy { $(pub $sec: $Sec,)+ }
+        pub(crate) struct Policy { $(pub $sec: $Sec,)+ }
         impl Default for Policy { fn default() -> Policy { Policy { $($sec: $Sec { $($key: $default,)+ },)+ } } }
         /// Values given on the command line, one per flag. All optional; set ones win.
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
-        pub struct Overrides { $($($(pub $flag: Option<$fty>,)?)+)+ }
+        pub(crate) struct Overrides { $($($(pub $flag: Option<$fty>,)?)+)+ }
         /// Every section and its keys; every key as `"section.key"`; every key's row.
-        pub const SECTIONS: &[(&str, &[&str])] = &[$((stringify!($sec), &[$(stringify!($key)),+])),+];
-        pub const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
+        pub(crate) const SECTIONS: &[(&str, &[&str])] = &[$((stringify!($sec), &[$(stringify!($key)),+])),+];
+        pub(crate) const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
         const TABLE: &[Key] = &[$($(Key {
             section: stringify!($sec), name: stringify!($key), doc: $doc,
             full: concat!(stringify!($sec), ".", stringify!($key)),
@@ -161,7 +162,7 @@ fn key(full: &str) -> Option<&'static Key> {
 
 impl Conflict {
     /// The configured policy, else `worktree` in a git repository and `fail` elsewhere.
-    pub fn effective(&self, in_git_repo: bool) -> OnConflict {
+    pub(crate) fn effective(&self, in_git_repo: bool) -> OnConflict {
         let auto = in_git_repo.then_some(OnConflict::Worktree);
         self.policy.or(auto).unwrap_or(OnConflict::Fail)
     }
@@ -169,7 +170,7 @@ impl Conflict {
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Default,
     File(PathBuf),
     Flag,
@@ -177,25 +178,25 @@ pub enum Source {
 /// One policy file as written: the keys it sets, with their values in `values`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyFile {
-    pub values: Policy,
-    pub set: BTreeSet<&'static str>,
+    pub(crate) values: Policy,
+    pub(crate) set: BTreeSet<&'static str>,
 }
 /// The effective policy, the file read (if any), and the [`Source`] of every key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Effective {
-    pub policy: Policy,
-    pub file: Option<PathBuf>,
-    pub sources: BTreeMap<&'static str, Source>,
+pub(crate) struct Effective {
+    pub(crate) policy: Policy,
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) sources: BTreeMap<&'static str, Source>,
 }
 impl Effective {
     /// Where `key` (`"stop.grace"`) came from; [`Source::Default`] for unknown keys.
-    pub fn source(&self, key: &str) -> &Source {
+    pub(crate) fn source(&self, key: &str) -> &Source {
         self.sources.get(key).unwrap_or(&Source::Default)
     }
 }
 
 /// The command-line flag that sets `key` (`"stop.grace"`: `--stop-grace`), if any.
-pub fn flag_for(full: &str) -> Option<String> {
+pub(crate) fn flag_for(full: &str) -> Option<String> {
     Some(format!("--{}", key(full)?.flag?.replace('_', "-")))
 }
 
@@ -205,7 +206,11 @@ const NAMED: &str = "named by $RALPH_SUPERVISE_POLICY); check the path, or unset
 /// The policy file: `--policy`, `$RALPH_SUPERVISE_POLICY` (not empty), the workspace's,
 /// `$XDG_CONFIG_HOME`'s (`$HOME/.config` if unset, empty or relative), or none. The first
 /// two must exist (else exit 78); an unreadable one is returned, for [`load`] to report.
-pub fn find(explicit: Option<&Path>, ws: &Path, env: EnvFn) -> Result<Option<PathBuf>, Failure> {
+pub(crate) fn find(
+    explicit: Option<&Path>,
+    ws: &Path,
+    env: EnvFn,
+) -> Result<Option<PathBuf>, Failure> {
     let named = env(ENV_POLICY).filter(|v| !v.is_empty()).map(PathBuf::from);
     let (path, how) = match (explicit, &named) {
         (Some(path), _) => (path, "given by --policy); check the path"),
@@ -239,7 +244,7 @@ pub fn find(explicit: Option<&Path>, ws: &Path, env: EnvFn) -> Result<Option<Pat
 
 /// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
 /// is raised to it (same source), so `--restart-delay 2m` means two minutes.
-pub fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
+pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
     let mut policy = Policy::default();
     let mut sources: BTreeMap<_, _> = KEYS.iter().map(|key| (*key, Source::Default)).collect();
     for key in TABLE {
@@ -266,7 +271,7 @@ pub fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effect
 }
 
 /// [`find`], [`load`] and [`resolve`] in one: the effective policy for a run.
-pub fn effective(
+pub(crate) fn effective(
     at: Option<&Path>,
     ws: &Path,
     env: EnvFn,

@@ -20,7 +20,7 @@ use crate::exit::{ExitStatus, Failure};
 
 /// A complaint about the policy text, at a byte offset.
 #[derive(Debug)]
-pub struct Bad(Option<usize>, String);
+pub(crate) struct Bad(Option<usize>, String);
 impl Bad {
     pub(crate) fn at(span: Range<usize>, msg: impl Into<String>) -> Bad {
         Bad(Some(span.start), msg.into())
@@ -28,7 +28,7 @@ impl Bad {
 }
 
 /// One value being checked, with its full key (`stop.grace`) for messages.
-pub struct Val<'a, 'i> {
+pub(crate) struct Val<'a, 'i> {
     pub(crate) key: &'a str,
     pub(crate) value: &'a Spanned<DeValue<'i>>,
 }
@@ -55,7 +55,7 @@ impl Val<'_, '_> {
 }
 
 /// Reads, parses and checks one policy file.
-pub fn load(path: &Path) -> Result<PolicyFile, Failure> {
+pub(crate) fn load(path: &Path) -> Result<PolicyFile, Failure> {
     let fail = |msg: String| Failure::msg(ExitStatus::BadPolicy, msg);
     let fix = "check that the policy file exists and is readable";
     let bytes = std::fs::read(path).map_err(|e| fail(format!("{}: {e}; {fix}", path.display())))?;
@@ -163,11 +163,11 @@ fn a(type_name: &str) -> String {
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 /// The values of `log.level`, least verbose first.
-pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+pub(crate) const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// How a key's value is read, checked and shown. `DOC` names the type in the man page;
 /// `VALUES` lists a keyword's spellings and meanings; `show` is `None` when unset.
-pub trait Kind {
+pub(crate) trait Kind {
     type Out: Clone;
     const DOC: &'static str;
     const VALUES: &'static [(&'static str, &'static str)] = &[];
@@ -177,7 +177,7 @@ pub trait Kind {
 
 /// A closed set of keywords (declared with `keywords!`): every value, in documentation
 /// order, with its spelling and man text, and its `--help` text (may be empty).
-pub trait Keyword: Copy + PartialEq + Send + Sync + 'static {
+pub(crate) trait Keyword: Copy + PartialEq + Send + Sync + 'static {
     const ALL: &'static [Self];
     const VALUES: &'static [(&'static str, &'static str)];
     fn help(self) -> &'static str;
@@ -228,13 +228,13 @@ macro_rules! kinds {
 }
 /// Kinds with rules of their own (an exit code, 1 to 255; a non-empty directory; a git
 /// branch prefix; a signal name or number; environment variables; ...): see `kinds!`.
-pub struct ExitCode;
-pub struct Restarts;
-pub struct Dir;
-pub struct BranchPrefix;
-pub struct Signal;
-pub struct Env;
-pub struct LogLevel;
+pub(crate) struct ExitCode;
+pub(crate) struct Restarts;
+pub(crate) struct Dir;
+pub(crate) struct BranchPrefix;
+pub(crate) struct Signal;
+pub(crate) struct Env;
+pub(crate) struct LogLevel;
 const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
 const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";

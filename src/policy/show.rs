@@ -9,7 +9,7 @@ use super::{Effective, Key, Policy, Source, TABLE, flag_for};
 /// The effective policy as TOML, each value followed by where it came from (`# default`,
 /// `# <file>`, `# --flag`). Unset optional values are shown as comments, so the output
 /// is itself a valid policy file describing the same policy.
-pub fn show(e: &Effective) -> String {
+pub(crate) fn show(e: &Effective) -> String {
     let mut out = match &e.file {
         Some(path) => format!("# effective policy; file: {}\n", path.display()),
         None => "# effective policy; no policy file, built-in defaults\n".to_string(),
@@ -31,7 +31,7 @@ pub fn show(e: &Effective) -> String {
     out
 }
 /// `1h30m`, `10s`, `250ms`: humantime's form without its spaces (it parses back).
-pub fn format_duration(d: Duration) -> String {
+pub(super) fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
 pub(crate) fn quoted(text: &str) -> String {
@@ -52,7 +52,7 @@ pub(crate) fn default_of(key: &Key) -> String {
 }
 
 /// The `ralph-supervise.toml(5)` page, in roff.
-pub fn man_page(version: &str) -> Vec<u8> {
+pub(crate) fn man_page(version: &str) -> Vec<u8> {
     let mut keys = String::new();
     for (i, key) in TABLE.iter().enumerate() {
         if i == 0 || TABLE[i - 1].section != key.section {

@@ -1,4 +1,5 @@
 use super::read::line_col;
+use super::show::format_duration;
 use super::*;
 use std::collections::HashMap;
 

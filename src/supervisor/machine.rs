@@ -27,7 +27,7 @@ use crate::signals::{Class, classify};
 
 /// When the child is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartWhen {
+pub(crate) enum RestartWhen {
     Never,
     OnFailure,
     Always,
@@ -35,16 +35,17 @@ pub enum RestartWhen {
 
 /// Restart settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Restart {
-    pub when: RestartWhen,
+pub(crate) struct Restart {
+    pub(crate) when: RestartWhen,
     /// Most restarts; `None` = unlimited.
-    pub max: Option<u32>,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
+    pub(crate) max: Option<u32>,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
 }
 
 impl Restart {
-    pub const NEVER: Restart = Restart {
+    #[cfg(test)]
+    pub(crate) const NEVER: Restart = Restart {
         when: RestartWhen::Never,
         max: None,
         backoff_initial: Duration::from_secs(1),
@@ -53,7 +54,7 @@ impl Restart {
 
     /// Delay before the restart after `failures` quick exits in a row:
     /// `backoff_initial * 2^failures`, capped at `backoff_max`.
-    pub fn delay(&self, failures: u32) -> Duration {
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
         let factor = 1u32.checked_shl(failures).unwrap_or(u32::MAX);
         self.backoff_initial
             .checked_mul(factor)
@@ -62,30 +63,30 @@ impl Restart {
     }
 
     /// A run at least this long counts as stable: the backoff starts over.
-    pub fn stable_after(&self) -> Duration {
+    pub(crate) fn stable_after(&self) -> Duration {
         self.backoff_max.max(Duration::from_secs(10))
     }
 }
 
 /// Fixed settings of one supervision.
 #[derive(Debug, Clone, Copy)]
-pub struct Config {
+pub(crate) struct Config {
     /// Stop-signal→KILL grace, for stops and for leftover group members.
-    pub grace: Duration,
+    pub(crate) grace: Duration,
     /// The signal a stop request or max runtime sends to the child's group.
-    pub stop_signal: i32,
+    pub(crate) stop_signal: i32,
     /// Send TERM then KILL to group members left after the child exits.
-    pub kill_orphans: bool,
+    pub(crate) kill_orphans: bool,
     /// Stdin is our controlling terminal: mirror the child's stops (shell job control).
-    pub job_control: bool,
-    pub restart: Restart,
+    pub(crate) job_control: bool,
+    pub(crate) restart: Restart,
     /// Stop the child when it has run this long (over all restarts); exit 124.
-    pub max_runtime: Option<Duration>,
+    pub(crate) max_runtime: Option<Duration>,
 }
 
 /// Why a supervision was stopped (for the history).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
+pub(crate) enum StopReason {
     /// A stop signal was sent to the supervisor.
     Signal(i32),
     /// `.ralph/stop-requested` appeared (`ralph loops stop`, `ralph-supervise stop`).
@@ -96,7 +97,7 @@ pub enum StopReason {
 
 /// Where the supervision is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// The child runs, since `since`.
     Running { since: Instant },
     /// A stop began; at `deadline` the group gets SIGKILL (once: `killed`). `by_signal`:
@@ -115,7 +116,7 @@ pub enum State {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// A signal was sent to the supervisor (never SIGCHLD: that becomes the two below).
     Signal(i32),
     /// The child ended; `group_alive`: members of its process group remain.
@@ -134,7 +135,7 @@ pub enum Event {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// `killpg(child_pgid, sig)`.
     SignalGroup(i32),
     /// Take the terminal back and stop ourselves with this signal, so the shell sees the
@@ -151,7 +152,7 @@ pub enum Action {
 }
 
 #[derive(Debug)]
-pub struct Machine {
+pub(crate) struct Machine {
     config: Config,
     state: State,
     /// The last run's outcome.
@@ -169,7 +170,7 @@ pub struct Machine {
 
 impl Machine {
     /// A machine for a child spawned at `now`.
-    pub fn new(config: Config, now: Instant) -> Machine {
+    pub(crate) fn new(config: Config, now: Instant) -> Machine {
         Machine {
             config,
             state: State::Running { since: now },
@@ -182,12 +183,12 @@ impl Machine {
         }
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.state
     }
 
     /// The exit status once [`State::Exited`].
-    pub fn finished(&self) -> Option<ExitStatus> {
+    pub(crate) fn finished(&self) -> Option<ExitStatus> {
         match self.state {
             State::Exited(status) => Some(status),
             _ => None,
@@ -195,25 +196,25 @@ impl Machine {
     }
 
     /// How the last run ended, once it has.
-    pub fn outcome(&self) -> Option<ChildOutcome> {
+    pub(crate) fn outcome(&self) -> Option<ChildOutcome> {
         self.outcome
     }
 
     /// Whether a child is running (its exit is still to come).
-    pub fn child_running(&self) -> bool {
+    pub(crate) fn child_running(&self) -> bool {
         matches!(self.state, State::Running { .. } | State::Stopping { .. })
     }
 
-    pub fn stop_reason(&self) -> Option<StopReason> {
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
         self.stop
     }
 
-    pub fn restarts(&self) -> u32 {
+    pub(crate) fn restarts(&self) -> u32 {
         self.restarts
     }
 
     /// When the event loop must wake up even if nothing happens.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.state {
             State::Running { .. } => self.runtime_deadline,
             State::Stopping {
@@ -228,12 +229,12 @@ impl Machine {
     }
 
     /// The driver started the child again (after [`Action::Spawn`]).
-    pub fn spawned(&mut self, now: Instant) {
+    pub(crate) fn spawned(&mut self, now: Instant) {
         self.state = State::Running { since: now };
         self.outcome = None;
     }
 
-    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+    pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         match (self.state, event) {
             (State::Exited(_), _) => vec![],
 

@@ -33,7 +33,7 @@
 //! stop, a deleted lock file is recreated and locked again by the owner ([`Hooks`]),
 //! which also spawns the child again on a restart.
 
-pub mod machine;
+pub(crate) mod machine;
 
 use std::ffi::OsString;
 use std::io;
@@ -56,7 +56,7 @@ use crate::watch;
 use machine::{Action, Event, Machine};
 
 /// The supervisor's signal plumbing, set up before anything else happens.
-pub struct Signals {
+pub(crate) struct Signals {
     fd: SignalFd,
 }
 
@@ -64,14 +64,14 @@ impl Signals {
     /// Resets and blocks every catchable signal and opens the signalfd that receives
     /// them; also resets SIGCHLD to default (someone may have left it ignored, and the
     /// kernel would then reap our children itself).
-    pub fn install() -> io::Result<Signals> {
+    pub(crate) fn install() -> io::Result<Signals> {
         let set: SigSet = sys::reset_and_block_signals()?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Signals { fd })
     }
 
     /// The next pending signal, if any.
-    pub fn next(&self) -> io::Result<Option<i32>> {
+    pub(crate) fn next(&self) -> io::Result<Option<i32>> {
         match self.fd.read_signal() {
             Ok(Some(info)) => Ok(Some(info.ssi_signo as i32)),
             Ok(None) => Ok(None),
@@ -89,13 +89,13 @@ impl AsFd for Signals {
 
 /// A spawned child: its pid is also its process-group id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Child {
-    pub pid: Pid,
+pub(crate) struct Child {
+    pub(crate) pid: Pid,
 }
 
 /// Spawns `command` in its own process group, `inherit_fd` passed open (and exported as
 /// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground.
-pub fn spawn(
+pub(crate) fn spawn(
     command: &[OsString],
     inherit_fd: RawFd,
     terminal: Option<Terminal>,
@@ -156,12 +156,12 @@ fn spawn_failure(program: &str, e: io::Error) -> Failure {
 }
 
 /// Whether any process is left in process group `pgid`.
-pub fn group_alive(pgid: Pid) -> bool {
+pub(crate) fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
 }
 
 /// What the event loop asks of its owner (who holds the lock and the metadata).
-pub trait Hooks {
+pub(crate) trait Hooks {
     /// Starts the child again (a restart); records it.
     fn respawn(&mut self) -> Result<Child, Failure>;
     /// Something changed in `.ralph/`: recreate a deleted lock file; consume a stop
@@ -170,7 +170,7 @@ pub trait Hooks {
 }
 
 /// Supervises `child` until the machine says it is over; returns the exit status.
-pub fn supervise(
+pub(crate) fn supervise(
     mut child: Child,
     machine: &mut Machine,
     signals: &Signals,

@@ -21,13 +21,13 @@ use crate::exit::{ExitStatus, Failure};
 
 /// What was carried.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Carried {
+pub(crate) struct Carried {
     /// Files and symlinks written into the worktree.
-    pub copied: usize,
+    pub(crate) copied: usize,
     /// Paths removed from the worktree because they are deleted in the main one.
-    pub deleted: usize,
+    pub(crate) deleted: usize,
     /// Index entries set (staged content or staged deletions).
-    pub staged: usize,
+    pub(crate) staged: usize,
 }
 
 /// Copies the uncommitted state of `main` (a work tree top-level) into the fresh worktree

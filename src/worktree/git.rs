@@ -12,18 +12,18 @@ use crate::exit::{ExitStatus, Failure};
 
 /// What a git process produced.
 pub(crate) struct Output {
-    pub ok: bool,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
+    pub(crate) ok: bool,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: String,
 }
 
 impl Output {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).trim_end().to_string()
     }
 
     /// git's complaint on one line.
-    pub fn complaint(&self) -> String {
+    pub(crate) fn complaint(&self) -> String {
         let lines: Vec<&str> = self
             .stderr
             .lines()

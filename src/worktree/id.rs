@@ -14,7 +14,7 @@ const MAX_WORDS: usize = 3;
 /// Characters kept of each prompt word.
 const MAX_WORD_LEN: usize = 12;
 /// Longest id [`generate_id`] returns.
-pub const MAX_ID_LEN: usize = 64;
+pub(crate) const MAX_ID_LEN: usize = 64;
 /// Word-based candidates tried before falling back to the timestamp form.
 const WORD_ATTEMPTS: usize = 64;
 

@@ -16,7 +16,7 @@
 //! lock files, and an abandoned attempt leaves a branch behind. Creation is all or
 //! nothing: on any failure the directory and the branch are removed again.
 
-pub mod carry;
+pub(crate) mod carry;
 mod git;
 pub mod id;
 pub mod queue;
@@ -30,8 +30,7 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 
-pub use carry::Carried;
-pub use id::generate_id;
+pub(crate) use carry::Carried;
 
 use crate::exit::{ExitStatus, Failure};
 use crate::lock::LockFile;
@@ -39,61 +38,61 @@ use crate::ralph_dir::{Access, RalphFile};
 use crate::workspace::{RALPH_DIR, RalphDir};
 
 /// The repo-level lock serialising worktree creation and removal.
-pub const REPO_LOCK_FILE: &str = "worktree.lock";
+pub(crate) const REPO_LOCK_FILE: &str = "worktree.lock";
 /// ralph's context file, relative to a worktree.
-pub const CONTEXT_FILE: &str = ".ralph/agent/context.md";
+pub(crate) const CONTEXT_FILE: &str = ".ralph/agent/context.md";
 /// [`gc`] leaves a worktree alone while its context file is younger than this: between
 /// [`create`] returning and the supervisor locking `<wt>/.ralph/loop.lock` a launch is
 /// in progress, and the worktree looks finished and clean.
-pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+pub(crate) const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// The main work tree (its top-level; a subdirectory is resolved to it).
-    pub repo: PathBuf,
+    pub(crate) repo: PathBuf,
     /// Where worktrees go, relative to `repo` (`.worktrees`).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Branch name prefix (`ralph/`).
-    pub branch_prefix: String,
+    pub(crate) branch_prefix: String,
     /// The task; it names the loop id.
-    pub prompt: String,
+    pub(crate) prompt: String,
     /// Copy uncommitted work over.
-    pub carry: bool,
+    pub(crate) carry: bool,
 }
 
 /// A created worktree.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Created {
-    pub id: String,
+pub(crate) struct Created {
+    pub(crate) id: String,
     /// Absolute path of the worktree: the loop's workspace.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// `<prefix><id>`.
-    pub branch: String,
+    pub(crate) branch: String,
     /// Full commit id the branch started from.
-    pub base: String,
+    pub(crate) base: String,
     /// The main work tree's top-level, canonical (its `.ralph/` holds loops.json and
     /// merge-queue.jsonl).
-    pub repo: PathBuf,
+    pub(crate) repo: PathBuf,
     /// The work tree the launch started from (the main one, or a linked worktree when a
     /// loop launches another): its uncommitted work is carried over.
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     /// The branch the main work tree was on, `None` for a detached HEAD.
-    pub source_branch: Option<String>,
+    pub(crate) source_branch: Option<String>,
     /// What was carried over (all zero when `carry` was off).
-    pub carried: Carried,
+    pub(crate) carried: Carried,
 }
 
 impl Created {
     /// `<repo>/.ralph`: where [`registry`] and [`queue`] live.
-    pub fn repo_ralph_dir(&self) -> PathBuf {
+    pub(crate) fn repo_ralph_dir(&self) -> PathBuf {
         self.repo.join(RALPH_DIR)
     }
 }
 
 /// What happens to a worktree when its loop ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnExit {
+pub(crate) enum OnExit {
     Keep,
     RemoveIfClean,
     QueueMerge,
@@ -101,7 +100,7 @@ pub enum OnExit {
 
 /// What [`finish`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
+pub(crate) enum Finish {
     Kept,
     Removed,
     Queued,
@@ -111,16 +110,16 @@ pub enum Finish {
 
 /// What [`gc`] did (or, dry, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcReport {
+pub(crate) struct GcReport {
     /// Registry ids whose pid is dead.
-    pub pruned: Vec<String>,
+    pub(crate) pruned: Vec<String>,
     /// Worktrees removed (with their branches).
-    pub removed: Vec<PathBuf>,
+    pub(crate) removed: Vec<PathBuf>,
     /// Finished worktrees kept because they have changes or unmerged commits.
-    pub unmerged: Vec<PathBuf>,
+    pub(crate) unmerged: Vec<PathBuf>,
     /// Worktrees whose loop is running (their `loop.lock` is held) or is being launched
     /// (created less than [`GC_GRACE`] ago): left alone.
-    pub running: Vec<PathBuf>,
+    pub(crate) running: Vec<PathBuf>,
 }
 
 /// What we learn about the repository before touching it.
@@ -411,7 +410,7 @@ thread_local! {
 }
 
 /// Creates the worktree for a new loop (see the module documentation).
-pub fn create(spec: &Spec) -> Result<Created, Failure> {
+pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
     let repo = inspect(&spec.repo)?;
     // Worktrees, the registry and the repo lock belong to the main work tree; the base
     // commit and the work carried over come from the tree we were started in.
@@ -686,7 +685,7 @@ fn commits_beyond(
 ///
 /// Call it after the worktree's `loop.lock` has been released. `queue-merge` without
 /// success or without commits keeps the worktree.
-pub fn finish(
+pub(crate) fn finish(
     repo: &Path,
     created: &Created,
     on_exit: OnExit,
@@ -728,7 +727,7 @@ pub fn finish(
 
 /// Rolls back a launch that failed after [`create`] (the command could not be started):
 /// removes the worktree and its branch, so a failed launch leaves nothing behind.
-pub fn discard(created: &Created) -> Result<(), Failure> {
+pub(crate) fn discard(created: &Created) -> Result<(), Failure> {
     let _lock = repo_lock(&created.repo)?;
     remove_worktree(&created.repo, &created.path, Some(&created.branch))
 }
@@ -759,7 +758,7 @@ fn probe_loop_lock(wt: &Path) -> Result<(bool, Option<LockFile>), Failure> {
 /// `<repo>/<dir>` with their branches (when named `<prefix>...`). A worktree is clean
 /// when it has no uncommitted changes and no commit the main work tree's HEAD lacks.
 /// Those with unmerged work are listed, never deleted. `dry_run` changes nothing.
-pub fn gc(
+pub(crate) fn gc(
     repo: &Path,
     dir: &Path,
     branch_prefix: &str,

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::exit::{ExitStatus, Failure};
 use crate::ralph_dir::{Access, RalphDir};
 
-pub const QUEUE_FILE: &str = "merge-queue.jsonl";
+pub(crate) const QUEUE_FILE: &str = "merge-queue.jsonl";
 
 /// One `queued` line of the merge queue, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Queued>, String> {
 /// Appends a `queued` event for `loop_id` under an exclusive flock on the file, then
 /// syncs. A last line left without its newline (a torn write by someone else) gets one
 /// first, so our line stays a line of its own.
-pub fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Result<(), Failure> {
+pub(crate) fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Result<(), Failure> {
     let dir = RalphDir::at(repo_ralph_dir, true)?.expect("created");
     let file = dir
         .open_locked(QUEUE_FILE, Access::Append, true)?

@@ -18,26 +18,26 @@ use serde_json::{Map, Value};
 use crate::exit::{ExitStatus, Failure};
 use crate::ralph_dir::{Access, RalphDir, RalphFile};
 
-pub const REGISTRY_FILE: &str = "loops.json";
+pub(crate) const REGISTRY_FILE: &str = "loops.json";
 
 /// One running loop, as ralph lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
-    pub id: String,
+    pub(crate) id: String,
     /// The pid `ralph loops stop` signals: the child's.
-    pub pid: u32,
+    pub(crate) pid: u32,
     #[serde(with = "crate::metadata::rfc3339")]
-    pub started: DateTime<Utc>,
-    pub prompt: String,
+    pub(crate) started: DateTime<Utc>,
+    pub(crate) prompt: String,
     /// Absolute; empty for a loop in the main workspace (ralph omits the field then).
     #[serde(default, skip_serializing_if = "path_is_empty")]
-    pub worktree_path: PathBuf,
+    pub(crate) worktree_path: PathBuf,
     /// Absolute workspace root the loop runs in.
     #[serde(default)]
-    pub workspace: PathBuf,
+    pub(crate) workspace: PathBuf,
     /// Fields we do not know, kept as they were.
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
 }
 
 fn path_is_empty(p: &Path) -> bool {
@@ -156,7 +156,7 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 }
 
 /// Adds (or replaces, by id) `entry`, pruning dead entries.
-pub fn register(repo_ralph_dir: &Path, entry: Entry) -> Result<(), Failure> {
+pub(crate) fn register(repo_ralph_dir: &Path, entry: Entry) -> Result<(), Failure> {
     edit(repo_ralph_dir, true, |data| {
         data.prune();
         data.loops
@@ -167,7 +167,7 @@ pub fn register(repo_ralph_dir: &Path, entry: Entry) -> Result<(), Failure> {
 }
 
 /// Removes the entry `id` (no error when it is not there), pruning dead entries.
-pub fn deregister(repo_ralph_dir: &Path, id: &str) -> Result<(), Failure> {
+pub(crate) fn deregister(repo_ralph_dir: &Path, id: &str) -> Result<(), Failure> {
     edit(repo_ralph_dir, false, |data| {
         data.prune();
         data.loops
@@ -178,7 +178,7 @@ pub fn deregister(repo_ralph_dir: &Path, id: &str) -> Result<(), Failure> {
 
 /// The entries as the file lists them (dead ones included), read under a shared lock.
 /// A corrupt file lists nothing (with a warning) and is left for the next edit to keep.
-pub fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
+pub(crate) fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
     let Some(dir) = RalphDir::at(repo_ralph_dir, false)? else {
         return Ok(Vec::new());
     };
@@ -198,7 +198,7 @@ pub fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
 }
 
 /// Removes the entries whose pid is dead; returns them.
-pub fn prune(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
+pub(crate) fn prune(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
     Ok(edit(repo_ralph_dir, false, Data::prune)?.unwrap_or_default())
 }
 

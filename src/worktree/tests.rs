@@ -34,7 +34,7 @@ fn repo() -> (tempfile::TempDir, PathBuf) {
     g(&root, &["config", "commit.gpgsign", "false"]);
     fs::write(root.join("README.md"), "# test\n").unwrap();
     fs::create_dir(root.join("src")).unwrap();
-    fs::write(root.join("src/lib.rs"), "pub fn f() {}\n").unwrap();
+    fs::write(root.join("src/lib.rs"), "pub(crate) fn f() {}\n").unwrap();
     fs::write(root.join("gone.txt"), "delete me\n").unwrap();
     fs::write(root.join("unstage-del.txt"), "staged deletion\n").unwrap();
     fs::write(root.join(".gitignore"), "*.log\n").unwrap();
@@ -163,9 +163,9 @@ fn carries_every_kind_of_change() {
     // modified, unstaged
     fs::write(root.join("README.md"), "# changed\n").unwrap();
     // staged (and then modified again in the working tree)
-    fs::write(root.join("src/lib.rs"), "pub fn staged() {}\n").unwrap();
+    fs::write(root.join("src/lib.rs"), "pub(crate) fn staged() {}\n").unwrap();
     g(&root, &["add", "src/lib.rs"]);
-    fs::write(root.join("src/lib.rs"), "pub fn worktree() {}\n").unwrap();
+    fs::write(root.join("src/lib.rs"), "pub(crate) fn worktree() {}\n").unwrap();
     // new file, staged
     fs::write(root.join("added.txt"), "added\n").unwrap();
     g(&root, &["add", "added.txt"]);
@@ -206,7 +206,7 @@ fn carries_every_kind_of_change() {
     );
     assert_eq!(
         fs::read_to_string(wt.join("src/lib.rs")).unwrap(),
-        "pub fn worktree() {}\n"
+        "pub(crate) fn worktree() {}\n"
     );
     assert_eq!(fs::read_to_string(wt.join("added.txt")).unwrap(), "added\n");
     assert!(!wt.join("gone.txt").exists());
@@ -240,7 +240,7 @@ fn carries_every_kind_of_change() {
     );
     let staged_wt = g(wt, &["diff", "--cached", "--name-status", "--no-renames"]);
     assert_eq!(staged_wt, staged_main);
-    assert_eq!(g(wt, &["show", ":src/lib.rs"]), "pub fn staged() {}");
+    assert_eq!(g(wt, &["show", ":src/lib.rs"]), "pub(crate) fn staged() {}");
     let strip = |s: String| -> Vec<String> {
         let mut v: Vec<String> = s
             .lines()
@@ -266,7 +266,7 @@ fn carries_every_kind_of_change() {
     // The main tree is untouched.
     assert_eq!(
         fs::read_to_string(root.join("src/lib.rs")).unwrap(),
-        "pub fn worktree() {}\n"
+        "pub(crate) fn worktree() {}\n"
     );
 }
 
