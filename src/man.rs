@@ -13,9 +13,10 @@
 //! `ralph-supervise-policy-show(1)`, next to `ralph-supervise-policy(1)`. Hidden
 //! subcommands get none.
 //!
-//! The section 5 page is written here with the `roff` crate. Its key list is checked
-//! against [`policy::KEYS`] by a unit test, and the defaults it shows are taken from
-//! [`policy::show`] of the built-in policy, so the page cannot drift from the code.
+//! The section 5 page is written the same way, from `man/src/ralph-supervise.toml.md`,
+//! except for its key list: the `@KEYS@` line there stands for every key's type,
+//! meaning, default and flag, taken from the policy schema ([`policy::key_docs`]), so
+//! the page cannot drift from the code.
 //!
 //! The committed copies live in `man/`; the integration test `man` fails when they
 //! differ from what this module renders. Regenerate them with
@@ -63,7 +64,7 @@ pub fn render(cmd: clap::Command) -> Vec<(String, Vec<u8>)> {
         pages.push((man.get_filename(), assemble(cmd, man, &extra)));
     }
 
-    pages.push((format!("{top}.toml.5"), policy::man_page(&version)));
+    pages.push((format!("{top}.toml.5"), policy_page(&source)));
     pages
 }
 
@@ -210,6 +211,7 @@ const PROSE: [(&str, &[&str]); 5] = [
 /// - Lines between two ```` ``` ```` lines are shown as they are (an indented `.nf`
 ///   block).
 /// - In text and tags, `` `code` `` is bold and `*placeholder*` is italic.
+/// - A line `@KEYS@` stands for the policy keys, generated from [`policy::key_docs`].
 /// - The SEE ALSO section holds one block of `name(section)` references separated by
 ///   commas.
 ///
@@ -232,6 +234,10 @@ fn prose(roff: &mut Roff, text: &'static str) -> Vec<(String, &'static str)> {
         }
         if let Some(title) = line.strip_prefix("## ") {
             subsection(roff, title);
+            continue;
+        }
+        if line.trim() == "@KEYS@" {
+            policy_keys(roff);
             continue;
         }
         if line.starts_with("```") {
@@ -305,6 +311,45 @@ fn references(line: &'static str) -> impl Iterator<Item = (String, &'static str)
                 .unwrap_or_else(|| panic!("man prose: {r:?} is not a name(section) reference"));
             (name.to_string(), sect)
         })
+}
+
+// ---------------------------------------------------------------------------------
+// ralph-supervise.toml(5): prose from `man/src/ralph-supervise.toml.md`, keys from the
+// policy schema.
+
+fn policy_page(source: &str) -> Vec<u8> {
+    let mut roff = Roff::new();
+    roff.control("TH", ["ralph-supervise.toml", "5", "", source]);
+    let refs = prose(
+        &mut roff,
+        include_str!("../man/src/ralph-supervise.toml.md"),
+    );
+    see_also_section(&mut roff, &refs);
+    roff.render().into_bytes()
+}
+
+/// Each key under its section: name, type, meaning, default, flag, and each keyword.
+fn policy_keys(roff: &mut Roff) {
+    let mut section = "";
+    for key in policy::key_docs() {
+        if key.section != section {
+            section = key.section;
+            subsection(roff, &format!("[{section}]"));
+        }
+        roff.control("TP", []);
+        roff.text([bold(key.name), roman(" = "), italic(key.kind)]);
+        roff.text(inlines(key.doc));
+        let flag = key.flag.map(|f| format!(" Command-line flag: `{f}`."));
+        let default = format!("Default: `{}`.{}", key.default, flag.unwrap_or_default());
+        roff.text(inlines(&default));
+        if !key.values.is_empty() {
+            roff.control("RS", []);
+            for (value, meaning) in key.values {
+                item(roff, &format!("\"{value}\""), meaning);
+            }
+            roff.control("RE", []);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------

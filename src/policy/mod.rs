@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use read::parse_str;
 pub(crate) use read::*;
-pub(crate) use show::{man_page, show};
+pub(crate) use show::{key_docs, show};
 
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
 

@@ -1,5 +1,5 @@
-//! The policy as text: `policy show`, and the key list of `ralph-supervise.toml(5)`
-//! (whose prose is `man/ralph-supervise.toml.5.in`).
+//! The policy as text: `policy show`, and the key documentation `ralph-supervise.toml(5)`
+//! is built from (by `man.rs`, around the prose in `man/src/ralph-supervise.toml.md`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -51,36 +51,33 @@ pub(crate) fn default_of(key: &Key) -> String {
     shown.unwrap_or_else(|| format!("not set ({})", key.unset))
 }
 
-/// The `ralph-supervise.toml(5)` page, in roff.
-pub(crate) fn man_page(version: &str) -> Vec<u8> {
-    let mut keys = String::new();
-    for (i, key) in TABLE.iter().enumerate() {
-        if i == 0 || TABLE[i - 1].section != key.section {
-            let _ = writeln!(keys, ".SS [{}]", key.section);
-        }
-        let (name, kind, doc) = (roff(key.name), roff(key.kind), roff(key.doc));
-        let flag = flag_for(key.full).map(|f| format!(" Command-line flag: `{f}`."));
-        let flag = flag.unwrap_or_default();
-        let default = roff(&format!("Default: `{}`.{flag}", default_of(key)));
-        keys += &format!(".TP\n\\fB{name}\\fR = \\fI{kind}\\fR\n{doc}\n{default}\n");
-        if !key.values.is_empty() {
-            keys.push_str(".RS\n");
-            for (value, meaning) in key.values {
-                let _ = writeln!(keys, ".TP\n\"{}\"\n{}", roff(value), roff(meaning));
-            }
-            keys.push_str(".RE\n");
-        }
-    }
-    let page = include_str!("../../man/ralph-supervise.toml.5.in").replace("@VERSION@", version);
-    page.replace("@KEYS@", &keys).into_bytes()
+/// One key as `ralph-supervise.toml(5)` documents it.
+pub(crate) struct KeyDoc {
+    pub(crate) section: &'static str,
+    pub(crate) name: &'static str,
+    /// "duration", "string", "integer, 1 to 255", ...
+    pub(crate) kind: &'static str,
+    pub(crate) doc: &'static str,
+    /// Each keyword with its meaning; empty for other kinds.
+    pub(crate) values: &'static [(&'static str, &'static str)],
+    /// The built-in default, as TOML or "not set (...)".
+    pub(crate) default: String,
+    /// The command-line flag that overrides the key.
+    pub(crate) flag: Option<String>,
 }
-/// `text` as a roff text line, with `code` in bold.
-fn roff(text: &str) -> String {
-    let text = text.replace('\\', "\\\\").replace('-', "\\-");
-    let text = text.replace('\'', "\\*(Aq");
-    let bold = |p: &str| format!("\\fB{p}\\fR");
-    let parts = text.split('`').enumerate();
-    parts.fold(String::new(), |out, (i, p)| {
-        if i % 2 == 1 { out + &bold(p) } else { out + p }
-    })
+
+/// Every key, in file order, for the manual page.
+pub(crate) fn key_docs() -> Vec<KeyDoc> {
+    TABLE
+        .iter()
+        .map(|key| KeyDoc {
+            section: key.section,
+            name: key.name,
+            kind: key.kind,
+            doc: key.doc,
+            values: key.values,
+            default: default_of(key),
+            flag: flag_for(key.full),
+        })
+        .collect()
 }
