@@ -9,7 +9,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 pub(crate) use crate::policy::LogFormat;
-use crate::policy::{Keyword, OnConflict, Overrides, RestartPolicy};
+use crate::policy::{Key, Keyword, Overrides, TABLE};
 use crate::probe::ProbeSettings;
 
 #[derive(Debug, Parser)]
@@ -120,56 +120,102 @@ pub(crate) struct RunArgs {
     pub(crate) command: Vec<OsString>,
 }
 
-/// Flags that override the policy file (shared by `run` and `policy show`).
-#[derive(Debug, Args, Default)]
+/// Flags that override the policy file (shared by `run` and `policy show`): `--policy`,
+/// and one flag per policy key that has one, made from the policy's key table (name,
+/// meaning, default, keywords), so that a key's flag is declared where the key is.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct PolicyArgs {
-    /// Policy file [default: $RALPH_SUPERVISE_POLICY, .ralph/supervise.toml, $XDG_CONFIG_HOME/ralph-supervise/policy.toml]
-    #[arg(long, value_name = "FILE")]
+    /// `--policy FILE`.
     pub(crate) policy: Option<PathBuf>,
-    /// What to do when the workspace is taken [default: worktree in a git repository, else fail]
-    #[arg(long, value_name = "POLICY", value_parser = keyword::<OnConflict>())]
-    pub(crate) on_conflict: Option<OnConflict>,
-    /// Give up waiting for the lock after this long (e.g. 30s, 5m, 1h30m)
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub(crate) wait_timeout: Option<Duration>,
-    /// Exit code when the workspace is taken [default: 75]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
-    pub(crate) conflict_exit_code: Option<u8>,
-    /// Time between the stop signal and KILL [default: 10s]
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub(crate) stop_grace: Option<Duration>,
-    /// Signal that asks the command to stop (TERM, SIGTERM or 15) [default: TERM]
-    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
-    pub(crate) stop_signal: Option<i32>,
-    /// When to start the command again after it exits [default: never]
-    #[arg(long, value_name = "WHEN", value_parser = keyword::<RestartPolicy>())]
-    pub(crate) restart: Option<RestartPolicy>,
-    /// Most restarts [default: unlimited]
-    #[arg(long, value_name = "N")]
-    pub(crate) max_restarts: Option<u32>,
-    /// Delay before the first restart; doubles up to restart.backoff_max [default: 1s]
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub(crate) restart_delay: Option<Duration>,
-    /// Stop the command gracefully after this long and exit 124
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub(crate) max_runtime: Option<Duration>,
+    pub(crate) overrides: Overrides,
+}
+
+/// Global flags of the key table, declared in [`GlobalArgs`] instead.
+const GLOBAL_FLAGS: [&str; 1] = ["log_format"];
+
+fn policy_flags() -> impl Iterator<Item = &'static Key> {
+    let local = |key: &&Key| key.flag.is_some_and(|f| !GLOBAL_FLAGS.contains(&f));
+    TABLE.iter().filter(local)
+}
+
+/// `--stop-grace`'s argument: help from the key's meaning and default, keyword values
+/// as possible values, the value checked by [`Overrides::set`] (a bad one exits 2).
+fn policy_flag(key: &'static Key) -> clap::Arg {
+    let plain = |text: &str| text.replace('`', "");
+    let name = key.flag.unwrap_or_default();
+    let default = key
+        .default()
+        .map_or_else(String::from, |d| d.trim_matches('"').into());
+    let meaning = plain(key.doc.split(". ").next().unwrap_or(key.doc));
+    let help = format!("{} [default: {default}]", meaning.trim_end_matches('.'));
+    let value_name = match key.kind {
+        "duration" => "DUR".to_string(),
+        "string or integer" => "SIG".to_string(),
+        kind if kind.starts_with("integer") => "N".to_string(),
+        _ => key.name.to_uppercase(),
+    };
+    let check = move |text: &str| {
+        let mut overrides = Overrides::default();
+        overrides.set(name, text).map(|()| text.to_string())
+    };
+    let arg = clap::Arg::new(name)
+        .long(name.replace('_', "-"))
+        .value_name(value_name)
+        .help(help);
+    match key.values {
+        [] => arg.value_parser(check),
+        values => arg.value_parser(PossibleValuesParser::new(
+            values
+                .iter()
+                .map(|(v, meaning)| PossibleValue::new(*v).help(plain(meaning))),
+        )),
+    }
+}
+
+impl clap::Args for PolicyArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let policy = clap::Arg::new("policy")
+            .long("policy")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("Policy file [default: $RALPH_SUPERVISE_POLICY, .ralph/supervise.toml, $XDG_CONFIG_HOME/ralph-supervise/policy.toml]");
+        let flags = policy_flags().map(policy_flag);
+        cmd.arg(policy).args(flags.collect::<Vec<_>>())
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for PolicyArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = PolicyArgs {
+            policy: m.get_one::<PathBuf>("policy").cloned(),
+            overrides: Overrides::default(),
+        };
+        for name in policy_flags().filter_map(|key| key.flag) {
+            if let Some(text) = m.get_one::<String>(name) {
+                let set = args.overrides.set(name, text);
+                set.map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e))?;
+            }
+        }
+        Ok(args)
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
 impl PolicyArgs {
-    /// The flags as policy overrides.
+    /// The flags as policy overrides, with the global `--log-format`.
     pub(crate) fn overrides(&self, log_format: Option<LogFormat>) -> Overrides {
-        Overrides {
-            on_conflict: self.on_conflict,
-            wait_timeout: self.wait_timeout,
-            conflict_exit_code: self.conflict_exit_code,
-            stop_grace: self.stop_grace,
-            stop_signal: self.stop_signal,
-            restart: self.restart,
-            max_restarts: self.max_restarts,
-            restart_delay: self.restart_delay,
-            max_runtime: self.max_runtime,
-            log_format,
+        let mut overrides = self.overrides.clone();
+        if let Some(format) = log_format {
+            let set = overrides.set(GLOBAL_FLAGS[0], format.as_str());
+            debug_assert!(set.is_ok(), "{set:?}");
         }
+        overrides
     }
 }
 
@@ -230,10 +276,9 @@ impl From<ProbeArgs> for ProbeSettings {
 
 /// A policy keyword: its spellings (with their help) are the possible values.
 fn keyword<K: Keyword>() -> impl TypedValueParser<Value = K> {
-    let values = K::ALL.iter().map(|k| match k.help() {
-        "" => PossibleValue::new(k.as_str()),
-        help => PossibleValue::new(k.as_str()).help(help),
-    });
+    let values = K::VALUES
+        .iter()
+        .map(|(v, meaning)| PossibleValue::new(*v).help(*meaning));
     PossibleValuesParser::new(values).map(|text| K::parse(&text).expect("a possible value"))
 }
 
@@ -363,7 +408,7 @@ mod tests {
 
     #[test]
     fn keywords_match_clap_spellings() {
-        use crate::policy::{AfterTimeout, OnExit, Orphans};
+        use crate::policy::{AfterTimeout, OnConflict, OnExit, Orphans, RestartPolicy};
         fn check<K: Keyword + std::fmt::Display>() {
             let parser = keyword::<K>();
             let clap_names: Vec<String> = (parser.possible_values().unwrap())

@@ -358,3 +358,24 @@ fn takeover(
         )),
     }
 }
+
+/// The conflict policy in force: the configured one, else `worktree` in a git repository
+/// and `fail` elsewhere (a worktree needs git).
+pub(crate) fn policy_for(configured: Option<OnConflict>, in_git_repo: bool) -> OnConflict {
+    let auto = in_git_repo.then_some(OnConflict::Worktree);
+    configured.or(auto).unwrap_or(OnConflict::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_policy_is_worktree_in_git_and_fail_elsewhere() {
+        assert_eq!(policy_for(None, true), OnConflict::Worktree);
+        assert_eq!(policy_for(None, false), OnConflict::Fail);
+        for in_git in [true, false] {
+            assert_eq!(policy_for(Some(OnConflict::Wait), in_git), OnConflict::Wait);
+        }
+    }
+}

@@ -69,7 +69,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             let repo = workspace::git_toplevel(&workspace);
             let policy = effective.policy;
             let settings = run::RunSettings {
-                on_conflict: policy.conflict.effective(repo.is_some()),
+                on_conflict: conflict::policy_for(policy.conflict.policy, repo.is_some()),
                 repo,
                 workspace,
                 prompt: args.prompt.map(|p| p.to_string_lossy().into_owned()),

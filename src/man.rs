@@ -15,7 +15,7 @@
 //!
 //! The section 5 page is written the same way, from `man/src/ralph-supervise.toml.md`,
 //! except for its key list: the `@KEYS@` line there stands for every key's type,
-//! meaning, default and flag, taken from the policy schema ([`policy::key_docs`]), so
+//! meaning, default and flag, taken from the policy schema ([`policy::TABLE`]), so
 //! the page cannot drift from the code.
 //!
 //! The committed copies live in `man/`; the integration test `man` fails when they
@@ -211,7 +211,7 @@ const PROSE: [(&str, &[&str]); 5] = [
 /// - Lines between two ```` ``` ```` lines are shown as they are (an indented `.nf`
 ///   block).
 /// - In text and tags, `` `code` `` is bold and `*placeholder*` is italic.
-/// - A line `@KEYS@` stands for the policy keys, generated from [`policy::key_docs`].
+/// - A line `@KEYS@` stands for the policy keys, generated from [`policy::TABLE`].
 /// - The SEE ALSO section holds one block of `name(section)` references separated by
 ///   commas.
 ///
@@ -331,7 +331,7 @@ fn policy_page(source: &str) -> Vec<u8> {
 /// Each key under its section: name, type, meaning, default, flag, and each keyword.
 fn policy_keys(roff: &mut Roff) {
     let mut section = "";
-    for key in policy::key_docs() {
+    for key in policy::TABLE {
         if key.section != section {
             section = key.section;
             subsection(roff, &format!("[{section}]"));
@@ -339,8 +339,13 @@ fn policy_keys(roff: &mut Roff) {
         roff.control("TP", []);
         roff.text([bold(key.name), roman(" = "), italic(key.kind)]);
         roff.text(inlines(key.doc));
-        let flag = key.flag.map(|f| format!(" Command-line flag: `{f}`."));
-        let default = format!("Default: `{}`.{}", key.default, flag.unwrap_or_default());
+        let flag = key
+            .long_flag()
+            .map(|f| format!(" Command-line flag: `{f}`."));
+        let default = key
+            .default()
+            .unwrap_or_else(|unset| format!("not set ({unset})"));
+        let default = format!("Default: `{default}`.{}", flag.unwrap_or_default());
         roff.text(inlines(&default));
         if !key.values.is_empty() {
             roff.control("RS", []);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use read::parse_str;
 pub(crate) use read::*;
-pub(crate) use show::{key_docs, show};
+pub(crate) use show::show;
 
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
 
@@ -24,10 +24,10 @@ pub(crate) const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
 pub(crate) const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
 pub(crate) const USER_FILE: &str = "ralph-supervise/policy.toml";
 
-/// Declares keyword enums: [`Keyword`] (spelling, `--help` and man text), `FromStr`, `Display`.
+/// Declares keyword enums: [`Keyword`] (spelling and meaning), `FromStr`, `Display`.
 macro_rules! keywords {
     ($($name:ident $doc:literal {
-        $($variant:ident = $text:literal, $help:literal, $man:literal;)+
+        $($variant:ident = $text:literal, $man:literal;)+
     })+) => {$(
         #[doc = $doc]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,7 +35,6 @@ macro_rules! keywords {
         impl Keyword for $name {
             const ALL: &'static [$name] = &[$($name::$variant),+];
             const VALUES: &'static [(&'static str, &'static str)] = &[$(($text, $man)),+];
-            fn help(self) -> &'static str { match self { $($name::$variant => $help,)+ } }
         }
         impl std::str::FromStr for $name {
             type Err = String;
@@ -49,39 +48,39 @@ macro_rules! keywords {
 
 keywords! {
     OnConflict "What `run` does when the workspace lock is already held." {
-        Worktree = "worktree", "Run the command in a new git worktree", "Run the command in a new git worktree (see [worktree]).";
-        Wait = "wait", "Block until the lock frees (optionally bounded by `wait_timeout`)", "Block until the lock is free, without polling; bounded by `wait_timeout`.";
-        Fail = "fail", "Exit with the conflict code, naming the holder", "Exit with `exit_code`, naming the holder.";
-        Takeover = "takeover", "Stop the holder (grace, then KILL) and take the lock", "Stop the holder as `ralph-supervise stop` does (its grace, then KILL), then take the lock.";
+        Worktree = "worktree", "Run the command in a new git worktree (see [worktree]).";
+        Wait = "wait", "Block until the lock is free, without polling; bounded by `wait_timeout`.";
+        Fail = "fail", "Exit with `exit_code`, naming the holder.";
+        Takeover = "takeover", "Stop the holder as `ralph-supervise stop` does (its grace, then KILL), then take the lock.";
     }
     AfterTimeout "What `wait` does once `wait_timeout` expires." {
-        Fail = "fail", "", "Exit with `exit_code`.";
-        Worktree = "worktree", "", "Run the command in a new git worktree.";
+        Fail = "fail", "Exit with `exit_code`.";
+        Worktree = "worktree", "Run the command in a new git worktree.";
     }
     OnExit "What happens to a worktree when its loop ends." {
-        Keep = "keep", "", "Leave it in place.";
-        RemoveIfClean = "remove-if-clean", "", "Remove it if it has no changes and no commits beyond its base.";
-        QueueMerge = "queue-merge", "", "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
+        Keep = "keep", "Leave it in place.";
+        RemoveIfClean = "remove-if-clean", "Remove it if it has no changes and no commits beyond its base.";
+        QueueMerge = "queue-merge", "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
     }
     Orphans "What happens to members of the child's process group left after it exits." {
-        Kill = "kill", "", "TERM, then KILL after `grace`.";
-        Leave = "leave", "", "Leave them running.";
+        Kill = "kill", "TERM, then KILL after `grace`.";
+        Leave = "leave", "Leave them running.";
     }
     RestartPolicy "When the child is started again after it exits." {
-        Never = "never", "Never", "Never.";
-        OnFailure = "on-failure", "When it exits non-zero or dies of a signal", "When it exits non-zero or is killed by a signal.";
-        Always = "always", "Whenever it exits (a stop still ends the run)", "Whenever it exits.";
+        Never = "never", "Never.";
+        OnFailure = "on-failure", "When it exits non-zero or is killed by a signal.";
+        Always = "always", "Whenever it exits.";
     }
     LogFormat "The format of the supervisor's own log lines." {
-        Text = "text", "", "For people.";
-        Json = "json", "", "One JSON object per line, for collectors.";
+        Text = "text", "For people.";
+        Json = "json", "One JSON object per line, for collectors.";
     }
 }
-/// The key table: `key: Kind = default, "man text" [, unset "meaning"] [, flag field: T];`.
+/// The key table: `key: Kind = default, "man text" [, unset "meaning"] [, flag name];`.
 macro_rules! schema {
     ($([$sec:ident] $Sec:ident $sdoc:literal {
         $($key:ident: $kind:ty = $default:expr, $doc:literal
-            $(, unset $unset:literal)? $(, flag $flag:ident: $fty:ty)?;)+
+            $(, unset $unset:literal)? $(, flag $flag:ident)?;)+
     })+) => {
         $(#[doc = $sdoc]
         #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,13 +89,10 @@ macro_rules! schema {
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub(crate) struct Policy { $(pub $sec: $Sec,)+ }
         impl Default for Policy { fn default() -> Policy { Policy { $($sec: $Sec { $($key: $default,)+ },)+ } } }
-        /// Values given on the command line, one per flag. All optional; set ones win.
-        #[derive(Debug, Clone, Default, PartialEq, Eq)]
-        pub(crate) struct Overrides { $($($(pub $flag: Option<$fty>,)?)+)+ }
         /// Every section and its keys; every key as `"section.key"`; every key's row.
         pub(crate) const SECTIONS: &[(&str, &[&str])] = &[$((stringify!($sec), &[$(stringify!($key)),+])),+];
         pub(crate) const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
-        const TABLE: &[Key] = &[$($(Key {
+        pub(crate) const TABLE: &[Key] = &[$($(Key {
             section: stringify!($sec), name: stringify!($key), doc: $doc,
             full: concat!(stringify!($sec), ".", stringify!($key)),
             kind: <$kind as Kind>::DOC, values: <$kind as Kind>::VALUES,
@@ -104,17 +100,16 @@ macro_rules! schema {
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             read: |p, v| Ok(p.$sec.$key = <$kind as Kind>::read(v)?),
             copy: |p, from| p.$sec.$key = from.$sec.$key.clone(), show: |p| <$kind as Kind>::show(&p.$sec.$key),
-            flagged: |_p, _o| { $(if let Some(v) = &_o.$flag { _p.$sec.$key = v.clone().into(); return true; })? false },
         }),+),+];
     };
 }
 
 schema! {
     [conflict] Conflict "`[conflict]`: what to do when the workspace is taken." {
-        policy: Option<OnConflict> = None, "What `run` does when another loop holds the workspace lock.", unset "worktree in a git repository, fail elsewhere", flag on_conflict: OnConflict;
-        wait_timeout: Option<Duration> = None, "How long \"wait\" waits; then `after_timeout` applies.", unset "wait without limit", flag wait_timeout: Duration;
+        policy: Option<OnConflict> = None, "What `run` does when another loop holds the workspace lock.", unset "worktree in a git repository, fail elsewhere", flag on_conflict;
+        wait_timeout: Option<Duration> = None, "How long \"wait\" waits; then `after_timeout` applies.", unset "wait without limit", flag wait_timeout;
         after_timeout: AfterTimeout = AfterTimeout::Fail, "What \"wait\" does when `wait_timeout` expires.";
-        exit_code: ExitCode = CONFLICT_DEFAULT, "Exit status for \"fail\" and for a timed-out wait.", flag conflict_exit_code: u8;
+        exit_code: ExitCode = CONFLICT_DEFAULT, "Exit status for \"fail\" and for a timed-out wait.", flag conflict_exit_code;
     }
     [worktree] Worktree "`[worktree]`: how worktree launches are laid out and cleaned up." {
         dir: Dir = PathBuf::from(".worktrees"), "Directory the worktrees are made in, one subdirectory per loop id; relative to the repository's top level.";
@@ -123,49 +118,56 @@ schema! {
         on_exit: OnExit = OnExit::Keep, "What happens to a worktree when its loop ends.";
     }
     [stop] Stop "`[stop]`: how the child is stopped." {
-        signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal: i32;
-        grace: Duration = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace: Duration;
+        signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal;
+        grace: Duration = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace;
         orphans: Orphans = Orphans::Kill, "What happens to members of the command's process group still running after it exits.";
     }
     [restart] Restart "`[restart]`: when and how fast the child is started again." {
-        policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart: RestartPolicy;
-        max: Option<Restarts> = None, "Most restarts in one run; then ralph-supervise exits with the command's status.", unset "unlimited", flag max_restarts: u32;
-        backoff_initial: Duration = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay: Duration;
+        policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;
+        max: Option<Restarts> = None, "Most restarts in one run; then ralph-supervise exits with the command's status.", unset "unlimited", flag max_restarts;
+        backoff_initial: Duration = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay;
         backoff_max: Duration = Duration::from_secs(60), "Longest delay between restarts; at least `backoff_initial`.";
     }
     [run] Run "`[run]`: the child's run." {
-        max_runtime: Option<Duration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime: Duration;
+        max_runtime: Option<Duration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
         env: Env = BTreeMap::new(), "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines.";
     }
     [log] Log "`[log]`: the supervisor's own logging." {
-        format: LogFormat = LogFormat::Text, "Format of ralph-supervise's own log lines on standard error.", flag log_format: LogFormat;
+        format: LogFormat = LogFormat::Text, "Format of ralph-supervise's own log lines on standard error.", flag log_format;
         level: LogLevel = "info".to_string(), "Least severe level logged: \"error\", \"warn\", \"info\", \"debug\" or \"trace\". `RUST_LOG`, `-v` and `-q` win over it.";
     }
 }
-struct Key {
-    section: &'static str,
-    name: &'static str,
-    full: &'static str,
-    doc: &'static str,
-    kind: &'static str,
-    values: &'static [(&'static str, &'static str)],
+/// One row of the key table: what the file reader, `policy show`, the man page and the
+/// command line know about a key.
+pub(crate) struct Key {
+    pub(crate) section: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) full: &'static str,
+    /// Its meaning, for the man page and `--help`.
+    pub(crate) doc: &'static str,
+    /// Its type as the man page names it: "duration", "string", "integer, 1 to 255", ...
+    pub(crate) kind: &'static str,
+    /// Each keyword with its meaning; empty for other kinds.
+    pub(crate) values: &'static [(&'static str, &'static str)],
     unset: &'static str,
-    flag: Option<&'static str>,
+    /// The command-line flag's name (`stop_grace`), if the key has one.
+    pub(crate) flag: Option<&'static str>,
     read: fn(&mut Policy, &Val) -> Result<(), Bad>,
     copy: fn(&mut Policy, &Policy),
     show: fn(&Policy) -> Option<String>,
-    flagged: fn(&mut Policy, &Overrides) -> bool,
+}
+impl Key {
+    /// The built-in default as TOML, or what leaving the key unset means.
+    pub(crate) fn default(&self) -> Result<String, &'static str> {
+        (self.show)(&Policy::default()).ok_or(self.unset)
+    }
+    /// The command-line flag, `--stop-grace`.
+    pub(crate) fn long_flag(&self) -> Option<String> {
+        Some(format!("--{}", self.flag?.replace('_', "-")))
+    }
 }
 fn key(full: &str) -> Option<&'static Key> {
     TABLE.iter().find(|k| k.full == full)
-}
-
-impl Conflict {
-    /// The configured policy, else `worktree` in a git repository and `fail` elsewhere.
-    pub(crate) fn effective(&self, in_git_repo: bool) -> OnConflict {
-        let auto = in_git_repo.then_some(OnConflict::Worktree);
-        self.policy.or(auto).unwrap_or(OnConflict::Fail)
-    }
 }
 
 /// Where a value came from.
@@ -195,9 +197,22 @@ impl Effective {
     }
 }
 
-/// The command-line flag that sets `key` (`"stop.grace"`: `--stop-grace`), if any.
-pub(crate) fn flag_for(full: &str) -> Option<String> {
-    Some(format!("--{}", key(full)?.flag?.replace('_', "-")))
+/// Values given on the command line, as text by flag name (`stop_grace`): checked by
+/// [`Overrides::set`], read like the file's values. Set ones win.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Overrides(BTreeMap<&'static str, String>);
+impl Overrides {
+    /// Sets flag `name` (`stop_grace`) to `text`; `Err` says why the value is not valid.
+    pub(crate) fn set(&mut self, name: &str, text: &str) -> Result<(), String> {
+        let key = TABLE
+            .iter()
+            .find(|k| k.flag == Some(name))
+            .ok_or("no such flag")?;
+        read_text(key, &mut Policy::default(), text)?;
+        self.0
+            .insert(key.flag.unwrap_or_default(), text.to_string());
+        Ok(())
+    }
 }
 
 type EnvFn<'a> = &'a dyn Fn(&str) -> Option<OsString>;
@@ -252,7 +267,8 @@ pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) ->
             (key.copy)(&mut policy, &f.values);
             sources.insert(key.full, Source::File(path.clone()));
         }
-        if (key.flagged)(&mut policy, flags) {
+        let text = key.flag.and_then(|flag| flags.0.get(flag));
+        if text.is_some_and(|text| read_text(key, &mut policy, text).is_ok()) {
             sources.insert(key.full, Source::Flag);
         }
     }

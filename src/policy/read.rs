@@ -15,7 +15,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::show::{format_duration, quoted, toml_key};
-use super::{PolicyFile, SECTIONS, key};
+use super::{Key, Policy, PolicyFile, SECTIONS, key};
 use crate::exit::{ExitStatus, Failure};
 
 /// A complaint about the policy text, at a byte offset.
@@ -132,6 +132,25 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
     }
     Ok(file)
 }
+/// Sets `key` from a command-line flag's text, read as the file's value would be: a
+/// whole number as an integer, anything else as a string.
+pub(crate) fn read_text(key: &Key, policy: &mut Policy, text: &str) -> Result<(), String> {
+    let text = match text.trim().parse::<i64>() {
+        Ok(number) => number.to_string(),
+        Err(_) => quoted(text),
+    };
+    let doc = format!("v = {text}");
+    let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
+    let value = doc.get_ref().get("v").ok_or("no value")?;
+    (key.read)(
+        policy,
+        &Val {
+            key: key.full,
+            value,
+        },
+    )
+    .map_err(|Bad(_, msg)| msg)
+}
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
     let place = match at.map(|offset| line_col(text, offset)) {
@@ -176,11 +195,10 @@ pub(crate) trait Kind {
 }
 
 /// A closed set of keywords (declared with `keywords!`): every value, in documentation
-/// order, with its spelling and man text, and its `--help` text (may be empty).
+/// order, with its spelling and meaning.
 pub(crate) trait Keyword: Copy + PartialEq + Send + Sync + 'static {
     const ALL: &'static [Self];
     const VALUES: &'static [(&'static str, &'static str)];
-    fn help(self) -> &'static str;
     fn as_str(self) -> &'static str {
         Self::VALUES[Self::ALL.iter().position(|v| *v == self).unwrap_or(0)].0
     }

@@ -1,10 +1,10 @@
-//! The policy as text: `policy show`, and the key documentation `ralph-supervise.toml(5)`
-//! is built from (by `man.rs`, around the prose in `man/src/ralph-supervise.toml.md`).
+//! The policy as text: `policy show`, and each key's default as the man page and
+//! `--help` show it.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{Effective, Key, Policy, Source, TABLE, flag_for};
+use super::{Effective, Source, TABLE};
 
 /// The effective policy as TOML, each value followed by where it came from (`# default`,
 /// `# <file>`, `# --flag`). Unset optional values are shown as comments, so the output
@@ -21,7 +21,7 @@ pub(crate) fn show(e: &Effective) -> String {
         let origin = match e.source(key.full) {
             Source::Default => "default".to_string(),
             Source::File(path) => path.display().to_string(),
-            Source::Flag => flag_for(key.full).unwrap_or_default(),
+            Source::Flag => key.long_flag().unwrap_or_default(),
         };
         let _ = match (key.show)(&e.policy) {
             Some(value) => writeln!(out, "{} = {value}  # {origin}", key.name),
@@ -44,40 +44,4 @@ pub(crate) fn toml_key(key: &str) -> String {
         true => key.to_string(),
         false => quoted(key),
     }
-}
-/// The built-in default as the man page shows it: TOML, or "not set (...)".
-pub(crate) fn default_of(key: &Key) -> String {
-    let shown = (key.show)(&Policy::default());
-    shown.unwrap_or_else(|| format!("not set ({})", key.unset))
-}
-
-/// One key as `ralph-supervise.toml(5)` documents it.
-pub(crate) struct KeyDoc {
-    pub(crate) section: &'static str,
-    pub(crate) name: &'static str,
-    /// "duration", "string", "integer, 1 to 255", ...
-    pub(crate) kind: &'static str,
-    pub(crate) doc: &'static str,
-    /// Each keyword with its meaning; empty for other kinds.
-    pub(crate) values: &'static [(&'static str, &'static str)],
-    /// The built-in default, as TOML or "not set (...)".
-    pub(crate) default: String,
-    /// The command-line flag that overrides the key.
-    pub(crate) flag: Option<String>,
-}
-
-/// Every key, in file order, for the manual page.
-pub(crate) fn key_docs() -> Vec<KeyDoc> {
-    TABLE
-        .iter()
-        .map(|key| KeyDoc {
-            section: key.section,
-            name: key.name,
-            kind: key.kind,
-            doc: key.doc,
-            values: key.values,
-            default: default_of(key),
-            flag: flag_for(key.full),
-        })
-        .collect()
 }

@@ -293,12 +293,11 @@ fn file_overrides_defaults_and_flags_override_file() {
         p.restart.max = Some(3);
         p.log.level = "debug".into();
     });
-    let flags = Overrides {
-        on_conflict: Some(OnConflict::Takeover),
-        stop_grace: Some(Duration::from_secs(5)),
-        max_runtime: Some(Duration::from_secs(60)),
-        ..Overrides::default()
-    };
+    let flags = flags(&[
+        ("on_conflict", "takeover"),
+        ("stop_grace", "5s"),
+        ("max_runtime", "60s"),
+    ]);
     let e = resolve(Some((path.clone(), file)), &flags);
     let p = &e.policy;
     // Flag over file.
@@ -346,18 +345,18 @@ fn file_overrides_defaults_and_flags_override_file() {
 #[test]
 fn every_flag_overrides_the_full_file() {
     let path = PathBuf::from("/p.toml");
-    let flags = Overrides {
-        on_conflict: Some(OnConflict::Fail),
-        wait_timeout: Some(Duration::from_secs(7)),
-        conflict_exit_code: Some(99),
-        stop_grace: Some(Duration::from_secs(2)),
-        stop_signal: Some(libc::SIGHUP),
-        restart: Some(RestartPolicy::Never),
-        max_restarts: Some(1),
-        restart_delay: Some(Duration::from_secs(3)),
-        max_runtime: Some(Duration::from_secs(4)),
-        log_format: Some(LogFormat::Text),
-    };
+    let flags = flags(&[
+        ("on_conflict", "fail"),
+        ("wait_timeout", "7s"),
+        ("conflict_exit_code", "99"),
+        ("stop_grace", "2s"),
+        ("stop_signal", "HUP"),
+        ("restart", "never"),
+        ("max_restarts", "1"),
+        ("restart_delay", "3s"),
+        ("max_runtime", "4s"),
+        ("log_format", "text"),
+    ]);
     let e = resolve(Some((path.clone(), full_file())), &flags);
     let p = &e.policy;
     assert_eq!(p.conflict.policy, Some(OnConflict::Fail));
@@ -376,7 +375,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.restart.backoff_max, Duration::from_secs(3600));
     assert_eq!(p.log.level, "trace");
     for key in KEYS {
-        let expected = if flag_for(key).is_some() {
+        let expected = if super::key(key).unwrap().flag.is_some() {
             Source::Flag
         } else {
             Source::File(path.clone())
@@ -387,24 +386,11 @@ fn every_flag_overrides_the_full_file() {
 
 #[test]
 fn restart_delay_raises_a_shorter_backoff_max() {
-    let flags = Overrides {
-        restart_delay: Some(Duration::from_secs(120)),
-        ..Overrides::default()
-    };
+    let flags = flags(&[("restart_delay", "120s")]);
     let e = resolve(None, &flags);
     assert_eq!(e.policy.restart.backoff_initial, Duration::from_secs(120));
     assert_eq!(e.policy.restart.backoff_max, Duration::from_secs(120));
     assert_eq!(e.source("restart.backoff_max"), &Source::Flag);
-}
-
-#[test]
-fn auto_conflict_policy() {
-    let mut c = Policy::default().conflict;
-    assert_eq!(c.effective(true), OnConflict::Worktree);
-    assert_eq!(c.effective(false), OnConflict::Fail);
-    c.policy = Some(OnConflict::Wait);
-    assert_eq!(c.effective(true), OnConflict::Wait);
-    assert_eq!(c.effective(false), OnConflict::Wait);
 }
 
 #[test]
@@ -454,11 +440,7 @@ fn show_names_each_source() {
         p.conflict.policy = Some(OnConflict::Wait);
         p.run.env = BTreeMap::from([("A B".into(), "say \"hi\"".into())]);
     });
-    let flags = Overrides {
-        wait_timeout: Some(Duration::from_secs(5400)),
-        stop_signal: Some(libc::SIGINT),
-        ..Overrides::default()
-    };
+    let flags = flags(&[("wait_timeout", "5400s"), ("stop_signal", "INT")]);
     let shown = show(&resolve(Some((path, file)), &flags));
     let lines: Vec<&str> = shown.lines().collect();
     for line in [
@@ -930,20 +912,22 @@ fn the_key_docs_cover_every_key_with_its_default() {
     assert_eq!(documented, KEYS, "the key table must follow KEYS");
     let defaults: BTreeMap<&str, String> = KEYS
         .iter()
-        .map(|key| (*key, show::default_of(super::key(key).unwrap())))
+        .map(|key| {
+            (
+                *key,
+                super::key(key)
+                    .unwrap()
+                    .default()
+                    .unwrap_or_else(|u| format!("not set ({u})")),
+            )
+        })
         .collect();
     assert_eq!(defaults["stop.grace"], "\"10s\"");
     assert_eq!(defaults["conflict.exit_code"], "75");
     assert!(defaults["restart.max"].starts_with("not set ("));
 
-    let docs = key_docs();
-    let listed: Vec<String> = docs
-        .iter()
-        .map(|d| format!("{}.{}", d.section, d.name))
-        .collect();
-    assert_eq!(listed, KEYS, "the manual lists every key, in order");
-    let grace = docs.iter().find(|d| d.name == "grace").unwrap();
-    assert_eq!(grace.flag.as_deref(), Some("--stop-grace"));
+    let grace = TABLE.iter().find(|k| k.full == "stop.grace").unwrap();
+    assert_eq!(grace.long_flag().as_deref(), Some("--stop-grace"));
 }
 
 #[test]
@@ -979,4 +963,32 @@ fn keyword_values_match_the_code() {
         let listed: Vec<&str> = doc.values.iter().map(|(v, _)| *v).collect();
         assert_eq!(listed, values, "{key}");
     }
+}
+
+/// Overrides as the command line gives them: flag name and text.
+fn flags(pairs: &[(&str, &str)]) -> Overrides {
+    let mut flags = Overrides::default();
+    for (name, text) in pairs {
+        flags.set(name, text).unwrap();
+    }
+    flags
+}
+
+#[test]
+fn a_flag_is_checked_as_the_key_in_the_file_is() {
+    let mut flags = Overrides::default();
+    let bad = [
+        ("stop_grace", "soon"),
+        ("conflict_exit_code", "0"),
+        ("on_conflict", "Wait"),
+    ];
+    for (name, text) in bad {
+        let e = flags.set(name, text).unwrap_err();
+        assert!(e.contains(text), "{e}");
+    }
+    assert_eq!(flags, Overrides::default(), "a bad value is not kept");
+    assert!(
+        flags.set("grace", "1s").is_err(),
+        "keys without a flag have none"
+    );
 }
