@@ -629,12 +629,19 @@ fn write_context(created: &Created, prompt: &str) -> Result<(), Failure> {
         repo = created.repo.display(),
         now = crate::metadata::format_time(&chrono::Utc::now()),
     );
-    fs::write(&path, text).map_err(|e| {
+    // Through the door: the worktree's `.ralph/` came from the repository's tree, and a
+    // symlink or hard link planted there must not redirect the write.
+    let fail = |e: &dyn std::fmt::Display| {
         Failure::msg(
             ExitStatus::Failure,
             format!("cannot write {}: {e}", path.display()),
         )
-    })
+    };
+    let agent = RalphDir::open_or_create(&created.path)?.subdir("agent", true)?;
+    let agent = agent.ok_or_else(|| fail(&"no .ralph/agent directory"))?;
+    let file = agent.open("context.md", Access::ReadWrite, true)?;
+    let file = file.ok_or_else(|| fail(&"the file vanished"))?;
+    file.write_in_place(text.into_bytes()).map_err(|e| fail(&e))
 }
 
 /// Uncommitted changes in a worktree, ignoring our own untracked `.ralph/`.

@@ -611,3 +611,21 @@ fn timing_5000_files() {
         median(ours_carry)
     );
 }
+
+#[test]
+fn a_context_file_that_is_a_link_in_the_tree_is_not_written_through() {
+    let (tmp, root) = repo();
+    let outside = tmp.path().join("outside.txt");
+    fs::write(&outside, "precious\n").unwrap();
+    fs::create_dir_all(root.join(".ralph/agent")).unwrap();
+    symlink(&outside, root.join(CONTEXT_FILE)).unwrap();
+    g(&root, &["add", "-f", CONTEXT_FILE]);
+    g(&root, &["commit", "-q", "-m", "a planted link"]);
+    let err = create(&spec(&root, "follow me", false)).unwrap_err();
+    assert!(
+        format!("{:#}", err.error).contains("symbolic link"),
+        "{:#}",
+        err.error
+    );
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "precious\n");
+}
