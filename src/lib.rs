@@ -72,6 +72,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
                 on_conflict: policy.conflict.effective(repo.is_some()),
                 repo,
                 workspace,
+                chdir: global.workspace.is_some(),
                 prompt: args.prompt.map(|p| p.to_string_lossy().into_owned()),
                 command: args.command,
                 policy,

@@ -106,8 +106,10 @@ pub(crate) fn spawn(
         .ok_or_else(|| Failure::msg(ExitStatus::Usage, "no command given"))?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    cmd.env("RALPH_LOCK_FD", inherit_fd.to_string());
     configure(&mut cmd);
+    // After `configure` (which applies the policy's `[run] env`): the number of the
+    // descriptor the child really inherits is a fact, not a setting.
+    cmd.env("RALPH_LOCK_FD", inherit_fd.to_string());
     let tty = terminal.filter(|t| t.can_hand_over()).map(|t| t.raw_fd());
     sys::install_child_setup(
         &mut cmd,
