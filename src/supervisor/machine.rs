@@ -1,7 +1,7 @@
 //! The supervisor's decisions, as a pure state machine.
 //!
 //! Events come in (a signal, the child's exit or stop, the group emptying, a stop
-//! request, a deadline); actions come out (signal the group, stop ourselves, spawn the
+//! request, a deadline); actions come out (signal the child or its group, stop ourselves, spawn the
 //! child again). No system call happens here, so every transition is unit-tested without
 //! processes; the event loop in [`super`] turns the real world into events and actions
 //! back into system calls.
@@ -23,7 +23,7 @@
 use std::time::{Duration, Instant};
 
 use crate::exit::{ChildOutcome, ExitStatus};
-use crate::signals::{Class, classify};
+use crate::signals::{Class, Scope, classify, scope};
 
 /// When the child is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +138,8 @@ pub(crate) enum Event {
 pub(crate) enum Action {
     /// `killpg(child_pgid, sig)`.
     SignalGroup(i32),
+    /// `kill(child_pid, sig)`: the child alone (see [`crate::signals::Scope`]).
+    SignalChild(i32),
     /// Take the terminal back and stop ourselves with this signal, so the shell sees the
     /// job stopped; returns when we are continued.
     StopSelf(i32),
@@ -298,7 +300,12 @@ impl Machine {
                     self.stop_requested(StopReason::Signal(sig), Some(sig), now)
                 }
                 Class::Forward { stop: false } | Class::JobStop => {
-                    if self.child_running() || matches!(self.state, State::Draining { .. }) {
+                    if self.child_running() {
+                        vec![deliver(sig)]
+                    } else if matches!(self.state, State::Draining { .. })
+                        && scope(sig) == Scope::Group
+                    {
+                        // The child is gone; its leftover group still gets group signals.
                         vec![Action::SignalGroup(sig)]
                     } else {
                         vec![]
@@ -376,7 +383,7 @@ impl Machine {
             killed: false,
             by_signal: matches!(reason, StopReason::Signal(_)),
         };
-        vec![Action::SignalGroup(signal)]
+        vec![deliver(signal)]
     }
 
     fn child_exited(
@@ -451,6 +458,14 @@ impl Machine {
     }
 }
 
+/// Sends `sig` to the child or its whole group, as its [`scope`] says.
+fn deliver(sig: i32) -> Action {
+    match scope(sig) {
+        Scope::Child => Action::SignalChild(sig),
+        Scope::Group => Action::SignalGroup(sig),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,11 +508,47 @@ mod tests {
     fn forwards_each_forwarded_signal_once() {
         for sig in crate::signals::FORWARDED {
             let (mut m, now) = machine(false);
-            assert_eq!(
-                m.handle(Event::Signal(sig as i32), now),
-                vec![Action::SignalGroup(sig as i32)]
-            );
+            let sig = sig as i32;
+            let want = if matches!(sig, libc::SIGUSR1 | libc::SIGUSR2) {
+                Action::SignalChild(sig)
+            } else {
+                Action::SignalGroup(sig)
+            };
+            assert_eq!(m.handle(Event::Signal(sig), now), vec![want]);
         }
+    }
+
+    #[test]
+    fn usr1_and_usr2_go_to_the_child_alone_even_as_the_stop_signal() {
+        let now = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                stop_signal: libc::SIGUSR1,
+                ..config()
+            },
+            now,
+        );
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGUSR2), now),
+            vec![Action::SignalChild(libc::SIGUSR2)]
+        );
+        assert_eq!(
+            m.handle(Event::StopRequest, now),
+            vec![Action::SignalChild(libc::SIGUSR1)]
+        );
+        // The grace still ends with KILL for the whole group.
+        assert_eq!(
+            m.handle(Event::Deadline, now + GRACE),
+            vec![Action::SignalGroup(libc::SIGKILL)]
+        );
+        // Once the child is gone, its leftovers get group signals only.
+        let (mut m, t0) = machine(false);
+        m.handle(exited(0, true), t0);
+        assert_eq!(m.handle(Event::Signal(libc::SIGUSR1), t0), vec![]);
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGHUP), t0),
+            vec![Action::SignalGroup(libc::SIGHUP)]
+        );
     }
 
     #[test]

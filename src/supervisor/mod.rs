@@ -24,7 +24,7 @@
 //!    supervisor is the only reaper: it is a child subreaper, so orphaned descendants come
 //!    back to it, and SIGCHLD coalesces), every other signal is an event;
 //! 3. feed the events to the [`machine::Machine`], which answers with actions;
-//! 4. carry the actions out (`carry_out`, the one dispatch): signal the child's group,
+//! 4. carry the actions out (`carry_out`, the one dispatch): signal the child or its group,
 //!    stop ourselves, hand the terminal over or take it back, spawn again;
 //! 5. once the machine says the supervision is over, return its exit status.
 //!
@@ -43,7 +43,7 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
@@ -276,6 +276,12 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
             debug!(signal = %signals::name(sig), pgid = child.pid.as_raw(), "signalling the child's group");
             if let Ok(sig) = Signal::try_from(sig) {
                 let _ = killpg(child.pid, sig);
+            }
+        }
+        Action::SignalChild(sig) => {
+            debug!(signal = %signals::name(sig), pid = child.pid.as_raw(), "signalling the child");
+            if let Ok(sig) = Signal::try_from(sig) {
+                let _ = kill(child.pid, sig);
             }
         }
         Action::StopSelf(sig) => {
