@@ -40,6 +40,7 @@ use crate::lock::{self, Acquire, Holder, LockFile, MetaState};
 use crate::policy::{AfterTimeout, OnConflict};
 use crate::procfs;
 use crate::signals::{self, Class, classify};
+use crate::stop_request;
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
 
@@ -288,20 +289,37 @@ pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
     Ok(Targets { supervisor, child })
 }
 
-/// Asks the holder to stop the way `stop` does: the stop request file (which ralph and
-/// ralph-supervise both honour), then a signal to its supervisor, or to its child's
-/// group if the supervisor is gone.
-pub(crate) fn request_stop(dir: &RalphDir, targets: Result<Targets, String>, signal: i32) {
-    if let Err(e) = crate::stop_request::create(dir) {
+/// Asks the holder to stop the way `stop` does. A live supervisor gets a stop request
+/// naming `signal` ([`stop_request::ask`]; `None`: its own `stop.signal`) and escalates
+/// on its own grace. Without one, the stop request file (which ralph honours) is
+/// written, and the child gets `signal` (`None`: `fallback`), to its scope.
+pub(crate) fn request_stop(
+    dir: &RalphDir,
+    targets: Result<Targets, String>,
+    signal: Option<i32>,
+    fallback: i32,
+) {
+    if let Ok(t) = targets
+        && let Some(sup) = t.supervisor
+    {
+        match stop_request::ask(sup, signal) {
+            Ok(()) => return,
+            // It exited since it was confirmed: its child, if any, is the target.
+            Err(e) => warn!("cannot ask the loop's supervisor (pid {sup}) to stop: {e}"),
+        }
+    }
+    if let Err(e) = stop_request::create(dir) {
         warn!("cannot write the stop request: {e:#}");
     }
-    let Ok(t) = targets else { return };
-    let sig = Signal::try_from(signal).unwrap_or(Signal::SIGTERM);
-    if let Some(sup) = t.supervisor {
-        // The supervisor forwards to its child's group and escalates on its own grace.
-        let _ = kill(sup, Signal::SIGTERM);
-    } else if let Some(child) = t.child {
-        let _ = killpg(child, sig);
+    if let Ok(Targets {
+        child: Some(child), ..
+    }) = targets
+        && let Ok(sig) = Signal::try_from(signal.unwrap_or(fallback))
+    {
+        let _ = match signals::scope(sig as i32) {
+            signals::Scope::Child => kill(child, sig),
+            signals::Scope::Group => killpg(child, sig),
+        };
     }
 }
 
@@ -331,7 +349,8 @@ fn takeover(
         "taking over the workspace from {}",
         crate::present::holder(&holder)
     );
-    request_stop(dir, targets.clone(), rules.stop_signal);
+    // The holder's supervisor stops with its own stop signal; a child without one gets ours.
+    request_stop(dir, targets.clone(), None, rules.stop_signal);
     // The holder's own supervisor escalates after its grace; allow for ours plus a
     // margin before we escalate ourselves.
     let margin = Duration::from_secs(1);

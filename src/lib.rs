@@ -107,6 +107,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             let settings = control::StopSettings {
                 id: args.id,
                 signal: args.signal,
+                stop_signal: effective.policy.stop.signal,
                 timeout: args.timeout,
                 kill: args.kill,
                 grace: effective.policy.stop.grace,

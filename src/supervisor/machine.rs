@@ -89,7 +89,8 @@ pub(crate) struct Config {
 pub(crate) enum StopReason {
     /// A stop signal was sent to the supervisor.
     Signal(i32),
-    /// `.ralph/stop-requested` appeared (`ralph loops stop`, `ralph-supervise stop`).
+    /// A stop request: `.ralph/stop-requested` appeared (`ralph loops stop`), or
+    /// `ralph-supervise stop` or a takeover asked ([`crate::stop_request::ask`]).
     StopRequest,
     /// `max_runtime` expired.
     MaxRuntime,
@@ -128,8 +129,9 @@ pub(crate) enum Event {
     ChildStopped(i32),
     /// The child's process group has no members left.
     GroupEmpty,
-    /// A graceful stop was requested (the stop-request file appeared).
-    StopRequest,
+    /// A graceful stop was requested: the stop-request file appeared (`signal` is
+    /// `None`), or `stop`/a takeover asked, maybe naming the signal the child is to get.
+    StopRequest { signal: Option<i32> },
     /// The current deadline passed.
     Deadline,
 }
@@ -292,12 +294,16 @@ impl Machine {
 
             // A stop request while already stopping is the same request again: only a
             // second stop *signal* escalates.
-            (State::Stopping { .. }, Event::StopRequest) => vec![],
-            (_, Event::StopRequest) => self.stop_requested(StopReason::StopRequest, None, now),
+            (State::Stopping { .. }, Event::StopRequest { .. }) => vec![],
+            (_, Event::StopRequest { signal }) => self.stop_requested(
+                StopReason::StopRequest,
+                signal.unwrap_or(self.config.stop_signal),
+                now,
+            ),
 
             (_, Event::Signal(sig)) => match classify(sig) {
                 Class::Forward { stop: true } => {
-                    self.stop_requested(StopReason::Signal(sig), Some(sig), now)
+                    self.stop_requested(StopReason::Signal(sig), sig, now)
                 }
                 Class::Forward { stop: false } | Class::JobStop => {
                     if self.child_running() {
@@ -320,24 +326,20 @@ impl Machine {
         }
     }
 
-    /// A stop signal (`forward` = the signal, sent as is) or a stop request.
-    fn stop_requested(
-        &mut self,
-        reason: StopReason,
-        forward: Option<i32>,
-        now: Instant,
-    ) -> Vec<Action> {
-        let signal = forward.unwrap_or(self.config.stop_signal);
+    /// A stop signal (`reason` names it; `signal` is it, sent as is) or a stop request
+    /// (`signal` is what the child gets).
+    fn stop_requested(&mut self, reason: StopReason, signal: i32, now: Instant) -> Vec<Action> {
         match self.state {
             State::Running { .. } => self.begin_stop(reason, signal, now),
             State::Stopping {
                 killed: false,
                 by_signal: false,
                 deadline,
-            } if forward.is_some() => {
-                // A stop signal right after a stop request (`ralph-supervise stop` does
-                // both) is the same stop: the child already got the stop signal. Only
-                // a further signal escalates.
+            } if matches!(reason, StopReason::Signal(_)) => {
+                // A stop signal right after a stop request is taken for the same stop
+                // (a tool may write the file and signal too, as `ralph-supervise stop`
+                // once did): the child already got the stop signal. Only a further
+                // signal escalates.
                 self.state = State::Stopping {
                     deadline,
                     killed: false,
@@ -533,7 +535,7 @@ mod tests {
             vec![Action::SignalChild(libc::SIGUSR2)]
         );
         assert_eq!(
-            m.handle(Event::StopRequest, now),
+            m.handle(Event::StopRequest { signal: None }, now),
             vec![Action::SignalChild(libc::SIGUSR1)]
         );
         // The grace still ends with KILL for the whole group.
@@ -607,12 +609,16 @@ mod tests {
             now,
         );
         assert_eq!(
-            m.handle(Event::StopRequest, now),
+            m.handle(Event::StopRequest { signal: None }, now),
             vec![Action::SignalGroup(libc::SIGINT)]
         );
         assert_eq!(m.deadline(), Some(now + GRACE));
         assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
-        assert_eq!(m.handle(Event::StopRequest, now), vec![], "no escalation");
+        assert_eq!(
+            m.handle(Event::StopRequest { signal: None }, now),
+            vec![],
+            "no escalation"
+        );
         // `stop` writes the request and signals the supervisor: one stop, not two.
         assert_eq!(m.handle(Event::Signal(libc::SIGTERM), now), vec![]);
         assert_eq!(m.deadline(), Some(now + GRACE), "the grace still runs");
@@ -621,6 +627,34 @@ mod tests {
             m.handle(Event::Signal(libc::SIGTERM), now),
             vec![Action::SignalGroup(libc::SIGKILL)]
         );
+    }
+
+    #[test]
+    fn a_stop_request_may_name_the_signal() {
+        let (mut m, now) = machine(false);
+        assert_eq!(
+            m.handle(
+                Event::StopRequest {
+                    signal: Some(libc::SIGINT)
+                },
+                now
+            ),
+            vec![Action::SignalGroup(libc::SIGINT)]
+        );
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+        assert_eq!(m.deadline(), Some(now + GRACE));
+        // The request file of the same stop, seen after it, changes nothing.
+        assert_eq!(m.handle(Event::StopRequest { signal: None }, now), vec![]);
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+        // A stop request during a restart's backoff ends the restarts, whatever it names.
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        m.handle(exited(1, false), now);
+        let request = Event::StopRequest {
+            signal: Some(libc::SIGUSR1),
+        };
+        assert_eq!(m.handle(request, now), vec![]);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
     }
 
     #[test]
@@ -790,7 +824,7 @@ mod tests {
         // And during the backoff, with no child to signal.
         let (mut m, now) = restarting(RestartWhen::Always, None);
         m.handle(exited(1, false), now);
-        assert_eq!(m.handle(Event::StopRequest, now), vec![]);
+        assert_eq!(m.handle(Event::StopRequest { signal: None }, now), vec![]);
         assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
     }
 

@@ -179,10 +179,15 @@ fn signals_work_when_started_with_them_blocked() {
 /// `run -- sh -c ...`: a `sleep` and a second probe (writing to `helper.out`) in the
 /// background, then the probe as the child itself. Returns the supervisor, the sleep's
 /// pid and the helper's output file, once child and helper are ready.
-fn child_with_helpers(ws: &Workspace, run_opts: &[&str]) -> (Proc, i32, std::path::PathBuf) {
+/// The child dies of `exit_on`.
+pub(crate) fn child_with_helpers(
+    ws: &Workspace,
+    run_opts: &[&str],
+    exit_on: &str,
+) -> (Proc, i32, std::path::PathBuf) {
     let helper_out = ws.path.join("helper.out");
     let script = format!(
-        "sleep 600 & echo \"sleep $!\"; {bin} probe > {out} & exec {bin} probe --exit-on TERM",
+        "sleep 600 & echo \"sleep $!\"; {bin} probe > {out} & exec {bin} probe --exit-on {exit_on}",
         bin = bin(),
         out = helper_out.display()
     );
@@ -198,7 +203,7 @@ fn child_with_helpers(ws: &Workspace, run_opts: &[&str]) -> (Proc, i32, std::pat
     (p, sleep, helper_out)
 }
 
-fn helper_pid(helper_out: &std::path::Path) -> i32 {
+pub(crate) fn helper_pid(helper_out: &std::path::Path) -> i32 {
     std::fs::read_to_string(helper_out)
         .unwrap()
         .lines()
@@ -210,7 +215,7 @@ fn helper_pid(helper_out: &std::path::Path) -> i32 {
 #[test]
 fn usr1_and_usr2_reach_the_child_alone_and_spare_its_helpers() {
     let ws = Workspace::new();
-    let (mut p, sleep, helper_out) = child_with_helpers(&ws, &[]);
+    let (mut p, sleep, helper_out) = child_with_helpers(&ws, &[], "TERM");
     let helper = helper_pid(&helper_out);
     p.signal(Signal::SIGUSR1);
     p.expect_line("signal SIGUSR1");
