@@ -185,6 +185,29 @@ pub(crate) enum Waited {
     Interrupted(i32),
 }
 
+/// What a signal does to a wait for the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnSignal {
+    /// TERM, INT, HUP: give up waiting (the caller exits 128+N).
+    Interrupt,
+    /// TSTP, TTIN, TTOU: stop, as a job does (there is no child to pass them to).
+    StopSelf,
+    /// CHLD, and CONT (we were continued: keep waiting).
+    Nothing,
+    /// Anything else: logged, and the wait goes on.
+    Warn,
+}
+
+fn while_waiting(sig: i32) -> OnSignal {
+    match classify(sig) {
+        Class::Forward { stop: true } => OnSignal::Interrupt,
+        _ if sig == libc::SIGHUP => OnSignal::Interrupt,
+        Class::JobStop => OnSignal::StopSelf,
+        Class::Child | Class::Continue => OnSignal::Nothing,
+        Class::Forward { stop: false } | Class::Ignore => OnSignal::Warn,
+    }
+}
+
 /// Blocks until the workspace lock is ours, `deadline` passes, or a stop signal comes.
 pub(crate) fn wait_for_lock(
     dir: &RalphDir,
@@ -229,11 +252,18 @@ pub(crate) fn wait_for_lock(
                 Some(s) => s.next().or_fail("cannot read signals")?,
                 None => None,
             } {
-                match classify(sig) {
-                    Class::Forward { stop: true } => return Ok(Waited::Interrupted(sig)),
-                    _ if sig == libc::SIGHUP => return Ok(Waited::Interrupted(sig)),
-                    Class::Child => {}
-                    _ => warn!("ignoring {} while waiting for the lock", signals::name(sig)),
+                match while_waiting(sig) {
+                    OnSignal::Interrupt => return Ok(Waited::Interrupted(sig)),
+                    OnSignal::StopSelf => {
+                        // Ctrl-Z: stop like any job; returns on `fg`/`bg`, and the wait
+                        // goes on (the helper thread stopped and continues with us).
+                        info!("{}: stopped while waiting for the lock", signals::name(sig));
+                        crate::terminal::stop_self(sig);
+                    }
+                    OnSignal::Nothing => {}
+                    OnSignal::Warn => {
+                        warn!("ignoring {} while waiting for the lock", signals::name(sig))
+                    }
                 }
             }
             if let Ok((lock, result)) = rx.try_recv() {
@@ -375,5 +405,26 @@ fn takeover(
         Waited::TimedOut => Err(rules.refuse(
             "the workspace is still locked after killing its holder: a process outside its group holds the lock; find it with `ralph-supervise status`",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_signals_do_to_a_wait() {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            assert_eq!(while_waiting(sig), OnSignal::Interrupt, "{sig}");
+        }
+        for sig in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+            assert_eq!(while_waiting(sig), OnSignal::StopSelf, "{sig}");
+        }
+        for sig in [libc::SIGCHLD, libc::SIGCONT] {
+            assert_eq!(while_waiting(sig), OnSignal::Nothing, "{sig}");
+        }
+        for sig in [libc::SIGUSR1, libc::SIGWINCH, libc::SIGALRM] {
+            assert_eq!(while_waiting(sig), OnSignal::Warn, "{sig}");
+        }
     }
 }

@@ -305,6 +305,12 @@ impl Machine {
                 Class::Forward { stop: true } => {
                     self.stop_requested(StopReason::Signal(sig), sig, now)
                 }
+                // Between runs there is nobody to pass a job stop to: stop, like any
+                // job, and on CONT simply go on waiting for the restart.
+                Class::JobStop if matches!(self.state, State::Backoff { .. }) => {
+                    vec![Action::StopSelf(sig)]
+                }
+                Class::Continue if matches!(self.state, State::Backoff { .. }) => vec![],
                 Class::Forward { stop: false } | Class::JobStop => {
                     if self.child_running() {
                         vec![deliver(sig)]
@@ -712,6 +718,21 @@ mod tests {
             service.handle(Event::ChildStopped(libc::SIGSTOP), now),
             vec![]
         );
+    }
+
+    #[test]
+    fn a_job_stop_between_restarts_stops_the_supervisor() {
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        m.handle(exited(1, false), now);
+        assert!(matches!(m.state(), State::Backoff { .. }));
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGTSTP), now),
+            vec![Action::StopSelf(libc::SIGTSTP)]
+        );
+        // Continued: no child to resume; the restart still comes at its time.
+        assert_eq!(m.handle(Event::Signal(libc::SIGCONT), now), vec![]);
+        let until = m.deadline().unwrap();
+        assert_eq!(m.handle(Event::Deadline, until), vec![Action::Spawn]);
     }
 
     #[test]
