@@ -224,9 +224,9 @@ pub(crate) struct StopArgs {
     /// A worktree loop's id (see `list`) [default: the workspace's own loop]
     #[arg(value_name = "ID")]
     pub(crate) id: Option<String>,
-    /// Signal sent to the loop's supervisor (TERM, SIGINT, 15, ...)
-    #[arg(long, value_name = "SIG", value_parser = parse_signal, default_value = "TERM")]
-    pub(crate) signal: i32,
+    /// Signal the loop's command gets (TERM, SIGINT, 15, ...) [default: the loop's stop.signal, TERM unless set]
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    pub(crate) signal: Option<i32>,
     /// How long to wait for the lock to be released
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
     pub(crate) timeout: Duration,

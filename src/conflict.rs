@@ -40,6 +40,7 @@ use crate::lock::{self, Acquire, Holder, LockFile, MetaState};
 use crate::policy::{AfterTimeout, OnConflict};
 use crate::procfs;
 use crate::signals::{self, Class, classify};
+use crate::stop_request;
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
 
@@ -184,6 +185,29 @@ pub(crate) enum Waited {
     Interrupted(i32),
 }
 
+/// What a signal does to a wait for the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnSignal {
+    /// TERM, INT, HUP: give up waiting (the caller exits 128+N).
+    Interrupt,
+    /// TSTP, TTIN, TTOU: stop, as a job does (there is no child to pass them to).
+    StopSelf,
+    /// CHLD, and CONT (we were continued: keep waiting).
+    Nothing,
+    /// Anything else: logged, and the wait goes on.
+    Warn,
+}
+
+fn while_waiting(sig: i32) -> OnSignal {
+    match classify(sig) {
+        Class::Forward { stop: true } => OnSignal::Interrupt,
+        _ if sig == libc::SIGHUP => OnSignal::Interrupt,
+        Class::JobStop => OnSignal::StopSelf,
+        Class::Child | Class::Continue => OnSignal::Nothing,
+        Class::Forward { stop: false } | Class::Ignore => OnSignal::Warn,
+    }
+}
+
 /// Blocks until the workspace lock is ours, `deadline` passes, or a stop signal comes.
 pub(crate) fn wait_for_lock(
     dir: &RalphDir,
@@ -228,11 +252,18 @@ pub(crate) fn wait_for_lock(
                 Some(s) => s.next().or_fail("cannot read signals")?,
                 None => None,
             } {
-                match classify(sig) {
-                    Class::Forward { stop: true } => return Ok(Waited::Interrupted(sig)),
-                    _ if sig == libc::SIGHUP => return Ok(Waited::Interrupted(sig)),
-                    Class::Child => {}
-                    _ => warn!("ignoring {} while waiting for the lock", signals::name(sig)),
+                match while_waiting(sig) {
+                    OnSignal::Interrupt => return Ok(Waited::Interrupted(sig)),
+                    OnSignal::StopSelf => {
+                        // Ctrl-Z: stop like any job; returns on `fg`/`bg`, and the wait
+                        // goes on (the helper thread stopped and continues with us).
+                        info!("{}: stopped while waiting for the lock", signals::name(sig));
+                        crate::terminal::stop_self(sig);
+                    }
+                    OnSignal::Nothing => {}
+                    OnSignal::Warn => {
+                        warn!("ignoring {} while waiting for the lock", signals::name(sig))
+                    }
                 }
             }
             if let Ok((lock, result)) = rx.try_recv() {
@@ -288,20 +319,37 @@ pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
     Ok(Targets { supervisor, child })
 }
 
-/// Asks the holder to stop the way `stop` does: the stop request file (which ralph and
-/// ralph-supervise both honour), then a signal to its supervisor, or to its child's
-/// group if the supervisor is gone.
-pub(crate) fn request_stop(dir: &RalphDir, targets: Result<Targets, String>, signal: i32) {
-    if let Err(e) = crate::stop_request::create(dir) {
+/// Asks the holder to stop the way `stop` does. A live supervisor gets a stop request
+/// naming `signal` ([`stop_request::ask`]; `None`: its own `stop.signal`) and escalates
+/// on its own grace. Without one, the stop request file (which ralph honours) is
+/// written, and the child gets `signal` (`None`: `fallback`), to its scope.
+pub(crate) fn request_stop(
+    dir: &RalphDir,
+    targets: Result<Targets, String>,
+    signal: Option<i32>,
+    fallback: i32,
+) {
+    if let Ok(t) = targets
+        && let Some(sup) = t.supervisor
+    {
+        match stop_request::ask(sup, signal) {
+            Ok(()) => return,
+            // It exited since it was confirmed: its child, if any, is the target.
+            Err(e) => warn!("cannot ask the loop's supervisor (pid {sup}) to stop: {e}"),
+        }
+    }
+    if let Err(e) = stop_request::create(dir) {
         warn!("cannot write the stop request: {e:#}");
     }
-    let Ok(t) = targets else { return };
-    let sig = Signal::try_from(signal).unwrap_or(Signal::SIGTERM);
-    if let Some(sup) = t.supervisor {
-        // The supervisor forwards to its child's group and escalates on its own grace.
-        let _ = kill(sup, Signal::SIGTERM);
-    } else if let Some(child) = t.child {
-        let _ = killpg(child, sig);
+    if let Ok(Targets {
+        child: Some(child), ..
+    }) = targets
+        && let Ok(sig) = Signal::try_from(signal.unwrap_or(fallback))
+    {
+        let _ = match signals::scope(sig as i32) {
+            signals::Scope::Child => kill(child, sig),
+            signals::Scope::Group => killpg(child, sig),
+        };
     }
 }
 
@@ -331,7 +379,8 @@ fn takeover(
         "taking over the workspace from {}",
         crate::present::holder(&holder)
     );
-    request_stop(dir, targets.clone(), rules.stop_signal);
+    // The holder's supervisor stops with its own stop signal; a child without one gets ours.
+    request_stop(dir, targets.clone(), None, rules.stop_signal);
     // The holder's own supervisor escalates after its grace; allow for ours plus a
     // margin before we escalate ourselves.
     let margin = Duration::from_secs(1);
@@ -369,6 +418,22 @@ pub(crate) fn policy_for(configured: Option<OnConflict>, in_git_repo: bool) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_signals_do_to_a_wait() {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            assert_eq!(while_waiting(sig), OnSignal::Interrupt, "{sig}");
+        }
+        for sig in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+            assert_eq!(while_waiting(sig), OnSignal::StopSelf, "{sig}");
+        }
+        for sig in [libc::SIGCHLD, libc::SIGCONT] {
+            assert_eq!(while_waiting(sig), OnSignal::Nothing, "{sig}");
+        }
+        for sig in [libc::SIGUSR1, libc::SIGWINCH, libc::SIGALRM] {
+            assert_eq!(while_waiting(sig), OnSignal::Warn, "{sig}");
+        }
+    }
 
     #[test]
     fn unset_policy_is_worktree_in_git_and_fail_elsewhere() {

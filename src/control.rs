@@ -145,7 +145,10 @@ pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failur
 pub(crate) struct StopSettings {
     /// A worktree loop's id; `None` = the workspace's own loop.
     pub(crate) id: Option<String>,
-    pub(crate) signal: i32,
+    /// The signal the loop's command gets; `None`: the loop's own `stop.signal`.
+    pub(crate) signal: Option<i32>,
+    /// The signal for a child whose supervisor is gone, when `signal` is `None`.
+    pub(crate) stop_signal: i32,
     pub(crate) timeout: Duration,
     pub(crate) kill: bool,
     /// Grace before KILL when stop signals the child itself (its supervisor is gone).
@@ -195,7 +198,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
             }
         }
     } else {
-        conflict::request_stop(&dir, targets.clone(), settings.signal);
+        conflict::request_stop(&dir, targets.clone(), settings.signal, settings.stop_signal);
     }
     // With no supervisor to escalate, `stop` escalates itself after the grace.
     let escalate =

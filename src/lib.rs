@@ -72,6 +72,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
                 on_conflict: conflict::policy_for(policy.conflict.policy, repo.is_some()),
                 repo,
                 workspace,
+                chdir: global.workspace.is_some(),
                 prompt: args.prompt.map(|p| p.to_string_lossy().into_owned()),
                 command: args.command,
                 policy,
@@ -106,6 +107,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             let settings = control::StopSettings {
                 id: args.id,
                 signal: args.signal,
+                stop_signal: effective.policy.stop.signal,
                 timeout: args.timeout,
                 kill: args.kill,
                 grace: effective.policy.stop.grace,

@@ -45,6 +45,9 @@ pub(crate) struct RunSettings {
     pub(crate) on_conflict: OnConflict,
     /// The git top-level of the workspace, found once; `None` outside a git repository.
     pub(crate) repo: Option<PathBuf>,
+    /// The workspace was named with `-C`: a primary child works in it. (Without `-C`
+    /// the child keeps the user's current directory, which may be below the workspace.)
+    pub(crate) chdir: bool,
 }
 
 impl RunSettings {
@@ -132,6 +135,15 @@ impl<'a> Place<'a> {
             Place::Primary { .. } => None,
             Place::Worktree(created) => Some(created),
         }
+    }
+}
+
+/// The directory the child starts in: a worktree's, or the workspace named with `-C`;
+/// `None` leaves it the user's current directory.
+fn child_cwd<'p>(place: &'p Place<'_>, chdir: bool) -> Option<&'p Path> {
+    match place {
+        Place::Worktree(created) => Some(&created.path),
+        Place::Primary { workspace, .. } => chdir.then_some(*workspace),
     }
 }
 
@@ -380,10 +392,12 @@ impl Session<'_> {
                 // The notify socket is ours: a child (say `ralph run`) must not report
                 // READY for us.
                 cmd.env_remove(crate::notify::ENV);
-                if let Place::Worktree(created) = place {
-                    cmd.current_dir(&created.path);
-                    cmd.env("RALPH_WORKSPACE_ROOT", &created.path);
+                if let Some(dir) = child_cwd(place, self.settings.chdir) {
+                    cmd.current_dir(dir);
                 }
+                // In every mode, after the policy's `[run] env`: ralph takes its
+                // workspace root from this, so it must name the workspace we locked.
+                cmd.env("RALPH_WORKSPACE_ROOT", place.workspace());
             },
         )?;
         let pid = child.pid.as_raw() as u32;

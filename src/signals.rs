@@ -1,13 +1,14 @@
 //! Signal names and the supervisor's signal classes.
 //!
-//! The supervisor sorts every signal it can receive into one class: forwarded to the
-//! child's process group, job control, child status, or ignored with a warning. Keeping the
-//! classes here (and not spread over the event loop) is what lets the state machine be
-//! tested without processes.
+//! The supervisor sorts every signal it can receive into one class: forwarded, job
+//! control, child status, or ignored with a warning; and every signal it sends into a
+//! [`Scope`]: the child alone, or the child's whole process group. Keeping the classes
+//! here (and not spread over the event loop) is what lets the state machine be tested
+//! without processes.
 
 use nix::sys::signal::Signal;
 
-/// Signals forwarded to the child's process group, as `DESIGN.md` lists them.
+/// Signals forwarded to the child (each to its [`scope`]), as `DESIGN.md` lists them.
 pub(crate) const FORWARDED: [Signal; 7] = [
     Signal::SIGHUP,
     Signal::SIGINT,
@@ -32,7 +33,7 @@ pub(crate) const FAULTS: [Signal; 6] = [
 /// How the supervisor treats a signal sent to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
-    /// Forward to the child's group; `stop` says whether it also begins a stop.
+    /// Forward to the child (to its [`scope`]); `stop` says whether it also begins a stop.
     Forward { stop: bool },
     /// TSTP, TTIN, TTOU: pass to the child's group (it stops, then so do we).
     JobStop,
@@ -42,6 +43,26 @@ pub(crate) enum Class {
     Child,
     /// Anything else catchable: logged and ignored, never fatal.
     Ignore,
+}
+
+/// Who gets a signal meant for the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The child alone. USR1 and USR2 mean what the loop's main process defines; the
+    /// helpers it runs in its group (`sleep`, a compiler, a test runner) do not handle
+    /// them, and their default action kills (tini's default, without `-g`).
+    Child,
+    /// The child's whole process group, as a terminal sends its signals: HUP, INT, QUIT,
+    /// TERM, WINCH, job control, KILL, and anything else.
+    Group,
+}
+
+/// Where `sig` goes when the supervisor forwards it or stops the loop with it.
+pub(crate) fn scope(sig: i32) -> Scope {
+    match Signal::try_from(sig) {
+        Ok(Signal::SIGUSR1 | Signal::SIGUSR2) => Scope::Child,
+        _ => Scope::Group,
+    }
 }
 
 pub(crate) fn classify(sig: i32) -> Class {
@@ -120,6 +141,25 @@ mod tests {
         assert_eq!(classify(libc::SIGCHLD), Class::Child);
         assert_eq!(classify(libc::SIGALRM), Class::Ignore);
         assert_eq!(classify(libc::SIGRTMIN() + 2), Class::Ignore);
+    }
+
+    #[test]
+    fn scopes() {
+        for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+            assert_eq!(scope(sig), Scope::Child, "{}", name(sig));
+        }
+        for sig in [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGWINCH,
+            libc::SIGTSTP,
+            libc::SIGCONT,
+            libc::SIGKILL,
+        ] {
+            assert_eq!(scope(sig), Scope::Group, "{}", name(sig));
+        }
     }
 
     #[test]

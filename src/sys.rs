@@ -5,7 +5,8 @@
 //! * BSD `flock(2)` without a guard that unlocks on drop (nix's `Flock` does, and an early
 //!   return must never free the workspace while the child lives);
 //! * the code that runs in the child between `fork` and `exec`, which must be
-//!   async-signal-safe: no allocation, no logging, no locks.
+//!   async-signal-safe: no allocation, no logging, no locks;
+//! * `sigqueue(3)`, a signal with a payload (nix does not wrap it).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -13,6 +14,21 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use crate::signals::FAULTS;
+
+/// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which a signalfd
+/// reader sees as `ssi_ptr` (and `ssi_code` = `SI_QUEUE`).
+pub(crate) fn sigqueue(pid: i32, sig: i32, value: usize) -> io::Result<()> {
+    // The union's pointer member carries a number; nobody dereferences it.
+    let value = libc::sigval {
+        sival_ptr: value as *mut libc::c_void,
+    };
+    // SAFETY: a plain system call on values; no memory is shared with the kernel.
+    if unsafe { libc::sigqueue(pid, sig, value) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Resets every catchable signal to its default disposition and blocks it in this
 /// thread (threads spawned later inherit the mask). Returns the blocked set, to read

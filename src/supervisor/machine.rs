@@ -1,7 +1,7 @@
 //! The supervisor's decisions, as a pure state machine.
 //!
 //! Events come in (a signal, the child's exit or stop, the group emptying, a stop
-//! request, a deadline); actions come out (signal the group, stop ourselves, spawn the
+//! request, a deadline); actions come out (signal the child or its group, stop ourselves, spawn the
 //! child again). No system call happens here, so every transition is unit-tested without
 //! processes; the event loop in [`super`] turns the real world into events and actions
 //! back into system calls.
@@ -23,7 +23,7 @@
 use std::time::{Duration, Instant};
 
 use crate::exit::{ChildOutcome, ExitStatus};
-use crate::signals::{Class, classify};
+use crate::signals::{Class, Scope, classify, scope};
 
 /// When the child is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,8 @@ pub(crate) struct Config {
 pub(crate) enum StopReason {
     /// A stop signal was sent to the supervisor.
     Signal(i32),
-    /// `.ralph/stop-requested` appeared (`ralph loops stop`, `ralph-supervise stop`).
+    /// A stop request: `.ralph/stop-requested` appeared (`ralph loops stop`), or
+    /// `ralph-supervise stop` or a takeover asked ([`crate::stop_request::ask`]).
     StopRequest,
     /// `max_runtime` expired.
     MaxRuntime,
@@ -128,8 +129,9 @@ pub(crate) enum Event {
     ChildStopped(i32),
     /// The child's process group has no members left.
     GroupEmpty,
-    /// A graceful stop was requested (the stop-request file appeared).
-    StopRequest,
+    /// A graceful stop was requested: the stop-request file appeared (`signal` is
+    /// `None`), or `stop`/a takeover asked, maybe naming the signal the child is to get.
+    StopRequest { signal: Option<i32> },
     /// The current deadline passed.
     Deadline,
 }
@@ -138,6 +140,8 @@ pub(crate) enum Event {
 pub(crate) enum Action {
     /// `killpg(child_pgid, sig)`.
     SignalGroup(i32),
+    /// `kill(child_pid, sig)`: the child alone (see [`crate::signals::Scope`]).
+    SignalChild(i32),
     /// Take the terminal back and stop ourselves with this signal, so the shell sees the
     /// job stopped; returns when we are continued.
     StopSelf(i32),
@@ -290,15 +294,30 @@ impl Machine {
 
             // A stop request while already stopping is the same request again: only a
             // second stop *signal* escalates.
-            (State::Stopping { .. }, Event::StopRequest) => vec![],
-            (_, Event::StopRequest) => self.stop_requested(StopReason::StopRequest, None, now),
+            (State::Stopping { .. }, Event::StopRequest { .. }) => vec![],
+            (_, Event::StopRequest { signal }) => self.stop_requested(
+                StopReason::StopRequest,
+                signal.unwrap_or(self.config.stop_signal),
+                now,
+            ),
 
             (_, Event::Signal(sig)) => match classify(sig) {
                 Class::Forward { stop: true } => {
-                    self.stop_requested(StopReason::Signal(sig), Some(sig), now)
+                    self.stop_requested(StopReason::Signal(sig), sig, now)
                 }
+                // Between runs there is nobody to pass a job stop to: stop, like any
+                // job, and on CONT simply go on waiting for the restart.
+                Class::JobStop if matches!(self.state, State::Backoff { .. }) => {
+                    vec![Action::StopSelf(sig)]
+                }
+                Class::Continue if matches!(self.state, State::Backoff { .. }) => vec![],
                 Class::Forward { stop: false } | Class::JobStop => {
-                    if self.child_running() || matches!(self.state, State::Draining { .. }) {
+                    if self.child_running() {
+                        vec![deliver(sig)]
+                    } else if matches!(self.state, State::Draining { .. })
+                        && scope(sig) == Scope::Group
+                    {
+                        // The child is gone; its leftover group still gets group signals.
                         vec![Action::SignalGroup(sig)]
                     } else {
                         vec![]
@@ -313,24 +332,20 @@ impl Machine {
         }
     }
 
-    /// A stop signal (`forward` = the signal, sent as is) or a stop request.
-    fn stop_requested(
-        &mut self,
-        reason: StopReason,
-        forward: Option<i32>,
-        now: Instant,
-    ) -> Vec<Action> {
-        let signal = forward.unwrap_or(self.config.stop_signal);
+    /// A stop signal (`reason` names it; `signal` is it, sent as is) or a stop request
+    /// (`signal` is what the child gets).
+    fn stop_requested(&mut self, reason: StopReason, signal: i32, now: Instant) -> Vec<Action> {
         match self.state {
             State::Running { .. } => self.begin_stop(reason, signal, now),
             State::Stopping {
                 killed: false,
                 by_signal: false,
                 deadline,
-            } if forward.is_some() => {
-                // A stop signal right after a stop request (`ralph-supervise stop` does
-                // both) is the same stop: the child already got the stop signal. Only
-                // a further signal escalates.
+            } if matches!(reason, StopReason::Signal(_)) => {
+                // A stop signal right after a stop request is taken for the same stop
+                // (a tool may write the file and signal too, as `ralph-supervise stop`
+                // once did): the child already got the stop signal. Only a further
+                // signal escalates.
                 self.state = State::Stopping {
                     deadline,
                     killed: false,
@@ -376,7 +391,7 @@ impl Machine {
             killed: false,
             by_signal: matches!(reason, StopReason::Signal(_)),
         };
-        vec![Action::SignalGroup(signal)]
+        vec![deliver(signal)]
     }
 
     fn child_exited(
@@ -451,6 +466,14 @@ impl Machine {
     }
 }
 
+/// Sends `sig` to the child or its whole group, as its [`scope`] says.
+fn deliver(sig: i32) -> Action {
+    match scope(sig) {
+        Scope::Child => Action::SignalChild(sig),
+        Scope::Group => Action::SignalGroup(sig),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,11 +516,47 @@ mod tests {
     fn forwards_each_forwarded_signal_once() {
         for sig in crate::signals::FORWARDED {
             let (mut m, now) = machine(false);
-            assert_eq!(
-                m.handle(Event::Signal(sig as i32), now),
-                vec![Action::SignalGroup(sig as i32)]
-            );
+            let sig = sig as i32;
+            let want = if matches!(sig, libc::SIGUSR1 | libc::SIGUSR2) {
+                Action::SignalChild(sig)
+            } else {
+                Action::SignalGroup(sig)
+            };
+            assert_eq!(m.handle(Event::Signal(sig), now), vec![want]);
         }
+    }
+
+    #[test]
+    fn usr1_and_usr2_go_to_the_child_alone_even_as_the_stop_signal() {
+        let now = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                stop_signal: libc::SIGUSR1,
+                ..config()
+            },
+            now,
+        );
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGUSR2), now),
+            vec![Action::SignalChild(libc::SIGUSR2)]
+        );
+        assert_eq!(
+            m.handle(Event::StopRequest { signal: None }, now),
+            vec![Action::SignalChild(libc::SIGUSR1)]
+        );
+        // The grace still ends with KILL for the whole group.
+        assert_eq!(
+            m.handle(Event::Deadline, now + GRACE),
+            vec![Action::SignalGroup(libc::SIGKILL)]
+        );
+        // Once the child is gone, its leftovers get group signals only.
+        let (mut m, t0) = machine(false);
+        m.handle(exited(0, true), t0);
+        assert_eq!(m.handle(Event::Signal(libc::SIGUSR1), t0), vec![]);
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGHUP), t0),
+            vec![Action::SignalGroup(libc::SIGHUP)]
+        );
     }
 
     #[test]
@@ -556,12 +615,16 @@ mod tests {
             now,
         );
         assert_eq!(
-            m.handle(Event::StopRequest, now),
+            m.handle(Event::StopRequest { signal: None }, now),
             vec![Action::SignalGroup(libc::SIGINT)]
         );
         assert_eq!(m.deadline(), Some(now + GRACE));
         assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
-        assert_eq!(m.handle(Event::StopRequest, now), vec![], "no escalation");
+        assert_eq!(
+            m.handle(Event::StopRequest { signal: None }, now),
+            vec![],
+            "no escalation"
+        );
         // `stop` writes the request and signals the supervisor: one stop, not two.
         assert_eq!(m.handle(Event::Signal(libc::SIGTERM), now), vec![]);
         assert_eq!(m.deadline(), Some(now + GRACE), "the grace still runs");
@@ -570,6 +633,34 @@ mod tests {
             m.handle(Event::Signal(libc::SIGTERM), now),
             vec![Action::SignalGroup(libc::SIGKILL)]
         );
+    }
+
+    #[test]
+    fn a_stop_request_may_name_the_signal() {
+        let (mut m, now) = machine(false);
+        assert_eq!(
+            m.handle(
+                Event::StopRequest {
+                    signal: Some(libc::SIGINT)
+                },
+                now
+            ),
+            vec![Action::SignalGroup(libc::SIGINT)]
+        );
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+        assert_eq!(m.deadline(), Some(now + GRACE));
+        // The request file of the same stop, seen after it, changes nothing.
+        assert_eq!(m.handle(Event::StopRequest { signal: None }, now), vec![]);
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+        // A stop request during a restart's backoff ends the restarts, whatever it names.
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        m.handle(exited(1, false), now);
+        let request = Event::StopRequest {
+            signal: Some(libc::SIGUSR1),
+        };
+        assert_eq!(m.handle(request, now), vec![]);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
     }
 
     #[test]
@@ -627,6 +718,21 @@ mod tests {
             service.handle(Event::ChildStopped(libc::SIGSTOP), now),
             vec![]
         );
+    }
+
+    #[test]
+    fn a_job_stop_between_restarts_stops_the_supervisor() {
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        m.handle(exited(1, false), now);
+        assert!(matches!(m.state(), State::Backoff { .. }));
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGTSTP), now),
+            vec![Action::StopSelf(libc::SIGTSTP)]
+        );
+        // Continued: no child to resume; the restart still comes at its time.
+        assert_eq!(m.handle(Event::Signal(libc::SIGCONT), now), vec![]);
+        let until = m.deadline().unwrap();
+        assert_eq!(m.handle(Event::Deadline, until), vec![Action::Spawn]);
     }
 
     #[test]
@@ -739,7 +845,7 @@ mod tests {
         // And during the backoff, with no child to signal.
         let (mut m, now) = restarting(RestartWhen::Always, None);
         m.handle(exited(1, false), now);
-        assert_eq!(m.handle(Event::StopRequest, now), vec![]);
+        assert_eq!(m.handle(Event::StopRequest { signal: None }, now), vec![]);
         assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
     }
 

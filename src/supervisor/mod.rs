@@ -24,7 +24,7 @@
 //!    supervisor is the only reaper: it is a child subreaper, so orphaned descendants come
 //!    back to it, and SIGCHLD coalesces), every other signal is an event;
 //! 3. feed the events to the [`machine::Machine`], which answers with actions;
-//! 4. carry the actions out (`carry_out`, the one dispatch): signal the child's group,
+//! 4. carry the actions out (`carry_out`, the one dispatch): signal the child or its group,
 //!    stop ourselves, hand the terminal over or take it back, spawn again;
 //! 5. once the machine says the supervision is over, return its exit status.
 //!
@@ -43,7 +43,7 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
@@ -52,7 +52,7 @@ use crate::exit::{ChildOutcome, ExitStatus, Failure};
 use crate::signals::{self, Class, classify};
 use crate::sys::{self, ChildSetup, Reaped};
 use crate::terminal::{self, Terminal};
-use crate::watch;
+use crate::{stop_request, watch};
 use machine::{Action, Event, Machine};
 
 /// The supervisor's signal plumbing, set up before anything else happens.
@@ -72,12 +72,38 @@ impl Signals {
 
     /// The next pending signal, if any.
     pub(crate) fn next(&self) -> io::Result<Option<i32>> {
+        Ok(self.next_info()?.map(|r| r.signo))
+    }
+
+    /// The next pending signal with what came with it, if any.
+    pub(crate) fn next_info(&self) -> io::Result<Option<Received>> {
         match self.fd.read_signal() {
-            Ok(Some(info)) => Ok(Some(info.ssi_signo as i32)),
+            Ok(Some(info)) => Ok(Some(Received {
+                signo: info.ssi_signo as i32,
+                code: info.ssi_code,
+                value: info.ssi_ptr,
+            })),
             Ok(None) => Ok(None),
             Err(Errno::EINTR) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// One signal read from the signalfd.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    pub(crate) signo: i32,
+    /// How it was sent (`SI_USER` by kill(2), `SI_QUEUE` by sigqueue(3), ...).
+    pub(crate) code: i32,
+    /// A `sigqueue` payload.
+    pub(crate) value: u64,
+}
+
+impl Received {
+    /// `Some(signal)` when this is a stop request ([`stop_request::ask`]).
+    fn stop_request(&self) -> Option<Option<i32>> {
+        stop_request::decode(self.signo, self.code, self.value)
     }
 }
 
@@ -106,8 +132,10 @@ pub(crate) fn spawn(
         .ok_or_else(|| Failure::msg(ExitStatus::Usage, "no command given"))?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    cmd.env("RALPH_LOCK_FD", inherit_fd.to_string());
     configure(&mut cmd);
+    // After `configure` (which applies the policy's `[run] env`): the number of the
+    // descriptor the child really inherits is a fact, not a setting.
+    cmd.env("RALPH_LOCK_FD", inherit_fd.to_string());
     let tty = terminal.filter(|t| t.can_hand_over()).map(|t| t.raw_fd());
     sys::install_child_setup(
         &mut cmd,
@@ -198,16 +226,25 @@ pub(crate) fn supervise(
         }
         let now = Instant::now();
         let mut looked = false;
-        while let Some(sig) = signals.next()? {
+        while let Some(received) = signals.next_info()? {
+            let sig = received.signo;
             if watch::is_watch_signal(sig) {
                 // Changes coalesce: one look serves every signal of this batch.
                 if !looked && hooks.workspace_changed() {
-                    info!("stop requested");
-                    events.push(Event::StopRequest);
+                    info!("stop requested ({})", stop_request::FILE);
+                    events.push(Event::StopRequest { signal: None });
                 }
                 looked = true;
             } else if classify(sig) == Class::Child {
                 reap(child, &mut events)?;
+            } else if let Some(signal) = received.stop_request() {
+                info!(
+                    "stop requested{}",
+                    signal
+                        .map(|s| format!(" with {}", signals::name(s)))
+                        .unwrap_or_default()
+                );
+                events.push(Event::StopRequest { signal });
             } else {
                 events.push(Event::Signal(sig));
             }
@@ -274,6 +311,12 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
             debug!(signal = %signals::name(sig), pgid = child.pid.as_raw(), "signalling the child's group");
             if let Ok(sig) = Signal::try_from(sig) {
                 let _ = killpg(child.pid, sig);
+            }
+        }
+        Action::SignalChild(sig) => {
+            debug!(signal = %signals::name(sig), pid = child.pid.as_raw(), "signalling the child");
+            if let Ok(sig) = Signal::try_from(sig) {
+                let _ = kill(child.pid, sig);
             }
         }
         Action::StopSelf(sig) => {

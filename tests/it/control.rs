@@ -418,3 +418,93 @@ fn ralph_loops_stop_style_request_reaches_a_waiting_holder_only_once() {
     );
     killpg(holder.pid(), Signal::SIGKILL).unwrap();
 }
+
+/// Starts a probe that dies of any of `exit_on`, stops it with `stop_args`, and returns
+/// the signals the probe reported and the history record's `stopped_by`.
+fn stop_with(ws: &Workspace, exit_on: &[&str], stop_args: &[&str]) -> (Vec<String>, String) {
+    let mut probe_args = vec![];
+    for sig in exit_on {
+        probe_args.extend(["--exit-on", sig]);
+    }
+    let mut p = ws.start_probe(&[], &probe_args);
+    let mut args = vec!["stop"];
+    args.extend_from_slice(stop_args);
+    let out = ws.run(&args);
+    assert_eq!(out.code(), 0, "{out:?}");
+    p.expect_line("cleanup done");
+    let lines: Vec<String> = p
+        .finish()
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("signal "))
+        .map(String::from)
+        .collect();
+    let history = json(&ws.run(&["history", "--json"]));
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    (
+        lines,
+        last["stopped_by"].as_str().unwrap_or("null").to_string(),
+    )
+}
+
+#[test]
+fn stop_signal_reaches_the_child_and_the_stop_has_one_name() {
+    let ws = Workspace::new();
+    for (sig, name) in [("INT", "SIGINT"), ("USR1", "SIGUSR1"), ("TERM", "SIGTERM")] {
+        let (signals, stopped_by) = stop_with(&ws, &["INT", "USR1", "TERM"], &["--signal", sig]);
+        assert_eq!(
+            signals,
+            vec![format!("signal {name}")],
+            "stop --signal {sig}"
+        );
+        assert_eq!(stopped_by, "stop-request", "stop --signal {sig}");
+    }
+}
+
+#[test]
+fn stop_without_signal_uses_the_loops_own_stop_signal_and_one_name() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    std::fs::write(
+        ws.path.join(".ralph/supervise.toml"),
+        "[stop]\nsignal = \"INT\"\n",
+    )
+    .unwrap();
+    // The same stop, repeated: the signal and the name never depend on timing.
+    for round in 0..5 {
+        let (signals, stopped_by) = stop_with(&ws, &["INT", "TERM"], &[]);
+        assert_eq!(signals, vec!["signal SIGINT"], "round {round}");
+        assert_eq!(stopped_by, "stop-request", "round {round}");
+        assert!(
+            !ws.path.join(".ralph/stop-requested").exists(),
+            "no request file is left behind"
+        );
+    }
+}
+
+#[test]
+fn stop_signal_without_a_supervisor_goes_where_the_supervisor_would_send_it() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    std::fs::write(
+        ws.path.join(".ralph/supervise.toml"),
+        "[stop]\ngrace = \"300ms\"\n",
+    )
+    .unwrap();
+    let (mut p, sleep, helper_out) = crate::signals::child_with_helpers(&ws, &[], "USR1");
+    let helper = crate::signals::helper_pid(&helper_out);
+    let child: i32 = p.value("pid").parse().unwrap();
+    p.signal(Signal::SIGKILL);
+    p.wait(LIMIT);
+    assert!(ws.lock_held(), "the orphaned loop keeps the lock");
+    let out = ws.run(&["stop", "--signal", "USR1"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    wait_until("the child to die", LIMIT, || !alive(child));
+    // The helpers were spared USR1 (the child alone gets it) and killed after the grace.
+    let lines = std::fs::read_to_string(&helper_out).unwrap();
+    assert!(!lines.contains("signal SIGUSR1"), "{lines}");
+    wait_until("the helpers to be killed", LIMIT, || {
+        !alive(sleep) && !alive(helper)
+    });
+    assert!(!ws.lock_held());
+}

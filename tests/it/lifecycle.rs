@@ -336,3 +336,71 @@ fn background_probe(ws: &Workspace, probe_args: &str, then: &str) -> String {
         bin = bin()
     )
 }
+
+/// `ralph-supervise -C WS run -- probe --exit 0`, started from `cwd`: the probe's report.
+fn probe_report(ws: &Workspace, with_c: bool, cwd: &std::path::Path) -> Output {
+    let mut cmd = Command::new(bin());
+    if with_c {
+        cmd.arg("-C").arg(&ws.path);
+    }
+    cmd.args(["run", "--", bin(), "probe", "--exit", "0"])
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .env_remove("RUST_LOG")
+        .env_remove("RALPH_WORKSPACE_ROOT");
+    let out = Proc::spawn(cmd).finish();
+    assert_eq!(out.code(), 0, "{out:?}");
+    out
+}
+
+fn reported<'a>(out: &'a Output, key: &str) -> &'a str {
+    let prefix = format!("{key} ");
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key:?} line in {out:?}"))
+}
+
+#[test]
+fn dash_c_makes_the_workspace_the_primary_childs_directory_and_root() {
+    let ws = Workspace::new();
+    let elsewhere = Workspace::new();
+    let out = probe_report(&ws, true, &elsewhere.path);
+    let ws_path = ws.path.to_str().unwrap();
+    assert_eq!(reported(&out, "cwd"), ws_path, "{out:?}");
+    assert_eq!(reported(&out, "workspace_root"), ws_path, "{out:?}");
+}
+
+#[test]
+fn without_dash_c_the_child_keeps_the_users_directory_and_knows_the_root() {
+    let ws = Workspace::git();
+    let sub = ws.path.join("src/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    let out = probe_report(&ws, false, &sub);
+    assert_eq!(reported(&out, "cwd"), sub.to_str().unwrap(), "{out:?}");
+    assert_eq!(
+        reported(&out, "workspace_root"),
+        ws.path.to_str().unwrap(),
+        "the git top level is the workspace: {out:?}"
+    );
+}
+
+#[test]
+fn the_policy_env_cannot_override_what_the_child_is_told() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    std::fs::write(
+        ws.path.join(".ralph/supervise.toml"),
+        "[run.env]\nRALPH_WORKSPACE_ROOT = \"/nowhere\"\nRALPH_LOCK_FD = \"99\"\nEXTRA = \"kept\"\n",
+    )
+    .unwrap();
+    let out = probe_report(&ws, true, &ws.path);
+    assert_eq!(reported(&out, "workspace_root"), ws.path.to_str().unwrap());
+    let fd = reported(&out, "lock_fd");
+    assert_ne!(fd, "99", "{out:?}");
+    assert_eq!(
+        reported(&out, &format!("fd {fd}")),
+        ws.lock_path().to_str().unwrap(),
+        "RALPH_LOCK_FD names the inherited lock: {out:?}"
+    );
+}

@@ -175,3 +175,72 @@ fn signals_work_when_started_with_them_blocked() {
     p.expect_line("cleanup done");
     assert_eq!(p.finish().code(), 143);
 }
+
+/// `run -- sh -c ...`: a `sleep` and a second probe (writing to `helper.out`) in the
+/// background, then the probe as the child itself. Returns the supervisor, the sleep's
+/// pid and the helper's output file, once child and helper are ready.
+/// The child dies of `exit_on`.
+pub(crate) fn child_with_helpers(
+    ws: &Workspace,
+    run_opts: &[&str],
+    exit_on: &str,
+) -> (Proc, i32, std::path::PathBuf) {
+    let helper_out = ws.path.join("helper.out");
+    let script = format!(
+        "sleep 600 & echo \"sleep $!\"; {bin} probe > {out} & exec {bin} probe --exit-on {exit_on}",
+        bin = bin(),
+        out = helper_out.display()
+    );
+    let mut args = vec!["run"];
+    args.extend_from_slice(run_opts);
+    args.extend(["--", "sh", "-c", &script]);
+    let mut p = Proc::spawn(ws.cmd(&args));
+    p.expect_line("ready");
+    let sleep: i32 = p.value("sleep").parse().unwrap();
+    wait_until("the helper probe to be ready", LIMIT, || {
+        std::fs::read_to_string(&helper_out).is_ok_and(|t| t.lines().any(|l| l == "ready"))
+    });
+    (p, sleep, helper_out)
+}
+
+pub(crate) fn helper_pid(helper_out: &std::path::Path) -> i32 {
+    std::fs::read_to_string(helper_out)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.parse().ok())
+        .expect("the helper's pid line")
+}
+
+#[test]
+fn usr1_and_usr2_reach_the_child_alone_and_spare_its_helpers() {
+    let ws = Workspace::new();
+    let (mut p, sleep, helper_out) = child_with_helpers(&ws, &[], "TERM");
+    let helper = helper_pid(&helper_out);
+    p.signal(Signal::SIGUSR1);
+    p.expect_line("signal SIGUSR1");
+    p.signal(Signal::SIGUSR2);
+    p.expect_line("signal SIGUSR2");
+    // WINCH still goes to the whole group, after USR1 and USR2: once the helper reports
+    // it, it would have reported them too, had they been sent to it.
+    p.signal(Signal::SIGWINCH);
+    p.expect_line("signal SIGWINCH");
+    let helper_lines = || std::fs::read_to_string(&helper_out).unwrap();
+    wait_until("the helper to report WINCH", LIMIT, || {
+        helper_lines().contains("signal SIGWINCH")
+    });
+    let lines = helper_lines();
+    assert!(!lines.contains("signal SIGUSR1"), "{lines}");
+    assert!(!lines.contains("signal SIGUSR2"), "{lines}");
+    assert!(
+        alive(sleep),
+        "a sleep in the child's group survives USR1/USR2"
+    );
+    assert!(alive(helper));
+    p.signal(Signal::SIGTERM);
+    p.expect_line("cleanup done");
+    assert_eq!(p.finish().code(), 143);
+    wait_until("the helpers to be drained", LIMIT, || {
+        !alive(sleep) && !alive(helper)
+    });
+}

@@ -94,3 +94,33 @@ fn non_interactive_runs_have_no_tty_errors() {
         "nothing but the child's own stderr"
     );
 }
+
+#[test]
+fn ctrl_z_stops_a_run_waiting_for_the_lock_and_fg_resumes_the_wait() {
+    let ws = Workspace::new();
+    let mut holder = ws.start_probe(&[], &["--exit-on", "TERM"]);
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&run_line(
+        &ws,
+        &format!("--on-conflict wait -- {} probe --exit-on INT", bin()),
+    ));
+    sh.expect("waiting for the lock held by");
+    sh.send("\x1a");
+    sh.expect("Stopped");
+    sh.expect(PROMPT);
+    sh.send("fg\n");
+    sh.expect("--on-conflict wait");
+    // Continued, it waits again: the command starts once the holder lets go.
+    holder.signal(nix::sys::signal::Signal::SIGTERM);
+    holder.expect_line("cleanup done");
+    assert_eq!(holder.finish().code(), 143);
+    sh.expect("tty_foreground yes");
+    sh.expect("ready");
+    sh.send("\x03");
+    sh.expect("cleanup done");
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 130);
+    let screen = sh.screen();
+    assert!(!screen.contains("ignoring SIGTSTP"), "{screen}");
+    assert!(!ws.lock_held());
+}
