@@ -51,20 +51,6 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
 }
 
-/// A pseudo-terminal (master, slave), both close-on-exec from the start (`openpty`
-/// leaves them inheritable, and a master leaked into a child would keep the terminal
-/// from hanging up).
-pub fn pty() -> (OwnedFd, OwnedFd) {
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let master = posix_openpt(flags).expect("posix_openpt");
-    grantpt(&master).unwrap();
-    unlockpt(&master).unwrap();
-    let name = ptsname_r(&master).unwrap();
-    let slave = nix::fcntl::open(name.as_str(), flags, nix::sys::stat::Mode::empty()).unwrap();
-    (master.into(), slave)
-}
-
 fn wait_exit(child: &mut Child) -> ExitStatus {
     let mut status = None;
     wait_until("the supervisor to exit", LIMIT, || {

@@ -5,12 +5,8 @@
 //! A missing shell skips its test with a printed reason, except under CI (`CI` set),
 //! where it fails: CI installs all three.
 
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use crate::harness::*;
 
@@ -191,77 +187,6 @@ fn fish_completes_subcommands_and_their_flags() {
     assert_hidden_left_out(&results[3], "top level");
 }
 
-/// An interactive program in a pseudo-terminal of its own.
-struct Pty {
-    master: File,
-    out: Arc<Mutex<String>>,
-    cursor: usize,
-    child: Child,
-}
-
-impl Pty {
-    fn spawn(mut cmd: Command) -> Pty {
-        let (master, slave) = crate::broken_stderr::pty();
-        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        let child = cmd.spawn().expect("spawn in a pty");
-        drop(cmd);
-        let master = File::from(master);
-        let mut reader = master.try_clone().unwrap();
-        let out = Arc::new(Mutex::new(String::new()));
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Pty {
-            master,
-            out,
-            cursor: 0,
-            child,
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        self.master.write_all(text.as_bytes()).unwrap();
-    }
-
-    /// Waits for `want` after the cursor; returns the text before it and moves past it.
-    fn expect(&mut self, want: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let out = self.out.lock().unwrap();
-            if let Some(at) = out[self.cursor..].find(want) {
-                let before = out[self.cursor..self.cursor + at].to_string();
-                self.cursor += at + want.len();
-                return before;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {want:?}; after the cursor: {:?}",
-                &out[self.cursor..]
-            );
-            drop(out);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Pty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Sets up an interactive zsh to complete with the script in `fpath_dir`: `compadd` is
 /// wrapped to print each match as `<HIT:word>`, and Ctrl-T runs completion between
 /// `<BEGIN>` and `<END>`.
@@ -284,7 +209,7 @@ fn zsh_completes_subcommands_and_their_flags() {
         .env("TERM", "dumb")
         .env("HOME", &ws.path)
         .env("PATH", path_with_bin());
-    let mut zsh = Pty::spawn(cmd);
+    let mut zsh = PtyShell::spawn(cmd);
     zsh.send(&ZSH_INIT.replace("FPATH", &file.parent().unwrap().display().to_string()));
     zsh.expect("READY42");
     let mut complete = |line: &str| -> Vec<String> {

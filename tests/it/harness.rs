@@ -8,13 +8,14 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -168,7 +169,7 @@ impl Proc {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn");
         let stdout = child.stdout.take().unwrap();
-        let mut stderr_pipe = child.stderr.take().unwrap();
+        let stderr_pipe = child.stderr.take().unwrap();
         let (tx, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -178,19 +179,7 @@ impl Proc {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = collect(stderr_pipe);
         Proc {
             child,
             lines,
@@ -323,8 +312,8 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-/// An interactive shell in a real pseudo-terminal (made the controlling terminal by
-/// `setsid --ctty`), for job-control tests.
+/// An interactive program (a shell) in a real pseudo-terminal (made the controlling
+/// terminal by `setsid --ctty`), for job-control and completion tests.
 pub struct PtyShell {
     master: File,
     out: Arc<Mutex<String>>,
@@ -335,9 +324,8 @@ pub struct PtyShell {
 pub const PROMPT: &str = "PROMPT> ";
 
 impl PtyShell {
+    /// An interactive bash with the prompt [`PROMPT`], ready for input.
     pub fn bash(cwd: &Path) -> PtyShell {
-        let pty = nix::pty::openpty(None, None).expect("openpty");
-        let slave: OwnedFd = pty.slave;
         let mut cmd = Command::new("setsid");
         cmd.args(["--ctty", "bash", "--norc", "--noprofile", "-i"])
             .current_dir(cwd)
@@ -345,34 +333,30 @@ impl PtyShell {
             .env("TERM", "dumb")
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env_remove("RUST_LOG")
-            .env_remove("PROMPT_COMMAND")
-            .stdin(Stdio::from(slave.as_fd().try_clone_to_owned().unwrap()))
-            .stdout(Stdio::from(slave.as_fd().try_clone_to_owned().unwrap()))
+            .env_remove("PROMPT_COMMAND");
+        let mut sh = PtyShell::spawn(cmd);
+        sh.expect(PROMPT);
+        sh
+    }
+
+    /// `cmd` with a new pseudo-terminal as its stdin, stdout and stderr (run it under
+    /// `setsid --ctty` to make that its controlling terminal).
+    pub fn spawn(mut cmd: Command) -> PtyShell {
+        let (master, slave) = pty();
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave));
-        let child = cmd.spawn().expect("setsid bash");
-        let master = File::from(pty.master);
-        let mut reader = master.try_clone().unwrap();
-        let out = Arc::new(Mutex::new(String::new()));
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut sh = PtyShell {
+        let child = cmd.spawn().expect("spawn in a pseudo-terminal");
+        // Our copies of the slave go with `cmd`: the terminal hangs up when the child ends.
+        drop(cmd);
+        let master = File::from(master);
+        let out = collect(master.try_clone().unwrap());
+        PtyShell {
             master,
             out,
             cursor: 0,
             child,
-        };
-        sh.expect(PROMPT);
-        sh
+        }
     }
 
     pub fn send(&mut self, text: &str) {
@@ -380,21 +364,25 @@ impl PtyShell {
         self.master.flush().unwrap();
     }
 
-    /// Waits until `want` appears after the cursor; moves the cursor past it.
-    pub fn expect(&mut self, want: &str) {
-        let mut found = None;
-        let cursor = self.cursor;
+    /// Waits until `want` appears after the cursor; returns the text before it and moves
+    /// the cursor past it.
+    pub fn expect(&mut self, want: &str) -> String {
         let deadline = Instant::now() + LIMIT;
-        while found.is_none() {
-            found = self.out.lock().unwrap()[cursor..].find(want);
+        loop {
+            let out = self.out.lock().unwrap();
+            if let Some(at) = out[self.cursor..].find(want) {
+                let before = out[self.cursor..self.cursor + at].to_string();
+                self.cursor += at + want.len();
+                return before;
+            }
             assert!(
-                found.is_some() || Instant::now() < deadline,
+                Instant::now() < deadline,
                 "timed out waiting for {want:?} on the terminal; after the cursor: {:?}",
-                &self.out.lock().unwrap()[cursor..]
+                &out[self.cursor..]
             );
+            drop(out);
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.cursor = cursor + found.unwrap() + want.len();
     }
 
     /// All terminal output so far.
@@ -465,4 +453,35 @@ pub fn assert_idle(pid: i32, window: Duration) {
         before,
         "pid {pid} woke up while idle"
     );
+}
+
+/// Everything `reader` yields until its end, gathered by a thread as it comes.
+pub fn collect(mut reader: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]);
+            sink.lock().unwrap().push_str(&text);
+        }
+    });
+    out
+}
+
+/// A pseudo-terminal (master, slave), both close-on-exec from the start (`openpty`
+/// leaves them inheritable, and a master leaked into a child would keep the terminal
+/// from hanging up).
+pub fn pty() -> (OwnedFd, OwnedFd) {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master = posix_openpt(flags).expect("posix_openpt");
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname_r(&master).unwrap();
+    let slave = nix::fcntl::open(name.as_str(), flags, nix::sys::stat::Mode::empty()).unwrap();
+    (master.into(), slave)
 }
