@@ -151,12 +151,7 @@ fn the_final_error_line_is_json_in_the_json_log_format() {
     assert_eq!(out.code(), 78, "{out:?}");
     assert_json_error(&out.stderr, 78, "policy file not found");
     // The policy file's format, with -v lines before the error.
-    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-    std::fs::write(
-        ws.path.join(".ralph/supervise.toml"),
-        "[log]\nformat = \"json\"\n",
-    )
-    .unwrap();
+    ws.write_policy("[log]\nformat = \"json\"\n");
     let out = ws.run(&["-v", "run", "--", "/nonexistent/command"]);
     assert_eq!(out.code(), 127, "{out:?}");
     assert_json_error(&out.stderr, 127, "command not found");

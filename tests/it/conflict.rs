@@ -346,12 +346,7 @@ fn bad_policy_file_is_78_before_anything_is_locked() {
 #[test]
 fn workspace_policy_file_is_found_and_flags_win() {
     let ws = Workspace::new();
-    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-    std::fs::write(
-        ws.path.join(".ralph/supervise.toml"),
-        "[conflict]\npolicy = \"fail\"\nexit_code = 9\n[stop]\ngrace = \"3s\"\n",
-    )
-    .unwrap();
+    ws.write_policy("[conflict]\npolicy = \"fail\"\nexit_code = 9\n[stop]\ngrace = \"3s\"\n");
     let holder = FlockHolder::start(&ws);
     assert_eq!(ws.run(&["run", "--", "true"]).code(), 9, "from the file");
     assert_eq!(

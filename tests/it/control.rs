@@ -189,12 +189,7 @@ fn stop_times_out_with_124() {
 #[test]
 fn stop_when_the_supervisor_was_killed() {
     let ws = Workspace::new();
-    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-    std::fs::write(
-        ws.path.join(".ralph/supervise.toml"),
-        "[stop]\ngrace = \"300ms\"\n",
-    )
-    .unwrap();
+    ws.write_policy("[stop]\ngrace = \"300ms\"\n");
     // A child that ignores TERM, orphaned by a SIGKILLed supervisor: stop signals the
     // child's group itself, then escalates after the grace.
     let mut p = ws.start_probe(&[], &[]);
@@ -464,12 +459,7 @@ fn stop_signal_reaches_the_child_and_the_stop_has_one_name() {
 #[test]
 fn stop_without_signal_uses_the_loops_own_stop_signal_and_one_name() {
     let ws = Workspace::new();
-    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-    std::fs::write(
-        ws.path.join(".ralph/supervise.toml"),
-        "[stop]\nsignal = \"INT\"\n",
-    )
-    .unwrap();
+    ws.write_policy("[stop]\nsignal = \"INT\"\n");
     // The same stop, repeated: the signal and the name never depend on timing.
     for round in 0..5 {
         let (signals, stopped_by) = stop_with(&ws, &["INT", "TERM"], &[]);
@@ -485,12 +475,7 @@ fn stop_without_signal_uses_the_loops_own_stop_signal_and_one_name() {
 #[test]
 fn stop_signal_without_a_supervisor_goes_where_the_supervisor_would_send_it() {
     let ws = Workspace::new();
-    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-    std::fs::write(
-        ws.path.join(".ralph/supervise.toml"),
-        "[stop]\ngrace = \"300ms\"\n",
-    )
-    .unwrap();
+    ws.write_policy("[stop]\ngrace = \"300ms\"\n");
     let (mut p, sleep, helper_out) = crate::signals::child_with_helpers(&ws, &[], "USR1");
     let helper = crate::signals::helper_pid(&helper_out);
     let child: i32 = p.value("pid").parse().unwrap();

@@ -51,6 +51,12 @@ impl Workspace {
         Workspace { _tmp: tmp, path }
     }
 
+    /// Writes `.ralph/supervise.toml`, the workspace's policy file.
+    pub fn write_policy(&self, text: &str) {
+        std::fs::create_dir_all(self.path.join(".ralph")).unwrap();
+        std::fs::write(self.path.join(".ralph/supervise.toml"), text).unwrap();
+    }
+
     /// A workspace that is a git repository with one commit.
     pub fn git() -> Workspace {
         let ws = Workspace::new();

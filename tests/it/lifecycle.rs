@@ -388,12 +388,7 @@ fn without_dash_c_the_child_keeps_the_users_directory_and_knows_the_root() {
 #[test]
 fn the_policy_env_cannot_override_what_the_child_is_told() {
     let ws = Workspace::new();
-    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-    std::fs::write(
-        ws.path.join(".ralph/supervise.toml"),
-        "[run.env]\nRALPH_WORKSPACE_ROOT = \"/nowhere\"\nRALPH_LOCK_FD = \"99\"\nEXTRA = \"kept\"\n",
-    )
-    .unwrap();
+    ws.write_policy("[run.env]\nRALPH_WORKSPACE_ROOT = \"/nowhere\"\nRALPH_LOCK_FD = \"99\"\nEXTRA = \"kept\"\n");
     let out = probe_report(&ws, true, &ws.path);
     assert_eq!(reported(&out, "workspace_root"), ws.path.to_str().unwrap());
     let fd = reported(&out, "lock_fd");
