@@ -629,12 +629,20 @@ fn write_context(created: &Created, prompt: &str) -> Result<(), Failure> {
         repo = created.repo.display(),
         now = crate::metadata::format_time(&chrono::Utc::now()),
     );
-    fs::write(&path, text).map_err(|e| {
+    // Through the door: the checkout may have put a symlink or a hard link there.
+    let fail = |e: &dyn std::fmt::Display| {
         Failure::msg(
             ExitStatus::Failure,
             format!("cannot write {}: {e}", path.display()),
         )
-    })
+    };
+    let agent = RalphDir::open_or_create(&created.path)?
+        .subdir("agent", true)?
+        .expect("created");
+    let file = agent
+        .open("context.md", Access::ReadWrite, true)?
+        .expect("created");
+    file.write_in_place(text.into_bytes()).map_err(|e| fail(&e))
 }
 
 /// Uncommitted changes in a worktree, ignoring our own untracked `.ralph/`.
