@@ -190,8 +190,54 @@ pub(crate) fn wait_for_lock(
     deadline: Option<Instant>,
     signals: Option<&Signals>,
 ) -> Result<Waited, Failure> {
+    wait_on(dir, deadline, signals, |dir| LockFile::open(dir).map(Some))?.ok_or_else(|| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("{} vanished while we waited for it", dir.path().display()),
+        )
+    })
+}
+
+/// How a watcher's wait for a free workspace ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freed {
+    Free,
+    TimedOut,
+    Interrupted(i32),
+}
+
+/// Blocks until nobody holds the workspace lock (`stop`, `wait`), needing only read
+/// access: the lock file is opened read-only and never created (a missing one means
+/// free); the lock, once taken, is let go at once without touching the file.
+pub(crate) fn wait_until_free(
+    dir: &RalphDir,
+    deadline: Option<Instant>,
+    signals: Option<&Signals>,
+) -> Result<Freed, Failure> {
+    Ok(
+        match wait_on(dir, deadline, signals, LockFile::open_to_probe)? {
+            None => Freed::Free,
+            Some(Waited::Acquired(lock)) => {
+                lock.unlock();
+                Freed::Free
+            }
+            Some(Waited::TimedOut) => Freed::TimedOut,
+            Some(Waited::Interrupted(sig)) => Freed::Interrupted(sig),
+        },
+    )
+}
+
+/// The wait itself, on the lock file `open` gives; `None` when `open` finds none.
+fn wait_on(
+    dir: &RalphDir,
+    deadline: Option<Instant>,
+    signals: Option<&Signals>,
+    open: impl Fn(&RalphDir) -> Result<Option<LockFile>, Failure>,
+) -> Result<Option<Waited>, Failure> {
     loop {
-        let lock = LockFile::open(dir)?;
+        let Some(lock) = open(dir)? else {
+            return Ok(None);
+        };
         let (mut wake_rx, mut wake_tx) = std::io::pipe().or_fail("cannot create a pipe")?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -229,8 +275,8 @@ pub(crate) fn wait_for_lock(
                 None => None,
             } {
                 match classify(sig) {
-                    Class::Forward { stop: true } => return Ok(Waited::Interrupted(sig)),
-                    _ if sig == libc::SIGHUP => return Ok(Waited::Interrupted(sig)),
+                    Class::Forward { stop: true } => return Ok(Some(Waited::Interrupted(sig))),
+                    _ if sig == libc::SIGHUP => return Ok(Some(Waited::Interrupted(sig))),
                     Class::Child => {}
                     _ => warn!("ignoring {} while waiting for the lock", signals::name(sig)),
                 }
@@ -240,13 +286,13 @@ pub(crate) fn wait_for_lock(
                 let _ = wake_rx.read(&mut byte);
                 result.or_fail("cannot lock the workspace")?;
                 if lock.still_linked(dir) {
-                    return Ok(Waited::Acquired(lock));
+                    return Ok(Some(Waited::Acquired(lock)));
                 }
                 // The file was replaced while we waited: wait on the new one.
                 break;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(Waited::TimedOut);
+                return Ok(Some(Waited::TimedOut));
             }
         }
     }

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::conflict::{self, Waited};
+use crate::conflict::{self, Freed};
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::history;
 use crate::lock::{LockFile, MetaState};
@@ -70,7 +70,8 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
     let Some(dir) = RalphDir::open_existing(workspace)? else {
         return Ok(empty());
     };
-    let Some(lock) = LockFile::open_existing(&dir)? else {
+    // Read-only: looking needs no write access (a read-only user, a read-only mount).
+    let Some(lock) = LockFile::open_to_probe(&dir)? else {
         return Ok(empty());
     };
     let holder = lock.holder_with_kernel();
@@ -171,7 +172,10 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         return Ok(ExitStatus::NotRunning);
     }
     let dir = RalphDir::open_or_create(&target)?;
-    let lock = LockFile::open(&dir)?;
+    let Some(lock) = LockFile::open_to_probe(&dir)? else {
+        eprintln!("ralph-supervise: nothing running in {}", target.display());
+        return Ok(ExitStatus::NotRunning);
+    };
     let holder = lock.holder();
     drop(lock);
     let loop_id = state.meta().and_then(|m| m.loop_id.clone());
@@ -200,7 +204,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
     // With no supervisor to escalate, `stop` escalates itself after the grace.
     let escalate =
         matches!(&targets, Ok(t) if t.supervisor.is_none() && t.child.is_some()) && !settings.kill;
-    let mut waited = conflict::wait_for_lock(
+    let mut waited = conflict::wait_until_free(
         &dir,
         Some(if escalate {
             (started + settings.grace).min(deadline)
@@ -209,15 +213,14 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         }),
         Some(&signals),
     )?;
-    if escalate && matches!(waited, Waited::TimedOut) && Instant::now() < deadline {
+    if escalate && waited == Freed::TimedOut && Instant::now() < deadline {
         if let Ok(t) = &targets {
             conflict::kill_holder(*t);
         }
-        waited = conflict::wait_for_lock(&dir, Some(deadline), Some(&signals))?;
+        waited = conflict::wait_until_free(&dir, Some(deadline), Some(&signals))?;
     }
     match waited {
-        Waited::Acquired(lock) => {
-            lock.unlock();
+        Freed::Free => {
             // The supervisor writes its history record right after it lets go of the
             // lock: wait (briefly) for it to exit before reading the record.
             if let Ok(t) = &targets
@@ -237,7 +240,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
             );
             Ok(ExitStatus::SUCCESS)
         }
-        Waited::TimedOut => {
+        Freed::TimedOut => {
             eprintln!(
                 "ralph-supervise: {} still running after {:?}; try --kill",
                 loop_id.as_deref().unwrap_or("the loop"),
@@ -245,7 +248,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
             );
             Ok(ExitStatus::Timeout)
         }
-        Waited::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
+        Freed::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
     }
 }
 
@@ -293,14 +296,13 @@ pub(crate) fn wait(workspace: &Path, timeout: Option<Duration>) -> Result<ExitSt
     if !inspect(workspace)?.held {
         return Ok(ExitStatus::SUCCESS);
     }
-    let dir = RalphDir::open_or_create(workspace)?;
-    match conflict::wait_for_lock(&dir, timeout.map(|t| Instant::now() + t), Some(&signals))? {
-        Waited::Acquired(lock) => {
-            lock.unlock();
-            Ok(ExitStatus::SUCCESS)
-        }
-        Waited::TimedOut => Ok(ExitStatus::Timeout),
-        Waited::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
+    let Some(dir) = RalphDir::open_existing(workspace)? else {
+        return Ok(ExitStatus::SUCCESS);
+    };
+    match conflict::wait_until_free(&dir, timeout.map(|t| Instant::now() + t), Some(&signals))? {
+        Freed::Free => Ok(ExitStatus::SUCCESS),
+        Freed::TimedOut => Ok(ExitStatus::Timeout),
+        Freed::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
     }
 }
 

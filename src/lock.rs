@@ -51,15 +51,9 @@ impl LockFile {
         Ok(LockFile { file })
     }
 
-    /// Opens the lock file of `dir` if it exists (never creates it).
-    pub(crate) fn open_existing(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
-        Ok(dir
-            .open(LOCK_FILE, Access::ReadWrite, false)?
-            .map(|file| LockFile { file }))
-    }
-
-    /// Opens the lock file of `dir` read-only if it exists, for a prober that may find
-    /// the workspace unwritable (`gc`): it can try the lock and read who holds it.
+    /// Opens the lock file of `dir` read-only if it exists (never creates it), for those
+    /// who only look (`status`, `list`, `wait`, `stop`, `gc`): they need no write access
+    /// (a read-only user, a read-only mount), can try the lock and read who holds it.
     pub(crate) fn open_to_probe(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
         Ok(dir
             .open(LOCK_FILE, Access::Read, false)?

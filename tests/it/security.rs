@@ -376,6 +376,10 @@ fn hard_linked_lock_is_refused_and_the_other_file_kept() {
         out.stderr
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    // Those who only look may still read it, and find no loop.
+    assert_eq!(ws.run(&["status"]).code(), 3);
+    assert_eq!(ws.run(&["wait"]).code(), 0);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
 }
 
 #[test]
