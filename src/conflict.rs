@@ -37,8 +37,9 @@ use tracing::{info, warn};
 
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::lock::{self, Acquire, Holder, LockFile, MetaState};
+use crate::metadata::Metadata;
 use crate::policy::{AfterTimeout, OnConflict};
-use crate::procfs;
+use crate::procfs::{self, HoldingProcess};
 use crate::signals::{self, Class, classify};
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
@@ -300,18 +301,51 @@ fn wait_on(
 
 /// Pids of a holder that may be signalled: each confirmed alive by its recorded start
 /// time. `Err` says why nothing can be signalled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Targets {
     /// The holder's supervisor (a ralph-supervise), if alive.
     pub(crate) supervisor: Option<Pid>,
     /// The child, leader of its own process group, if alive.
     pub(crate) child: Option<Pid>,
+    /// With the supervisor and the child gone: the processes of the loop still holding
+    /// its lock (descendants of the child that left its group), with their start times.
+    pub(crate) leftovers: Vec<HoldingProcess>,
 }
 
-/// Confirms the holder's pids against `/proc` before anything is signalled.
+/// Whether `p`, a process holding the lock, belongs to the loop `m` records (its
+/// supervisor and child being gone): it holds the very open file description the
+/// recorded supervisor locked (the kernel names the supervisor as the one that took
+/// the lock, `takers`, and that pid is not another process now), which only the child
+/// got a copy of (the supervisor's own is close-on-exec), and it started no earlier
+/// than the child. So it is the child's descendant, or was handed the descriptor by
+/// one. Someone's `flock(1)` locks a description of its own and is never a member.
+pub(crate) fn member_of_loop(m: &Metadata, takers: &[u32], p: &HoldingProcess) -> bool {
+    let (Some(sup), Some(sup_start), Some(child_start)) = (
+        m.supervisor_pid,
+        m.supervisor_start_time,
+        m.child_start_time,
+    ) else {
+        return false;
+    };
+    let taken_by_supervisor =
+        takers.contains(&sup) && procfs::start_time(sup).is_none_or(|t| t == sup_start);
+    taken_by_supervisor && p.start_time.is_some_and(|t| t >= child_start)
+}
+
+/// Confirms the holder's pids against `/proc` before anything is signalled. When the
+/// supervisor and the child are gone, the processes still holding the lock are
+/// targets if they all belong to the loop ([`member_of_loop`]); any that does not is
+/// named, and nothing is signalled.
 pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
     let MetaState::Valid(m) = &holder.metadata else {
-        return Err("its lock file has no readable metadata, so no pid can be trusted".into());
+        let why = "its lock file has no readable metadata, so no pid can be trusted";
+        return Err(match holder.processes.as_deref() {
+            Some(procs) if !procs.is_empty() => format!(
+                "the lock is held by {}, and {why}",
+                crate::present::processes(procs)
+            ),
+            _ => why.into(),
+        });
     };
     let confirm = |pid: Option<u32>, start: Option<u64>| -> Option<Pid> {
         let (pid, start) = (pid?, start?);
@@ -319,24 +353,60 @@ pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
     };
     let supervisor = confirm(m.supervisor_pid, m.supervisor_start_time);
     let child = confirm(m.child_pid, m.child_start_time);
-    if supervisor.is_none() && child.is_none() {
-        return Err(match (m.supervisor_start_time, m.child_start_time) {
-            (None, None) => format!(
-                "pid {} has no recorded start time (not started by ralph-supervise), so its identity cannot be confirmed",
-                m.pid
-            ),
-            _ => format!(
-                "the recorded start times do not match a living process (pid {} was reused or is gone)",
-                m.pid
-            ),
+    if supervisor.is_some() || child.is_some() {
+        return Ok(Targets {
+            supervisor,
+            child,
+            leftovers: vec![],
         });
     }
-    Ok(Targets { supervisor, child })
+    let recorded = match (m.supervisor_start_time, m.child_start_time) {
+        (None, None) => format!(
+            "pid {} has no recorded start time (not started by ralph-supervise), so its identity cannot be confirmed",
+            m.pid
+        ),
+        _ => format!(
+            "the recorded start times do not match a living process (pid {} was reused or is gone)",
+            m.pid
+        ),
+    };
+    let takers = holder.kernel.as_deref().unwrap_or_default();
+    if let Some(procs) = holder.processes.as_deref()
+        && !procs.is_empty()
+    {
+        let (members, strangers): (Vec<&HoldingProcess>, Vec<&HoldingProcess>) =
+            procs.iter().partition(|p| member_of_loop(m, takers, p));
+        if strangers.is_empty() {
+            return Ok(Targets {
+                supervisor: None,
+                child: None,
+                leftovers: members.into_iter().cloned().collect(),
+            });
+        }
+        return Err(format!(
+            "{recorded}, and the lock is held by {}, which {} not part of the loop",
+            crate::present::processes(strangers.iter().copied()),
+            if strangers.len() == 1 { "is" } else { "are" }
+        ));
+    }
+    Err(recorded)
+}
+
+/// Signals a leftover holder, exactly the process its pid and start time name: through
+/// a pidfd opened before the start time is checked, so a pid reused in between is not
+/// hit.
+fn signal_leftover(p: &HoldingProcess, sig: Signal) {
+    let Ok(fd) = crate::sys::pidfd_open(p.pid as i32) else {
+        return; // gone
+    };
+    if p.start_time.is_some() && procfs::start_time(p.pid) == p.start_time {
+        let _ = crate::sys::pidfd_send_signal(fd.as_fd(), sig as i32);
+    }
 }
 
 /// Asks the holder to stop the way `stop` does: the stop request file (which ralph and
 /// ralph-supervise both honour), then a signal to its supervisor, or to its child's
-/// group if the supervisor is gone.
+/// group if the supervisor is gone, or to the loop's leftover holders if both are.
 pub(crate) fn request_stop(dir: &RalphDir, targets: Result<Targets, String>, signal: i32) {
     if let Err(e) = crate::stop_request::create(dir) {
         warn!("cannot write the stop request: {e:#}");
@@ -348,16 +418,23 @@ pub(crate) fn request_stop(dir: &RalphDir, targets: Result<Targets, String>, sig
         let _ = kill(sup, Signal::SIGTERM);
     } else if let Some(child) = t.child {
         let _ = killpg(child, sig);
+    } else {
+        for p in &t.leftovers {
+            signal_leftover(p, sig);
+        }
     }
 }
 
-/// Kills what is left of the holder: the child's group, then its supervisor.
-pub(crate) fn kill_holder(t: Targets) {
+/// Kills what is left of the holder: the child's group, its supervisor, the leftovers.
+pub(crate) fn kill_holder(t: &Targets) {
     if let Some(child) = t.child {
         let _ = killpg(child, Signal::SIGKILL);
     }
     if let Some(sup) = t.supervisor {
         let _ = kill(sup, Signal::SIGKILL);
+    }
+    for p in &t.leftovers {
+        signal_leftover(p, Signal::SIGKILL);
     }
 }
 
@@ -395,7 +472,7 @@ fn takeover(
         }
     };
     warn!("the holder did not stop within {grace:?}; killing it");
-    kill_holder(t);
+    kill_holder(&t);
     match wait_for_lock(dir, Some(Instant::now() + grace + margin), Some(signals))? {
         Waited::Acquired(lock) => Ok(Next::Primary(lock)),
         Waited::Interrupted(sig) => Ok(Next::Exit(ExitStatus::Signaled(sig))),

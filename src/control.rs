@@ -19,7 +19,7 @@ use crate::history;
 use crate::lock::{LockFile, MetaState};
 use crate::metadata::{Metadata, Mode};
 use crate::present::{self, ListRow, Registered, Status};
-use crate::procfs;
+use crate::procfs::{self, HoldingProcess};
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
 use crate::worktree;
@@ -33,6 +33,17 @@ pub(crate) struct LoopState {
     /// Pids `/proc/locks` names as having taken the flock.
     pub(crate) lockers: Vec<u32>,
     pub(crate) metadata: MetaState,
+    /// The processes holding the lock now, looked for only when it is held and the
+    /// processes the metadata names are gone (`None`: not looked for).
+    pub(crate) holders: Option<Vec<HeldBy>>,
+}
+
+/// A process holding the lock, and whether it belongs to the recorded loop (see
+/// [`conflict::member_of_loop`]): `stop` may end it then, and only then.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldBy {
+    pub(crate) process: HoldingProcess,
+    pub(crate) member: bool,
 }
 
 impl LoopState {
@@ -66,6 +77,7 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
         held: false,
         lockers: vec![],
         metadata: MetaState::Empty,
+        holders: None,
     };
     let Some(dir) = RalphDir::open_existing(workspace)? else {
         return Ok(empty());
@@ -75,17 +87,31 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
         return Ok(empty());
     };
     let holder = lock.holder_with_kernel();
-    let (held, lockers) = match holder.kernel {
+    let (held, lockers) = match holder.kernel.clone() {
         Some(pids) if !pids.is_empty() => (true, pids),
         // Not listed (or no /proc/locks): the kernel's own answer, by a non-blocking
         // attempt that lets go at once without touching the file.
         pids => (!lock.probe_free(), pids.unwrap_or_default()),
     };
+    // Held, but nobody the file names is alive: name who holds it.
+    let holders = (held && !holder.recorded_alive()).then(|| {
+        lock.holding_processes()
+            .into_iter()
+            .map(|process| HeldBy {
+                member: match &holder.metadata {
+                    MetaState::Valid(m) => conflict::member_of_loop(m, &lockers, &process),
+                    _ => false,
+                },
+                process,
+            })
+            .collect()
+    });
     Ok(LoopState {
         workspace: workspace.to_path_buf(),
         held,
         lockers,
         metadata: holder.metadata,
+        holders,
     })
 }
 
@@ -188,7 +214,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
                 if let Some(child) = t.child {
                     let _ = nix::sys::signal::killpg(child, nix::sys::signal::Signal::SIGKILL);
                 } else {
-                    conflict::kill_holder(*t);
+                    conflict::kill_holder(t);
                 }
             }
             Err(why) => {
@@ -202,8 +228,9 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         conflict::request_stop(&dir, targets.clone(), settings.signal);
     }
     // With no supervisor to escalate, `stop` escalates itself after the grace.
-    let escalate =
-        matches!(&targets, Ok(t) if t.supervisor.is_none() && t.child.is_some()) && !settings.kill;
+    let escalate = matches!(&targets, Ok(t) if t.supervisor.is_none()
+        && (t.child.is_some() || !t.leftovers.is_empty()))
+        && !settings.kill;
     let mut waited = conflict::wait_until_free(
         &dir,
         Some(if escalate {
@@ -215,7 +242,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
     )?;
     if escalate && waited == Freed::TimedOut && Instant::now() < deadline {
         if let Ok(t) = &targets {
-            conflict::kill_holder(*t);
+            conflict::kill_holder(t);
         }
         waited = conflict::wait_until_free(&dir, Some(deadline), Some(&signals))?;
     }

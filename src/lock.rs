@@ -116,10 +116,19 @@ impl LockFile {
     /// Who holds the lock: the file's word, and the kernel's (`/proc/locks`) only when
     /// the file does not say. Reading `/proc/locks` costs an RCU grace period (the kernel
     /// takes a global write lock for it: measured 4-15 ms), too much for every conflict.
+    /// When the processes the file names are gone (or it names none), the processes that
+    /// hold the lock now are looked for too (a scan of `/proc/*/fd`): call it only when
+    /// the lock is known to be held.
     pub(crate) fn holder(&self) -> Holder {
         let mut holder = self.holder_from_file();
         if !matches!(holder.metadata, MetaState::Valid(_)) {
             holder.kernel = self.kernel_holders();
+        }
+        if !holder.recorded_alive() {
+            if holder.kernel.is_none() {
+                holder.kernel = self.kernel_holders();
+            }
+            holder.processes = Some(self.holding_processes());
         }
         holder
     }
@@ -129,6 +138,12 @@ impl LockFile {
         let mut holder = self.holder_from_file();
         holder.kernel = self.kernel_holders();
         holder
+    }
+
+    /// The living processes that hold the lock through a descriptor of their own.
+    pub(crate) fn holding_processes(&self) -> Vec<procfs::HoldingProcess> {
+        let (dev, ino) = self.file.dev_ino();
+        procfs::holding_processes(dev, ino)
     }
 
     fn kernel_holders(&self) -> Option<Vec<u32>> {
@@ -148,6 +163,7 @@ impl LockFile {
         Holder {
             metadata,
             kernel: None,
+            processes: None,
         }
     }
 
@@ -191,6 +207,34 @@ pub(crate) struct Holder {
     /// Pids `/proc/locks` lists as having taken the flock; `None` when not asked (the
     /// metadata said who) or without procfs.
     pub(crate) kernel: Option<Vec<u32>>,
+    /// The processes holding the lock now, looked for when those the metadata names are
+    /// gone (a descendant of the child that escaped its group, someone's `flock(1)`);
+    /// `None` when not looked for.
+    pub(crate) processes: Option<Vec<procfs::HoldingProcess>>,
+}
+
+impl Holder {
+    /// Whether a process the metadata names as holding the lock (the supervisor or the
+    /// child, confirmed by start time; ralph's own pid) is alive.
+    pub(crate) fn recorded_alive(&self) -> bool {
+        match &self.metadata {
+            MetaState::Valid(m) => recorded_alive(m),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the supervisor or the child `m` records is alive (confirmed by start time
+/// where recorded), or, for a lock ralph wrote itself, its `pid`.
+pub(crate) fn recorded_alive(m: &Metadata) -> bool {
+    let sup = m
+        .supervisor_pid
+        .is_some_and(|p| procfs::alive(p, m.supervisor_start_time));
+    let child = match m.child_pid {
+        Some(p) => procfs::alive(p, m.child_start_time),
+        None => m.supervisor_pid.is_none() && procfs::alive(m.pid, None),
+    };
+    sup || child
 }
 
 #[cfg(test)]

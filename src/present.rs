@@ -66,6 +66,11 @@ pub(crate) fn holder(holder: &Holder) -> String {
                 }
                 None => s.push_str(", not supervised (ralph or another tool)"),
             }
+            if let Some(procs) = holder.processes.as_deref()
+                && !procs.is_empty()
+            {
+                s.push_str(&format!("; the lock is now held by {}", processes(procs)));
+            }
             s
         }
         MetaState::Empty | MetaState::Invalid(_) => {
@@ -74,12 +79,24 @@ pub(crate) fn holder(holder: &Holder) -> String {
                 MetaState::Invalid(e) => format!("unreadable metadata: {e}"),
                 MetaState::Valid(_) => unreachable!(),
             };
-            match holder.kernel.as_deref() {
-                Some([pid, ..]) => format!("a process (flock taken by pid {pid}; {what})"),
+            match (holder.processes.as_deref(), holder.kernel.as_deref()) {
+                (Some(procs), _) if !procs.is_empty() => {
+                    format!("{} ({what})", processes(procs))
+                }
+                (_, Some([pid, ..])) => format!("a process (flock taken by pid {pid}; {what})"),
                 _ => format!("an unknown process ({what})"),
             }
         }
     }
+}
+
+/// `pid N (name), pid M (name)`.
+pub(crate) fn processes<'a>(procs: impl IntoIterator<Item = &'a procfs::HoldingProcess>) -> String {
+    procs
+        .into_iter()
+        .map(|p| format!("pid {} ({})", p.pid, p.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ---------------------------------------------------------------------------------
@@ -108,6 +125,10 @@ pub(crate) enum MetadataKind {
 ///   time where recorded).
 /// - `child_pid` (integer|null): the command's pid.
 /// - `command` (array of strings|null): the command line.
+/// - `holders` (array|null): the processes holding the lock now, looked for when it is
+///   held and the supervisor and child the metadata names are gone (`null` otherwise):
+///   objects with `pid` (integer), `name` (string, the command name) and `loop` (bool:
+///   it belongs to the recorded loop, so `stop` may end it).
 /// - `id` (string|null): the loop id (`ralph-...`).
 /// - `lock_holders` (array of integers): the pids the kernel names as holding the flock.
 /// - `metadata` (string): `"valid"`, `"empty"` or `"invalid"`.
@@ -127,6 +148,7 @@ pub(crate) struct Status {
     pub(crate) child_alive: Option<bool>,
     pub(crate) child_pid: Option<u32>,
     pub(crate) command: Option<Vec<String>>,
+    pub(crate) holders: Option<Vec<HolderJson>>,
     pub(crate) id: Option<String>,
     pub(crate) lock_holders: Vec<u32>,
     pub(crate) metadata: MetadataKind,
@@ -142,6 +164,15 @@ pub(crate) struct Status {
     pub(crate) worktree: Option<PathBuf>,
 }
 
+/// One element of `holders` in `status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HolderJson {
+    #[serde(rename = "loop")]
+    pub(crate) member: bool,
+    pub(crate) name: String,
+    pub(crate) pid: u32,
+}
+
 impl Status {
     pub(crate) fn new(state: &LoopState) -> Status {
         let (supervisor_alive, child_alive) = state.liveness();
@@ -151,6 +182,15 @@ impl Status {
             child_alive,
             child_pid: m.and_then(|m| m.child_pid),
             command: m.map(|m| m.command.clone()),
+            holders: state.holders.as_ref().map(|hs| {
+                hs.iter()
+                    .map(|h| HolderJson {
+                        member: h.member,
+                        name: h.process.name.clone(),
+                        pid: h.process.pid,
+                    })
+                    .collect()
+            }),
             id: m.and_then(|m| m.loop_id.clone()),
             lock_holders: state.lockers.clone(),
             metadata: match &state.metadata {
@@ -194,7 +234,9 @@ pub(crate) fn status_text(state: &LoopState) -> String {
             Some(pid) => format!("flock taken by pid {pid}"),
             None => "holder unknown".to_string(),
         };
-        return format!("running ({who}; the lock file has no readable metadata)\n");
+        let mut out = format!("running ({who}; the lock file has no readable metadata)\n");
+        held_by_rows(state, &mut out);
+        return out;
     };
     let mut out = format!(
         "running: loop {} ({})\n",
@@ -232,7 +274,36 @@ pub(crate) fn status_text(state: &LoopState) -> String {
                 .to_string(),
         );
     }
+    held_by_rows(state, &mut out);
     out
+}
+
+/// `held by` rows: who holds the lock when those the metadata names are gone.
+fn held_by_rows(state: &LoopState, out: &mut String) {
+    let Some(holders) = &state.holders else {
+        return;
+    };
+    if holders.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<11}an unseen process (its descriptors cannot be read; try as root)",
+            "held by"
+        );
+    }
+    for h in holders {
+        let _ = writeln!(
+            out,
+            "  {:<11}pid {} ({}), {}",
+            "held by",
+            h.process.pid,
+            h.process.name,
+            if h.member {
+                "left behind by the loop; `ralph-supervise stop` ends it"
+            } else {
+                "not known to belong to the loop; `ralph-supervise stop` will not signal it"
+            }
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -431,6 +502,7 @@ mod tests {
             held,
             lockers: vec![7],
             metadata,
+            holders: None,
         }
     }
 
@@ -467,6 +539,7 @@ mod tests {
                 "child_alive": null,
                 "child_pid": null,
                 "command": ["a"],
+                "holders": null,
                 "id": "ralph-1",
                 "lock_holders": [7],
                 "metadata": "valid",
@@ -522,6 +595,7 @@ mod tests {
             "age_seconds": m.map(|m| age_seconds(m.started)),
             "prompt": m.map(|m| m.prompt.clone()),
             "command": m.map(|m| m.command.clone()),
+            "holders": null,
             "worktree": m.and_then(|m| (m.mode == Some(Mode::Worktree)).then(|| m.workspace.clone())).flatten(),
         })
     }

@@ -70,6 +70,7 @@ fn status_exit_codes_and_json() {
         "age_seconds": "<redacted>",
         "prompt": "write docs",
         "command": [bin(), "probe", "--exit-on", "TERM"],
+        "holders": null,
         "worktree": null,
     });
     assert_eq!(v, expected);
