@@ -347,6 +347,12 @@ pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
             _ => why.into(),
         });
     };
+    if crate::lock::pids_elsewhere(m) {
+        return Err(format!(
+            "its pids ({}) are numbers in another pid namespace (a container?), so they cannot be confirmed or signalled from here; the stop request file asks it to stop, or stop it from inside its namespace",
+            recorded_pids(m)
+        ));
+    }
     let confirm = |pid: Option<u32>, start: Option<u64>| -> Option<Pid> {
         let (pid, start) = (pid?, start?);
         procfs::alive(pid, Some(start)).then(|| Pid::from_raw(pid as i32))
@@ -390,6 +396,20 @@ pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
         ));
     }
     Err(recorded)
+}
+
+/// `supervisor N, child M` (or `pid N`), as the metadata records them.
+fn recorded_pids(m: &Metadata) -> String {
+    let mut parts = Vec::new();
+    if let Some(sup) = m.supervisor_pid {
+        parts.push(format!("supervisor {sup}"));
+    }
+    match m.child_pid {
+        Some(child) => parts.push(format!("child {child}")),
+        None if m.supervisor_pid.is_none() => parts.push(format!("pid {}", m.pid)),
+        None => {}
+    }
+    parts.join(", ")
 }
 
 /// Signals a leftover holder, exactly the process its pid and start time name: through

@@ -54,11 +54,20 @@ impl LoopState {
         }
     }
 
-    /// `(supervisor alive, child alive)`, each confirmed by start time where recorded.
+    /// Whether the metadata's pids are another pid namespace's: not judged here.
+    pub(crate) fn pids_elsewhere(&self) -> bool {
+        self.meta().is_some_and(crate::lock::pids_elsewhere)
+    }
+
+    /// `(supervisor alive, child alive)`, each confirmed by start time where recorded;
+    /// `None` where not recorded, or recorded in another pid namespace.
     pub(crate) fn liveness(&self) -> (Option<bool>, Option<bool>) {
         let Some(m) = self.meta() else {
             return (None, None);
         };
+        if self.pids_elsewhere() {
+            return (None, None);
+        }
         let sup = m
             .supervisor_pid
             .map(|p| procfs::alive(p, m.supervisor_start_time));
@@ -94,7 +103,7 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
         pids => (!lock.probe_free(), pids.unwrap_or_default()),
     };
     // Held, but nobody the file names is alive: name who holds it.
-    let holders = (held && !holder.recorded_alive()).then(|| {
+    let holders = (held && holder.needs_scan()).then(|| {
         lock.holding_processes()
             .into_iter()
             .map(|process| HeldBy {
@@ -155,7 +164,7 @@ pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failur
         let running = state
             .as_ref()
             .map(|s| s.held)
-            .unwrap_or_else(|| procfs::alive(entry.pid, None));
+            .unwrap_or_else(|| entry.alive());
         rows.push(ListRow::Registered(Registered::new(&entry, wt, running)));
     }
     let mut out = std::io::stdout().lock();

@@ -116,15 +116,15 @@ impl LockFile {
     /// Who holds the lock: the file's word, and the kernel's (`/proc/locks`) only when
     /// the file does not say. Reading `/proc/locks` costs an RCU grace period (the kernel
     /// takes a global write lock for it: measured 4-15 ms), too much for every conflict.
-    /// When the processes the file names are gone (or it names none), the processes that
-    /// hold the lock now are looked for too (a scan of `/proc/*/fd`): call it only when
+    /// When the processes the file names are gone (or it names none; not when they are
+    /// another pid namespace's), the processes that hold the lock now are looked for too (a scan of `/proc/*/fd`): call it only when
     /// the lock is known to be held.
     pub(crate) fn holder(&self) -> Holder {
         let mut holder = self.holder_from_file();
         if !matches!(holder.metadata, MetaState::Valid(_)) {
             holder.kernel = self.kernel_holders();
         }
-        if !holder.recorded_alive() {
+        if holder.needs_scan() {
             if holder.kernel.is_none() {
                 holder.kernel = self.kernel_holders();
             }
@@ -222,11 +222,34 @@ impl Holder {
             _ => false,
         }
     }
+
+    /// Whether the metadata's pids are another pid namespace's ([`pids_elsewhere`]).
+    pub(crate) fn pids_elsewhere(&self) -> bool {
+        matches!(&self.metadata, MetaState::Valid(m) if pids_elsewhere(m))
+    }
+
+    /// Whether to look for the processes holding the lock: nobody the metadata names
+    /// is alive, as far as this namespace can tell.
+    pub(crate) fn needs_scan(&self) -> bool {
+        !self.recorded_alive() && !self.pids_elsewhere()
+    }
+}
+
+/// Whether the pids `m` records are numbers of another pid namespace than ours (a loop
+/// in a container seen from the host, say): they must not be judged alive or gone
+/// here, and never signalled. `false` when the metadata does not say (ralph's own).
+pub(crate) fn pids_elsewhere(m: &Metadata) -> bool {
+    m.pid_namespace
+        .is_some_and(|ns| procfs::pid_namespace().is_some_and(|ours| ours != ns))
 }
 
 /// Whether the supervisor or the child `m` records is alive (confirmed by start time
-/// where recorded), or, for a lock ralph wrote itself, its `pid`.
+/// where recorded), or, for a lock ralph wrote itself, its `pid`. Pids of another
+/// namespace are not judged: `false`.
 pub(crate) fn recorded_alive(m: &Metadata) -> bool {
+    if pids_elsewhere(m) {
+        return false;
+    }
     let sup = m
         .supervisor_pid
         .is_some_and(|p| procfs::alive(p, m.supervisor_start_time));
@@ -262,6 +285,7 @@ mod tests {
             workspace: None,
             hostname: None,
             version: None,
+            pid_namespace: None,
         }
     }
 

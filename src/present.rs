@@ -56,6 +56,9 @@ pub(crate) fn holder(holder: &Holder) -> String {
                 human_age(age)
             );
             match m.supervisor_pid {
+                _ if crate::lock::pids_elsewhere(m) => {
+                    s.push_str(", pids of another pid namespace (a container?)")
+                }
                 Some(sp) if sp == m.pid => s.push_str(", under ralph-supervise (starting)"),
                 Some(sp) => {
                     let alive = procfs::alive(sp, m.supervisor_start_time);
@@ -134,6 +137,10 @@ pub(crate) enum MetadataKind {
 /// - `metadata` (string): `"valid"`, `"empty"` or `"invalid"`.
 /// - `mode` (string|null): `"primary"` or `"worktree"`.
 /// - `pid` (integer|null): ralph's `pid` field: the command's pid once it runs.
+/// - `pid_namespace` (string|null): `"same"` when the recorded pids are numbers of the
+///   reader's pid namespace, `"other"` when of another (a container's: they are not
+///   judged, so `child_alive` and `supervisor_alive` are null), `null` when the lock
+///   file does not say.
 /// - `prompt` (string|null): the task, at most 100 characters.
 /// - `running` (bool): somebody holds the flock.
 /// - `stale` (bool): nobody holds it but the file still names a loop.
@@ -154,6 +161,7 @@ pub(crate) struct Status {
     pub(crate) metadata: MetadataKind,
     pub(crate) mode: Option<Mode>,
     pub(crate) pid: Option<u32>,
+    pub(crate) pid_namespace: Option<&'static str>,
     pub(crate) prompt: Option<String>,
     pub(crate) running: bool,
     pub(crate) stale: bool,
@@ -200,6 +208,13 @@ impl Status {
             },
             mode: m.and_then(|m| m.mode),
             pid: m.map(|m| m.pid),
+            pid_namespace: m.and_then(|m| m.pid_namespace).map(|_| {
+                if state.pids_elsewhere() {
+                    "other"
+                } else {
+                    "same"
+                }
+            }),
             prompt: m.map(|m| m.prompt.clone()),
             running: state.held,
             stale: !state.held && m.is_some(),
@@ -218,7 +233,9 @@ impl Status {
 /// rows about it.
 pub(crate) fn status_text(state: &LoopState) -> String {
     let (sup_alive, child_alive) = state.liveness();
+    let elsewhere = state.pids_elsewhere();
     let alive = |a: Option<bool>| match a {
+        _ if elsewhere => "in another pid namespace",
         Some(true) => "alive",
         Some(false) => "gone",
         None => "unknown",
@@ -526,6 +543,7 @@ mod tests {
             workspace: Some(PathBuf::from("/w/.worktrees/ralph-1")),
             hostname: None,
             version: None,
+            pid_namespace: None,
         };
         let mut v =
             serde_json::to_value(Status::new(&state(false, MetaState::Valid(Box::new(meta)))))
@@ -545,6 +563,7 @@ mod tests {
                 "metadata": "valid",
                 "mode": "worktree",
                 "pid": 2,
+                "pid_namespace": null,
                 "prompt": "p",
                 "running": false,
                 "stale": true,
@@ -587,6 +606,7 @@ mod tests {
             "id": m.and_then(|m| m.loop_id.clone()),
             "mode": m.and_then(|m| m.mode.map(|x| x.to_string())),
             "pid": m.map(|m| m.pid),
+            "pid_namespace": null,
             "child_pid": m.and_then(|m| m.child_pid),
             "child_alive": child_alive,
             "supervisor_pid": m.and_then(|m| m.supervisor_pid),
@@ -616,6 +636,7 @@ mod tests {
             workspace: Some(PathBuf::from("/w/.worktrees/ralph-1")),
             hostname: Some("h".into()),
             version: None,
+            pid_namespace: None,
         };
         let states = [
             state(true, MetaState::Empty),
@@ -647,6 +668,7 @@ mod tests {
             prompt: "q".into(),
             worktree_path: PathBuf::new(),
             workspace: PathBuf::from("/w"),
+            pid_namespace: None,
             extra: Default::default(),
         };
         // The `json!` literal `list --json` printed registry rows from before.

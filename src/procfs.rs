@@ -29,6 +29,14 @@ fn parse_stat_start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// This process's pid namespace: the inode of `/proc/self/ns/pid` (`None` without
+/// procfs). Pids are numbers in a namespace; another namespace numbers them otherwise.
+pub(crate) fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    static NS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino()))
+}
+
 /// Whether `pid` is alive and, when a start time was recorded, still the same process.
 pub(crate) fn alive(pid: u32, recorded_start: Option<u64>) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {

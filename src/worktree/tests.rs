@@ -504,6 +504,7 @@ fn gc_dry_run_then_real() {
         prompt: "p".into(),
         worktree_path: root.join(".worktrees").join(id),
         workspace: root.join(".worktrees").join(id),
+        pid_namespace: None,
         extra: Default::default(),
     };
     registry::register(&ralph, entry(&running.id, std::process::id())).unwrap();

@@ -62,6 +62,7 @@ fn status_exit_codes_and_json() {
         "id": "<redacted>",
         "mode": "primary",
         "pid": "<redacted>",
+        "pid_namespace": "same",
         "child_pid": "<redacted>",
         "child_alive": true,
         "supervisor_pid": "<redacted>",
