@@ -8,13 +8,14 @@ use std::process::Command;
 
 use crate::harness::*;
 
-/// Holds the workspace lock with flock(1), as any other primary would.
+/// Holds the workspace lock with flock(1), as any other primary would (its command
+/// reports its pid, so the harness kills it too: flock(1) alone dying would leave it).
 fn hold(ws: &Workspace) -> Proc {
     std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
     let mut p = Proc::spawn({
         let mut c = Command::new("flock");
         c.arg(ws.lock_path())
-            .args(["sh", "-c", "echo ready; exec sleep 60"]);
+            .args(["sh", "-c", "echo \"pid $$\"; echo ready; exec sleep 60"]);
         c
     });
     p.expect_line("ready");
@@ -61,8 +62,11 @@ fn hostile_prompts_stay_inside_worktrees_dir() {
     std::fs::create_dir_all(repo.join(".ralph")).unwrap();
     let mut holder = Proc::spawn({
         let mut c = Command::new("flock");
-        c.arg(repo.join(".ralph/loop.lock"))
-            .args(["sh", "-c", "echo ready; exec sleep 60"]);
+        c.arg(repo.join(".ralph/loop.lock")).args([
+            "sh",
+            "-c",
+            "echo \"pid $$\"; echo ready; exec sleep 60",
+        ]);
         c
     });
     holder.expect_line("ready");
