@@ -37,8 +37,9 @@ use tracing::{info, warn};
 
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::lock::{self, Acquire, Holder, LockFile, MetaState};
+use crate::metadata::Metadata;
 use crate::policy::{AfterTimeout, OnConflict};
-use crate::procfs;
+use crate::procfs::{self, HoldingProcess};
 use crate::signals::{self, Class, classify};
 use crate::stop_request;
 use crate::supervisor::Signals;
@@ -214,8 +215,54 @@ pub(crate) fn wait_for_lock(
     deadline: Option<Instant>,
     signals: Option<&Signals>,
 ) -> Result<Waited, Failure> {
+    wait_on(dir, deadline, signals, |dir| LockFile::open(dir).map(Some))?.ok_or_else(|| {
+        Failure::msg(
+            ExitStatus::Failure,
+            format!("{} vanished while we waited for it", dir.path().display()),
+        )
+    })
+}
+
+/// How a watcher's wait for a free workspace ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freed {
+    Free,
+    TimedOut,
+    Interrupted(i32),
+}
+
+/// Blocks until nobody holds the workspace lock (`stop`, `wait`), needing only read
+/// access: the lock file is opened read-only and never created (a missing one means
+/// free); the lock, once taken, is let go at once without touching the file.
+pub(crate) fn wait_until_free(
+    dir: &RalphDir,
+    deadline: Option<Instant>,
+    signals: Option<&Signals>,
+) -> Result<Freed, Failure> {
+    Ok(
+        match wait_on(dir, deadline, signals, LockFile::open_to_probe)? {
+            None => Freed::Free,
+            Some(Waited::Acquired(lock)) => {
+                lock.unlock();
+                Freed::Free
+            }
+            Some(Waited::TimedOut) => Freed::TimedOut,
+            Some(Waited::Interrupted(sig)) => Freed::Interrupted(sig),
+        },
+    )
+}
+
+/// The wait itself, on the lock file `open` gives; `None` when `open` finds none.
+fn wait_on(
+    dir: &RalphDir,
+    deadline: Option<Instant>,
+    signals: Option<&Signals>,
+    open: impl Fn(&RalphDir) -> Result<Option<LockFile>, Failure>,
+) -> Result<Option<Waited>, Failure> {
     loop {
-        let lock = LockFile::open(dir)?;
+        let Some(lock) = open(dir)? else {
+            return Ok(None);
+        };
         let (mut wake_rx, mut wake_tx) = std::io::pipe().or_fail("cannot create a pipe")?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -253,7 +300,7 @@ pub(crate) fn wait_for_lock(
                 None => None,
             } {
                 match while_waiting(sig) {
-                    OnSignal::Interrupt => return Ok(Waited::Interrupted(sig)),
+                    OnSignal::Interrupt => return Ok(Some(Waited::Interrupted(sig))),
                     OnSignal::StopSelf => {
                         // Ctrl-Z: stop like any job; returns on `fg`/`bg`, and the wait
                         // goes on (the helper thread stopped and continues with us).
@@ -271,13 +318,13 @@ pub(crate) fn wait_for_lock(
                 let _ = wake_rx.read(&mut byte);
                 result.or_fail("cannot lock the workspace")?;
                 if lock.still_linked(dir) {
-                    return Ok(Waited::Acquired(lock));
+                    return Ok(Some(Waited::Acquired(lock)));
                 }
                 // The file was replaced while we waited: wait on the new one.
                 break;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(Waited::TimedOut);
+                return Ok(Some(Waited::TimedOut));
             }
         }
     }
@@ -285,51 +332,141 @@ pub(crate) fn wait_for_lock(
 
 /// Pids of a holder that may be signalled: each confirmed alive by its recorded start
 /// time. `Err` says why nothing can be signalled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Targets {
     /// The holder's supervisor (a ralph-supervise), if alive.
     pub(crate) supervisor: Option<Pid>,
     /// The child, leader of its own process group, if alive.
     pub(crate) child: Option<Pid>,
+    /// With the supervisor and the child gone: the processes of the loop still holding
+    /// its lock (descendants of the child that left its group), with their start times.
+    pub(crate) leftovers: Vec<HoldingProcess>,
 }
 
-/// Confirms the holder's pids against `/proc` before anything is signalled.
+/// Whether `p`, a process holding the lock, belongs to the loop `m` records (its
+/// supervisor and child being gone): it holds the very open file description the
+/// recorded supervisor locked (the kernel names the supervisor as the one that took
+/// the lock, `takers`, and that pid is not another process now), which only the child
+/// got a copy of (the supervisor's own is close-on-exec), and it started no earlier
+/// than the child. So it is the child's descendant, or was handed the descriptor by
+/// one. Someone's `flock(1)` locks a description of its own and is never a member.
+pub(crate) fn member_of_loop(m: &Metadata, takers: &[u32], p: &HoldingProcess) -> bool {
+    let (Some(sup), Some(sup_start), Some(child_start)) = (
+        m.supervisor_pid,
+        m.supervisor_start_time,
+        m.child_start_time,
+    ) else {
+        return false;
+    };
+    let taken_by_supervisor =
+        takers.contains(&sup) && procfs::start_time(sup).is_none_or(|t| t == sup_start);
+    taken_by_supervisor && p.start_time.is_some_and(|t| t >= child_start)
+}
+
+/// Confirms the holder's pids against `/proc` before anything is signalled. When the
+/// supervisor and the child are gone, the processes still holding the lock are
+/// targets if they all belong to the loop ([`member_of_loop`]); any that does not is
+/// named, and nothing is signalled.
 pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
     let MetaState::Valid(m) = &holder.metadata else {
-        return Err("its lock file has no readable metadata, so no pid can be trusted".into());
+        let why = "its lock file has no readable metadata, so no pid can be trusted";
+        return Err(match holder.processes.as_deref() {
+            Some(procs) if !procs.is_empty() => format!(
+                "the lock is held by {}, and {why}",
+                crate::present::processes(procs)
+            ),
+            _ => why.into(),
+        });
     };
+    if crate::lock::pids_elsewhere(m) {
+        return Err(format!(
+            "its pids ({}) are numbers in another pid namespace (a container?), so they cannot be confirmed or signalled from here; the stop request file asks it to stop, or stop it from inside its namespace",
+            recorded_pids(m)
+        ));
+    }
     let confirm = |pid: Option<u32>, start: Option<u64>| -> Option<Pid> {
         let (pid, start) = (pid?, start?);
         procfs::alive(pid, Some(start)).then(|| Pid::from_raw(pid as i32))
     };
     let supervisor = confirm(m.supervisor_pid, m.supervisor_start_time);
     let child = confirm(m.child_pid, m.child_start_time);
-    if supervisor.is_none() && child.is_none() {
-        return Err(match (m.supervisor_start_time, m.child_start_time) {
-            (None, None) => format!(
-                "pid {} has no recorded start time (not started by ralph-supervise), so its identity cannot be confirmed",
-                m.pid
-            ),
-            _ => format!(
-                "the recorded start times do not match a living process (pid {} was reused or is gone)",
-                m.pid
-            ),
+    if supervisor.is_some() || child.is_some() {
+        return Ok(Targets {
+            supervisor,
+            child,
+            leftovers: vec![],
         });
     }
-    Ok(Targets { supervisor, child })
+    let recorded = match (m.supervisor_start_time, m.child_start_time) {
+        (None, None) => format!(
+            "pid {} has no recorded start time (not started by ralph-supervise), so its identity cannot be confirmed",
+            m.pid
+        ),
+        _ => format!(
+            "the recorded start times do not match a living process (pid {} was reused or is gone)",
+            m.pid
+        ),
+    };
+    let takers = holder.kernel.as_deref().unwrap_or_default();
+    if let Some(procs) = holder.processes.as_deref()
+        && !procs.is_empty()
+    {
+        let (members, strangers): (Vec<&HoldingProcess>, Vec<&HoldingProcess>) =
+            procs.iter().partition(|p| member_of_loop(m, takers, p));
+        if strangers.is_empty() {
+            return Ok(Targets {
+                supervisor: None,
+                child: None,
+                leftovers: members.into_iter().cloned().collect(),
+            });
+        }
+        return Err(format!(
+            "{recorded}, and the lock is held by {}, which {} not part of the loop",
+            crate::present::processes(strangers.iter().copied()),
+            if strangers.len() == 1 { "is" } else { "are" }
+        ));
+    }
+    Err(recorded)
+}
+
+/// `supervisor N, child M` (or `pid N`), as the metadata records them.
+fn recorded_pids(m: &Metadata) -> String {
+    let mut parts = Vec::new();
+    if let Some(sup) = m.supervisor_pid {
+        parts.push(format!("supervisor {sup}"));
+    }
+    match m.child_pid {
+        Some(child) => parts.push(format!("child {child}")),
+        None if m.supervisor_pid.is_none() => parts.push(format!("pid {}", m.pid)),
+        None => {}
+    }
+    parts.join(", ")
+}
+
+/// Signals a leftover holder, exactly the process its pid and start time name: through
+/// a pidfd opened before the start time is checked, so a pid reused in between is not
+/// hit.
+fn signal_leftover(p: &HoldingProcess, sig: Signal) {
+    let Ok(fd) = crate::sys::pidfd_open(p.pid as i32) else {
+        return; // gone
+    };
+    if p.start_time.is_some() && procfs::start_time(p.pid) == p.start_time {
+        let _ = crate::sys::pidfd_send_signal(fd.as_fd(), sig as i32);
+    }
 }
 
 /// Asks the holder to stop the way `stop` does. A live supervisor gets a stop request
 /// naming `signal` ([`stop_request::ask`]; `None`: its own `stop.signal`) and escalates
 /// on its own grace. Without one, the stop request file (which ralph honours) is
-/// written, and the child gets `signal` (`None`: `fallback`), to its scope.
+/// written, and the child gets `signal` (`None`: `fallback`), to its scope, or, when the
+/// child is gone too, the loop's leftover holders of the lock.
 pub(crate) fn request_stop(
     dir: &RalphDir,
     targets: Result<Targets, String>,
     signal: Option<i32>,
     fallback: i32,
 ) {
-    if let Ok(t) = targets
+    if let Ok(t) = &targets
         && let Some(sup) = t.supervisor
     {
         match stop_request::ask(sup, signal) {
@@ -341,25 +478,33 @@ pub(crate) fn request_stop(
     if let Err(e) = stop_request::create(dir) {
         warn!("cannot write the stop request: {e:#}");
     }
-    if let Ok(Targets {
-        child: Some(child), ..
-    }) = targets
-        && let Ok(sig) = Signal::try_from(signal.unwrap_or(fallback))
-    {
+    let Ok(t) = targets else { return };
+    let Ok(sig) = Signal::try_from(signal.unwrap_or(fallback)) else {
+        return;
+    };
+    if let Some(child) = t.child {
         let _ = match signals::scope(sig as i32) {
             signals::Scope::Child => kill(child, sig),
             signals::Scope::Group => killpg(child, sig),
         };
+    } else {
+        // Supervisor and child gone: the loop's leftover holders of the lock.
+        for p in &t.leftovers {
+            signal_leftover(p, sig);
+        }
     }
 }
 
-/// Kills what is left of the holder: the child's group, then its supervisor.
-pub(crate) fn kill_holder(t: Targets) {
+/// Kills what is left of the holder: the child's group, its supervisor, the leftovers.
+pub(crate) fn kill_holder(t: &Targets) {
     if let Some(child) = t.child {
         let _ = killpg(child, Signal::SIGKILL);
     }
     if let Some(sup) = t.supervisor {
         let _ = kill(sup, Signal::SIGKILL);
+    }
+    for p in &t.leftovers {
+        signal_leftover(p, Signal::SIGKILL);
     }
 }
 
@@ -398,7 +543,7 @@ fn takeover(
         }
     };
     warn!("the holder did not stop within {grace:?}; killing it");
-    kill_holder(t);
+    kill_holder(&t);
     match wait_for_lock(dir, Some(Instant::now() + grace + margin), Some(signals))? {
         Waited::Acquired(lock) => Ok(Next::Primary(lock)),
         Waited::Interrupted(sig) => Ok(Next::Exit(ExitStatus::Signaled(sig))),

@@ -13,13 +13,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::conflict::{self, Waited};
+use crate::conflict::{self, Freed};
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::history;
 use crate::lock::{LockFile, MetaState};
 use crate::metadata::{Metadata, Mode};
 use crate::present::{self, ListRow, Registered, Status};
-use crate::procfs;
+use crate::procfs::{self, HoldingProcess};
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
 use crate::worktree;
@@ -33,6 +33,17 @@ pub(crate) struct LoopState {
     /// Pids `/proc/locks` names as having taken the flock.
     pub(crate) lockers: Vec<u32>,
     pub(crate) metadata: MetaState,
+    /// The processes holding the lock now, looked for only when it is held and the
+    /// processes the metadata names are gone (`None`: not looked for).
+    pub(crate) holders: Option<Vec<HeldBy>>,
+}
+
+/// A process holding the lock, and whether it belongs to the recorded loop (see
+/// [`conflict::member_of_loop`]): `stop` may end it then, and only then.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldBy {
+    pub(crate) process: HoldingProcess,
+    pub(crate) member: bool,
 }
 
 impl LoopState {
@@ -43,11 +54,20 @@ impl LoopState {
         }
     }
 
-    /// `(supervisor alive, child alive)`, each confirmed by start time where recorded.
+    /// Whether the metadata's pids are another pid namespace's: not judged here.
+    pub(crate) fn pids_elsewhere(&self) -> bool {
+        self.meta().is_some_and(crate::lock::pids_elsewhere)
+    }
+
+    /// `(supervisor alive, child alive)`, each confirmed by start time where recorded;
+    /// `None` where not recorded, or recorded in another pid namespace.
     pub(crate) fn liveness(&self) -> (Option<bool>, Option<bool>) {
         let Some(m) = self.meta() else {
             return (None, None);
         };
+        if self.pids_elsewhere() {
+            return (None, None);
+        }
         let sup = m
             .supervisor_pid
             .map(|p| procfs::alive(p, m.supervisor_start_time));
@@ -66,25 +86,41 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
         held: false,
         lockers: vec![],
         metadata: MetaState::Empty,
+        holders: None,
     };
     let Some(dir) = RalphDir::open_existing(workspace)? else {
         return Ok(empty());
     };
-    let Some(lock) = LockFile::open_existing(&dir)? else {
+    // Read-only: looking needs no write access (a read-only user, a read-only mount).
+    let Some(lock) = LockFile::open_to_probe(&dir)? else {
         return Ok(empty());
     };
     let holder = lock.holder_with_kernel();
-    let (held, lockers) = match holder.kernel {
+    let (held, lockers) = match holder.kernel.clone() {
         Some(pids) if !pids.is_empty() => (true, pids),
         // Not listed (or no /proc/locks): the kernel's own answer, by a non-blocking
         // attempt that lets go at once without touching the file.
         pids => (!lock.probe_free(), pids.unwrap_or_default()),
     };
+    // Held, but nobody the file names is alive: name who holds it.
+    let holders = (held && holder.needs_scan()).then(|| {
+        lock.holding_processes()
+            .into_iter()
+            .map(|process| HeldBy {
+                member: match &holder.metadata {
+                    MetaState::Valid(m) => conflict::member_of_loop(m, &lockers, &process),
+                    _ => false,
+                },
+                process,
+            })
+            .collect()
+    });
     Ok(LoopState {
         workspace: workspace.to_path_buf(),
         held,
         lockers,
         metadata: holder.metadata,
+        holders,
     })
 }
 
@@ -128,7 +164,7 @@ pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failur
         let running = state
             .as_ref()
             .map(|s| s.held)
-            .unwrap_or_else(|| procfs::alive(entry.pid, None));
+            .unwrap_or_else(|| entry.alive());
         rows.push(ListRow::Registered(Registered::new(&entry, wt, running)));
     }
     let mut out = std::io::stdout().lock();
@@ -174,7 +210,10 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         return Ok(ExitStatus::NotRunning);
     }
     let dir = RalphDir::open_or_create(&target)?;
-    let lock = LockFile::open(&dir)?;
+    let Some(lock) = LockFile::open_to_probe(&dir)? else {
+        eprintln!("ralph-supervise: nothing running in {}", target.display());
+        return Ok(ExitStatus::NotRunning);
+    };
     let holder = lock.holder();
     drop(lock);
     let loop_id = state.meta().and_then(|m| m.loop_id.clone());
@@ -187,7 +226,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
                 if let Some(child) = t.child {
                     let _ = nix::sys::signal::killpg(child, nix::sys::signal::Signal::SIGKILL);
                 } else {
-                    conflict::kill_holder(*t);
+                    conflict::kill_holder(t);
                 }
             }
             Err(why) => {
@@ -201,9 +240,10 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         conflict::request_stop(&dir, targets.clone(), settings.signal, settings.stop_signal);
     }
     // With no supervisor to escalate, `stop` escalates itself after the grace.
-    let escalate =
-        matches!(&targets, Ok(t) if t.supervisor.is_none() && t.child.is_some()) && !settings.kill;
-    let mut waited = conflict::wait_for_lock(
+    let escalate = matches!(&targets, Ok(t) if t.supervisor.is_none()
+        && (t.child.is_some() || !t.leftovers.is_empty()))
+        && !settings.kill;
+    let mut waited = conflict::wait_until_free(
         &dir,
         Some(if escalate {
             (started + settings.grace).min(deadline)
@@ -212,15 +252,14 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         }),
         Some(&signals),
     )?;
-    if escalate && matches!(waited, Waited::TimedOut) && Instant::now() < deadline {
+    if escalate && waited == Freed::TimedOut && Instant::now() < deadline {
         if let Ok(t) = &targets {
-            conflict::kill_holder(*t);
+            conflict::kill_holder(t);
         }
-        waited = conflict::wait_for_lock(&dir, Some(deadline), Some(&signals))?;
+        waited = conflict::wait_until_free(&dir, Some(deadline), Some(&signals))?;
     }
     match waited {
-        Waited::Acquired(lock) => {
-            lock.unlock();
+        Freed::Free => {
             // The supervisor writes its history record right after it lets go of the
             // lock: wait (briefly) for it to exit before reading the record.
             if let Ok(t) = &targets
@@ -240,7 +279,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
             );
             Ok(ExitStatus::SUCCESS)
         }
-        Waited::TimedOut => {
+        Freed::TimedOut => {
             eprintln!(
                 "ralph-supervise: {} still running after {:?}; try --kill",
                 loop_id.as_deref().unwrap_or("the loop"),
@@ -248,7 +287,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
             );
             Ok(ExitStatus::Timeout)
         }
-        Waited::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
+        Freed::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
     }
 }
 
@@ -296,14 +335,13 @@ pub(crate) fn wait(workspace: &Path, timeout: Option<Duration>) -> Result<ExitSt
     if !inspect(workspace)?.held {
         return Ok(ExitStatus::SUCCESS);
     }
-    let dir = RalphDir::open_or_create(workspace)?;
-    match conflict::wait_for_lock(&dir, timeout.map(|t| Instant::now() + t), Some(&signals))? {
-        Waited::Acquired(lock) => {
-            lock.unlock();
-            Ok(ExitStatus::SUCCESS)
-        }
-        Waited::TimedOut => Ok(ExitStatus::Timeout),
-        Waited::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
+    let Some(dir) = RalphDir::open_existing(workspace)? else {
+        return Ok(ExitStatus::SUCCESS);
+    };
+    match conflict::wait_until_free(&dir, timeout.map(|t| Instant::now() + t), Some(&signals))? {
+        Freed::Free => Ok(ExitStatus::SUCCESS),
+        Freed::TimedOut => Ok(ExitStatus::Timeout),
+        Freed::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
     }
 }
 

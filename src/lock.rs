@@ -51,15 +51,9 @@ impl LockFile {
         Ok(LockFile { file })
     }
 
-    /// Opens the lock file of `dir` if it exists (never creates it).
-    pub(crate) fn open_existing(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
-        Ok(dir
-            .open(LOCK_FILE, Access::ReadWrite, false)?
-            .map(|file| LockFile { file }))
-    }
-
-    /// Opens the lock file of `dir` read-only if it exists, for a prober that may find
-    /// the workspace unwritable (`gc`): it can try the lock and read who holds it.
+    /// Opens the lock file of `dir` read-only if it exists (never creates it), for those
+    /// who only look (`status`, `list`, `wait`, `stop`, `gc`): they need no write access
+    /// (a read-only user, a read-only mount), can try the lock and read who holds it.
     pub(crate) fn open_to_probe(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
         Ok(dir
             .open(LOCK_FILE, Access::Read, false)?
@@ -122,10 +116,19 @@ impl LockFile {
     /// Who holds the lock: the file's word, and the kernel's (`/proc/locks`) only when
     /// the file does not say. Reading `/proc/locks` costs an RCU grace period (the kernel
     /// takes a global write lock for it: measured 4-15 ms), too much for every conflict.
+    /// When the processes the file names are gone (or it names none; not when they are
+    /// another pid namespace's), the processes that hold the lock now are looked for too (a scan of `/proc/*/fd`): call it only when
+    /// the lock is known to be held.
     pub(crate) fn holder(&self) -> Holder {
         let mut holder = self.holder_from_file();
         if !matches!(holder.metadata, MetaState::Valid(_)) {
             holder.kernel = self.kernel_holders();
+        }
+        if holder.needs_scan() {
+            if holder.kernel.is_none() {
+                holder.kernel = self.kernel_holders();
+            }
+            holder.processes = Some(self.holding_processes());
         }
         holder
     }
@@ -135,6 +138,12 @@ impl LockFile {
         let mut holder = self.holder_from_file();
         holder.kernel = self.kernel_holders();
         holder
+    }
+
+    /// The living processes that hold the lock through a descriptor of their own.
+    pub(crate) fn holding_processes(&self) -> Vec<procfs::HoldingProcess> {
+        let (dev, ino) = self.file.dev_ino();
+        procfs::holding_processes(dev, ino)
     }
 
     fn kernel_holders(&self) -> Option<Vec<u32>> {
@@ -154,6 +163,7 @@ impl LockFile {
         Holder {
             metadata,
             kernel: None,
+            processes: None,
         }
     }
 
@@ -197,6 +207,57 @@ pub(crate) struct Holder {
     /// Pids `/proc/locks` lists as having taken the flock; `None` when not asked (the
     /// metadata said who) or without procfs.
     pub(crate) kernel: Option<Vec<u32>>,
+    /// The processes holding the lock now, looked for when those the metadata names are
+    /// gone (a descendant of the child that escaped its group, someone's `flock(1)`);
+    /// `None` when not looked for.
+    pub(crate) processes: Option<Vec<procfs::HoldingProcess>>,
+}
+
+impl Holder {
+    /// Whether a process the metadata names as holding the lock (the supervisor or the
+    /// child, confirmed by start time; ralph's own pid) is alive.
+    pub(crate) fn recorded_alive(&self) -> bool {
+        match &self.metadata {
+            MetaState::Valid(m) => recorded_alive(m),
+            _ => false,
+        }
+    }
+
+    /// Whether the metadata's pids are another pid namespace's ([`pids_elsewhere`]).
+    pub(crate) fn pids_elsewhere(&self) -> bool {
+        matches!(&self.metadata, MetaState::Valid(m) if pids_elsewhere(m))
+    }
+
+    /// Whether to look for the processes holding the lock: nobody the metadata names
+    /// is alive, as far as this namespace can tell.
+    pub(crate) fn needs_scan(&self) -> bool {
+        !self.recorded_alive() && !self.pids_elsewhere()
+    }
+}
+
+/// Whether the pids `m` records are numbers of another pid namespace than ours (a loop
+/// in a container seen from the host, say): they must not be judged alive or gone
+/// here, and never signalled. `false` when the metadata does not say (ralph's own).
+pub(crate) fn pids_elsewhere(m: &Metadata) -> bool {
+    m.pid_namespace
+        .is_some_and(|ns| procfs::pid_namespace().is_some_and(|ours| ours != ns))
+}
+
+/// Whether the supervisor or the child `m` records is alive (confirmed by start time
+/// where recorded), or, for a lock ralph wrote itself, its `pid`. Pids of another
+/// namespace are not judged: `false`.
+pub(crate) fn recorded_alive(m: &Metadata) -> bool {
+    if pids_elsewhere(m) {
+        return false;
+    }
+    let sup = m
+        .supervisor_pid
+        .is_some_and(|p| procfs::alive(p, m.supervisor_start_time));
+    let child = match m.child_pid {
+        Some(p) => procfs::alive(p, m.child_start_time),
+        None => m.supervisor_pid.is_none() && procfs::alive(m.pid, None),
+    };
+    sup || child
 }
 
 #[cfg(test)]
@@ -224,6 +285,7 @@ mod tests {
             workspace: None,
             hostname: None,
             version: None,
+            pid_namespace: None,
         }
     }
 

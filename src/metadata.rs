@@ -65,6 +65,10 @@ pub struct Metadata {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The supervisor's pid namespace (the inode of `/proc/self/ns/pid`): the pids above
+    /// are numbers in it, and mean nothing (or another process) in any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<u64>,
 }
 
 impl Metadata {
@@ -190,6 +194,7 @@ mod tests {
             workspace: None,
             hostname: None,
             version: None,
+            pid_namespace: Some(4026531836),
         };
         let json = m.to_json();
         assert!(

@@ -56,6 +56,9 @@ pub(crate) fn holder(holder: &Holder) -> String {
                 human_age(age)
             );
             match m.supervisor_pid {
+                _ if crate::lock::pids_elsewhere(m) => {
+                    s.push_str(", pids of another pid namespace (a container?)")
+                }
                 Some(sp) if sp == m.pid => s.push_str(", under ralph-supervise (starting)"),
                 Some(sp) => {
                     let alive = procfs::alive(sp, m.supervisor_start_time);
@@ -66,6 +69,11 @@ pub(crate) fn holder(holder: &Holder) -> String {
                 }
                 None => s.push_str(", not supervised (ralph or another tool)"),
             }
+            if let Some(procs) = holder.processes.as_deref()
+                && !procs.is_empty()
+            {
+                s.push_str(&format!("; the lock is now held by {}", processes(procs)));
+            }
             s
         }
         MetaState::Empty | MetaState::Invalid(_) => {
@@ -74,12 +82,24 @@ pub(crate) fn holder(holder: &Holder) -> String {
                 MetaState::Invalid(e) => format!("unreadable metadata: {e}"),
                 MetaState::Valid(_) => unreachable!(),
             };
-            match holder.kernel.as_deref() {
-                Some([pid, ..]) => format!("a process (flock taken by pid {pid}; {what})"),
+            match (holder.processes.as_deref(), holder.kernel.as_deref()) {
+                (Some(procs), _) if !procs.is_empty() => {
+                    format!("{} ({what})", processes(procs))
+                }
+                (_, Some([pid, ..])) => format!("a process (flock taken by pid {pid}; {what})"),
                 _ => format!("an unknown process ({what})"),
             }
         }
     }
+}
+
+/// `pid N (name), pid M (name)`.
+pub(crate) fn processes<'a>(procs: impl IntoIterator<Item = &'a procfs::HoldingProcess>) -> String {
+    procs
+        .into_iter()
+        .map(|p| format!("pid {} ({})", p.pid, p.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ---------------------------------------------------------------------------------
@@ -108,11 +128,19 @@ pub(crate) enum MetadataKind {
 ///   time where recorded).
 /// - `child_pid` (integer|null): the command's pid.
 /// - `command` (array of strings|null): the command line.
+/// - `holders` (array|null): the processes holding the lock now, looked for when it is
+///   held and the supervisor and child the metadata names are gone (`null` otherwise):
+///   objects with `pid` (integer), `name` (string, the command name) and `loop` (bool:
+///   it belongs to the recorded loop, so `stop` may end it).
 /// - `id` (string|null): the loop id (`ralph-...`).
 /// - `lock_holders` (array of integers): the pids the kernel names as holding the flock.
 /// - `metadata` (string): `"valid"`, `"empty"` or `"invalid"`.
 /// - `mode` (string|null): `"primary"` or `"worktree"`.
 /// - `pid` (integer|null): ralph's `pid` field: the command's pid once it runs.
+/// - `pid_namespace` (string|null): `"same"` when the recorded pids are numbers of the
+///   reader's pid namespace, `"other"` when of another (a container's: they are not
+///   judged, so `child_alive` and `supervisor_alive` are null), `null` when the lock
+///   file does not say.
 /// - `prompt` (string|null): the task, at most 100 characters.
 /// - `running` (bool): somebody holds the flock.
 /// - `stale` (bool): nobody holds it but the file still names a loop.
@@ -127,11 +155,13 @@ pub(crate) struct Status {
     pub(crate) child_alive: Option<bool>,
     pub(crate) child_pid: Option<u32>,
     pub(crate) command: Option<Vec<String>>,
+    pub(crate) holders: Option<Vec<HolderJson>>,
     pub(crate) id: Option<String>,
     pub(crate) lock_holders: Vec<u32>,
     pub(crate) metadata: MetadataKind,
     pub(crate) mode: Option<Mode>,
     pub(crate) pid: Option<u32>,
+    pub(crate) pid_namespace: Option<&'static str>,
     pub(crate) prompt: Option<String>,
     pub(crate) running: bool,
     pub(crate) stale: bool,
@@ -140,6 +170,15 @@ pub(crate) struct Status {
     pub(crate) supervisor_pid: Option<u32>,
     pub(crate) workspace: PathBuf,
     pub(crate) worktree: Option<PathBuf>,
+}
+
+/// One element of `holders` in `status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HolderJson {
+    #[serde(rename = "loop")]
+    pub(crate) member: bool,
+    pub(crate) name: String,
+    pub(crate) pid: u32,
 }
 
 impl Status {
@@ -151,6 +190,15 @@ impl Status {
             child_alive,
             child_pid: m.and_then(|m| m.child_pid),
             command: m.map(|m| m.command.clone()),
+            holders: state.holders.as_ref().map(|hs| {
+                hs.iter()
+                    .map(|h| HolderJson {
+                        member: h.member,
+                        name: h.process.name.clone(),
+                        pid: h.process.pid,
+                    })
+                    .collect()
+            }),
             id: m.and_then(|m| m.loop_id.clone()),
             lock_holders: state.lockers.clone(),
             metadata: match &state.metadata {
@@ -160,6 +208,13 @@ impl Status {
             },
             mode: m.and_then(|m| m.mode),
             pid: m.map(|m| m.pid),
+            pid_namespace: m.and_then(|m| m.pid_namespace).map(|_| {
+                if state.pids_elsewhere() {
+                    "other"
+                } else {
+                    "same"
+                }
+            }),
             prompt: m.map(|m| m.prompt.clone()),
             running: state.held,
             stale: !state.held && m.is_some(),
@@ -178,7 +233,9 @@ impl Status {
 /// rows about it.
 pub(crate) fn status_text(state: &LoopState) -> String {
     let (sup_alive, child_alive) = state.liveness();
+    let elsewhere = state.pids_elsewhere();
     let alive = |a: Option<bool>| match a {
+        _ if elsewhere => "in another pid namespace",
         Some(true) => "alive",
         Some(false) => "gone",
         None => "unknown",
@@ -194,7 +251,9 @@ pub(crate) fn status_text(state: &LoopState) -> String {
             Some(pid) => format!("flock taken by pid {pid}"),
             None => "holder unknown".to_string(),
         };
-        return format!("running ({who}; the lock file has no readable metadata)\n");
+        let mut out = format!("running ({who}; the lock file has no readable metadata)\n");
+        held_by_rows(state, &mut out);
+        return out;
     };
     let mut out = format!(
         "running: loop {} ({})\n",
@@ -232,7 +291,36 @@ pub(crate) fn status_text(state: &LoopState) -> String {
                 .to_string(),
         );
     }
+    held_by_rows(state, &mut out);
     out
+}
+
+/// `held by` rows: who holds the lock when those the metadata names are gone.
+fn held_by_rows(state: &LoopState, out: &mut String) {
+    let Some(holders) = &state.holders else {
+        return;
+    };
+    if holders.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<11}an unseen process (its descriptors cannot be read; try as root)",
+            "held by"
+        );
+    }
+    for h in holders {
+        let _ = writeln!(
+            out,
+            "  {:<11}pid {} ({}), {}",
+            "held by",
+            h.process.pid,
+            h.process.name,
+            if h.member {
+                "left behind by the loop; `ralph-supervise stop` ends it"
+            } else {
+                "not known to belong to the loop; `ralph-supervise stop` will not signal it"
+            }
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -431,6 +519,7 @@ mod tests {
             held,
             lockers: vec![7],
             metadata,
+            holders: None,
         }
     }
 
@@ -454,6 +543,7 @@ mod tests {
             workspace: Some(PathBuf::from("/w/.worktrees/ralph-1")),
             hostname: None,
             version: None,
+            pid_namespace: None,
         };
         let mut v =
             serde_json::to_value(Status::new(&state(false, MetaState::Valid(Box::new(meta)))))
@@ -467,11 +557,13 @@ mod tests {
                 "child_alive": null,
                 "child_pid": null,
                 "command": ["a"],
+                "holders": null,
                 "id": "ralph-1",
                 "lock_holders": [7],
                 "metadata": "valid",
                 "mode": "worktree",
                 "pid": 2,
+                "pid_namespace": null,
                 "prompt": "p",
                 "running": false,
                 "stale": true,
@@ -514,6 +606,7 @@ mod tests {
             "id": m.and_then(|m| m.loop_id.clone()),
             "mode": m.and_then(|m| m.mode.map(|x| x.to_string())),
             "pid": m.map(|m| m.pid),
+            "pid_namespace": null,
             "child_pid": m.and_then(|m| m.child_pid),
             "child_alive": child_alive,
             "supervisor_pid": m.and_then(|m| m.supervisor_pid),
@@ -522,6 +615,7 @@ mod tests {
             "age_seconds": m.map(|m| age_seconds(m.started)),
             "prompt": m.map(|m| m.prompt.clone()),
             "command": m.map(|m| m.command.clone()),
+            "holders": null,
             "worktree": m.and_then(|m| (m.mode == Some(Mode::Worktree)).then(|| m.workspace.clone())).flatten(),
         })
     }
@@ -542,6 +636,7 @@ mod tests {
             workspace: Some(PathBuf::from("/w/.worktrees/ralph-1")),
             hostname: Some("h".into()),
             version: None,
+            pid_namespace: None,
         };
         let states = [
             state(true, MetaState::Empty),
@@ -573,6 +668,7 @@ mod tests {
             prompt: "q".into(),
             worktree_path: PathBuf::new(),
             workspace: PathBuf::from("/w"),
+            pid_namespace: None,
             extra: Default::default(),
         };
         // The `json!` literal `list --json` printed registry rows from before.

@@ -29,6 +29,14 @@ fn parse_stat_start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// This process's pid namespace: the inode of `/proc/self/ns/pid` (`None` without
+/// procfs). Pids are numbers in a namespace; another namespace numbers them otherwise.
+pub(crate) fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    static NS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino()))
+}
+
 /// Whether `pid` is alive and, when a start time was recorded, still the same process.
 pub(crate) fn alive(pid: u32, recorded_start: Option<u64>) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
@@ -107,6 +115,84 @@ fn parse_locks(text: &str, dev: u64, ino: u64) -> Vec<HeldLock> {
     held
 }
 
+/// A process that holds a flock through a descriptor of its own: it has the locked open
+/// file description open (its `/proc/PID/fdinfo` lists the lock), whoever took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HoldingProcess {
+    pub(crate) pid: u32,
+    /// Kernel start time (clock ticks since boot), to confirm the pid before signalling.
+    pub(crate) start_time: Option<u64>,
+    /// Its command name (`/proc/PID/comm`).
+    pub(crate) name: String,
+}
+
+/// The living processes holding a flock on the file with this device and inode, found
+/// by scanning every process's descriptors (`/proc/*/fd`, then the matching fdinfo for
+/// its `lock:` line): unlike `/proc/locks`, which names the process that *took* the
+/// lock even after it died, this names the processes that hold it now (children that
+/// inherited the descriptor, say). Processes whose descriptors we may not read are
+/// missed. This process is never listed. Costs a `stat` per descriptor on the system:
+/// for the rare case the recorded holders are gone.
+pub(crate) fn holding_processes(dev: u64, ino: u64) -> Vec<HoldingProcess> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id();
+    let want = lock_file_id(dev, ino);
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut found = Vec::new();
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            let same = fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
+            same && fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .is_ok_and(|info| fdinfo_holds_flock(&info, &want))
+        });
+        if holds && !is_zombie(pid) {
+            found.push(HoldingProcess {
+                pid,
+                start_time: start_time(pid),
+                name: fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim_end().to_string())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    found
+}
+
+/// `maj:min:ino` as `/proc/locks` and fdinfo write a file's identity (hex device).
+fn lock_file_id(dev: u64, ino: u64) -> String {
+    format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev))
+}
+
+/// Whether an fdinfo text lists a FLOCK held (not waited for) through that descriptor
+/// on the file `id`.
+fn fdinfo_holds_flock(info: &str, id: &str) -> bool {
+    info.lines().any(|l| {
+        let Some(lock) = l.strip_prefix("lock:") else {
+            return false;
+        };
+        let fields: Vec<&str> = lock.split_ascii_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +225,49 @@ mod tests {
 ";
         assert_eq!(parse_locks(text, dev, 555), vec![HeldLock { pid: 4242 }]);
         assert_eq!(parse_locks(text, dev, 557), vec![]);
+    }
+
+    #[test]
+    fn fdinfo_lock_lines() {
+        let id = lock_file_id(libc::makedev(0xfe, 0), 10027267);
+        assert_eq!(id, "fe:00:10027267");
+        let info = "pos:\t0\nflags:\t0100001\nmnt_id:\t27\nino:\t10027267\n\
+                    lock:\t1: FLOCK  ADVISORY  WRITE 11103 fe:00:10027267 0 EOF\n";
+        assert!(fdinfo_holds_flock(info, &id));
+        assert!(!fdinfo_holds_flock(info, "fe:00:1002726"));
+        let posix = "lock:\t1: POSIX  ADVISORY  WRITE 11103 fe:00:10027267 0 EOF\n";
+        assert!(!fdinfo_holds_flock(posix, &id));
+    }
+
+    #[test]
+    fn finds_a_child_holding_a_copy_of_the_descriptor() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let file = std::fs::File::create(&path).unwrap();
+        crate::sys::flock(
+            std::os::fd::AsFd::as_fd(&file),
+            crate::sys::FlockOp::Exclusive,
+        )
+        .unwrap();
+        let meta = file.metadata().unwrap();
+        // This process is never listed; a child holding a copy of the descriptor is.
+        let me = std::process::id();
+        assert!(
+            !holding_processes(meta.dev(), meta.ino())
+                .iter()
+                .any(|p| p.pid == me)
+        );
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(file.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let found = holding_processes(meta.dev(), meta.ino());
+        let _ = child.kill();
+        let _ = child.wait();
+        // (Another test's child, between fork and exec, may briefly hold a copy too.)
+        assert!(found.iter().any(|p| p.pid == pid), "{found:?}");
     }
 }

@@ -9,6 +9,10 @@
 //!   under us cannot redirect a write;
 //! * only regular files are used (a FIFO planted there cannot hang the open: it is
 //!   opened non-blocking, then refused), and every descriptor is close-on-exec;
+//! * a file opened to be written (or locked) must have one name only: a hard link
+//!   planted there (`ln precious.txt .ralph/loop.lock`) would have us overwrite, truncate
+//!   or lock another file's contents, so a link count above one is refused as a symlink
+//!   is (reading such a file is harmless and allowed);
 //! * a flock is taken on the file itself and then re-checked against the name (fstat of
 //!   the descriptor vs fstatat of the name): a file replaced while we waited is let go
 //!   and the new one locked instead;
@@ -136,6 +140,11 @@ impl RalphDir {
         let st = fstat(&fd).map_err(|e| refuse(&path, Why::Sys(e)))?;
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
             return Err(refuse(&path, Why::NotRegular));
+        }
+        // A second name for the inode (a hard link planted here, `ln precious .ralph/x`)
+        // would have us overwrite or lock a file that is not ours. Reading is harmless.
+        if access != Access::Read && st.st_nlink > 1 {
+            return Err(refuse(&path, Why::HardLinked(st.st_nlink as u64)));
         }
         // A child may inherit this open file description: give it ordinary flags.
         fcntl(&fd, FcntlArg::F_SETFL(access.flags())).map_err(|e| refuse(&path, Why::Sys(e)))?;
@@ -499,6 +508,8 @@ enum Why {
     Sys(Errno),
     /// The file is a FIFO, a device, a socket: not a regular file.
     NotRegular,
+    /// The file has this many names (hard links): writing it would change another's file.
+    HardLinked(u64),
 }
 
 /// The one wording of every refusal. `loop.lock` gets its own, naming the lock.
@@ -554,6 +565,13 @@ fn refuse(path: &Path, why: Why) -> Error {
             "it is not a regular file; remove it so a lock file can be created".to_string(),
         ),
         Why::NotRegular => (None, "it is not a regular file; move it away".to_string()),
+        Why::HardLinked(n) => (
+            None,
+            format!(
+                "it has {n} names (hard links), so writing it would change the file behind the other names too; remove the name that does not belong (find the others with `find / -xdev -samefile {}`)",
+                path.display()
+            ),
+        ),
     };
     Error {
         errno,
@@ -614,6 +632,21 @@ mod tests {
 
         assert!(dir.open("missing", Access::Read, false).unwrap().is_none());
         assert!(dir.subdir("none", false).unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_to_write_a_file_with_another_name() {
+        let (tmp, dir) = dir();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::fs::hard_link(&victim, tmp.path().join(".ralph/f")).unwrap();
+        for access in [Access::ReadWrite, Access::Append] {
+            let e = dir.open("f", access, true).unwrap_err();
+            assert!(e.to_string().contains("f: it has 2 names"), "{e}");
+        }
+        assert!(dir.try_lock("f").is_err());
+        let read = dir.open("f", Access::Read, false).unwrap().unwrap();
+        assert_eq!(read.read_all().unwrap(), b"precious");
     }
 
     #[test]

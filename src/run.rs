@@ -356,6 +356,7 @@ fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -
         workspace: Some(place.workspace().to_path_buf()),
         hostname: self_identity().1.clone(),
         version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        pid_namespace: procfs::pid_namespace(),
     }
 }
 
@@ -421,6 +422,7 @@ impl Session<'_> {
                 prompt: self.meta.prompt.clone(),
                 worktree_path: created.path.clone(),
                 workspace: created.path.clone(),
+                pid_namespace: self.meta.pid_namespace,
                 extra: Default::default(),
             };
             if let Err(e) = worktree::registry::register(&created.repo_ralph_dir(), entry) {

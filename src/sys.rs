@@ -331,6 +331,26 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
 }
 
+/// `pidfd_send_signal(2)`: signals exactly the process `pidfd` refers to (a pid reused
+/// since the descriptor was opened is not hit).
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: a plain system call: a descriptor we borrow for its duration, a signal
+    // number, a null siginfo (the kernel fills in the default) and no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A standard descriptor (0, 1 or 2): never closed by the supervisor.
 pub(crate) fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
     debug_assert!((0..=2).contains(&fd));

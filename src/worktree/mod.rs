@@ -430,7 +430,7 @@ pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
     }
     let live: Vec<String> = registry::list(&root.join(RALPH_DIR))?
         .into_iter()
-        .filter(|e| registry::pid_alive(e.pid))
+        .filter(registry::Entry::alive)
         .map(|e| e.id)
         .collect();
     let created_root = wt_root.symlink_metadata().is_err();
@@ -778,7 +778,7 @@ pub(crate) fn gc(
     let pruned = if dry_run {
         registry::list(&ralph_dir)?
             .into_iter()
-            .filter(|e| !registry::pid_alive(e.pid))
+            .filter(|e| !e.alive())
             .map(|e| e.id)
             .collect()
     } else {

@@ -35,6 +35,12 @@ pub struct Entry {
     /// Absolute workspace root the loop runs in.
     #[serde(default)]
     pub(crate) workspace: PathBuf,
+    /// Ours: the pid namespace `pid` is a number of (see [`Metadata`]'s); an entry of
+    /// another namespace is never judged dead here, so never pruned.
+    ///
+    /// [`Metadata`]: crate::metadata::Metadata
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pid_namespace: Option<u64>,
     /// Fields we do not know, kept as they were.
     #[serde(flatten)]
     pub(crate) extra: Map<String, Value>,
@@ -110,7 +116,7 @@ impl Data {
     fn prune(&mut self) -> Vec<Entry> {
         let mut removed = Vec::new();
         self.loops.retain(|slot| match slot {
-            Slot::Known(e) if !pid_alive(e.pid) => {
+            Slot::Known(e) if !e.alive() => {
                 removed.push(e.clone());
                 false
             }
@@ -143,8 +149,19 @@ pub fn rewrite(bytes: &[u8]) -> Result<Vec<u8>, String> {
     data.to_json().map_err(|f| format!("{:#}", f.error))
 }
 
+impl Entry {
+    /// Whether the loop may be alive: its pid exists, or it is a number of another pid
+    /// namespace (a container's), which cannot be judged here.
+    pub(crate) fn alive(&self) -> bool {
+        let elsewhere = self
+            .pid_namespace
+            .is_some_and(|ns| crate::procfs::pid_namespace().is_some_and(|ours| ours != ns));
+        elsewhere || pid_alive(self.pid)
+    }
+}
+
 /// Whether a process with this pid exists (EPERM: it does, another user's).
-pub(crate) fn pid_alive(pid: u32) -> bool {
+fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
@@ -310,6 +327,7 @@ mod tests {
             prompt: format!("prompt of {id}"),
             worktree_path: PathBuf::from(format!("/repo/.worktrees/{id}")),
             workspace: PathBuf::from(format!("/repo/.worktrees/{id}")),
+            pid_namespace: None,
             extra: Map::new(),
         }
     }
@@ -361,6 +379,31 @@ mod tests {
             listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["one-brave-otter"]
         );
+    }
+
+    #[test]
+    fn pids_of_another_namespace_are_never_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        let ours = crate::procfs::pid_namespace().unwrap();
+        let mut theirs = entry("container-loop", dead_pid());
+        theirs.pid_namespace = Some(ours + 1);
+        let mut mine = entry("dead-here", dead_pid());
+        mine.pid_namespace = Some(ours);
+        register(&dir, theirs).unwrap();
+        register(&dir, mine).unwrap();
+        assert_eq!(
+            prune(&dir)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>(),
+            ["dead-here"]
+        );
+        let listed = list(&dir).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, "container-loop");
+        assert_eq!(listed[0].pid_namespace, Some(ours + 1));
     }
 
     #[test]

@@ -261,7 +261,7 @@ fn corrupt_locked_lock_file_names_the_holder_and_is_kept() {
     let mut holder = Proc::spawn({
         let mut c = Command::new("flock");
         c.arg(ws.lock_path())
-            .args(["sh", "-c", "echo ready; exec sleep 30"]);
+            .args(["sh", "-c", "echo \"pid $$\"; echo ready; exec sleep 30"]);
         c
     });
     holder.expect_line("ready");
@@ -293,7 +293,7 @@ fn corrupt_registry_is_kept_aside_on_a_worktree_launch() {
         let mut holder = Proc::spawn({
             let mut c = Command::new("flock");
             c.arg(ws.lock_path())
-                .args(["sh", "-c", "echo ready; exec sleep 30"]);
+                .args(["sh", "-c", "echo \"pid $$\"; echo ready; exec sleep 30"]);
             c
         });
         holder.expect_line("ready");

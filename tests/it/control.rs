@@ -62,6 +62,7 @@ fn status_exit_codes_and_json() {
         "id": "<redacted>",
         "mode": "primary",
         "pid": "<redacted>",
+        "pid_namespace": "same",
         "child_pid": "<redacted>",
         "child_alive": true,
         "supervisor_pid": "<redacted>",
@@ -70,6 +71,7 @@ fn status_exit_codes_and_json() {
         "age_seconds": "<redacted>",
         "prompt": "write docs",
         "command": [bin(), "probe", "--exit-on", "TERM"],
+        "holders": null,
         "worktree": null,
     });
     assert_eq!(v, expected);

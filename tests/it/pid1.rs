@@ -102,3 +102,77 @@ fn pid1_reaps_a_hundred_orphaned_grandchildren() {
         started.elapsed()
     );
 }
+
+/// From the host, a loop in its own pid namespace records pids the host cannot judge:
+/// status says so instead of alive or gone, and stop never signals those numbers here
+/// (it asks through the stop request file, which the loop honours).
+#[test]
+fn status_from_outside_says_the_pids_are_another_namespace() {
+    if !unshare_permitted() {
+        println!("skipped: unshare --pid is not permitted here (needs root)");
+        return;
+    }
+    let ws = Workspace::new();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        bin(),
+        "-C",
+    ])
+    .arg(&ws.path)
+    .args([
+        "run",
+        "--prompt",
+        "in a container",
+        "--",
+        bin(),
+        "probe",
+        "--exit-on",
+        "TERM",
+    ])
+    .stdin(std::process::Stdio::null());
+    let mut p = Proc::spawn(cmd);
+    p.expect_line("ready");
+    assert_eq!(p.value("pid"), "2", "the child is pid 2 in its namespace");
+    wait_until("the child's pid in the metadata", LIMIT, || {
+        std::fs::read_to_string(ws.lock_path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|m| m["child_pid"] == 2)
+    });
+
+    let out = ws.run(&["status"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("child pid  2 (in another pid namespace)")
+            && out
+                .stdout
+                .contains("supervisor 1 (in another pid namespace)"),
+        "{}",
+        out.stdout
+    );
+    let v: serde_json::Value = serde_json::from_str(&ws.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["pid_namespace"], "other", "{v}");
+    assert_eq!(v["child_alive"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["supervisor_alive"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["holders"], serde_json::Value::Null, "{v}");
+
+    // --kill would signal numbers that mean other processes here: refused.
+    let out = ws.run(&["stop", "--kill", "--timeout", "1s"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(
+        out.stderr.contains("another pid namespace"),
+        "{}",
+        out.stderr
+    );
+    // A plain stop asks through the stop request, which the supervisor inside honours.
+    let out = ws.run(&["stop", "--timeout", "10s"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    p.expect_line("signal SIGTERM");
+    let status = p.wait(LIMIT);
+    assert_eq!(status.code(), Some(128 + 15), "{}", p.stderr());
+}

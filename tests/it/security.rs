@@ -8,13 +8,14 @@ use std::process::Command;
 
 use crate::harness::*;
 
-/// Holds the workspace lock with flock(1), as any other primary would.
+/// Holds the workspace lock with flock(1), as any other primary would (its command
+/// reports its pid, so the harness kills it too: flock(1) alone dying would leave it).
 fn hold(ws: &Workspace) -> Proc {
     std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
     let mut p = Proc::spawn({
         let mut c = Command::new("flock");
         c.arg(ws.lock_path())
-            .args(["sh", "-c", "echo ready; exec sleep 60"]);
+            .args(["sh", "-c", "echo \"pid $$\"; echo ready; exec sleep 60"]);
         c
     });
     p.expect_line("ready");
@@ -61,8 +62,11 @@ fn hostile_prompts_stay_inside_worktrees_dir() {
     std::fs::create_dir_all(repo.join(".ralph")).unwrap();
     let mut holder = Proc::spawn({
         let mut c = Command::new("flock");
-        c.arg(repo.join(".ralph/loop.lock"))
-            .args(["sh", "-c", "echo ready; exec sleep 60"]);
+        c.arg(repo.join(".ralph/loop.lock")).args([
+            "sh",
+            "-c",
+            "echo \"pid $$\"; echo ready; exec sleep 60",
+        ]);
         c
     });
     holder.expect_line("ready");
@@ -350,4 +354,139 @@ fn environment_secrets_never_reach_ralph_files() {
             assert!(!text.contains(v), "{k}'s value leaked into {name}");
         }
     }
+}
+
+/// Plants `victim` as a second name (hard link) at `.ralph/<name>`.
+fn hard_link_victim(ws: &Workspace, name: &str, contents: &str) -> std::path::PathBuf {
+    let link = ws.path.join(".ralph").join(name);
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    let victim = ws.path.join("precious.txt");
+    std::fs::write(&victim, contents).unwrap();
+    std::fs::hard_link(&victim, &link).unwrap();
+    victim
+}
+
+#[test]
+fn hard_linked_lock_is_refused_and_the_other_file_kept() {
+    let ws = Workspace::new();
+    let victim = hard_link_victim(&ws, "loop.lock", "precious\n");
+    let out = ws.run(&["run", "--", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    let errors = crate::faults::error_lines(&out.stderr);
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("loop.lock: it has 2 names (hard links)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    // Those who only look may still read it, and find no loop.
+    assert_eq!(ws.run(&["status"]).code(), 3);
+    assert_eq!(ws.run(&["wait"]).code(), 0);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+#[test]
+fn hard_linked_history_is_refused_and_the_other_file_kept() {
+    let ws = Workspace::new();
+    let victim = hard_link_victim(&ws, "supervise/runs.jsonl", "precious\n");
+    let out = ws.run(&["run", "--", "true"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains("cannot record the run") && out.stderr.contains("hard links"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+#[test]
+fn hard_linked_registry_is_not_written_and_the_other_file_kept() {
+    let ws = Workspace::git();
+    let _holder = hold(&ws);
+    let victim = hard_link_victim(&ws, "loops.json", "{\"loops\": []}\n");
+    // Reading the registry (to pick a free id) is harmless; registering is refused, with
+    // a warning, as any failure to register is.
+    let out = ws.run(&["run", "--on-conflict", "worktree", "--", "true"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains("cannot register the loop: refusing")
+            && out.stderr.contains("loops.json: it has 2 names"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "{\"loops\": []}\n"
+    );
+}
+
+#[test]
+fn hard_linked_merge_queue_and_repo_lock_are_refused() {
+    let ws = Workspace::git();
+    let _holder = hold(&ws);
+    let victim = hard_link_victim(&ws, "merge-queue.jsonl", "precious\n");
+    let policy = ws.path.join("queue.toml");
+    std::fs::write(&policy, "[worktree]\non_exit = \"queue-merge\"\n").unwrap();
+    let out = ws.run(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--on-conflict",
+        "worktree",
+        "--",
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.com",
+        "commit",
+        "--allow-empty",
+        "-qm",
+        "work",
+    ]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains("merge-queue.jsonl: it has 2 names"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+
+    // The repository's worktree lock is only locked, never written: still refused, as
+    // locking another's file could block whoever owns it.
+    let other = ws.path.join("other.txt");
+    std::fs::write(&other, "mine\n").unwrap();
+    std::fs::hard_link(&other, ws.path.join(".ralph/worktree.lock")).unwrap_or_else(|_| {
+        std::fs::remove_file(ws.path.join(".ralph/worktree.lock")).unwrap();
+        std::fs::hard_link(&other, ws.path.join(".ralph/worktree.lock")).unwrap();
+    });
+    let out = ws.run(&["run", "--on-conflict", "worktree", "--", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(
+        out.stderr.contains("worktree.lock: it has 2 names"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "mine\n");
+}
+
+#[test]
+fn worktree_context_is_not_written_through_a_tracked_symlink() {
+    let ws = Workspace::git();
+    let victim = ws.path.join("precious.txt");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::create_dir_all(ws.path.join(".ralph/agent")).unwrap();
+    symlink(&victim, ws.path.join(".ralph/agent/context.md")).unwrap();
+    ws.git_cmd(&["add", "-f", ".ralph/agent/context.md", "precious.txt"]);
+    ws.git_cmd(&["commit", "-qm", "a link where the loop context goes"]);
+    let _holder = hold(&ws);
+    let out = ws.run(&["run", "--on-conflict", "worktree", "--", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(
+        out.stderr.contains("context.md: it is a symbolic link"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
 }
