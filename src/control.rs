@@ -160,14 +160,21 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         Some(id) => match find_loop(workspace, id)? {
             Some(path) => path,
             None => {
-                eprintln!("ralph-supervise: no loop {id:?} in {}", workspace.display());
+                eprintln!(
+                    "ralph-supervise: no loop \"{}\" in {}",
+                    present::escape(id),
+                    present::path(workspace)
+                );
                 return Ok(ExitStatus::NotRunning);
             }
         },
     };
     let state = inspect(&target)?;
     if !state.held {
-        eprintln!("ralph-supervise: nothing running in {}", target.display());
+        eprintln!(
+            "ralph-supervise: nothing running in {}",
+            present::path(&target)
+        );
         return Ok(ExitStatus::NotRunning);
     }
     let dir = RalphDir::open_or_create(&target)?;
@@ -232,7 +239,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
                 .unwrap_or_else(|| "its lock was released".into());
             println!(
                 "stopped {} in {:.1}s: {how}",
-                loop_id.as_deref().unwrap_or("the loop"),
+                present::escape(loop_id.as_deref().unwrap_or("the loop")),
                 started.elapsed().as_secs_f64()
             );
             Ok(ExitStatus::SUCCESS)
@@ -240,7 +247,7 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         Waited::TimedOut => {
             eprintln!(
                 "ralph-supervise: {} still running after {:?}; try --kill",
-                loop_id.as_deref().unwrap_or("the loop"),
+                present::escape(loop_id.as_deref().unwrap_or("the loop")),
                 settings.timeout
             );
             Ok(ExitStatus::Timeout)
@@ -340,18 +347,21 @@ pub(crate) fn gc(
     let report = worktree::gc(workspace, dir, branch_prefix, dry_run)?;
     let verb = if dry_run { "would " } else { "" };
     for id in &report.pruned {
-        println!("{verb}prune registry entry {id} (its process is gone)");
+        println!(
+            "{verb}prune registry entry {} (its process is gone)",
+            present::escape(id)
+        );
     }
     for path in &report.removed {
-        println!("{verb}remove {} (finished and clean)", path.display());
+        println!("{verb}remove {} (finished and clean)", present::path(path));
     }
     for path in &report.unmerged {
-        println!("keep {} (unmerged work)", path.display());
+        println!("keep {} (unmerged work)", present::path(path));
     }
     for path in &report.running {
         println!(
             "keep {} (running, or launched in the last 2 minutes)",
-            path.display()
+            present::path(path)
         );
     }
     if report.pruned.is_empty() && report.removed.is_empty() {

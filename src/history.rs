@@ -23,6 +23,7 @@ pub struct Record {
     pub(crate) id: String,
     pub(crate) mode: String,
     pub(crate) command: Vec<String>,
+    /// The whole prompt (the lock metadata keeps ralph's 100 characters).
     pub(crate) prompt: String,
     /// RFC 3339, UTC.
     pub(crate) start: String,

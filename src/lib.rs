@@ -88,7 +88,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
         Command::Policy(PolicyCommand::Check { file }) => {
             init_logging(&global, None);
             policy::load(&file)?;
-            println!("{}: ok", file.display());
+            println!("{}: ok", present::path(&file));
             Ok(ExitStatus::SUCCESS)
         }
         Command::Status { json } => {

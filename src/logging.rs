@@ -13,6 +13,11 @@
 //! the agent still running and holding the lock. After EPIPE or EIO nothing more is
 //! written at all: neither comes back, and with SIGPIPE blocked (the supervisor's
 //! signalfd) every further write would queue one more SIGPIPE to ignore and log.
+//!
+//! Log messages quote what came from outside (prompts, command words, paths, error
+//! messages): in text lines every control character is written escaped
+//! ([`crate::present::escape`]), so that a newline cannot forge a second line and an
+//! escape sequence never reaches the terminal. JSON lines are escaped by serde.
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
@@ -27,6 +32,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
+use crate::present::escape;
 
 /// Lines that could not be written to stderr (log lines and the final error line).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -107,7 +113,7 @@ pub(crate) fn print_error(error: &anyhow::Error, status: u8, flag: Option<LogFor
             text(&format!("{error:#}")),
         )
     } else {
-        format!("ralph-supervise: {error:#}")
+        format!("ralph-supervise: {}", escape(&format!("{error:#}")))
     };
     line.push('\n');
     write_stderr(line.as_bytes());
@@ -191,7 +197,11 @@ where
         } else {
             write!(writer, "{name}: ")?;
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // The message and fields quote outside text: escape them as a whole (our own
+        // colour codes above stay as they are).
+        let mut fields = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut fields), event)?;
+        writeln!(writer, "{}", escape(&fields))
     }
 }

@@ -482,7 +482,8 @@ fn history_record(
         id: session.place.loop_id().to_owned(),
         mode: session.place.mode().to_string(),
         command: session.meta.command.clone(),
-        prompt: session.meta.prompt.clone(),
+        // Whole: the 100-character cut is the lock metadata's (ralph's), not ours.
+        prompt: session.settings.prompt_text(),
         start: format_time(&started),
         end: format_time(&Utc::now()),
         exit_code,

@@ -21,4 +21,5 @@ mod service;
 mod signals;
 mod stress;
 mod terminal;
+mod untrusted_text;
 mod worktree;
