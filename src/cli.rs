@@ -80,6 +80,9 @@ pub(crate) enum Command {
         limit: usize,
     },
     /// Prune dead registry entries and remove clean, finished worktrees
+    ///
+    /// Outside a git repository there are no worktrees: only the registry
+    /// (.ralph/loops.json) is pruned.
     Gc {
         /// Say what would be done, change nothing
         #[arg(long)]

@@ -245,11 +245,19 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
             Ok(ExitStatus::SUCCESS)
         }
         Waited::TimedOut => {
-            eprintln!(
-                "ralph-supervise: {} still running after {:?}; try --kill",
-                present::escape(loop_id.as_deref().unwrap_or("the loop")),
-                settings.timeout
-            );
+            let name = present::escape(loop_id.as_deref().unwrap_or("the loop"));
+            if settings.kill {
+                // KILL was sent already: whatever holds the lock is outside the group.
+                eprintln!(
+                    "ralph-supervise: {name} still holds the workspace {:?} after KILL: a process outside its group holds the lock; find it with `ralph-supervise status`",
+                    settings.timeout
+                );
+            } else {
+                eprintln!(
+                    "ralph-supervise: {name} still running after {:?}; try --kill",
+                    settings.timeout
+                );
+            }
             Ok(ExitStatus::Timeout)
         }
         Waited::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
@@ -362,6 +370,12 @@ pub(crate) fn gc(
         println!(
             "keep {} (running, or launched in the last 2 minutes)",
             present::path(path)
+        );
+    }
+    if report.not_git {
+        println!(
+            "no worktrees to check: {} is not in a git repository",
+            present::path(workspace)
         );
     }
     if report.pruned.is_empty() && report.removed.is_empty() {

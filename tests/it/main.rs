@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod advice;
 mod bad_input;
 mod bad_input_matrix;
 mod broken_stderr;
