@@ -325,15 +325,15 @@ pub(crate) fn show_history(
     n: usize,
     as_json: bool,
 ) -> Result<ExitStatus, Failure> {
-    let records = match RalphDir::open_existing(workspace)? {
+    let (records, bad) = match RalphDir::open_existing(workspace)? {
         Some(dir) => {
             let (records, bad) = history::read(&dir).or_fail("cannot read the history")?;
             if bad > 0 {
                 tracing::warn!("skipped {bad} unreadable history lines");
             }
-            records
+            (records, bad)
         }
-        None => vec![],
+        None => (vec![], 0),
     };
     let recent = &records[records.len().saturating_sub(n)..];
     let mut out = std::io::stdout().lock();
@@ -341,7 +341,12 @@ pub(crate) fn show_history(
         writeln!(out, "{}", serde_json::to_string_pretty(recent).unwrap()).or_fail("stdout")?;
         return Ok(ExitStatus::SUCCESS);
     }
-    write!(out, "{}", present::history_table(recent)).or_fail("stdout")?;
+    write!(
+        out,
+        "{}",
+        present::history_table(recent, records.len(), bad)
+    )
+    .or_fail("stdout")?;
     Ok(ExitStatus::SUCCESS)
 }
 

@@ -399,11 +399,24 @@ pub(crate) fn list_table(rows: &[ListRow]) -> String {
 // ---------------------------------------------------------------------------------
 // history and stop
 
-/// The table of `history`, or `no runs recorded`. (`history --json` prints the
-/// [`history::Record`]s themselves.)
-pub(crate) fn history_table(records: &[history::Record]) -> String {
+/// The table of `history`: `records`, the selection shown out of `recorded` readable
+/// records (`unreadable` lines were skipped). An empty selection is told apart from an
+/// empty history. (`history --json` prints the [`history::Record`]s themselves.)
+pub(crate) fn history_table(
+    records: &[history::Record],
+    recorded: usize,
+    unreadable: usize,
+) -> String {
+    let runs = |n: usize| format!("{n} run{}", if n == 1 { "" } else { "s" });
     if records.is_empty() {
-        return "no runs recorded\n".into();
+        return match (recorded, unreadable) {
+            (0, 0) => "no runs recorded\n".into(),
+            (0, bad) => format!(
+                "no readable runs recorded ({bad} unreadable line{} skipped)\n",
+                if bad == 1 { "" } else { "s" }
+            ),
+            (n, _) => format!("{} recorded; -n 0 shows none\n", runs(n)),
+        };
     }
     let mut out = format!(
         "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} PROMPT\n",
