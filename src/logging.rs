@@ -14,6 +14,13 @@
 //! written at all: neither comes back, and with SIGPIPE blocked (the supervisor's
 //! signalfd) every further write would queue one more SIGPIPE to ignore and log.
 //!
+//! Subcommands print their output through [`print`], which never panics either: a
+//! reader that went away (`| head -c0`, `| grep -q`) ends the output, not the command,
+//! which exits with its own status. (ralph-supervise leaves SIGPIPE ignored, as Rust
+//! starts it, so that a write to a closed pipe fails with EPIPE instead of killing it;
+//! the children it starts get the default action back from std and from the
+//! supervisor's signal reset.)
+//!
 //! Log messages quote what came from outside (prompts, command words, paths, error
 //! messages): in text lines every control character is written escaped
 //! ([`crate::present::escape`]), so that a newline cannot forge a second line and an
@@ -32,12 +39,15 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
+use crate::exit::{ExitStatus, Failure};
 use crate::present::escape;
 
 /// Lines that could not be written to stderr (log lines and the final error line).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Set once stderr failed for good (EPIPE, EIO): nothing is written after that.
 static BROKEN: AtomicBool = AtomicBool::new(false);
+/// Set once stdout's reader went away (EPIPE): the rest of the output is dropped.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 /// The format [`init`] chose: 0 not yet chosen, 1 text, 2 JSON.
 static FORMAT: AtomicU8 = AtomicU8::new(0);
 
@@ -76,6 +86,28 @@ pub(crate) fn write_stderr(buf: &[u8]) -> bool {
     // this line, try the next.
     DROPPED.fetch_add(1, Ordering::Relaxed);
     false
+}
+
+/// Writes `text` to stdout: the one way subcommands print their output. Never panics.
+/// A reader that has gone away (EPIPE) is not an error: this and later output is
+/// dropped, and the subcommand exits with its own status (for `status`, its answer).
+/// Any other failure (a full disk) fails the command (125): its output is incomplete.
+pub(crate) fn print(text: &str) -> Result<(), Failure> {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(Failure::new(
+            ExitStatus::Failure,
+            anyhow::Error::new(e).context("cannot write to stdout"),
+        )),
+    }
 }
 
 /// The subscriber's writer: [`write_stderr`] for each formatted event (tracing-subscriber
