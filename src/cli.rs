@@ -80,6 +80,9 @@ pub(crate) enum Command {
         limit: usize,
     },
     /// Prune dead registry entries and remove clean, finished worktrees
+    ///
+    /// Outside a git repository there are no worktrees: only the registry
+    /// (.ralph/loops.json) is pruned.
     Gc {
         /// Say what would be done, change nothing
         #[arg(long)]
@@ -322,7 +325,27 @@ pub(crate) fn parse() -> Cli {
             command: Command::Run(args),
         };
     }
-    <Cli as Parser>::parse()
+    match <Cli as Parser>::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => escaped_error(e).exit(),
+    }
+}
+
+/// A usage error whose quoted arguments have their control characters escaped: clap
+/// quotes what it rejects as it is, so the same command line is parsed again with each
+/// argument escaped ([`crate::present::escape`]) and that error is shown instead, when
+/// it is the same kind of error (else the original, which then quotes nothing raw that
+/// the escaped line would not have).
+fn escaped_error(original: clap::Error) -> clap::Error {
+    let args = std::env::args_os().map(|arg| match arg.to_str() {
+        Some(text) => OsString::from(crate::present::escape(text).into_owned()),
+        None => arg,
+    });
+    match <Cli as Parser>::try_parse_from(args) {
+        Err(e) if e.kind() == original.kind() => e,
+        _ => original,
+    }
 }
 
 /// The first word that is neither a global flag nor a global flag's value.

@@ -89,10 +89,16 @@ pub(crate) fn acquire(
     };
     match rules.policy {
         OnConflict::Fail => Err(rules.refuse(format!(
-            "{}; wait for it (--on-conflict wait), run beside it (--on-conflict worktree) or stop it (ralph-supervise stop)",
-            rules.taken(&held.holder())
+            "{}; wait for it (--on-conflict wait), {}or stop it (ralph-supervise stop)",
+            rules.taken(&held.holder()),
+            // Only a git repository can have worktrees.
+            if rules.repo.is_some() {
+                "run beside it (--on-conflict worktree) "
+            } else {
+                ""
+            }
         ))),
-        OnConflict::Worktree => rules.worktree_or_refuse(&held.holder()),
+        OnConflict::Worktree => rules.worktree_or_refuse(&held.holder(), None),
         OnConflict::Wait => wait(dir, held, rules, signals),
         OnConflict::Takeover => takeover(dir, held, rules, signals),
     }
@@ -113,7 +119,12 @@ impl Rules<'_> {
     }
 
     /// A worktree launch, or (outside a git repository) the conflict code with the reason.
-    fn worktree_or_refuse(&self, holder: &Holder) -> Result<Next, Failure> {
+    /// `waited`: the wait that timed out first, if one did (the advice differs).
+    fn worktree_or_refuse(
+        &self,
+        holder: &Holder,
+        waited: Option<Duration>,
+    ) -> Result<Next, Failure> {
         let taken = self.taken(holder);
         match self.repo {
             Some(repo) => {
@@ -122,10 +133,16 @@ impl Rules<'_> {
                     repo: repo.to_path_buf(),
                 })
             }
-            None => Err(self.refuse(format!(
-                "{taken}; cannot run in a worktree: {} is not in a git repository; use --on-conflict wait or fail",
-                self.workspace.display()
-            ))),
+            None => Err(self.refuse(match waited {
+                None => format!(
+                    "{taken}; cannot run in a worktree: {} is not in a git repository; wait for it (--on-conflict wait) or stop it (ralph-supervise stop)",
+                    self.workspace.display()
+                ),
+                Some(timeout) => format!(
+                    "gave up waiting after {timeout:?}: {taken}; cannot run in a worktree instead: {} is not in a git repository; wait longer (--wait-timeout) or stop it (ralph-supervise stop)",
+                    self.workspace.display()
+                ),
+            })),
         }
     }
 }
@@ -163,7 +180,7 @@ fn wait(
                     "gave up waiting after {timeout:?}: {}",
                     rules.taken(&now)
                 ))),
-                AfterTimeout::Worktree => rules.worktree_or_refuse(&now),
+                AfterTimeout::Worktree => rules.worktree_or_refuse(&now, Some(timeout)),
             }
         }
     }

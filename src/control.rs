@@ -9,7 +9,7 @@
 //! This module finds things out and acts; what it prints (text, tables, the JSON
 //! shapes) is formatted in the `present` module.
 
-use std::io::Write;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::conflict::{self, Freed};
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::history;
 use crate::lock::{LockFile, MetaState};
+use crate::logging::print;
 use crate::metadata::{Metadata, Mode};
 use crate::present::{self, ListRow, Registered, Status};
 use crate::procfs::{self, HoldingProcess};
@@ -127,16 +128,10 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
 /// `status`: 0 when a loop holds the workspace, 3 when none.
 pub(crate) fn status(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
     let state = inspect(workspace)?;
-    let mut out = std::io::stdout().lock();
     if as_json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&Status::new(&state)).unwrap()
-        )
-        .or_fail("stdout")?;
+        print(&json(&Status::new(&state)))?;
     } else {
-        write!(out, "{}", present::status_text(&state)).or_fail("stdout")?;
+        print(&present::status_text(&state))?;
     }
     Ok(if state.held {
         ExitStatus::SUCCESS
@@ -167,11 +162,10 @@ pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failur
             .unwrap_or_else(|| entry.alive());
         rows.push(ListRow::Registered(Registered::new(&entry, wt, running)));
     }
-    let mut out = std::io::stdout().lock();
     if as_json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows).unwrap()).or_fail("stdout")?;
+        print(&json(&rows))?;
     } else {
-        write!(out, "{}", present::list_table(&rows)).or_fail("stdout")?;
+        print(&present::list_table(&rows))?;
     }
     Ok(ExitStatus::SUCCESS)
 }
@@ -199,20 +193,30 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         Some(id) => match find_loop(workspace, id)? {
             Some(path) => path,
             None => {
-                eprintln!("ralph-supervise: no loop {id:?} in {}", workspace.display());
-                return Ok(ExitStatus::NotRunning);
+                return Err(Failure::msg(
+                    ExitStatus::NotRunning,
+                    format!(
+                        "no loop \"{}\" in {}",
+                        present::escape(id),
+                        present::path(workspace)
+                    ),
+                ));
             }
         },
     };
     let state = inspect(&target)?;
     if !state.held {
-        eprintln!("ralph-supervise: nothing running in {}", target.display());
-        return Ok(ExitStatus::NotRunning);
+        return Err(Failure::msg(
+            ExitStatus::NotRunning,
+            format!("nothing running in {}", present::path(&target)),
+        ));
     }
     let dir = RalphDir::open_or_create(&target)?;
     let Some(lock) = LockFile::open_to_probe(&dir)? else {
-        eprintln!("ralph-supervise: nothing running in {}", target.display());
-        return Ok(ExitStatus::NotRunning);
+        return Err(Failure::msg(
+            ExitStatus::NotRunning,
+            format!("nothing running in {}", present::path(&target)),
+        ));
     };
     let holder = lock.holder();
     drop(lock);
@@ -272,20 +276,30 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
                 .and_then(|id| last_record(workspace, &target, id))
                 .map(|r| present::run_end(&r))
                 .unwrap_or_else(|| "its lock was released".into());
-            println!(
-                "stopped {} in {:.1}s: {how}",
-                loop_id.as_deref().unwrap_or("the loop"),
+            print(&format!(
+                "stopped {} in {:.1}s: {how}\n",
+                present::escape(loop_id.as_deref().unwrap_or("the loop")),
                 started.elapsed().as_secs_f64()
-            );
+            ))?;
             Ok(ExitStatus::SUCCESS)
         }
         Freed::TimedOut => {
-            eprintln!(
-                "ralph-supervise: {} still running after {:?}; try --kill",
-                loop_id.as_deref().unwrap_or("the loop"),
-                settings.timeout
-            );
-            Ok(ExitStatus::Timeout)
+            let name = present::escape(loop_id.as_deref().unwrap_or("the loop"));
+            Err(Failure::msg(
+                ExitStatus::Timeout,
+                if settings.kill {
+                    // KILL was sent already: whatever holds the lock is outside the group.
+                    format!(
+                        "{name} still holds the workspace {:?} after KILL: a process outside its group holds the lock; find it with `ralph-supervise status`",
+                        settings.timeout
+                    )
+                } else {
+                    format!(
+                        "{name} still running after {:?}; try --kill",
+                        settings.timeout
+                    )
+                },
+            ))
         }
         Freed::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
     }
@@ -351,24 +365,30 @@ pub(crate) fn show_history(
     n: usize,
     as_json: bool,
 ) -> Result<ExitStatus, Failure> {
-    let records = match RalphDir::open_existing(workspace)? {
+    let (records, bad) = match RalphDir::open_existing(workspace)? {
         Some(dir) => {
             let (records, bad) = history::read(&dir).or_fail("cannot read the history")?;
             if bad > 0 {
                 tracing::warn!("skipped {bad} unreadable history lines");
             }
-            records
+            (records, bad)
         }
-        None => vec![],
+        None => (vec![], 0),
     };
     let recent = &records[records.len().saturating_sub(n)..];
-    let mut out = std::io::stdout().lock();
     if as_json {
-        writeln!(out, "{}", serde_json::to_string_pretty(recent).unwrap()).or_fail("stdout")?;
-        return Ok(ExitStatus::SUCCESS);
+        print(&json(&recent))?;
+    } else {
+        print(&present::history_table(recent, records.len(), bad))?;
     }
-    write!(out, "{}", present::history_table(recent)).or_fail("stdout")?;
     Ok(ExitStatus::SUCCESS)
+}
+
+/// `value` as pretty JSON, with a final newline.
+fn json(value: &impl serde::Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("our JSON shapes serialize");
+    text.push('\n');
+    text
 }
 
 /// `gc`: prune dead registry entries, remove clean finished worktrees, list the rest.
@@ -380,23 +400,35 @@ pub(crate) fn gc(
 ) -> Result<ExitStatus, Failure> {
     let report = worktree::gc(workspace, dir, branch_prefix, dry_run)?;
     let verb = if dry_run { "would " } else { "" };
+    let mut out = String::new();
     for id in &report.pruned {
-        println!("{verb}prune registry entry {id} (its process is gone)");
+        let id = present::escape(id);
+        let _ = writeln!(out, "{verb}prune registry entry {id} (its process is gone)");
     }
     for path in &report.removed {
-        println!("{verb}remove {} (finished and clean)", path.display());
+        let path = present::path(path);
+        let _ = writeln!(out, "{verb}remove {path} (finished and clean)");
     }
     for path in &report.unmerged {
-        println!("keep {} (unmerged work)", path.display());
+        let _ = writeln!(out, "keep {} (unmerged work)", present::path(path));
     }
     for path in &report.running {
-        println!(
-            "keep {} (running, or launched in the last 2 minutes)",
-            path.display()
+        let path = present::path(path);
+        let _ = writeln!(
+            out,
+            "keep {path} (running, or launched in the last 2 minutes)"
+        );
+    }
+    if report.not_git {
+        let path = present::path(workspace);
+        let _ = writeln!(
+            out,
+            "no worktrees to check: {path} is not in a git repository"
         );
     }
     if report.pruned.is_empty() && report.removed.is_empty() {
-        println!("nothing to clean up");
+        out.push_str("nothing to clean up\n");
     }
+    print(&out)?;
     Ok(ExitStatus::SUCCESS)
 }

@@ -23,6 +23,7 @@ pub struct Record {
     pub(crate) id: String,
     pub(crate) mode: String,
     pub(crate) command: Vec<String>,
+    /// The whole prompt (the lock metadata keeps ralph's 100 characters).
     pub(crate) prompt: String,
     /// RFC 3339, UTC.
     pub(crate) start: String,
@@ -34,7 +35,7 @@ pub struct Record {
     /// What `ralph-supervise run` exited with.
     pub(crate) status: u8,
     pub(crate) restarts: u32,
-    /// How it was stopped: `signal SIGTERM`, `stop-request`, `max-runtime`; `None` when
+    /// How it was stopped: `signal SIGTERM`, `stop-request`, `max-runtime`, `discarded`; `None` when
     /// the command ended by itself.
     pub(crate) stopped_by: Option<String>,
     pub(crate) worktree: Option<PathBuf>,

@@ -44,7 +44,8 @@ pub(crate) use exit::{ExitStatus, Failure};
 
 /// Parses, logs, dispatches, prints the one error line, and exits.
 pub fn main() -> ExitCode {
-    sys::default_sigpipe();
+    // SIGPIPE stays ignored, as Rust starts us: output to a closed pipe fails with EPIPE,
+    // which `logging` handles, instead of killing us before the exit status is settled.
     let cli = cli::parse();
     let log_format = cli.global.log_format;
     match run(cli) {
@@ -83,13 +84,13 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             init_logging(&global, None);
             let workspace = workspace::resolve(global.workspace.as_deref())?;
             let effective = effective_policy(&workspace, &args, &global)?;
-            print!("{}", policy::show(&effective));
+            logging::print(&policy::show(&effective))?;
             Ok(ExitStatus::SUCCESS)
         }
         Command::Policy(PolicyCommand::Check { file }) => {
             init_logging(&global, None);
             policy::load(&file)?;
-            println!("{}: ok", file.display());
+            logging::print(&format!("{}: ok\n", present::path(&file)))?;
             Ok(ExitStatus::SUCCESS)
         }
         Command::Status { json } => {
@@ -138,7 +139,9 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             control::gc(&workspace, &wt.dir, &wt.branch_prefix, dry_run)
         }
         Command::Completions { shell } => {
-            completions::generate(shell, cli::command(), &mut std::io::stdout());
+            let mut script = Vec::new();
+            completions::generate(shell, cli::command(), &mut script);
+            logging::print(&String::from_utf8_lossy(&script))?;
             Ok(ExitStatus::SUCCESS)
         }
         Command::Man { dir } => {
@@ -146,7 +149,11 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
                 .or_fail(format!("cannot write manual pages to {}", dir.display()))?;
             Ok(ExitStatus::SUCCESS)
         }
-        Command::Probe(args) => probe::probe(args.into()),
+        Command::Probe(args) => {
+            // The test probe dies of SIGPIPE like any plain Unix tool.
+            sys::default_sigpipe();
+            probe::probe(args.into())
+        }
     }
 }
 

@@ -13,6 +13,18 @@
 //! the agent still running and holding the lock. After EPIPE or EIO nothing more is
 //! written at all: neither comes back, and with SIGPIPE blocked (the supervisor's
 //! signalfd) every further write would queue one more SIGPIPE to ignore and log.
+//!
+//! Subcommands print their output through [`print`], which never panics either: a
+//! reader that went away (`| head -c0`, `| grep -q`) ends the output, not the command,
+//! which exits with its own status. (ralph-supervise leaves SIGPIPE ignored, as Rust
+//! starts it, so that a write to a closed pipe fails with EPIPE instead of killing it;
+//! the children it starts get the default action back from std and from the
+//! supervisor's signal reset.)
+//!
+//! Log messages quote what came from outside (prompts, command words, paths, error
+//! messages): in text lines every control character is written escaped
+//! ([`crate::present::escape`]), so that a newline cannot forge a second line and an
+//! escape sequence never reaches the terminal. JSON lines are escaped by serde.
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
@@ -27,11 +39,15 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
+use crate::exit::{ExitStatus, Failure};
+use crate::present::escape;
 
 /// Lines that could not be written to stderr (log lines and the final error line).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Set once stderr failed for good (EPIPE, EIO): nothing is written after that.
 static BROKEN: AtomicBool = AtomicBool::new(false);
+/// Set once stdout's reader went away (EPIPE): the rest of the output is dropped.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 /// The format [`init`] chose: 0 not yet chosen, 1 text, 2 JSON.
 static FORMAT: AtomicU8 = AtomicU8::new(0);
 
@@ -72,6 +88,28 @@ pub(crate) fn write_stderr(buf: &[u8]) -> bool {
     false
 }
 
+/// Writes `text` to stdout: the one way subcommands print their output. Never panics.
+/// A reader that has gone away (EPIPE) is not an error: this and later output is
+/// dropped, and the subcommand exits with its own status (for `status`, its answer).
+/// Any other failure (a full disk) fails the command (125): its output is incomplete.
+pub(crate) fn print(text: &str) -> Result<(), Failure> {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(Failure::new(
+            ExitStatus::Failure,
+            anyhow::Error::new(e).context("cannot write to stdout"),
+        )),
+    }
+}
+
 /// The subscriber's writer: [`write_stderr`] for each formatted event (tracing-subscriber
 /// formats an event into one buffer and writes it with one `write_all`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -107,7 +145,7 @@ pub(crate) fn print_error(error: &anyhow::Error, status: u8, flag: Option<LogFor
             text(&format!("{error:#}")),
         )
     } else {
-        format!("ralph-supervise: {error:#}")
+        format!("ralph-supervise: {}", escape(&format!("{error:#}")))
     };
     line.push('\n');
     write_stderr(line.as_bytes());
@@ -191,7 +229,11 @@ where
         } else {
             write!(writer, "{name}: ")?;
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // The message and fields quote outside text: escape them as a whole (our own
+        // colour codes above stay as they are).
+        let mut fields = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut fields), event)?;
+        writeln!(writer, "{}", escape(&fields))
     }
 }

@@ -85,8 +85,8 @@ impl Notifier {
         })
     }
 
-    /// `STATUS=<text>`: a one-line status shown by `systemctl status`. Newlines in
-    /// `text` become spaces (a newline would start a new assignment).
+    /// `STATUS=<text>`: a one-line status shown by `systemctl status`. Control
+    /// characters in `text` are escaped (a newline would start a new assignment).
     pub(crate) fn status(&self, text: &str) -> bool {
         self.send(&format!("STATUS={}", one_line(text)))
     }
@@ -119,8 +119,10 @@ impl Notifier {
     }
 }
 
+/// `text` on one line, with no control character (the escaping of everything
+/// ralph-supervise prints: a newline would end the assignment).
 fn one_line(text: &str) -> String {
-    text.replace(['\n', '\r'], " ")
+    crate::present::escape(text).into_owned()
 }
 
 #[cfg(test)]
@@ -149,7 +151,7 @@ mod tests {
         assert!(notifier.status("running pid 42 as primary"));
         assert_eq!(recv(&server), b"STATUS=running pid 42 as primary");
         assert!(notifier.status("two\nlines"));
-        assert_eq!(recv(&server), b"STATUS=two lines");
+        assert_eq!(recv(&server), b"STATUS=two\\nlines");
         assert!(notifier.ready_with_status("up"));
         assert_eq!(recv(&server), b"READY=1\nSTATUS=up");
         assert!(notifier.stopping());

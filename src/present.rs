@@ -10,6 +10,7 @@
 //! `list` manual pages. Fields are declared in alphabetical order, the order the keys
 //! have always been printed in.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -22,6 +23,47 @@ use crate::lock::{Holder, MetaState};
 use crate::metadata::{Mode, format_time};
 use crate::procfs;
 use crate::worktree::registry;
+
+/// Whether `c` must not reach a terminal as it is: the C0 and C1 control characters
+/// and DEL (Unicode's `Cc`: a newline breaks a table row, ESC starts a terminal
+/// escape sequence, and a UTF-8 terminal reads U+009B as ESC `[`), and the
+/// bidirectional overrides and isolates, which make a terminal show text in another
+/// order than it is ("Trojan Source").
+fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` made safe to print: each control character written the way Rust and C write
+/// it in a string literal (`\n`, `\t`, `\r`, `\x1b` for the other ASCII ones,
+/// `\u{9b}` beyond ASCII); everything else, backslashes included, as it is. The one
+/// escaping function of everything ralph-supervise prints for people (never the child's
+/// output, which is not ours to touch).
+pub(crate) fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unprintable) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_ascii() && unprintable(c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if unprintable(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A path made safe to print ([`escape`] of its lossy display).
+pub(crate) fn path(p: &std::path::Path) -> String {
+    escape(&p.to_string_lossy()).into_owned()
+}
 
 /// `3h12m`, `45s`: a short age.
 pub(crate) fn human_age(age: TimeDelta) -> String {
@@ -49,9 +91,9 @@ pub(crate) fn holder(holder: &Holder) -> String {
         MetaState::Valid(m) => {
             let age = Utc::now().signed_duration_since(m.started);
             let mut s = format!(
-                "pid {} ({:?}) since {} ({} ago)",
+                "pid {} (\"{}\") since {} ({} ago)",
                 m.pid,
-                m.prompt,
+                escape(&m.prompt),
                 format_time(&m.started),
                 human_age(age)
             );
@@ -79,7 +121,7 @@ pub(crate) fn holder(holder: &Holder) -> String {
         MetaState::Empty | MetaState::Invalid(_) => {
             let what = match &holder.metadata {
                 MetaState::Empty => "no metadata".to_string(),
-                MetaState::Invalid(e) => format!("unreadable metadata: {e}"),
+                MetaState::Invalid(e) => format!("unreadable metadata: {}", escape(e)),
                 MetaState::Valid(_) => unreachable!(),
             };
             match (holder.processes.as_deref(), holder.kernel.as_deref()) {
@@ -97,7 +139,7 @@ pub(crate) fn holder(holder: &Holder) -> String {
 pub(crate) fn processes<'a>(procs: impl IntoIterator<Item = &'a procfs::HoldingProcess>) -> String {
     procs
         .into_iter()
-        .map(|p| format!("pid {} ({})", p.pid, p.name))
+        .map(|p| format!("pid {} ({})", p.pid, escape(&p.name)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -257,7 +299,7 @@ pub(crate) fn status_text(state: &LoopState) -> String {
     };
     let mut out = format!(
         "running: loop {} ({})\n",
-        m.loop_id.as_deref().unwrap_or("-"),
+        escape(m.loop_id.as_deref().unwrap_or("-")),
         m.mode
             .map(|x| x.to_string())
             .unwrap_or_else(|| "ralph".into())
@@ -276,19 +318,15 @@ pub(crate) fn status_text(state: &LoopState) -> String {
             human_age(Utc::now().signed_duration_since(m.started))
         ),
     );
-    row("prompt", m.prompt.clone());
+    row("prompt", escape(&m.prompt).into_owned());
     if !m.command.is_empty() {
-        row("command", m.command.join(" "));
+        row("command", escape(&m.command.join(" ")).into_owned());
     }
-    row("workspace", state.workspace.display().to_string());
+    row("workspace", path(&state.workspace));
     if m.mode == Some(Mode::Worktree) {
         row(
             "worktree",
-            m.workspace
-                .as_deref()
-                .unwrap_or(&state.workspace)
-                .display()
-                .to_string(),
+            path(m.workspace.as_deref().unwrap_or(&state.workspace)),
         );
     }
     held_by_rows(state, &mut out);
@@ -313,7 +351,7 @@ fn held_by_rows(state: &LoopState, out: &mut String) {
             "  {:<11}pid {} ({}), {}",
             "held by",
             h.process.pid,
-            h.process.name,
+            escape(&h.process.name),
             if h.member {
                 "left behind by the loop; `ralph-supervise stop` ends it"
             } else {
@@ -433,14 +471,14 @@ pub(crate) fn list_table(rows: &[ListRow]) -> String {
         let _ = writeln!(
             out,
             "{:<36} {:<8} {:>8} {:<7} {:>7}  {}",
-            c.id.unwrap_or("-"),
+            escape(c.id.unwrap_or("-")),
             c.mode.map(|m| m.to_string()).as_deref().unwrap_or("-"),
             c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             if c.running { "running" } else { "dead" },
             c.age_seconds
                 .map(|s| human_age(TimeDelta::seconds(s)))
                 .unwrap_or_else(|| "-".into()),
-            c.prompt,
+            escape(c.prompt),
         );
     }
     out
@@ -449,11 +487,24 @@ pub(crate) fn list_table(rows: &[ListRow]) -> String {
 // ---------------------------------------------------------------------------------
 // history and stop
 
-/// The table of `history`, or `no runs recorded`. (`history --json` prints the
-/// [`history::Record`]s themselves.)
-pub(crate) fn history_table(records: &[history::Record]) -> String {
+/// The table of `history`: `records`, the selection shown out of `recorded` readable
+/// records (`unreadable` lines were skipped). An empty selection is told apart from an
+/// empty history. (`history --json` prints the [`history::Record`]s themselves.)
+pub(crate) fn history_table(
+    records: &[history::Record],
+    recorded: usize,
+    unreadable: usize,
+) -> String {
+    let runs = |n: usize| format!("{n} run{}", if n == 1 { "" } else { "s" });
     if records.is_empty() {
-        return "no runs recorded\n".into();
+        return match (recorded, unreadable) {
+            (0, 0) => "no runs recorded\n".into(),
+            (0, bad) => format!(
+                "no readable runs recorded ({bad} unreadable line{} skipped)\n",
+                if bad == 1 { "" } else { "s" }
+            ),
+            (n, _) => format!("{} recorded; -n 0 shows none\n", runs(n)),
+        };
     }
     let mut out = format!(
         "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} PROMPT\n",
@@ -469,20 +520,20 @@ pub(crate) fn history_table(records: &[history::Record]) -> String {
         };
         let result = match (&r.exit_code, &r.signal) {
             (Some(c), _) => format!("exit {c}"),
-            (None, Some(s)) => s.clone(),
+            (None, Some(s)) => escape(s).into_owned(),
             _ => format!("status {}", r.status),
         };
         let _ = writeln!(
             out,
             "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} {}",
-            r.id,
-            r.mode,
-            r.start,
+            escape(&r.id),
+            escape(&r.mode),
+            escape(&r.start),
             duration,
             result,
             r.restarts,
-            r.stopped_by.as_deref().unwrap_or("-"),
-            r.prompt
+            escape(r.stopped_by.as_deref().unwrap_or("-")),
+            escape(&r.prompt)
         );
     }
     out
@@ -492,11 +543,11 @@ pub(crate) fn history_table(records: &[history::Record]) -> String {
 pub(crate) fn run_end(r: &history::Record) -> String {
     let how = match (&r.exit_code, &r.signal) {
         (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(sig)) => format!("killed by {sig}"),
+        (None, Some(sig)) => format!("killed by {}", escape(sig)),
         (None, None) => "ended".into(),
     };
     match &r.stopped_by {
-        Some(by) => format!("{how} (stopped by {by})"),
+        Some(by) => format!("{how} (stopped by {})", escape(by)),
         None => how,
     }
 }
@@ -505,6 +556,18 @@ pub(crate) fn run_end(r: &history::Record) -> String {
 mod tests {
     use super::*;
     use crate::metadata::Metadata;
+
+    #[test]
+    fn escape_writes_control_characters_as_literals() {
+        assert!(matches!(escape("plain é ü \\ text"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape("a\nb\tc\rd\x1b]0;t\x07\x7f\u{9b}31m\u{202e}z"),
+            r"a\nb\tc\rd\x1b]0;t\x07\x7f\u{9b}31m\u{202e}z"
+        );
+        // Idempotent: escaped text has nothing left to escape.
+        let once = escape("x\x1by").into_owned();
+        assert_eq!(escape(&once), once);
+    }
 
     #[test]
     fn ages() {

@@ -101,6 +101,9 @@ impl RalphDir {
 
     /// Opens the directory `name` below this one, creating it when `create`.
     pub(crate) fn subdir(&self, name: &str, create: bool) -> Result<Option<RalphDir>, Error> {
+        if create {
+            self.refuse_if_removed(name)?;
+        }
         open_dir(
             self.fd.as_fd(),
             Path::new(name),
@@ -111,6 +114,20 @@ impl RalphDir {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether this directory was removed (its link count is 0): nothing may be created
+    /// in it any more. (Linux refuses already; the refusal here names the reason.)
+    pub(crate) fn removed(&self) -> bool {
+        fstat(&self.fd).is_ok_and(|st| st.st_nlink == 0)
+    }
+
+    /// Refuses to create `name` in a removed directory.
+    fn refuse_if_removed(&self, name: &str) -> Result<(), Error> {
+        if self.removed() {
+            return Err(refuse(&self.path.join(name), Why::DirRemoved));
+        }
+        Ok(())
     }
 
     /// Opens the regular file `name` (creating it, mode 0644 before umask, when
@@ -130,6 +147,7 @@ impl RalphDir {
             | OFlag::O_NONBLOCK
             | OFlag::O_NOCTTY;
         if create {
+            self.refuse_if_removed(name)?;
             flags |= OFlag::O_CREAT;
         }
         let fd = match openat(&self.fd, name, flags, Mode::from_bits_truncate(0o644)) {
@@ -240,6 +258,7 @@ impl RalphDir {
     /// Creates `name` as a new, empty regular file for writing (mode 0644 before umask);
     /// fails with `AlreadyExists` when anything, a symlink included, is there.
     pub(crate) fn create_new(&self, name: &str) -> io::Result<File> {
+        self.refuse_if_removed(name)?;
         let fd = openat(
             &self.fd,
             name,
@@ -510,6 +529,8 @@ enum Why {
     NotRegular,
     /// The file has this many names (hard links): writing it would change another's file.
     HardLinked(u64),
+    /// The directory to create the file in was removed.
+    DirRemoved,
 }
 
 /// The one wording of every refusal. `loop.lock` gets its own, naming the lock.
@@ -571,6 +592,10 @@ fn refuse(path: &Path, why: Why) -> Error {
                 "it has {n} names (hard links), so writing it would change the file behind the other names too; remove the name that does not belong (find the others with `find / -xdev -samefile {}`)",
                 path.display()
             ),
+        ),
+        Why::DirRemoved => (
+            Some(Errno::ENOENT),
+            "its directory was removed; not creating anything in it".to_string(),
         ),
     };
     Error {
@@ -683,6 +708,18 @@ mod tests {
             .unwrap();
         file.append(b"two\n").unwrap();
         assert_eq!(file.read_all().unwrap(), b"one\ntorn\ntwo\n");
+    }
+
+    #[test]
+    fn nothing_is_created_in_a_removed_directory() {
+        let (tmp, dir) = dir();
+        assert!(!dir.removed());
+        std::fs::remove_dir(tmp.path().join(".ralph")).unwrap();
+        assert!(dir.removed());
+        let e = dir.open("loop.lock", Access::ReadWrite, true).unwrap_err();
+        assert!(e.to_string().contains("was removed"), "{e}");
+        assert!(dir.create_new("stop-requested").is_err());
+        assert!(dir.subdir("supervise", true).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
 use crate::policy::{OnConflict, OnExit, Orphans, Policy, RestartPolicy};
 use crate::procfs;
 use crate::supervisor::machine::{self, Machine, RestartWhen, StopReason};
-use crate::supervisor::{self, Child, Hooks, Signals};
+use crate::supervisor::{self, Change, Child, Hooks, Signals};
 use crate::terminal::Terminal;
 use crate::workspace::RalphDir;
 use crate::worktree::{self, Created};
@@ -191,6 +191,13 @@ fn run_in_worktree(
         return ran.status;
     }
     let status = ran.status;
+    if ran.discarded {
+        info!(
+            "worktree {} was removed (discarded): nothing left to keep, remove or queue",
+            created.path.display()
+        );
+        return status;
+    }
     let on_exit = match settings.policy.worktree.on_exit {
         OnExit::Keep => worktree::OnExit::Keep,
         OnExit::RemoveIfClean => worktree::OnExit::RemoveIfClean,
@@ -228,6 +235,8 @@ struct Ran {
     status: Result<ExitStatus, Failure>,
     /// Whether the command ever started (a worktree whose command never did is removed).
     spawned: bool,
+    /// The worktree was removed under the loop.
+    discarded: bool,
 }
 
 /// Runs the command holding `lock` (of `dir`), then records the run and releases.
@@ -259,6 +268,8 @@ fn run_locked(
         meta: metadata(settings, place, started),
         terminal: Terminal::detect(),
         child: None,
+        registered: false,
+        discarded: false,
     };
     let result = match session.write_metadata() {
         Err(e) => Err(Failure::new(
@@ -284,6 +295,7 @@ fn run_locked(
         warn!("cannot deregister the loop: {:#}", e.error);
     }
     let spawned = session.child.is_some();
+    let discarded = session.discarded;
     // The child is gone (or never started): empty the metadata while still locked,
     // then unlock explicitly.
     let released = session
@@ -294,7 +306,11 @@ fn run_locked(
         let _ = extra.release();
     }
     let status = result.and_then(|(status, _)| released.map(|()| status));
-    Ran { status, spawned }
+    Ran {
+        status,
+        spawned,
+        discarded,
+    }
 }
 
 /// Spawns the child and supervises it (and its restarts) to the end.
@@ -371,6 +387,11 @@ struct Session<'a> {
     meta: Metadata,
     terminal: Option<Terminal>,
     child: Option<Child>,
+    /// The worktree loop is in the registry (so its entry going away means something).
+    registered: bool,
+    /// The worktree was removed under the loop: it is being stopped, and nothing is
+    /// created in the worktree any more.
+    discarded: bool,
 }
 
 impl Session<'_> {
@@ -425,8 +446,9 @@ impl Session<'_> {
                 pid_namespace: self.meta.pid_namespace,
                 extra: Default::default(),
             };
-            if let Err(e) = worktree::registry::register(&created.repo_ralph_dir(), entry) {
-                warn!("cannot register the loop: {:#}", e.error);
+            match worktree::registry::register(&created.repo_ralph_dir(), entry) {
+                Ok(()) => self.registered = true,
+                Err(e) => warn!("cannot register the loop: {:#}", e.error),
             }
         }
         crate::service::ready_running(pid, self.place.worktree().map(|c| c.path.as_path()));
@@ -441,16 +463,51 @@ impl Hooks for Session<'_> {
         self.spawn()
     }
 
-    fn workspace_changed(&mut self) -> bool {
+    fn workspace_changed(&mut self) -> Change {
+        if self.discarded {
+            // Being stopped; the directory is going away: touch nothing in it.
+            return Change::Nothing;
+        }
         let newest = self.extra.last().unwrap_or(&self.lock);
-        if !newest.still_linked(self.dir) {
+        let lock_deleted = !newest.still_linked(self.dir);
+        if self.worktree_removed(lock_deleted) {
+            self.discarded = true;
+            warn!(
+                "the worktree {} was removed under the loop (ralph loops discard): stopping it",
+                self.place.workspace().display()
+            );
+            return Change::Discarded;
+        }
+        if lock_deleted {
             self.lock_deleted();
         }
-        stop_request::remove(self.dir).unwrap_or(false)
+        if stop_request::remove(self.dir).unwrap_or(false) {
+            Change::StopRequest
+        } else {
+            Change::Nothing
+        }
     }
 }
 
 impl Session<'_> {
+    /// Whether this worktree loop's worktree is removed or being removed: its `.ralph/`
+    /// is gone, or its `.git` file (`git worktree remove` deletes the whole tree, in
+    /// directory order), or — once `loop.lock` was deleted (`lock_deleted`) — its
+    /// registry entry, which `ralph loops discard` removes before the directory. Never
+    /// for a primary: its workspace is not ours to lose.
+    fn worktree_removed(&self, lock_deleted: bool) -> bool {
+        let Some(created) = self.place.worktree() else {
+            return false;
+        };
+        if self.dir.removed() || created.path.join(".git").symlink_metadata().is_err() {
+            return true;
+        }
+        // A registry that cannot be read says nothing.
+        lock_deleted
+            && self.registered
+            && worktree::registry::lists(&created.repo_ralph_dir(), &created.id) == Some(false)
+    }
+
     fn lock_deleted(&mut self) {
         warn!(
             "{} was deleted while the loop holds it; recreating and locking it again",
@@ -498,7 +555,8 @@ fn history_record(
         id: session.place.loop_id().to_owned(),
         mode: session.place.mode().to_string(),
         command: session.meta.command.clone(),
-        prompt: session.meta.prompt.clone(),
+        // Whole: the 100-character cut is the lock metadata's (ralph's), not ours.
+        prompt: session.settings.prompt_text(),
         start: format_time(&started),
         end: format_time(&Utc::now()),
         exit_code,
@@ -509,6 +567,7 @@ fn history_record(
             StopReason::Signal(sig) => format!("signal {}", signals::name(sig)),
             StopReason::StopRequest => "stop-request".into(),
             StopReason::MaxRuntime => "max-runtime".into(),
+            StopReason::Discarded => "discarded".into(),
         }),
         worktree: session.place.worktree().map(|c| c.path.clone()),
         supervisor_pid: std::process::id(),

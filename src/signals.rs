@@ -104,7 +104,7 @@ pub(crate) fn parse(text: &str) -> Result<Signal, String> {
         format!("SIG{upper}")
     };
     full.parse::<Signal>().map_err(|_| {
-        format!("unknown signal {t:?} (use a name like TERM or SIGTERM, or a number like 15)")
+        format!("unknown signal \"{t}\" (use a name like TERM or SIGTERM, or a number like 15)")
     })
 }
 

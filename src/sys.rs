@@ -256,8 +256,9 @@ pub(crate) fn reap_one() -> io::Result<Option<(i32, Reaped)>> {
     }
 }
 
-/// Restores SIGPIPE's default action (Rust ignores it at start-up), so that a command
-/// whose output is piped into `head` ends quietly like any other Unix tool.
+/// Restores SIGPIPE's default action (Rust ignores it at start-up), so that the test
+/// probe, whose output is piped into `head`, ends like any other Unix tool. (The
+/// subcommands keep it ignored and handle EPIPE: see `logging`.)
 pub(crate) fn default_sigpipe() {
     // SAFETY: installing SIG_DFL runs no code of ours in signal context.
     unsafe {

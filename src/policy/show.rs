@@ -11,7 +11,7 @@ use super::{Effective, Source, TABLE};
 /// is itself a valid policy file describing the same policy.
 pub(crate) fn show(e: &Effective) -> String {
     let mut out = match &e.file {
-        Some(path) => format!("# effective policy; file: {}\n", path.display()),
+        Some(path) => format!("# effective policy; file: {}\n", crate::present::path(path)),
         None => "# effective policy; no policy file, built-in defaults\n".to_string(),
     };
     for (i, key) in TABLE.iter().enumerate() {
@@ -20,7 +20,7 @@ pub(crate) fn show(e: &Effective) -> String {
         }
         let origin = match e.source(key.full) {
             Source::Default => "default".to_string(),
-            Source::File(path) => path.display().to_string(),
+            Source::File(path) => crate::present::path(path),
             Source::Flag => key.long_flag().unwrap_or_default(),
         };
         let _ = match (key.show)(&e.policy) {

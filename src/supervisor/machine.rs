@@ -94,6 +94,8 @@ pub(crate) enum StopReason {
     StopRequest,
     /// `max_runtime` expired.
     MaxRuntime,
+    /// The loop's worktree was removed under it (`ralph loops discard`).
+    Discarded,
 }
 
 /// Where the supervision is.
@@ -132,6 +134,8 @@ pub(crate) enum Event {
     /// A graceful stop was requested: the stop-request file appeared (`signal` is
     /// `None`), or `stop`/a takeover asked, maybe naming the signal the child is to get.
     StopRequest { signal: Option<i32> },
+    /// The loop's worktree was removed: stop as a stop request does.
+    Discarded,
     /// The current deadline passed.
     Deadline,
 }
@@ -294,12 +298,15 @@ impl Machine {
 
             // A stop request while already stopping is the same request again: only a
             // second stop *signal* escalates.
-            (State::Stopping { .. }, Event::StopRequest { .. }) => vec![],
+            (State::Stopping { .. }, Event::StopRequest { .. } | Event::Discarded) => vec![],
             (_, Event::StopRequest { signal }) => self.stop_requested(
                 StopReason::StopRequest,
                 signal.unwrap_or(self.config.stop_signal),
                 now,
             ),
+            (_, Event::Discarded) => {
+                self.stop_requested(StopReason::Discarded, self.config.stop_signal, now)
+            }
 
             (_, Event::Signal(sig)) => match classify(sig) {
                 Class::Forward { stop: true } => {
@@ -602,6 +609,23 @@ mod tests {
             vec![Action::SignalGroup(libc::SIGKILL)]
         );
         assert_eq!(m.deadline(), None);
+    }
+
+    #[test]
+    fn a_discarded_worktree_stops_like_a_stop_request() {
+        let now = Instant::now();
+        let mut m = Machine::new(config(), now);
+        assert_eq!(
+            m.handle(Event::Discarded, now),
+            vec![Action::SignalGroup(libc::SIGTERM)]
+        );
+        assert_eq!(m.deadline(), Some(now + GRACE));
+        assert_eq!(m.stop_reason(), Some(StopReason::Discarded));
+        assert_eq!(m.handle(Event::Discarded, now), vec![], "no escalation");
+        assert_eq!(
+            m.handle(Event::Deadline, now + GRACE),
+            vec![Action::SignalGroup(libc::SIGKILL)]
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@
 //!
 //! The workspace's `.ralph/` directory is watched through the same signalfd (the kernel
 //! sends [`crate::watch::signal`] on every change): a stop-request file means a graceful
-//! stop, a deleted lock file is recreated and locked again by the owner ([`Hooks`]),
+//! stop, a deleted lock file is recreated and locked again by the owner ([`Hooks`]) —
+//! unless the loop's worktree is being removed (`ralph loops discard`), which stops
+//! the loop as a stop request does and creates nothing there any more —
 //! which also spawns the child again on a restart.
 
 pub(crate) mod machine;
@@ -188,13 +190,24 @@ pub(crate) fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
 }
 
+/// What a look at `.ralph/` found, for the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    Nothing,
+    /// A stop request (consumed).
+    StopRequest,
+    /// The loop's worktree was removed under it.
+    Discarded,
+}
+
 /// What the event loop asks of its owner (who holds the lock and the metadata).
 pub(crate) trait Hooks {
     /// Starts the child again (a restart); records it.
     fn respawn(&mut self) -> Result<Child, Failure>;
-    /// Something changed in `.ralph/`: recreate a deleted lock file; consume a stop
-    /// request and return `true` if there was one.
-    fn workspace_changed(&mut self) -> bool;
+    /// Something changed in `.ralph/`: recreate a deleted lock file (unless the
+    /// worktree was removed: then say so); consume a stop request and say if there was
+    /// one.
+    fn workspace_changed(&mut self) -> Change;
 }
 
 /// Supervises `child` until the machine says it is over; returns the exit status.
@@ -230,9 +243,15 @@ pub(crate) fn supervise(
             let sig = received.signo;
             if watch::is_watch_signal(sig) {
                 // Changes coalesce: one look serves every signal of this batch.
-                if !looked && hooks.workspace_changed() {
-                    info!("stop requested ({})", stop_request::FILE);
-                    events.push(Event::StopRequest { signal: None });
+                if !looked {
+                    match hooks.workspace_changed() {
+                        Change::Nothing => {}
+                        Change::StopRequest => {
+                            info!("stop requested ({})", stop_request::FILE);
+                            events.push(Event::StopRequest { signal: None });
+                        }
+                        Change::Discarded => events.push(Event::Discarded),
+                    }
                 }
                 looked = true;
             } else if classify(sig) == Class::Child {

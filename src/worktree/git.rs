@@ -82,7 +82,7 @@ where
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Failure::msg(
             ExitStatus::Failure,
-            "git is not installed (not found on PATH); install git to launch loops in worktrees",
+            "git is not installed (not found on PATH); install git: worktree loops need it",
         )),
         Err(e) => Err(Failure::msg(
             ExitStatus::Failure,

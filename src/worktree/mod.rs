@@ -120,6 +120,8 @@ pub(crate) struct GcReport {
     /// Worktrees whose loop is running (their `loop.lock` is held) or is being launched
     /// (created less than [`GC_GRACE`] ago): left alone.
     pub(crate) running: Vec<PathBuf>,
+    /// The workspace is not in a git repository: only the registry was looked at.
+    pub(crate) not_git: bool,
 }
 
 /// What we learn about the repository before touching it.
@@ -134,20 +136,37 @@ struct Repo {
     head_branch: Option<String>,
 }
 
-fn inspect(dir: &Path) -> Result<Repo, Failure> {
+/// Why the repository is inspected: its messages give the advice that fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A worktree launch (the `worktree` conflict policy).
+    Launch,
+    /// `gc`: outside a git repository there are no worktrees to clean up, which is not
+    /// an error; nor is a repository without commits.
+    Gc,
+}
+
+/// The repository `dir` is in; `None` when it is in none and `purpose` is [`Purpose::Gc`].
+fn inspect(dir: &Path, purpose: Purpose) -> Result<Option<Repo>, Failure> {
     let dir_for_git = if dir.is_dir() {
         dir.to_path_buf()
     } else {
         return Err(Failure::msg(
             ExitStatus::Failure,
-            format!(
-                "{} is not a directory; worktree launches need a git repository",
-                dir.display()
-            ),
+            match purpose {
+                Purpose::Launch => format!(
+                    "{} is not a directory; worktree launches need a git repository",
+                    dir.display()
+                ),
+                Purpose::Gc => format!("{} is not a directory", dir.display()),
+            },
         ));
     };
     let bare = git::run(&dir_for_git, ["rev-parse", "--is-bare-repository"], None)?;
     if !bare.ok {
+        if purpose == Purpose::Gc {
+            return Ok(None);
+        }
         return Err(Failure::msg(
             ExitStatus::Failure,
             format!(
@@ -160,10 +179,16 @@ fn inspect(dir: &Path) -> Result<Repo, Failure> {
     if bare.text() == "true" {
         return Err(Failure::msg(
             ExitStatus::Failure,
-            format!(
-                "{} is a bare git repository; worktree launches need a work tree",
-                dir.display()
-            ),
+            match purpose {
+                Purpose::Launch => format!(
+                    "{} is a bare git repository; worktree launches need a work tree",
+                    dir.display()
+                ),
+                Purpose::Gc => format!(
+                    "{} is a bare git repository; run gc in a work tree of it (-C)",
+                    dir.display()
+                ),
+            },
         ));
     }
     let out = git::run(
@@ -197,7 +222,7 @@ fn inspect(dir: &Path) -> Result<Repo, Failure> {
         ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
         None,
     )?;
-    if !head.ok || head.text().is_empty() {
+    if (!head.ok || head.text().is_empty()) && purpose == Purpose::Launch {
         return Err(Failure::msg(
             ExitStatus::Failure,
             format!(
@@ -218,13 +243,13 @@ fn inspect(dir: &Path) -> Result<Repo, Failure> {
         .filter(|m| m.is_dir())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(root));
-    Ok(Repo {
+    Ok(Some(Repo {
         main,
         root: PathBuf::from(root),
         exclude: PathBuf::from(exclude),
         head: head.text(),
         head_branch: branch.ok.then(|| branch.text()).filter(|b| !b.is_empty()),
-    })
+    }))
 }
 
 /// `dir` must be relative without `..`, or absolute; returns the absolute worktrees
@@ -411,7 +436,7 @@ thread_local! {
 
 /// Creates the worktree for a new loop (see the module documentation).
 pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
-    let repo = inspect(&spec.repo)?;
+    let repo = inspect(&spec.repo, Purpose::Launch)?.expect("a launch never gets None");
     // Worktrees, the registry and the repo lock belong to the main work tree; the base
     // commit and the work carried over come from the tree we were started in.
     let root = repo.main.clone();
@@ -771,26 +796,25 @@ pub(crate) fn gc(
     branch_prefix: &str,
     dry_run: bool,
 ) -> Result<GcReport, Failure> {
-    let info = inspect(repo)?;
+    let Some(info) = inspect(repo, Purpose::Gc)? else {
+        // No worktrees outside git; a registry (ralph lists its primary there too) may
+        // still have dead entries.
+        return Ok(GcReport {
+            pruned: prune_registry(&repo.join(RALPH_DIR), dry_run)?,
+            not_git: true,
+            ..GcReport::default()
+        });
+    };
     let root = info.root;
     let (wt_root, _) = worktrees_dir(&root, dir)?;
-    let ralph_dir = root.join(RALPH_DIR);
-    let pruned = if dry_run {
-        registry::list(&ralph_dir)?
-            .into_iter()
-            .filter(|e| !e.alive())
-            .map(|e| e.id)
-            .collect()
-    } else {
-        registry::prune(&ralph_dir)?
-            .into_iter()
-            .map(|e| e.id)
-            .collect()
-    };
     let mut report = GcReport {
-        pruned,
+        pruned: prune_registry(&root.join(RALPH_DIR), dry_run)?,
         ..GcReport::default()
     };
+    if info.head.is_empty() {
+        // No commits yet: no worktree can branch from anything.
+        return Ok(report);
+    }
     let _lock = if dry_run {
         None
     } else {
@@ -821,6 +845,19 @@ pub(crate) fn gc(
         report.removed.push(path);
     }
     Ok(report)
+}
+
+/// The ids of the dead entries of the registry in `ralph_dir`, removed unless `dry_run`.
+fn prune_registry(ralph_dir: &Path, dry_run: bool) -> Result<Vec<String>, Failure> {
+    let dead = if dry_run {
+        registry::list(ralph_dir)?
+            .into_iter()
+            .filter(|e| !e.alive())
+            .collect()
+    } else {
+        registry::prune(ralph_dir)?
+    };
+    Ok(dead.into_iter().map(|e| e.id).collect())
 }
 
 #[cfg(test)]

@@ -214,6 +214,19 @@ pub(crate) fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
     }
 }
 
+/// Whether the registry lists loop `id`: `Some(false)` when it does not (or there is no
+/// registry), `None` when that cannot be told (unreadable or corrupt).
+pub(crate) fn lists(repo_ralph_dir: &Path, id: &str) -> Option<bool> {
+    let Some(dir) = RalphDir::at(repo_ralph_dir, false).ok()? else {
+        return Some(false);
+    };
+    let Some(file) = dir.open_locked(REGISTRY_FILE, Access::Read, false).ok()? else {
+        return Some(false);
+    };
+    let data = Data::parse(&read(&file).ok()?).ok()?;
+    Some(data.known().iter().any(|e| e.id == id))
+}
+
 /// Removes the entries whose pid is dead; returns them.
 pub(crate) fn prune(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
     Ok(edit(repo_ralph_dir, false, Data::prune)?.unwrap_or_default())

@@ -164,3 +164,80 @@ fn the_final_error_line_is_json_in_the_json_log_format() {
         "{out:?}"
     );
 }
+
+/// Which of the subcommand's standard streams is a pipe whose reader is gone.
+#[derive(Debug, Clone, Copy)]
+enum Closed {
+    Stdout,
+    Stderr,
+}
+
+/// Runs `ralph-supervise -C <ws> <args>` with `closed` a pipe nobody reads; returns
+/// its exit status and what it wrote to the other stream.
+fn run_closed(ws: &Workspace, args: &[&str], closed: Closed) -> (ExitStatus, String) {
+    use std::io::Read;
+    let (reader, writer) = pipe();
+    drop(reader);
+    let mut cmd = ws.cmd(args);
+    match closed {
+        Closed::Stdout => cmd.stdout(Stdio::from(writer)).stderr(Stdio::piped()),
+        Closed::Stderr => cmd.stderr(Stdio::from(writer)).stdout(Stdio::piped()),
+    };
+    let mut child = cmd.spawn().expect("spawn");
+    drop(cmd);
+    let mut other: Box<dyn Read + Send> = match closed {
+        Closed::Stdout => Box::new(child.stderr.take().unwrap()),
+        Closed::Stderr => Box::new(child.stdout.take().unwrap()),
+    };
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = other.read_to_string(&mut text);
+        text
+    });
+    let status = wait_exit(&mut child);
+    (status, reader.join().unwrap())
+}
+
+/// Every subcommand's output goes through one writer that never panics: a reader that
+/// went away (`ralph-supervise status | head -c0`) or a stderr nobody reads ends the
+/// output, not the command, which exits with its own status.
+#[test]
+fn closed_output_pipes_never_panic_and_keep_the_exit_status() {
+    let ws = Workspace::git();
+    let idle: &[(&[&str], i32)] = &[
+        (&["status"], 3),
+        (&["status", "--json"], 3),
+        (&["list"], 0),
+        (&["history"], 0),
+        (&["gc", "--dry-run"], 0),
+        (&["policy", "show"], 0),
+        (&["completions", "bash"], 0),
+        (&["wait"], 0),
+        (&["stop"], 3),
+        (&["stop", "no-such-loop"], 3),
+        (&["-v", "stop", "no-such-loop"], 3),
+    ];
+    for closed in [Closed::Stdout, Closed::Stderr] {
+        for (args, code) in idle {
+            let (status, other) = run_closed(&ws, args, closed);
+            assert_eq!(status.code(), Some(*code), "{args:?} {closed:?}: {other}");
+            assert!(!other.contains("panicked"), "{args:?} {closed:?}: {other}");
+        }
+    }
+
+    // A running loop: status answers 0, stop stops it and says so into a closed pipe.
+    for closed in [Closed::Stdout, Closed::Stderr] {
+        let mut p = ws.start_probe(&[], &["--exit-on", "TERM"]);
+        let (status, other) = run_closed(&ws, &["status"], closed);
+        assert_eq!(status.code(), Some(0), "{closed:?}: {other}");
+        let (status, other) = run_closed(&ws, &["-v", "stop"], closed);
+        assert_eq!(status.code(), Some(0), "{closed:?}: {other}");
+        assert!(!other.contains("panicked"), "{closed:?}: {other}");
+        if let Closed::Stderr = closed {
+            assert!(other.starts_with("stopped "), "{other}");
+        }
+        p.expect_line("cleanup done");
+        assert_eq!(p.wait(LIMIT).code(), Some(143));
+        assert!(!ws.lock_held());
+    }
+}

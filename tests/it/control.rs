@@ -495,3 +495,39 @@ fn stop_signal_without_a_supervisor_goes_where_the_supervisor_would_send_it() {
     });
     assert!(!ws.lock_held());
 }
+
+/// An empty selection is not an empty history: `-n 0` does not claim that no runs were
+/// recorded, nor does a history whose lines are all unreadable.
+#[test]
+fn history_tells_an_empty_selection_from_an_empty_history() {
+    let ws = Workspace::new();
+    let none = ws.run(&["history", "-n", "0"]);
+    assert_eq!(none.code(), 0, "{none:?}");
+    assert_eq!(none.stdout, "no runs recorded");
+    for _ in 0..2 {
+        assert_eq!(ws.run(&["run", "--", "true"]).code(), 0);
+    }
+    let zero = ws.run(&["history", "-n", "0"]);
+    assert_eq!(zero.code(), 0, "{zero:?}");
+    assert!(!zero.stdout.contains("no runs recorded"), "{zero:?}");
+    assert_eq!(zero.stdout, "2 runs recorded; -n 0 shows none");
+    assert_eq!(ws.run(&["history", "-n", "1"]).stdout.lines().count(), 2);
+    assert_eq!(
+        json(&ws.run(&["history", "--json", "-n", "0"])),
+        serde_json::json!([])
+    );
+
+    let other = Workspace::new();
+    std::fs::create_dir_all(other.path.join(".ralph/supervise")).unwrap();
+    std::fs::write(
+        other.path.join(".ralph/supervise/runs.jsonl"),
+        "not json\n{\"torn\n",
+    )
+    .unwrap();
+    let bad = other.run(&["history"]);
+    assert_eq!(bad.code(), 0, "{bad:?}");
+    assert_eq!(
+        bad.stdout,
+        "no readable runs recorded (2 unreadable lines skipped)"
+    );
+}

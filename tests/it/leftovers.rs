@@ -17,8 +17,13 @@ fn json(out: &Output) -> serde_json::Value {
 /// the (dead) supervisor's `Proc` (which kills the grandchild when dropped) and the
 /// grandchild's pid.
 fn escaped_holder(ws: &Workspace) -> (Proc, i32) {
-    let script = "setsid sleep 1000 & echo \"pid $!\"; echo ready; exec sleep 1000";
-    let mut sup = Proc::spawn(ws.cmd(&["run", "--", "sh", "-c", script]));
+    escaped_holder_named(ws, "sleep")
+}
+
+/// [`escaped_holder`] with the grandchild run as `program` (a `sleep`).
+fn escaped_holder_named(ws: &Workspace, program: &str) -> (Proc, i32) {
+    let script = "setsid \"$0\" 1000 & echo \"pid $!\"; echo ready; exec sleep 1000";
+    let mut sup = Proc::spawn(ws.cmd(&["run", "--", "sh", "-c", script, program]));
     sup.expect_line("ready");
     let grandchild: i32 = sup.value("pid").parse().unwrap();
     let mut child = 0;
@@ -158,4 +163,31 @@ fn takeover_ends_an_escaped_holder() {
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(!alive(grandchild));
     assert!(!ws.lock_held());
+}
+
+/// A holder's process name is the name it was run by: outside text, printed escaped.
+#[test]
+fn an_escaped_holders_name_is_printed_escaped() {
+    let ws = Workspace::new();
+    let bin = ws.path.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let name = bin.join("sl\x1b]0;x\x07p");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let sleep = std::env::split_paths(&path).map(|d| d.join("sleep"));
+    let sleep = sleep
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("sleep on PATH");
+    std::os::unix::fs::symlink(sleep, &name).unwrap();
+    let (_sup, grandchild) = escaped_holder_named(&ws, name.to_str().unwrap());
+    let out = ws.run(&["status"]);
+    assert!(!out.stdout.contains('\x1b'), "{:?}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(&format!("pid {grandchild} (sl\\x1b]0;x\\x07p)")),
+        "{:?}",
+        out.stdout
+    );
+    let v = json(&ws.run(&["status", "--json"]));
+    assert_eq!(v["holders"][0]["name"], "sl\x1b]0;x\x07p", "{v}");
 }

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod advice;
 mod bad_input;
 mod bad_input_matrix;
 mod broken_stderr;
@@ -23,4 +24,5 @@ mod service;
 mod signals;
 mod stress;
 mod terminal;
+mod untrusted_text;
 mod worktree;

@@ -724,3 +724,84 @@ fn a_loop_launched_from_inside_a_worktree_loop_goes_to_the_main_repository() {
         p.expect_line("cleanup done");
     }
 }
+
+/// `ralph loops discard <id>` as ralph does it: the registry entry removed in place
+/// under the file's flock, then `git worktree remove --force`.
+fn discard_like_ralph(ws: &Workspace, id: &str, wt: &Path) -> std::process::Output {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::{Read, Seek, Write};
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(ws.path.join(".ralph/loops.json"))
+        .unwrap();
+    let mut locked = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let mut text = String::new();
+    locked.read_to_string(&mut text).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["loops"].as_array_mut().unwrap().retain(|e| e["id"] != id);
+    locked.set_len(0).unwrap();
+    locked.rewind().unwrap();
+    locked
+        .write_all(serde_json::to_string_pretty(&v).unwrap().as_bytes())
+        .unwrap();
+    drop(locked);
+    Command::new("git")
+        .args(["worktree", "remove", "--force"])
+        .arg(wt)
+        .current_dir(&ws.path)
+        .output()
+        .unwrap()
+}
+
+/// A worktree removed under a running loop (`ralph loops discard`) means the loop is
+/// discarded: it is stopped as a stop request would stop it, nothing is re-created in
+/// the directory being deleted (so git's removal succeeds), and the run is recorded.
+#[test]
+fn discarding_a_running_worktree_loop_stops_it_and_lets_git_remove_the_worktree() {
+    let ws = Workspace::git();
+    let mut holder = hold(&ws);
+    let mut beside = ws.start_probe(&["--prompt", "discard me"], &["--exit-on", "TERM"]);
+    let wt = only_worktree(&ws);
+    let id = id_of(&wt);
+    assert!(registry(&ws).iter().any(|e| e["id"] == id.as_str()));
+
+    let removed = discard_like_ralph(&ws, &id, &wt);
+    assert!(
+        removed.status.success(),
+        "git worktree remove: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    beside.expect_line("signal SIGTERM");
+    beside.expect_line("cleanup done");
+    let out = beside.finish();
+    assert_eq!(out.code(), 143, "{out:?}");
+    assert!(out.stderr.contains("was removed under the loop"), "{out:?}");
+    assert!(!wt.exists(), "nothing re-created it");
+    assert!(git_worktrees(&ws).iter().all(|p| p != &wt));
+
+    let history = json_of(&ws.run(&["history", "--json"]));
+    let record = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .expect("the discarded run is recorded");
+    assert_eq!(record["stopped_by"], "discarded", "{record}");
+    assert_eq!(record["status"], 143, "{record}");
+
+    // The primary was never disturbed; nothing about the loop is left to list.
+    assert!(ws.lock_held());
+    let list = json_of(&ws.run(&["list", "--json"]));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["id"] != id.as_str()),
+        "{list}"
+    );
+    holder.signal(Signal::SIGTERM);
+    holder.expect_line("cleanup done");
+}
