@@ -309,8 +309,10 @@ fn corrupt_registry_is_kept_aside_on_a_worktree_launch() {
             "-c",
             &format!(
                 // Read under a shared flock, as ralph reads it: an edit in progress
-                // (50 MB of padding being written) is never seen half done.
-                "until flock -s {reg} grep -q '\"id\"' {reg}; do sleep 0.01; done; \
+                // (50 MB of padding being written) is never seen half done. The loop
+                // is registered after it is spawned (the entry holds its pid): wait
+                // for a key of our entry, not `"id"`, which the truncated file has.
+                "until flock -s {reg} grep -q '\"worktree_path\"' {reg}; do sleep 0.01; done; \
                  flock -s {reg} cat {reg} > {}",
                 during.display(),
                 reg = registry.display()
