@@ -16,69 +16,13 @@ use std::time::{Duration, Instant};
 use crate::conflict::{self, Freed};
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::history;
-use crate::lock::{LockFile, MetaState};
+use crate::lock::{HeldBy, LockFile, LoopState, MetaState};
 use crate::logging::print;
-use crate::metadata::{Metadata, Mode};
+use crate::metadata::Mode;
 use crate::present::{self, ListRow, Registered, Status};
-use crate::procfs::{self, HoldingProcess};
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
 use crate::worktree;
-
-/// What the kernel and the lock file say about one workspace.
-#[derive(Debug)]
-pub(crate) struct LoopState {
-    pub(crate) workspace: PathBuf,
-    /// Somebody holds the flock.
-    pub(crate) held: bool,
-    /// Pids `/proc/locks` names as having taken the flock.
-    pub(crate) lockers: Vec<u32>,
-    pub(crate) metadata: MetaState,
-    /// The processes holding the lock now, looked for only when it is held and the
-    /// processes the metadata names are gone (`None`: not looked for).
-    pub(crate) holders: Option<Vec<HeldBy>>,
-}
-
-/// A process holding the lock, and whether it belongs to the recorded loop (see
-/// [`conflict::member_of_loop`]): `stop` may end it then, and only then.
-#[derive(Debug, Clone)]
-pub(crate) struct HeldBy {
-    pub(crate) process: HoldingProcess,
-    pub(crate) member: bool,
-}
-
-impl LoopState {
-    pub(crate) fn meta(&self) -> Option<&Metadata> {
-        match &self.metadata {
-            MetaState::Valid(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    /// Whether the metadata's pids are another pid namespace's: not judged here.
-    pub(crate) fn pids_elsewhere(&self) -> bool {
-        self.meta().is_some_and(crate::lock::pids_elsewhere)
-    }
-
-    /// `(supervisor alive, child alive)`, each confirmed by start time where recorded;
-    /// `None` where not recorded, or recorded in another pid namespace.
-    pub(crate) fn liveness(&self) -> (Option<bool>, Option<bool>) {
-        let Some(m) = self.meta() else {
-            return (None, None);
-        };
-        if self.pids_elsewhere() {
-            return (None, None);
-        }
-        let sup = m
-            .supervisor_pid
-            .map(|p| procfs::alive(p, m.supervisor_start_time));
-        let child = m
-            .child_pid
-            .map(|p| procfs::alive(p, m.child_start_time))
-            .or_else(|| (m.supervisor_pid.is_none()).then(|| procfs::alive(m.pid, None)));
-        (sup, child)
-    }
-}
 
 /// Reads the state of `workspace` without taking its lock or creating anything.
 pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {

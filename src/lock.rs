@@ -14,15 +14,16 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::PathBuf;
 
 use crate::exit::Failure;
 use crate::metadata::Metadata;
-use crate::procfs;
+use crate::procfs::{self, HoldingProcess};
 use crate::ralph_dir::{Access, RalphFile, TryLock};
 use crate::sys::FlockOp;
 use crate::workspace::RalphDir;
 
-pub(crate) const LOCK_FILE: &str = "loop.lock";
+pub(crate) use crate::ralph_dir::LOCK_FILE;
 
 /// Largest metadata file read back; anything larger is not ours or ralph's.
 const READ_LIMIT: usize = 1 << 20;
@@ -258,6 +259,61 @@ pub(crate) fn recorded_alive(m: &Metadata) -> bool {
         None => m.supervisor_pid.is_none() && procfs::alive(m.pid, None),
     };
     sup || child
+}
+
+/// What the kernel and the lock file say about one workspace.
+#[derive(Debug)]
+pub(crate) struct LoopState {
+    pub(crate) workspace: PathBuf,
+    /// Somebody holds the flock.
+    pub(crate) held: bool,
+    /// Pids `/proc/locks` names as having taken the flock.
+    pub(crate) lockers: Vec<u32>,
+    pub(crate) metadata: MetaState,
+    /// The processes holding the lock now, looked for only when it is held and the
+    /// processes the metadata names are gone (`None`: not looked for).
+    pub(crate) holders: Option<Vec<HeldBy>>,
+}
+
+/// A process holding the lock, and whether it belongs to the recorded loop (see
+/// `conflict::member_of_loop`): `stop` may end it then, and only then.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldBy {
+    pub(crate) process: HoldingProcess,
+    pub(crate) member: bool,
+}
+
+impl LoopState {
+    pub(crate) fn meta(&self) -> Option<&Metadata> {
+        match &self.metadata {
+            MetaState::Valid(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Whether the metadata's pids are another pid namespace's: not judged here.
+    pub(crate) fn pids_elsewhere(&self) -> bool {
+        self.meta().is_some_and(pids_elsewhere)
+    }
+
+    /// `(supervisor alive, child alive)`, each confirmed by start time where recorded;
+    /// `None` where not recorded, or recorded in another pid namespace.
+    pub(crate) fn liveness(&self) -> (Option<bool>, Option<bool>) {
+        let Some(m) = self.meta() else {
+            return (None, None);
+        };
+        if self.pids_elsewhere() {
+            return (None, None);
+        }
+        let sup = m
+            .supervisor_pid
+            .map(|p| procfs::alive(p, m.supervisor_start_time));
+        let child = m
+            .child_pid
+            .map(|p| procfs::alive(p, m.child_start_time))
+            .or_else(|| (m.supervisor_pid.is_none()).then(|| procfs::alive(m.pid, None)));
+        (sup, child)
+    }
 }
 
 #[cfg(test)]

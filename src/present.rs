@@ -17,9 +17,8 @@ use std::path::PathBuf;
 use chrono::{TimeDelta, Utc};
 use serde::Serialize;
 
-use crate::control::LoopState;
 use crate::history;
-use crate::lock::{Holder, MetaState};
+use crate::lock::{Holder, LoopState, MetaState};
 use crate::metadata::{Mode, format_time};
 use crate::procfs;
 use crate::worktree::registry;

@@ -42,6 +42,9 @@ use crate::sys::{FlockOp, flock};
 /// Name of ralph's state directory inside a workspace.
 pub(crate) const RALPH_DIR: &str = ".ralph";
 
+/// The workspace lock's name in it (refusals of it are worded for a lock).
+pub(crate) const LOCK_FILE: &str = "loop.lock";
+
 /// How many times a lock is retried when the file keeps being replaced under us.
 const LOCK_ATTEMPTS: usize = 16;
 
@@ -535,7 +538,7 @@ enum Why {
 
 /// The one wording of every refusal. `loop.lock` gets its own, naming the lock.
 fn refuse(path: &Path, why: Why) -> Error {
-    let is_lock = path.file_name() == Some(crate::lock::LOCK_FILE.as_ref());
+    let is_lock = path.file_name() == Some(LOCK_FILE.as_ref());
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
