@@ -107,7 +107,25 @@ fn piped_into_less_the_pager_keeps_the_terminal() {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "less")
         })
         .expect("less in the job's process group");
-    wait_until("the child and less to run with the terminal", LIMIT, || {
+    let supervisor = stat(probe).map(|s| s.ppid);
+    // Should a wait time out, it says where each process was.
+    let until = |sh: &PtyShell, what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !cond() {
+            let states = |pid: Option<i32>| pid.and_then(stat).map(|s| (s.state, s.tpgid));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: supervisor {:?}, child {:?}, less {:?} \
+                 (state, terminal's foreground); screen {:?}",
+                states(supervisor),
+                states(Some(probe)),
+                states(Some(less)),
+                sh.screen()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    until(&sh, "the child and less to run with the terminal", &|| {
         let (Some(p), Some(l)) = (stat(probe), stat(less)) else {
             return false;
         };
@@ -115,7 +133,7 @@ fn piped_into_less_the_pager_keeps_the_terminal() {
     });
     // Ctrl-C ends less's following and reaches the child through the supervisor.
     sh.send("\x03");
-    wait_until("the workspace to be free", LIMIT, || !ws.lock_held());
+    until(&sh, "the workspace to be free", &|| !ws.lock_held());
     let text = std::fs::read_to_string(ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
     let record: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(record["signal"], "SIGINT", "{record}");
