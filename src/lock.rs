@@ -224,6 +224,7 @@ mod tests {
             workspace: None,
             hostname: None,
             version: None,
+            restart: Default::default(),
         }
     }
 

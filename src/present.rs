@@ -19,8 +19,9 @@ use serde::Serialize;
 use crate::control::LoopState;
 use crate::history;
 use crate::lock::{Holder, MetaState};
-use crate::metadata::{Mode, format_time};
+use crate::metadata::{LastExit, Mode, format_time};
 use crate::procfs;
+use crate::supervisor::machine::{Decision, ExitRule, RestartWhen, Verdict, Why};
 use crate::worktree::registry;
 
 /// `3h12m`, `45s`: a short age.
@@ -56,6 +57,11 @@ pub(crate) fn holder(holder: &Holder) -> String {
                 human_age(age)
             );
             match m.supervisor_pid {
+                Some(_) if m.restart.next_start.is_some() => {
+                    let at = m.restart.next_start.as_ref().map(format_time);
+                    let at = at.unwrap_or_default();
+                    s.push_str(&format!(", under ralph-supervise (restarting at {at})"));
+                }
                 Some(sp) if sp == m.pid => s.push_str(", under ralph-supervise (starting)"),
                 Some(sp) => {
                     let alive = procfs::alive(sp, m.supervisor_start_time);
@@ -109,11 +115,19 @@ pub(crate) enum MetadataKind {
 /// - `child_pid` (integer|null): the command's pid.
 /// - `command` (array of strings|null): the command line.
 /// - `id` (string|null): the loop id (`ralph-...`).
+/// - `last_exit` (object|null): how the last run ended, once a restart followed one:
+///   `code` (integer|null), `signal` (string|null, `"SIGKILL"`), `status` (integer: the
+///   code, or 128+N after signal N, as `[restart.exit]` matches it) and `why` (string:
+///   the rule that decided the restart, `restart.exit 75 = "30m"`).
 /// - `lock_holders` (array of integers): the pids the kernel names as holding the flock.
 /// - `metadata` (string): `"valid"`, `"empty"` or `"invalid"`.
 /// - `mode` (string|null): `"primary"` or `"worktree"`.
+/// - `next_start` (string|null): RFC 3339, UTC: when the next run starts, while the
+///   supervisor waits between runs (no command runs then).
 /// - `pid` (integer|null): ralph's `pid` field: the command's pid once it runs.
 /// - `prompt` (string|null): the task, at most 100 characters.
+/// - `restarts` (integer|null): restarts so far; `null` until a run ended and another
+///   followed.
 /// - `running` (bool): somebody holds the flock.
 /// - `stale` (bool): nobody holds it but the file still names a loop.
 /// - `started` (string|null): RFC 3339, UTC.
@@ -128,11 +142,14 @@ pub(crate) struct Status {
     pub(crate) child_pid: Option<u32>,
     pub(crate) command: Option<Vec<String>>,
     pub(crate) id: Option<String>,
+    pub(crate) last_exit: Option<LastExit>,
     pub(crate) lock_holders: Vec<u32>,
     pub(crate) metadata: MetadataKind,
     pub(crate) mode: Option<Mode>,
+    pub(crate) next_start: Option<String>,
     pub(crate) pid: Option<u32>,
     pub(crate) prompt: Option<String>,
+    pub(crate) restarts: Option<u32>,
     pub(crate) running: bool,
     pub(crate) stale: bool,
     pub(crate) started: Option<String>,
@@ -152,6 +169,7 @@ impl Status {
             child_pid: m.and_then(|m| m.child_pid),
             command: m.map(|m| m.command.clone()),
             id: m.and_then(|m| m.loop_id.clone()),
+            last_exit: m.and_then(|m| m.restart.last_exit.clone()),
             lock_holders: state.lockers.clone(),
             metadata: match &state.metadata {
                 MetaState::Valid(_) => MetadataKind::Valid,
@@ -159,8 +177,10 @@ impl Status {
                 MetaState::Invalid(_) => MetadataKind::Invalid,
             },
             mode: m.and_then(|m| m.mode),
+            next_start: m.and_then(|m| m.restart.next_start.as_ref().map(format_time)),
             pid: m.map(|m| m.pid),
             prompt: m.map(|m| m.prompt.clone()),
+            restarts: m.and_then(|m| m.restart.restarts),
             running: state.held,
             stale: !state.held && m.is_some(),
             started: m.map(|m| format_time(&m.started)),
@@ -204,7 +224,10 @@ pub(crate) fn status_text(state: &LoopState) -> String {
             .unwrap_or_else(|| "ralph".into())
     );
     let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<11}{v}\n"));
-    row("child pid", format!("{} ({})", m.pid, alive(child_alive)));
+    match &m.restart.next_start {
+        Some(_) => row("child pid", "none (waiting to restart)".into()),
+        None => row("child pid", format!("{} ({})", m.pid, alive(child_alive))),
+    }
     match m.supervisor_pid {
         Some(sp) => row("supervisor", format!("{sp} ({})", alive(sup_alive))),
         None => row("supervisor", "none (not started by ralph-supervise)".into()),
@@ -217,6 +240,16 @@ pub(crate) fn status_text(state: &LoopState) -> String {
             human_age(Utc::now().signed_duration_since(m.started))
         ),
     );
+    if let Some(n) = m.restart.restarts {
+        row("restarts", n.to_string());
+    }
+    if let Some(last) = &m.restart.last_exit {
+        row("last exit", format!("{} ({})", last_exit(last), last.why));
+    }
+    if let Some(next) = &m.restart.next_start {
+        let wait = human_age(next.signed_duration_since(Utc::now()));
+        row("next start", format!("{} (in {wait})", format_time(next)));
+    }
     row("prompt", m.prompt.clone());
     if !m.command.is_empty() {
         row("command", m.command.join(" "));
@@ -233,6 +266,79 @@ pub(crate) fn status_text(state: &LoopState) -> String {
         );
     }
     out
+}
+
+/// `exit 75`, `killed by SIGKILL (137)`.
+fn last_exit(last: &LastExit) -> String {
+    match (&last.code, &last.signal) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(sig)) => format!("killed by {sig} ({})", last.status),
+        (None, None) => format!("status {}", last.status),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// restarts
+
+/// The rule that decided, as the policy spells it: `restart.exit 75 = "30m"`,
+/// `restart.policy = "on-failure"`.
+pub(crate) fn restart_why(why: Why) -> String {
+    match why {
+        Why::Exit(status, rule) => {
+            let action = match rule {
+                ExitRule::Stop => "stop".to_string(),
+                ExitRule::Backoff => "restart".to_string(),
+                ExitRule::After(delay) => short_duration(delay),
+            };
+            format!("restart.exit {status} = \"{action}\"")
+        }
+        Why::Policy(when) => {
+            let when = match when {
+                RestartWhen::Never => "never",
+                RestartWhen::OnFailure => "on-failure",
+                RestartWhen::Always => "always",
+            };
+            format!("restart.policy = \"{when}\"")
+        }
+    }
+}
+
+/// `1h30m`, `250ms`.
+fn short_duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+/// The log line of a decision after a run ended by itself, e.g.
+/// `exit 75 (restart.exit 75 = "30m"): restart 3 in 30m`, or the one line that says the
+/// restart budget is spent.
+pub(crate) fn decision(d: &Decision) -> String {
+    let ended = match d.outcome {
+        crate::exit::ChildOutcome::Exited(code) => format!("exit {code}"),
+        crate::exit::ChildOutcome::Signaled(sig) => {
+            format!("killed by {} ({})", crate::signals::name(sig), d.status)
+        }
+    };
+    let why = restart_why(d.why);
+    match d.verdict {
+        Verdict::Restart { number, delay, .. } => {
+            let when = match delay.is_zero() {
+                true => "now".to_string(),
+                false => format!("in {}", short_duration(delay)),
+            };
+            format!("{ended} ({why}): restart {number} {when}")
+        }
+        Verdict::Finish => format!("{ended} ({why}): not restarting"),
+        Verdict::GiveUp { max, window } => {
+            let within = match window {
+                Some(w) => format!("within restart.window = \"{}\"", short_duration(w)),
+                None => "in this run".to_string(),
+            };
+            format!(
+                "giving up: {ended} ({why}) after {max} restarts {within} (restart.max = {max}); exiting with status {}",
+                d.status
+            )
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -454,6 +560,7 @@ mod tests {
             workspace: Some(PathBuf::from("/w/.worktrees/ralph-1")),
             hostname: None,
             version: None,
+            restart: Default::default(),
         };
         let mut v =
             serde_json::to_value(Status::new(&state(false, MetaState::Valid(Box::new(meta)))))
@@ -468,11 +575,14 @@ mod tests {
                 "child_pid": null,
                 "command": ["a"],
                 "id": "ralph-1",
+                "last_exit": null,
                 "lock_holders": [7],
                 "metadata": "valid",
                 "mode": "worktree",
+                "next_start": null,
                 "pid": 2,
                 "prompt": "p",
+                "restarts": null,
                 "running": false,
                 "stale": true,
                 "started": "2026-01-01T00:00:00.000Z",
@@ -497,7 +607,8 @@ mod tests {
         assert!(empty.contains("\"id\": null"), "{empty}");
     }
 
-    /// The `json!` literal `status --json` was printed from before `Status`.
+    /// The `json!` literal `status --json` was printed from before `Status`, with the
+    /// keys added since (`last_exit`, `next_start`, `restarts`): none renamed or removed.
     fn old_status_json(state: &LoopState) -> serde_json::Value {
         let (sup_alive, child_alive) = state.liveness();
         let m = state.meta();
@@ -523,6 +634,9 @@ mod tests {
             "prompt": m.map(|m| m.prompt.clone()),
             "command": m.map(|m| m.command.clone()),
             "worktree": m.and_then(|m| (m.mode == Some(Mode::Worktree)).then(|| m.workspace.clone())).flatten(),
+            "restarts": m.and_then(|m| m.restart.restarts),
+            "last_exit": m.and_then(|m| m.restart.last_exit.clone()),
+            "next_start": m.and_then(|m| m.restart.next_start.as_ref().map(format_time)),
         })
     }
 
@@ -542,6 +656,7 @@ mod tests {
             workspace: Some(PathBuf::from("/w/.worktrees/ralph-1")),
             hostname: Some("h".into()),
             version: None,
+            restart: Default::default(),
         };
         let states = [
             state(true, MetaState::Empty),

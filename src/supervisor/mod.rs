@@ -190,8 +190,10 @@ pub(crate) fn group_alive(pgid: Pid) -> bool {
 
 /// What the event loop asks of its owner (who holds the lock and the metadata).
 pub(crate) trait Hooks {
-    /// Starts the child again (a restart); records it.
-    fn respawn(&mut self) -> Result<Child, Failure>;
+    /// Starts the child again (restart number `restarts`); records it.
+    fn respawn(&mut self, restarts: u32) -> Result<Child, Failure>;
+    /// A run ended by itself and `decision` follows: log it, record a restart to come.
+    fn decided(&mut self, decision: &machine::Decision);
     /// Something changed in `.ralph/`: recreate a deleted lock file; consume a stop
     /// request and return `true` if there was one.
     fn workspace_changed(&mut self) -> bool;
@@ -273,8 +275,10 @@ fn carry_out(
 ) -> Result<(), Failure> {
     for action in machine.handle(event, now) {
         if action == Action::Spawn {
-            *child = hooks.respawn()?;
+            *child = hooks.respawn(machine.restarts())?;
             machine.spawned(Instant::now());
+        } else if let Action::Decided(decision) = action {
+            hooks.decided(&decision);
         } else {
             act(action, *child, terminal);
         }
@@ -344,6 +348,6 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
             }
         }
         Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),
-        Action::Spawn => unreachable!("carry_out spawns"),
+        Action::Spawn | Action::Decided(_) => unreachable!("carry_out spawns and records"),
     }
 }
