@@ -329,12 +329,18 @@ pub(crate) fn decision(d: &Decision) -> String {
         }
         Verdict::Finish => format!("{ended} ({why}): not restarting"),
         Verdict::GiveUp { max, window } => {
-            let within = match window {
-                Some(w) => format!("within restart.window = \"{}\"", short_duration(w)),
-                None => "in this run".to_string(),
+            let (within, window) = match window {
+                Some(w) => {
+                    let w = short_duration(w);
+                    (
+                        format!(" within {w}"),
+                        format!(", restart.window = \"{w}\""),
+                    )
+                }
+                None => (String::new(), String::new()),
             };
             format!(
-                "giving up: {ended} ({why}) after {max} restarts {within} (restart.max = {max}); exiting with status {}",
+                "giving up after {max} restarts{within} (restart.max = {max}{window}): {ended} would restart ({why}); exiting with status {}",
                 d.status
             )
         }
@@ -734,5 +740,122 @@ mod tests {
         assert!(line.contains(" dead "), "{table}");
         assert!(line.ends_with("  q"), "{table}");
         assert_eq!(list_table(&[]), "no loops\n");
+    }
+
+    #[test]
+    fn restart_decisions_read_as_the_policy_spells_them() {
+        use crate::exit::ChildOutcome;
+        use std::time::{Duration, Instant};
+        let at = Instant::now();
+        let d = |outcome, status, why, verdict| Decision {
+            outcome,
+            status,
+            why,
+            verdict,
+        };
+        let delay = Duration::from_secs(1800);
+        let lines = [
+            d(
+                ChildOutcome::Exited(75),
+                75,
+                Why::Exit(75, ExitRule::After(delay)),
+                Verdict::Restart {
+                    number: 3,
+                    delay,
+                    at,
+                },
+            ),
+            d(
+                ChildOutcome::Signaled(libc::SIGKILL),
+                137,
+                Why::Exit(137, ExitRule::Backoff),
+                Verdict::Restart {
+                    number: 1,
+                    delay: Duration::ZERO,
+                    at,
+                },
+            ),
+            d(
+                ChildOutcome::Exited(0),
+                0,
+                Why::Exit(0, ExitRule::Stop),
+                Verdict::Finish,
+            ),
+            d(
+                ChildOutcome::Exited(1),
+                1,
+                Why::Policy(RestartWhen::OnFailure),
+                Verdict::GiveUp {
+                    max: 10,
+                    window: Some(Duration::from_secs(3600)),
+                },
+            ),
+            d(
+                ChildOutcome::Exited(1),
+                1,
+                Why::Policy(RestartWhen::Always),
+                Verdict::GiveUp {
+                    max: 3,
+                    window: None,
+                },
+            ),
+        ]
+        .map(|x| decision(&x));
+        assert_eq!(
+            lines,
+            [
+                "exit 75 (restart.exit 75 = \"30m\"): restart 3 in 30m",
+                "killed by SIGKILL (137) (restart.exit 137 = \"restart\"): restart 1 now",
+                "exit 0 (restart.exit 0 = \"stop\"): not restarting",
+                "giving up after 10 restarts within 1h (restart.max = 10, restart.window = \"1h\"): exit 1 would restart (restart.policy = \"on-failure\"); exiting with status 1",
+                "giving up after 3 restarts (restart.max = 3): exit 1 would restart (restart.policy = \"always\"); exiting with status 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn status_text_while_waiting_to_restart() {
+        use crate::metadata::{LastExit, Metadata, RestartState};
+        let meta = Metadata {
+            pid: std::process::id(),
+            started: Utc::now(),
+            prompt: "p".into(),
+            supervisor_pid: Some(std::process::id()),
+            supervisor_start_time: None,
+            child_pid: None,
+            child_start_time: None,
+            loop_id: Some("ralph-1".into()),
+            mode: Some(Mode::Primary),
+            command: vec![],
+            workspace: None,
+            hostname: None,
+            version: None,
+            restart: RestartState {
+                restarts: Some(2),
+                last_exit: Some(LastExit {
+                    code: None,
+                    signal: Some("SIGKILL".into()),
+                    status: 137,
+                    why: "restart.exit 137 = \"5m\"".into(),
+                }),
+                next_start: Some(Utc::now() + TimeDelta::seconds(300)),
+            },
+        };
+        let text = status_text(&state(true, MetaState::Valid(Box::new(meta))));
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(rows[1], "  child pid  none (waiting to restart)", "{text}");
+        assert!(rows.contains(&"  restarts   2"), "{text}");
+        assert!(
+            rows.contains(&"  last exit  killed by SIGKILL (137) (restart.exit 137 = \"5m\")"),
+            "{text}"
+        );
+        let next = rows
+            .iter()
+            .find(|r| r.starts_with("  next start "))
+            .unwrap();
+        assert!(
+            next.ends_with("(in 4m59s)") || next.ends_with("(in 5m00s)"),
+            "{next}"
+        );
     }
 }

@@ -16,6 +16,7 @@ mod notify_logs;
 mod pid1;
 mod pipelines;
 mod props;
+mod restart;
 mod security;
 mod service;
 mod signals;
