@@ -890,6 +890,7 @@ fn shipped_examples_are_valid() {
     for expected in [
         "ci.toml",
         "interactive.toml",
+        "overnight.toml",
         "parallel-agents.toml",
         "systemd.toml",
     ] {
@@ -918,6 +919,12 @@ fn shipped_examples_are_valid() {
         set!(get("ci.toml"), conflict.policy).flatten(),
         Some(OnConflict::Fail)
     );
+    let overnight = get("overnight.toml");
+    let exit = set!(overnight, restart.exit).unwrap();
+    assert_eq!(exit.get(&0), Some(&ExitAction::Stop));
+    assert!(matches!(exit.get(&75), Some(ExitAction::Delay(d)) if *d >= Duration::from_secs(60)));
+    assert!(set!(overnight, restart.window).flatten().is_some());
+    assert!(set!(overnight, restart.max).flatten().is_some());
     let parallel = get("parallel-agents.toml");
     assert_eq!(
         set!(parallel, conflict.policy).flatten(),
