@@ -427,6 +427,16 @@ impl Session<'_> {
                 self.lock.path().display()
             );
         }
+        self.register(pid);
+        crate::service::ready_running(pid, self.place.worktree().map(|c| c.path.as_path()));
+        debug!(pid, "running {}", self.meta.prompt);
+        Ok(child)
+    }
+}
+
+impl Session<'_> {
+    /// A worktree loop's entry in the repository's `loops.json`, naming `pid`.
+    fn register(&self, pid: u32) {
         if let Some(created) = self.place.worktree() {
             let entry = worktree::registry::Entry {
                 id: created.id.clone(),
@@ -441,9 +451,6 @@ impl Session<'_> {
                 warn!("cannot register the loop: {:#}", e.error);
             }
         }
-        crate::service::ready_running(pid, self.place.worktree().map(|c| c.path.as_path()));
-        debug!(pid, "running {}", self.meta.prompt);
-        Ok(child)
     }
 }
 
@@ -495,6 +502,8 @@ impl Hooks for Session<'_> {
                 self.lock.path().display()
             );
         }
+        // The registry too: a dead pid there would get the entry pruned meanwhile.
+        self.register(me);
         crate::service::status(&format!("waiting to restart: {line}"));
     }
 
