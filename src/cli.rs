@@ -150,8 +150,13 @@ fn policy_flag(key: &'static Key) -> clap::Arg {
         .default()
         .map_or_else(String::from, |d| d.trim_matches('"').into());
     let meaning = plain(key.doc.split(". ").next().unwrap_or(key.doc));
-    let help = format!("{} [default: {default}]", meaning.trim_end_matches('.'));
+    let meaning = meaning.trim_end_matches('.');
+    let help = match key.entry {
+        None => format!("{meaning} [default: {default}]"),
+        Some(_) => format!("{meaning} (repeatable)"),
+    };
     let value_name = match key.kind {
+        _ if key.entry.is_some() => key.entry.unwrap_or_default().to_string(),
         "duration" => "DUR".to_string(),
         "string or integer" => "SIG".to_string(),
         kind if kind.starts_with("integer") => "N".to_string(),
@@ -165,6 +170,10 @@ fn policy_flag(key: &'static Key) -> clap::Arg {
         .long(name.replace('_', "-"))
         .value_name(value_name)
         .help(help);
+    let arg = match key.entry {
+        Some(_) => arg.action(clap::ArgAction::Append),
+        None => arg,
+    };
     match key.values {
         [] => arg.value_parser(check),
         values => arg.value_parser(PossibleValuesParser::new(
@@ -197,7 +206,7 @@ impl clap::FromArgMatches for PolicyArgs {
             overrides: Overrides::default(),
         };
         for name in policy_flags().filter_map(|key| key.flag) {
-            if let Some(text) = m.get_one::<String>(name) {
+            for text in m.get_many::<String>(name).into_iter().flatten() {
                 let set = args.overrides.set(name, text);
                 set.map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e))?;
             }

@@ -91,7 +91,7 @@ pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failur
     if primary.held || primary.meta().is_some() {
         let mut status = Status::new(&primary);
         status.mode.get_or_insert(Mode::Primary);
-        rows.push(ListRow::Workspace(status));
+        rows.push(ListRow::Workspace(Box::new(status)));
     }
     let registry = worktree::registry::list(&workspace.join(crate::workspace::RALPH_DIR))?;
     for entry in registry {

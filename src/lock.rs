@@ -342,6 +342,7 @@ mod tests {
             hostname: None,
             version: None,
             pid_namespace: None,
+            restart: Default::default(),
         }
     }
 

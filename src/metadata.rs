@@ -69,6 +69,43 @@ pub struct Metadata {
     /// are numbers in it, and mean nothing (or another process) in any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_namespace: Option<u64>,
+    /// Restarts so far, the last exit and the next start; absent before the first exit
+    /// that a restart follows.
+    #[serde(flatten)]
+    pub restart: RestartState,
+}
+
+/// The restart fields of the metadata, for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartState {
+    /// Restarts so far in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+    /// How the last run ended, and why a restart follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<LastExit>,
+    /// When the next run starts, while the supervisor waits for it (no child runs then).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_option"
+    )]
+    pub next_start: Option<DateTime<Utc>>,
+}
+
+/// How a run ended, as `[restart.exit]` matched it, and what rule decided what follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastExit {
+    /// The exit code, when the command exited.
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// The signal that killed it (`SIGKILL`), when one did.
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// The status matched: the code, or 128+N after signal N.
+    pub status: u8,
+    /// The rule, as the policy spells it: `restart.exit 75 = "30m"`.
+    pub why: String,
 }
 
 impl Metadata {
@@ -106,6 +143,33 @@ pub fn truncate_prompt(prompt: &str) -> String {
 /// `2026-11-28T15:04:05.123Z`: RFC 3339, UTC, with `Z`.
 pub(crate) fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// [`rfc3339`] for an optional time.
+pub(crate) mod rfc3339_option {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        t: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&super::format_time(t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => DateTime::parse_from_rfc3339(&text)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// Serde helpers for `DateTime<Utc>` as RFC 3339 with `Z` (ralph's timestamps).
@@ -195,6 +259,7 @@ mod tests {
             hostname: None,
             version: None,
             pid_namespace: Some(4026531836),
+            restart: RestartState::default(),
         };
         let json = m.to_json();
         assert!(

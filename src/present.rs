@@ -19,8 +19,9 @@ use serde::Serialize;
 
 use crate::history;
 use crate::lock::{Holder, LoopState, MetaState};
-use crate::metadata::{Mode, format_time};
+use crate::metadata::{LastExit, Mode, format_time};
 use crate::procfs;
+use crate::supervisor::machine::{Decision, ExitRule, RestartWhen, Verdict, Why};
 use crate::worktree::registry;
 
 /// Whether `c` must not reach a terminal as it is: the C0 and C1 control characters
@@ -100,6 +101,11 @@ pub(crate) fn holder(holder: &Holder) -> String {
                 _ if crate::lock::pids_elsewhere(m) => {
                     s.push_str(", pids of another pid namespace (a container?)")
                 }
+                Some(_) if m.restart.next_start.is_some() => {
+                    let at = m.restart.next_start.as_ref().map(format_time);
+                    let at = at.unwrap_or_default();
+                    s.push_str(&format!(", under ralph-supervise (restarting at {at})"));
+                }
                 Some(sp) if sp == m.pid => s.push_str(", under ralph-supervise (starting)"),
                 Some(sp) => {
                     let alive = procfs::alive(sp, m.supervisor_start_time);
@@ -174,15 +180,23 @@ pub(crate) enum MetadataKind {
 ///   objects with `pid` (integer), `name` (string, the command name) and `loop` (bool:
 ///   it belongs to the recorded loop, so `stop` may end it).
 /// - `id` (string|null): the loop id (`ralph-...`).
+/// - `last_exit` (object|null): how the last run ended, once a restart followed one:
+///   `code` (integer|null), `signal` (string|null, `"SIGKILL"`), `status` (integer: the
+///   code, or 128+N after signal N, as `[restart.exit]` matches it) and `why` (string:
+///   the rule that decided the restart, `restart.exit 75 = "30m"`).
 /// - `lock_holders` (array of integers): the pids the kernel names as holding the flock.
 /// - `metadata` (string): `"valid"`, `"empty"` or `"invalid"`.
 /// - `mode` (string|null): `"primary"` or `"worktree"`.
+/// - `next_start` (string|null): RFC 3339, UTC: when the next run starts, while the
+///   supervisor waits between runs (no command runs then).
 /// - `pid` (integer|null): ralph's `pid` field: the command's pid once it runs.
 /// - `pid_namespace` (string|null): `"same"` when the recorded pids are numbers of the
 ///   reader's pid namespace, `"other"` when of another (a container's: they are not
 ///   judged, so `child_alive` and `supervisor_alive` are null), `null` when the lock
 ///   file does not say.
 /// - `prompt` (string|null): the task, at most 100 characters.
+/// - `restarts` (integer|null): restarts so far; `null` until a run ended and another
+///   followed.
 /// - `running` (bool): somebody holds the flock.
 /// - `stale` (bool): nobody holds it but the file still names a loop.
 /// - `started` (string|null): RFC 3339, UTC.
@@ -198,12 +212,15 @@ pub(crate) struct Status {
     pub(crate) command: Option<Vec<String>>,
     pub(crate) holders: Option<Vec<HolderJson>>,
     pub(crate) id: Option<String>,
+    pub(crate) last_exit: Option<LastExit>,
     pub(crate) lock_holders: Vec<u32>,
     pub(crate) metadata: MetadataKind,
     pub(crate) mode: Option<Mode>,
+    pub(crate) next_start: Option<String>,
     pub(crate) pid: Option<u32>,
     pub(crate) pid_namespace: Option<&'static str>,
     pub(crate) prompt: Option<String>,
+    pub(crate) restarts: Option<u32>,
     pub(crate) running: bool,
     pub(crate) stale: bool,
     pub(crate) started: Option<String>,
@@ -241,6 +258,7 @@ impl Status {
                     .collect()
             }),
             id: m.and_then(|m| m.loop_id.clone()),
+            last_exit: m.and_then(|m| m.restart.last_exit.clone()),
             lock_holders: state.lockers.clone(),
             metadata: match &state.metadata {
                 MetaState::Valid(_) => MetadataKind::Valid,
@@ -248,6 +266,7 @@ impl Status {
                 MetaState::Invalid(_) => MetadataKind::Invalid,
             },
             mode: m.and_then(|m| m.mode),
+            next_start: m.and_then(|m| m.restart.next_start.as_ref().map(format_time)),
             pid: m.map(|m| m.pid),
             pid_namespace: m.and_then(|m| m.pid_namespace).map(|_| {
                 if state.pids_elsewhere() {
@@ -257,6 +276,7 @@ impl Status {
                 }
             }),
             prompt: m.map(|m| m.prompt.clone()),
+            restarts: m.and_then(|m| m.restart.restarts),
             running: state.held,
             stale: !state.held && m.is_some(),
             started: m.map(|m| format_time(&m.started)),
@@ -304,7 +324,10 @@ pub(crate) fn status_text(state: &LoopState) -> String {
             .unwrap_or_else(|| "ralph".into())
     );
     let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<11}{v}\n"));
-    row("child pid", format!("{} ({})", m.pid, alive(child_alive)));
+    match &m.restart.next_start {
+        Some(_) => row("child pid", "none (waiting to restart)".into()),
+        None => row("child pid", format!("{} ({})", m.pid, alive(child_alive))),
+    }
     match m.supervisor_pid {
         Some(sp) => row("supervisor", format!("{sp} ({})", alive(sup_alive))),
         None => row("supervisor", "none (not started by ralph-supervise)".into()),
@@ -317,6 +340,16 @@ pub(crate) fn status_text(state: &LoopState) -> String {
             human_age(Utc::now().signed_duration_since(m.started))
         ),
     );
+    if let Some(n) = m.restart.restarts {
+        row("restarts", n.to_string());
+    }
+    if let Some(last) = &m.restart.last_exit {
+        row("last exit", format!("{} ({})", last_exit(last), last.why));
+    }
+    if let Some(next) = &m.restart.next_start {
+        let wait = human_age(next.signed_duration_since(Utc::now()));
+        row("next start", format!("{} (in {wait})", format_time(next)));
+    }
     row("prompt", escape(&m.prompt).into_owned());
     if !m.command.is_empty() {
         row("command", escape(&m.command.join(" ")).into_owned());
@@ -357,6 +390,85 @@ fn held_by_rows(state: &LoopState, out: &mut String) {
                 "not known to belong to the loop; `ralph-supervise stop` will not signal it"
             }
         );
+    }
+}
+
+/// `exit 75`, `killed by SIGKILL (137)`.
+fn last_exit(last: &LastExit) -> String {
+    match (&last.code, &last.signal) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(sig)) => format!("killed by {sig} ({})", last.status),
+        (None, None) => format!("status {}", last.status),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// restarts
+
+/// The rule that decided, as the policy spells it: `restart.exit 75 = "30m"`,
+/// `restart.policy = "on-failure"`.
+pub(crate) fn restart_why(why: Why) -> String {
+    match why {
+        Why::Exit(status, rule) => {
+            let action = match rule {
+                ExitRule::Stop => "stop".to_string(),
+                ExitRule::Backoff => "restart".to_string(),
+                ExitRule::After(delay) => short_duration(delay),
+            };
+            format!("restart.exit {status} = \"{action}\"")
+        }
+        Why::Policy(when) => {
+            let when = match when {
+                RestartWhen::Never => "never",
+                RestartWhen::OnFailure => "on-failure",
+                RestartWhen::Always => "always",
+            };
+            format!("restart.policy = \"{when}\"")
+        }
+    }
+}
+
+/// `1h30m`, `250ms`.
+fn short_duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+/// The log line of a decision after a run ended by itself, e.g.
+/// `exit 75 (restart.exit 75 = "30m"): restart 3 in 30m`, or the one line that says the
+/// restart budget is spent.
+pub(crate) fn decision(d: &Decision) -> String {
+    let ended = match d.outcome {
+        crate::exit::ChildOutcome::Exited(code) => format!("exit {code}"),
+        crate::exit::ChildOutcome::Signaled(sig) => {
+            format!("killed by {} ({})", crate::signals::name(sig), d.status)
+        }
+    };
+    let why = restart_why(d.why);
+    match d.verdict {
+        Verdict::Restart { number, delay, .. } => {
+            let when = match delay.is_zero() {
+                true => "now".to_string(),
+                false => format!("in {}", short_duration(delay)),
+            };
+            format!("{ended} ({why}): restart {number} {when}")
+        }
+        Verdict::Finish => format!("{ended} ({why}): not restarting"),
+        Verdict::GiveUp { max, window } => {
+            let (within, window) = match window {
+                Some(w) => {
+                    let w = short_duration(w);
+                    (
+                        format!(" within {w}"),
+                        format!(", restart.window = \"{w}\""),
+                    )
+                }
+                None => (String::new(), String::new()),
+            };
+            format!(
+                "giving up after {max} restarts{within} (restart.max = {max}{window}): {ended} would restart ({why}); exiting with status {}",
+                d.status
+            )
+        }
     }
 }
 
@@ -419,7 +531,7 @@ impl Registered {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub(crate) enum ListRow {
-    Workspace(Status),
+    Workspace(Box<Status>),
     Registered(Registered),
 }
 
@@ -606,6 +718,7 @@ mod tests {
             hostname: None,
             version: None,
             pid_namespace: None,
+            restart: Default::default(),
         };
         let mut v =
             serde_json::to_value(Status::new(&state(false, MetaState::Valid(Box::new(meta)))))
@@ -621,12 +734,15 @@ mod tests {
                 "command": ["a"],
                 "holders": null,
                 "id": "ralph-1",
+                "last_exit": null,
                 "lock_holders": [7],
                 "metadata": "valid",
                 "mode": "worktree",
+                "next_start": null,
                 "pid": 2,
                 "pid_namespace": null,
                 "prompt": "p",
+                "restarts": null,
                 "running": false,
                 "stale": true,
                 "started": "2026-01-01T00:00:00.000Z",
@@ -651,7 +767,8 @@ mod tests {
         assert!(empty.contains("\"id\": null"), "{empty}");
     }
 
-    /// The `json!` literal `status --json` was printed from before `Status`.
+    /// The `json!` literal `status --json` was printed from before `Status`, with the
+    /// keys added since (`last_exit`, `next_start`, `restarts`): none renamed or removed.
     fn old_status_json(state: &LoopState) -> serde_json::Value {
         let (sup_alive, child_alive) = state.liveness();
         let m = state.meta();
@@ -679,6 +796,9 @@ mod tests {
             "command": m.map(|m| m.command.clone()),
             "holders": null,
             "worktree": m.and_then(|m| (m.mode == Some(Mode::Worktree)).then(|| m.workspace.clone())).flatten(),
+            "restarts": m.and_then(|m| m.restart.restarts),
+            "last_exit": m.and_then(|m| m.restart.last_exit.clone()),
+            "next_start": m.and_then(|m| m.restart.next_start.as_ref().map(format_time)),
         })
     }
 
@@ -699,6 +819,7 @@ mod tests {
             hostname: Some("h".into()),
             version: None,
             pid_namespace: None,
+            restart: Default::default(),
         };
         let states = [
             state(true, MetaState::Empty),
@@ -777,5 +898,123 @@ mod tests {
         assert!(line.contains(" dead "), "{table}");
         assert!(line.ends_with("  q"), "{table}");
         assert_eq!(list_table(&[]), "no loops\n");
+    }
+
+    #[test]
+    fn restart_decisions_read_as_the_policy_spells_them() {
+        use crate::exit::ChildOutcome;
+        use std::time::{Duration, Instant};
+        let at = Instant::now();
+        let d = |outcome, status, why, verdict| Decision {
+            outcome,
+            status,
+            why,
+            verdict,
+        };
+        let delay = Duration::from_secs(1800);
+        let lines = [
+            d(
+                ChildOutcome::Exited(75),
+                75,
+                Why::Exit(75, ExitRule::After(delay)),
+                Verdict::Restart {
+                    number: 3,
+                    delay,
+                    at,
+                },
+            ),
+            d(
+                ChildOutcome::Signaled(libc::SIGKILL),
+                137,
+                Why::Exit(137, ExitRule::Backoff),
+                Verdict::Restart {
+                    number: 1,
+                    delay: Duration::ZERO,
+                    at,
+                },
+            ),
+            d(
+                ChildOutcome::Exited(0),
+                0,
+                Why::Exit(0, ExitRule::Stop),
+                Verdict::Finish,
+            ),
+            d(
+                ChildOutcome::Exited(1),
+                1,
+                Why::Policy(RestartWhen::OnFailure),
+                Verdict::GiveUp {
+                    max: 10,
+                    window: Some(Duration::from_secs(3600)),
+                },
+            ),
+            d(
+                ChildOutcome::Exited(1),
+                1,
+                Why::Policy(RestartWhen::Always),
+                Verdict::GiveUp {
+                    max: 3,
+                    window: None,
+                },
+            ),
+        ]
+        .map(|x| decision(&x));
+        assert_eq!(
+            lines,
+            [
+                "exit 75 (restart.exit 75 = \"30m\"): restart 3 in 30m",
+                "killed by SIGKILL (137) (restart.exit 137 = \"restart\"): restart 1 now",
+                "exit 0 (restart.exit 0 = \"stop\"): not restarting",
+                "giving up after 10 restarts within 1h (restart.max = 10, restart.window = \"1h\"): exit 1 would restart (restart.policy = \"on-failure\"); exiting with status 1",
+                "giving up after 3 restarts (restart.max = 3): exit 1 would restart (restart.policy = \"always\"); exiting with status 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn status_text_while_waiting_to_restart() {
+        use crate::metadata::{LastExit, Metadata, RestartState};
+        let meta = Metadata {
+            pid: std::process::id(),
+            started: Utc::now(),
+            prompt: "p".into(),
+            supervisor_pid: Some(std::process::id()),
+            supervisor_start_time: None,
+            child_pid: None,
+            child_start_time: None,
+            loop_id: Some("ralph-1".into()),
+            mode: Some(Mode::Primary),
+            command: vec![],
+            workspace: None,
+            hostname: None,
+            version: None,
+            pid_namespace: None,
+            restart: RestartState {
+                restarts: Some(2),
+                last_exit: Some(LastExit {
+                    code: None,
+                    signal: Some("SIGKILL".into()),
+                    status: 137,
+                    why: "restart.exit 137 = \"5m\"".into(),
+                }),
+                next_start: Some(Utc::now() + TimeDelta::seconds(300)),
+            },
+        };
+        let text = status_text(&state(true, MetaState::Valid(Box::new(meta))));
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(rows[1], "  child pid  none (waiting to restart)", "{text}");
+        assert!(rows.contains(&"  restarts   2"), "{text}");
+        assert!(
+            rows.contains(&"  last exit  killed by SIGKILL (137) (restart.exit 137 = \"5m\")"),
+            "{text}"
+        );
+        let next = rows
+            .iter()
+            .find(|r| r.starts_with("  next start "))
+            .unwrap();
+        assert!(
+            next.ends_with("(in 4m59s)") || next.ends_with("(in 5m00s)"),
+            "{next}"
+        );
     }
 }

@@ -23,9 +23,11 @@ use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::history;
 use crate::lock::{self, Acquire, LockFile};
 use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
-use crate::policy::{OnConflict, OnExit, Orphans, Policy, RestartPolicy};
+use crate::policy::{ExitAction, OnConflict, OnExit, Orphans, Policy, RestartPolicy};
 use crate::procfs;
-use crate::supervisor::machine::{self, Machine, RestartWhen, StopReason};
+use crate::supervisor::machine::{
+    self, Decision, ExitRule, Machine, RestartWhen, StopReason, Verdict,
+};
 use crate::supervisor::{self, Change, Child, Hooks, Signals};
 use crate::terminal::Terminal;
 use crate::workspace::RalphDir;
@@ -344,8 +346,19 @@ fn machine_config(policy: &Policy, job_control: bool) -> machine::Config {
                 RestartPolicy::Always => RestartWhen::Always,
             },
             max: policy.restart.max,
+            window: policy.restart.window,
             backoff_initial: policy.restart.backoff_initial,
             backoff_max: policy.restart.backoff_max,
+            exit: (policy.restart.exit.iter())
+                .map(|(status, action)| {
+                    let rule = match *action {
+                        ExitAction::Stop => ExitRule::Stop,
+                        ExitAction::Restart => ExitRule::Backoff,
+                        ExitAction::Delay(delay) => ExitRule::After(delay),
+                    };
+                    (*status, rule)
+                })
+                .collect(),
         },
         max_runtime: policy.run.max_runtime,
     }
@@ -373,6 +386,7 @@ fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -
         hostname: self_identity().1.clone(),
         version: Some(env!("CARGO_PKG_VERSION").to_string()),
         pid_namespace: procfs::pid_namespace(),
+        restart: Default::default(),
     }
 }
 
@@ -435,6 +449,16 @@ impl Session<'_> {
                 self.lock.path().display()
             );
         }
+        self.register(pid);
+        crate::service::ready_running(pid, self.place.worktree().map(|c| c.path.as_path()));
+        debug!(pid, "running {}", self.meta.prompt);
+        Ok(child)
+    }
+}
+
+impl Session<'_> {
+    /// A worktree loop's entry in the repository's `loops.json`, naming `pid`.
+    fn register(&mut self, pid: u32) {
         if let Some(created) = self.place.worktree() {
             let entry = worktree::registry::Entry {
                 id: created.id.clone(),
@@ -451,16 +475,60 @@ impl Session<'_> {
                 Err(e) => warn!("cannot register the loop: {:#}", e.error),
             }
         }
-        crate::service::ready_running(pid, self.place.worktree().map(|c| c.path.as_path()));
-        debug!(pid, "running {}", self.meta.prompt);
-        Ok(child)
     }
 }
 
 impl Hooks for Session<'_> {
-    fn respawn(&mut self) -> Result<Child, Failure> {
+    fn respawn(&mut self, restarts: u32) -> Result<Child, Failure> {
         info!("restarting: {}", self.meta.prompt);
+        self.meta.restart.restarts = Some(restarts);
+        self.meta.restart.next_start = None;
         self.spawn()
+    }
+
+    fn decided(&mut self, decision: &Decision) {
+        let line = crate::present::decision(decision);
+        let Verdict::Restart { delay, .. } = decision.verdict else {
+            match decision.verdict {
+                Verdict::GiveUp { .. } => warn!("{line}"),
+                _ => info!("{line}"),
+            }
+            return;
+        };
+        info!("{line}");
+        // Until the next run the supervisor is the loop's process: `pid` names it (a
+        // `ralph loops stop` reaches it; the old child's pid may be reused).
+        let me = std::process::id();
+        let (code, signal) = match decision.outcome {
+            ChildOutcome::Exited(code) => (Some(code), None),
+            ChildOutcome::Signaled(sig) => (None, Some(signals::name(sig))),
+        };
+        self.meta.pid = me;
+        self.meta.child_pid = None;
+        self.meta.child_start_time = None;
+        let restart = &mut self.meta.restart;
+        restart.restarts.get_or_insert(0);
+        restart.last_exit = Some(crate::metadata::LastExit {
+            code,
+            signal,
+            status: decision.status,
+            why: crate::present::restart_why(decision.why),
+        });
+        let delay = chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
+        restart.next_start = Some(
+            Utc::now()
+                .checked_add_signed(delay)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        );
+        if let Err(e) = self.write_metadata() {
+            warn!(
+                "cannot record the coming restart in {}: {e}",
+                self.lock.path().display()
+            );
+        }
+        // The registry too: a dead pid there would get the entry pruned meanwhile.
+        self.register(me);
+        crate::service::status(&format!("waiting to restart: {line}"));
     }
 
     fn workspace_changed(&mut self) -> Change {

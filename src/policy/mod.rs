@@ -98,7 +98,8 @@ macro_rules! schema {
             kind: <$kind as Kind>::DOC, values: <$kind as Kind>::VALUES,
             unset: { let _u = ""; $(let _u = $unset;)? _u },
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
-            read: |p, v| Ok(p.$sec.$key = <$kind as Kind>::read(v)?),
+            entry: <$kind as Kind>::ENTRY,
+            read: |p, v| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, <$kind as Kind>::read(v)?)),
             copy: |p, from| p.$sec.$key = from.$sec.$key.clone(), show: |p| <$kind as Kind>::show(&p.$sec.$key),
         }),+),+];
     };
@@ -124,9 +125,11 @@ schema! {
     }
     [restart] Restart "`[restart]`: when and how fast the child is started again." {
         policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;
-        max: Option<Restarts> = None, "Most restarts in one run; then ralph-supervise exits with the command's status.", unset "unlimited", flag max_restarts;
+        max: Option<Restarts> = None, "Most restarts in one run (or within `window`); then ralph-supervise gives up and exits with the command's status.", unset "unlimited", flag max_restarts;
         backoff_initial: Duration = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay;
         backoff_max: Duration = Duration::from_secs(60), "Longest delay between restarts; at least `backoff_initial`.";
+        window: Option<Duration> = None, "Span in which `max` counts restarts (a sliding window). One restart more within it, and ralph-supervise gives up with one log line and exits with the command's status. Every restart counts, whatever caused it.", unset "every restart of the run counts", flag restart_window;
+        exit: ExitActions = BTreeMap::new(), "What follows an exit status, over `policy`: \"stop\" (no restart), \"restart\" (after the backoff) or a fixed delay like \"30m\" (a usage limit). Written as a [restart.exit] section of CODE = \"ACTION\" lines; CODE is the command's exit code, 128+N when signal N killed it, 124 after a stall. A stop (a signal, a stop request, `max_runtime`) never restarts.", unset "every exit status follows `policy`", flag restart_exit;
     }
     [run] Run "`[run]`: the child's run." {
         max_runtime: Option<Duration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
@@ -152,6 +155,9 @@ pub(crate) struct Key {
     unset: &'static str,
     /// The command-line flag's name (`stop_grace`), if the key has one.
     pub(crate) flag: Option<&'static str>,
+    /// For a table of entries: how its flag's value is written (`CODE=ACTION`); the flag
+    /// may be repeated, each entry added over the file's.
+    pub(crate) entry: Option<&'static str>,
     read: fn(&mut Policy, &Val) -> Result<(), Bad>,
     copy: fn(&mut Policy, &Policy),
     show: fn(&Policy) -> Option<String>,
@@ -198,19 +204,24 @@ impl Effective {
 }
 
 /// Values given on the command line, as text by flag name (`stop_grace`): checked by
-/// [`Overrides::set`], read like the file's values. Set ones win.
+/// [`Overrides::set`], read like the file's values. Set ones win; a table key's flag
+/// (`restart_exit`) keeps every value given, in order, each an entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Overrides(BTreeMap<&'static str, String>);
+pub(crate) struct Overrides(BTreeMap<&'static str, Vec<String>>);
 impl Overrides {
-    /// Sets flag `name` (`stop_grace`) to `text`; `Err` says why the value is not valid.
+    /// Sets flag `name` (`stop_grace`) to `text`, or adds the entry `text` for a table
+    /// key's flag; `Err` says why the value is not valid.
     pub(crate) fn set(&mut self, name: &str, text: &str) -> Result<(), String> {
         let key = TABLE
             .iter()
             .find(|k| k.flag == Some(name))
             .ok_or("no such flag")?;
         read_text(key, &mut Policy::default(), text)?;
-        self.0
-            .insert(key.flag.unwrap_or_default(), text.to_string());
+        let texts = self.0.entry(key.flag.unwrap_or_default()).or_default();
+        if key.entry.is_none() {
+            texts.clear();
+        }
+        texts.push(text.to_string());
         Ok(())
     }
 }
@@ -267,9 +278,11 @@ pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) ->
             (key.copy)(&mut policy, &f.values);
             sources.insert(key.full, Source::File(path.clone()));
         }
-        let text = key.flag.and_then(|flag| flags.0.get(flag));
-        if text.is_some_and(|text| read_text(key, &mut policy, text).is_ok()) {
-            sources.insert(key.full, Source::Flag);
+        let texts = key.flag.and_then(|flag| flags.0.get(flag));
+        for text in texts.into_iter().flatten() {
+            if read_text(key, &mut policy, text).is_ok() {
+                sources.insert(key.full, Source::Flag);
+            }
         }
     }
     let restart = &mut policy.restart;

@@ -134,10 +134,18 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
 }
 /// Sets `key` from a command-line flag's text, read as the file's value would be: a
 /// whole number as an integer, anything else as a string.
+/// A table key's flag (`--restart-exit 75=30m`) gives one entry, read as `{ 75 = "30m" }`.
 pub(crate) fn read_text(key: &Key, policy: &mut Policy, text: &str) -> Result<(), String> {
-    let text = match text.trim().parse::<i64>() {
+    let value = |text: &str| match text.trim().parse::<i64>() {
         Ok(number) => number.to_string(),
         Err(_) => quoted(text),
+    };
+    let text = match key.entry {
+        None => value(text),
+        Some(entry) => match text.split_once('=') {
+            Some((name, v)) => format!("{{ {} = {} }}", toml_key(name.trim()), value(v)),
+            None => return Err(format!("{text:?} is not {entry}; write it like 75=30m")),
+        },
     };
     let doc = format!("v = {text}");
     let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
@@ -190,8 +198,15 @@ pub(crate) trait Kind {
     type Out: Clone;
     const DOC: &'static str;
     const VALUES: &'static [(&'static str, &'static str)] = &[];
+    /// A table whose flag takes one entry per use, written like this (`CODE=ACTION`);
+    /// each use adds its entry over the file's.
+    const ENTRY: Option<&'static str> = None;
     fn read(v: &Val) -> Result<Self::Out, Bad>;
     fn show(value: &Self::Out) -> Option<String>;
+    /// Puts a value read over the one there: replaces it (a table of entries adds them).
+    fn merge(into: &mut Self::Out, value: Self::Out) {
+        *into = value;
+    }
 }
 
 /// A closed set of keywords (declared with `keywords!`): every value, in documentation
@@ -244,6 +259,85 @@ macro_rules! kinds {
         }
     )+};
 }
+/// What `[restart.exit]` says to do after one exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitAction {
+    /// Do not restart, whatever `restart.policy` says.
+    Stop,
+    /// Restart after the backoff.
+    Restart,
+    /// Restart after this fixed delay (no backoff).
+    Delay(Duration),
+}
+const EXIT_ACTION: &str = "write \"stop\", \"restart\" or a delay like \"30m\"";
+const EXIT_STATUS: &str =
+    "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
+
+/// `[restart.exit]`: `CODE = "stop" | "restart" | "<delay>"`, CODE from 0 to 255.
+impl Kind for ExitActions {
+    type Out = BTreeMap<u8, ExitAction>;
+    const DOC: &'static str = "table of exit actions";
+    const ENTRY: Option<&'static str> = Some("CODE=ACTION");
+    fn read(v: &Val) -> Result<Self::Out, Bad> {
+        let hint = format!("write a [{}] section with lines like 75 = \"30m\"", v.key);
+        let DeValue::Table(table) = v.value.get_ref() else {
+            return Err(v.wrong_type("a table", &hint));
+        };
+        let mut actions = BTreeMap::new();
+        for (name, value) in in_file_order(table) {
+            let (span, name) = (name.span(), name.get_ref().as_ref());
+            let digits = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+            let code = match name.parse::<u32>() {
+                Ok(code) if digits => {
+                    u8::try_from(code).map_err(|_| format!("{code} is out of range"))
+                }
+                _ if digits => Err(format!("{name} is out of range")),
+                _ => Err(format!("{name:?} is not an exit code")),
+            };
+            let code = code.map_err(|what| {
+                Bad::at(span.clone(), format!("{}: {what}; {EXIT_STATUS}", v.key))
+            })?;
+            if actions.contains_key(&code) {
+                let msg = format!("{}: exit code {code} is given twice; keep one", v.key);
+                return Err(Bad::at(span, msg));
+            }
+            let full = format!("{}.{code}", v.key);
+            let v = Val { key: &full, value };
+            let text = v.string(EXIT_ACTION)?;
+            let action = match text.trim() {
+                "stop" => ExitAction::Stop,
+                "restart" => ExitAction::Restart,
+                delay => match humantime::parse_duration(delay) {
+                    Ok(delay) => ExitAction::Delay(delay),
+                    Err(_) => {
+                        return Err(v.bad(format!("{text:?} is not an action; {EXIT_ACTION}")));
+                    }
+                },
+            };
+            actions.insert(code, action);
+        }
+        Ok(actions)
+    }
+    fn show(actions: &Self::Out) -> Option<String> {
+        let pairs: Vec<String> = (actions.iter())
+            .map(|(code, action)| format!("{code} = {}", quoted(&exit_action(*action))))
+            .collect();
+        // None: not set, every exit status follows `restart.policy`.
+        (!pairs.is_empty()).then(|| format!("{{ {} }}", pairs.join(", ")))
+    }
+    fn merge(into: &mut Self::Out, value: Self::Out) {
+        into.extend(value);
+    }
+}
+/// `stop`, `restart`, `30m`: an action as the policy file spells it.
+pub(crate) fn exit_action(action: ExitAction) -> String {
+    match action {
+        ExitAction::Stop => "stop".into(),
+        ExitAction::Restart => "restart".into(),
+        ExitAction::Delay(delay) => format_duration(delay),
+    }
+}
+
 /// Kinds with rules of their own (an exit code, 1 to 255; a non-empty directory; a git
 /// branch prefix; a signal name or number; environment variables; ...): see `kinds!`.
 pub(crate) struct ExitCode;
@@ -253,6 +347,7 @@ pub(crate) struct BranchPrefix;
 pub(crate) struct Signal;
 pub(crate) struct Env;
 pub(crate) struct LogLevel;
+pub(crate) struct ExitActions;
 const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
 const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";

@@ -68,6 +68,12 @@ policy = "always"
 max = 4
 backoff_initial = "250ms"
 backoff_max = "1h"
+window = "6h"
+
+[restart.exit]
+0 = "stop"
+1 = "restart"
+75 = "30m"
 
 [run]
 max_runtime = "2h"
@@ -102,6 +108,12 @@ fn full_file() -> PolicyFile {
             max: Some(4),
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(3600),
+            window: Some(Duration::from_secs(6 * 3600)),
+            exit: BTreeMap::from([
+                (0, ExitAction::Stop),
+                (1, ExitAction::Restart),
+                (75, ExitAction::Delay(Duration::from_secs(1800))),
+            ]),
         };
         p.run = Run {
             max_runtime: Some(Duration::from_secs(7200)),
@@ -354,6 +366,9 @@ fn every_flag_overrides_the_full_file() {
         ("restart", "never"),
         ("max_restarts", "1"),
         ("restart_delay", "3s"),
+        ("restart_window", "2m"),
+        ("restart_exit", "75=stop"),
+        ("restart_exit", "3=1m"),
         ("max_runtime", "4s"),
         ("log_format", "text"),
     ]);
@@ -367,6 +382,12 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.restart.policy, RestartPolicy::Never);
     assert_eq!(p.restart.max, Some(1));
     assert_eq!(p.restart.backoff_initial, Duration::from_secs(3));
+    assert_eq!(p.restart.window, Some(Duration::from_secs(120)));
+    // Each --restart-exit adds its entry over the file's.
+    let exit = Vec::from_iter(p.restart.exit.clone());
+    let (stop, restart) = (ExitAction::Stop, ExitAction::Restart);
+    let minute = ExitAction::Delay(Duration::from_secs(60));
+    assert_eq!(exit, [(0, stop), (1, restart), (3, minute), (75, stop)]);
     assert_eq!(p.run.max_runtime, Some(Duration::from_secs(4)));
     assert_eq!(p.log.format, LogFormat::Text);
     // Keys without a flag keep the file's values.
@@ -420,6 +441,8 @@ policy = "never"  # default
 # max not set: unlimited  # default
 backoff_initial = "1s"  # default
 backoff_max = "1m"  # default
+# window not set: every restart of the run counts  # default
+# exit not set: every exit status follows `policy`  # default
 
 [run]
 # max_runtime not set: no limit  # default
@@ -600,7 +623,7 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("[conflict]\npolicy = \"wait\"\n[restart]\nmax = 1\nbackof = \"1s\"\n"),
-        "P:5:1: unknown key \"backof\" in [restart]; expected one of policy, max, backoff_initial, backoff_max"
+        "P:5:1: unknown key \"backof\" in [restart]; expected one of policy, max, backoff_initial, backoff_max, window, exit"
     );
     // The first problem in the file is reported, not the first in key order.
     assert_eq!(
@@ -867,6 +890,7 @@ fn shipped_examples_are_valid() {
     for expected in [
         "ci.toml",
         "interactive.toml",
+        "overnight.toml",
         "parallel-agents.toml",
         "systemd.toml",
     ] {
@@ -895,6 +919,12 @@ fn shipped_examples_are_valid() {
         set!(get("ci.toml"), conflict.policy).flatten(),
         Some(OnConflict::Fail)
     );
+    let overnight = get("overnight.toml");
+    let exit = set!(overnight, restart.exit).unwrap();
+    assert_eq!(exit.get(&0), Some(&ExitAction::Stop));
+    assert!(matches!(exit.get(&75), Some(ExitAction::Delay(d)) if *d >= Duration::from_secs(60)));
+    assert!(set!(overnight, restart.window).flatten().is_some());
+    assert!(set!(overnight, restart.max).flatten().is_some());
     let parallel = get("parallel-agents.toml");
     assert_eq!(
         set!(parallel, conflict.policy).flatten(),
@@ -990,5 +1020,106 @@ fn a_flag_is_checked_as_the_key_in_the_file_is() {
     assert!(
         flags.set("grace", "1s").is_err(),
         "keys without a flag have none"
+    );
+}
+
+#[test]
+fn restart_exit_entries_and_window() {
+    let f = parsed(
+        "[restart]\nwindow = \"1h\"\n[restart.exit]\n0 = \"stop\"\n75 = \"30m\"\n137 = \"restart\"\n255 = \"0s\"\n",
+    );
+    assert_eq!(
+        set!(f, restart.window),
+        Some(Some(Duration::from_secs(3600)))
+    );
+    let exit = Vec::from_iter(set!(f, restart.exit).unwrap());
+    assert_eq!(
+        exit,
+        [
+            (0, ExitAction::Stop),
+            (75, ExitAction::Delay(Duration::from_secs(1800))),
+            (137, ExitAction::Restart),
+            (255, ExitAction::Delay(Duration::ZERO)),
+        ]
+    );
+    // The inline spelling, as `policy show` writes it, is the same table.
+    let inline = parsed(
+        "[restart]\nexit = { 0 = \"stop\", 75 = \"30m\", 137 = \"restart\", 255 = \"0s\" }\n",
+    );
+    assert_eq!(set!(inline, restart.exit), set!(f, restart.exit));
+
+    let cases = [
+        (
+            "[restart.exit]\n75 = \"later\"\n",
+            "P:2:6: restart.exit.75: \"later\" is not an action; write \"stop\", \"restart\" or a delay like \"30m\"",
+        ),
+        (
+            "[restart.exit]\n256 = \"stop\"\n",
+            "P:2:1: restart.exit: 256 is out of range; use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)",
+        ),
+        (
+            "[restart.exit]\n99999999999 = \"stop\"\n",
+            "P:2:1: restart.exit: 99999999999 is out of range; use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)",
+        ),
+        (
+            "[restart.exit]\n-1 = \"stop\"\n",
+            "P:2:1: restart.exit: \"-1\" is not an exit code; use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)",
+        ),
+        (
+            "[restart.exit]\nTERM = \"stop\"\n",
+            "P:2:1: restart.exit: \"TERM\" is not an exit code; use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)",
+        ),
+        (
+            "[restart.exit]\n7 = \"stop\"\n07 = \"restart\"\n",
+            "P:3:1: restart.exit: exit code 7 is given twice; keep one",
+        ),
+        (
+            "[restart.exit]\n75 = 30\n",
+            "P:2:6: restart.exit.75 must be a string, found an integer; write \"stop\", \"restart\" or a delay like \"30m\"",
+        ),
+        (
+            "[restart]\nexit = 3\n",
+            "P:2:8: restart.exit must be a table, found an integer; write a [restart.exit] section with lines like 75 = \"30m\"",
+        ),
+        (
+            "[restart]\nwindow = \"an hour\"\n",
+            "P:2:10: restart.window: \"an hour\" is not a duration (expected number at 0); write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+        (
+            "[restart]\nwindow = 3600\n",
+            "P:2:10: restart.window must be a duration string, found an integer; write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(error(text), want, "{text:?}");
+    }
+}
+
+#[test]
+fn restart_exit_flags_add_entries() {
+    let mut flags = Overrides::default();
+    for bad in ["75", "75=later", "256=stop", "x=stop", "75=30"] {
+        assert!(flags.set("restart_exit", bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        flags.set("restart_exit", "75"),
+        Err("\"75\" is not CODE=ACTION; write it like 75=30m".into())
+    );
+    assert_eq!(flags, Overrides::default(), "a bad value is not kept");
+    flags.set("restart_exit", "75=30m").unwrap();
+    flags.set("restart_exit", " 0 = stop").unwrap();
+    flags.set("restart_exit", "75=restart").unwrap();
+    let e = resolve(None, &flags);
+    let exit = Vec::from_iter(e.policy.restart.exit.clone());
+    assert_eq!(
+        exit,
+        [(0, ExitAction::Stop), (75, ExitAction::Restart)],
+        "the last use of a code wins"
+    );
+    assert_eq!(e.source("restart.exit"), &Source::Flag);
+    let shown = show(&e);
+    assert!(
+        shown.contains("exit = { 0 = \"stop\", 75 = \"restart\" }  # --restart-exit\n"),
+        "{shown}"
     );
 }

@@ -20,6 +20,7 @@
 //! A stop (signal, stop request, max runtime) ends restarts; the exit status is the last
 //! run's, or 124 when `max_runtime` expired.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::exit::{ChildOutcome, ExitStatus};
@@ -33,14 +34,29 @@ pub(crate) enum RestartWhen {
     Always,
 }
 
+/// What follows one exit status, over [`RestartWhen`] (`[restart.exit]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitRule {
+    /// No restart.
+    Stop,
+    /// Restart after the backoff.
+    Backoff,
+    /// Restart after this fixed delay; the backoff is left as it is.
+    After(Duration),
+}
+
 /// Restart settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Restart {
     pub(crate) when: RestartWhen,
-    /// Most restarts; `None` = unlimited.
+    /// Most restarts (within `window`); `None` = unlimited.
     pub(crate) max: Option<u32>,
+    /// `max` counts the restarts within any span this long; `None`: within the run.
+    pub(crate) window: Option<Duration>,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    /// By the status [`status_matched`] gives: what follows it, over `when`.
+    pub(crate) exit: BTreeMap<u8, ExitRule>,
 }
 
 impl Restart {
@@ -48,8 +64,10 @@ impl Restart {
     pub(crate) const NEVER: Restart = Restart {
         when: RestartWhen::Never,
         max: None,
+        window: None,
         backoff_initial: Duration::from_secs(1),
         backoff_max: Duration::from_secs(60),
+        exit: BTreeMap::new(),
     };
 
     /// Delay before the restart after `failures` quick exits in a row:
@@ -68,8 +86,49 @@ impl Restart {
     }
 }
 
+/// The status `[restart.exit]` matches for a run that ended with `outcome`: its exit
+/// code, or 128+N when signal N killed it. (A stall, which ends a run with 124, matches
+/// 124.)
+pub(crate) fn status_matched(outcome: ChildOutcome) -> u8 {
+    ExitStatus::from_wait(outcome).code()
+}
+
+/// What decided whether a run that ended is followed by another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The `[restart.exit]` entry for this status.
+    Exit(u8, ExitRule),
+    /// `restart.policy`: no entry matched.
+    Policy(RestartWhen),
+}
+
+/// What follows a run that ended by itself (not stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Restart number `number` (counting from 1) after `delay`, at `at`.
+    Restart {
+        number: u32,
+        delay: Duration,
+        at: Instant,
+    },
+    /// No restart: the rule says so.
+    Finish,
+    /// The rule says restart, but `max` restarts happened within `window` already.
+    GiveUp { max: u32, window: Option<Duration> },
+}
+
+/// The decision after a run ended by itself: the status matched, what matched, what follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Decision {
+    pub(crate) outcome: ChildOutcome,
+    /// [`status_matched`]: the exit code, 128+N after signal N.
+    pub(crate) status: u8,
+    pub(crate) why: Why,
+    pub(crate) verdict: Verdict,
+}
+
 /// Fixed settings of one supervision.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Config {
     /// Stop-signal→KILL grace, for stops and for leftover group members.
     pub(crate) grace: Duration,
@@ -155,6 +214,8 @@ pub(crate) enum Action {
     TakeTerminal,
     /// Start the child (again); the driver then calls [`Machine::spawned`].
     Spawn,
+    /// A run ended by itself and this follows (log it; record a restart to come).
+    Decided(Decision),
     /// Log that a signal was ignored.
     Ignored(i32),
 }
@@ -170,8 +231,8 @@ pub(crate) struct Machine {
     restarts: u32,
     /// Quick exits in a row, for the backoff.
     failures: u32,
-    /// Whether the draining child is to be restarted.
-    restart_after_drain: bool,
+    /// When the restarts within `restart.window` happened (only with a `max`).
+    recent: VecDeque<Instant>,
     /// When `max_runtime` expires.
     runtime_deadline: Option<Instant>,
 }
@@ -179,6 +240,7 @@ pub(crate) struct Machine {
 impl Machine {
     /// A machine for a child spawned at `now`.
     pub(crate) fn new(config: Config, now: Instant) -> Machine {
+        let runtime_deadline = config.max_runtime.map(|d| now + d);
         Machine {
             config,
             state: State::Running { since: now },
@@ -186,8 +248,8 @@ impl Machine {
             stop: None,
             restarts: 0,
             failures: 0,
-            restart_after_drain: false,
-            runtime_deadline: config.max_runtime.map(|d| now + d),
+            recent: VecDeque::new(),
+            runtime_deadline,
         }
     }
 
@@ -231,7 +293,8 @@ impl Machine {
                 ..
             } => Some(deadline),
             State::Draining { deadline } => Some(deadline),
-            State::Backoff { until } => Some(until),
+            // `max_runtime` counts the waits between runs too.
+            State::Backoff { until } => Some(self.runtime_deadline.map_or(until, |d| d.min(until))),
             _ => None,
         }
     }
@@ -269,10 +332,15 @@ impl Machine {
                 actions
             }
 
-            (State::Backoff { until }, Event::Deadline) if now >= until => {
-                self.restarts += 1;
-                vec![Action::Spawn]
+            (State::Backoff { .. }, Event::Deadline)
+                if self.runtime_deadline.is_some_and(|d| now >= d) =>
+            {
+                // No child to stop: the run is over.
+                self.stop.get_or_insert(StopReason::MaxRuntime);
+                self.exit();
+                vec![]
             }
+            (State::Backoff { until }, Event::Deadline) if now >= until => self.restart(now),
 
             (State::Running { .. }, Event::Deadline)
                 if self.runtime_deadline.is_some_and(|d| now >= d) =>
@@ -376,7 +444,6 @@ impl Machine {
             State::Stopping { killed: false, .. } => vec![],
             State::Draining { .. } => {
                 self.stop.get_or_insert(reason);
-                self.restart_after_drain = false;
                 let mut actions = vec![Action::SignalGroup(libc::SIGKILL)];
                 actions.extend(self.after_drain(now));
                 actions
@@ -412,8 +479,7 @@ impl Machine {
             _ => Duration::ZERO,
         };
         self.outcome = Some(outcome);
-        self.restart_after_drain = self.should_restart(outcome);
-        if self.restart_after_drain && ran >= self.config.restart.stable_after() {
+        if ran >= self.config.restart.stable_after() {
             self.failures = 0;
         }
         let mut actions = vec![Action::TakeTerminal];
@@ -428,37 +494,100 @@ impl Machine {
         actions
     }
 
-    fn should_restart(&self, outcome: ChildOutcome) -> bool {
-        if self.stop.is_some() {
-            return false;
-        }
-        let wanted = match self.config.restart.when {
-            RestartWhen::Never => false,
-            RestartWhen::OnFailure => !outcome.success(),
-            RestartWhen::Always => true,
+    /// What follows the run that ended with `outcome` at `now`: its `[restart.exit]`
+    /// entry, else `restart.policy`; a restart only within the budget (`max` within
+    /// `window`, counted at the time the restart would happen).
+    fn decide(&self, outcome: ChildOutcome, now: Instant) -> Decision {
+        let r = &self.config.restart;
+        let status = status_matched(outcome);
+        let why = match r.exit.get(&status) {
+            Some(rule) => Why::Exit(status, *rule),
+            None => Why::Policy(r.when),
         };
-        wanted
-            && self
-                .config
-                .restart
-                .max
-                .is_none_or(|max| self.restarts < max)
+        let delay = match why {
+            Why::Exit(_, ExitRule::Stop) | Why::Policy(RestartWhen::Never) => None,
+            Why::Policy(RestartWhen::OnFailure) if outcome.success() => None,
+            Why::Exit(_, ExitRule::After(delay)) => Some(delay),
+            Why::Exit(_, ExitRule::Backoff) | Why::Policy(_) => Some(r.delay(self.failures)),
+        };
+        let verdict = match delay {
+            None => Verdict::Finish,
+            Some(delay) => {
+                let at = now
+                    .checked_add(delay)
+                    .unwrap_or(now + Duration::from_secs(86400 * 365));
+                let done = match r.window {
+                    Some(window) => (self.recent.iter())
+                        .filter(|t| at.saturating_duration_since(**t) < window)
+                        .count() as u64,
+                    None => self.restarts.into(),
+                };
+                match r.max {
+                    Some(max) if done >= max.into() => Verdict::GiveUp {
+                        max,
+                        window: r.window,
+                    },
+                    _ => Verdict::Restart {
+                        number: self.restarts.saturating_add(1),
+                        delay,
+                        at,
+                    },
+                }
+            }
+        };
+        Decision {
+            outcome,
+            status,
+            why,
+            verdict,
+        }
     }
 
-    /// The child and its group are gone: restart after the backoff, or finish.
+    /// The child and its group are gone: restart (after its delay), or finish. A stop
+    /// ends the restarts whatever the rules say.
     fn after_drain(&mut self, now: Instant) -> Vec<Action> {
-        if self.restart_after_drain && self.stop.is_none() {
-            let delay = self.config.restart.delay(self.failures);
-            self.failures = self.failures.saturating_add(1);
-            self.state = State::Backoff { until: now + delay };
-            if delay.is_zero() {
-                self.restarts += 1;
-                return vec![Action::Spawn];
-            }
-        } else {
+        let Some(outcome) = self.outcome.filter(|_| self.stop.is_none()) else {
             self.exit();
+            return vec![];
+        };
+        let decision = self.decide(outcome, now);
+        // "never", with no entry matching, goes without saying.
+        let mut actions = match decision.why {
+            Why::Policy(RestartWhen::Never) => vec![],
+            _ => vec![Action::Decided(decision)],
+        };
+        match decision.verdict {
+            Verdict::Restart { delay, at, .. } => {
+                if matches!(
+                    decision.why,
+                    Why::Exit(_, ExitRule::Backoff) | Why::Policy(_)
+                ) {
+                    self.failures = self.failures.saturating_add(1);
+                }
+                self.state = State::Backoff { until: at };
+                if delay.is_zero() {
+                    actions.extend(self.restart(now));
+                }
+            }
+            Verdict::Finish | Verdict::GiveUp { .. } => self.exit(),
         }
-        vec![]
+        actions
+    }
+
+    /// Starts the next run now, and counts it.
+    fn restart(&mut self, now: Instant) -> Vec<Action> {
+        self.restarts += 1;
+        if let (Some(_), Some(window)) = (self.config.restart.max, self.config.restart.window) {
+            while self
+                .recent
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+            {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(now);
+        }
+        vec![Action::Spawn]
     }
 
     fn exit(&mut self) {
@@ -805,6 +934,7 @@ mod tests {
                     max,
                     backoff_initial: Duration::from_secs(1),
                     backoff_max: Duration::from_secs(8),
+                    ..Restart::NEVER
                 },
                 ..config()
             },
@@ -902,5 +1032,315 @@ mod tests {
             t,
         );
         assert_eq!(m.finished(), Some(ExitStatus::Timeout));
+    }
+
+    fn ruled(
+        when: RestartWhen,
+        max: Option<u32>,
+        window: Option<Duration>,
+        exit: &[(u8, ExitRule)],
+    ) -> (Machine, Instant) {
+        let now = Instant::now();
+        let restart = Restart {
+            when,
+            max,
+            window,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(8),
+            exit: exit.iter().copied().collect(),
+        };
+        (
+            Machine::new(
+                Config {
+                    restart,
+                    ..config()
+                },
+                now,
+            ),
+            now,
+        )
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    /// The decision the machine announced among `actions`.
+    fn decided(actions: &[Action]) -> Decision {
+        let found = actions.iter().find_map(|a| match a {
+            Action::Decided(d) => Some(*d),
+            _ => None,
+        });
+        found.unwrap_or_else(|| panic!("no decision in {actions:?}"))
+    }
+
+    /// Waits out the backoff and spawns; returns the time of the spawn.
+    fn restart_at_deadline(m: &mut Machine) -> Instant {
+        let until = m.deadline().expect("waiting");
+        assert_eq!(m.handle(Event::Deadline, until), vec![Action::Spawn]);
+        m.spawned(until);
+        until
+    }
+
+    #[test]
+    fn exit_entries_override_the_policy() {
+        let rules = [
+            (75, ExitRule::After(30 * MIN)),
+            (3, ExitRule::Backoff),
+            (0, ExitRule::Stop),
+        ];
+        let (mut m, t0) = ruled(RestartWhen::Never, None, None, &rules);
+        // 3: restart after the backoff, though the policy says never.
+        let d = decided(&m.handle(exited(3, false), t0));
+        assert_eq!(d.why, Why::Exit(3, ExitRule::Backoff));
+        let one = Duration::from_secs(1);
+        assert_eq!(
+            d.verdict,
+            Verdict::Restart {
+                number: 1,
+                delay: one,
+                at: t0 + one
+            }
+        );
+        let t = restart_at_deadline(&mut m);
+        // 75: the fixed delay; not before it is over.
+        let d = decided(&m.handle(exited(75, false), t));
+        assert_eq!(d.status, 75);
+        assert_eq!(d.why, Why::Exit(75, ExitRule::After(30 * MIN)));
+        assert!(
+            matches!(d.verdict, Verdict::Restart { number: 2, delay, .. } if delay == 30 * MIN)
+        );
+        assert_eq!(m.deadline(), Some(t + 30 * MIN));
+        assert_eq!(m.handle(Event::Deadline, t + 29 * MIN), vec![]);
+        let t = restart_at_deadline(&mut m);
+        // 3 again: the backoff went on from where it was (a fixed delay leaves it be).
+        let d = decided(&m.handle(exited(3, false), t));
+        assert!(matches!(d.verdict, Verdict::Restart { number: 3, delay, .. } if delay == 2 * one));
+        let t = restart_at_deadline(&mut m);
+        // 0: stop.
+        let d = decided(&m.handle(exited(0, false), t));
+        assert_eq!(
+            (d.why, d.verdict),
+            (Why::Exit(0, ExitRule::Stop), Verdict::Finish)
+        );
+        assert_eq!(m.finished(), Some(ExitStatus::Child(0)));
+        assert_eq!(m.restarts(), 3);
+        // An exit no entry matches follows the policy: "never", said by nobody.
+        let (mut m, t0) = ruled(RestartWhen::Never, None, None, &rules);
+        assert_eq!(m.handle(exited(4, false), t0), vec![Action::TakeTerminal]);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(4)));
+    }
+
+    #[test]
+    fn a_stop_entry_ends_what_the_policy_would_restart() {
+        let (mut m, t0) = ruled(RestartWhen::Always, None, None, &[(0, ExitRule::Stop)]);
+        let d = decided(&m.handle(exited(1, false), t0));
+        assert_eq!(d.why, Why::Policy(RestartWhen::Always));
+        let t = restart_at_deadline(&mut m);
+        assert_eq!(
+            decided(&m.handle(exited(0, false), t)).verdict,
+            Verdict::Finish
+        );
+        assert_eq!(m.finished(), Some(ExitStatus::Child(0)));
+        // on-failure after success: finish, and say why.
+        let (mut m, t0) = ruled(RestartWhen::OnFailure, None, None, &[]);
+        let d = decided(&m.handle(exited(0, false), t0));
+        assert_eq!(
+            (d.why, d.verdict),
+            (Why::Policy(RestartWhen::OnFailure), Verdict::Finish)
+        );
+    }
+
+    #[test]
+    fn death_by_signal_n_matches_128_plus_n_and_124_is_matchable() {
+        let killed = |sig| Event::ChildExited {
+            outcome: ChildOutcome::Signaled(sig),
+            group_alive: false,
+        };
+        let rules = [
+            (137, ExitRule::Stop),
+            (143, ExitRule::After(MIN)),
+            (124, ExitRule::After(2 * MIN)),
+        ];
+        let (mut m, t0) = ruled(RestartWhen::Always, None, None, &rules);
+        // A TERM the supervisor did not send: not a stop, so the entry decides.
+        let d = decided(&m.handle(killed(libc::SIGTERM), t0));
+        assert_eq!(
+            (d.status, d.why),
+            (143, Why::Exit(143, ExitRule::After(MIN)))
+        );
+        let t = restart_at_deadline(&mut m);
+        assert_eq!(t, t0 + MIN);
+        // 124 (a stall ends a run with it; so does a command's own timeout).
+        let d = decided(&m.handle(exited(124, false), t));
+        assert_eq!(d.why, Why::Exit(124, ExitRule::After(2 * MIN)));
+        let t = restart_at_deadline(&mut m);
+        let d = decided(&m.handle(killed(libc::SIGKILL), t));
+        assert_eq!((d.status, d.verdict), (137, Verdict::Finish));
+        assert_eq!(m.finished(), Some(ExitStatus::Signaled(libc::SIGKILL)));
+        assert_eq!(
+            status_matched(ChildOutcome::Exited(300)),
+            44,
+            "codes are 8 bits"
+        );
+    }
+
+    #[test]
+    fn a_zero_delay_restarts_at_once() {
+        let (mut m, t0) = ruled(
+            RestartWhen::Never,
+            None,
+            None,
+            &[(1, ExitRule::After(Duration::ZERO))],
+        );
+        let actions = m.handle(exited(1, false), t0);
+        assert_eq!(actions.last(), Some(&Action::Spawn), "{actions:?}");
+        assert_eq!(m.restarts(), 1);
+    }
+
+    #[test]
+    fn the_window_budget_gives_up_with_the_last_status() {
+        let window = Some(10 * Duration::from_secs(1));
+        let (mut m, mut t) = ruled(RestartWhen::Always, Some(2), window, &[]);
+        for _ in 0..2 {
+            let d = decided(&m.handle(exited(7, false), t));
+            assert!(matches!(d.verdict, Verdict::Restart { .. }), "{d:?}");
+            t = restart_at_deadline(&mut m);
+        }
+        // The third restart would be the third within 10 s.
+        let d = decided(&m.handle(exited(7, false), t));
+        assert_eq!(d.verdict, Verdict::GiveUp { max: 2, window });
+        assert_eq!(m.finished(), Some(ExitStatus::Child(7)));
+        assert_eq!(m.restarts(), 2);
+        // Without a window, `max` counts the whole run, and says so the same way.
+        let (mut m, mut t) = ruled(RestartWhen::Always, Some(1), None, &[]);
+        m.handle(exited(7, false), t);
+        t = restart_at_deadline(&mut m);
+        t += 1000 * MIN;
+        let d = decided(&m.handle(exited(7, false), t));
+        assert_eq!(
+            d.verdict,
+            Verdict::GiveUp {
+                max: 1,
+                window: None
+            }
+        );
+        // `max = 0`: not one restart.
+        let (mut m, t) = ruled(RestartWhen::Always, Some(0), window, &[]);
+        assert_eq!(
+            decided(&m.handle(exited(7, false), t)).verdict,
+            Verdict::GiveUp { max: 0, window }
+        );
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let sec = Duration::from_secs(1);
+        // One restart per 10 s: delays of 11 s keep each restart alone in its window.
+        let (mut m, mut t) = ruled(
+            RestartWhen::Never,
+            Some(1),
+            Some(10 * sec),
+            &[(1, ExitRule::After(11 * sec))],
+        );
+        for number in 1..=5 {
+            let d = decided(&m.handle(exited(1, false), t));
+            assert!(
+                matches!(d.verdict, Verdict::Restart { number: n, .. } if n == number),
+                "{d:?}"
+            );
+            t = restart_at_deadline(&mut m);
+        }
+        // Counted at the time the restart would happen: a long run frees the budget...
+        let (mut m, t0) = ruled(RestartWhen::Always, Some(1), Some(10 * sec), &[]);
+        m.handle(exited(1, false), t0);
+        let t = restart_at_deadline(&mut m) + 20 * sec;
+        let d = decided(&m.handle(exited(1, false), t));
+        assert!(
+            matches!(d.verdict, Verdict::Restart { number: 2, .. }),
+            "{d:?}"
+        );
+        // ...a quick exit after it does not.
+        let t = restart_at_deadline(&mut m);
+        let d = decided(&m.handle(exited(1, false), t));
+        assert!(matches!(d.verdict, Verdict::GiveUp { max: 1, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn deliberate_stops_never_restart_whatever_the_entries() {
+        let rules = [
+            (143, ExitRule::Backoff),
+            (130, ExitRule::Backoff),
+            (124, ExitRule::Backoff),
+            (1, ExitRule::After(MIN)),
+        ];
+        let killed = |sig| Event::ChildExited {
+            outcome: ChildOutcome::Signaled(sig),
+            group_alive: false,
+        };
+        let stops = [
+            (
+                Event::Signal(libc::SIGTERM),
+                libc::SIGTERM,
+                StopReason::Signal(libc::SIGTERM),
+            ),
+            (
+                Event::Signal(libc::SIGINT),
+                libc::SIGINT,
+                StopReason::Signal(libc::SIGINT),
+            ),
+            (
+                Event::StopRequest { signal: None },
+                libc::SIGTERM,
+                StopReason::StopRequest,
+            ),
+        ];
+        for (stop, sig, reason) in stops {
+            let (mut m, t0) = ruled(RestartWhen::Always, None, None, &rules);
+            m.handle(stop, t0);
+            let actions = m.handle(killed(sig), t0);
+            assert!(
+                !actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Decided(_) | Action::Spawn)),
+                "{actions:?}"
+            );
+            assert_eq!(m.finished(), Some(ExitStatus::Signaled(sig)));
+            assert_eq!(m.stop_reason(), Some(reason));
+            // The same stop while waiting between runs: no child, the run is over.
+            let (mut m, t0) = ruled(RestartWhen::Always, None, None, &rules);
+            m.handle(exited(1, false), t0);
+            assert_eq!(m.handle(stop, t0), vec![]);
+            assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
+            assert_eq!(m.stop_reason(), Some(reason));
+        }
+        // max_runtime: 124, even with an entry that restarts after 124.
+        let (mut m, t0) = ruled(RestartWhen::Always, None, None, &rules);
+        m.config.max_runtime = Some(MIN);
+        m.runtime_deadline = Some(t0 + MIN);
+        m.handle(Event::Deadline, t0 + MIN);
+        let actions = m.handle(killed(libc::SIGTERM), t0 + MIN);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Decided(_) | Action::Spawn)),
+            "{actions:?}"
+        );
+        assert_eq!(m.finished(), Some(ExitStatus::Timeout));
+    }
+
+    #[test]
+    fn max_runtime_expires_during_a_wait() {
+        let (mut m, t0) = ruled(
+            RestartWhen::Never,
+            None,
+            None,
+            &[(75, ExitRule::After(30 * MIN))],
+        );
+        m.config.max_runtime = Some(MIN);
+        m.runtime_deadline = Some(t0 + MIN);
+        m.handle(exited(75, false), t0 + Duration::from_secs(10));
+        assert_eq!(m.deadline(), Some(t0 + MIN), "the earlier of the two");
+        assert_eq!(m.handle(Event::Deadline, t0 + MIN), vec![]);
+        assert_eq!(m.finished(), Some(ExitStatus::Timeout));
+        assert_eq!(m.stop_reason(), Some(StopReason::MaxRuntime));
     }
 }

@@ -202,8 +202,10 @@ pub(crate) enum Change {
 
 /// What the event loop asks of its owner (who holds the lock and the metadata).
 pub(crate) trait Hooks {
-    /// Starts the child again (a restart); records it.
-    fn respawn(&mut self) -> Result<Child, Failure>;
+    /// Starts the child again (restart number `restarts`); records it.
+    fn respawn(&mut self, restarts: u32) -> Result<Child, Failure>;
+    /// A run ended by itself and `decision` follows: log it, record a restart to come.
+    fn decided(&mut self, decision: &machine::Decision);
     /// Something changed in `.ralph/`: recreate a deleted lock file (unless the
     /// worktree was removed: then say so); consume a stop request and say if there was
     /// one.
@@ -292,8 +294,10 @@ fn carry_out(
 ) -> Result<(), Failure> {
     for action in machine.handle(event, now) {
         if action == Action::Spawn {
-            *child = hooks.respawn()?;
+            *child = hooks.respawn(machine.restarts())?;
             machine.spawned(Instant::now());
+        } else if let Action::Decided(decision) = action {
+            hooks.decided(&decision);
         } else {
             act(action, *child, terminal);
         }
@@ -363,6 +367,6 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
             }
         }
         Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),
-        Action::Spawn => unreachable!("carry_out spawns"),
+        Action::Spawn | Action::Decided(_) => unreachable!("carry_out spawns and records"),
     }
 }

@@ -73,6 +73,10 @@ fn status_exit_codes_and_json() {
         "command": [bin(), "probe", "--exit-on", "TERM"],
         "holders": null,
         "worktree": null,
+        // Added with [restart.exit]: null until a restart follows a run.
+        "restarts": null,
+        "last_exit": null,
+        "next_start": null,
     });
     assert_eq!(v, expected);
     let text = ws.run(&["status"]);

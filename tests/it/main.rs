@@ -19,6 +19,7 @@ mod pid1;
 mod pipelines;
 mod props;
 mod readonly;
+mod restart;
 mod security;
 mod service;
 mod signals;

@@ -805,3 +805,39 @@ fn discarding_a_running_worktree_loop_stops_it_and_lets_git_remove_the_worktree(
     holder.signal(Signal::SIGTERM);
     holder.expect_line("cleanup done");
 }
+
+#[test]
+fn a_worktree_loop_waiting_to_restart_stays_registered_under_its_supervisor() {
+    let ws = Workspace::git();
+    let _primary = hold(&ws);
+    let mut wt_loop = Proc::spawn(ws.cmd(&[
+        "run",
+        "--on-conflict",
+        "worktree",
+        "--restart-exit",
+        "75=30m",
+        "--",
+        "sh",
+        "-c",
+        "echo started; exit 75",
+    ]));
+    wt_loop.expect_line("started");
+    let sup = wt_loop.pid().as_raw();
+    // While it waits, loops.json names the supervisor (the child is gone; its pid
+    // would get the entry pruned, or name a stranger once reused).
+    wait_until("loops.json to name the supervisor", LIMIT, || {
+        registry(&ws).iter().any(|e| e["pid"] == sup)
+    });
+    let wt = only_worktree(&ws);
+    let mut cmd = Command::new(bin());
+    cmd.arg("-C").arg(&wt).args(["status", "--json"]);
+    let status = json_of(&Proc::spawn(cmd).finish());
+    assert_eq!(status["restarts"], 0, "{status}");
+    assert_eq!(status["last_exit"]["status"], 75, "{status}");
+    assert!(status["next_start"].is_string(), "{status}");
+    // `stop ID` reaches it through the registry and ends the wait.
+    let stop = ws.run(&["stop", &id_of(&wt)]);
+    assert_eq!(stop.code(), 0, "{stop:?}");
+    assert_eq!(wt_loop.finish().code(), 75);
+    assert!(!registry(&ws).iter().any(|e| e["pid"] == sup));
+}
