@@ -312,17 +312,19 @@ fn wait_on(
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(Failure::from(anyhow::Error::new(e).context("poll"))),
             }
-            while let Some(sig) = match signals {
-                Some(s) => s.next().or_fail("cannot read signals")?,
+            while let Some(received) = match signals {
+                Some(s) => s.next_info().or_fail("cannot read signals")?,
                 None => None,
             } {
+                let sig = received.signo;
                 match while_waiting(sig) {
                     OnSignal::Interrupt => return Ok(Some(Waited::Interrupted(sig))),
                     OnSignal::StopSelf => {
                         // Ctrl-Z: stop like any job; returns on `fg`/`bg`, and the wait
                         // goes on (the helper thread stopped and continues with us).
                         info!("{}: stopped while waiting for the lock", signals::name(sig));
-                        crate::terminal::stop_self(sig);
+                        let job_has_it = crate::terminal::sent_to_the_job(sig, received.code);
+                        crate::terminal::stop_self(sig, job_has_it);
                     }
                     OnSignal::Nothing => {}
                     OnSignal::Warn => {

@@ -113,8 +113,11 @@ fn writes_to_a_pipeline() -> bool {
 /// and TTOU (so the shell reports why) go to our whole process group, the job, as the
 /// terminal sends them: the other members of a pipeline or the shell running a wrapper
 /// script stop with us, so the shell sees the job stopped instead of waiting for it.
-/// Anything else stops only us, with STOP.
-pub(crate) fn stop_self(sig: i32) {
+/// When the terminal itself sent `sig` to our group (`job_has_it`: Ctrl-Z with the
+/// supervisor in the foreground job), every member has it already and only we stop: a
+/// second TSTP would stay pending in a member that catches it (less does) and stop it
+/// again at `fg`. Anything else stops only us, with STOP.
+pub(crate) fn stop_self(sig: i32, job_has_it: bool) {
     let job_stop = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
     match Signal::try_from(sig) {
         Ok(s) if job_stop.contains(&s) => {
@@ -124,7 +127,7 @@ pub(crate) fn stop_self(sig: i32) {
             // its default action, stopping, applies to us (a process-directed signal
             // goes to a thread that does not block it: this one).
             let _ = only.thread_unblock();
-            if killpg(getpgrp(), s).is_err() {
+            if job_has_it || killpg(getpgrp(), s).is_err() {
                 let _ = kill(getpid(), s);
             }
             let _ = only.thread_block();
@@ -133,4 +136,10 @@ pub(crate) fn stop_self(sig: i32) {
             let _ = kill(getpid(), Signal::SIGSTOP);
         }
     }
+}
+
+/// Whether a job-control stop signal the supervisor received was sent by the terminal
+/// to its whole process group (`si_code` `SI_KERNEL`), not by a `kill` to it alone.
+pub(crate) fn sent_to_the_job(sig: i32, code: i32) -> bool {
+    [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&sig) && code == libc::SI_KERNEL
 }

@@ -72,11 +72,6 @@ impl Signals {
         Ok(Signals { fd })
     }
 
-    /// The next pending signal, if any.
-    pub(crate) fn next(&self) -> io::Result<Option<i32>> {
-        Ok(self.next_info()?.map(|r| r.signo))
-    }
-
     /// The next pending signal with what came with it, if any.
     pub(crate) fn next_info(&self) -> io::Result<Option<Received>> {
         match self.fd.read_signal() {
@@ -221,6 +216,8 @@ pub(crate) fn supervise(
     hooks: &mut dyn Hooks,
 ) -> Result<ExitStatus, Failure> {
     let mut events = Vec::new();
+    // The terminal sent a job-control stop to our whole process group (see `act`).
+    let mut job_has_stop = false;
     loop {
         if let Some(status) = machine.finished() {
             return Ok(status);
@@ -267,6 +264,8 @@ pub(crate) fn supervise(
                 );
                 events.push(Event::StopRequest { signal });
             } else {
+                // Ctrl-Z in a pipeline: the terminal stopped the rest of the job already.
+                job_has_stop |= terminal::sent_to_the_job(sig, received.code);
                 events.push(Event::Signal(sig));
             }
         }
@@ -274,10 +273,12 @@ pub(crate) fn supervise(
             events.push(Event::Deadline);
         }
         for event in events.drain(..) {
-            carry_out(machine, event, now, &mut child, terminal, hooks)?;
+            let has_stop = &mut job_has_stop;
+            carry_out(machine, event, now, &mut child, terminal, hooks, has_stop)?;
         }
         if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid) {
-            carry_out(machine, Event::GroupEmpty, now, &mut child, terminal, hooks)?;
+            let (empty, has_stop) = (Event::GroupEmpty, &mut job_has_stop);
+            carry_out(machine, empty, now, &mut child, terminal, hooks, has_stop)?;
         }
     }
 }
@@ -291,6 +292,7 @@ fn carry_out(
     child: &mut Child,
     terminal: Option<Terminal>,
     hooks: &mut dyn Hooks,
+    job_has_stop: &mut bool,
 ) -> Result<(), Failure> {
     for action in machine.handle(event, now) {
         if action == Action::Spawn {
@@ -299,7 +301,7 @@ fn carry_out(
         } else if let Action::Decided(decision) = action {
             hooks.decided(&decision);
         } else {
-            act(action, *child, terminal);
+            act(action, *child, terminal, job_has_stop);
         }
     }
     Ok(())
@@ -328,7 +330,9 @@ fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
     Ok(())
 }
 
-fn act(action: Action, child: Child, terminal: Option<Terminal>) {
+/// `job_has_stop`: the terminal sent the job-control stop to our whole group; the
+/// supervisor's own stop then leaves the other members alone (see [`terminal::stop_self`]).
+fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &mut bool) {
     match action {
         Action::SignalGroup(sig) => {
             debug!(signal = %signals::name(sig), pgid = child.pid.as_raw(), "signalling the child's group");
@@ -349,7 +353,7 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>) {
                 t.take_back();
             }
             debug!(signal = %signals::name(sig), "child stopped; stopping too");
-            terminal::stop_self(sig);
+            terminal::stop_self(sig, std::mem::take(job_has_stop));
         }
         Action::Resume => {
             if let Some(t) = terminal
