@@ -573,6 +573,7 @@ mod tests {
             prompt: "q".into(),
             worktree_path: PathBuf::new(),
             workspace: PathBuf::from("/w"),
+            loop_index: None,
             extra: Default::default(),
         };
         // The `json!` literal `list --json` printed registry rows from before.

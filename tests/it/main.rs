@@ -10,6 +10,7 @@ mod completions;
 mod conflict;
 mod control;
 mod faults;
+mod hooks;
 mod lifecycle;
 mod man;
 mod notify_logs;
