@@ -273,6 +273,9 @@ pub(crate) struct ProbeArgs {
     /// Echo each stdin line as "got LINE"; exit 0 at end of input
     #[arg(long)]
     pub(crate) echo_stdin: bool,
+    /// Also write the report into this file
+    #[arg(long, value_name = "PATH")]
+    pub(crate) report_file: Option<PathBuf>,
 }
 
 impl From<ProbeArgs> for ProbeSettings {
@@ -282,6 +285,7 @@ impl From<ProbeArgs> for ProbeSettings {
             exit: a.exit,
             ready_file: a.ready_file,
             echo_stdin: a.echo_stdin,
+            report_file: a.report_file,
         }
     }
 }

@@ -14,6 +14,7 @@ pub(crate) mod conflict;
 pub(crate) mod control;
 pub mod exit;
 pub mod history;
+pub(crate) mod hooks;
 pub(crate) mod lock;
 pub(crate) mod logging;
 pub mod man;

@@ -852,6 +852,7 @@ mod tests {
             worktree_path: PathBuf::new(),
             workspace: PathBuf::from("/w"),
             pid_namespace: None,
+            loop_index: None,
             extra: Default::default(),
         };
         // The `json!` literal `list --json` printed registry rows from before.

@@ -24,6 +24,8 @@ pub(crate) struct ProbeSettings {
     pub(crate) ready_file: Option<PathBuf>,
     /// Print `got LINE` for each line of stdin, `eof` and exit 0 at its end.
     pub(crate) echo_stdin: bool,
+    /// Also write the report into this file (for when stdout is not ours to read: a hook).
+    pub(crate) report_file: Option<PathBuf>,
 }
 
 /// Signals the probe reports (and so catches): the forwarded ones plus a few strays.
@@ -36,6 +38,12 @@ pub(crate) fn probe(settings: ProbeSettings) -> Result<ExitStatus, Failure> {
     let mut out = out.lock();
     let report = report();
     out.write_all(report.as_bytes()).or_fail("probe: stdout")?;
+    if let Some(path) = &settings.report_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &report)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .or_fail(format!("probe: cannot write {}", path.display()))?;
+    }
 
     let mut signals = Signals::new(REPORTED).or_fail("probe: cannot catch signals")?;
     writeln!(out, "ready").or_fail("probe: stdout")?;
@@ -109,6 +117,17 @@ fn report() -> String {
     }
     if let Ok(v) = std::env::var("RALPH_LOCK_FD") {
         lines.push(format!("lock_fd {v}"));
+    }
+    if let Ok(v) = std::env::var("RALPH_LOOP_INDEX") {
+        lines.push(format!("loop_index {v}"));
+    }
+    // What a hook is told (`env RALPH_SUPERVISE_LOOP_ID=...`), sorted.
+    let mut told: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("RALPH_SUPERVISE_") && k != crate::policy::ENV_POLICY)
+        .collect();
+    told.sort();
+    for (k, v) in told {
+        lines.push(format!("env {k}={v}"));
     }
     if let Ok(v) = std::env::var("RALPH_WORKSPACE_ROOT") {
         lines.push(format!("workspace_root {v}"));

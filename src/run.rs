@@ -7,9 +7,11 @@
 //! 2. workspace: its `.ralph/` opened once ([`RalphDir`]);
 //! 3. lock or conflict: [`conflict::acquire`] answers run here, run in a new worktree,
 //!    or exit;
-//! 4. spawn: metadata written, the child started with the locked descriptor inherited;
+//! 4. spawn: metadata written, `hooks.on_start` run ([`hooks`]), the child started with
+//!    the locked descriptor inherited;
 //! 5. supervise: signals, stop requests, restarts, max runtime ([`supervisor`]);
-//! 6. release: history record, then the lock freed; for a worktree, `worktree.on_exit`.
+//! 6. release: history record, then the lock freed; for a worktree, `worktree.on_exit`;
+//!    last, `hooks.on_exit`, told how the run ended.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::conflict::{self, Next};
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::history;
+use crate::hooks;
 use crate::lock::{self, Acquire, LockFile};
 use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
 use crate::policy::{ExitAction, OnConflict, OnExit, Orphans, Policy, RestartPolicy};
@@ -87,17 +90,29 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     self_identity();
 
     let dir = RalphDir::open_or_create(&settings.workspace)?;
-    match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
+    // Set once `on_start` has had its turn: then `on_exit` has one too.
+    let mut facts = None;
+    let status = match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
         Next::Primary(lock) => {
             let place = Place::Primary {
                 workspace: &settings.workspace,
                 loop_id: new_loop_id(),
             };
-            run_locked(&settings, &signals, &dir, lock, &place).status
+            run_locked(&settings, &signals, &dir, lock, &place, &mut facts).status
         }
-        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo),
-        Next::Exit(status) => Ok(status),
+        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo, &mut facts),
+        Next::Exit(status) => return Ok(status),
+    };
+    // After the last run and the release (and the worktree's `on_exit`).
+    if let (Some(mut facts), Some(argv)) = (facts, &settings.policy.hooks.on_exit) {
+        facts.exit_status = Some(match &status {
+            Ok(status) => status.code(),
+            Err(failure) => failure.status.code(),
+        });
+        let timeout = settings.policy.hooks.timeout;
+        hooks::run("on_exit", argv, &facts, timeout, &signals);
     }
+    status
 }
 
 /// Where a run happens: the workspace itself, or a worktree created for this run.
@@ -132,6 +147,14 @@ impl<'a> Place<'a> {
         }
     }
 
+    /// `RALPH_LOOP_INDEX`: 0 for the primary, the reserved one for a worktree loop.
+    fn loop_index(&self) -> u32 {
+        match self {
+            Place::Primary { .. } => 0,
+            Place::Worktree(created) => created.loop_index,
+        }
+    }
+
     fn worktree(&self) -> Option<&'a Created> {
         match *self {
             Place::Primary { .. } => None,
@@ -154,6 +177,7 @@ fn run_in_worktree(
     settings: &RunSettings,
     signals: &Signals,
     repo: PathBuf,
+    facts: &mut Option<hooks::Facts>,
 ) -> Result<ExitStatus, Failure> {
     let prompt = settings.prompt_text();
     let created = worktree::create(&worktree::Spec {
@@ -162,6 +186,7 @@ fn run_in_worktree(
         branch_prefix: settings.policy.worktree.branch_prefix.clone(),
         prompt: prompt.clone(),
         carry: settings.policy.worktree.sync,
+        copy: settings.policy.worktree.copy.clone(),
     })?;
     info!(
         "running in worktree {} (branch {})",
@@ -186,7 +211,14 @@ fn run_in_worktree(
             return Err(e);
         }
     };
-    let ran = run_locked(settings, signals, &dir, lock, &Place::Worktree(&created));
+    let ran = run_locked(
+        settings,
+        signals,
+        &dir,
+        lock,
+        &Place::Worktree(&created),
+        facts,
+    );
     if !ran.spawned {
         // The command never started: leave no worktree, branch or registry entry.
         rollback(&created);
@@ -242,12 +274,14 @@ struct Ran {
 }
 
 /// Runs the command holding `lock` (of `dir`), then records the run and releases.
+/// `facts` is set once `hooks.on_start` has had its turn (run or not configured).
 fn run_locked(
     settings: &RunSettings,
     signals: &Signals,
     dir: &RalphDir,
     lock: LockFile,
     place: &Place<'_>,
+    facts: &mut Option<hooks::Facts>,
 ) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
@@ -279,7 +313,23 @@ fn run_locked(
             anyhow::Error::new(e)
                 .context(format!("cannot write {}", session.lock.path().display())),
         )),
-        Ok(()) => supervise(&mut session, signals),
+        Ok(()) => {
+            let mut told = run_facts(settings, place);
+            if let Some(argv) = &settings.policy.hooks.on_start {
+                let timeout = settings.policy.hooks.timeout;
+                let received = hooks::run("on_start", argv, &told, timeout, signals);
+                // A stop that came meanwhile is acted on once the command runs.
+                hooks::requeue(&received);
+            }
+            let result = supervise(&mut session, signals);
+            told.reason = result.as_ref().ok().map(|(_, machine)| {
+                machine
+                    .stop_reason()
+                    .map_or_else(|| "exit".to_string(), stopped_by)
+            });
+            *facts = Some(told);
+            result
+        }
     };
     // History before the release, so that whoever waits for the lock (`stop`) finds the
     // record when the lock frees. (Written after the release, the record was always
@@ -434,6 +484,8 @@ impl Session<'_> {
                 // In every mode, after the policy's `[run] env`: ralph takes its
                 // workspace root from this, so it must name the workspace we locked.
                 cmd.env("RALPH_WORKSPACE_ROOT", place.workspace());
+                // Distinct among the repository's live loops, for port offsets.
+                cmd.env("RALPH_LOOP_INDEX", place.loop_index().to_string());
             },
         )?;
         let pid = child.pid.as_raw() as u32;
@@ -468,6 +520,7 @@ impl Session<'_> {
                 worktree_path: created.path.clone(),
                 workspace: created.path.clone(),
                 pid_namespace: self.meta.pid_namespace,
+                loop_index: Some(created.loop_index),
                 extra: Default::default(),
             };
             match worktree::registry::register(&created.repo_ralph_dir(), entry) {
@@ -631,16 +684,43 @@ fn history_record(
         signal,
         status: status.code(),
         restarts: machine.restarts(),
-        stopped_by: machine.stop_reason().map(|r| match r {
-            StopReason::Signal(sig) => format!("signal {}", signals::name(sig)),
-            StopReason::StopRequest => "stop-request".into(),
-            StopReason::MaxRuntime => "max-runtime".into(),
-            StopReason::Discarded => "discarded".into(),
-        }),
+        stopped_by: machine.stop_reason().map(stopped_by),
         worktree: session.place.worktree().map(|c| c.path.clone()),
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
         log_lines_dropped: Some(crate::logging::dropped()).filter(|n| *n > 0),
+    }
+}
+
+/// What stopped the loop, in the history's `stopped_by` words (also `hooks.on_exit`'s
+/// `RALPH_SUPERVISE_REASON`).
+fn stopped_by(reason: StopReason) -> String {
+    match reason {
+        StopReason::Signal(sig) => format!("signal {}", signals::name(sig)),
+        StopReason::StopRequest => "stop-request".into(),
+        StopReason::MaxRuntime => "max-runtime".into(),
+        StopReason::Discarded => "discarded".into(),
+    }
+}
+
+/// The facts hooks are told (without the exit status and reason, known at the end).
+fn run_facts(settings: &RunSettings, place: &Place<'_>) -> hooks::Facts {
+    let hooked =
+        settings.policy.hooks.on_start.is_some() || settings.policy.hooks.on_exit.is_some();
+    let branch = match place.worktree() {
+        Some(created) => Some(created.branch.clone()),
+        // One git call, and only when a hook will be told.
+        None if hooked => settings.repo.as_deref().and_then(worktree::current_branch),
+        None => None,
+    };
+    hooks::Facts {
+        loop_id: place.loop_id().to_owned(),
+        workspace: settings.workspace.clone(),
+        worktree: place.worktree().map(|c| c.path.clone()),
+        branch,
+        loop_index: place.loop_index(),
+        exit_status: None,
+        reason: None,
     }
 }
 

@@ -117,6 +117,7 @@ schema! {
         branch_prefix: BranchPrefix = "ralph/".to_string(), "Prefix of each worktree's branch name, followed by the loop id. It must be usable in a git ref name.";
         sync: bool = true, "Carry uncommitted work (modified, staged, deleted and untracked files that are not ignored) over into the new worktree.";
         on_exit: OnExit = OnExit::Keep, "What happens to a worktree when its loop ends.";
+        copy: Globs = Vec::new(), "Ignored or untracked files copied into each new worktree (after `sync`), as globs relative to the repository's top level, like `[\".env\", \"config/*.local.toml\"]`, matched as git matches them: `*` and `?` stay within a directory, `**` crosses directories, `[abc]` matches one of a, b, c. A tracked file or one already there is never overwritten, a symlink is copied as a link only when it points inside the repository, and a glob that matches nothing is skipped with a warning.";
     }
     [stop] Stop "`[stop]`: how the child is stopped." {
         signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal;
@@ -134,6 +135,11 @@ schema! {
     [run] Run "`[run]`: the child's run." {
         max_runtime: Option<Duration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
         env: Env = BTreeMap::new(), "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines.";
+    }
+    [hooks] Hooks "`[hooks]`: commands run once before the loop starts and once after it ends." {
+        on_start: Option<Argv> = None, "Command run once the workspace lock is taken, before the command first starts, as an array of program and arguments, like `[\"make\", \"services-up\"]`. It gets the run's facts in `RALPH_SUPERVISE_LOOP_ID`, `RALPH_SUPERVISE_WORKSPACE`, `RALPH_SUPERVISE_WORKTREE`, `RALPH_SUPERVISE_BRANCH` and `RALPH_LOOP_INDEX`; its failure is logged and the loop starts anyway.", unset "no hook";
+        on_exit: Option<Argv> = None, "Command run once after the last run, once the workspace lock is released (and the worktree's `on_exit` applied), with the facts `on_start` gets plus `RALPH_SUPERVISE_EXIT_STATUS` (ralph-supervise's exit status) and `RALPH_SUPERVISE_REASON` (\"exit\", or what stopped the loop as the history's `stopped_by` says it). Its failure is logged and never changes the exit status.", unset "no hook";
+        timeout: Duration = Duration::from_secs(60), "Longest a hook may run; then its process group is killed and that is logged.";
     }
     [log] Log "`[log]`: the supervisor's own logging." {
         format: LogFormat = LogFormat::Text, "Format of ralph-supervise's own log lines on standard error.", flag log_format;

@@ -184,6 +184,11 @@ pub(crate) fn in_file_order<'a, 'i>(table: &'a DeTable<'i>) -> Vec<Entry<'a, 'i>
     entries.sort_by_key(|(key, _)| key.span().start);
     entries
 }
+/// A TOML array of strings: `["a", "b"]`.
+fn strings(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|s| quoted(s)).collect();
+    format!("[{}]", items.join(", "))
+}
 /// "an integer", "a string".
 fn a(type_name: &str) -> String {
     let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
@@ -348,6 +353,8 @@ pub(crate) struct Signal;
 pub(crate) struct Env;
 pub(crate) struct LogLevel;
 pub(crate) struct ExitActions;
+pub(crate) struct Argv;
+pub(crate) struct Globs;
 const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
 const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
@@ -438,6 +445,46 @@ kinds! {
         let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{} = {}", toml_key(k), quoted(v))).collect();
         if pairs.is_empty() { "{}".to_string() } else { format!("{{ {} }}", pairs.join(", ")) }
     };
+    Argv => Vec<String>, "array of strings", |v| {
+        let hint = "write the program and its arguments as an array, like [\"make\", \"up\"]";
+        let DeValue::Array(items) = v.value.get_ref() else {
+            return Err(v.wrong_type("an array of strings", hint));
+        };
+        if items.is_empty() {
+            return Err(v.bad(format!("the array is empty; {hint}, or leave the key out")));
+        }
+        let mut argv = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let full = format!("{}[{i}]", v.key);
+            let item = Val { key: &full, value: item };
+            let text = item.string(hint)?;
+            if text.contains('\0') {
+                return Err(item.bad("it contains a NUL character; remove it"));
+            }
+            if i == 0 && text.is_empty() {
+                return Err(item.bad("the program name is empty; name a program, like \"make\""));
+            }
+            argv.push(text.to_string());
+        }
+        Ok(argv)
+    } |argv| strings(argv);
+    Globs => Vec<String>, "array of strings", |v| {
+        let hint = "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
+        let DeValue::Array(items) = v.value.get_ref() else {
+            return Err(v.wrong_type("an array of strings", hint));
+        };
+        let mut globs = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let full = format!("{}[{i}]", v.key);
+            let item = Val { key: &full, value: item };
+            let text = item.string(hint)?;
+            if let Err(why) = crate::worktree::copy::check_glob(text) {
+                return Err(item.bad(format!("{text:?} is not a usable glob ({why}); {hint}")));
+            }
+            globs.push(text.to_string());
+        }
+        Ok(globs)
+    } |globs| strings(globs);
     LogLevel => String, "string", |v| {
         let list = LOG_LEVELS.join(", ");
         let level = v.string(&format!("write one of {list}, in quotes"))?;

@@ -57,6 +57,7 @@ dir = "trees"
 branch_prefix = "agents/"
 sync = false
 on_exit = "queue-merge"
+copy = [".env", "config/*.local.toml"]
 
 [stop]
 signal = "INT"
@@ -79,6 +80,11 @@ window = "6h"
 max_runtime = "2h"
 env = { FOO = "bar", "WITH SPACE" = "x y" }
 
+[hooks]
+on_start = ["make", "up"]
+on_exit = ["sh", "-c", "echo done"]
+timeout = "5s"
+
 [log]
 format = "json"
 level = "trace"
@@ -97,6 +103,7 @@ fn full_file() -> PolicyFile {
             branch_prefix: "agents/".into(),
             sync: false,
             on_exit: OnExit::QueueMerge,
+            copy: vec![".env".into(), "config/*.local.toml".into()],
         };
         p.stop = Stop {
             signal: libc::SIGINT,
@@ -121,6 +128,11 @@ fn full_file() -> PolicyFile {
                 ("FOO".to_string(), "bar".to_string()),
                 ("WITH SPACE".to_string(), "x y".to_string()),
             ]),
+        };
+        p.hooks = Hooks {
+            on_start: Some(vec!["make".into(), "up".into()]),
+            on_exit: Some(vec!["sh".into(), "-c".into(), "echo done".into()]),
+            timeout: Duration::from_secs(5),
         };
         p.log = Log {
             format: LogFormat::Json,
@@ -430,6 +442,7 @@ dir = ".worktrees"  # default
 branch_prefix = "ralph/"  # default
 sync = true  # default
 on_exit = "keep"  # default
+copy = []  # default
 
 [stop]
 signal = "SIGTERM"  # default
@@ -447,6 +460,11 @@ backoff_max = "1m"  # default
 [run]
 # max_runtime not set: no limit  # default
 env = {}  # default
+
+[hooks]
+# on_start not set: no hook  # default
+# on_exit not set: no hook  # default
+timeout = "1m"  # default
 
 [log]
 format = "text"  # default
@@ -611,11 +629,11 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("# policy\n\n[stoop]\ngrace = \"1s\"\n"),
-        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, log"
+        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, hooks, log"
     );
     assert_eq!(
         error("grace = \"1s\"\n"),
-        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, log"
+        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, hooks, log"
     );
     assert_eq!(
         error("[stop.extra]\nx = 1\n"),
@@ -678,6 +696,22 @@ fn wrong_types() {
         (
             "[run.env]\nA = 1\n",
             "P:2:5: run.env.A must be a string, found an integer; write the value in quotes, like A = \"1\"",
+        ),
+        (
+            "[hooks]\non_start = \"make up\"\n",
+            "P:2:12: hooks.on_start must be an array of strings, found a string; write the program and its arguments as an array, like [\"make\", \"up\"]",
+        ),
+        (
+            "[hooks]\non_exit = [\"sh\", 1]\n",
+            "P:2:18: hooks.on_exit[1] must be a string, found an integer; write the program and its arguments as an array, like [\"make\", \"up\"]",
+        ),
+        (
+            "[hooks]\ntimeout = 30\n",
+            "P:2:11: hooks.timeout must be a duration string, found an integer; write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+        (
+            "[worktree]\ncopy = \".env\"\n",
+            "P:2:8: worktree.copy must be an array of strings, found a string; write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]",
         ),
         (
             "[log]\nlevel = 3\n",
@@ -767,6 +801,26 @@ fn bad_values() {
         (
             "[worktree]\nbranch_prefix = \"ralph/.x\"\n",
             "P:2:17: worktree.branch_prefix: \"ralph/.x\" is not a usable branch prefix (no part of it may start with a dot); use a prefix like \"ralph/\"",
+        ),
+        (
+            "[hooks]\non_start = []\n",
+            "P:2:12: hooks.on_start: the array is empty; write the program and its arguments as an array, like [\"make\", \"up\"], or leave the key out",
+        ),
+        (
+            "[hooks]\non_exit = [\"\", \"x\"]\n",
+            "P:2:12: hooks.on_exit[0]: the program name is empty; name a program, like \"make\"",
+        ),
+        (
+            "[hooks]\ntimeout = \"soon\"\n",
+            "P:2:11: hooks.timeout: \"soon\" is not a duration (expected number at 0); write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+        (
+            "[worktree]\ncopy = [\".env\", \"config/[ab.toml\"]\n",
+            "P:2:17: worktree.copy[1]: \"config/[ab.toml\" is not a usable glob (a [ has no closing ] in the same path part); write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]",
+        ),
+        (
+            "[worktree]\ncopy = [\"../secrets\"]\n",
+            "P:2:9: worktree.copy[0]: \"../secrets\" is not a usable glob (it may not leave the repository with ..); write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]",
         ),
         (
             "[run.env]\n\"A=B\" = \"1\"\n",

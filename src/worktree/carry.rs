@@ -158,7 +158,7 @@ pub(crate) fn carry(
 }
 
 /// Whether a path reported by git may be carried.
-fn carriable(rel: &Path, skip_dir: Option<&Path>) -> bool {
+pub(super) fn carriable(rel: &Path, skip_dir: Option<&Path>) -> bool {
     if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return false;
     }
@@ -208,7 +208,7 @@ fn remove_in(wt: &Path, rel: &Path) -> io::Result<bool> {
 
 /// Whether every parent of `rel` inside `wt` is a real directory (no symlink to
 /// follow out of the worktree).
-fn parent_is_real(wt: &Path, rel: &Path) -> bool {
+pub(super) fn parent_is_real(wt: &Path, rel: &Path) -> bool {
     let mut at = wt.to_path_buf();
     let Some(parent) = rel.parent() else {
         return true;

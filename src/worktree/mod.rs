@@ -3,7 +3,8 @@
 //!
 //! * `<repo>/<dir>/<id>` on branch `<prefix><id>` from HEAD (`.worktrees`, `ralph/`);
 //!   `/<dir>/` goes into `.git/info/exclude` (the tracked `.gitignore` is never edited);
-//! * the user's uncommitted work carried over ([`carry`]);
+//! * the user's uncommitted work carried over ([`carry`]), and the ignored files the
+//!   policy names (`.env`) copied ([`copy`]);
 //! * ralph's sharing: `<wt>/.ralph/agent/memories.md`, `<wt>/.ralph/specs` and
 //!   `<wt>/.ralph/tasks` are symlinks to the main repo's, and
 //!   `<wt>/.ralph/agent/context.md` describes the loop;
@@ -17,6 +18,7 @@
 //! nothing: on any failure the directory and the branch are removed again.
 
 pub(crate) mod carry;
+pub(crate) mod copy;
 mod git;
 pub mod id;
 pub mod queue;
@@ -59,6 +61,8 @@ pub(crate) struct Spec {
     pub(crate) prompt: String,
     /// Copy uncommitted work over.
     pub(crate) carry: bool,
+    /// Globs of ignored or untracked files to copy over (`[worktree] copy`).
+    pub(crate) copy: Vec<String>,
 }
 
 /// A created worktree.
@@ -81,6 +85,9 @@ pub(crate) struct Created {
     pub(crate) source_branch: Option<String>,
     /// What was carried over (all zero when `carry` was off).
     pub(crate) carried: Carried,
+    /// `RALPH_LOOP_INDEX`: the smallest index no other live loop of the repository has
+    /// (0 is the primary's), reserved in the registry under the repo lock.
+    pub(crate) loop_index: u32,
 }
 
 impl Created {
@@ -334,6 +341,12 @@ fn ensure_excluded(exclude: &Path, rel: &Path) -> Result<(), Failure> {
     io::Write::write_all(&mut f, line.as_bytes()).map_err(fail)
 }
 
+/// The branch `dir`'s work tree has checked out; `None` when detached or not in git.
+pub(crate) fn current_branch(dir: &Path) -> Option<String> {
+    let out = git::run(dir, ["symbolic-ref", "--quiet", "--short", "HEAD"], None).ok()?;
+    Some(out.text()).filter(|b| out.ok && !b.is_empty())
+}
+
 fn branch_exists(root: &Path, branch: &str) -> Result<bool, Failure> {
     let refname = format!("refs/heads/{branch}");
     Ok(git::run(
@@ -508,8 +521,19 @@ pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
             None,
         )?;
         if add.ok {
+            // Still under the repo lock: a concurrent launch sees this loop's index.
+            let ralph = root.join(RALPH_DIR);
+            let index = registry::reserve(&ralph, &id, &path, &spec.prompt).unwrap_or_else(|e| {
+                // As when the child's registration fails: the loop runs, unlisted.
+                let index = registry::free_index(&ralph);
+                tracing::warn!(
+                    "cannot register the loop: {:#}; its RALPH_LOOP_INDEX {index} is not reserved",
+                    e.error
+                );
+                index
+            });
             drop(lock);
-            made = Some((id, path, branch));
+            made = Some((id, path, branch, index));
             break;
         }
         let error = if branches.contains(&branch) {
@@ -525,7 +549,7 @@ pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
         drop(lock);
         last_error = Some(Failure::msg(ExitStatus::Failure, error));
     }
-    let Some((id, path, branch)) = made else {
+    let Some((id, path, branch, loop_index)) = made else {
         if created_root {
             let _ = fs::remove_dir(&wt_root);
         }
@@ -541,6 +565,7 @@ pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
         source: repo.root.clone(),
         source_branch: repo.head_branch.clone(),
         carried: Carried::default(),
+        loop_index,
     };
     match set_up(spec, &created, wt_rel.as_deref()) {
         Ok(carried) => {
@@ -548,6 +573,7 @@ pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
             Ok(created)
         }
         Err(failure) => {
+            let _ = registry::deregister(&created.repo_ralph_dir(), &created.id);
             let rollback = repo_lock(&root)
                 .and_then(|_lock| remove_worktree(&root, &created.path, Some(&created.branch)));
             if created_root {
@@ -572,6 +598,10 @@ fn set_up(spec: &Spec, created: &Created, wt_rel: Option<&Path>) -> Result<Carri
     } else {
         Carried::default()
     };
+    if !spec.copy.is_empty() {
+        let n = copy::copy(&created.source, &created.path, wt_rel, &spec.copy);
+        tracing::info!("copied {n} file(s) named by worktree.copy into the worktree");
+    }
     #[cfg(test)]
     if FAIL_AFTER_ADD.with(|f| f.get()) {
         return Err(Failure::msg(
@@ -760,6 +790,7 @@ pub(crate) fn finish(
 /// Rolls back a launch that failed after [`create`] (the command could not be started):
 /// removes the worktree and its branch, so a failed launch leaves nothing behind.
 pub(crate) fn discard(created: &Created) -> Result<(), Failure> {
+    let _ = registry::deregister(&created.repo_ralph_dir(), &created.id);
     let _lock = repo_lock(&created.repo)?;
     remove_worktree(&created.repo, &created.path, Some(&created.branch))
 }

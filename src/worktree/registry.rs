@@ -41,6 +41,9 @@ pub struct Entry {
     /// [`Metadata`]: crate::metadata::Metadata
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pid_namespace: Option<u64>,
+    /// Ours: the loop's `RALPH_LOOP_INDEX` (ralph ignores fields it does not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) loop_index: Option<u32>,
     /// Fields we do not know, kept as they were.
     #[serde(flatten)]
     pub(crate) extra: Map<String, Value>,
@@ -181,6 +184,57 @@ pub(crate) fn register(repo_ralph_dir: &Path, entry: Entry) -> Result<(), Failur
         data.loops.push(Slot::Known(entry));
     })
     .map(|_| ())
+}
+
+/// Registers loop `id` (worktree `path`) for the supervisor itself, before its child
+/// runs, with the smallest loop index above 0 (the primary's) that no live entry has;
+/// returns it. Concurrent launches are serialised by the caller's repo lock, and each
+/// sees the indexes reserved before it. [`register`] later puts the child's pid in.
+pub(crate) fn reserve(
+    repo_ralph_dir: &Path,
+    id: &str,
+    path: &Path,
+    prompt: &str,
+) -> Result<u32, Failure> {
+    let entry = Entry {
+        id: id.to_string(),
+        pid: std::process::id(),
+        started: Utc::now(),
+        prompt: crate::metadata::truncate_prompt(prompt),
+        worktree_path: path.to_path_buf(),
+        workspace: path.to_path_buf(),
+        pid_namespace: crate::procfs::pid_namespace(),
+        loop_index: None,
+        extra: Map::new(),
+    };
+    let index = edit(repo_ralph_dir, true, |data| {
+        data.prune();
+        data.loops
+            .retain(|s| !matches!(s, Slot::Known(e) if e.id == entry.id));
+        let index = smallest_free(&data.known());
+        data.loops.push(Slot::Known(Entry {
+            loop_index: Some(index),
+            ..entry
+        }));
+        index
+    })?;
+    Ok(index.unwrap_or(1))
+}
+
+/// The smallest loop index above 0 that none of `live` has.
+fn smallest_free(live: &[Entry]) -> u32 {
+    let used: Vec<u32> = live.iter().filter_map(|e| e.loop_index).collect();
+    (1..).find(|i| !used.contains(i)).unwrap_or(u32::MAX)
+}
+
+/// The index [`reserve`] would give, read without registering (when it cannot write).
+pub(crate) fn free_index(repo_ralph_dir: &Path) -> u32 {
+    let live: Vec<Entry> = list(repo_ralph_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| pid_alive(e.pid))
+        .collect();
+    smallest_free(&live)
 }
 
 /// Removes the entry `id` (no error when it is not there), pruning dead entries.
@@ -341,6 +395,7 @@ mod tests {
             worktree_path: PathBuf::from(format!("/repo/.worktrees/{id}")),
             workspace: PathBuf::from(format!("/repo/.worktrees/{id}")),
             pid_namespace: None,
+            loop_index: None,
             extra: Map::new(),
         }
     }
@@ -350,6 +405,46 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         pid
+    }
+
+    #[test]
+    fn reserve_takes_the_smallest_free_index_above_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        let wt = |id: &str| PathBuf::from(format!("/repo/.worktrees/{id}"));
+        assert_eq!(reserve(&dir, "a", &wt("a"), "p").unwrap(), 1);
+        assert_eq!(reserve(&dir, "b", &wt("b"), "p").unwrap(), 2);
+        // A dead loop's index is free again; a live one's is not.
+        let mut dead = entry("dead", dead_pid());
+        dead.loop_index = Some(3);
+        let mut raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
+        raw["loops"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::to_value(&dead).unwrap());
+        std::fs::write(dir.join(REGISTRY_FILE), raw.to_string()).unwrap();
+        deregister(&dir, "a").unwrap();
+        assert_eq!(reserve(&dir, "c", &wt("c"), "p").unwrap(), 1);
+        assert_eq!(reserve(&dir, "d", &wt("d"), "p").unwrap(), 3);
+        let listed = list(&dir).unwrap();
+        let index = |id: &str| {
+            listed
+                .iter()
+                .find(|e| e.id == id)
+                .and_then(|e| e.loop_index)
+        };
+        assert_eq!(
+            (index("b"), index("c"), index("d")),
+            (Some(2), Some(1), Some(3))
+        );
+        // The child's registration keeps the index the launch reserved.
+        let mut child = entry("c", std::process::id());
+        child.loop_index = Some(1);
+        register(&dir, child).unwrap();
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
+        assert!(raw.to_string().contains("\"loop_index\":1"), "{raw}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Tests against real git repositories in temporary directories.
 
 use super::*;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 
 /// Runs git with an identity and no signing, so commits work on a fresh machine.
 fn g(dir: &Path, args: &[&str]) -> String {
@@ -51,6 +51,7 @@ fn spec(root: &Path, prompt: &str, carry: bool) -> Spec {
         branch_prefix: "ralph/".into(),
         prompt: prompt.into(),
         carry,
+        copy: Vec::new(),
     }
 }
 
@@ -492,8 +493,13 @@ fn gc_dry_run_then_real() {
     let merged = create(&spec(&root, "merged", false)).unwrap();
     commit_in(&merged.path, "m.txt");
     g(&root, &["merge", "-q", "--ff-only", &merged.branch]);
-    // Registry: one dead entry, one live.
+    // Just launched (no loop.lock yet): gc leaves it alone.
+    let launching = create(&spec(&root, "launching", false)).unwrap();
+    // Registry: one dead entry, one live (`create` registered each launch: start afresh).
     let ralph = root.join(".ralph");
+    for c in [&clean, &dirty, &committed, &running, &merged, &launching] {
+        registry::deregister(&ralph, &c.id).unwrap();
+    }
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
@@ -505,6 +511,7 @@ fn gc_dry_run_then_real() {
         worktree_path: root.join(".worktrees").join(id),
         workspace: root.join(".worktrees").join(id),
         pid_namespace: None,
+        loop_index: None,
         extra: Default::default(),
     };
     registry::register(&ralph, entry(&running.id, std::process::id())).unwrap();
@@ -517,8 +524,6 @@ fn gc_dry_run_then_real() {
         .push(serde_json::to_value(entry(&clean.id, dead)).unwrap());
     fs::write(ralph.join("loops.json"), raw.to_string()).unwrap();
 
-    // Just launched (no loop.lock yet): gc leaves it alone.
-    let launching = create(&spec(&root, "launching", false)).unwrap();
     for c in [&clean, &dirty, &committed, &running, &merged] {
         age(c);
     }
@@ -611,4 +616,54 @@ fn timing_5000_files() {
         median(ours),
         median(ours_carry)
     );
+}
+
+#[test]
+fn copy_brings_ignored_files_over_and_nothing_more() {
+    let (tmp, root) = repo();
+    fs::create_dir_all(root.join("config/deep")).unwrap();
+    fs::write(root.join("app.log"), "SECRET=1\n").unwrap();
+    fs::set_permissions(root.join("app.log"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(root.join("config/a.local.log"), "a\n").unwrap();
+    fs::write(root.join("config/deep/b.local.log"), "b\n").unwrap();
+    // Tracked: never overwritten, though the glob names it.
+    fs::write(root.join("README.md"), "# changed, not committed\n").unwrap();
+    // A link out of the repository is not copied; one inside is, as a link.
+    let outside = tmp.path().join("outside.log");
+    fs::write(&outside, "not yours\n").unwrap();
+    symlink(&outside, root.join("out.log")).unwrap();
+    symlink("app.log", root.join("in.log")).unwrap();
+    let mut s = spec(&root, "copy things", false);
+    s.copy = vec![
+        "*.log".into(),
+        "config/*.local.log".into(),
+        "README.md".into(),
+        "nothing-*.here".into(),
+    ];
+    let c = create(&s).unwrap();
+    assert_eq!(
+        fs::read_to_string(c.path.join("app.log")).unwrap(),
+        "SECRET=1\n"
+    );
+    let mode = fs::metadata(c.path.join("app.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(c.path.join("config/a.local.log").is_file());
+    // `*` stays within a directory.
+    assert!(!c.path.join("config/deep/b.local.log").exists());
+    assert_eq!(
+        fs::read_to_string(c.path.join("README.md")).unwrap(),
+        "# test\n"
+    );
+    assert!(c.path.join("out.log").symlink_metadata().is_err());
+    assert_eq!(
+        fs::read_link(c.path.join("in.log")).unwrap(),
+        Path::new("app.log")
+    );
+    // The first worktree loop gets index 1 (0 is the primary's), the next 2.
+    assert_eq!(c.loop_index, 1);
+    let d = create(&spec(&root, "another", false)).unwrap();
+    assert_eq!(d.loop_index, 2);
 }

@@ -77,6 +77,18 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
     ("[run]\nenv = 3\n", "2:7", "env"),
     ("[run]\nenv = { A = 1 }\n", "2:13", "A"),
     ("[run]\nmax_runtime = \"1x\"\n", "2:15", "1x"),
+    (
+        "[hooks]\non_start = \"make up\"\n",
+        "2:12",
+        "hooks.on_start must be an array of strings",
+    ),
+    ("[hooks]\non_exit = []\n", "2:11", "the array is empty"),
+    ("[hooks]\ntimeout = \"soon\"\n", "2:11", "soon"),
+    (
+        "[worktree]\ncopy = [\"config/[ab.toml\"]\n",
+        "2:9",
+        "is not a usable glob",
+    ),
     ("[log]\nformat = \"xml\"\n", "2:10", "xml"),
     ("[log]\nlevel = 7\n", "2:9", "level"),
     ("policy = \"wait\"\n", "1:1", "policy"),

@@ -216,12 +216,12 @@ fn takeover_of_a_cooperative_holder() {
     assert_eq!(holder.wait(LIMIT).code(), Some(143));
     taker.expect_line("ready");
     // The supervisor records the child's pid after spawning it: wait for the write.
-    let pid = taker.value("pid");
+    let pid: u64 = taker.value("pid").parse().unwrap();
     wait_until("the metadata to name the taker's child", LIMIT, || {
         std::fs::read_to_string(ws.lock_path())
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|m| m["pid"].to_string() == pid)
+            .is_some_and(|m| m["pid"] == pid)
     });
     assert!(
         !ws.path.join(".ralph/stop-requested").exists(),

@@ -11,6 +11,7 @@ mod completions;
 mod conflict;
 mod control;
 mod faults;
+mod hooks;
 mod leftovers;
 mod lifecycle;
 mod man;

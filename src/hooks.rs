@@ -1,0 +1,204 @@
+//! `[hooks] on_start` and `on_exit`: a command run once before the loop's first spawn
+//! (the workspace lock held) and once after its last run (the lock released), told the
+//! run's facts in `RALPH_SUPERVISE_*` variables.
+//!
+//! A hook is spawned the way the loop's command is (`sys::install_child_setup`): in a
+//! process group of its own, with the signal mask the supervisor blocks cleared and the
+//! dispositions reset, and with no descriptor but 0, 1 and 2 (everything the supervisor
+//! opens is close-on-exec, and no descriptor is passed on: a hook never holds the lock).
+//! Its standard input is `/dev/null` and its standard output goes to our standard error
+//! (as git does with its hooks), so a hook never reads the terminal or writes into the
+//! loop's output stream.
+//!
+//! The supervisor waits for it on its signalfd, bounded by `[hooks] timeout`; then the
+//! hook's process group is killed. A stop (INT, TERM, HUP, QUIT, a stop request) that
+//! arrives meanwhile is passed on to the hook; every signal read while a hook runs is
+//! handed back to the caller, which queues it again after `on_start`, so the run reacts
+//! to it as usual. A hook's failure is logged (its program name and status, never its
+//! environment) and changes nothing else.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
+
+use crate::signals::{self, Class, classify};
+use crate::supervisor::{Received, Signals};
+use crate::sys::{self, ChildSetup};
+
+/// The facts of a run, as hooks are told them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Facts {
+    pub(crate) loop_id: String,
+    /// The workspace `run` was given (the main one, also for a worktree loop).
+    pub(crate) workspace: PathBuf,
+    /// The loop's worktree, for a worktree loop.
+    pub(crate) worktree: Option<PathBuf>,
+    /// The worktree's branch, or the branch the workspace has checked out.
+    pub(crate) branch: Option<String>,
+    pub(crate) loop_index: u32,
+    /// `on_exit` only: ralph-supervise's exit status.
+    pub(crate) exit_status: Option<u8>,
+    /// `on_exit` only: `exit`, or what stopped the loop (the history's `stopped_by`).
+    pub(crate) reason: Option<String>,
+}
+
+impl Facts {
+    /// Every variable, with `None` for those this hook is not told (removed, so that one
+    /// inherited from an outer loop cannot mislead it).
+    fn env(&self) -> [(&'static str, Option<String>); 7] {
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        [
+            ("RALPH_SUPERVISE_LOOP_ID", Some(self.loop_id.clone())),
+            ("RALPH_SUPERVISE_WORKSPACE", Some(path(&self.workspace))),
+            ("RALPH_SUPERVISE_WORKTREE", self.worktree.as_ref().map(path)),
+            ("RALPH_SUPERVISE_BRANCH", self.branch.clone()),
+            ("RALPH_LOOP_INDEX", Some(self.loop_index.to_string())),
+            (
+                "RALPH_SUPERVISE_EXIT_STATUS",
+                self.exit_status.map(|s| s.to_string()),
+            ),
+            ("RALPH_SUPERVISE_REASON", self.reason.clone()),
+        ]
+    }
+
+    /// Where a hook runs: the loop's worktree while it exists, else the workspace.
+    fn cwd(&self) -> PathBuf {
+        match &self.worktree {
+            Some(wt) if wt.is_dir() => wt.clone(),
+            _ => self.workspace.clone(),
+        }
+    }
+}
+
+/// Runs hook `name` (`on_start`) with `argv` to its end or `timeout`; returns the
+/// signals read meanwhile (see the module documentation).
+pub(crate) fn run(
+    name: &str,
+    argv: &[String],
+    facts: &Facts,
+    timeout: Duration,
+    signals: &Signals,
+) -> Vec<Received> {
+    let Some((program, args)) = argv.split_first() else {
+        return Vec::new();
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(facts.cwd()).stdin(Stdio::null());
+    match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(stderr) => cmd.stdout(Stdio::from(stderr)),
+        Err(_) => cmd.stdout(Stdio::null()),
+    };
+    // Facts, not settings: no lock descriptor is passed, and the notify socket is ours.
+    cmd.env_remove("RALPH_LOCK_FD")
+        .env_remove(crate::notify::ENV);
+    for (var, value) in facts.env() {
+        match value {
+            Some(value) => cmd.env(var, value),
+            None => cmd.env_remove(var),
+        };
+    }
+    sys::install_child_setup(
+        &mut cmd,
+        ChildSetup {
+            inherit_fd: None,
+            tty: None,
+        },
+    );
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            warn!("hooks.{name}: cannot start {program}: {e}; going on without it");
+            return Vec::new();
+        }
+    };
+    let pgid = Pid::from_raw(child.id() as i32);
+    debug!(pid = pgid.as_raw(), "hooks.{name}: {program} started");
+    let deadline = Instant::now() + timeout;
+    let mut received = Vec::new();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(e) => {
+                warn!("hooks.{name}: cannot wait for {program}: {e}");
+                break None;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let limit = humantime::format_duration(timeout);
+            warn!("hooks.{name}: {program} ran longer than hooks.timeout ({limit}); killing it");
+            let _ = killpg(pgid, Signal::SIGKILL);
+            break child.wait().ok();
+        }
+        let ms = left.as_micros().div_ceil(1000);
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                warn!("hooks.{name}: poll: {e}");
+                break child.wait().ok();
+            }
+        }
+        while let Ok(Some(signal)) = signals.next_info() {
+            if classify(signal.signo) == Class::Child {
+                continue; // the hook's, or an orphan's (reaped by the event loop later)
+            }
+            if let Some(sig) = stop_signal(&signal) {
+                debug!("hooks.{name}: passing {} on", signals::name(sig));
+                if let Ok(sig) = Signal::try_from(sig) {
+                    let _ = killpg(pgid, sig);
+                }
+            }
+            received.push(signal);
+        }
+    };
+    match status {
+        Some(s) if s.success() => info!("hooks.{name}: {program} done"),
+        Some(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+            (Some(code), _) => warn!("hooks.{name}: {program} exited with status {code}"),
+            (None, Some(sig)) => {
+                warn!(
+                    "hooks.{name}: {program} was killed by {}",
+                    signals::name(sig)
+                )
+            }
+            _ => warn!("hooks.{name}: {program} ended abnormally"),
+        },
+        None => {}
+    }
+    received
+}
+
+/// The signal a stop read from the signalfd means for a hook, if it is one.
+fn stop_signal(signal: &Received) -> Option<i32> {
+    if let Some(requested) = crate::stop_request::decode(signal.signo, signal.code, signal.value) {
+        return Some(requested.unwrap_or(libc::SIGTERM));
+    }
+    match Signal::try_from(signal.signo) {
+        Ok(Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT) => {
+            Some(signal.signo)
+        }
+        _ => None,
+    }
+}
+
+/// Queues `received` to ourselves again (with their payloads), for the event loop.
+pub(crate) fn requeue(received: &[Received]) {
+    let me = std::process::id() as i32;
+    for signal in received {
+        if let Err(e) = sys::sigqueue(me, signal.signo, signal.value as usize) {
+            warn!("cannot keep {} for later: {e}", signals::name(signal.signo));
+        }
+    }
+}
