@@ -342,6 +342,7 @@ mod tests {
             hostname: None,
             version: None,
             pid_namespace: None,
+            loop_index: None,
             restart: Default::default(),
         }
     }

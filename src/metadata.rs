@@ -69,6 +69,10 @@ pub struct Metadata {
     /// are numbers in it, and mean nothing (or another process) in any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_namespace: Option<u64>,
+    /// The loop's `RALPH_LOOP_INDEX` (0 for the primary). `loops.json` has it too, but
+    /// ralph drops fields it does not know when it rewrites that file: this copy stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_index: Option<u32>,
     /// Restarts so far, the last exit and the next start; absent before the first exit
     /// that a restart follows.
     #[serde(flatten)]
@@ -259,6 +263,7 @@ mod tests {
             hostname: None,
             version: None,
             pid_namespace: Some(4026531836),
+            loop_index: None,
             restart: RestartState::default(),
         };
         let json = m.to_json();

@@ -718,6 +718,7 @@ mod tests {
             hostname: None,
             version: None,
             pid_namespace: None,
+            loop_index: None,
             restart: Default::default(),
         };
         let mut v =
@@ -819,6 +820,7 @@ mod tests {
             hostname: Some("h".into()),
             version: None,
             pid_namespace: None,
+            loop_index: None,
             restart: Default::default(),
         };
         let states = [
@@ -990,6 +992,7 @@ mod tests {
             hostname: None,
             version: None,
             pid_namespace: None,
+            loop_index: None,
             restart: RestartState {
                 restarts: Some(2),
                 last_exit: Some(LastExit {

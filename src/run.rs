@@ -436,6 +436,7 @@ fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -
         hostname: self_identity().1.clone(),
         version: Some(env!("CARGO_PKG_VERSION").to_string()),
         pid_namespace: procfs::pid_namespace(),
+        loop_index: Some(place.loop_index()),
         restart: Default::default(),
     }
 }

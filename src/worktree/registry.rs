@@ -221,10 +221,25 @@ pub(crate) fn reserve(
     Ok(index.unwrap_or(1))
 }
 
-/// The smallest loop index above 0 that none of `live` has.
+/// The smallest loop index above 0 that none of `live` has. An entry that lost its
+/// index (ralph rewrote `loops.json` without the fields it does not know) is asked
+/// through its worktree's lock metadata, which keeps a copy.
 fn smallest_free(live: &[Entry]) -> u32 {
-    let used: Vec<u32> = live.iter().filter_map(|e| e.loop_index).collect();
+    let used: Vec<u32> = live
+        .iter()
+        .filter_map(|e| e.loop_index.or_else(|| index_in_lock(&e.worktree_path)))
+        .collect();
     (1..).find(|i| !used.contains(i)).unwrap_or(u32::MAX)
+}
+
+/// The loop index in the lock metadata of the worktree at `path`, read-only.
+fn index_in_lock(path: &Path) -> Option<u32> {
+    let dir = RalphDir::open_existing(path).ok()??;
+    let lock = crate::lock::LockFile::open_to_probe(&dir).ok()??;
+    match lock.holder().metadata {
+        crate::lock::MetaState::Valid(m) => m.loop_index,
+        _ => None,
+    }
 }
 
 /// The index [`reserve`] would give, read without registering (when it cannot write).
@@ -445,6 +460,25 @@ mod tests {
         let raw: Value =
             serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
         assert!(raw.to_string().contains("\"loop_index\":1"), "{raw}");
+    }
+
+    #[test]
+    fn an_index_ralph_dropped_from_the_registry_is_read_from_the_loops_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        // A live loop whose entry ralph rewrote without `loop_index`; its worktree's
+        // lock metadata still says 1.
+        let wt = tmp.path().join(".worktrees/kept");
+        std::fs::create_dir_all(wt.join(".ralph")).unwrap();
+        let meta = serde_json::json!({"pid": std::process::id(), "started":
+            "2026-01-01T00:00:00Z", "prompt": "p", "loop_index": 1});
+        std::fs::write(wt.join(".ralph/loop.lock"), meta.to_string()).unwrap();
+        let mut kept = entry("kept", std::process::id());
+        kept.worktree_path = wt;
+        register(&dir, kept).unwrap();
+        assert!(list(&dir).unwrap()[0].loop_index.is_none());
+        let other = PathBuf::from("/repo/.worktrees/new");
+        assert_eq!(reserve(&dir, "new", &other, "p").unwrap(), 2);
     }
 
     #[test]
