@@ -255,25 +255,7 @@ fn planted_merge_queue_symlink_is_refused_and_its_target_untouched() {
     let victim = ws.path.join("victim.jsonl");
     std::fs::write(&victim, "precious\n").unwrap();
     symlink(&victim, ws.path.join(".ralph/merge-queue.jsonl")).unwrap();
-    let policy = ws.path.join("queue.toml");
-    std::fs::write(&policy, "[worktree]\non_exit = \"queue-merge\"\n").unwrap();
-    let out = ws.run(&[
-        "run",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--on-conflict",
-        "worktree",
-        "--",
-        "git",
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@example.com",
-        "commit",
-        "--allow-empty",
-        "-qm",
-        "work",
-    ]);
+    let out = run_a_loop_that_queues_its_merge(&ws);
     // The loop ran; queueing its merge was refused, in one warning.
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(
@@ -426,25 +408,7 @@ fn hard_linked_merge_queue_and_repo_lock_are_refused() {
     let ws = Workspace::git();
     let _holder = hold(&ws);
     let victim = hard_link_victim(&ws, "merge-queue.jsonl", "precious\n");
-    let policy = ws.path.join("queue.toml");
-    std::fs::write(&policy, "[worktree]\non_exit = \"queue-merge\"\n").unwrap();
-    let out = ws.run(&[
-        "run",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--on-conflict",
-        "worktree",
-        "--",
-        "git",
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@example.com",
-        "commit",
-        "--allow-empty",
-        "-qm",
-        "work",
-    ]);
+    let out = run_a_loop_that_queues_its_merge(&ws);
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(
         out.stderr.contains("merge-queue.jsonl: it has 2 names"),
@@ -489,4 +453,17 @@ fn worktree_context_is_not_written_through_a_tracked_symlink() {
         out.stderr
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+/// A worktree loop (the workspace is held) that commits and ends with `on_exit =
+/// "queue-merge"`, so its exit writes the merge queue.
+fn run_a_loop_that_queues_its_merge(ws: &Workspace) -> Output {
+    let policy = ws.path.join("queue.toml");
+    std::fs::write(&policy, "[worktree]\non_exit = \"queue-merge\"\n").unwrap();
+    let commit = "git -c user.name=t -c user.email=t@example.com commit --allow-empty -qm work";
+    let policy = policy.to_str().unwrap();
+    let args = ["run", "--policy", policy, "--on-conflict", "worktree", "--"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(commit.split(' '));
+    ws.run(&args)
 }
