@@ -260,6 +260,24 @@ mod tests {
         assert!(!alive(me, Some(a + 1)));
     }
 
+    /// The start-time interface as every platform uses it: a child has one of its own,
+    /// and once it is gone its recorded identity is no longer alive.
+    #[test]
+    fn a_child_is_alive_by_its_start_time_until_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_time(pid).expect("a living child has a start time");
+        assert!(start >= start_time(std::process::id()).unwrap());
+        assert!(alive(pid, Some(start)));
+        assert!(alive(pid, None));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!alive(pid, Some(start)));
+    }
+
     #[test]
     fn locks_parse_by_device_and_inode() {
         let dev = libc::makedev(0xfd, 0x01);

@@ -276,3 +276,26 @@ pub(crate) fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
     // with EBADF and it is not taken for a terminal).
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+
+    /// The process-handle interface (a pidfd here, a kqueue on macOS and FreeBSD):
+    /// readable once the process has exited, and it signals only a living process.
+    #[test]
+    fn process_handle_is_readable_at_exit() {
+        let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+        let handle = ProcessHandle::open(child.id() as i32).unwrap();
+        let mut fds = [PollFd::new(handle.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 0, "alive");
+        handle.signal(libc::SIGKILL).unwrap();
+        // Readable when it has exited, before anyone reaps it.
+        let mut fds = [PollFd::new(handle.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::NONE).unwrap(), 1);
+        child.wait().unwrap();
+        assert!(handle.signal(libc::SIGTERM).is_err(), "gone");
+    }
+}

@@ -17,6 +17,7 @@ mod man;
 mod notify_logs;
 mod pid1;
 mod pipelines;
+mod portable;
 mod props;
 mod readonly;
 mod security;
