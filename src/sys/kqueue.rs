@@ -123,17 +123,16 @@ impl EventSource {
             for event in &events[..n] {
                 match event.filter() {
                     Ok(EventFilter::EVFILT_SIGNAL) => {
+                        // The kqueue says how often it was sent since the last look;
+                        // the pending set says what is still to be handled (a classic
+                        // signal sent twice is pending once, as a signalfd reads it
+                        // once; one taken in an earlier batch is not read again).
                         let signo = event.ident() as i32;
-                        let before = queue.len();
-                        while let Some((code, value)) = take_pending(signo) {
+                        for _ in 0..event.data().max(1) {
+                            let Some((code, value)) = take_pending(signo) else {
+                                break;
+                            };
                             queue.push_back(Received { signo, code, value });
-                        }
-                        if queue.len() == before {
-                            queue.push_back(Received {
-                                signo,
-                                code: 0,
-                                value: 0,
-                            });
                         }
                     }
                     Ok(EventFilter::EVFILT_VNODE) => queue.push_back(Received {
