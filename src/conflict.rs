@@ -280,7 +280,8 @@ fn wait_on(
         let Some(lock) = open(dir)? else {
             return Ok(None);
         };
-        let (mut wake_rx, mut wake_tx) = std::io::pipe().or_fail("cannot create a pipe")?;
+        let (mut wake_rx, mut wake_tx) =
+            std::os::unix::net::UnixStream::pair().or_fail("cannot create a socket pair")?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("flock-wait".into())
@@ -463,14 +464,14 @@ fn recorded_pids(m: &Metadata) -> String {
 }
 
 /// Signals a leftover holder, exactly the process its pid and start time name: through
-/// a pidfd opened before the start time is checked, so a pid reused in between is not
-/// hit.
+/// a process handle (a pidfd on Linux) opened before the start time is checked, so a
+/// pid reused in between is not hit.
 fn signal_leftover(p: &HoldingProcess, sig: Signal) {
-    let Ok(fd) = crate::sys::pidfd_open(p.pid as i32) else {
+    let Ok(process) = crate::sys::ProcessHandle::open(p.pid as i32) else {
         return; // gone
     };
     if p.start_time.is_some() && procfs::start_time(p.pid) == p.start_time {
-        let _ = crate::sys::pidfd_send_signal(fd.as_fd(), sig as i32);
+        let _ = process.signal(sig as i32);
     }
 }
 
@@ -490,6 +491,20 @@ pub(crate) fn request_stop(
     {
         match stop_request::ask(sup, signal) {
             Ok(()) => return,
+            // No signal with a payload here (macOS): the stop request file asks the
+            // supervisor, which watches `.ralph/` and stops with its own stop.signal.
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                if let Some(sig) = signal {
+                    warn!(
+                        "this system cannot send a stop request naming a signal ({}): the loop stops with its own stop.signal",
+                        signals::name(sig)
+                    );
+                }
+                if let Err(e) = stop_request::create(dir) {
+                    warn!("cannot write the stop request: {e:#}");
+                }
+                return;
+            }
             // It exited since it was confirmed: its child, if any, is the target.
             Err(e) => warn!("cannot ask the loop's supervisor (pid {sup}) to stop: {e}"),
         }

@@ -249,14 +249,15 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
     }
 }
 
-/// Waits until process `pid` has exited, at most `limit` (no polling: a pidfd).
+/// Waits until process `pid` has exited, at most `limit` (no polling: a process handle,
+/// readable once it has exited).
 fn wait_exit(pid: nix::unistd::Pid, limit: Duration) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
-    let Ok(fd) = crate::sys::pidfd_open(pid.as_raw()) else {
+    let Ok(process) = crate::sys::ProcessHandle::open(pid.as_raw()) else {
         return; // already gone
     };
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(process.as_fd(), PollFlags::POLLIN)];
     let ms = PollTimeout::try_from(limit.as_millis()).unwrap_or(PollTimeout::MAX);
     let _ = poll(&mut fds, ms);
 }

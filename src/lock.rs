@@ -147,9 +147,42 @@ impl LockFile {
         procfs::holding_processes(dev, ino)
     }
 
+    /// The pids that took the flock: `/proc/locks`'s word, or where it is missing
+    /// (macOS, FreeBSD) [`Self::holders_by_probe`].
     fn kernel_holders(&self) -> Option<Vec<u32>> {
         let (dev, ino) = self.file.dev_ino();
-        procfs::flock_holders(dev, ino).map(|holders| holders.into_iter().map(|h| h.pid).collect())
+        match procfs::flock_holders(dev, ino) {
+            Some(holders) => Some(holders.into_iter().map(|h| h.pid).collect()),
+            None => Some(self.holders_by_probe()),
+        }
+    }
+
+    /// Who took the flock, found without `/proc/locks`: a non-blocking attempt (on this
+    /// description, never one we lock with: it lets go at once) says whether anybody
+    /// holds it, and the metadata, which only the taker writes, says who: its
+    /// supervisor, or for a lock ralph took itself its `pid`, when that process is alive
+    /// (confirmed by its recorded start time) in our pid namespace. Empty when the lock
+    /// is free or its taker cannot be confirmed (gone, say, while a descendant that
+    /// inherited the descriptor holds on): weaker than `/proc/locks`, which names a dead
+    /// taker too, so such leftovers are named as unknown and never signalled.
+    pub(crate) fn holders_by_probe(&self) -> Vec<u32> {
+        if self.probe_free() {
+            return vec![];
+        }
+        let MetaState::Valid(m) = self.holder_from_file().metadata else {
+            return vec![];
+        };
+        if pids_elsewhere(&m) {
+            return vec![];
+        }
+        let taker = match m.supervisor_pid {
+            Some(sup) => m
+                .supervisor_start_time
+                .is_some_and(|start| procfs::alive(sup, Some(start)))
+                .then_some(sup),
+            None => procfs::alive(m.pid, None).then_some(m.pid),
+        };
+        taker.into_iter().collect()
     }
 
     fn holder_from_file(&self) -> Holder {
@@ -359,6 +392,99 @@ mod tests {
         let parsed = Metadata::parse(&raw).unwrap().unwrap();
         assert_eq!(parsed.prompt, "short");
         assert_eq!(raw.len(), meta("short").to_json().len());
+    }
+
+    /// The lookup used where there is no `/proc/locks` (macOS, FreeBSD), run here on
+    /// Linux: it names the taker the metadata records, confirmed by start time, and
+    /// agrees with `/proc/locks` while that taker lives.
+    #[test]
+    fn probe_lookup_names_the_confirmed_taker() {
+        let (tmp, dir) = workspace();
+        let Acquire::Acquired(lock) = try_acquire(&dir).unwrap() else {
+            panic!("fresh lock held")
+        };
+        let me = std::process::id();
+        let start = procfs::start_time(me).unwrap();
+        let mut m = meta("mine");
+        m.supervisor_pid = Some(me);
+        m.supervisor_start_time = Some(start);
+        lock.write_metadata(&m).unwrap();
+        let Acquire::Held(other) = try_acquire(&dir).unwrap() else {
+            panic!("lock not exclusive")
+        };
+        assert_eq!(other.holders_by_probe(), vec![me]);
+        #[cfg(target_os = "linux")]
+        {
+            let (dev, ino) = other.file.dev_ino();
+            let listed: Vec<u32> = procfs::flock_holders(dev, ino)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.pid)
+                .collect();
+            assert_eq!(listed, vec![me], "/proc/locks agrees");
+        }
+        // The probe let go at once: the lock is still ours, the other still sees it held.
+        assert!(!other.try_lock().unwrap());
+
+        // A recorded start time that is not the process's: a reused pid, not the taker.
+        m.supervisor_start_time = Some(start + 1);
+        lock.write_metadata(&m).unwrap();
+        assert_eq!(other.holders_by_probe(), Vec::<u32>::new());
+        // No start time recorded for a supervisor: not confirmed either.
+        m.supervisor_start_time = None;
+        lock.write_metadata(&m).unwrap();
+        assert_eq!(other.holders_by_probe(), Vec::<u32>::new());
+        // A lock ralph took itself: its pid, alive.
+        let mut ralph = meta("ralph");
+        ralph.pid = me;
+        lock.write_metadata(&ralph).unwrap();
+        assert_eq!(other.holders_by_probe(), vec![me]);
+        // Unreadable metadata: held, taker unknown.
+        std::fs::write(tmp.path().join(".ralph").join(LOCK_FILE), "not json").unwrap();
+        assert_eq!(other.holders_by_probe(), Vec::<u32>::new());
+
+        // Free: nobody, and probing does not take it.
+        lock.release().unwrap();
+        assert_eq!(other.holders_by_probe(), Vec::<u32>::new());
+        let Acquire::Acquired(again) = try_acquire(&dir).unwrap() else {
+            panic!("the probe kept the lock")
+        };
+        again.release().unwrap();
+    }
+
+    /// The probe sees a lock held by another process, through its own open file
+    /// description (as `status` on macOS does for a loop started by someone else).
+    #[test]
+    fn probe_lookup_sees_another_process_hold_it() {
+        let (tmp, dir) = workspace();
+        let path = tmp.path().join(".ralph").join(LOCK_FILE);
+        std::fs::write(&path, "").unwrap();
+        // flock(1) holds the lock and tells us so through its stdout; it exits when
+        // its stdin closes.
+        let mut child = std::process::Command::new("flock")
+            .arg(&path)
+            .args(["-c", "echo locked; read _"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "locked\n");
+        let Acquire::Held(other) = try_acquire(&dir).unwrap() else {
+            panic!("flock(1) does not hold it")
+        };
+        let mut m = meta("flock");
+        m.pid = child.id();
+        std::fs::write(&path, m.to_json()).unwrap();
+        assert_eq!(other.holders_by_probe(), vec![child.id()]);
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert_eq!(other.holders_by_probe(), Vec::<u32>::new());
     }
 
     #[test]

@@ -40,12 +40,13 @@ pub struct Metadata {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_pid: Option<u32>,
-    /// Kernel start time of the supervisor (clock ticks since boot), to detect pid reuse.
+    /// Kernel start time of the supervisor, to detect pid reuse ([`crate::procfs::start_time`]:
+    /// clock ticks since boot on Linux, microseconds since the epoch on macOS and FreeBSD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_start_time: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_pid: Option<u32>,
-    /// Kernel start time of the child (clock ticks since boot), to detect pid reuse.
+    /// Kernel start time of the child, to detect pid reuse (as `supervisor_start_time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_start_time: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,7 +17,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +71,7 @@ impl Notifier {
                     "empty notify socket address",
                 ));
             }
-            Some((b'@', name)) => SocketAddr::from_abstract_name(name)?,
+            Some((b'@', name)) => crate::sys::abstract_socket_addr(name)?,
             Some(_) => SocketAddr::from_pathname(address)?,
         };
         let socket = UnixDatagram::unbound()?;
@@ -128,6 +127,7 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::linux::net::SocketAddrExt;
 
     fn recv(socket: &UnixDatagram) -> Vec<u8> {
         socket

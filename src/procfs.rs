@@ -3,13 +3,21 @@
 //! Files lie (a pid in a lock file may be stale or reused); the kernel does not. Before
 //! the supervisor signals a pid it found in a file it confirms the process by its start
 //! time, and to learn whether a lock is held without taking it, it reads `/proc/locks`.
+//!
+//! macOS and FreeBSD have no `/proc`: a start time comes from `proc_pidinfo` or
+//! `kinfo_proc` there ([`crate::sys::process_identity`]); [`flock_holders`] answers
+//! `None` and [`holding_processes`] finds nobody, and [`crate::lock`] asks the kernel by
+//! a non-blocking probe instead.
 
 use std::fs;
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
+/// Start time of a process: on Linux in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`), on macOS and FreeBSD in microseconds since the epoch. A number to
+/// compare with one recorded earlier on the same machine, nothing more.
+#[cfg(target_os = "linux")]
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
     // One read into a buffer large enough for any stat line (it sits on the launch
     // path; `read_to_string` would grow from 32 bytes in five reads).
@@ -22,11 +30,17 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     parse_stat_start_time(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
+#[cfg(target_os = "linux")]
 fn parse_stat_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may contain spaces and ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // `rest` starts at field 3 (state); field 22 is the 20th from there.
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    crate::sys::process_identity(pid).map(|(start, _)| start)
 }
 
 /// This process's pid namespace: the inode of `/proc/self/ns/pid` (`None` without
@@ -48,6 +62,12 @@ pub(crate) fn alive(pid: u32, recorded_start: Option<u64>) -> bool {
     }
 }
 
+#[cfg(not(target_os = "linux"))]
+fn is_zombie(pid: u32) -> bool {
+    crate::sys::process_identity(pid).is_some_and(|(_, zombie)| zombie)
+}
+
+#[cfg(target_os = "linux")]
 fn is_zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -68,18 +88,36 @@ pub(crate) struct HeldLock {
 
 /// The FLOCK holders of the file with this device and inode, from `/proc/locks`.
 /// `None` when `/proc/locks` cannot be read (not Linux, no procfs).
+#[cfg(target_os = "linux")]
 pub(crate) fn flock_holders(dev: u64, ino: u64) -> Option<Vec<HeldLock>> {
     let text = read_locks()?;
     Some(parse_locks(&text, dev, ino))
 }
 
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn flock_holders(_dev: u64, _ino: u64) -> Option<Vec<HeldLock>> {
+    None
+}
+
 /// `/proc/locks`. The kernel walks its lock list anew for each page it hands out, so
 /// while other processes lock and unlock, an entry can be skipped: callers treat
 /// "not listed" as "ask the kernel again" (a non-blocking flock probe), never as proof.
+///
+/// `RALPH_SUPERVISE_TEST_NO_PROC_LOCKS=1` makes it missing, as on macOS and FreeBSD, so
+/// that the Linux test suite runs the probe-based lookup those systems use.
+#[cfg(target_os = "linux")]
 fn read_locks() -> Option<String> {
+    if std::env::var_os(NO_PROC_LOCKS).is_some_and(|v| v == "1") {
+        return None;
+    }
     fs::read_to_string("/proc/locks").ok()
 }
 
+/// The environment variable that hides `/proc/locks` ([`read_locks`]), for tests.
+#[cfg(target_os = "linux")]
+pub(crate) const NO_PROC_LOCKS: &str = "RALPH_SUPERVISE_TEST_NO_PROC_LOCKS";
+
+#[cfg(target_os = "linux")]
 fn parse_locks(text: &str, dev: u64, ino: u64) -> Vec<HeldLock> {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let mut held = Vec::new();
@@ -133,6 +171,7 @@ pub(crate) struct HoldingProcess {
 /// inherited the descriptor, say). Processes whose descriptors we may not read are
 /// missed. This process is never listed. Costs a `stat` per descriptor on the system:
 /// for the rare case the recorded holders are gone.
+#[cfg(target_os = "linux")]
 pub(crate) fn holding_processes(dev: u64, ino: u64) -> Vec<HoldingProcess> {
     use std::os::unix::fs::MetadataExt;
     let me = std::process::id();
@@ -176,13 +215,21 @@ pub(crate) fn holding_processes(dev: u64, ino: u64) -> Vec<HoldingProcess> {
     found
 }
 
+/// Nobody, where there is no `/proc` to scan (macOS, FreeBSD).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn holding_processes(_dev: u64, _ino: u64) -> Vec<HoldingProcess> {
+    vec![]
+}
+
 /// `maj:min:ino` as `/proc/locks` and fdinfo write a file's identity (hex device).
+#[cfg(target_os = "linux")]
 fn lock_file_id(dev: u64, ino: u64) -> String {
     format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev))
 }
 
 /// Whether an fdinfo text lists a FLOCK held (not waited for) through that descriptor
 /// on the file `id`.
+#[cfg(target_os = "linux")]
 fn fdinfo_holds_flock(info: &str, id: &str) -> bool {
     info.lines().any(|l| {
         let Some(lock) = l.strip_prefix("lock:") else {
@@ -211,6 +258,24 @@ mod tests {
         assert_eq!(start_time(me), Some(a));
         assert!(alive(me, Some(a)));
         assert!(!alive(me, Some(a + 1)));
+    }
+
+    /// The start-time interface as every platform uses it: a child has one of its own,
+    /// and once it is gone its recorded identity is no longer alive.
+    #[test]
+    fn a_child_is_alive_by_its_start_time_until_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_time(pid).expect("a living child has a start time");
+        assert!(start >= start_time(std::process::id()).unwrap());
+        assert!(alive(pid, Some(start)));
+        assert!(alive(pid, None));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!alive(pid, Some(start)));
     }
 
     #[test]

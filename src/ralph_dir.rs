@@ -173,7 +173,7 @@ impl RalphDir {
             file: File::from(fd),
             path,
             name: name.to_string(),
-            dev: st.st_dev,
+            dev: dev_id(&st),
             ino: st.st_ino,
         }))
     }
@@ -231,7 +231,7 @@ impl RalphDir {
                 return Ok(Some((file, false)));
             }
             match self.stat(name) {
-                Ok(now) if now.st_dev == file.dev && now.st_ino == file.ino => {
+                Ok(now) if dev_id(&now) == file.dev && now.st_ino == file.ino => {
                     return Ok(Some((file, true)));
                 }
                 Err(Errno::ENOENT) if !create => return Ok(None),
@@ -335,6 +335,12 @@ fn open_dir(
     }
 }
 
+/// A file's device number as a `u64` (`dev_t` is an `i32` on macOS).
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn dev_id(st: &FileStat) -> u64 {
+    st.st_dev as u64
+}
+
 /// An open regular file in `.ralph/`, locked or not. Dropping it closes the descriptor
 /// (which frees a flock only if no copy of the descriptor lives on, in a child say).
 #[derive(Debug)]
@@ -359,7 +365,7 @@ impl RalphFile {
     pub(crate) fn still_linked(&self, dir: &RalphDir) -> bool {
         matches!(
             dir.stat(&self.name),
-            Ok(FileStat { st_dev, st_ino, .. }) if st_dev == self.dev && st_ino == self.ino
+            Ok(st) if dev_id(&st) == self.dev && st.st_ino == self.ino
         )
     }
 

@@ -85,7 +85,8 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     // SIGCHLD is no longer ignored (if it was).
     let signals = Signals::install().or_fail("cannot set up signal handling")?;
     // Orphaned descendants are re-parented to us, so we reap them and see them.
-    let _ = nix::sys::prctl::set_child_subreaper(true);
+    // (A FreeBSD reaper too; macOS has none: see README.)
+    let _ = crate::sys::become_subreaper();
     // Looked up now, so that a wait for the lock hands off without these system calls.
     self_identity();
 
@@ -285,7 +286,7 @@ fn run_locked(
 ) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
-    if let Err(e) = crate::watch::watch(dir) {
+    if let Err(e) = crate::watch::watch(dir, signals) {
         warn!(
             "cannot watch {}: {e}; stop requests will not be seen",
             dir.path().display()

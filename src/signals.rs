@@ -80,14 +80,10 @@ pub(crate) fn classify(sig: i32) -> Class {
 pub(crate) fn name(sig: i32) -> String {
     match Signal::try_from(sig) {
         Ok(s) => s.as_str().to_string(),
-        Err(_) => {
-            let rtmin = libc::SIGRTMIN();
-            if sig >= rtmin {
-                format!("SIGRTMIN+{}", sig - rtmin)
-            } else {
-                format!("signal {sig}")
-            }
-        }
+        Err(_) => match crate::sys::realtime_min() {
+            Some(rtmin) if sig >= rtmin => format!("SIGRTMIN+{}", sig - rtmin),
+            _ => format!("signal {sig}"),
+        },
     }
 }
 

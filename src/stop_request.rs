@@ -45,7 +45,7 @@ pub(crate) fn encode(signal: Option<i32>) -> usize {
 /// A received signal as a stop request: `Some(signal)` when `signo`, `code` and `value`
 /// (the signalfd's `ssi_signo`, `ssi_code`, `ssi_ptr`) are one, `None` otherwise.
 pub(crate) fn decode(signo: i32, code: i32, value: u64) -> Option<Option<i32>> {
-    if signo != CARRIER || code != libc::SI_QUEUE || value & !0xff != TAG as u64 {
+    if signo != CARRIER || code != crate::sys::SI_QUEUE || value & !0xff != TAG as u64 {
         return None;
     }
     let sig = (value & 0xff) as i32;
@@ -66,7 +66,7 @@ mod tests {
     fn payload_round_trips() {
         for signal in [None, Some(libc::SIGINT), Some(libc::SIGUSR1), Some(64)] {
             let value = encode(signal) as u64;
-            assert_eq!(decode(CARRIER, libc::SI_QUEUE, value), Some(signal));
+            assert_eq!(decode(CARRIER, crate::sys::SI_QUEUE, value), Some(signal));
         }
     }
 
@@ -75,8 +75,8 @@ mod tests {
         let value = encode(Some(libc::SIGINT)) as u64;
         // A plain TERM (kill(2)), another signal, or somebody else's payload.
         assert_eq!(decode(CARRIER, libc::SI_USER, value), None);
-        assert_eq!(decode(libc::SIGUSR1, libc::SI_QUEUE, value), None);
-        assert_eq!(decode(CARRIER, libc::SI_QUEUE, 7), None);
-        assert_eq!(decode(CARRIER, libc::SI_QUEUE, 0x1234_0002), None);
+        assert_eq!(decode(libc::SIGUSR1, crate::sys::SI_QUEUE, value), None);
+        assert_eq!(decode(CARRIER, crate::sys::SI_QUEUE, 7), None);
+        assert_eq!(decode(CARRIER, crate::sys::SI_QUEUE, 0x1234_0002), None);
     }
 }

@@ -7,6 +7,23 @@
 //! * the code that runs in the child between `fork` and `exec`, which must be
 //!   async-signal-safe: no allocation, no logging, no locks;
 //! * `sigqueue(3)`, a signal with a payload (nix does not wrap it).
+//!
+//! # Platforms
+//!
+//! What is the same on every Unix lives here; each platform has one room below with
+//! the same names in it, and callers never branch on the platform:
+//!
+//! * `linux.rs`: signalfd, dnotify, pidfd, `prctl`, `fallocate`;
+//! * `kqueue.rs` (macOS, FreeBSD): one kqueue (`EVFILT_SIGNAL`, `EVFILT_VNODE`,
+//!   `EVFILT_PROC`), `proc_pidinfo` / `kinfo_proc`, `procctl`.
+//!
+//! The narrow interface each room provides: [`EventSource`] (signals, child exits by
+//! SIGCHLD, `.ralph/` changes; timers are the timeout of the `poll` on its
+//! descriptor), [`ProcessHandle`] (wait for one process's exit, signal only it),
+//! [`become_subreaper`], [`sigqueue`], [`reserve`], [`abstract_socket_addr`], the signal
+//! numbers, and on macOS and FreeBSD `process_identity` (a start time; Linux reads
+//! `/proc` in [`crate::procfs`]). Lock holders where `/proc/locks` is missing are
+//! found by a non-blocking probe in [`crate::lock`], which needs nothing from here.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -15,19 +32,34 @@ use std::process::Command;
 
 use crate::signals::FAULTS;
 
-/// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which a signalfd
-/// reader sees as `ssi_ptr` (and `ssi_code` = `SI_QUEUE`).
-pub(crate) fn sigqueue(pid: i32, sig: i32, value: usize) -> io::Result<()> {
-    // The union's pointer member carries a number; nobody dereferences it.
-    let value = libc::sigval {
-        sival_ptr: value as *mut libc::c_void,
-    };
-    // SAFETY: a plain system call on values; no memory is shared with the kernel.
-    if unsafe { libc::sigqueue(pid, sig, value) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
+compile_error!("ralph-supervise is written for Linux, macOS and FreeBSD");
+
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
+mod kqueue;
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
+use kqueue as os;
+#[cfg(target_os = "linux")]
+use linux as os;
+
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
+pub(crate) use os::process_identity;
+pub(crate) use os::{
+    EventSource, ProcessHandle, SI_QUEUE, abstract_socket_addr, become_subreaper, realtime_min,
+    reserve, sigqueue, watch_signal,
+};
+
+/// One signal (or `.ralph/` change, as [`watch_signal`]) read from an [`EventSource`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    pub(crate) signo: i32,
+    /// How it was sent (`SI_USER` by kill(2), [`SI_QUEUE`] by sigqueue(3), ...; 0 when
+    /// the platform does not say).
+    pub(crate) code: i32,
+    /// A `sigqueue` payload.
+    pub(crate) value: u64,
 }
 
 /// Resets every catchable signal to its default disposition and blocks it in this
@@ -43,16 +75,8 @@ pub(crate) fn reset_and_block_signals() -> io::Result<nix::sys::signal::SigSet> 
     // enough: one read of /proc instead of sixty system calls. Without /proc, reset all.
     let ignored = ignored_signals();
     let mut raw = empty_sigset();
-    for sig in 1..=libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP || FAULTS.iter().any(|f| *f as i32 == sig) {
-            continue;
-        }
-        // glibc reserves two real-time signals for itself: neither ours to reset here
-        // (the child hook does it) nor to block.
-        if (32..libc::SIGRTMIN()).contains(&sig) {
-            continue;
-        }
-        if ignored.is_none_or(|mask| mask & (1u64 << (sig - 1)) != 0) {
+    for sig in blocked_signals() {
+        if ignored.is_none_or(|mask| sig > 64 || mask & (1u64 << (sig - 1)) != 0) {
             // SAFETY: installing SIG_DFL runs no code of ours in signal context.
             unsafe {
                 libc::signal(sig, libc::SIG_DFL);
@@ -69,7 +93,16 @@ pub(crate) fn reset_and_block_signals() -> io::Result<nix::sys::signal::SigSet> 
     Ok(set)
 }
 
-/// The `SigIgn` mask of this process (bit N-1 = signal N), from `/proc/self/status`.
+/// The signals the supervisor blocks and reads: every catchable one but the faults
+/// (and, on Linux, glibc's two reserved real-time signals).
+pub(crate) fn blocked_signals() -> impl Iterator<Item = i32> {
+    os::signal_numbers().filter(|&sig| {
+        sig != libc::SIGKILL && sig != libc::SIGSTOP && !FAULTS.iter().any(|f| *f as i32 == sig)
+    })
+}
+
+/// The `SigIgn` mask of this process (bit N-1 = signal N), from `/proc/self/status`;
+/// `None` without it (not Linux).
 fn ignored_signals() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
@@ -137,7 +170,7 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     // glibc refuses to touch the real-time signals it reserves (32 and 33), yet a
     // parent can leave them ignored (glibc's own posix_spawn does) and `exec` keeps an
     // ignored disposition: reset them in the child with the raw system call.
-    let reserved = 32..libc::SIGRTMIN();
+    let reserved = os::reserved_signals();
     let hook = move || -> io::Result<()> {
         // Only async-signal-safe calls below (fcntl, setpgid, sigprocmask, tcsetpgrp,
         // getpid), on values copied into the closure: no allocation, no locks.
@@ -159,7 +192,7 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
             }
         }
         for sig in reserved.clone() {
-            reset_reserved_signal(sig);
+            os::reset_reserved_signal(sig);
         }
         // SAFETY: restores the empty mask std gave the child; async-signal-safe.
         unsafe {
@@ -171,37 +204,6 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     // above), as `pre_exec` requires of code running between fork and exec.
     unsafe {
         cmd.pre_exec(hook);
-    }
-}
-
-/// The kernel's `struct sigaction` (the same layout on x86_64 and aarch64).
-#[repr(C)]
-struct KernelSigaction {
-    handler: libc::sighandler_t,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
-}
-
-/// `rt_sigaction(sig, SIG_DFL)` without glibc's filter. Async-signal-safe: one system
-/// call on a stack value.
-fn reset_reserved_signal(sig: i32) {
-    let action = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-    // SAFETY: `action` is a valid kernel sigaction for the duration of the call, the
-    // old-action pointer is null (not wanted) and 8 is the kernel's sigset size.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig,
-            &action as *const KernelSigaction,
-            std::ptr::null_mut::<KernelSigaction>(),
-            8usize,
-        );
     }
 }
 
@@ -266,92 +268,6 @@ pub(crate) fn default_sigpipe() {
     }
 }
 
-/// Makes sure the bytes `offset..offset + len` of `fd`'s file have disk space, without
-/// changing the file's size (`fallocate(FALLOC_FL_KEEP_SIZE)`), so that a write that
-/// follows cannot stop half-way with ENOSPC after overwriting part of what was there.
-/// File systems without `fallocate` are let through (the write then takes its chance).
-pub(crate) fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
-    use nix::errno::Errno;
-    use nix::fcntl::{FallocateFlags, fallocate};
-    if len == 0 {
-        return Ok(());
-    }
-    match fallocate(
-        fd,
-        FallocateFlags::FALLOC_FL_KEEP_SIZE,
-        offset as libc::off_t,
-        len as libc::off_t,
-    ) {
-        Ok(()) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Linux `fcntl` values for dnotify, which the libc crate does not export for every
-/// target (`<linux/fcntl.h>`; the same on x86_64 and aarch64).
-const F_SETSIG: libc::c_int = 10;
-const DN_CREATE: libc::c_int = 0x0000_0004;
-const DN_DELETE: libc::c_int = 0x0000_0008;
-const DN_RENAME: libc::c_int = 0x0000_0010;
-const DN_MULTISHOT: libc::c_int = 0x8000_0000_u32 as libc::c_int;
-
-/// Asks the kernel to send `sig` whenever an entry of directory `dir` is created,
-/// deleted or renamed (dnotify), for as long as `dir` stays open.
-///
-/// dnotify rather than inotify: closing an inotify instance waits for an RCU grace
-/// period (measured here: 15 ms on every exit), while dnotify's marks belong to one
-/// global group and go away without a wait. The signal arrives through the signalfd
-/// like any other.
-pub(crate) fn notify_directory(dir: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    // SAFETY: fcntl on a borrowed open descriptor with integer arguments.
-    unsafe {
-        if libc::fcntl(dir.as_raw_fd(), F_SETSIG, sig) == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::fcntl(
-            dir.as_raw_fd(),
-            libc::F_NOTIFY,
-            DN_CREATE | DN_DELETE | DN_RENAME | DN_MULTISHOT,
-        ) == -1
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// `pidfd_open(2)`: a descriptor that becomes readable when process `pid` exits.
-pub(crate) fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: a plain system call with integer arguments; on success the return value is
-    // a new descriptor that nothing else owns.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
-}
-
-/// `pidfd_send_signal(2)`: signals exactly the process `pidfd` refers to (a pid reused
-/// since the descriptor was opened is not hit).
-pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    // SAFETY: a plain system call: a descriptor we borrow for its duration, a signal
-    // number, a null siginfo (the kernel fills in the default) and no flags.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// A standard descriptor (0, 1 or 2): never closed by the supervisor.
 pub(crate) fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
     debug_assert!((0..=2).contains(&fd));
@@ -359,4 +275,27 @@ pub(crate) fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
     // supervisor never closes them; if one was closed at start-up, calls on it fail
     // with EBADF and it is not taken for a terminal).
     unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+
+    /// The process-handle interface (a pidfd here, a kqueue on macOS and FreeBSD):
+    /// readable once the process has exited, and it signals only a living process.
+    #[test]
+    fn process_handle_is_readable_at_exit() {
+        let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+        let handle = ProcessHandle::open(child.id() as i32).unwrap();
+        let mut fds = [PollFd::new(handle.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 0, "alive");
+        handle.signal(libc::SIGKILL).unwrap();
+        // Readable when it has exited, before anyone reaps it.
+        let mut fds = [PollFd::new(handle.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::NONE).unwrap(), 1);
+        child.wait().unwrap();
+        assert!(handle.signal(libc::SIGTERM).is_err(), "gone");
+    }
 }

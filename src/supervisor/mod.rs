@@ -14,6 +14,8 @@
 //! context; the child starts from a clean state (std clears the mask in the child, and
 //! a default disposition is what `exec` passes on); and, as PID 1 of a container, the
 //! kernel queues signals for us instead of dropping them (it never drops a blocked one).
+//! On macOS and FreeBSD a kqueue takes the signalfd's place ([`sys::EventSource`]):
+//! the same blocked signals, recorded on the kqueue as they are sent.
 //!
 //! The child is spawned in its own process group, with the locked descriptor passed open
 //! and, when interactive, the terminal handed to its group before it runs. Then one loop:
@@ -46,7 +48,6 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
@@ -57,45 +58,35 @@ use crate::terminal::{self, Terminal};
 use crate::{stop_request, watch};
 use machine::{Action, Event, Machine};
 
-/// The supervisor's signal plumbing, set up before anything else happens.
+/// The supervisor's signal plumbing, set up before anything else happens: the
+/// platform's event source (a signalfd on Linux, a kqueue on macOS and FreeBSD).
 pub(crate) struct Signals {
-    fd: SignalFd,
+    source: sys::EventSource,
 }
 
 impl Signals {
-    /// Resets and blocks every catchable signal and opens the signalfd that receives
-    /// them; also resets SIGCHLD to default (someone may have left it ignored, and the
-    /// kernel would then reap our children itself).
+    /// Resets and blocks every catchable signal and opens the event source that
+    /// receives them; also resets SIGCHLD to default (someone may have left it ignored,
+    /// and the kernel would then reap our children itself).
     pub(crate) fn install() -> io::Result<Signals> {
-        let set: SigSet = sys::reset_and_block_signals()?;
-        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        Ok(Signals { fd })
+        Ok(Signals {
+            source: sys::EventSource::install()?,
+        })
     }
 
     /// The next pending signal with what came with it, if any.
     pub(crate) fn next_info(&self) -> io::Result<Option<Received>> {
-        match self.fd.read_signal() {
-            Ok(Some(info)) => Ok(Some(Received {
-                signo: info.ssi_signo as i32,
-                code: info.ssi_code,
-                value: info.ssi_ptr,
-            })),
-            Ok(None) => Ok(None),
-            Err(Errno::EINTR) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.source.next()
+    }
+
+    /// Reports changes of directory `dir`'s entries as [`watch::signal`].
+    pub(crate) fn watch_directory(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
+        self.source.watch_directory(dir)
     }
 }
 
-/// One signal read from the signalfd.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Received {
-    pub(crate) signo: i32,
-    /// How it was sent (`SI_USER` by kill(2), `SI_QUEUE` by sigqueue(3), ...).
-    pub(crate) code: i32,
-    /// A `sigqueue` payload.
-    pub(crate) value: u64,
-}
+/// One signal read from the event source.
+pub(crate) use sys::Received;
 
 impl Received {
     /// `Some(signal)` when this is a stop request ([`stop_request::ask`]).
@@ -106,7 +97,7 @@ impl Received {
 
 impl AsFd for Signals {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.source.as_fd()
     }
 }
 

@@ -18,6 +18,7 @@ mod man;
 mod notify_logs;
 mod pid1;
 mod pipelines;
+mod portable;
 mod props;
 mod readonly;
 mod restart;
