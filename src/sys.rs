@@ -47,8 +47,8 @@ use linux as os;
 #[cfg(any(target_os = "macos", target_os = "freebsd"))]
 pub(crate) use os::process_identity;
 pub(crate) use os::{
-    EventSource, ProcessHandle, SI_QUEUE, abstract_socket_addr, become_subreaper, realtime_min,
-    reserve, sigqueue, watch_signal,
+    EventSource, ProcessHandle, SI_KERNEL, SI_QUEUE, abstract_socket_addr, become_subreaper,
+    realtime_min, reserve, sigqueue, watch_signal,
 };
 
 /// One signal (or `.ralph/` change, as [`watch_signal`]) read from an [`EventSource`].

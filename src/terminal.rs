@@ -141,5 +141,5 @@ pub(crate) fn stop_self(sig: i32, job_has_it: bool) {
 /// Whether a job-control stop signal the supervisor received was sent by the terminal
 /// to its whole process group (`si_code` `SI_KERNEL`), not by a `kill` to it alone.
 pub(crate) fn sent_to_the_job(sig: i32, code: i32) -> bool {
-    [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&sig) && code == libc::SI_KERNEL
+    [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&sig) && code == crate::sys::SI_KERNEL
 }

@@ -60,6 +60,14 @@ pub(crate) fn watch_signal() -> i32 {
 /// `si_code` of a signal sent by `sigqueue(3)` (`<sys/signal.h>`, both systems).
 pub(crate) const SI_QUEUE: i32 = 0x10002;
 
+/// `si_code` of a signal the kernel sent, as the terminal's job-control signals are
+/// (FreeBSD's `<sys/signal.h>`). macOS has no such code: its value matches nothing, and
+/// a job-control stop then always goes to the whole job (see `terminal::stop_self`).
+#[cfg(target_os = "freebsd")]
+pub(crate) const SI_KERNEL: i32 = 0x10006;
+#[cfg(target_os = "macos")]
+pub(crate) const SI_KERNEL: i32 = i32::MIN;
+
 fn no_wait() -> Option<libc::timespec> {
     Some(libc::timespec {
         tv_sec: 0,

@@ -34,6 +34,8 @@ pub(crate) fn watch_signal() -> i32 {
 
 /// `si_code` of a signal sent by `sigqueue(3)`.
 pub(crate) const SI_QUEUE: i32 = libc::SI_QUEUE;
+/// `si_code` of a signal the kernel sent, as the terminal's job-control signals are.
+pub(crate) const SI_KERNEL: i32 = libc::SI_KERNEL;
 
 /// Signals, child exits and `.ralph/` changes, read in order from one descriptor: a
 /// signalfd (dnotify's changes arrive as [`watch_signal`]).
