@@ -41,7 +41,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -205,6 +205,9 @@ pub(crate) trait Hooks {
     /// worktree was removed: then say so); consume a stop request and say if there was
     /// one.
     fn workspace_changed(&mut self) -> Change;
+    /// A stall watchdog sample: the CPU time the child's process tree has used so far,
+    /// and whether a workspace file changed since the last sample.
+    fn activity(&mut self) -> (std::time::Duration, bool);
 }
 
 /// Supervises `child` until the machine says it is over; returns the exit status.
@@ -268,6 +271,15 @@ pub(crate) fn supervise(
                 job_has_stop |= terminal::sent_to_the_job(sig, received.code);
                 events.push(Event::Signal(sig));
             }
+        }
+        if machine.activity_due(now) {
+            let (cpu, files_changed) = hooks.activity();
+            let took_us = now.elapsed().as_micros() as u64;
+            debug!(
+                cpu_ms = cpu.as_millis() as u64,
+                files_changed, took_us, "stall check"
+            );
+            events.push(Event::Activity { cpu, files_changed });
         }
         if machine.deadline().is_some_and(|d| now >= d) {
             events.push(Event::Deadline);
@@ -371,6 +383,10 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &
             }
         }
         Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),
+        Action::Stalled(idle) => warn!(
+            "stalled: no CPU use and no file change for {}; stopping the command (status 124)",
+            crate::present::short_duration(Duration::from_secs(idle.as_secs()))
+        ),
         Action::Spawn | Action::Decided(_) => unreachable!("carry_out spawns and records"),
     }
 }
