@@ -120,3 +120,38 @@ fn a_stall_without_a_restart_rule_ends_the_run_with_124() {
     assert_eq!(h["restarts"], 0);
     assert_eq!(h["stopped_by"], "stall");
 }
+
+#[test]
+fn the_clock_pauses_while_the_job_is_stopped() {
+    use std::time::{Duration, Instant};
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&format!(
+        "{} -C {} run --stall-timeout 4s -- {} probe --exit-on TERM\n",
+        bin(),
+        ws.path.display(),
+        bin()
+    ));
+    sh.expect("ready");
+    sh.send("\x1a");
+    sh.expect("Stopped");
+    sh.expect(PROMPT);
+    // Stopped for longer than the timeout: the time under test, not a handshake.
+    let stopped = Instant::now();
+    wait_until("6 s with the job stopped", LIMIT, || {
+        stopped.elapsed() >= Duration::from_secs(6)
+    });
+    assert!(ws.lock_held(), "still there, stopped");
+    sh.send("fg\n");
+    sh.expect("signal SIGCONT");
+    let resumed = Instant::now();
+    sh.expect("cleanup done");
+    let after = resumed.elapsed();
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 124);
+    assert_eq!(last_history(&ws)["stopped_by"], "stall");
+    // Had the clock run while stopped, the first check after `fg` would have found 6 s
+    // idle and stopped it at once; paused, most of the 4 s were still to go.
+    println!("stalled {after:?} after fg");
+    assert!(after >= Duration::from_millis(1500), "{after:?}");
+}
