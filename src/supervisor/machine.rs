@@ -595,6 +595,10 @@ impl Machine {
             return vec![];
         };
         let idle = now.saturating_duration_since(clock.idle_since);
+        if cpu < before {
+            // A process left the tree unaccounted (auto-reaped): count from here.
+            clock.cpu_at = Some(cpu);
+        }
         let used = cpu.saturating_sub(before);
         if files_changed || used * 100 >= idle * IDLE_CPU_PERCENT {
             clock.idle_since = now;
@@ -1612,6 +1616,20 @@ mod tests {
         }
         let stalled = sample(&mut m, t0 + 27 * SEC, cpu, false);
         assert_eq!(stalled[0], Action::Stalled(10 * SEC));
+        // A total that drops (a busy process auto-reaped, its time lost) is the new
+        // base: use after it counts in full.
+        let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::Never);
+        sample(&mut m, t0, 5 * SEC, false);
+        assert_eq!(sample(&mut m, t0 + SEC, SEC, false), vec![]);
+        for s in 2..=9 {
+            assert_eq!(sample(&mut m, t0 + s * SEC, SEC, false), vec![], "{s}");
+        }
+        let more = SEC + Duration::from_millis(100);
+        assert_eq!(
+            sample(&mut m, t0 + 10 * SEC, more, false),
+            vec![],
+            "1 % of 10 s"
+        );
         // A busy tree never stalls: 20 ms a second is 2 %.
         let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::Never);
         sample(&mut m, t0, Duration::ZERO, false);
