@@ -157,7 +157,7 @@ fn policy_flag(key: &'static Key) -> clap::Arg {
     };
     let value_name = match key.kind {
         _ if key.entry.is_some() => key.entry.unwrap_or_default().to_string(),
-        "duration" => "DUR".to_string(),
+        kind if kind.starts_with("duration") => "DUR".to_string(),
         "string or integer" => "SIG".to_string(),
         kind if kind.starts_with("integer") => "N".to_string(),
         _ => key.name.to_uppercase(),

@@ -35,8 +35,8 @@ pub struct Record {
     /// What `ralph-supervise run` exited with.
     pub(crate) status: u8,
     pub(crate) restarts: u32,
-    /// How it was stopped: `signal SIGTERM`, `stop-request`, `max-runtime`, `discarded`; `None` when
-    /// the command ended by itself.
+    /// How it was stopped: `signal SIGTERM`, `stop-request`, `max-runtime`, `discarded`,
+    /// or `stall` (the last run stalled); `None` when the command ended by itself.
     pub(crate) stopped_by: Option<String>,
     pub(crate) worktree: Option<PathBuf>,
     pub(crate) supervisor_pid: u32,

@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+pub(crate) mod activity;
 pub mod cli;
 pub(crate) mod completions;
 pub(crate) mod conflict;

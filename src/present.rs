@@ -429,7 +429,7 @@ pub(crate) fn restart_why(why: Why) -> String {
 }
 
 /// `1h30m`, `250ms`.
-fn short_duration(d: std::time::Duration) -> String {
+pub(crate) fn short_duration(d: std::time::Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
 
@@ -438,6 +438,7 @@ fn short_duration(d: std::time::Duration) -> String {
 /// restart budget is spent.
 pub(crate) fn decision(d: &Decision) -> String {
     let ended = match d.outcome {
+        _ if d.stalled => format!("stalled ({})", d.status),
         crate::exit::ChildOutcome::Exited(code) => format!("exit {code}"),
         crate::exit::ChildOutcome::Signaled(sig) => {
             format!("killed by {} ({})", crate::signals::name(sig), d.status)
@@ -911,6 +912,7 @@ mod tests {
         let d = |outcome, status, why, verdict| Decision {
             outcome,
             status,
+            stalled: false,
             why,
             verdict,
         };

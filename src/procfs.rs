@@ -240,6 +240,85 @@ fn fdinfo_holds_flock(info: &str, id: &str) -> bool {
     })
 }
 
+/// CPU time (user and system) used so far by the processes under `root`: every live
+/// descendant (found by each process's parent in `/proc/*/stat`), with what each of them
+/// reaped, and what `root` itself reaped (`cutime`, `cstime`: a subreaper gets the
+/// orphans). Not `root`'s own time. Processes that die unreaped drop out; callers compare
+/// running totals and treat a drop as no use. One `/proc/PID/stat` read per process on
+/// the system.
+pub(crate) fn tree_cpu(root: u32) -> std::time::Duration {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return std::time::Duration::ZERO;
+    };
+    // (pid, ppid, own ticks, reaped ticks)
+    let mut all = Vec::new();
+    let mut buf = Vec::with_capacity(1024);
+    for entry in procs.flatten() {
+        let Some(pid) = (entry.file_name().to_str()).and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        use std::io::Read;
+        buf.clear();
+        let stat =
+            fs::File::open(format!("/proc/{pid}/stat")).and_then(|mut f| f.read_to_end(&mut buf));
+        if stat.is_ok()
+            && let Some(times) = std::str::from_utf8(&buf).ok().and_then(parse_stat_times)
+        {
+            all.push((pid, times));
+        }
+    }
+    let mut ticks = all
+        .iter()
+        .find(|(pid, _)| *pid == root)
+        .map_or(0, |(_, t)| t.reaped);
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for (pid, t) in &all {
+            if t.ppid == parent && *pid != root {
+                ticks += t.own + t.reaped;
+                parents.push(*pid);
+            }
+        }
+    }
+    ticks_to_duration(ticks)
+}
+
+/// The fields of a `/proc/PID/stat` line [`tree_cpu`] needs, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StatTimes {
+    ppid: u32,
+    /// utime + stime.
+    own: u64,
+    /// cutime + cstime: what its waited-for children used.
+    reaped: u64,
+}
+
+fn parse_stat_times(stat: &str) -> Option<StatTimes> {
+    // After the command name: state (3), ppid (4), ..., utime (14), stime (15),
+    // cutime (16), cstime (17).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_ascii_whitespace().take(15).collect();
+    let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(StatTimes {
+        ppid: fields.get(1)?.parse().ok()?,
+        own: num(11)? + num(12)?,
+        reaped: num(13)? + num(14)?,
+    })
+}
+
+fn ticks_to_duration(ticks: u64) -> std::time::Duration {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let hz = *HZ.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .and_then(|hz| u64::try_from(hz).ok())
+            .filter(|hz| *hz > 0)
+            .unwrap_or(100)
+    });
+    std::time::Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / hz))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +413,33 @@ mod tests {
         let _ = child.wait();
         // (Another test's child, between fork and exec, may briefly hold a copy too.)
         assert!(found.iter().any(|p| p.pid == pid), "{found:?}");
+    }
+
+    #[test]
+    fn stat_times_parse() {
+        let stat = "123 (a b) c) S 77 123 123 0 -1 4194560 100 0 0 0 11 22 33 44 20 0 1 0 987654";
+        let t = parse_stat_times(stat).unwrap();
+        assert_eq!(
+            t,
+            StatTimes {
+                ppid: 77,
+                own: 33,
+                reaped: 77
+            }
+        );
+        assert_eq!(parse_stat_times("1 (x) S 0"), None);
+    }
+
+    #[test]
+    fn tree_cpu_counts_a_busy_child() {
+        let me = std::process::id();
+        let before = tree_cpu(me);
+        // A child that burns CPU for a while, then is reaped: its time moves into ours.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .spawn()
+            .unwrap();
+        child.wait().unwrap();
+        assert!(tree_cpu(me) > before);
     }
 }

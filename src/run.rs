@@ -307,6 +307,7 @@ fn run_locked(
         child: None,
         registered: false,
         discarded: false,
+        watchdog: None,
     };
     let result = match session.write_metadata() {
         Err(e) => Err(Failure::new(
@@ -371,6 +372,9 @@ fn supervise(
     session: &mut Session<'_>,
     signals: &Signals,
 ) -> Result<(ExitStatus, Machine), Failure> {
+    if session.settings.policy.run.stall_timeout.is_some() {
+        session.watchdog = Some(watchdog(session.settings, session.place));
+    }
     let child = session.spawn()?;
     // A stop request written since the watch began is not lost: its change signal is
     // queued in the signalfd, and the event loop reads it first.
@@ -412,7 +416,22 @@ fn machine_config(policy: &Policy, job_control: bool) -> machine::Config {
                 .collect(),
         },
         max_runtime: policy.run.max_runtime,
+        stall_timeout: policy.run.stall_timeout,
     }
+}
+
+/// The stall watchdog for the workspace, without what the supervisor itself writes
+/// (`.ralph/supervise/`, the lock's metadata) or other loops' worktrees.
+fn watchdog(settings: &RunSettings, place: &Place<'_>) -> crate::activity::Watchdog {
+    let workspace = place.workspace();
+    let mut skip = vec![
+        workspace.join(".ralph/supervise"),
+        workspace.join(".ralph/loop.lock"),
+    ];
+    if let Some(repo) = &settings.repo {
+        skip.push(repo.join(&settings.policy.worktree.dir));
+    }
+    crate::activity::Watchdog::new(workspace, skip)
 }
 
 /// What the lock file says before the child starts (its pid is filled in at spawn).
@@ -458,6 +477,8 @@ struct Session<'a> {
     /// The worktree was removed under the loop: it is being stopped, and nothing is
     /// created in the worktree any more.
     discarded: bool,
+    /// The stall watchdog's eyes, with a `stall_timeout`.
+    watchdog: Option<crate::activity::Watchdog>,
 }
 
 impl Session<'_> {
@@ -534,6 +555,10 @@ impl Session<'_> {
 }
 
 impl Hooks for Session<'_> {
+    fn activity(&mut self) -> (std::time::Duration, bool) {
+        (self.watchdog.as_mut()).map_or((std::time::Duration::ZERO, false), |w| w.sample())
+    }
+
     fn respawn(&mut self, restarts: u32) -> Result<Child, Failure> {
         info!("restarting: {}", self.meta.prompt);
         self.meta.restart.restarts = Some(restarts);
@@ -702,6 +727,7 @@ fn stopped_by(reason: StopReason) -> String {
         StopReason::StopRequest => "stop-request".into(),
         StopReason::MaxRuntime => "max-runtime".into(),
         StopReason::Discarded => "discarded".into(),
+        StopReason::Stall => "stall".into(),
     }
 }
 

@@ -355,6 +355,7 @@ pub(crate) struct LogLevel;
 pub(crate) struct ExitActions;
 pub(crate) struct Argv;
 pub(crate) struct Globs;
+pub(crate) struct NonZeroDuration;
 const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
 const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
@@ -367,6 +368,14 @@ kinds! {
             let why = why.split(", supported units").next().unwrap_or_default();
             v.bad(format!("{text:?} is not a duration ({why}); {DURATION}"))
         })
+    } |d| quoted(&format_duration(*d));
+    NonZeroDuration => Duration, "duration, more than 0", |v| {
+        let d = <Duration as Kind>::read(v)?;
+        if d.is_zero() {
+            let text = v.value.get_ref().as_str().unwrap_or_default();
+            return Err(v.bad(format!("{text:?} is zero; {DURATION}, or leave the key out")));
+        }
+        Ok(d)
     } |d| quoted(&format_duration(*d));
     bool => bool, "boolean", |v| {
         let hint = "write true or false, without quotes";

@@ -78,6 +78,7 @@ window = "6h"
 
 [run]
 max_runtime = "2h"
+stall_timeout = "15m"
 env = { FOO = "bar", "WITH SPACE" = "x y" }
 
 [hooks]
@@ -124,6 +125,7 @@ fn full_file() -> PolicyFile {
         };
         p.run = Run {
             max_runtime: Some(Duration::from_secs(7200)),
+            stall_timeout: Some(Duration::from_secs(900)),
             env: BTreeMap::from([
                 ("FOO".to_string(), "bar".to_string()),
                 ("WITH SPACE".to_string(), "x y".to_string()),
@@ -382,6 +384,7 @@ fn every_flag_overrides_the_full_file() {
         ("restart_exit", "75=stop"),
         ("restart_exit", "3=1m"),
         ("max_runtime", "4s"),
+        ("stall_timeout", "5s"),
         ("log_format", "text"),
     ]);
     let e = resolve(Some((path.clone(), full_file())), &flags);
@@ -395,6 +398,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.restart.max, Some(1));
     assert_eq!(p.restart.backoff_initial, Duration::from_secs(3));
     assert_eq!(p.restart.window, Some(Duration::from_secs(120)));
+    assert_eq!(p.run.stall_timeout, Some(Duration::from_secs(5)));
     // Each --restart-exit adds its entry over the file's.
     let exit = Vec::from_iter(p.restart.exit.clone());
     let (stop, restart) = (ExitAction::Stop, ExitAction::Restart);
@@ -459,6 +463,7 @@ backoff_max = "1m"  # default
 
 [run]
 # max_runtime not set: no limit  # default
+# stall_timeout not set: no stall watchdog  # default
 env = {}  # default
 
 [hooks]

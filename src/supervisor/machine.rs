@@ -19,6 +19,13 @@
 //!
 //! A stop (signal, stop request, max runtime) ends restarts; the exit status is the last
 //! run's, or 124 when `max_runtime` expired.
+//!
+//! The stall watchdog (`stall_timeout`) is a clock per run: the driver samples the
+//! process tree's CPU time and whether a workspace file changed whenever
+//! [`Machine::activity_due`] says so ([`Event::Activity`]); a sign of work restarts the
+//! clock; once it reaches the timeout the run is stopped like a max runtime, but as a
+//! run that ended with 124, which the restart rules look up like any other status. The
+//! clock pauses while the job is stopped (job control). Unset, it adds no deadline.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -123,6 +130,8 @@ pub(crate) struct Decision {
     pub(crate) outcome: ChildOutcome,
     /// [`status_matched`]: the exit code, 128+N after signal N.
     pub(crate) status: u8,
+    /// The run was stopped as stalled (`status` is then 124).
+    pub(crate) stalled: bool,
     pub(crate) why: Why,
     pub(crate) verdict: Verdict,
 }
@@ -141,6 +150,41 @@ pub(crate) struct Config {
     pub(crate) restart: Restart,
     /// Stop the child when it has run this long (over all restarts); exit 124.
     pub(crate) max_runtime: Option<Duration>,
+    /// Stop a run that has shown no work for this long; the run ends with 124.
+    pub(crate) stall_timeout: Option<Duration>,
+}
+
+/// Below this share of one CPU a process tree is idle (an agent's timers are not work).
+const IDLE_CPU_PERCENT: u32 = 1;
+
+/// How often the watchdog samples: a tenth of the timeout, 1 s to 60 s apart.
+pub(crate) fn stall_check_interval(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The stall watchdog's clock for the current run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StallClock {
+    /// The run has shown no work since then (its start, or the last sign of work).
+    idle_since: Instant,
+    /// The tree's CPU time at `idle_since`; `None` until the first sample.
+    cpu_at: Option<Duration>,
+    /// When the driver samples next.
+    next_check: Instant,
+    /// The job is stopped since then: the clock stands still.
+    paused_at: Option<Instant>,
+}
+
+impl StallClock {
+    /// A run started at `now`: sample at once, for the baseline.
+    fn new(now: Instant) -> StallClock {
+        StallClock {
+            idle_since: now,
+            cpu_at: None,
+            next_check: now,
+            paused_at: None,
+        }
+    }
 }
 
 /// Why a supervision was stopped (for the history).
@@ -155,6 +199,9 @@ pub(crate) enum StopReason {
     MaxRuntime,
     /// The loop's worktree was removed under it (`ralph loops discard`).
     Discarded,
+    /// The run stalled (`stall_timeout`). Unlike the others it does not end the
+    /// restarts: the run ends with 124 and the restart rules decide.
+    Stall,
 }
 
 /// Where the supervision is.
@@ -197,6 +244,10 @@ pub(crate) enum Event {
     Discarded,
     /// The current deadline passed.
     Deadline,
+    /// A watchdog sample (when [`Machine::activity_due`]): the child's process tree has
+    /// used `cpu` in all (a running total), and a workspace file changed since the last
+    /// sample (`files_changed`).
+    Activity { cpu: Duration, files_changed: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +269,8 @@ pub(crate) enum Action {
     Decided(Decision),
     /// Log that a signal was ignored.
     Ignored(i32),
+    /// Log that the run stalled: no work for this long (it is being stopped).
+    Stalled(Duration),
 }
 
 #[derive(Debug)]
@@ -235,6 +288,10 @@ pub(crate) struct Machine {
     recent: VecDeque<Instant>,
     /// When `max_runtime` expires.
     runtime_deadline: Option<Instant>,
+    /// The stall watchdog of the current run (with a `stall_timeout`).
+    stall: Option<StallClock>,
+    /// The current run was stopped as stalled: it ends with 124.
+    stalled: bool,
 }
 
 impl Machine {
@@ -242,7 +299,6 @@ impl Machine {
     pub(crate) fn new(config: Config, now: Instant) -> Machine {
         let runtime_deadline = config.max_runtime.map(|d| now + d);
         Machine {
-            config,
             state: State::Running { since: now },
             outcome: None,
             stop: None,
@@ -250,6 +306,9 @@ impl Machine {
             failures: 0,
             recent: VecDeque::new(),
             runtime_deadline,
+            stall: config.stall_timeout.map(|_| StallClock::new(now)),
+            stalled: false,
+            config,
         }
     }
 
@@ -275,8 +334,18 @@ impl Machine {
         matches!(self.state, State::Running { .. } | State::Stopping { .. })
     }
 
+    /// What stopped the supervision, or the last run when it stalled.
     pub(crate) fn stop_reason(&self) -> Option<StopReason> {
         self.stop
+            .or_else(|| self.stalled.then_some(StopReason::Stall))
+    }
+
+    /// Whether the driver is to take a watchdog sample now ([`Event::Activity`]).
+    pub(crate) fn activity_due(&self, now: Instant) -> bool {
+        matches!(self.state, State::Running { .. })
+            && self
+                .stall
+                .is_some_and(|c| c.paused_at.is_none() && now >= c.next_check)
     }
 
     pub(crate) fn restarts(&self) -> u32 {
@@ -286,7 +355,15 @@ impl Machine {
     /// When the event loop must wake up even if nothing happens.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.state {
-            State::Running { .. } => self.runtime_deadline,
+            State::Running { .. } => {
+                let check = (self.stall)
+                    .filter(|c| c.paused_at.is_none())
+                    .map(|c| c.next_check);
+                match (self.runtime_deadline, check) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             State::Stopping {
                 deadline,
                 killed: false,
@@ -303,6 +380,8 @@ impl Machine {
     pub(crate) fn spawned(&mut self, now: Instant) {
         self.state = State::Running { since: now };
         self.outcome = None;
+        self.stalled = false;
+        self.stall = self.config.stall_timeout.map(|_| StallClock::new(now));
     }
 
     pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
@@ -319,6 +398,11 @@ impl Machine {
 
             (_, Event::ChildStopped(sig)) => {
                 if self.config.job_control && self.child_running() {
+                    // We stop too, and go on when continued (`Resume`): the clock
+                    // stands still meanwhile.
+                    if let Some(clock) = &mut self.stall {
+                        clock.paused_at.get_or_insert(now);
+                    }
                     vec![Action::StopSelf(sig)]
                 } else {
                     vec![]
@@ -341,6 +425,11 @@ impl Machine {
                 vec![]
             }
             (State::Backoff { until }, Event::Deadline) if now >= until => self.restart(now),
+
+            (State::Running { .. }, Event::Activity { cpu, files_changed }) => {
+                self.sampled(cpu, files_changed, now)
+            }
+            (_, Event::Activity { .. }) => vec![],
 
             (State::Running { .. }, Event::Deadline)
                 if self.runtime_deadline.is_some_and(|d| now >= d) =>
@@ -365,8 +454,15 @@ impl Machine {
             }
 
             // A stop request while already stopping is the same request again: only a
-            // second stop *signal* escalates.
-            (State::Stopping { .. }, Event::StopRequest { .. } | Event::Discarded) => vec![],
+            // second stop *signal* escalates. (After a stall it ends the restarts.)
+            (State::Stopping { .. }, Event::StopRequest { .. }) => {
+                self.stop.get_or_insert(StopReason::StopRequest);
+                vec![]
+            }
+            (State::Stopping { .. }, Event::Discarded) => {
+                self.stop.get_or_insert(StopReason::Discarded);
+                vec![]
+            }
             (_, Event::StopRequest { signal }) => self.stop_requested(
                 StopReason::StopRequest,
                 signal.unwrap_or(self.config.stop_signal),
@@ -398,7 +494,16 @@ impl Machine {
                         vec![]
                     }
                 }
-                Class::Continue => vec![Action::Resume],
+                Class::Continue => {
+                    if let Some(clock) = &mut self.stall
+                        && let Some(paused_at) = clock.paused_at.take()
+                    {
+                        let paused = now.saturating_duration_since(paused_at);
+                        clock.idle_since += paused;
+                        clock.next_check += paused;
+                    }
+                    vec![Action::Resume]
+                }
                 Class::Child => vec![],
                 Class::Ignore => vec![Action::Ignored(sig)],
             },
@@ -420,7 +525,8 @@ impl Machine {
                 // A stop signal right after a stop request is taken for the same stop
                 // (a tool may write the file and signal too, as `ralph-supervise stop`
                 // once did): the child already got the stop signal. Only a further
-                // signal escalates.
+                // signal escalates. (After a stall, it ends the restarts.)
+                self.stop.get_or_insert(reason);
                 self.state = State::Stopping {
                     deadline,
                     killed: false,
@@ -468,6 +574,49 @@ impl Machine {
         vec![deliver(signal)]
     }
 
+    /// A watchdog sample while the child runs: the clock goes on, starts over on a sign
+    /// of work (a file changed, or the tree used at least 1 % of one CPU since the idle
+    /// span began), or, having reached the timeout, stops the run as stalled.
+    fn sampled(&mut self, cpu: Duration, files_changed: bool, now: Instant) -> Vec<Action> {
+        let (Some(timeout), Some(clock)) = (self.config.stall_timeout, self.stall.as_mut()) else {
+            return vec![];
+        };
+        if clock.paused_at.is_some() {
+            return vec![];
+        }
+        clock.next_check = now + stall_check_interval(timeout);
+        let Some(before) = clock.cpu_at else {
+            // The baseline (changes before it are our own start-up's).
+            *clock = StallClock {
+                idle_since: now,
+                cpu_at: Some(cpu),
+                ..*clock
+            };
+            return vec![];
+        };
+        let idle = now.saturating_duration_since(clock.idle_since);
+        if cpu < before {
+            // A process left the tree unaccounted (auto-reaped): count from here.
+            clock.cpu_at = Some(cpu);
+        }
+        let used = cpu.saturating_sub(before);
+        if files_changed || used * 100 >= idle * IDLE_CPU_PERCENT {
+            clock.idle_since = now;
+            clock.cpu_at = Some(cpu);
+            return vec![];
+        }
+        if idle < timeout {
+            return vec![];
+        }
+        self.stalled = true;
+        self.state = State::Stopping {
+            deadline: now + self.config.grace,
+            killed: false,
+            by_signal: false,
+        };
+        vec![Action::Stalled(idle), deliver(self.config.stop_signal)]
+    }
+
     fn child_exited(
         &mut self,
         outcome: ChildOutcome,
@@ -499,14 +648,18 @@ impl Machine {
     /// `window`, counted at the time the restart would happen).
     fn decide(&self, outcome: ChildOutcome, now: Instant) -> Decision {
         let r = &self.config.restart;
-        let status = status_matched(outcome);
+        let status = if self.stalled {
+            ExitStatus::Timeout.code()
+        } else {
+            status_matched(outcome)
+        };
         let why = match r.exit.get(&status) {
             Some(rule) => Why::Exit(status, *rule),
             None => Why::Policy(r.when),
         };
         let delay = match why {
             Why::Exit(_, ExitRule::Stop) | Why::Policy(RestartWhen::Never) => None,
-            Why::Policy(RestartWhen::OnFailure) if outcome.success() => None,
+            Why::Policy(RestartWhen::OnFailure) if !self.stalled && outcome.success() => None,
             Why::Exit(_, ExitRule::After(delay)) => Some(delay),
             Why::Exit(_, ExitRule::Backoff) | Why::Policy(_) => Some(r.delay(self.failures)),
         };
@@ -538,6 +691,7 @@ impl Machine {
         Decision {
             outcome,
             status,
+            stalled: self.stalled,
             why,
             verdict,
         }
@@ -591,7 +745,7 @@ impl Machine {
     }
 
     fn exit(&mut self) {
-        let status = if self.stop == Some(StopReason::MaxRuntime) {
+        let status = if self.stop == Some(StopReason::MaxRuntime) || self.stalled {
             ExitStatus::Timeout
         } else {
             self.outcome
@@ -624,6 +778,7 @@ mod tests {
             job_control: false,
             restart: Restart::NEVER,
             max_runtime: None,
+            stall_timeout: None,
         }
     }
 
@@ -1342,5 +1497,243 @@ mod tests {
         assert_eq!(m.handle(Event::Deadline, t0 + MIN), vec![]);
         assert_eq!(m.finished(), Some(ExitStatus::Timeout));
         assert_eq!(m.stop_reason(), Some(StopReason::MaxRuntime));
+    }
+
+    // The stall watchdog.
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn stalling(
+        timeout: Duration,
+        exit: &[(u8, ExitRule)],
+        when: RestartWhen,
+    ) -> (Machine, Instant) {
+        let (mut m, t0) = ruled(when, None, None, exit);
+        m.config.stall_timeout = Some(timeout);
+        m.stall = Some(StallClock::new(t0));
+        (m, t0)
+    }
+
+    fn sample(m: &mut Machine, at: Instant, cpu: Duration, files_changed: bool) -> Vec<Action> {
+        assert!(m.activity_due(at), "a sample is due at {at:?}");
+        m.handle(Event::Activity { cpu, files_changed }, at)
+    }
+
+    fn term_killed() -> Event {
+        Event::ChildExited {
+            outcome: ChildOutcome::Signaled(libc::SIGTERM),
+            group_alive: false,
+        }
+    }
+
+    #[test]
+    fn stall_checks_are_coarse() {
+        assert_eq!(stall_check_interval(SEC), SEC);
+        assert_eq!(stall_check_interval(Duration::from_millis(300)), SEC);
+        assert_eq!(stall_check_interval(100 * SEC), 10 * SEC);
+        assert_eq!(stall_check_interval(15 * MIN), MIN);
+        assert_eq!(stall_check_interval(24 * 60 * MIN), MIN);
+    }
+
+    #[test]
+    fn without_a_stall_timeout_nothing_is_sampled() {
+        let (mut m, t0) = machine(false);
+        assert_eq!(m.deadline(), None, "no wake-up at all");
+        assert!(!m.activity_due(t0 + MIN));
+        // A stray sample changes nothing.
+        let busy = Event::Activity {
+            cpu: Duration::ZERO,
+            files_changed: false,
+        };
+        assert_eq!(m.handle(busy, t0 + 60 * MIN), vec![]);
+        assert_eq!(m.state(), State::Running { since: t0 });
+    }
+
+    #[test]
+    fn an_idle_run_is_stopped_as_stalled_and_ends_with_124() {
+        let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::Never);
+        // The baseline is taken at once; then a sample every second.
+        assert_eq!(m.deadline(), Some(t0));
+        let cpu = 5 * SEC; // whatever the tree used before
+        assert_eq!(sample(&mut m, t0, cpu, true), vec![]);
+        for s in 1..10 {
+            assert_eq!(m.deadline(), Some(t0 + s * SEC));
+            assert!(!m.activity_due(t0 + s * SEC - Duration::from_millis(1)));
+            // Timers: below 1 % of one CPU.
+            let used = Duration::from_millis(9 * u64::from(s));
+            assert_eq!(
+                sample(&mut m, t0 + s * SEC, cpu + used, false),
+                vec![],
+                "{s}"
+            );
+        }
+        let at = t0 + 10 * SEC;
+        assert_eq!(
+            sample(&mut m, at, cpu + Duration::from_millis(95), false),
+            vec![
+                Action::Stalled(10 * SEC),
+                Action::SignalGroup(libc::SIGTERM)
+            ]
+        );
+        assert!(matches!(m.state(), State::Stopping { .. }));
+        assert_eq!(m.deadline(), Some(at + GRACE), "the grace, then KILL");
+        assert!(!m.activity_due(at + GRACE), "no samples while stopping");
+        assert_eq!(
+            m.handle(Event::Deadline, at + GRACE),
+            vec![Action::SignalGroup(libc::SIGKILL)]
+        );
+        m.handle(
+            Event::ChildExited {
+                outcome: ChildOutcome::Signaled(libc::SIGKILL),
+                group_alive: false,
+            },
+            at + GRACE,
+        );
+        assert_eq!(m.finished(), Some(ExitStatus::Timeout));
+        assert_eq!(m.stop_reason(), Some(StopReason::Stall));
+    }
+
+    #[test]
+    fn cpu_use_or_a_changed_file_starts_the_clock_over() {
+        let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::Never);
+        sample(&mut m, t0, Duration::ZERO, false);
+        for s in 1..=5 {
+            assert_eq!(sample(&mut m, t0 + s * SEC, Duration::ZERO, false), vec![]);
+        }
+        // 59 ms over the 6 s idle so far: less than 1 %, still idle.
+        let cpu = Duration::from_millis(59);
+        assert_eq!(sample(&mut m, t0 + 6 * SEC, cpu, false), vec![]);
+        // 1 ms more over 7 s, 60 ms is not 1 % any more; 71 ms is: work.
+        let cpu = Duration::from_millis(71);
+        assert_eq!(sample(&mut m, t0 + 7 * SEC, cpu, false), vec![]);
+        for s in 8..=16 {
+            assert_eq!(sample(&mut m, t0 + s * SEC, cpu, false), vec![], "{s}");
+        }
+        // A file changed: the clock starts over again.
+        assert_eq!(sample(&mut m, t0 + 17 * SEC, cpu, true), vec![]);
+        for s in 18..=26 {
+            assert_eq!(sample(&mut m, t0 + s * SEC, cpu, false), vec![], "{s}");
+        }
+        let stalled = sample(&mut m, t0 + 27 * SEC, cpu, false);
+        assert_eq!(stalled[0], Action::Stalled(10 * SEC));
+        // A total that drops (a busy process auto-reaped, its time lost) is the new
+        // base: use after it counts in full.
+        let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::Never);
+        sample(&mut m, t0, 5 * SEC, false);
+        assert_eq!(sample(&mut m, t0 + SEC, SEC, false), vec![]);
+        for s in 2..=9 {
+            assert_eq!(sample(&mut m, t0 + s * SEC, SEC, false), vec![], "{s}");
+        }
+        let more = SEC + Duration::from_millis(100);
+        assert_eq!(
+            sample(&mut m, t0 + 10 * SEC, more, false),
+            vec![],
+            "1 % of 10 s"
+        );
+        // A busy tree never stalls: 20 ms a second is 2 %.
+        let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::Never);
+        sample(&mut m, t0, Duration::ZERO, false);
+        for s in 1..=100 {
+            let cpu = Duration::from_millis(20 * u64::from(s));
+            assert_eq!(sample(&mut m, t0 + s * SEC, cpu, false), vec![], "{s}");
+        }
+    }
+
+    #[test]
+    fn a_stall_is_status_124_for_the_restart_rules() {
+        let stall = |m: &mut Machine, t0: Instant| {
+            sample(m, t0, Duration::ZERO, false);
+            for s in 1..=10 {
+                sample(m, t0 + s * SEC, Duration::ZERO, false);
+            }
+            assert!(matches!(m.state(), State::Stopping { .. }));
+            m.handle(term_killed(), t0 + 11 * SEC)
+        };
+        // `124 = "restart"`: restarted, not blocked as a stop would be.
+        let (mut m, t0) = stalling(10 * SEC, &[(124, ExitRule::Backoff)], RestartWhen::Never);
+        let d = decided(&stall(&mut m, t0));
+        assert_eq!((d.status, d.stalled), (124, true));
+        assert_eq!(d.why, Why::Exit(124, ExitRule::Backoff));
+        assert!(matches!(d.verdict, Verdict::Restart { number: 1, .. }));
+        let t1 = restart_at_deadline(&mut m);
+        assert_eq!(m.stop_reason(), None, "the new run has not stalled");
+        assert_eq!(m.deadline(), Some(t1), "a new baseline at once");
+        // The new run ends by itself: its own status.
+        m.handle(exited(0, false), t1 + SEC);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(0)));
+        assert_eq!(m.stop_reason(), None);
+        // on-failure: 124 is a failure (whatever signal ended the run).
+        let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::OnFailure);
+        let d = decided(&stall(&mut m, t0));
+        assert_eq!(d.why, Why::Policy(RestartWhen::OnFailure));
+        assert!(matches!(d.verdict, Verdict::Restart { .. }));
+        // `124 = "stop"`, or no rule with "never": the run ends with 124.
+        for (rules, when) in [
+            (&[(124, ExitRule::Stop)][..], RestartWhen::Always),
+            (&[][..], RestartWhen::Never),
+        ] {
+            let (mut m, t0) = stalling(10 * SEC, rules, when);
+            stall(&mut m, t0);
+            assert_eq!(m.finished(), Some(ExitStatus::Timeout));
+            assert_eq!(m.stop_reason(), Some(StopReason::Stall));
+        }
+    }
+
+    #[test]
+    fn a_stop_during_a_stall_stop_ends_the_restarts() {
+        for stop in [
+            Event::Signal(libc::SIGTERM),
+            Event::StopRequest { signal: None },
+        ] {
+            let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::Always);
+            sample(&mut m, t0, Duration::ZERO, false);
+            for s in 1..=10 {
+                sample(&mut m, t0 + s * SEC, Duration::ZERO, false);
+            }
+            assert_eq!(m.handle(stop, t0 + 11 * SEC), vec![]);
+            let actions = m.handle(term_killed(), t0 + 12 * SEC);
+            assert!(
+                !actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Decided(_) | Action::Spawn)),
+                "{actions:?}"
+            );
+            assert_eq!(m.finished(), Some(ExitStatus::Timeout));
+            assert!(matches!(
+                m.stop_reason(),
+                Some(StopReason::Signal(_) | StopReason::StopRequest)
+            ));
+        }
+    }
+
+    #[test]
+    fn the_stall_clock_pauses_while_the_job_is_stopped() {
+        let (mut m, t0) = stalling(10 * SEC, &[], RestartWhen::Never);
+        m.config.job_control = true;
+        sample(&mut m, t0, Duration::ZERO, false);
+        for s in 1..=5 {
+            sample(&mut m, t0 + s * SEC, Duration::ZERO, false);
+        }
+        // Ctrl-Z at 5.5 s; `fg` an hour later.
+        let stopped = t0 + 5 * SEC + SEC / 2;
+        assert_eq!(
+            m.handle(Event::ChildStopped(libc::SIGTSTP), stopped),
+            vec![Action::StopSelf(libc::SIGTSTP)]
+        );
+        assert_eq!(m.deadline(), None, "no samples while stopped");
+        assert!(!m.activity_due(stopped + 60 * MIN));
+        let fg = stopped + 60 * MIN;
+        assert_eq!(
+            m.handle(Event::Signal(libc::SIGCONT), fg),
+            vec![Action::Resume]
+        );
+        // 5.5 s of the 10 were left: samples go on where they were.
+        assert_eq!(m.deadline(), Some(fg + SEC / 2));
+        for s in 0..4 {
+            let at = fg + SEC / 2 + s * SEC;
+            assert_eq!(sample(&mut m, at, Duration::ZERO, false), vec![], "{s}");
+        }
+        let stalled = sample(&mut m, fg + SEC / 2 + 4 * SEC, Duration::ZERO, false);
+        assert_eq!(stalled[0], Action::Stalled(10 * SEC));
     }
 }

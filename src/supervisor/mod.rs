@@ -30,6 +30,10 @@
 //!    stop ourselves, hand the terminal over or take it back, spawn again;
 //! 5. once the machine says the supervision is over, return its exit status.
 //!
+//! With a `stall_timeout`, the machine's deadline also covers its watchdog's next
+//! sample: when [`Machine::activity_due`], the owner measures ([`Hooks::activity`]) and
+//! the sample goes to the machine as an event.
+//!
 //! The workspace's `.ralph/` directory is watched through the same signalfd (the kernel
 //! sends [`crate::watch::signal`] on every change): a stop-request file means a graceful
 //! stop, a deleted lock file is recreated and locked again by the owner ([`Hooks`]) —
@@ -43,7 +47,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -196,6 +200,9 @@ pub(crate) trait Hooks {
     /// worktree was removed: then say so); consume a stop request and say if there was
     /// one.
     fn workspace_changed(&mut self) -> Change;
+    /// A stall watchdog sample: the CPU time the child's process tree has used so far,
+    /// and whether a workspace file changed since the last sample.
+    fn activity(&mut self) -> (Duration, bool);
 }
 
 /// Supervises `child` until the machine says it is over; returns the exit status.
@@ -259,6 +266,16 @@ pub(crate) fn supervise(
                 job_has_stop |= terminal::sent_to_the_job(sig, received.code);
                 events.push(Event::Signal(sig));
             }
+        }
+        if machine.activity_due(now) {
+            let sampling = Instant::now();
+            let (cpu, files_changed) = hooks.activity();
+            let took_us = sampling.elapsed().as_micros() as u64;
+            debug!(
+                cpu_ms = cpu.as_millis() as u64,
+                files_changed, took_us, "stall check"
+            );
+            events.push(Event::Activity { cpu, files_changed });
         }
         if machine.deadline().is_some_and(|d| now >= d) {
             events.push(Event::Deadline);
@@ -362,6 +379,10 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &
             }
         }
         Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),
+        Action::Stalled(idle) => warn!(
+            "stalled: under 1 % of a CPU and no file changed for {}; stopping the command (status 124)",
+            crate::present::short_duration(Duration::from_secs(idle.as_secs()))
+        ),
         Action::Spawn | Action::Decided(_) => unreachable!("carry_out spawns and records"),
     }
 }

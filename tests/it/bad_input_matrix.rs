@@ -78,6 +78,11 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
     ("[run]\nenv = { A = 1 }\n", "2:13", "A"),
     ("[run]\nmax_runtime = \"1x\"\n", "2:15", "1x"),
     (
+        "[run]\nstall_timeout = \"0s\"\n",
+        "2:17",
+        "run.stall_timeout: \"0s\" is zero",
+    ),
+    (
         "[hooks]\non_start = \"make up\"\n",
         "2:12",
         "hooks.on_start must be an array of strings",
@@ -161,6 +166,7 @@ fn bad_flag_values_are_usage_errors() {
         &["run", "--restart-exit", "256=stop", "--", "true"],
         &["run", "--restart-exit", "75", "--", "true"],
         &["run", "--max-runtime", "1x", "--", "true"],
+        &["run", "--stall-timeout", "0s", "--", "true"],
         &["run", "--stop-grace", "", "--", "true"],
         &["run", "--log-format", "xml", "--", "true"],
         &["run", "--frobnicate", "--", "true"],

@@ -25,6 +25,7 @@ mod restart;
 mod security;
 mod service;
 mod signals;
+mod stall;
 mod stress;
 mod terminal;
 mod untrusted_text;
