@@ -16,18 +16,25 @@
 //! (`fs.inotify.max_user_watches`) or instances, each sample scans the workspace for
 //! the newest change time instead (a `lstat` per entry): slower, same answer.
 
+#[cfg(target_os = "linux")]
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
 use nix::errno::Errno;
+#[cfg(target_os = "linux")]
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use tracing::{debug, info};
+use tracing::debug;
+#[cfg(target_os = "linux")]
+use tracing::info;
 
 /// Samples the loop's activity for the watchdog.
 pub(crate) struct Watchdog {
     files: Files,
+    /// Whether the tree's CPU time can be read (`/proc`; not on macOS or FreeBSD).
+    cpu_known: bool,
 }
 
 impl Watchdog {
@@ -41,13 +48,21 @@ impl Watchdog {
             took_ms = started.elapsed().as_millis() as u64,
             "stall watchdog ready"
         );
-        Watchdog { files }
+        // Without the CPU figure idleness cannot be shown: every sample then counts as
+        // activity, and the watchdog never stops the loop.
+        let cpu_known = Path::new("/proc/self/stat").exists();
+        if !cpu_known {
+            tracing::warn!(
+                "stall_timeout: the loop's CPU time cannot be read here (no /proc); the stall watchdog is off"
+            );
+        }
+        Watchdog { files, cpu_known }
     }
 
     /// The CPU time the loop's process tree has used so far, and whether a file changed
     /// since the last sample.
     pub(crate) fn sample(&mut self) -> (Duration, bool) {
-        let changed = self.files.changed();
+        let changed = self.files.changed() || !self.cpu_known;
         (crate::procfs::tree_cpu(std::process::id()), changed)
     }
 }
@@ -61,6 +76,7 @@ struct Files {
 
 enum How {
     /// inotify, and the directory each watch is on.
+    #[cfg(target_os = "linux")]
     Watch {
         inotify: Inotify,
         dirs: HashMap<WatchDescriptor, PathBuf>,
@@ -69,6 +85,7 @@ enum How {
     Scan { newest: (i64, i64) },
 }
 
+#[cfg(target_os = "linux")]
 /// What a directory's watch reports: its entries made, removed, renamed, written or
 /// with changed metadata (not reads: a reader is not at work).
 fn mask() -> AddWatchFlags {
@@ -84,35 +101,50 @@ fn mask() -> AddWatchFlags {
 
 impl Files {
     fn new(root: PathBuf, skip: Vec<PathBuf>) -> Files {
-        let how = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
-            Ok(inotify) => {
-                let mut dirs = HashMap::new();
-                match watch_tree(&inotify, &mut dirs, &root, &skip) {
-                    Ok(()) => Some(How::Watch { inotify, dirs }),
-                    Err(e) => {
-                        info!(
-                            "stall watchdog: cannot watch every directory of the workspace ({e}, after {}); scanning it at each check instead",
-                            dirs.len()
-                        );
-                        None
-                    }
-                }
-            }
-            Err(e) => {
-                info!(
-                    "stall watchdog: cannot use inotify ({e}); scanning the workspace at each check instead"
-                );
-                None
-            }
-        };
+        let how = watch(&root, &skip);
         let how = how.unwrap_or_else(|| How::Scan {
             newest: newest_change(&root, &skip),
         });
         Files { root, skip, how }
     }
+}
 
+/// Elsewhere (macOS, FreeBSD: no inotify) every sample scans.
+#[cfg(not(target_os = "linux"))]
+fn watch(_root: &Path, _skip: &[PathBuf]) -> Option<How> {
+    None
+}
+
+/// inotify watches on the workspace's directories, or `None` (then samples scan).
+#[cfg(target_os = "linux")]
+fn watch(root: &Path, skip: &[PathBuf]) -> Option<How> {
+    match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+        Ok(inotify) => {
+            let mut dirs = HashMap::new();
+            match watch_tree(&inotify, &mut dirs, root, skip) {
+                Ok(()) => Some(How::Watch { inotify, dirs }),
+                Err(e) => {
+                    info!(
+                        "stall watchdog: cannot watch every directory of the workspace ({e}, after {}); scanning it at each check instead",
+                        dirs.len()
+                    );
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            info!(
+                "stall watchdog: cannot use inotify ({e}); scanning the workspace at each check instead"
+            );
+            None
+        }
+    }
+}
+
+impl Files {
     fn watched(&self) -> usize {
         match &self.how {
+            #[cfg(target_os = "linux")]
             How::Watch { dirs, .. } => dirs.len(),
             How::Scan { .. } => 0,
         }
@@ -120,15 +152,24 @@ impl Files {
 
     /// Whether anything changed since the last call.
     fn changed(&mut self) -> bool {
+        match &mut self.how {
+            How::Scan { newest } => {
+                let now = newest_change(&self.root, &self.skip);
+                let changed = now != *newest;
+                *newest = now;
+                changed
+            }
+            #[cfg(target_os = "linux")]
+            How::Watch { .. } => self.watched_changed(),
+        }
+    }
+
+    /// [`changed`](Self::changed), from the inotify events queued since the last call.
+    #[cfg(target_os = "linux")]
+    fn watched_changed(&mut self) -> bool {
         let Files { root, skip, how } = self;
         let How::Watch { inotify, dirs } = how else {
-            let How::Scan { newest } = how else {
-                unreachable!()
-            };
-            let now = newest_change(root, skip);
-            let changed = now != *newest;
-            *newest = now;
-            return changed;
+            unreachable!("called for a watch")
         };
         let mut changed = false;
         let mut new_dirs = Vec::new();
@@ -189,6 +230,7 @@ impl Files {
     }
 }
 
+#[cfg(target_os = "linux")]
 /// Adds a watch on `top` and every directory under it (not following symlinks, leaving
 /// out `skip`). Fails only when inotify is out of watches; directories that vanish or
 /// may not be read are passed over.
