@@ -117,15 +117,18 @@ impl LockFile {
     /// Who holds the lock: the file's word, and the kernel's (`/proc/locks`) only when
     /// the file does not say. Reading `/proc/locks` costs an RCU grace period (the kernel
     /// takes a global write lock for it: measured 4-15 ms), too much for every conflict.
-    /// When the processes the file names are gone (or it names none; not when they are
-    /// another pid namespace's), the processes that hold the lock now are looked for too (a scan of `/proc/*/fd`): call it only when
-    /// the lock is known to be held.
+    /// When the processes the file names are gone (not when they are another pid
+    /// namespace's), the processes that hold the lock now are looked for too (a scan of
+    /// `/proc/*/fd`, 2-3 ms): call it only when the lock is known to be held. A file
+    /// that names nobody (ralph's lock between runs, `flock(1)`) is not scanned for: the
+    /// kernel's word names the holder, and the fail-fast path stays cheap.
     pub(crate) fn holder(&self) -> Holder {
         let mut holder = self.holder_from_file();
-        if !matches!(holder.metadata, MetaState::Valid(_)) {
+        let named = matches!(holder.metadata, MetaState::Valid(_));
+        if !named {
             holder.kernel = self.kernel_holders();
         }
-        if holder.needs_scan() {
+        if named && holder.needs_scan() {
             if holder.kernel.is_none() {
                 holder.kernel = self.kernel_holders();
             }
