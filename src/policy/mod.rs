@@ -129,11 +129,11 @@ schema! {
         max: Option<Restarts> = None, "Most restarts in one run (or within `window`); then ralph-supervise gives up and exits with the command's status.", unset "unlimited", flag max_restarts;
         backoff_initial: Duration = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay;
         backoff_max: Duration = Duration::from_secs(60), "Longest delay between restarts; at least `backoff_initial`.";
-        window: Option<Duration> = None, "Span in which `max` counts restarts (a sliding window). One restart more within it, and ralph-supervise gives up with one log line and exits with the command's status. Every restart counts, whatever caused it.", unset "every restart of the run counts", flag restart_window;
+        window: Option<NonZeroDuration> = None, "Span in which `max` counts restarts (a sliding window). One restart more within it, and ralph-supervise gives up with one log line and exits with the command's status. Every restart counts, whatever caused it.", unset "every restart of the run counts", flag restart_window;
         exit: ExitActions = BTreeMap::new(), "What follows an exit status, over `policy`: \"stop\" (no restart), \"restart\" (after the backoff) or a fixed delay like \"30m\" (a usage limit). Written as a [restart.exit] section of CODE = \"ACTION\" lines; CODE is the command's exit code, 128+N when signal N killed it, 124 after a stall. A stop (a signal, a stop request, `max_runtime`) never restarts.", unset "every exit status follows `policy`", flag restart_exit;
     }
     [run] Run "`[run]`: the child's run." {
-        max_runtime: Option<Duration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
+        max_runtime: Option<NonZeroDuration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
         stall_timeout: Option<NonZeroDuration> = None, "Stop the command gracefully, as `max_runtime` does, once it has stalled this long: its process tree (the command and everything it started) used less than 1 % of one CPU and no file under the workspace changed (`.git/` included; `.ralph/supervise/` and other loops' worktrees left out). The run then ends with status 124, which `[restart.exit]` and `policy` look up like any other: a stall may restart. The clock pauses while the job is stopped (Ctrl-Z). Checked every tenth of the timeout (1 s to 60 s apart); unset, nothing is checked.", unset "no stall watchdog", flag stall_timeout;
         env: Env = BTreeMap::new(), "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines.";
     }

@@ -83,6 +83,16 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
         "run.stall_timeout: \"0s\" is zero",
     ),
     (
+        "[run]\nmax_runtime = \"0s\"\n",
+        "2:15",
+        "run.max_runtime: \"0s\" is zero",
+    ),
+    (
+        "[restart]\nwindow = \"0s\"\n",
+        "2:10",
+        "restart.window: \"0s\" is zero",
+    ),
+    (
         "[hooks]\non_start = \"make up\"\n",
         "2:12",
         "hooks.on_start must be an array of strings",
@@ -167,6 +177,8 @@ fn bad_flag_values_are_usage_errors() {
         &["run", "--restart-exit", "75", "--", "true"],
         &["run", "--max-runtime", "1x", "--", "true"],
         &["run", "--stall-timeout", "0s", "--", "true"],
+        &["run", "--max-runtime", "0s", "--", "true"],
+        &["run", "--restart-window", "0s", "--", "true"],
         &["run", "--stop-grace", "", "--", "true"],
         &["run", "--log-format", "xml", "--", "true"],
         &["run", "--frobnicate", "--", "true"],
