@@ -239,7 +239,7 @@ pub(crate) struct StopArgs {
     /// Signal the loop's command gets (TERM, SIGINT, 15, ...) [default: the loop's stop.signal, TERM unless set]
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     pub(crate) signal: Option<i32>,
-    /// How long to wait for the lock to be released
+    /// How long to wait for the lock to be released (longer than the loop's stop grace, when that is long)
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
     pub(crate) timeout: Duration,
     /// Kill the loop's process group at once instead of asking
