@@ -60,7 +60,7 @@ use crate::signals::{self, Class, classify};
 use crate::sys::{self, ChildSetup, Reaped};
 use crate::terminal::{self, Terminal};
 use crate::{stop_request, watch};
-use machine::{Action, Event, Machine};
+use machine::{Action, Event, Machine, State, StopReason};
 
 /// The supervisor's signal plumbing, set up before anything else happens: the
 /// platform's event source (a signalfd on Linux, a kqueue on macOS and FreeBSD).
@@ -302,7 +302,18 @@ fn carry_out(
     hooks: &mut dyn Hooks,
     job_has_stop: &mut bool,
 ) -> Result<(), Failure> {
-    for action in machine.handle(event, now) {
+    // Said here, where the machine's answers meet the log: a stop for running too long,
+    // and the KILL that ends a grace.
+    let was_stopping = matches!(machine.state(), State::Stopping { killed: false, .. });
+    let had_reason = machine.stop_reason();
+    let actions = machine.handle(event, now);
+    if had_reason.is_none() && machine.stop_reason() == Some(StopReason::MaxRuntime) {
+        info!("max_runtime reached: stopping the command (status 124)");
+    }
+    if was_stopping && actions.contains(&Action::SignalGroup(libc::SIGKILL)) {
+        warn!("the command did not stop within its stop grace: KILL to its process group");
+    }
+    for action in actions {
         if action == Action::Spawn {
             *child = hooks.respawn(machine.restarts())?;
             machine.spawned(Instant::now());

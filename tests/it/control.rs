@@ -321,11 +321,29 @@ fn max_runtime_stops_gracefully_and_exits_124() {
     let t0 = Instant::now();
     let mut p = ws.start_probe(&["--max-runtime", "300ms"], &["--exit-on", "TERM"]);
     p.expect_line("cleanup done");
-    assert_eq!(p.finish().code(), 124);
+    let out = p.finish();
+    assert_eq!(out.code(), 124);
     assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert!(out.stderr.contains("max_runtime reached"), "{}", out.stderr);
     assert_eq!(
         json(&ws.run(&["history", "--json"]))[0]["stopped_by"],
         "max-runtime"
+    );
+}
+
+/// A command that ignores the stop signal gets KILL after the grace, and the log says so.
+#[test]
+fn the_kill_after_the_grace_is_logged() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&["--max-runtime", "200ms", "--stop-grace", "300ms"], &[]);
+    p.expect_line("signal SIGTERM");
+    let out = p.finish();
+    assert_eq!(out.code(), 124, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("did not stop within its stop grace: KILL"),
+        "{}",
+        out.stderr
     );
 }
 
