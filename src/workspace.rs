@@ -14,15 +14,16 @@ pub(crate) use crate::ralph_dir::{RALPH_DIR, RalphDir};
 /// else the current directory. Always absolute and canonical.
 pub(crate) fn resolve(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
     if let Some(dir) = explicit {
-        return dir.canonicalize().map_err(|e| {
-            Failure::msg(
-                ExitStatus::Usage,
-                format!(
-                    "workspace {}: {e}; pass an existing directory to -C",
-                    dir.display()
-                ),
-            )
-        });
+        let usage = |why: &dyn std::fmt::Display| {
+            let dir = crate::present::path(dir);
+            let msg = format!("workspace {dir}: {why}; pass an existing directory to -C");
+            Failure::msg(ExitStatus::Usage, msg)
+        };
+        let dir = dir.canonicalize().map_err(|e| usage(&e))?;
+        if !dir.is_dir() {
+            return Err(usage(&"not a directory"));
+        }
+        return Ok(dir);
     }
     let cwd = std::env::current_dir()
         .and_then(|d| d.canonicalize())

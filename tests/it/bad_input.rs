@@ -136,6 +136,23 @@ fn missing_workspace_is_a_usage_error() {
 }
 
 #[test]
+fn a_file_as_the_workspace_is_a_usage_error() {
+    let ws = Workspace::new();
+    let file = ws.path.join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let mut c = Command::new(bin());
+    c.arg("-C").arg(&file).args(["run", "--", "true"]);
+    let out = Proc::spawn(c).finish();
+    assert_eq!(out.code(), 2, "{out:?}");
+    let line = out.stderr.trim_end();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("not a directory; pass an existing directory to -C"),
+        "{line}"
+    );
+}
+
+#[test]
 fn worktree_launch_without_git_says_so() {
     let ws = Workspace::git();
     let mut holder = ws.start_probe(&[], &["--exit-on", "TERM"]);
