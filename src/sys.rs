@@ -46,10 +46,29 @@ use linux as os;
 
 #[cfg(any(target_os = "macos", target_os = "freebsd"))]
 pub(crate) use os::process_identity;
+#[cfg(target_vendor = "apple")]
+pub(crate) use os::sigqueue;
 pub(crate) use os::{
     EventSource, ProcessHandle, SI_KERNEL, SI_QUEUE, abstract_socket_addr, become_subreaper,
-    realtime_min, reserve, sigqueue, watch_signal,
+    realtime_min, reserve, watch_signal,
 };
+
+/// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which the reader
+/// sees as `ssi_ptr` (Linux's signalfd) or `si_value` (FreeBSD), with `si_code`
+/// [`SI_QUEUE`]. macOS has none: its room answers `Unsupported`.
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+pub(crate) fn sigqueue(pid: i32, sig: i32, value: usize) -> io::Result<()> {
+    // The union's pointer member carries a number; nobody dereferences it.
+    let value = libc::sigval {
+        sival_ptr: value as *mut libc::c_void,
+    };
+    // SAFETY: a plain system call on values; no memory is shared with the kernel.
+    if unsafe { libc::sigqueue(pid, sig, value) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// One signal (or `.ralph/` change, as [`watch_signal`]) read from an [`EventSource`].
 #[derive(Debug, Clone, Copy)]

@@ -374,21 +374,6 @@ pub(crate) fn abstract_socket_addr(_name: &[u8]) -> io::Result<std::os::unix::ne
     ))
 }
 
-/// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload (`si_value`).
-#[cfg(target_os = "freebsd")]
-pub(crate) fn sigqueue(pid: i32, sig: i32, value: usize) -> io::Result<()> {
-    // The union's pointer member carries a number; nobody dereferences it.
-    let value = libc::sigval {
-        sival_ptr: value as *mut libc::c_void,
-    };
-    // SAFETY: a plain system call on values; no memory is shared with the kernel.
-    if unsafe { libc::sigqueue(pid, sig, value) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// macOS has no `sigqueue(3)`: callers fall back to the stop-request file.
 #[cfg(target_vendor = "apple")]
 pub(crate) fn sigqueue(_pid: i32, _sig: i32, _value: usize) -> io::Result<()> {

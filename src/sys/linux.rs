@@ -115,21 +115,6 @@ pub(crate) fn abstract_socket_addr(name: &[u8]) -> io::Result<std::os::unix::net
     std::os::unix::net::SocketAddr::from_abstract_name(name)
 }
 
-/// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which a signalfd
-/// reader sees as `ssi_ptr` (and `ssi_code` = `SI_QUEUE`).
-pub(crate) fn sigqueue(pid: i32, sig: i32, value: usize) -> io::Result<()> {
-    // The union's pointer member carries a number; nobody dereferences it.
-    let value = libc::sigval {
-        sival_ptr: value as *mut libc::c_void,
-    };
-    // SAFETY: a plain system call on values; no memory is shared with the kernel.
-    if unsafe { libc::sigqueue(pid, sig, value) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// The kernel's `struct sigaction` (the same layout on x86_64 and aarch64).
 #[repr(C)]
 struct KernelSigaction {
