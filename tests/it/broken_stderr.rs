@@ -36,12 +36,7 @@ fn start(ws: &Workspace, flags: &[&str], stderr: OwnedFd) -> Child {
         }
         ready.exists()
     });
-    wait_until("the child's pid in the metadata", LIMIT, || {
-        std::fs::read_to_string(ws.lock_path())
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|m| m["child_pid"].is_u64())
-    });
+    ws.child_pid();
     child
 }
 

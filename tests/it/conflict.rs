@@ -1,36 +1,15 @@
 //! Conflict policies against real second processes holding the lock: the binary itself
 //! and flock(1).
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::Signal;
 
 use crate::harness::*;
 
 /// flock(1) holding the workspace lock in its own process group, until killed.
-struct FlockHolder {
-    proc: Proc,
-}
-
-impl FlockHolder {
-    fn start(ws: &Workspace) -> FlockHolder {
-        std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-        let mut c = Command::new("flock");
-        c.arg(ws.lock_path())
-            .args(["sh", "-c", "echo locked; exec sleep 600"])
-            .process_group(0);
-        let mut proc = Proc::spawn(c);
-        proc.expect_line("locked");
-        FlockHolder { proc }
-    }
-
-    fn release(self) {
-        killpg(self.proc.pid(), Signal::SIGKILL).unwrap();
-    }
-}
-
 /// Waits until the process's stderr contains `text`.
 fn stderr_has(p: &Proc, text: &str) {
     wait_until(&format!("{text:?} on stderr"), LIMIT, || {
@@ -268,7 +247,7 @@ fn takeover_refuses_to_signal_an_unconfirmed_pid() {
     let ws = Workspace::new();
     let holder = FlockHolder::start(&ws);
     // Metadata as ralph writes it: no start time, so the pid cannot be confirmed.
-    let pid = holder.proc.pid().as_raw();
+    let pid = holder.pid().as_raw();
     let meta =
         format!(r#"{{"pid":{pid},"started":"2026-01-01T00:00:00Z","prompt":"ralph's own loop"}}"#);
     std::fs::write(ws.lock_path(), &meta).unwrap();

@@ -1,11 +1,9 @@
 //! status, list, stop, wait, history; stop requests, restarts, max runtime, and a lock
 //! file deleted under a running loop.
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::harness::*;
@@ -421,13 +419,7 @@ fn history_appends_from_many_supervisors_never_tear() {
 fn ralph_loops_stop_style_request_reaches_a_waiting_holder_only_once() {
     // A flock(1) holder has no supervisor: `stop` cannot confirm it and says so.
     let ws = Workspace::new();
-    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-    let mut c = Command::new("flock");
-    c.arg(ws.lock_path())
-        .args(["sh", "-c", "echo locked; exec sleep 600"])
-        .process_group(0);
-    let mut holder = Proc::spawn(c);
-    holder.expect_line("locked");
+    let holder = FlockHolder::start(&ws);
     let out = ws.run(&["stop", "--kill"]);
     assert_eq!(out.code(), 125, "{out:?}");
     assert!(out.stderr.contains("refusing to kill"), "{}", out.stderr);
@@ -435,7 +427,7 @@ fn ralph_loops_stop_style_request_reaches_a_waiting_holder_only_once() {
         kill(Pid::from_raw(holder.pid().as_raw()), None).is_ok(),
         "not signalled"
     );
-    killpg(holder.pid(), Signal::SIGKILL).unwrap();
+    holder.release();
 }
 
 /// Starts a probe that dies of any of `exit_on`, stops it with `stop_args`, and returns

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -104,6 +105,21 @@ impl Workspace {
     pub fn metadata(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(self.lock_path()).unwrap();
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("lock metadata {text:?}: {e}"))
+    }
+
+    /// The child's pid once the supervisor has recorded it in the lock metadata (it writes
+    /// it right after the spawn, concurrently with the child's start): waits for it.
+    pub fn child_pid(&self) -> i32 {
+        let mut child = 0;
+        wait_until("the child's pid in the metadata", LIMIT, || {
+            child = std::fs::read_to_string(self.lock_path())
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|m| m["child_pid"].as_i64())
+                .unwrap_or(0) as i32;
+            child != 0
+        });
+        child
     }
 
     /// `ralph-supervise -C <ws> <args>`, not yet spawned.
@@ -490,4 +506,33 @@ pub fn pty() -> (OwnedFd, OwnedFd) {
     let name = ptsname_r(&master).unwrap();
     let slave = nix::fcntl::open(name.as_str(), flags, nix::sys::stat::Mode::empty()).unwrap();
     (master.into(), slave)
+}
+
+/// `flock(1)` holding a workspace's lock (no metadata: a foreign holder), in a process
+/// group of its own with its `sleep`.
+pub struct FlockHolder {
+    proc: Proc,
+}
+
+impl FlockHolder {
+    pub fn start(ws: &Workspace) -> FlockHolder {
+        std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+        let mut c = Command::new("flock");
+        c.arg(ws.lock_path())
+            .args(["sh", "-c", "echo locked; exec sleep 600"])
+            .process_group(0);
+        let mut proc = Proc::spawn(c);
+        proc.expect_line("locked");
+        FlockHolder { proc }
+    }
+
+    /// flock(1)'s pid, its process group's id.
+    pub fn pid(&self) -> Pid {
+        self.proc.pid()
+    }
+
+    /// Kills flock(1) and its `sleep`: the lock is free.
+    pub fn release(self) {
+        nix::sys::signal::killpg(self.proc.pid(), Signal::SIGKILL).unwrap();
+    }
 }

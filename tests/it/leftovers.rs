@@ -26,15 +26,7 @@ fn escaped_holder_named(ws: &Workspace, program: &str) -> (Proc, i32) {
     let mut sup = Proc::spawn(ws.cmd(&["run", "--", "sh", "-c", script, program]));
     sup.expect_line("ready");
     let grandchild: i32 = sup.value("pid").parse().unwrap();
-    let mut child = 0;
-    wait_until("the child's pid in the metadata", LIMIT, || {
-        child = std::fs::read_to_string(ws.lock_path())
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|m| m["child_pid"].as_i64())
-            .unwrap_or(0) as i32;
-        child != 0
-    });
+    let child = ws.child_pid();
     wait_until("the grandchild to hold the lock descriptor", LIMIT, || {
         std::fs::read_dir(format!("/proc/{grandchild}/fd"))
             .map(|fds| {
@@ -97,15 +89,7 @@ fn a_foreign_holder_after_a_dead_loop_is_named_and_never_signalled() {
     // A loop dies whole (supervisor and child SIGKILLed): its metadata stays behind.
     let mut sup = Proc::spawn(ws.cmd(&["run", "--", "sh", "-c", "echo ready; exec sleep 1000"]));
     sup.expect_line("ready");
-    let mut child = 0;
-    wait_until("the child's pid in the metadata", LIMIT, || {
-        child = std::fs::read_to_string(ws.lock_path())
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|m| m["child_pid"].as_i64())
-            .unwrap_or(0) as i32;
-        child != 0
-    });
+    let child = ws.child_pid();
     sup.signal(Signal::SIGKILL);
     sup.wait(LIMIT);
     kill(Pid::from_raw(child), Signal::SIGKILL).unwrap();

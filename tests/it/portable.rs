@@ -2,11 +2,6 @@
 //! `/proc/locks` (a non-blocking probe, and the metadata's word confirmed by start
 //! time), forced here with `RALPH_SUPERVISE_TEST_NO_PROC_LOCKS=1`.
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-
-use nix::sys::signal::{Signal, killpg};
-
 use crate::harness::*;
 
 const NO_PROC_LOCKS: &str = "RALPH_SUPERVISE_TEST_NO_PROC_LOCKS";
@@ -54,13 +49,7 @@ fn a_holder_without_metadata_is_running_but_unnamed() {
     // flock(1) writes no metadata: the probe sees the lock held, nobody is named, and
     // `stop` refuses to signal what it cannot confirm.
     let ws = Workspace::new();
-    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
-    let mut c = Command::new("flock");
-    c.arg(ws.lock_path())
-        .args(["sh", "-c", "echo locked; exec sleep 600"])
-        .process_group(0);
-    let mut holder = Proc::spawn(c);
-    holder.expect_line("locked");
+    let holder = FlockHolder::start(&ws);
     let out = run_without_proc_locks(&ws, &["status"]);
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(out.stdout.contains("holder unknown"), "{}", out.stdout);
@@ -70,5 +59,5 @@ fn a_holder_without_metadata_is_running_but_unnamed() {
     let refused = run_without_proc_locks(&ws, &["stop", "--kill"]);
     assert_eq!(refused.code(), 125, "{refused:?}");
     assert!(alive(holder.pid().as_raw()), "not signalled");
-    killpg(holder.pid(), Signal::SIGKILL).unwrap();
+    holder.release();
 }

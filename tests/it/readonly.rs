@@ -14,8 +14,9 @@ fn root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// `ralph-supervise -C <ws> <args>` as user and group nobody, without supplementary groups.
-fn as_nobody(ws: &Workspace, args: &[&str]) -> Output {
+/// `ralph-supervise -C <ws> <args>` as user and group nobody, without supplementary
+/// groups, not yet spawned.
+fn nobody_cmd(ws: &Workspace, args: &[&str]) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args([
         &format!("--reuid={NOBODY}"),
@@ -29,7 +30,12 @@ fn as_nobody(ws: &Workspace, args: &[&str]) -> Output {
     .current_dir("/")
     .env_remove("RUST_LOG")
     .stdin(std::process::Stdio::null());
-    Proc::spawn(cmd).finish()
+    cmd
+}
+
+/// [`nobody_cmd`], run to its end.
+fn as_nobody(ws: &Workspace, args: &[&str]) -> Output {
+    Proc::spawn(nobody_cmd(ws, args)).finish()
 }
 
 /// A workspace nobody may read but not write: the temporary directory is made
@@ -87,21 +93,7 @@ fn status_list_wait_and_history_work_for_a_user_who_cannot_write() {
     assert_eq!(wait.code(), 124, "{wait:?}");
 
     // A waiter blocked on the lock sees it freed.
-    let mut waiter = Proc::spawn({
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            bin(),
-            "-C",
-        ])
-        .arg(&ws.path)
-        .args(["wait", "--timeout", "20s"])
-        .current_dir("/")
-        .stdin(std::process::Stdio::null());
-        cmd
-    });
+    let mut waiter = Proc::spawn(nobody_cmd(&ws, &["wait", "--timeout", "20s"]));
     assert_eq!(std::fs::read(ws.lock_path()).unwrap(), before);
     p.signal(Signal::SIGTERM);
     p.wait(LIMIT);
