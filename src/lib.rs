@@ -178,6 +178,6 @@ fn init_logging(global: &GlobalArgs, policy: Option<&policy::Policy>) {
         .log_format
         .or(policy.map(|p| p.log.format))
         .unwrap_or(LogFormat::Text);
-    let level = policy.map(|p| p.log.level.as_str()).unwrap_or("info");
+    let level = policy.map_or("info", |p| policy::Keyword::as_str(p.log.level));
     logging::init(format, level, global.verbose, global.quiet);
 }

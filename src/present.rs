@@ -21,7 +21,7 @@ use crate::history;
 use crate::lock::{Holder, LoopState, MetaState};
 use crate::metadata::{LastExit, Mode, format_time};
 use crate::procfs;
-use crate::supervisor::machine::{Decision, ExitRule, RestartWhen, Verdict, Why};
+use crate::supervisor::machine::{Decision, RestartWhen, Verdict, Why};
 use crate::worktree::registry;
 
 /// Whether `c` must not reach a terminal as it is: the C0 and C1 control characters
@@ -409,14 +409,7 @@ fn last_exit(last: &LastExit) -> String {
 /// `restart.policy = "on-failure"`.
 pub(crate) fn restart_why(why: Why) -> String {
     match why {
-        Why::Exit(status, rule) => {
-            let action = match rule {
-                ExitRule::Stop => "stop".to_string(),
-                ExitRule::Backoff => "restart".to_string(),
-                ExitRule::After(delay) => short_duration(delay),
-            };
-            format!("restart.exit {status} = \"{action}\"")
-        }
+        Why::Exit(status, rule) => format!("restart.exit {status} = \"{rule}\""),
         Why::Policy(when) => {
             let when = match when {
                 RestartWhen::Never => "never",
@@ -668,6 +661,7 @@ pub(crate) fn run_end(r: &history::Record) -> String {
 mod tests {
     use super::*;
     use crate::metadata::Metadata;
+    use crate::supervisor::machine::ExitRule;
 
     #[test]
     fn escape_writes_control_characters_as_literals() {

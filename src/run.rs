@@ -26,11 +26,9 @@ use crate::history;
 use crate::hooks;
 use crate::lock::{self, Acquire, LockFile};
 use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
-use crate::policy::{ExitAction, OnConflict, OnExit, Orphans, Policy, RestartPolicy};
+use crate::policy::{OnConflict, OnExit, Orphans, Policy, RestartPolicy};
 use crate::procfs;
-use crate::supervisor::machine::{
-    self, Decision, ExitRule, Machine, RestartWhen, StopReason, Verdict,
-};
+use crate::supervisor::machine::{self, Decision, Machine, RestartWhen, StopReason, Verdict};
 use crate::supervisor::{self, Change, Child, Hooks, Signals};
 use crate::terminal::Terminal;
 use crate::workspace::RalphDir;
@@ -404,16 +402,7 @@ fn machine_config(policy: &Policy, job_control: bool) -> machine::Config {
             window: policy.restart.window,
             backoff_initial: policy.restart.backoff_initial,
             backoff_max: policy.restart.backoff_max,
-            exit: (policy.restart.exit.iter())
-                .map(|(status, action)| {
-                    let rule = match *action {
-                        ExitAction::Stop => ExitRule::Stop,
-                        ExitAction::Restart => ExitRule::Backoff,
-                        ExitAction::Delay(delay) => ExitRule::After(delay),
-                    };
-                    (*status, rule)
-                })
-                .collect(),
+            exit: policy.restart.exit.clone(),
         },
         max_runtime: policy.run.max_runtime,
         stall_timeout: policy.run.stall_timeout,

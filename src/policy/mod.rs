@@ -75,6 +75,13 @@ keywords! {
         Text = "text", "For people.";
         Json = "json", "One JSON object per line, for collectors.";
     }
+    LogLevel "The least severe level logged." {
+        Error = "error", "Errors only.";
+        Warn = "warn", "Warnings and errors.";
+        Info = "info", "What the supervisor does: lock taken, child started and ended.";
+        Debug = "debug", "Each decision and system event, for finding a problem.";
+        Trace = "trace", "Everything.";
+    }
 }
 /// The key table: `key: Kind = default, "man text" [, unset "meaning"] [, flag name];`.
 macro_rules! schema {
@@ -144,7 +151,7 @@ schema! {
     }
     [log] Log "`[log]`: the supervisor's own logging." {
         format: LogFormat = LogFormat::Text, "Format of ralph-supervise's own log lines on standard error.", flag log_format;
-        level: LogLevel = "info".to_string(), "Least severe level logged: \"error\", \"warn\", \"info\", \"debug\" or \"trace\". `RUST_LOG`, `-v` and `-q` win over it.";
+        level: LogLevel = LogLevel::Info, "Least severe level logged. `RUST_LOG`, `-v` and `-q` win over it.";
     }
 }
 /// One row of the key table: what the file reader, `policy show`, the man page and the

@@ -14,9 +14,11 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::show::{format_duration, quoted, toml_key};
+use super::show::{quoted, toml_key};
 use super::{Key, Policy, PolicyFile, SECTIONS, key};
 use crate::exit::{ExitStatus, Failure};
+use crate::present::short_duration as format_duration;
+use crate::supervisor::machine::ExitRule;
 
 /// A complaint about the policy text, at a byte offset.
 #[derive(Debug)]
@@ -150,14 +152,11 @@ pub(crate) fn read_text(key: &Key, policy: &mut Policy, text: &str) -> Result<()
     let doc = format!("v = {text}");
     let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
     let value = doc.get_ref().get("v").ok_or("no value")?;
-    (key.read)(
-        policy,
-        &Val {
-            key: key.full,
-            value,
-        },
-    )
-    .map_err(|Bad(_, msg)| msg)
+    let v = Val {
+        key: key.full,
+        value,
+    };
+    (key.read)(policy, &v).map_err(|Bad(_, msg)| msg)
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
@@ -189,13 +188,52 @@ fn strings(items: &[String]) -> String {
     let items: Vec<String> = items.iter().map(|s| quoted(s)).collect();
     format!("[{}]", items.join(", "))
 }
+/// An inline TOML table, `{ a = 1, b = 2 }`, of keys and values already written as TOML.
+fn inline_table(pairs: impl Iterator<Item = (String, String)>) -> String {
+    let pairs: Vec<String> = pairs
+        .map(|(k, v)| format!("{} = {v}", toml_key(&k)))
+        .collect();
+    if pairs.is_empty() {
+        "{}".into()
+    } else {
+        format!("{{ {} }}", pairs.join(", "))
+    }
+}
+type Item<'a, 'i> = (Range<usize>, &'a str, &'a Spanned<DeValue<'i>>);
+/// A table's entries in file order: each key's span and name, and its value.
+fn entries<'a, 'i>(v: &Val<'a, 'i>, lines: &str) -> Result<Vec<Item<'a, 'i>>, Bad> {
+    let DeValue::Table(table) = v.value.get_ref() else {
+        let hint = format!("write a [{}] section with {lines}", v.key);
+        return Err(v.wrong_type("a table", &hint));
+    };
+    let entry = |(k, value): Entry<'a, 'i>| (k.span(), k.get_ref().as_ref(), value);
+    Ok(in_file_order(table).into_iter().map(entry).collect())
+}
+/// An array of strings, each checked by `check(index, text)`, which says why not.
+fn string_array(
+    v: &Val,
+    hint: &str,
+    check: impl Fn(usize, &str) -> Result<(), String>,
+) -> Result<Vec<String>, Bad> {
+    let DeValue::Array(items) = v.value.get_ref() else {
+        return Err(v.wrong_type("an array of strings", hint));
+    };
+    let read = |(i, value)| {
+        let item = Val {
+            key: &format!("{}[{i}]", v.key),
+            value,
+        };
+        let text = item.string(hint)?;
+        check(i, text).map_err(|why| item.bad(why))?;
+        Ok(text.to_string())
+    };
+    items.iter().enumerate().map(read).collect()
+}
 /// "an integer", "a string".
 fn a(type_name: &str) -> String {
     let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
-/// The values of `log.level`, least verbose first.
-pub(crate) const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// How a key's value is read, checked and shown. `DOC` names the type in the man page;
 /// `VALUES` lists a keyword's spellings and meanings; `show` is `None` when unset.
@@ -264,82 +302,47 @@ macro_rules! kinds {
         }
     )+};
 }
-/// What `[restart.exit]` says to do after one exit status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ExitAction {
-    /// Do not restart, whatever `restart.policy` says.
-    Stop,
-    /// Restart after the backoff.
-    Restart,
-    /// Restart after this fixed delay (no backoff).
-    Delay(Duration),
-}
 const EXIT_ACTION: &str = "write \"stop\", \"restart\" or a delay like \"30m\"";
 const EXIT_STATUS: &str =
     "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
 
 /// `[restart.exit]`: `CODE = "stop" | "restart" | "<delay>"`, CODE from 0 to 255.
 impl Kind for ExitActions {
-    type Out = BTreeMap<u8, ExitAction>;
+    type Out = BTreeMap<u8, ExitRule>;
     const DOC: &'static str = "table of exit actions";
     const ENTRY: Option<&'static str> = Some("CODE=ACTION");
     fn read(v: &Val) -> Result<Self::Out, Bad> {
-        let hint = format!("write a [{}] section with lines like 75 = \"30m\"", v.key);
-        let DeValue::Table(table) = v.value.get_ref() else {
-            return Err(v.wrong_type("a table", &hint));
-        };
         let mut actions = BTreeMap::new();
-        for (name, value) in in_file_order(table) {
-            let (span, name) = (name.span(), name.get_ref().as_ref());
+        for (span, name, value) in entries(v, "lines like 75 = \"30m\"")? {
             let digits = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
-            let code = match name.parse::<u32>() {
-                Ok(code) if digits => {
-                    u8::try_from(code).map_err(|_| format!("{code} is out of range"))
-                }
-                _ if digits => Err(format!("{name} is out of range")),
-                _ => Err(format!("{name:?} is not an exit code")),
+            let code = match name.parse::<u32>().ok().filter(|_| digits) {
+                Some(code) => u8::try_from(code).map_err(|_| format!("{code} is out of range")),
+                None if digits => Err(format!("{name} is out of range")),
+                None => Err(format!("{name:?} is not an exit code")),
             };
-            let code = code.map_err(|what| {
-                Bad::at(span.clone(), format!("{}: {what}; {EXIT_STATUS}", v.key))
-            })?;
+            let what = |what: String| format!("{}: {what}", v.key);
+            let code =
+                code.map_err(|e| Bad::at(span.clone(), what(format!("{e}; {EXIT_STATUS}"))))?;
             if actions.contains_key(&code) {
-                let msg = format!("{}: exit code {code} is given twice; keep one", v.key);
-                return Err(Bad::at(span, msg));
+                let twice = format!("exit code {code} is given twice; keep one");
+                return Err(Bad::at(span, what(twice)));
             }
             let full = format!("{}.{code}", v.key);
             let v = Val { key: &full, value };
             let text = v.string(EXIT_ACTION)?;
-            let action = match text.trim() {
-                "stop" => ExitAction::Stop,
-                "restart" => ExitAction::Restart,
-                delay => match humantime::parse_duration(delay) {
-                    Ok(delay) => ExitAction::Delay(delay),
-                    Err(_) => {
-                        return Err(v.bad(format!("{text:?} is not an action; {EXIT_ACTION}")));
-                    }
-                },
-            };
-            actions.insert(code, action);
+            let not = |_| v.bad(format!("{text:?} is not an action; {EXIT_ACTION}"));
+            actions.insert(code, text.trim().parse().map_err(not)?);
         }
         Ok(actions)
     }
     fn show(actions: &Self::Out) -> Option<String> {
-        let pairs: Vec<String> = (actions.iter())
-            .map(|(code, action)| format!("{code} = {}", quoted(&exit_action(*action))))
-            .collect();
         // None: not set, every exit status follows `restart.policy`.
-        (!pairs.is_empty()).then(|| format!("{{ {} }}", pairs.join(", ")))
+        let pair = |(code, rule): (&u8, &ExitRule)| (code.to_string(), quoted(&rule.to_string()));
+        let pairs = actions.iter().map(pair);
+        (!actions.is_empty()).then(|| inline_table(pairs))
     }
     fn merge(into: &mut Self::Out, value: Self::Out) {
         into.extend(value);
-    }
-}
-/// `stop`, `restart`, `30m`: an action as the policy file spells it.
-pub(crate) fn exit_action(action: ExitAction) -> String {
-    match action {
-        ExitAction::Stop => "stop".into(),
-        ExitAction::Restart => "restart".into(),
-        ExitAction::Delay(delay) => format_duration(delay),
     }
 }
 
@@ -351,7 +354,6 @@ pub(crate) struct Dir;
 pub(crate) struct BranchPrefix;
 pub(crate) struct Signal;
 pub(crate) struct Env;
-pub(crate) struct LogLevel;
 pub(crate) struct ExitActions;
 pub(crate) struct Argv;
 pub(crate) struct Globs;
@@ -399,22 +401,10 @@ kinds! {
     } |dir| quoted(&dir.to_string_lossy());
     BranchPrefix => String, "string", |v| {
         let prefix = v.string("write a prefix in quotes, like \"ralph/\"")?;
-        let parts = || prefix.split('/');
-        let why = if prefix.starts_with('/') || prefix.starts_with('-') {
-            "it may not start with / or -"
-        } else if prefix.contains("..") || prefix.contains("//") || prefix.contains("@{") {
-            "it may not contain .., // or @{"
-        } else if prefix.chars().any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c)) {
-            "it may not contain spaces, control characters or any of ~^:?*[\\"
-        } else if parts().any(|part| part.starts_with('.')) {
-            "no part of it may start with a dot"
-        } else if parts().any(|part| part.ends_with(".lock")) {
-            "no part of it may end in .lock"
-        } else {
-            return Ok(prefix.to_string());
-        };
-        let use_ = "use a prefix like \"ralph/\"";
-        Err(v.bad(format!("{prefix:?} is not a usable branch prefix ({why}); {use_}")))
+        match crate::worktree::id::branch_prefix_problem(prefix) {
+            None => Ok(prefix.to_string()),
+            Some(why) => Err(v.bad(format!("{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\""))),
+        }
     } |prefix| quoted(prefix);
     Signal => i32, "string or integer", |v| {
         let text = match v.value.get_ref() {
@@ -429,13 +419,8 @@ kinds! {
         }
     } |signal| quoted(&crate::signals::name(*signal));
     Env => BTreeMap<String, String>, "table of strings", |v| {
-        let hint = "write a [run.env] section with lines like NAME = \"value\"";
-        let DeValue::Table(table) = v.value.get_ref() else {
-            return Err(v.wrong_type("a table", hint));
-        };
         let mut env = BTreeMap::new();
-        for (name, value) in in_file_order(table) {
-            let (span, name) = (name.span(), name.get_ref().as_ref());
+        for (span, name, value) in entries(v, "lines like NAME = \"value\"")? {
             if name.is_empty() || name.contains(['=', '\0']) {
                 let use_ = "use a name without = or NUL, like RUST_LOG";
                 let msg = format!("run.env: {name:?} is not a usable variable name; {use_}");
@@ -450,56 +435,21 @@ kinds! {
             env.insert(name.to_string(), text.to_string());
         }
         Ok(env)
-    } |env| {
-        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{} = {}", toml_key(k), quoted(v))).collect();
-        if pairs.is_empty() { "{}".to_string() } else { format!("{{ {} }}", pairs.join(", ")) }
-    };
+    } |env| inline_table(env.iter().map(|(k, v)| (k.clone(), quoted(v))));
     Argv => Vec<String>, "array of strings", |v| {
         let hint = "write the program and its arguments as an array, like [\"make\", \"up\"]";
-        let DeValue::Array(items) = v.value.get_ref() else {
-            return Err(v.wrong_type("an array of strings", hint));
-        };
-        if items.is_empty() {
+        if v.value.get_ref().as_array().is_some_and(|a| a.is_empty()) {
             return Err(v.bad(format!("the array is empty; {hint}, or leave the key out")));
         }
-        let mut argv = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let full = format!("{}[{i}]", v.key);
-            let item = Val { key: &full, value: item };
-            let text = item.string(hint)?;
-            if text.contains('\0') {
-                return Err(item.bad("it contains a NUL character; remove it"));
-            }
-            if i == 0 && text.is_empty() {
-                return Err(item.bad("the program name is empty; name a program, like \"make\""));
-            }
-            argv.push(text.to_string());
-        }
-        Ok(argv)
+        string_array(v, hint, |i, text| match text {
+            _ if text.contains('\0') => Err("it contains a NUL character; remove it".into()),
+            "" if i == 0 => Err("the program name is empty; name a program, like \"make\"".into()),
+            _ => Ok(()),
+        })
     } |argv| strings(argv);
     Globs => Vec<String>, "array of strings", |v| {
         let hint = "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
-        let DeValue::Array(items) = v.value.get_ref() else {
-            return Err(v.wrong_type("an array of strings", hint));
-        };
-        let mut globs = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let full = format!("{}[{i}]", v.key);
-            let item = Val { key: &full, value: item };
-            let text = item.string(hint)?;
-            if let Err(why) = crate::worktree::copy::check_glob(text) {
-                return Err(item.bad(format!("{text:?} is not a usable glob ({why}); {hint}")));
-            }
-            globs.push(text.to_string());
-        }
-        Ok(globs)
+        string_array(v, hint, |_, text| crate::worktree::copy::check_glob(text)
+            .map_err(|why| format!("{text:?} is not a usable glob ({why}); {hint}")))
     } |globs| strings(globs);
-    LogLevel => String, "string", |v| {
-        let list = LOG_LEVELS.join(", ");
-        let level = v.string(&format!("write one of {list}, in quotes"))?;
-        match LOG_LEVELS.contains(&level) {
-            true => Ok(level.to_string()),
-            false => Err(v.bad(format!("{level:?} is not valid; expected one of {list}"))),
-        }
-    } |level| quoted(level);
 }

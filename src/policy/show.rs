@@ -2,7 +2,6 @@
 //! `--help` show it.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use super::{Effective, Source, TABLE};
 
@@ -29,10 +28,6 @@ pub(crate) fn show(e: &Effective) -> String {
         };
     }
     out
-}
-/// `1h30m`, `10s`, `250ms`: humantime's form without its spaces (it parses back).
-pub(super) fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string().replace(' ', "")
 }
 pub(crate) fn quoted(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()

@@ -1,6 +1,7 @@
 use super::read::line_col;
-use super::show::format_duration;
 use super::*;
+use crate::present::short_duration as format_duration;
+use crate::supervisor::machine::ExitRule;
 use std::collections::HashMap;
 
 /// The value file `$f` sets for `$sec.$key`, if it sets it.
@@ -118,9 +119,9 @@ fn full_file() -> PolicyFile {
             backoff_max: Duration::from_secs(3600),
             window: Some(Duration::from_secs(6 * 3600)),
             exit: BTreeMap::from([
-                (0, ExitAction::Stop),
-                (1, ExitAction::Restart),
-                (75, ExitAction::Delay(Duration::from_secs(1800))),
+                (0, ExitRule::Stop),
+                (1, ExitRule::Backoff),
+                (75, ExitRule::After(Duration::from_secs(1800))),
             ]),
         };
         p.run = Run {
@@ -138,7 +139,7 @@ fn full_file() -> PolicyFile {
         };
         p.log = Log {
             format: LogFormat::Json,
-            level: "trace".into(),
+            level: LogLevel::Trace,
         };
     })
 }
@@ -170,9 +171,9 @@ fn every_enum_value_parses() {
         let f = parsed(&format!("[restart]\npolicy = \"{v}\"\n"));
         assert_eq!(set!(f, restart.policy), Some(*v));
     }
-    for level in LOG_LEVELS {
-        let f = parsed(&format!("[log]\nlevel = \"{level}\"\n"));
-        assert_eq!(set!(f, log.level).as_deref(), Some(level));
+    for v in LogLevel::ALL {
+        let f = parsed(&format!("[log]\nlevel = \"{v}\"\n"));
+        assert_eq!(set!(f, log.level), Some(*v));
     }
     assert_eq!(
         set!(parsed("[log]\nformat = \"text\"\n"), log.format),
@@ -280,7 +281,7 @@ fn defaults() {
     assert_eq!(p.run.max_runtime, None);
     assert!(p.run.env.is_empty());
     assert_eq!(p.log.format, LogFormat::Text);
-    assert_eq!(p.log.level, "info");
+    assert_eq!(p.log.level, LogLevel::Info);
     // An empty file changes nothing but the provenance of nothing.
     let e = resolve(
         Some(("/x.toml".into(), PolicyFile::default())),
@@ -317,7 +318,7 @@ fn file_overrides_defaults_and_flags_override_file() {
         p.stop.signal = libc::SIGINT;
         p.restart.policy = RestartPolicy::OnFailure;
         p.restart.max = Some(3);
-        p.log.level = "debug".into();
+        p.log.level = LogLevel::Debug;
     });
     let flags = flags(&[
         ("on_conflict", "takeover"),
@@ -340,7 +341,7 @@ fn file_overrides_defaults_and_flags_override_file() {
     assert_eq!(p.restart.policy, RestartPolicy::OnFailure);
     assert_eq!(p.restart.max, Some(3));
     assert_eq!(e.source("restart.max"), &Source::File(path.clone()));
-    assert_eq!(p.log.level, "debug");
+    assert_eq!(p.log.level, LogLevel::Debug);
     // Default.
     assert_eq!(p.stop.orphans, Orphans::Kill);
     assert_eq!(e.source("stop.orphans"), &Source::Default);
@@ -401,8 +402,8 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.run.stall_timeout, Some(Duration::from_secs(5)));
     // Each --restart-exit adds its entry over the file's.
     let exit = Vec::from_iter(p.restart.exit.clone());
-    let (stop, restart) = (ExitAction::Stop, ExitAction::Restart);
-    let minute = ExitAction::Delay(Duration::from_secs(60));
+    let (stop, restart) = (ExitRule::Stop, ExitRule::Backoff);
+    let minute = ExitRule::After(Duration::from_secs(60));
     assert_eq!(exit, [(0, stop), (1, restart), (3, minute), (75, stop)]);
     assert_eq!(p.run.max_runtime, Some(Duration::from_secs(4)));
     assert_eq!(p.log.format, LogFormat::Text);
@@ -410,7 +411,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.conflict.after_timeout, AfterTimeout::Worktree);
     assert_eq!(p.worktree.on_exit, OnExit::QueueMerge);
     assert_eq!(p.restart.backoff_max, Duration::from_secs(3600));
-    assert_eq!(p.log.level, "trace");
+    assert_eq!(p.log.level, LogLevel::Trace);
     for key in KEYS {
         let expected = if super::key(key).unwrap().flag.is_some() {
             Source::Flag
@@ -980,8 +981,8 @@ fn shipped_examples_are_valid() {
     );
     let overnight = get("overnight.toml");
     let exit = set!(overnight, restart.exit).unwrap();
-    assert_eq!(exit.get(&0), Some(&ExitAction::Stop));
-    assert!(matches!(exit.get(&75), Some(ExitAction::Delay(d)) if *d >= Duration::from_secs(60)));
+    assert_eq!(exit.get(&0), Some(&ExitRule::Stop));
+    assert!(matches!(exit.get(&75), Some(ExitRule::After(d)) if *d >= Duration::from_secs(60)));
     assert!(set!(overnight, restart.window).flatten().is_some());
     assert!(set!(overnight, restart.max).flatten().is_some());
     let parallel = get("parallel-agents.toml");
@@ -1095,10 +1096,10 @@ fn restart_exit_entries_and_window() {
     assert_eq!(
         exit,
         [
-            (0, ExitAction::Stop),
-            (75, ExitAction::Delay(Duration::from_secs(1800))),
-            (137, ExitAction::Restart),
-            (255, ExitAction::Delay(Duration::ZERO)),
+            (0, ExitRule::Stop),
+            (75, ExitRule::After(Duration::from_secs(1800))),
+            (137, ExitRule::Backoff),
+            (255, ExitRule::After(Duration::ZERO)),
         ]
     );
     // The inline spelling, as `policy show` writes it, is the same table.
@@ -1172,7 +1173,7 @@ fn restart_exit_flags_add_entries() {
     let exit = Vec::from_iter(e.policy.restart.exit.clone());
     assert_eq!(
         exit,
-        [(0, ExitAction::Stop), (75, ExitAction::Restart)],
+        [(0, ExitRule::Stop), (75, ExitRule::Backoff)],
         "the last use of a code wins"
     );
     assert_eq!(e.source("restart.exit"), &Source::Flag);

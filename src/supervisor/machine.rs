@@ -52,6 +52,27 @@ pub(crate) enum ExitRule {
     After(Duration),
 }
 
+/// An exit rule as the policy file and the logs spell it: `stop`, `restart`, `30m`.
+impl std::str::FromStr for ExitRule {
+    type Err = humantime::DurationError;
+    fn from_str(text: &str) -> Result<ExitRule, Self::Err> {
+        Ok(match text {
+            "stop" => ExitRule::Stop,
+            "restart" => ExitRule::Backoff,
+            delay => ExitRule::After(humantime::parse_duration(delay)?),
+        })
+    }
+}
+impl std::fmt::Display for ExitRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            ExitRule::Stop => f.write_str("stop"),
+            ExitRule::Backoff => f.write_str("restart"),
+            ExitRule::After(delay) => f.write_str(&crate::present::short_duration(*delay)),
+        }
+    }
+}
+
 /// Restart settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Restart {

@@ -75,6 +75,28 @@ pub fn generate_id(prompt: &str, taken: &dyn Fn(&str) -> bool) -> String {
     }
 }
 
+/// Why `prefix` cannot start a git branch name `<prefix><id>`, if it cannot (git's
+/// ref-name rules that a prefix can break).
+pub(crate) fn branch_prefix_problem(prefix: &str) -> Option<&'static str> {
+    let parts = || prefix.split('/');
+    Some(if prefix.starts_with('/') || prefix.starts_with('-') {
+        "it may not start with / or -"
+    } else if prefix.contains("..") || prefix.contains("//") || prefix.contains("@{") {
+        "it may not contain .., // or @{"
+    } else if prefix
+        .chars()
+        .any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c))
+    {
+        "it may not contain spaces, control characters or any of ~^:?*[\\"
+    } else if parts().any(|part| part.starts_with('.')) {
+        "no part of it may start with a dot"
+    } else if parts().any(|part| part.ends_with(".lock")) {
+        "no part of it may end in .lock"
+    } else {
+        return None;
+    })
+}
+
 /// Whether `id` has the shape [`generate_id`] produces: `[a-z0-9]` runs joined by single
 /// dashes, at most [`MAX_ID_LEN`] characters.
 pub fn is_valid_id(id: &str) -> bool {
