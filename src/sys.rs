@@ -49,8 +49,8 @@ pub(crate) use os::process_identity;
 #[cfg(target_vendor = "apple")]
 pub(crate) use os::sigqueue;
 pub(crate) use os::{
-    EventSource, ProcessHandle, SI_KERNEL, SI_QUEUE, abstract_socket_addr, become_subreaper,
-    realtime_min, reserve, watch_signal,
+    EventSource, Listener, ProcessHandle, SI_KERNEL, SI_QUEUE, Trapped, abstract_socket_addr,
+    become_subreaper, handover_available, realtime_min, reserve, watch_signal,
 };
 
 /// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which the reader
@@ -171,6 +171,9 @@ pub(crate) struct ChildSetup {
     pub(crate) inherit_fd: Option<RawFd>,
     /// The terminal to make the child's process group the foreground of.
     pub(crate) tty: Option<RawFd>,
+    /// Lock hand-over: install the `flock` filter last and send its listener over this
+    /// socket (see [`crate::handover`]).
+    pub(crate) handover: Option<RawFd>,
 }
 
 /// Puts the child in a process group of its own and installs `setup` to run in the
@@ -217,6 +220,11 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         }
+        if let Some(sock) = setup.handover {
+            // Last: from here on every flock of this process and its descendants waits
+            // for the answerer. (Two system calls and a sendmsg on stack values.)
+            os::install_flock_filter(sock)?;
+        }
         Ok(())
     };
     // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (see
@@ -224,6 +232,38 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     unsafe {
         cmd.pre_exec(hook);
     }
+}
+
+/// Passes `fds` open to the process `cmd` starts (close-on-exec cleared in the child
+/// only), in a process group of its own: the lock hand-over's answerer, which the
+/// terminal's Ctrl-C and the end-of-run clean-up of the child's group must not reach.
+pub(crate) fn pass_fds(cmd: &mut Command, fds: [RawFd; 2]) {
+    cmd.process_group(0);
+    let hook = move || -> io::Result<()> {
+        for fd in fds {
+            // SAFETY: fcntl on an fd number we own; async-signal-safe.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes two fcntl calls on integers: async-signal-safe, no allocation.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the parent (named on our command
+/// line); fails when it is not open.
+pub(crate) fn inherited_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_GETFD only asks whether `fd` is open.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is open, was passed to this process for it to own, and nothing else
+    // in this process knows its number.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn empty_sigset() -> libc::sigset_t {

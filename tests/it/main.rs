@@ -11,6 +11,7 @@ mod completions;
 mod conflict;
 mod control;
 mod faults;
+mod handover;
 mod hooks;
 mod leftovers;
 mod lifecycle;
