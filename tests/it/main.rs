@@ -21,6 +21,7 @@ mod pid1;
 mod pipelines;
 mod portable;
 mod props;
+mod ralph;
 mod readonly;
 mod restart;
 mod security;
