@@ -6,14 +6,17 @@
 //!   return must never free the workspace while the child lives);
 //! * the code that runs in the child between `fork` and `exec`, which must be
 //!   async-signal-safe: no allocation, no logging, no locks;
-//! * `sigqueue(3)`, a signal with a payload (nix does not wrap it).
+//! * `sigqueue(3)`, a signal with a payload (nix does not wrap it);
+//! * the lock hand-over's seccomp filter (installed last between fork and exec) and
+//!   its listener ([`Listener`]; see [`crate::handover`]).
 //!
 //! # Platforms
 //!
 //! What is the same on every Unix lives here; each platform has one room below with
 //! the same names in it, and callers never branch on the platform:
 //!
-//! * `linux.rs`: signalfd, dnotify, pidfd, `prctl`, `fallocate`;
+//! * `linux.rs`: signalfd, dnotify, pidfd, `prctl`, `fallocate`, seccomp user
+//!   notification;
 //! * `kqueue.rs` (macOS, FreeBSD): one kqueue (`EVFILT_SIGNAL`, `EVFILT_VNODE`,
 //!   `EVFILT_PROC`), `proc_pidinfo` / `kinfo_proc`, `procctl`.
 //!

@@ -1,5 +1,5 @@
-//! Linux's room: signalfd, dnotify, pidfd, `prctl`, `fallocate` and glibc's reserved
-//! real-time signals. Everything here has a counterpart of the same name in
+//! Linux's room: signalfd, dnotify, pidfd, `prctl`, `fallocate`, glibc's reserved
+//! real-time signals, and the lock hand-over's seccomp filter and listener. Everything here has a counterpart of the same name in
 //! `kqueue.rs` (macOS, FreeBSD); `sys.rs` lists them.
 
 use std::io;

@@ -231,3 +231,33 @@ fn without_seccomp_always_refuses_and_auto_warns() {
     let out = ws.run(&["run", "--handover=never", "--", ralph]);
     assert_eq!(out.stdout, "inner=1");
 }
+
+/// Without CAP_SYS_ADMIN (an ordinary user) the filter needs `no_new_privs`: the child
+/// runs with it (set-user-ID programs cannot raise privileges) and gets the lock all
+/// the same; with it (root here) the child's privileges are left alone.
+#[test]
+fn no_new_privs_only_when_the_filter_needs_it() {
+    let script = "grep NoNewPrivs /proc/self/status; flock -n .ralph/loop.lock echo got it";
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: not root (the other hand-over tests run unprivileged already)");
+        return;
+    }
+    let ws = Workspace::new();
+    let out = ws.run(&["run", "--handover", "--", "sh", "-c", script]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "NoNewPrivs:\t0\ngot it");
+    let ws = Workspace::new();
+    std::os::unix::fs::chown(&ws.path, Some(65534), Some(65534)).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(crate::harness::bin())
+        .arg("-C")
+        .arg(&ws.path)
+        .args(["run", "--handover", "--", "sh", "-c", script])
+        .current_dir(&ws.path)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null());
+    let out = Proc::spawn(cmd).finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "NoNewPrivs:\t1\ngot it");
+}
