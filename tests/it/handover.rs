@@ -261,3 +261,44 @@ fn no_new_privs_only_when_the_filter_needs_it() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(out.stdout, "NoNewPrivs:\t1\ngot it");
 }
+
+/// A child that rewrites the lock file as ralph does (truncate, then `{pid, started,
+/// prompt}` of its own): `status`, `list`, `stop` and a takeover still find the loop
+/// through the supervisor's sidecar, confirmed by start times.
+#[test]
+fn status_list_and_takeover_work_when_the_child_rewrites_the_lock_file() {
+    let ws = Workspace::new();
+    let script = r#"exec python3 -c '
+import fcntl, json, os, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+f = open(".ralph/loop.lock", "r+")
+fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+f.truncate(0)
+f.write(json.dumps({"pid": os.getpid(), "started": "2026-01-01T00:00:00Z", "prompt": "own write"}))
+f.flush()
+print("written", flush=True)
+signal.sigwait([signal.SIGTERM])
+print("terminated", flush=True)
+'"#;
+    let mut sup = supervised(&ws, &["--handover"], script);
+    sup.expect_line("written");
+    let child = sidecar_child(&ws);
+    assert_eq!(ws.metadata()["pid"].as_i64(), Some(child));
+    assert!(ws.metadata().get("supervisor_pid").is_none());
+    let status = ws.run(&["status", "--json"]);
+    assert_eq!(status.code(), 0, "{}", status.stderr);
+    let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let text = s.to_string();
+    assert!(text.contains(&sup.pid().as_raw().to_string()), "{text}");
+    assert!(text.contains(&child.to_string()), "{text}");
+    let list = ws.run(&["list"]);
+    assert_eq!(list.code(), 0, "{}", list.stderr);
+    assert!(list.stdout.contains("primary"), "{}", list.stdout);
+    // A takeover asks the supervisor to stop (its child gets TERM), then runs.
+    let take = ws.run(&["run", "--on-conflict", "takeover", "--", "true"]);
+    assert_eq!(take.code(), 0, "{}", take.stderr);
+    sup.expect_line("terminated");
+    let out = sup.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(!ws.lock_held());
+}

@@ -97,6 +97,19 @@ impl Ralph {
         f.write_all(b"go\n").unwrap();
     }
 
+    /// Opens the gate if an agent waits at it (one left over after its ralph was
+    /// stopped: ralph starts its agent in a process group of its own).
+    fn open_gate_if_waiting(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let gate = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.ctl("gate"));
+        if let Ok(mut f) = gate {
+            let _ = f.write_all(b"go\n");
+        }
+    }
+
     fn wait_iteration(&self, n: u32) {
         let file = self.ctl(&format!("started-{n}"));
         wait_until(&format!("ralph's iteration {n}"), LIMIT, || file.exists());
@@ -430,4 +443,25 @@ fn ralph_finishes_after_its_supervisor_is_killed() {
     }
     wait_until("the workspace to be free", LIMIT, || !r.ws.lock_held());
     r.no_worktree();
+}
+
+/// The supervisor's own stop (`ralph-supervise stop`) works as before: ralph gets the
+/// stop signal, and the run is recorded as a stop request, not restarted.
+#[test]
+fn ralph_supervise_stop_stops_a_supervised_ralph() {
+    let Some(r) = Ralph::new(true) else { return };
+    r.gate();
+    let sup = r.supervise(&["--restart", "always"], &["-a"]);
+    r.wait_iteration(1);
+    let pid = r.ralph_pid(&r.ws.path);
+    let stop = r.ws.run(&["stop", "--timeout", "15s"]);
+    assert_eq!(stop.code(), 0, "{}\n{}", stop.stdout, stop.stderr);
+    r.open_gate_if_waiting();
+    let out = sup.finish();
+    assert!(!alive(pid));
+    assert_ne!(out.status.code(), Some(0), "{}", out.stderr);
+    let record = &r.history()[0];
+    assert_eq!(record["stopped_by"], "stop-request", "{record}");
+    assert_eq!(record["restarts"], 0, "{record}");
+    assert!(!r.ws.lock_held());
 }
