@@ -110,6 +110,29 @@ pub(crate) fn plan(when: Handover, command: &[OsString]) -> Result<bool, Failure
     }
 }
 
+/// ralph 2.10.1's `run` takes its working directory as its workspace (it sets its
+/// workspace root from it, over `RALPH_WORKSPACE_ROOT`): started below the workspace it
+/// would lock a `.ralph/loop.lock` of its own there, beside the one we hold. Say so
+/// (once, before the start) rather than move it: its relative arguments (`-c
+/// ralph.yml`) mean the directory it was started in.
+pub(crate) fn warn_if_ralph_starts_below(command: &[OsString], workspace: &Path) {
+    let Ok(cwd) = std::env::current_dir() else {
+        return;
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if is_ralph(command) && !same(&cwd, workspace) {
+        warn!(
+            "ralph takes its working directory {} as its workspace, not {}: it will lock its own .ralph/loop.lock there; start it from the workspace or pass -C {}",
+            cwd.display(),
+            workspace.display(),
+            workspace.display()
+        );
+    }
+}
+
 /// Starts the answerer for one spawn with a copy of `lock` (the locked description);
 /// returns the child's end of the socket that carries the listener to it.
 pub(crate) fn start_answerer(lock: BorrowedFd<'_>) -> io::Result<OwnedFd> {

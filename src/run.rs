@@ -99,6 +99,9 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     let mut facts = None;
     let status = match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
         Next::Primary(lock) => {
+            if !settings.chdir {
+                crate::handover::warn_if_ralph_starts_below(&settings.command, &settings.workspace);
+            }
             let place = Place::Primary {
                 workspace: &settings.workspace,
                 loop_id: new_loop_id(),

@@ -465,3 +465,54 @@ fn ralph_supervise_stop_stops_a_supervised_ralph() {
     assert_eq!(record["restarts"], 0, "{record}");
     assert!(!r.ws.lock_held());
 }
+
+/// Started from a subdirectory: ralph 2.10.1's `run` takes its working directory as its
+/// workspace (over `RALPH_WORKSPACE_ROOT`), so without `-C` the supervisor says that it
+/// will lock a file of its own there; with `-C` it starts in the workspace and locks the
+/// very file the supervisor holds.
+#[test]
+fn ralph_started_in_a_subdirectory() {
+    let Some(r) = Ralph::new(true) else { return };
+    r.promise();
+    let sub = r.ws.path.join("src/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    let run = |dash_c: bool| {
+        let mut cmd = Command::new(crate::harness::bin());
+        if dash_c {
+            cmd.arg("-C").arg(&r.ws.path);
+        }
+        cmd.arg("run")
+            .arg("--")
+            .args(r.run_argv(&["-a"]))
+            .current_dir(&sub)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null());
+        git_identity(&mut cmd);
+        Proc::spawn(cmd).finish()
+    };
+    let out = run(false);
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("takes its working directory") && out.stderr.contains("-C"),
+        "{}",
+        out.stderr
+    );
+    r.gate();
+    let mut cmd_done = None;
+    std::thread::scope(|s| {
+        let h = s.spawn(|| run(true));
+        r.wait_iteration(2);
+        let pid = r.ralph_pid(&r.ws.path);
+        assert!(alive(pid));
+        r.open_gate();
+        cmd_done = Some(h.join().unwrap());
+    });
+    let out = cmd_done.unwrap();
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        !out.stderr.contains("takes its working directory"),
+        "{}",
+        out.stderr
+    );
+    r.no_worktree();
+}
