@@ -135,9 +135,11 @@ fn a_killed_supervisor_leaves_the_loop_working_and_the_lock_held_until_it_ends()
     let mut sup = supervised(&ws, &["--handover"], script);
     sup.expect_line("held");
     let child = sidecar_child(&ws) as i32;
+    let answerer = answerer_of(sup.pid().as_raw());
     sup.signal(Signal::SIGKILL);
     sup.wait(LIMIT);
     assert!(alive(child));
+    assert!(alive(answerer), "the answerer went with the supervisor");
     release(&gate);
     // Its flock calls still get answered: no ENOSYS, no hang.
     sup.expect_line("other lock ok");
@@ -146,6 +148,28 @@ fn a_killed_supervisor_leaves_the_loop_working_and_the_lock_held_until_it_ends()
     release(&end);
     wait_until("the child to end", LIMIT, || !alive(child));
     wait_until("the workspace to be free", LIMIT, || !ws.lock_held());
+    // Its tree gone, the answerer is gone too.
+    wait_until("the answerer to exit", LIMIT, || !alive(answerer));
+}
+
+/// The answerer the supervisor `sup` started (its child running `handover-answer`).
+fn answerer_of(sup: i32) -> i32 {
+    let mut found = 0;
+    wait_until(
+        "the answerer among the supervisor's children",
+        LIMIT,
+        || {
+            found = crate::harness::children_of(sup)
+                .into_iter()
+                .find(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("handover-answer"))
+                })
+                .unwrap_or(0);
+            found != 0
+        },
+    );
+    found
 }
 
 #[test]
