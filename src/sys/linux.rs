@@ -577,3 +577,45 @@ impl AsFd for Listener {
         self.fd.as_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the classic BPF program over one `seccomp_data` (only `nr` and `arch` are
+    /// read), as the kernel would: the three opcodes the filter uses.
+    fn run(prog: &[libc::sock_filter], nr: u32, arch: u32) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                LD_ABS => a = if i.k == NR { nr } else { arch },
+                JEQ => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                RET => return i.k,
+                other => panic!("opcode {other:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_filter_sends_flock_of_either_abi_to_the_listener_and_nothing_else() {
+        let notify = libc::SECCOMP_RET_USER_NOTIF;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        let [(native, flock), (compat, compat_flock)] = ARCHES;
+        assert_eq!(run(&FLOCK_FILTER, flock, native), notify);
+        assert_eq!(run(&FLOCK_FILTER, compat_flock, compat), notify);
+        // The other ABI's flock number is another call here, and the reverse.
+        assert_eq!(run(&FLOCK_FILTER, compat_flock, native), allow);
+        assert_eq!(run(&FLOCK_FILTER, flock, compat), allow);
+        // Every other call, and an unknown architecture, goes through.
+        for nr in (0..512).filter(|&nr| nr != flock) {
+            assert_eq!(run(&FLOCK_FILTER, nr, native), allow, "nr {nr}");
+        }
+        assert_eq!(run(&FLOCK_FILTER, flock, 0x1234), allow);
+        // x32 (bit 30 of the number) is not trapped: documented.
+        assert_eq!(run(&FLOCK_FILTER, flock | 0x4000_0000, native), allow);
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        assert_eq!(flock as libc::c_long, libc::SYS_flock);
+    }
+}
