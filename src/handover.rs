@@ -137,14 +137,21 @@ pub(crate) fn warn_if_ralph_starts_below(command: &[OsString], workspace: &Path)
 /// returns the child's end of the socket that carries the listener to it.
 pub(crate) fn start_answerer(lock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let (ours, child_end) = std::os::unix::net::UnixDatagram::pair()?;
+    // Inheritable copies, alive only across this spawn (nothing else is spawned
+    // meanwhile): std then starts it with posix_spawn, without a pre-exec hook.
+    let sock = nix::unistd::dup(ours.as_fd())?;
+    let lock = nix::unistd::dup(lock)?;
+    drop(ours);
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0("ralph-supervise")
         .arg(ANSWER_COMMAND)
-        .arg(ours.as_raw_fd().to_string())
+        .arg(sock.as_raw_fd().to_string())
         .arg(lock.as_raw_fd().to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    sys::pass_fds(&mut cmd, [ours.as_raw_fd(), lock.as_raw_fd()]);
+        .stdout(Stdio::null())
+        // A process group of its own: the terminal's Ctrl-C and the end-of-run
+        // clean-up of the child's group never reach it.
+        .process_group(0);
     // Never waited for here: the event loop reaps it like any descendant.
     drop(cmd.spawn()?);
     Ok(child_end.into())

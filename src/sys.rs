@@ -237,26 +237,6 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     }
 }
 
-/// Passes `fds` open to the process `cmd` starts (close-on-exec cleared in the child
-/// only), in a process group of its own: the lock hand-over's answerer, which the
-/// terminal's Ctrl-C and the end-of-run clean-up of the child's group must not reach.
-pub(crate) fn pass_fds(cmd: &mut Command, fds: [RawFd; 2]) {
-    cmd.process_group(0);
-    let hook = move || -> io::Result<()> {
-        for fd in fds {
-            // SAFETY: fcntl on an fd number we own; async-signal-safe.
-            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the hook makes two fcntl calls on integers: async-signal-safe, no allocation.
-    unsafe {
-        cmd.pre_exec(hook);
-    }
-}
-
 /// Takes ownership of descriptor `fd`, inherited from the parent (named on our command
 /// line); fails when it is not open.
 pub(crate) fn inherited_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
