@@ -655,7 +655,14 @@ impl Hooks for Session<'_> {
                 .checked_add_signed(delay)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
         );
-        if let Err(e) = self.write_metadata().and_then(|()| self.record()) {
+        // After the child's exit: the lock file (no child to rewrite it) and, with a
+        // hand-over child, the sidecar.
+        let written = if self.handover {
+            self.write_metadata().and_then(|()| self.record())
+        } else {
+            self.write_metadata()
+        };
+        if let Err(e) = written {
             warn!(
                 "cannot record the coming restart in {}: {e}",
                 self.lock.path().display()
