@@ -296,6 +296,50 @@ def idle_and_rss():
     return idle, rss
 
 
+def handover():
+    """The lock hand-over's costs: the spawn (answerer, filter), one trapped flock on an
+    unrelated file, and a cargo build whose own flocks all go through the answerer."""
+    ws = workspace()
+    cmds = {
+        "run -- true": [BIN, "-C", ws, "run", "--handover=never", "--", "true"],
+        "run --handover -- true": [BIN, "-C", ws, "run", "--handover", "--", "true"],
+    }
+    res = timed_runs(cmds, N_LAUNCH)
+    base = statistics.median(res["run -- true"])
+    for k, v in res.items():
+        record("hand-over: spawn cost", k, v, base=base)
+
+    other = os.path.join(ws, "other.lock")
+    per_call = {}
+    for name, flag in [("without the filter", "--handover=never"), ("trapped, let through", "--handover")]:
+        out = subprocess.run([BIN, "-C", ws, "run", flag, "--", STAMP, "--flock", "2000", other],
+                             stdin=DEVNULL, stdout=subprocess.PIPE, text=True, check=True).stdout
+        per_call[name] = [int(x) / 1000 for x in out.split()]
+    base = statistics.median(per_call["without the filter"])
+    for k, v in per_call.items():
+        record("hand-over: one flock(2) on an unrelated file", k, v, unit="µs", base=base)
+
+    cargo = shutil.which("cargo")
+    crate = tempfile.mkdtemp(prefix="rs-bench-crate-")
+    subprocess.run([cargo, "init", "-q", "--name", "tiny", crate], check=True)
+    with open(os.path.join(crate, "src", "main.rs"), "w") as f:
+        f.write("".join(f"fn f{i}(x: u64) -> u64 {{ x.wrapping_mul({i} + 1) }}\n" for i in range(200)))
+        f.write("fn main() {" + "".join(f" println!(\"{{}}\", f{i}({i}));" for i in range(200)) + " }\n")
+    builds = {"cargo build (no filter)": "--handover=never", "cargo build (filter, every flock trapped)": "--handover"}
+    res = {k: [] for k in builds}
+    for n in range(3 if QUICK else 20):
+        # Alternate the order, so that neither build always follows the other.
+        for k, flag in (list(builds.items()) if n % 2 == 0 else list(builds.items())[::-1]):
+            subprocess.run([cargo, "clean", "-q"], cwd=crate, check=True)
+            t = time.perf_counter()
+            subprocess.run([BIN, "-C", crate, "run", flag, "--", cargo, "build", "--offline", "-q"],
+                           stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL, check=True)
+            res[k].append((time.perf_counter() - t) * 1000)
+    base = statistics.median(res["cargo build (no filter)"])
+    for k, v in res.items():
+        record("hand-over: cargo build --offline of a small crate in a supervised loop", k, v, base=base)
+
+
 def main():
     machine = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
     cpu = ""
@@ -311,6 +355,7 @@ def main():
     signal_latency()
     stop_latency()
     worktree_launch()
+    handover()
     idle, rss = idle_and_rss()
     size = os.path.getsize(BIN)
 

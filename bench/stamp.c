@@ -1,8 +1,14 @@
 /* A minimal child for latency benchmarks: prints CLOCK_MONOTONIC in nanoseconds.
+ * With --flock N FILE it instead times N flock(LOCK_EX) calls on its own descriptor of
+ * FILE (each a no-op once held, so under the hand-over's filter each costs exactly one
+ * round trip to the answerer) and prints each call's duration in nanoseconds.
  * With --wait-stdin it first prints "ready", waits for end of input, then stamps and
  * exits: the stamp is the last thing it does before exiting. With --on-term it prints
  * "ready" and stamps when its SIGTERM handler runs. */
+#include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <sys/file.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -37,6 +43,25 @@ int main(int argc, char **argv) {
             pause();
         printf("%lld\n", (long long)got_at.tv_sec * 1000000000LL + got_at.tv_nsec);
         fflush(stdout);
+        return 0;
+    }
+    if (argc > 3 && strcmp(argv[1], "--flock") == 0) {
+        int n = atoi(argv[2]);
+        int fd = open(argv[3], O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            perror("open");
+            return 1;
+        }
+        for (int i = 0; i < n; i++) {
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            if (flock(fd, LOCK_EX) != 0) {
+                perror("flock");
+                return 1;
+            }
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            printf("%lld\n", (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec));
+        }
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "--wait-stdin") == 0) {

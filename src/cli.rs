@@ -109,6 +109,14 @@ pub(crate) enum Command {
     /// Report what this process inherited, then each signal it receives (for tests)
     #[command(hide = true)]
     Probe(ProbeArgs),
+    /// Answer the lock hand-over's trapped flock calls (started by `run`)
+    #[command(name = "handover-answer", hide = true)]
+    HandoverAnswer {
+        /// The socket the child sends its seccomp listener over
+        socket: i32,
+        /// The locked descriptor
+        lock: i32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +181,14 @@ fn policy_flag(key: &'static Key) -> clap::Arg {
     let arg = match key.entry {
         Some(_) => arg.action(clap::ArgAction::Append),
         None => arg,
+    };
+    // `--handover` alone: "always" (an optional value must then follow `=`).
+    let arg = match name {
+        "handover" => arg
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("always"),
+        _ => arg,
     };
     match key.values {
         [] => arg.value_parser(check),

@@ -14,6 +14,7 @@ pub(crate) mod completions;
 pub(crate) mod conflict;
 pub(crate) mod control;
 pub mod exit;
+pub(crate) mod handover;
 pub mod history;
 pub(crate) mod hooks;
 pub(crate) mod lock;
@@ -151,6 +152,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
                 .or_fail(format!("cannot write manual pages to {}", dir.display()))?;
             Ok(ExitStatus::SUCCESS)
         }
+        Command::HandoverAnswer { socket, lock } => handover::answer(socket, lock),
         Command::Probe(args) => {
             // The test probe dies of SIGPIPE like any plain Unix tool.
             sys::default_sigpipe();

@@ -32,6 +32,10 @@ const READ_LIMIT: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct LockFile {
     file: RalphFile,
+    /// A hand-over loop's own metadata (`.ralph/supervise/loop.json`), read when the
+    /// lock was found held: its child (ralph) rewrote the lock file with its own three
+    /// fields, so the supervisor's pids and start times are there.
+    sidecar: Option<Box<Metadata>>,
 }
 
 /// Result of trying the lock.
@@ -49,7 +53,10 @@ impl LockFile {
         let file = dir
             .open(LOCK_FILE, Access::ReadWrite, true)?
             .expect("created");
-        Ok(LockFile { file })
+        Ok(LockFile {
+            file,
+            sidecar: None,
+        })
     }
 
     /// Opens the lock file of `dir` read-only if it exists (never creates it), for those
@@ -58,7 +65,10 @@ impl LockFile {
     pub(crate) fn open_to_probe(dir: &RalphDir) -> Result<Option<LockFile>, Failure> {
         Ok(dir
             .open(LOCK_FILE, Access::Read, false)?
-            .map(|file| LockFile { file }))
+            .map(|file| LockFile {
+                file,
+                sidecar: crate::handover::read_sidecar(dir).map(Box::new),
+            }))
     }
 
     /// Whether nobody holds the lock, by a non-blocking attempt that, if it succeeds,
@@ -190,6 +200,8 @@ impl LockFile {
 
     fn holder_from_file(&self) -> Holder {
         let metadata = match self.read_raw() {
+            // A running hand-over loop's own record wins over its child's write.
+            _ if self.sidecar.is_some() => MetaState::Valid(self.sidecar.clone().expect("checked")),
             Ok(bytes) => match Metadata::parse(&bytes) {
                 Ok(Some(m)) => MetaState::Valid(Box::new(m)),
                 Ok(None) => MetaState::Empty,
@@ -224,8 +236,14 @@ impl AsFd for LockFile {
 /// the path still names the locked inode (if someone replaced the file, start over).
 pub(crate) fn try_acquire(dir: &RalphDir) -> Result<Acquire, Failure> {
     Ok(match dir.try_lock(LOCK_FILE)? {
-        TryLock::Locked(file) => Acquire::Acquired(LockFile { file }),
-        TryLock::Held(file) => Acquire::Held(LockFile { file }),
+        TryLock::Locked(file) => Acquire::Acquired(LockFile {
+            file,
+            sidecar: None,
+        }),
+        TryLock::Held(file) => Acquire::Held(LockFile {
+            file,
+            sidecar: crate::handover::read_sidecar(dir).map(Box::new),
+        }),
     })
 }
 

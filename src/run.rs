@@ -21,6 +21,8 @@ use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
 use crate::conflict::{self, Next};
+use std::os::fd::{AsFd, AsRawFd};
+
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::history;
 use crate::hooks;
@@ -88,18 +90,26 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     // Looked up now, so that a wait for the lock hands off without these system calls.
     self_identity();
 
+    // Before the workspace is taken: "always" where the system cannot is refused.
+    let handover = crate::handover::plan(settings.policy.lock.handover, &settings.command)?;
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     // Set once `on_start` has had its turn: then `on_exit` has one too.
     let mut facts = None;
     let status = match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
         Next::Primary(lock) => {
+            if !settings.chdir {
+                crate::handover::warn_if_ralph_starts_below(&settings.command, &settings.workspace);
+            }
             let place = Place::Primary {
                 workspace: &settings.workspace,
                 loop_id: new_loop_id(),
             };
-            run_locked(&settings, &signals, &dir, lock, &place, &mut facts).status
+            run_locked(
+                &settings, &signals, &dir, lock, &place, handover, &mut facts,
+            )
+            .status
         }
-        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo, &mut facts),
+        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo, handover, &mut facts),
         Next::Exit(status) => return Ok(status),
     };
     // After the last run and the release (and the worktree's `on_exit`).
@@ -176,6 +186,7 @@ fn run_in_worktree(
     settings: &RunSettings,
     signals: &Signals,
     repo: PathBuf,
+    handover: bool,
     facts: &mut Option<hooks::Facts>,
 ) -> Result<ExitStatus, Failure> {
     let prompt = settings.prompt_text();
@@ -216,6 +227,7 @@ fn run_in_worktree(
         &dir,
         lock,
         &Place::Worktree(&created),
+        handover,
         facts,
     );
     if !ran.spawned {
@@ -280,6 +292,7 @@ fn run_locked(
     dir: &RalphDir,
     lock: LockFile,
     place: &Place<'_>,
+    handover: bool,
     facts: &mut Option<hooks::Facts>,
 ) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
@@ -306,6 +319,9 @@ fn run_locked(
         registered: false,
         discarded: false,
         watchdog: None,
+        handover,
+        honours_stop: handover && crate::handover::is_ralph(&settings.command),
+        stop_noted: false,
     };
     let result = match session.write_metadata() {
         Err(e) => Err(Failure::new(
@@ -348,6 +364,14 @@ fn run_locked(
     }
     let spawned = session.child.is_some();
     let discarded = session.discarded;
+    if session.handover {
+        crate::handover::clear_sidecar(dir);
+    }
+    if session.honours_stop && stop_request::remove(dir).unwrap_or(false) {
+        // Left for ralph, which did not get to it (it ended first): no loop is left
+        // for it to stop.
+        debug!("removed the unhonoured {}", stop_request::FILE);
+    }
     // The child is gone (or never started): empty the metadata while still locked,
     // then unlock explicitly.
     let released = session
@@ -468,6 +492,14 @@ struct Session<'a> {
     discarded: bool,
     /// The stall watchdog's eyes, with a `stall_timeout`.
     watchdog: Option<crate::activity::Watchdog>,
+    /// The lock is handed over to the child ([`crate::handover`]): the child (ralph)
+    /// writes the lock file itself; ours goes to `.ralph/supervise/loop.json`.
+    handover: bool,
+    /// The child honours `.ralph/stop-requested` itself (ralph with the lock handed
+    /// over): the file is left in place for it.
+    honours_stop: bool,
+    /// A stop request was seen and left for the child (reported once).
+    stop_noted: bool,
 }
 
 impl Session<'_> {
@@ -479,12 +511,32 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Writes the metadata after the child started (or before a restart): into the lock
+    /// file, or with a hand-over child (which writes the lock file itself) into the
+    /// sidecar.
+    fn record(&self) -> std::io::Result<()> {
+        if self.handover {
+            crate::handover::write_sidecar(self.dir, &self.meta)
+        } else {
+            self.write_metadata()
+        }
+    }
+
     fn spawn(&mut self) -> Result<Child, Failure> {
         let place = self.place;
+        let answerer = if self.handover {
+            // The description the path names now (a recreated file's, if it was deleted).
+            let locked = self.extra.last().unwrap_or(&self.lock);
+            let started = crate::handover::start_answerer(locked.as_fd());
+            Some(started.or_fail("cannot start the lock hand-over's answerer")?)
+        } else {
+            None
+        };
         let child = supervisor::spawn(
             &self.settings.command,
             self.lock.raw_fd(),
             self.terminal,
+            answerer.as_ref().map(|sock| sock.as_raw_fd()),
             |cmd| {
                 cmd.envs(&self.settings.policy.run.env);
                 // The notify socket is ours: a child (say `ralph run`) must not report
@@ -500,12 +552,15 @@ impl Session<'_> {
                 cmd.env("RALPH_LOOP_INDEX", place.loop_index().to_string());
             },
         )?;
+        // The child has its copy (or never started): the answerer learns of it from
+        // the child alone.
+        drop(answerer);
         let pid = child.pid.as_raw() as u32;
         self.meta.pid = pid;
         self.meta.child_pid = Some(pid);
         self.meta.child_start_time = procfs::start_time(pid);
         self.child = Some(child);
-        if let Err(e) = self.write_metadata() {
+        if let Err(e) = self.record() {
             // The child runs and holds the lock, but nobody can see who it is: stop it.
             let _ = nix::sys::signal::killpg(child.pid, nix::sys::signal::Signal::SIGTERM);
             error!(
@@ -589,7 +644,14 @@ impl Hooks for Session<'_> {
                 .checked_add_signed(delay)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
         );
-        if let Err(e) = self.write_metadata() {
+        // After the child's exit: the lock file (no child to rewrite it) and, with a
+        // hand-over child, the sidecar.
+        let written = if self.handover {
+            self.write_metadata().and_then(|()| self.record())
+        } else {
+            self.write_metadata()
+        };
+        if let Err(e) = written {
             warn!(
                 "cannot record the coming restart in {}: {e}",
                 self.lock.path().display()
@@ -617,6 +679,15 @@ impl Hooks for Session<'_> {
         }
         if lock_deleted {
             self.lock_deleted();
+        }
+        if self.honours_stop {
+            // ralph honours it at its iteration boundary and ends as it ends
+            // unsupervised; the file is its to consume.
+            if !self.stop_noted && stop_request::present(self.dir) {
+                self.stop_noted = true;
+                return Change::StopRequestHonoured;
+            }
+            return Change::Nothing;
         }
         if stop_request::remove(self.dir).unwrap_or(false) {
             Change::StopRequest

@@ -31,6 +31,13 @@ pub(crate) fn remove(dir: &RalphDir) -> io::Result<bool> {
     dir.remove(FILE)
 }
 
+/// Whether a stop request is there (left in place: a hand-over child such as ralph
+/// consumes it itself).
+pub(crate) fn present(dir: &RalphDir) -> bool {
+    dir.open(FILE, crate::ralph_dir::Access::Read, false)
+        .is_ok_and(|f| f.is_some())
+}
+
 /// Tags a stop request's payload, so that a stray `sigqueue` is not taken for one.
 const TAG: u32 = 0x5253_0000;
 

@@ -6,14 +6,17 @@
 //!   return must never free the workspace while the child lives);
 //! * the code that runs in the child between `fork` and `exec`, which must be
 //!   async-signal-safe: no allocation, no logging, no locks;
-//! * `sigqueue(3)`, a signal with a payload (nix does not wrap it).
+//! * `sigqueue(3)`, a signal with a payload (nix does not wrap it);
+//! * the lock hand-over's seccomp filter (installed last between fork and exec) and
+//!   its listener ([`Listener`]; see [`crate::handover`]).
 //!
 //! # Platforms
 //!
 //! What is the same on every Unix lives here; each platform has one room below with
 //! the same names in it, and callers never branch on the platform:
 //!
-//! * `linux.rs`: signalfd, dnotify, pidfd, `prctl`, `fallocate`;
+//! * `linux.rs`: signalfd, dnotify, pidfd, `prctl`, `fallocate`, seccomp user
+//!   notification;
 //! * `kqueue.rs` (macOS, FreeBSD): one kqueue (`EVFILT_SIGNAL`, `EVFILT_VNODE`,
 //!   `EVFILT_PROC`), `proc_pidinfo` / `kinfo_proc`, `procctl`.
 //!
@@ -49,8 +52,8 @@ pub(crate) use os::process_identity;
 #[cfg(target_vendor = "apple")]
 pub(crate) use os::sigqueue;
 pub(crate) use os::{
-    EventSource, ProcessHandle, SI_KERNEL, SI_QUEUE, abstract_socket_addr, become_subreaper,
-    realtime_min, reserve, watch_signal,
+    EventSource, Listener, ProcessHandle, SI_KERNEL, SI_QUEUE, Trapped, abstract_socket_addr,
+    become_subreaper, handover_available, realtime_min, reserve, watch_signal,
 };
 
 /// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which the reader
@@ -171,6 +174,9 @@ pub(crate) struct ChildSetup {
     pub(crate) inherit_fd: Option<RawFd>,
     /// The terminal to make the child's process group the foreground of.
     pub(crate) tty: Option<RawFd>,
+    /// Lock hand-over: install the `flock` filter last and send its listener over this
+    /// socket (see [`crate::handover`]).
+    pub(crate) handover: Option<RawFd>,
 }
 
 /// Puts the child in a process group of its own and installs `setup` to run in the
@@ -217,6 +223,11 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         }
+        if let Some(sock) = setup.handover {
+            // Last: from here on every flock of this process and its descendants waits
+            // for the answerer. (Two system calls and a sendmsg on stack values.)
+            os::install_flock_filter(sock)?;
+        }
         Ok(())
     };
     // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (see
@@ -224,6 +235,18 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     unsafe {
         cmd.pre_exec(hook);
     }
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the parent (named on our command
+/// line); fails when it is not open.
+pub(crate) fn inherited_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_GETFD only asks whether `fd` is open.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is open, was passed to this process for it to own, and nothing else
+    // in this process knows its number.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn empty_sigset() -> libc::sigset_t {

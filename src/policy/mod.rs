@@ -71,6 +71,11 @@ keywords! {
         OnFailure = "on-failure", "When it exits non-zero or is killed by a signal.";
         Always = "always", "Whenever it exits.";
     }
+    Handover "When the workspace lock is handed over to a command that locks it itself." {
+        Auto = "auto", "When the command's program file name is `ralph`.";
+        Always = "always", "For any command; where the system cannot (not Linux 5.9 or later, seccomp unavailable or forbidden), refuse with status 125.";
+        Never = "never", "Never: a command that locks the workspace itself finds it taken.";
+    }
     LogFormat "The format of the supervisor's own log lines." {
         Text = "text", "For people.";
         Json = "json", "One JSON object per line, for collectors.";
@@ -143,6 +148,9 @@ schema! {
         max_runtime: Option<NonZeroDuration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
         stall_timeout: Option<NonZeroDuration> = None, "Stop the command gracefully, as `max_runtime` does, once it has stalled this long: its process tree (the command and everything it started) used less than 1 % of one CPU and no file under the workspace changed (`.git/` included; `.ralph/supervise/` and other loops' worktrees left out). The run then ends with status 124, which `[restart.exit]` and `policy` look up like any other: a stall may restart. The clock pauses while the job is stopped (Ctrl-Z). Checked every tenth of the timeout (1 s to 60 s apart); unset, nothing is checked.", unset "no stall watchdog", flag stall_timeout;
         env: Env = BTreeMap::new(), "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines.";
+    }
+    [lock] Lock "`[lock]`: the workspace lock." {
+        handover: Handover = Handover::Auto, "Hand the workspace lock over to a command (or one of its descendants) that locks `.ralph/loop.lock` itself, as ralph does: the first to lock it holds it through the supervisor's own locked description and runs as the primary, with no instant at which the workspace is free; every other attempt finds it taken. Linux only (seccomp user notification, Linux 5.9 or later). The command then runs with `no_new_privs`, so set-user-ID programs (sudo) cannot raise privileges inside the loop. Where the system cannot, \"auto\" warns and runs the command without it, \"always\" refuses (status 125). `--handover` alone means \"always\".", flag handover;
     }
     [hooks] Hooks "`[hooks]`: commands run once before the loop starts and once after it ends." {
         on_start: Option<Argv> = None, "Command run once the workspace lock is taken, before the command first starts, as an array of program and arguments, like `[\"make\", \"services-up\"]`. It gets the run's facts in `RALPH_SUPERVISE_LOOP_ID`, `RALPH_SUPERVISE_WORKSPACE`, `RALPH_SUPERVISE_WORKTREE`, `RALPH_SUPERVISE_BRANCH` and `RALPH_LOOP_INDEX`; its failure is logged and the loop starts anyway.", unset "no hook";

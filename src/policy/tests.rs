@@ -82,6 +82,9 @@ max_runtime = "2h"
 stall_timeout = "15m"
 env = { FOO = "bar", "WITH SPACE" = "x y" }
 
+[lock]
+handover = "always"
+
 [hooks]
 on_start = ["make", "up"]
 on_exit = ["sh", "-c", "echo done"]
@@ -131,6 +134,9 @@ fn full_file() -> PolicyFile {
                 ("FOO".to_string(), "bar".to_string()),
                 ("WITH SPACE".to_string(), "x y".to_string()),
             ]),
+        };
+        p.lock = Lock {
+            handover: Handover::Always,
         };
         p.hooks = Hooks {
             on_start: Some(vec!["make".into(), "up".into()]),
@@ -386,6 +392,7 @@ fn every_flag_overrides_the_full_file() {
         ("restart_exit", "3=1m"),
         ("max_runtime", "4s"),
         ("stall_timeout", "5s"),
+        ("handover", "never"),
         ("log_format", "text"),
     ]);
     let e = resolve(Some((path.clone(), full_file())), &flags);
@@ -406,6 +413,7 @@ fn every_flag_overrides_the_full_file() {
     let minute = ExitRule::After(Duration::from_secs(60));
     assert_eq!(exit, [(0, stop), (1, restart), (3, minute), (75, stop)]);
     assert_eq!(p.run.max_runtime, Some(Duration::from_secs(4)));
+    assert_eq!(p.lock.handover, Handover::Never);
     assert_eq!(p.log.format, LogFormat::Text);
     // Keys without a flag keep the file's values.
     assert_eq!(p.conflict.after_timeout, AfterTimeout::Worktree);
@@ -466,6 +474,9 @@ backoff_max = "1m"  # default
 # max_runtime not set: no limit  # default
 # stall_timeout not set: no stall watchdog  # default
 env = {}  # default
+
+[lock]
+handover = "auto"  # default
 
 [hooks]
 # on_start not set: no hook  # default
@@ -635,11 +646,11 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("# policy\n\n[stoop]\ngrace = \"1s\"\n"),
-        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, hooks, log"
+        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, lock, hooks, log"
     );
     assert_eq!(
         error("grace = \"1s\"\n"),
-        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, hooks, log"
+        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, lock, hooks, log"
     );
     assert_eq!(
         error("[stop.extra]\nx = 1\n"),

@@ -261,6 +261,10 @@ pub(crate) enum Event {
     /// A graceful stop was requested: the stop-request file appeared (`signal` is
     /// `None`), or `stop`/a takeover asked, maybe naming the signal the child is to get.
     StopRequest { signal: Option<i32> },
+    /// The stop-request file appeared and the child honours it itself (ralph, with the
+    /// lock handed over): no signal, no grace, no escalation, but the run ends there —
+    /// recorded as a stop request and never restarted, whatever the child exits with.
+    StopRequestHonoured,
     /// The loop's worktree was removed: stop as a stop request does.
     Discarded,
     /// The current deadline passed.
@@ -482,6 +486,16 @@ impl Machine {
             }
             (State::Stopping { .. }, Event::Discarded) => {
                 self.stop.get_or_insert(StopReason::Discarded);
+                vec![]
+            }
+            (State::Backoff { .. }, Event::StopRequestHonoured) => {
+                // Between runs nobody honours it: it ends the restarts.
+                self.stop.get_or_insert(StopReason::StopRequest);
+                self.exit();
+                vec![]
+            }
+            (_, Event::StopRequestHonoured) => {
+                self.stop.get_or_insert(StopReason::StopRequest);
                 vec![]
             }
             (_, Event::StopRequest { signal }) => self.stop_requested(
@@ -1164,6 +1178,22 @@ mod tests {
         now += Duration::from_secs(60);
         m.handle(exited(1, false), now);
         assert_eq!(m.deadline().unwrap() - now, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_honoured_stop_request_sends_nothing_and_never_restarts() {
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        assert_eq!(m.handle(Event::StopRequestHonoured, now), vec![]);
+        assert_eq!(m.deadline(), None, "no grace timer: ralph ends by itself");
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+        // ralph's "Manually stopped" is exit 1, passed through, not restarted.
+        m.handle(exited(1, false), now);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
+        // Between runs nobody honours it: the restarts end.
+        let (mut m, now) = restarting(RestartWhen::Always, None);
+        m.handle(exited(1, false), now);
+        assert_eq!(m.handle(Event::StopRequestHonoured, now), vec![]);
+        assert!(m.finished().is_some());
     }
 
     #[test]

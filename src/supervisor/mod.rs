@@ -112,11 +112,13 @@ pub(crate) struct Child {
 }
 
 /// Spawns `command` in its own process group, `inherit_fd` passed open (and exported as
-/// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground.
+/// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground; with
+/// `handover` (a socket to the answerer), under the lock hand-over's `flock` filter.
 pub(crate) fn spawn(
     command: &[OsString],
     inherit_fd: RawFd,
     terminal: Option<Terminal>,
+    handover: Option<RawFd>,
     configure: impl FnOnce(&mut Command),
 ) -> Result<Child, Failure> {
     let (program, args) = command
@@ -134,6 +136,7 @@ pub(crate) fn spawn(
         ChildSetup {
             inherit_fd: Some(inherit_fd),
             tty,
+            handover,
         },
     );
     let child = cmd
@@ -186,6 +189,8 @@ pub(crate) enum Change {
     Nothing,
     /// A stop request (consumed).
     StopRequest,
+    /// A stop request left in place for the child, which honours it itself (ralph).
+    StopRequestHonoured,
     /// The loop's worktree was removed under it.
     Discarded,
 }
@@ -197,8 +202,8 @@ pub(crate) trait Hooks {
     /// A run ended by itself and `decision` follows: log it, record a restart to come.
     fn decided(&mut self, decision: &machine::Decision);
     /// Something changed in `.ralph/`: recreate a deleted lock file (unless the
-    /// worktree was removed: then say so); consume a stop request and say if there was
-    /// one.
+    /// worktree was removed: then say so); consume a stop request (or, for a child that
+    /// honours it itself, leave it) and say if there was one.
     fn workspace_changed(&mut self) -> Change;
     /// A stall watchdog sample: the CPU time the child's process tree has used so far,
     /// and whether a workspace file changed since the last sample.
@@ -246,6 +251,13 @@ pub(crate) fn supervise(
                         Change::StopRequest => {
                             info!("stop requested ({})", stop_request::FILE);
                             events.push(Event::StopRequest { signal: None });
+                        }
+                        Change::StopRequestHonoured => {
+                            info!(
+                                "stop requested ({}): left for the command to honour",
+                                stop_request::FILE
+                            );
+                            events.push(Event::StopRequestHonoured);
                         }
                         Change::Discarded => events.push(Event::Discarded),
                     }

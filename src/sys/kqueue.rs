@@ -388,3 +388,61 @@ pub(crate) fn reset_reserved_signal(_sig: i32) {}
 pub(crate) fn reserve(_fd: BorrowedFd<'_>, _offset: u64, _len: u64) -> io::Result<()> {
     Ok(())
 }
+
+/// No lock hand-over here: macOS and FreeBSD have no seccomp user notification (nor any
+/// other way to answer another process's `flock` for it).
+pub(crate) fn handover_available() -> Result<(), String> {
+    Err("this system has no seccomp user notification (the hand-over is Linux's)".into())
+}
+
+/// Never called ([`handover_available`] says no).
+pub(crate) fn install_flock_filter(_sock: std::os::fd::RawFd) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// One trapped `flock` (never, here).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Trapped {
+    pub(crate) id: u64,
+    pub(crate) pid: u32,
+    pub(crate) fd: i32,
+    pub(crate) op: i32,
+}
+
+/// The hand-over's listener: none exists here; every method says unsupported.
+pub(crate) struct Listener {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Listener {
+    pub(crate) fn receive(_sock: BorrowedFd<'_>) -> io::Result<Option<Listener>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    pub(crate) fn next(&self) -> io::Result<Option<Trapped>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    pub(crate) fn still_waiting(&self, _id: u64) -> bool {
+        false
+    }
+    pub(crate) fn let_through(&self, _id: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    pub(crate) fn succeed(&self, _id: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    pub(crate) fn replace_fd(
+        &self,
+        _id: u64,
+        _src: BorrowedFd<'_>,
+        _target: i32,
+        _cloexec: bool,
+    ) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+}

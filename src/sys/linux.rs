@@ -1,5 +1,5 @@
-//! Linux's room: signalfd, dnotify, pidfd, `prctl`, `fallocate` and glibc's reserved
-//! real-time signals. Everything here has a counterpart of the same name in
+//! Linux's room: signalfd, dnotify, pidfd, `prctl`, `fallocate`, glibc's reserved
+//! real-time signals, and the lock hand-over's seccomp filter and listener. Everything here has a counterpart of the same name in
 //! `kqueue.rs` (macOS, FreeBSD); `sys.rs` lists them.
 
 use std::io;
@@ -229,4 +229,396 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+// ---- Lock hand-over: a seccomp user-notification filter on flock(2) ----
+//
+// The filter is a hand-written classic BPF program of nine instructions rather than
+// libseccomp (a C library a fresh machine lacks) or a crate that builds programs: it has
+// one job (send `flock` to the listener, allow everything else), and nine instructions
+// can be read whole. It checks the architecture first, as every seccomp filter must (a
+// system-call number means nothing without it): native calls and the 32-bit compat ABI
+// (i386 on x86_64, arm on aarch64) are both trapped; x32 calls (x86_64's arch with bit 30
+// set in the number) are let through unseen.
+
+/// `AUDIT_ARCH_*` of this build's native and compat system-call ABIs, and `flock`'s number
+/// in each (`<linux/audit.h>`, the kernel's syscall tables).
+#[cfg(target_arch = "x86_64")]
+const ARCHES: [(u32, u32); 2] = [(0xC000_003E, 73), (0x4000_0003, 143)];
+#[cfg(target_arch = "aarch64")]
+const ARCHES: [(u32, u32); 2] = [(0xC000_00B7, 32), (0x4000_0028, 143)];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const ARCHES: [(u32, u32); 2] = [(0, u32::MAX), (0, u32::MAX)];
+
+const fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+/// `BPF_LD | BPF_W | BPF_ABS`, `BPF_JMP | BPF_JEQ | BPF_K`, `BPF_RET | BPF_K`.
+const LD_ABS: u16 = 0x20;
+const JEQ: u16 = 0x15;
+const RET: u16 = 0x06;
+/// Offsets in `struct seccomp_data`: `nr` then `arch`.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+
+/// The filter: `flock` of either ABI → `SECCOMP_RET_USER_NOTIF`; anything else → allow.
+/// Jump offsets count from the next instruction.
+static FLOCK_FILTER: [libc::sock_filter; 9] = [
+    bpf(LD_ABS, 0, 0, ARCH),                      // 0: A = arch
+    bpf(JEQ, 0, 2, ARCHES[0].0),                  // 1: native? 2 : 4
+    bpf(LD_ABS, 0, 0, NR),                        // 2: A = nr
+    bpf(JEQ, 3, 4, ARCHES[0].1),                  // 3: flock? 7 : 8
+    bpf(JEQ, 0, 3, ARCHES[1].0),                  // 4: compat? 5 : 8
+    bpf(LD_ABS, 0, 0, NR),                        // 5: A = nr
+    bpf(JEQ, 0, 1, ARCHES[1].1),                  // 6: flock? 7 : 8
+    bpf(RET, 0, 0, libc::SECCOMP_RET_USER_NOTIF), // 7: ask the listener
+    bpf(RET, 0, 0, libc::SECCOMP_RET_ALLOW),      // 8: allow
+];
+
+/// Whether this machine can hand the lock over: `Err` names what is missing (kernel too
+/// old, seccomp not built in, or forbidden by a container's profile).
+pub(crate) fn handover_available() -> Result<(), String> {
+    if cfg!(not(any(target_arch = "x86_64", target_arch = "aarch64"))) {
+        return Err("the lock hand-over's filter is written for x86_64 and aarch64 only".into());
+    }
+    // SECCOMP_ADDFD_FLAG_SETFD and the CONTINUE flag: Linux 5.9.
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (5, 9) {
+        return Err(format!(
+            "Linux {release} is too old (seccomp's SECCOMP_IOCTL_NOTIF_ADDFD needs 5.9)"
+        ));
+    }
+    let action: u32 = libc::SECCOMP_RET_USER_NOTIF;
+    // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 through the pointer, which points at
+    // a live local for the duration of the call; it changes nothing.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => "this kernel has no seccomp user notification".into(),
+        Some(libc::ENOSYS) | Some(libc::EINVAL) => "seccomp is not built into this kernel".into(),
+        _ => format!("seccomp is not allowed here ({e}; a container's seccomp profile?)"),
+    })
+}
+
+/// Between fork and exec, in the child: installs [`FLOCK_FILTER`] with a listener and
+/// sends the listener over `sock` (SCM_RIGHTS), then closes it. `SPEC_ALLOW`: the
+/// filter is no sandbox (it allows every call), so the kernel is told not to switch on
+/// its speculative-execution mitigations for the tree as it does for seccomp sandboxes
+/// where so configured (that would slow compilers down by several per cent). Without CAP_SYS_ADMIN
+/// the kernel wants `no_new_privs` first: it is set only then (so set-user-ID programs
+/// cannot raise privileges inside the loop). Async-signal-safe: system calls on stack
+/// values and a static program; no allocation.
+pub(crate) fn install_flock_filter(sock: RawFd) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: FLOCK_FILTER.len() as u16,
+        filter: FLOCK_FILTER.as_ptr() as *mut libc::sock_filter,
+    };
+    let install = || {
+        // SAFETY: `prog` points at the static program for the duration of the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+                &prog as *const libc::sock_fprog,
+            )
+        }
+    };
+    let mut listener = install();
+    if listener < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EACCES) {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        listener = install();
+    }
+    if listener < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let listener = listener as RawFd;
+    let sent = send_fd(sock, listener);
+    // SAFETY: closes the descriptor the kernel just gave us; the answerer has its copy.
+    unsafe {
+        libc::close(listener);
+    }
+    sent
+}
+
+/// Sends descriptor `fd` over the Unix socket `sock` with one byte of data.
+/// Async-signal-safe (used between fork and exec): stack buffers only.
+fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one cmsghdr carrying one int, 8-byte aligned.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
+    // SAFETY: msg_control points at `control`, large enough for one header and one int
+    // (CMSG_SPACE above), so the first header and its data lie inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    loop {
+        // SAFETY: `msg` and everything it points at live on this stack frame.
+        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one descriptor sent by [`send_fd`]; `None` when the other end closed
+/// without sending one.
+fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    loop {
+        // SAFETY: `msg` and its buffers live on this stack frame; MSG_CMSG_CLOEXEC makes
+        // the received descriptor close-on-exec.
+        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        break;
+    }
+    // SAFETY: the kernel filled `control` up to msg_controllen; CMSG_FIRSTHDR returns
+    // null when there is no header, and the header's data holds one int when it is an
+    // SCM_RIGHTS message of that length.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+            || (*cmsg).cmsg_len as usize
+                != libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize
+        {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+        Ok(Some(<OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)))
+    }
+}
+
+/// One trapped `flock(fd, op)` call, waiting for an answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Trapped {
+    pub(crate) id: u64,
+    /// The calling thread, in our pid namespace (0 when it is not visible from here).
+    pub(crate) pid: u32,
+    pub(crate) fd: i32,
+    pub(crate) op: i32,
+}
+
+/// The seccomp listener of a child's filter: every `flock` in the child's tree waits
+/// here until it is answered.
+pub(crate) struct Listener {
+    fd: OwnedFd,
+}
+
+impl Listener {
+    /// Receives the listener the child sends over `sock` before its `exec`; `None` when
+    /// the child closed the socket without sending one.
+    pub(crate) fn receive(sock: BorrowedFd<'_>) -> io::Result<Option<Listener>> {
+        Ok(recv_fd(sock)?.map(|fd| Listener { fd }))
+    }
+
+    /// The next trapped call; `None` when it went away before we read it (its caller
+    /// was killed or interrupted by a signal).
+    pub(crate) fn next(&self) -> io::Result<Option<Trapped>> {
+        // SAFETY: seccomp_notif is plain data; the kernel wants it zeroed.
+        let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: the ioctl fills `n`, a live local of the size its number encodes.
+        let r = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV,
+                &mut n as *mut libc::seccomp_notif,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::EINTR) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(Trapped {
+            id: n.id,
+            pid: n.pid,
+            fd: n.data.args[0] as i32,
+            op: n.data.args[1] as i32,
+        }))
+    }
+
+    /// Whether the call `id` still waits (its caller's pid still names it).
+    pub(crate) fn still_waiting(&self, id: u64) -> bool {
+        // SAFETY: the ioctl reads one u64 from a live local.
+        unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+                &id as *const u64,
+            ) == 0
+        }
+    }
+
+    fn respond(&self, id: u64, val: i64, flags: u32) -> io::Result<()> {
+        let resp = libc::seccomp_notif_resp {
+            id,
+            val,
+            error: 0,
+            flags,
+        };
+        // SAFETY: the ioctl reads the response from a live local.
+        let r = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SEND,
+                &resp as *const libc::seccomp_notif_resp,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // The caller is gone or was interrupted: nothing waits for the answer.
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Lets the call run in the kernel as if no filter were there.
+    pub(crate) fn let_through(&self, id: u64) -> io::Result<()> {
+        self.respond(id, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
+    }
+
+    /// Answers the call with success (returns 0) without performing it.
+    pub(crate) fn succeed(&self, id: u64) -> io::Result<()> {
+        self.respond(id, 0, 0)
+    }
+
+    /// Replaces the caller's descriptor `target` with a copy of our `src`
+    /// (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SETFD`: like `dup3` in the
+    /// caller), close-on-exec when `cloexec`.
+    pub(crate) fn replace_fd(
+        &self,
+        id: u64,
+        src: BorrowedFd<'_>,
+        target: i32,
+        cloexec: bool,
+    ) -> io::Result<()> {
+        let add = libc::seccomp_notif_addfd {
+            id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+            srcfd: src.as_raw_fd() as u32,
+            newfd: target as u32,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: the ioctl reads the request from a live local; `src` is borrowed open.
+        let r = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+                &add as *const libc::seccomp_notif_addfd,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the classic BPF program over one `seccomp_data` (only `nr` and `arch` are
+    /// read), as the kernel would: the three opcodes the filter uses.
+    fn run(prog: &[libc::sock_filter], nr: u32, arch: u32) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                LD_ABS => a = if i.k == NR { nr } else { arch },
+                JEQ => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                RET => return i.k,
+                other => panic!("opcode {other:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_filter_sends_flock_of_either_abi_to_the_listener_and_nothing_else() {
+        let notify = libc::SECCOMP_RET_USER_NOTIF;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        let [(native, flock), (compat, compat_flock)] = ARCHES;
+        assert_eq!(run(&FLOCK_FILTER, flock, native), notify);
+        assert_eq!(run(&FLOCK_FILTER, compat_flock, compat), notify);
+        // The other ABI's flock number is another call here, and the reverse.
+        assert_eq!(run(&FLOCK_FILTER, compat_flock, native), allow);
+        assert_eq!(run(&FLOCK_FILTER, flock, compat), allow);
+        // Every other call, and an unknown architecture, goes through.
+        for nr in (0..512).filter(|&nr| nr != flock) {
+            assert_eq!(run(&FLOCK_FILTER, nr, native), allow, "nr {nr}");
+        }
+        assert_eq!(run(&FLOCK_FILTER, flock, 0x1234), allow);
+        // x32 (bit 30 of the number) is not trapped: documented.
+        assert_eq!(run(&FLOCK_FILTER, flock | 0x4000_0000, native), allow);
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        assert_eq!(flock as libc::c_long, libc::SYS_flock);
+    }
 }

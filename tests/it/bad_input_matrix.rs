@@ -37,6 +37,7 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
     ("[stop]\nsignal = \"SIGNOPE\"\n", "2:10", "SIGNOPE"),
     ("[stop]\ngrace = \"-5s\"\n", "2:9", "-5s"),
     ("[stop]\norphans = \"maybe\"\n", "2:11", "maybe"),
+    ("[lock]\nhandover = \"sometimes\"\n", "2:12", "sometimes"),
     ("[restart]\nmax = -1\n", "2:7", "max"),
     ("[restart]\npolicy = \"sometimes\"\n", "2:10", "sometimes"),
     (
@@ -180,6 +181,7 @@ fn bad_flag_values_are_usage_errors() {
         &["run", "--max-runtime", "0s", "--", "true"],
         &["run", "--restart-window", "0s", "--", "true"],
         &["run", "--stop-grace", "", "--", "true"],
+        &["run", "--handover=sometimes", "--", "true"],
         &["run", "--log-format", "xml", "--", "true"],
         &["run", "--frobnicate", "--", "true"],
         &["run"],
