@@ -14,6 +14,12 @@ pub(crate) mod completions;
 pub(crate) mod conflict;
 pub(crate) mod control;
 pub mod exit;
+#[cfg(feature = "fleet")]
+pub(crate) mod fleet;
+/// Without the `fleet` feature: the same names, and one clear line if asked for.
+#[cfg(not(feature = "fleet"))]
+#[path = "fleet/off.rs"]
+pub(crate) mod fleet;
 pub mod history;
 pub(crate) mod hooks;
 pub(crate) mod lock;

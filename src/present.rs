@@ -721,6 +721,7 @@ mod tests {
             pid_namespace: None,
             loop_index: None,
             restart: Default::default(),
+            fleet: None,
         };
         let mut v =
             serde_json::to_value(Status::new(&state(false, MetaState::Valid(Box::new(meta)))))
@@ -823,6 +824,7 @@ mod tests {
             pid_namespace: None,
             loop_index: None,
             restart: Default::default(),
+            fleet: None,
         };
         let states = [
             state(true, MetaState::Empty),
@@ -1005,6 +1007,7 @@ mod tests {
                 }),
                 next_start: Some(Utc::now() + TimeDelta::seconds(300)),
             },
+            fleet: None,
         };
         let text = status_text(&state(true, MetaState::Valid(Box::new(meta))));
         let rows: Vec<&str> = text.lines().collect();

@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::conflict::{self, Next};
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
+use crate::fleet::{Acquired, Fleet};
 use crate::history;
 use crate::hooks;
 use crate::lock::{self, Acquire, LockFile};
@@ -69,7 +70,7 @@ impl RunSettings {
         }
     }
 
-    fn prompt_text(&self) -> String {
+    pub(crate) fn prompt_text(&self) -> String {
         self.prompt.clone().unwrap_or_else(|| {
             self.command
                 .iter()
@@ -90,20 +91,50 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     // Looked up now, so that a wait for the lock hands off without these system calls.
     self_identity();
 
+    // Fleet mode: etcd must answer before anything else happens (else 69 or 77).
+    let mut fleet = Fleet::for_run(&settings)?;
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     // Set once `on_start` has had its turn: then `on_exit` has one too.
     let mut facts = None;
     let status = match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
-        Next::Primary(lock) => {
-            let place = Place::Primary {
-                workspace: &settings.workspace,
-                loop_id: new_loop_id(),
-            };
-            run_locked(&settings, &signals, &dir, lock, &place, &mut facts).status
+        // The local lock first, then (fleet mode) the fleet lock on top.
+        Next::Primary(lock) => match fleet
+            .as_mut()
+            .map(|f| f.acquire_for_run(&settings, &signals))
+        {
+            None | Some(Ok(Acquired::Held(_))) => {
+                let place = Place::Primary {
+                    workspace: &settings.workspace,
+                    loop_id: new_loop_id(),
+                };
+                let fleet = fleet.as_mut();
+                run_locked(&settings, &signals, &dir, lock, &place, &mut facts, fleet).status
+            }
+            Some(Ok(Acquired::Worktree)) => {
+                let _ = lock.release();
+                let repo = settings
+                    .repo
+                    .clone()
+                    .expect("worktree only in a repository");
+                run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
+            }
+            Some(Ok(Acquired::Exit(status))) => {
+                let _ = lock.release();
+                return Ok(status);
+            }
+            Some(Err(e)) => {
+                let _ = lock.release();
+                return Err(e);
+            }
+        },
+        Next::Worktree { repo } => {
+            run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
         }
-        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo, &mut facts),
         Next::Exit(status) => return Ok(status),
     };
+    if let Some(fleet) = fleet.as_mut() {
+        fleet.release();
+    }
     // After the last run and the release (and the worktree's `on_exit`).
     if let (Some(mut facts), Some(argv)) = (facts, &settings.policy.hooks.on_exit) {
         facts.exit_status = Some(match &status {
@@ -179,16 +210,22 @@ fn run_in_worktree(
     signals: &Signals,
     repo: PathBuf,
     facts: &mut Option<hooks::Facts>,
+    mut fleet: Option<&mut Fleet>,
 ) -> Result<ExitStatus, Failure> {
     let prompt = settings.prompt_text();
-    let created = worktree::create(&worktree::Spec {
+    let spec = worktree::Spec {
         repo,
         dir: settings.policy.worktree.dir.clone(),
         branch_prefix: settings.policy.worktree.branch_prefix.clone(),
         prompt: prompt.clone(),
         carry: settings.policy.worktree.sync,
         copy: settings.policy.worktree.copy.clone(),
-    })?;
+    };
+    let created = match fleet.as_deref_mut() {
+        // Fleet mode: the id (and so the branch) is also reserved fleet-wide.
+        Some(fleet) => worktree::create_with(&spec, &fleet.worktree_reserver(settings)?)?,
+        None => worktree::create(&spec)?,
+    };
     info!(
         "running in worktree {} (branch {})",
         created.path.display(),
@@ -219,6 +256,7 @@ fn run_in_worktree(
         lock,
         &Place::Worktree(&created),
         facts,
+        fleet,
     );
     if !ran.spawned {
         // The command never started: leave no worktree, branch or registry entry.
@@ -283,6 +321,7 @@ fn run_locked(
     lock: LockFile,
     place: &Place<'_>,
     facts: &mut Option<hooks::Facts>,
+    fleet: Option<&mut Fleet>,
 ) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
@@ -296,13 +335,21 @@ fn run_locked(
         info!("removed a stale {}", stop_request::FILE);
     }
     let started = Utc::now();
+    let mut meta = metadata(settings, place, started);
+    meta.fleet = fleet.as_deref().and_then(|f| {
+        Some(crate::metadata::FleetFacts {
+            key: f.key().to_string(),
+            fencing_token: f.token()?,
+        })
+    });
     let mut session = Session {
         settings,
         place,
         dir,
         lock,
         extra: Vec::new(),
-        meta: metadata(settings, place, started),
+        fleet,
+        meta,
         terminal: Terminal::detect(),
         child: None,
         registered: false,
@@ -458,6 +505,7 @@ fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -
         pid_namespace: procfs::pid_namespace(),
         loop_index: Some(place.loop_index()),
         restart: Default::default(),
+        fleet: None,
     }
 }
 
@@ -469,6 +517,8 @@ struct Session<'a> {
     lock: LockFile,
     /// Lock files recreated after `loop.lock` was deleted under us.
     extra: Vec<LockFile>,
+    /// Fleet mode: the fleet lock (or the worktree reservation) held with the local one.
+    fleet: Option<&'a mut Fleet>,
     meta: Metadata,
     terminal: Option<Terminal>,
     child: Option<Child>,
@@ -492,6 +542,13 @@ impl Session<'_> {
 
     fn spawn(&mut self) -> Result<Child, Failure> {
         let place = self.place;
+        if let Some(why) = self.fleet.as_deref().and_then(Fleet::lost) {
+            return Err(Failure::msg(
+                ExitStatus::Unavailable,
+                format!("fleet lock lost before the command started: {why}"),
+            ));
+        }
+        let token = self.meta.fleet.as_ref().map(|f| f.fencing_token);
         let child = supervisor::spawn(
             &self.settings.command,
             self.lock.raw_fd(),
@@ -509,6 +566,14 @@ impl Session<'_> {
                 cmd.env("RALPH_WORKSPACE_ROOT", place.workspace());
                 // Distinct among the repository's live loops, for port offsets.
                 cmd.env("RALPH_LOOP_INDEX", place.loop_index().to_string());
+                // Fleet mode: larger for every later holder of the key, on any host.
+                cmd.env_remove("RALPH_FENCING_TOKEN");
+                // The etcd credentials are the supervisor's, not the agent's.
+                cmd.env_remove("RALPH_SUPERVISE_ETCD_USER");
+                cmd.env_remove("RALPH_SUPERVISE_ETCD_PASSWORD");
+                if let Some(token) = token {
+                    cmd.env("RALPH_FENCING_TOKEN", token.to_string());
+                }
             },
         )?;
         let pid = child.pid.as_raw() as u32;
@@ -555,6 +620,15 @@ impl Session<'_> {
 }
 
 impl Hooks for Session<'_> {
+    fn side_channel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.fleet.as_deref().map(Fleet::side_fd)
+    }
+
+    fn side_events(&mut self) -> Vec<machine::Event> {
+        let grace = self.settings.policy.stop.grace;
+        (self.fleet.as_deref_mut()).map_or_else(Vec::new, |f| f.supervisor_events(grace))
+    }
+
     fn activity(&mut self) -> (std::time::Duration, bool) {
         (self.watchdog.as_mut()).map_or((std::time::Duration::ZERO, false), |w| w.sample())
     }
@@ -716,6 +790,7 @@ fn history_record(
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
         log_lines_dropped: Some(crate::logging::dropped()).filter(|n| *n > 0),
+        fleet: session.meta.fleet.clone(),
     }
 }
 
@@ -728,6 +803,7 @@ fn stopped_by(reason: StopReason) -> String {
         StopReason::MaxRuntime => "max-runtime".into(),
         StopReason::Discarded => "discarded".into(),
         StopReason::Stall => "stall".into(),
+        StopReason::LeaseLost => "fleet-lease-lost".into(),
     }
 }
 
