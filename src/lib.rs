@@ -101,11 +101,19 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             logging::print(&format!("{}: ok\n", present::path(&file)))?;
             Ok(ExitStatus::SUCCESS)
         }
-        Command::Status { json } => {
+        Command::Status { json, fleet } | Command::List { json, fleet } if fleet => {
+            init_logging(&global, None);
+            let workspace = workspace::resolve(global.workspace.as_deref())?;
+            let effective = effective_policy(&workspace, &PolicyArgs::default(), &global)?;
+            let repo = workspace::git_toplevel(&workspace);
+            let every_key = matches!(cli.command, Command::List { .. });
+            fleet::show(&effective.policy, repo.as_deref(), every_key, json)
+        }
+        Command::Status { json, .. } => {
             init_logging(&global, None);
             control::status(&workspace::resolve(global.workspace.as_deref())?, json)
         }
-        Command::List { json } => {
+        Command::List { json, .. } => {
             init_logging(&global, None);
             control::list(&workspace::resolve(global.workspace.as_deref())?, json)
         }
@@ -113,6 +121,9 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             init_logging(&global, None);
             let workspace = workspace::resolve(global.workspace.as_deref())?;
             let effective = effective_policy(&workspace, &PolicyArgs::default(), &global)?;
+            if let Some(key) = &args.fleet {
+                return fleet::stop(&effective.policy, key, args.timeout);
+            }
             let settings = control::StopSettings {
                 id: args.id,
                 signal: args.signal,

@@ -102,7 +102,7 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
             .as_mut()
             .map(|f| f.acquire_for_run(&settings, &signals))
         {
-            None | Some(Ok(Acquired::Held(_))) => {
+            None | Some(Ok(Acquired::Held)) => {
                 let place = Place::Primary {
                     workspace: &settings.workspace,
                     loop_id: new_loop_id(),

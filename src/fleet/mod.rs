@@ -68,8 +68,6 @@ pub(crate) use lock::Entry;
 /// The credentials, from the environment only (never the policy file, never logged).
 pub(crate) const ENV_USER: &str = "RALPH_SUPERVISE_ETCD_USER";
 pub(crate) const ENV_PASSWORD: &str = "RALPH_SUPERVISE_ETCD_PASSWORD";
-/// The child's fencing token.
-pub(crate) const ENV_TOKEN: &str = "RALPH_FENCING_TOKEN";
 
 /// Fleet mode's settings for one run, from the policy.
 #[derive(Debug, Clone)]
@@ -203,8 +201,8 @@ pub(crate) struct Fleet {
 
 /// How the fleet lock's conflict policy ended.
 pub(crate) enum Acquired {
-    /// Held: this is the fencing token.
-    Held(i64),
+    /// Held ([`Fleet::token`] is its fencing token).
+    Held,
     /// Taken, and the policy says run in a worktree.
     Worktree,
     /// Run nothing; exit with this.
@@ -450,7 +448,7 @@ impl Fleet {
         );
         self.tasks.push(self.rt.spawn(task));
         info!("fleet lock {key} held (fencing token {token})");
-        Ok(Acquired::Held(token))
+        Ok(Acquired::Held)
     }
 
     /// Leaves the lock's queue (a worktree run instead), keeping the lease for the
@@ -712,11 +710,6 @@ impl Fleet {
         Ok(outcome)
     }
 
-    /// The lease, for the record of a worktree loop.
-    pub(crate) fn has_lease(&self) -> bool {
-        self.lease.is_some()
-    }
-
     /// Grants the lease a worktree loop's reservation lives on (no lock queued).
     pub(crate) fn start_lease(&mut self, grace: Duration) -> Result<(), Failure> {
         if self.lease.is_none() {
@@ -854,4 +847,111 @@ fn failure(endpoints: &[String], e: &etcd_client::Error) -> Failure {
         return unavailable(endpoints, message);
     }
     unavailable(endpoints, &e.to_string())
+}
+
+/// The settings `status/list/stop --fleet` connect with: the policy's endpoints (a
+/// missing key is not needed by `list` or `stop`).
+fn control_settings(
+    policy: &Policy,
+    repo: Option<&Path>,
+    need_key: bool,
+) -> Result<Settings, Failure> {
+    let Some(endpoints) = policy.fleet.endpoints.clone() else {
+        return Err(Failure::msg(
+            ExitStatus::Usage,
+            "no [fleet] endpoints in the policy: set them in .ralph/supervise.toml (or the file $RALPH_SUPERVISE_POLICY names)",
+        ));
+    };
+    let key = match (&policy.fleet.key, need_key) {
+        (Some(key), _) => key.clone(),
+        (None, true) => default_key(repo)?,
+        (None, false) => String::new(),
+    };
+    let mut settings = Settings::from_policy(policy, None)
+        .ok()
+        .flatten()
+        .unwrap_or(Settings {
+            endpoints: endpoints.clone(),
+            key: String::new(),
+            ttl: policy.fleet.ttl,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        });
+    settings.endpoints = endpoints;
+    settings.key = key;
+    Ok(settings)
+}
+
+/// `status --fleet` (this workspace's key; exit 0 when held, 3 when not) and `list
+/// --fleet` (every key).
+pub(crate) fn show(
+    policy: &Policy,
+    repo: Option<&Path>,
+    every_key: bool,
+    json: bool,
+) -> Result<ExitStatus, Failure> {
+    let settings = control_settings(policy, repo, !every_key)?;
+    let key = (!every_key).then(|| settings.key.clone());
+    let mut fleet = Fleet::connect(settings)?;
+    let entries = fleet.list(key.as_deref())?;
+    let text = match json {
+        true => serde_json::to_string_pretty(&entries).unwrap_or_default() + "\n",
+        false => crate::present::fleet_table(&entries, key.as_deref()),
+    };
+    crate::logging::print(&text)?;
+    let held = entries.iter().any(|e| e.role == lock::Role::Holder);
+    Ok(match held || every_key {
+        true => ExitStatus::SUCCESS,
+        false => ExitStatus::NotRunning,
+    })
+}
+
+/// `stop --fleet KEY`: asks KEY's holder to stop and waits until it lets go (0), the
+/// timeout (124), or says nothing holds it (3).
+pub(crate) fn stop(policy: &Policy, key: &str, timeout: Duration) -> Result<ExitStatus, Failure> {
+    if let Err(why) = crate::policy::check_fleet_key(key) {
+        return Err(Failure::msg(
+            ExitStatus::Usage,
+            format!("{key:?} is not a fleet key ({why})"),
+        ));
+    }
+    let signals = Signals::install().or_fail("cannot set up signal handling")?;
+    let mut settings = control_settings(policy, None, false)?;
+    settings.key = key.to_string();
+    let mut fleet = Fleet::connect(settings)?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let by = format!(
+        "host {host} pid {} (ralph-supervise stop --fleet)",
+        std::process::id()
+    );
+    let line = |text: String| crate::logging::print(&format!("{text}\n"));
+    match fleet.stop(key, timeout, &by, &signals)? {
+        StopOutcome::NotHeld => Err(Failure::msg(
+            ExitStatus::NotRunning,
+            format!("nothing holds fleet key {key}"),
+        )),
+        StopOutcome::Foreign(who) => Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "fleet key {key} is held by {who}, which cannot be asked to stop; stop it where it runs"
+            ),
+        )),
+        StopOutcome::Stopped(who) => {
+            line(format!(
+                "stopped: fleet key {key} was held by {who} and is released"
+            ))?;
+            Ok(ExitStatus::SUCCESS)
+        }
+        StopOutcome::TimedOut(who) => Err(Failure::msg(
+            ExitStatus::Timeout,
+            format!(
+                "fleet key {key} is still held by {who} after {}; it was asked to stop",
+                crate::present::short_duration(timeout)
+            ),
+        )),
+        StopOutcome::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
+    }
 }

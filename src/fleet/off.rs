@@ -18,7 +18,7 @@ pub(crate) enum Fleet {}
 /// made only there).
 #[allow(dead_code)]
 pub(crate) enum Acquired {
-    Held(i64),
+    Held,
     Worktree,
     Exit(ExitStatus),
 }
@@ -73,4 +73,19 @@ impl Fleet {
     pub(crate) fn release(&mut self) {
         match *self {}
     }
+}
+
+/// `status/list --fleet` without fleet mode.
+pub(crate) fn show(
+    _: &crate::policy::Policy,
+    _: Option<&std::path::Path>,
+    _: bool,
+    _: bool,
+) -> Result<ExitStatus, Failure> {
+    Err(not_built("--fleet"))
+}
+
+/// `stop --fleet` without fleet mode.
+pub(crate) fn stop(_: &crate::policy::Policy, _: &str, _: Duration) -> Result<ExitStatus, Failure> {
+    Err(not_built("stop --fleet"))
 }

@@ -62,7 +62,12 @@ impl Kind for Endpoints {
         let mut out = Vec::new();
         for (text, item) in texts {
             if let Err(why) = check_endpoint(&text) {
-                return Err(item.bad(format!("{text:?} is not an etcd URL ({why}); {ENDPOINT}")));
+                // A URL with a password in it is not repeated.
+                let shown = match text.contains('@') {
+                    true => "the URL".to_string(),
+                    false => format!("{text:?}"),
+                };
+                return Err(item.bad(format!("{shown} is not an etcd URL ({why}); {ENDPOINT}")));
             }
             out.push(text.trim_end_matches('/').to_string());
         }

@@ -14,7 +14,7 @@ use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[cfg(all(test, feature = "fleet"))]
+#[cfg(feature = "fleet")]
 pub(crate) use fleet::check_fleet_key;
 pub(crate) use fleet::{Endpoints, FleetKey, FleetTtl, TlsFile};
 pub use read::parse_str;

@@ -54,7 +54,7 @@ fn the_holder_gets_a_fencing_token_in_its_environment_metadata_and_history() {
     }
     let cluster = Cluster::start(1);
     let (a, _) = two_hosts();
-    let mut p = start_holder(&a, &cluster.endpoints(), &[]);
+    let p = start_holder(&a, &cluster.endpoints(), &[]);
     let token = token_of(&p);
     assert!(token > 0);
     let meta = a.metadata();
@@ -126,7 +126,7 @@ fn wait_across_hosts_watches_and_honours_wait_timeout() {
     let cluster = Cluster::start(1);
     let endpoints = cluster.endpoints();
     let (a, b) = two_hosts();
-    let mut holder = start_holder(&a, &endpoints, &[]);
+    let holder = start_holder(&a, &endpoints, &[]);
     let first = token_of(&holder);
     let mut args = vec!["run"];
     args.extend(fleet_args(&endpoints, "4s"));
@@ -251,7 +251,7 @@ fn lease_loss_stops_the_child_before_the_ttl_and_the_waiter_takes_over_after() {
     let others = others.join(",");
     let (a, b) = two_hosts();
     let ttl = Duration::from_secs(3);
-    let mut holder = a.start_probe(
+    let holder = a.start_probe(
         &[
             "--fleet-endpoints",
             &only_it,
@@ -424,7 +424,7 @@ fn a_key_held_with_etcdctl_lock_is_respected_and_etcdctl_waits_for_us() {
     assert!(out.stderr.contains(&name), "{}", out.stderr);
     // Killed, its key stays until its lease (2s) expires: a waiter gets it then.
     drop(tool);
-    let mut holder = start_holder(&ws, &endpoints, &["--on-conflict", "wait"]);
+    let holder = start_holder(&ws, &endpoints, &["--on-conflict", "wait"]);
     // Now the other way round.
     let mut tool = Proc::spawn(cluster.etcdctl_cmd(&lock_cmd));
     wait_until("etcdctl to queue", LIMIT, || {
@@ -442,4 +442,123 @@ fn a_key_held_with_etcdctl_lock_is_respected_and_etcdctl_waits_for_us() {
     tool.expect_line("held");
     assert!(!alive(child));
     assert_eq!(holder.finish().code(), 143);
+}
+
+#[test]
+fn takeover_across_hosts_asks_the_holder_through_etcd_then_acquires() {
+    if !etcd::available() {
+        return;
+    }
+    let cluster = Cluster::start(1);
+    let endpoints = cluster.endpoints();
+    let (a, b) = two_hosts();
+    let mut holder = start_holder(&a, &endpoints, &[]);
+    let first = token_of(&holder);
+    let mut taker = Proc::spawn(b.cmd(&[
+        "run",
+        "--fleet-endpoints",
+        &endpoints,
+        "--on-conflict",
+        "takeover",
+        "--",
+        bin(),
+        "probe",
+    ]));
+    holder.expect_line("signal SIGTERM");
+    taker.expect_line("ready");
+    assert!(token_of(&taker) > first);
+    let out = holder.finish();
+    assert_eq!(out.code(), 143, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("stop asked through the fleet lock by host"),
+        "{}",
+        out.stderr
+    );
+    let history = std::fs::read_to_string(a.path.join(".ralph/supervise/runs.jsonl")).unwrap();
+    assert!(
+        history.contains("\"stopped_by\":\"stop-request\""),
+        "{history}"
+    );
+}
+
+#[test]
+fn worktree_ids_are_reserved_fleet_wide_and_listed() {
+    if !etcd::available() {
+        return;
+    }
+    let cluster = Cluster::start(1);
+    let endpoints = cluster.endpoints();
+    let (a, b) = two_hosts();
+    let holder = start_holder(&a, &endpoints, &[]);
+    // The default policy in a git repository: a worktree, on this host.
+    let mut other = b.start_probe(&["--fleet-endpoints", &endpoints], &["--exit-on", "TERM"]);
+    let line = other.stderr();
+    let id = line
+        .split("running in worktree ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (branch").next())
+        .and_then(|path| path.rsplit('/').next())
+        .unwrap_or_else(|| panic!("no worktree line in {line}"))
+        .to_string();
+    let reserved = format!("ralph-supervise/worktree/{KEY}/{id}");
+    let keys = |prefix: &str| {
+        let got = cluster.etcdctl(&["get", "--prefix", prefix, "--keys-only"]);
+        String::from_utf8_lossy(&got.stdout).to_string()
+    };
+    assert!(
+        keys("ralph-supervise/worktree/").contains(&reserved),
+        "{reserved}"
+    );
+    // Inspection from either host sees both.
+    b.write_policy(&format!("[fleet]\nendpoints = [\"{endpoints}\"]\n"));
+    let listed = b.run(&["list", "--fleet"]);
+    assert_eq!(listed.code(), 0, "{}", listed.stderr);
+    assert!(listed.stdout.contains("holder"), "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains(&format!("worktree {id}")),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        listed.stdout.contains(&holder.pid().to_string()),
+        "{}",
+        listed.stdout
+    );
+    let json = b.run(&["status", "--fleet", "--json"]);
+    assert_eq!(json.code(), 0, "{}", json.stderr);
+    let entries: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(entries[0]["role"], "holder", "{entries}");
+    assert_eq!(entries[0]["key"], KEY, "{entries}");
+    assert_eq!(entries[0]["pid"], holder.pid().as_raw(), "{entries}");
+    assert_eq!(entries[0]["token"], token_of(&holder), "{entries}");
+    other.signal(Signal::SIGTERM);
+    assert_eq!(other.finish().code(), 143);
+    assert!(!keys("ralph-supervise/worktree/").contains(&reserved));
+}
+
+#[test]
+fn stop_fleet_key_stops_a_loop_on_another_host() {
+    if !etcd::available() {
+        return;
+    }
+    let cluster = Cluster::start(1);
+    let endpoints = cluster.endpoints();
+    let (a, b) = two_hosts();
+    let holder = start_holder(&a, &endpoints, &[]);
+    b.write_policy(&format!("[fleet]\nendpoints = [\"{endpoints}\"]\n"));
+    let out = b.run(&["stop", "--fleet", KEY]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("stopped: fleet key {KEY} was held by host")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(holder.finish().code(), 143);
+    let status = b.run(&["status", "--fleet"]);
+    assert_eq!(status.code(), 3, "{}", status.stderr);
+    assert!(status.stdout.contains("is free"), "{}", status.stdout);
+    let again = b.run(&["stop", "--fleet", KEY]);
+    assert_eq!(again.code(), 3, "{}", again.stderr);
 }
