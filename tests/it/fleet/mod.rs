@@ -492,7 +492,7 @@ fn worktree_ids_are_reserved_fleet_wide_and_listed() {
     let (a, b) = two_hosts();
     let holder = start_holder(&a, &endpoints, &[]);
     // The default policy in a git repository: a worktree, on this host.
-    let mut other = b.start_probe(&["--fleet-endpoints", &endpoints], &["--exit-on", "TERM"]);
+    let other = b.start_probe(&["--fleet-endpoints", &endpoints], &["--exit-on", "TERM"]);
     let line = other.stderr();
     let id = line
         .split("running in worktree ")
