@@ -98,35 +98,42 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     let mut facts = None;
     let status = match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
         // The local lock first, then (fleet mode) the fleet lock on top.
-        Next::Primary(lock) => match fleet
-            .as_mut()
-            .map(|f| f.acquire_for_run(&settings, &signals))
-        {
-            None | Some(Ok(Acquired::Held)) => {
-                let place = Place::Primary {
-                    workspace: &settings.workspace,
-                    loop_id: new_loop_id(),
-                };
-                let fleet = fleet.as_mut();
-                run_locked(&settings, &signals, &dir, lock, &place, &mut facts, fleet).status
+        Next::Primary(lock) => {
+            let place = Place::Primary {
+                workspace: &settings.workspace,
+                loop_id: new_loop_id(),
+            };
+            let fleet_lock = fleet.as_mut().map(|f| {
+                // While it waits for the fleet lock, the local one names this supervisor
+                // (a locked lock file is never empty for ralph).
+                if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now())) {
+                    warn!("cannot write {}: {e}", lock.path().display());
+                }
+                f.acquire_for_run(&settings, &signals)
+            });
+            match fleet_lock {
+                None | Some(Ok(Acquired::Held)) => {
+                    let fleet = fleet.as_mut();
+                    run_locked(&settings, &signals, &dir, lock, &place, &mut facts, fleet).status
+                }
+                Some(Ok(Acquired::Worktree)) => {
+                    let _ = lock.release();
+                    let repo = settings
+                        .repo
+                        .clone()
+                        .expect("worktree only in a repository");
+                    run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
+                }
+                Some(Ok(Acquired::Exit(status))) => {
+                    let _ = lock.release();
+                    return Ok(status);
+                }
+                Some(Err(e)) => {
+                    let _ = lock.release();
+                    return Err(e);
+                }
             }
-            Some(Ok(Acquired::Worktree)) => {
-                let _ = lock.release();
-                let repo = settings
-                    .repo
-                    .clone()
-                    .expect("worktree only in a repository");
-                run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
-            }
-            Some(Ok(Acquired::Exit(status))) => {
-                let _ = lock.release();
-                return Ok(status);
-            }
-            Some(Err(e)) => {
-                let _ = lock.release();
-                return Err(e);
-            }
-        },
+        }
         Next::Worktree { repo } => {
             run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
         }
