@@ -188,8 +188,24 @@ pub(crate) async fn owner(c: &mut Client, key: &str) -> Result<Option<Owner>> {
 }
 
 /// Waits until no key queued before `revision` is left (etcd's `waitDeletes`): each
-/// time, the newest older key is watched until it is deleted.
-pub(crate) async fn wait_turn(c: &mut Client, key: &str, revision: i64) -> Result<()> {
+/// time, the newest older key is watched until it is deleted. A failed request (a
+/// connection lost, a member restarting) is tried again: only the loss of our own
+/// lease ends a wait (the caller watches for it).
+pub(crate) async fn wait_turn(c: &mut Client, key: &str, revision: i64) {
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match wait_turn_once(c, key, revision).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!("waiting for the fleet lock: {e}; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn wait_turn_once(c: &mut Client, key: &str, revision: i64) -> Result<()> {
     let pfx = prefix(key);
     loop {
         let options = GetOptions::new()

@@ -110,9 +110,12 @@ impl Settings {
 
     fn options(&self) -> Result<ConnectOptions, Failure> {
         let limit = self.connect_limit();
+        // HTTP/2 pings find a dead connection (a frozen member) so that a client of
+        // several members moves on; every ttl/2, not to wake an idle supervisor more.
+        let ping = (self.ttl / 2).max(Duration::from_secs(1));
         let mut options = ConnectOptions::new()
             .with_connect_timeout(limit)
-            .with_keep_alive(Duration::from_secs(2), limit);
+            .with_keep_alive(ping, (self.ttl / 4).max(Duration::from_secs(1)));
         let user = std::env::var(ENV_USER).ok().filter(|u| !u.is_empty());
         if let Some(user) = user {
             let password = std::env::var(ENV_PASSWORD).unwrap_or_default();
@@ -519,8 +522,8 @@ impl Fleet {
         let mut lost = self.lost.clone();
         let task = async move {
             tokio::select! {
-                r = lock::wait_turn(&mut client, &key, token) => r.map_err(|e| e.to_string()),
-                _ = lost.wait_for(|l| l.is_some()) => Err("the lease was lost while waiting".into()),
+                () = lock::wait_turn(&mut client, &key, token) => Ok(()),
+                _ = lost.wait_for(|l| l.is_some()) => Err("the lease was lost while waiting".to_string()),
             }
         };
         let deadline = timeout.map(|t| Instant::now() + t);

@@ -165,7 +165,12 @@ fn wait_across_hosts_watches_and_honours_wait_timeout() {
     );
     // Meanwhile B's local lock is held and names B's supervisor (never empty for ralph).
     assert!(b.lock_held());
-    assert_eq!(b.metadata()["pid"], waiter.pid().as_raw(), "{}", b.metadata());
+    assert_eq!(
+        b.metadata()["pid"],
+        waiter.pid().as_raw(),
+        "{}",
+        b.metadata()
+    );
     let holder_child = a.child_pid();
     holder.signal(Signal::SIGTERM);
     waiter.expect_line("ready");
