@@ -344,7 +344,7 @@ impl Fleet {
         let token = queued.revision;
         let owner = match queued.owner {
             Some(owner) if owner.revision != token => owner,
-            _ => return self.held(token, &value),
+            _ => return self.held(token, None),
         };
         let taken = format!("fleet key {key} is taken: {}", owner.describe());
         use crate::policy::{AfterTimeout, OnConflict};
@@ -394,7 +394,7 @@ impl Fleet {
             }
         };
         match waited {
-            Waited::Done => self.held(token, &value),
+            Waited::Done => self.held(token, Some(&value)),
             Waited::Interrupted(sig) => {
                 info!(
                     "{} while waiting for the fleet lock: not running",
@@ -430,18 +430,20 @@ impl Fleet {
         }
     }
 
-    /// The lock is ours: record it, watch for stop requests.
-    fn held(&mut self, token: i64, value: &str) -> Result<Acquired, Failure> {
+    /// The lock is ours: record it, watch for stop requests. `waited`: the record put
+    /// when we queued, whose `since` becomes now (taken at once, it is right already).
+    fn held(&mut self, token: i64, waited: Option<&str>) -> Result<Acquired, Failure> {
         self.token = Some(token);
         let lease = self.lease.expect("granted");
         let key = self.settings.key.clone();
-        // `since` is now the time it was acquired.
-        let mut client = self.client.clone();
-        let (k, v) = (key.clone(), lock::Record::refresh_since(value));
-        let limit = self.settings.connect_limit();
-        let _ = self.rt.block_on(async move {
-            tokio::time::timeout(limit, lock::update(&mut client, &k, lease, v)).await
-        });
+        if let Some(value) = waited {
+            let mut client = self.client.clone();
+            let (k, v) = (key.clone(), lock::Record::refresh_since(value));
+            let limit = self.settings.connect_limit();
+            let _ = self.rt.block_on(async move {
+                tokio::time::timeout(limit, lock::update(&mut client, &k, lease, v)).await
+            });
+        }
         let task = lock::watch_stop(
             self.client.clone(),
             key.clone(),
