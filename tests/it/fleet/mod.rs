@@ -34,7 +34,7 @@ fn fleet_args<'a>(endpoints: &'a str, ttl: &'a str) -> Vec<&'a str> {
 
 /// `run <fleet args> <opts> -- probe`, ready.
 fn start_holder(ws: &Workspace, endpoints: &str, opts: &[&str]) -> Proc {
-    let mut args = fleet_args(endpoints, "4s");
+    let mut args = fleet_args(endpoints, "10s");
     args.extend_from_slice(opts);
     ws.start_probe(&args, &["--exit-on", "TERM"])
 }
@@ -89,7 +89,7 @@ fn fail_across_hosts_names_the_holders_host_pid_and_since() {
     let holder = start_holder(&a, &cluster.endpoints(), &[]);
     let mut args = vec!["run"];
     let endpoints = cluster.endpoints();
-    args.extend(fleet_args(&endpoints, "4s"));
+    args.extend(fleet_args(&endpoints, "10s"));
     let marker = b.path.join("ran");
     let script = format!("touch {}", marker.display());
     args.extend(["--on-conflict", "fail", "--", "sh", "-c", &script]);
@@ -129,7 +129,7 @@ fn wait_across_hosts_watches_and_honours_wait_timeout() {
     let holder = start_holder(&a, &endpoints, &[]);
     let first = token_of(&holder);
     let mut args = vec!["run"];
-    args.extend(fleet_args(&endpoints, "4s"));
+    args.extend(fleet_args(&endpoints, "10s"));
     args.extend([
         "--on-conflict",
         "wait",
