@@ -163,6 +163,16 @@ fn wait_across_hosts_watches_and_honours_wait_timeout() {
         children_of(waiter.pid().as_raw()).is_empty(),
         "nothing runs while waiting"
     );
+    // A third host sees the holder and the waiter, in queue order.
+    let c = host("https://git.example.com/acme/api.git");
+    c.write_policy(&format!("[fleet]\nendpoints = [\"{endpoints}\"]\n"));
+    let status = c.run(&["status", "--fleet"]);
+    assert_eq!(status.code(), 0, "{}", status.stderr);
+    let rows: Vec<&str> = status.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{}", status.stdout);
+    assert!(rows[0].contains("holder") && rows[0].contains(&holder.pid().to_string()));
+    assert!(rows[1].contains("waiter") && rows[1].contains(&waiter.pid().to_string()));
+    assert!(rows[0].contains(&first.to_string()), "{}", status.stdout);
     // Meanwhile B's local lock is held and names B's supervisor (never empty for ralph).
     assert!(b.lock_held());
     assert_eq!(
@@ -569,4 +579,39 @@ fn stop_fleet_key_stops_a_loop_on_another_host() {
     assert!(status.stdout.contains("is free"), "{}", status.stdout);
     let again = b.run(&["stop", "--fleet", KEY]);
     assert_eq!(again.code(), 3, "{}", again.stderr);
+}
+
+#[test]
+fn a_timed_out_wait_across_hosts_can_fall_back_to_a_worktree() {
+    if !etcd::available() {
+        return;
+    }
+    let cluster = Cluster::start(1);
+    let endpoints = cluster.endpoints();
+    let (a, b) = two_hosts();
+    let holder = start_holder(&a, &endpoints, &[]);
+    b.write_policy(&format!(
+        "[fleet]\nendpoints = [\"{endpoints}\"]\n[conflict]\npolicy = \"wait\"\nwait_timeout = \"500ms\"\nafter_timeout = \"worktree\"\n"
+    ));
+    let out = b.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "pwd; echo token=$RALPH_FENCING_TOKEN",
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("gave up waiting after 500ms"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("/.worktrees/"), "{}", out.stdout);
+    // Not the fleet lock's holder: no fencing token.
+    assert!(
+        out.stdout.contains("token=\n") || out.stdout.ends_with("token="),
+        "{}",
+        out.stdout
+    );
+    drop(holder);
 }
