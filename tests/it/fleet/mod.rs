@@ -203,14 +203,16 @@ fn fifty_alternations_between_two_hosts_never_overlap_and_tokens_increase() {
     let (a, b) = two_hosts();
     let log = tempfile::NamedTempFile::new().unwrap();
     let log_path = log.path().to_path_buf();
-    let runs = 32;
+    // The lock is a queue (oldest key first): a host that lets go queues behind the
+    // other, which is queued already while its child runs (0.1 s, longer than a restart).
+    let runs = 40;
     let loops: Vec<_> = [("A", a), ("B", b)]
         .into_iter()
         .map(|(name, ws)| {
             let (endpoints, log_path) = (endpoints.clone(), log_path.clone());
             std::thread::spawn(move || {
                 let script = format!(
-                    "echo \"start {name} $RALPH_FENCING_TOKEN\" >> {log}; sleep 0.02; echo \"end {name} $RALPH_FENCING_TOKEN\" >> {log}",
+                    "echo \"start {name} $RALPH_FENCING_TOKEN\" >> {log}; sleep 0.1; echo \"end {name} $RALPH_FENCING_TOKEN\" >> {log}",
                     log = log_path.display()
                 );
                 for _ in 0..runs {
