@@ -55,12 +55,18 @@ pub(crate) enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// The workspace's fleet key instead: its holder and waiters on every host, from etcd ([fleet] in the policy)
+        #[arg(long)]
+        fleet: bool,
     },
     /// List the primary loop and every worktree loop
     List {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Every fleet key's holders, waiters and reserved worktree ids, on every host, from etcd
+        #[arg(long)]
+        fleet: bool,
     },
     /// Stop a loop gracefully and wait until its lock is released
     Stop(StopArgs),
@@ -250,8 +256,11 @@ impl PolicyArgs {
 #[derive(Debug, Args)]
 pub(crate) struct StopArgs {
     /// A worktree loop's id (see `list`) [default: the workspace's own loop]
-    #[arg(value_name = "ID")]
+    #[arg(value_name = "ID", conflicts_with = "fleet")]
     pub(crate) id: Option<String>,
+    /// Ask the holder of fleet key KEY, on whatever host, to stop (through etcd), and wait until it lets go
+    #[arg(long, value_name = "KEY", conflicts_with = "kill")]
+    pub(crate) fleet: Option<String>,
     /// Signal the loop's command gets (TERM, SIGINT, 15, ...) [default: the loop's stop.signal, TERM unless set]
     #[arg(long, value_name = "SIG", value_parser = parse_signal)]
     pub(crate) signal: Option<i32>,

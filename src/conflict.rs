@@ -205,7 +205,7 @@ pub(crate) enum Waited {
 
 /// What a signal does to a wait for the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnSignal {
+pub(crate) enum OnSignal {
     /// TERM, INT, HUP: give up waiting (the caller exits 128+N).
     Interrupt,
     /// TSTP, TTIN, TTOU: stop, as a job does (there is no child to pass them to).
@@ -216,7 +216,7 @@ enum OnSignal {
     Warn,
 }
 
-fn while_waiting(sig: i32) -> OnSignal {
+pub(crate) fn while_waiting(sig: i32) -> OnSignal {
     match classify(sig) {
         Class::Forward { stop: true } => OnSignal::Interrupt,
         _ if sig == libc::SIGHUP => OnSignal::Interrupt,

@@ -25,6 +25,11 @@ pub enum ExitStatus {
     Conflict(u8),
     /// The policy file is malformed.
     BadPolicy,
+    /// Fleet mode: the fleet lock is unavailable (etcd unreachable at start) or was lost
+    /// (keep-alives failed); `EX_UNAVAILABLE`.
+    Unavailable,
+    /// Fleet mode: etcd refused the credentials; `EX_NOPERM`.
+    NoPermission,
     /// `max_runtime` expired, or a `stop`/`wait` timed out.
     Timeout,
     /// The supervisor itself failed.
@@ -49,6 +54,8 @@ impl ExitStatus {
             ExitStatus::Usage => 2,
             ExitStatus::Conflict(code) => code,
             ExitStatus::BadPolicy => 78,
+            ExitStatus::Unavailable => 69,
+            ExitStatus::NoPermission => 77,
             ExitStatus::Timeout => 124,
             ExitStatus::Failure => 125,
             ExitStatus::NotExecutable => 126,
@@ -164,6 +171,8 @@ mod tests {
             (ExitStatus::Conflict(CONFLICT_DEFAULT), 75),
             (ExitStatus::Conflict(9), 9),
             (ExitStatus::BadPolicy, 78),
+            (ExitStatus::Unavailable, 69),
+            (ExitStatus::NoPermission, 77),
             (ExitStatus::Timeout, 124),
             (ExitStatus::Failure, 125),
             (ExitStatus::NotExecutable, 126),

@@ -45,6 +45,9 @@ pub struct Record {
     /// closed pipe); left out when none were lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) log_lines_dropped: Option<u64>,
+    /// Fleet mode: the fleet lock's key and the run's fencing token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fleet: Option<crate::metadata::FleetFacts>,
 }
 
 /// Appends one record (creating `supervise/` and the file as needed, never through a
@@ -116,6 +119,7 @@ mod tests {
             supervisor_pid: 1,
             child_pid: Some(2),
             log_lines_dropped: None,
+            fleet: None,
         }
     }
 

@@ -14,6 +14,12 @@ pub(crate) mod completions;
 pub(crate) mod conflict;
 pub(crate) mod control;
 pub mod exit;
+#[cfg(feature = "fleet")]
+pub(crate) mod fleet;
+/// Without the `fleet` feature: the same names, and one clear line if asked for.
+#[cfg(not(feature = "fleet"))]
+#[path = "fleet/off.rs"]
+pub(crate) mod fleet;
 pub(crate) mod handover;
 pub mod history;
 pub(crate) mod hooks;
@@ -77,6 +83,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
                 repo,
                 workspace,
                 chdir: global.workspace.is_some(),
+                handover: false,
                 prompt: args.prompt.map(|p| p.to_string_lossy().into_owned()),
                 command: args.command,
                 policy,
@@ -96,11 +103,19 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             logging::print(&format!("{}: ok\n", present::path(&file)))?;
             Ok(ExitStatus::SUCCESS)
         }
-        Command::Status { json } => {
+        Command::Status { json, fleet } | Command::List { json, fleet } if fleet => {
+            init_logging(&global, None);
+            let workspace = workspace::resolve(global.workspace.as_deref())?;
+            let effective = effective_policy(&workspace, &PolicyArgs::default(), &global)?;
+            let repo = workspace::git_toplevel(&workspace);
+            let every_key = matches!(cli.command, Command::List { .. });
+            fleet::show(&effective.policy, repo.as_deref(), every_key, json)
+        }
+        Command::Status { json, .. } => {
             init_logging(&global, None);
             control::status(&workspace::resolve(global.workspace.as_deref())?, json)
         }
-        Command::List { json } => {
+        Command::List { json, .. } => {
             init_logging(&global, None);
             control::list(&workspace::resolve(global.workspace.as_deref())?, json)
         }
@@ -108,6 +123,9 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             init_logging(&global, None);
             let workspace = workspace::resolve(global.workspace.as_deref())?;
             let effective = effective_policy(&workspace, &PolicyArgs::default(), &global)?;
+            if let Some(key) = &args.fleet {
+                return fleet::stop(&effective.policy, key, args.timeout);
+            }
             let settings = control::StopSettings {
                 id: args.id,
                 signal: args.signal,

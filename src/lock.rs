@@ -398,6 +398,7 @@ mod tests {
             pid_namespace: None,
             loop_index: None,
             restart: Default::default(),
+            fleet: None,
         }
     }
 

@@ -78,6 +78,17 @@ pub struct Metadata {
     /// that a restart follows.
     #[serde(flatten)]
     pub restart: RestartState,
+    /// Fleet mode: the fleet lock's key and fencing token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetFacts>,
+}
+
+/// What a run in fleet mode holds: the etcd lock's key and its fencing token (the
+/// lock's etcd revision, larger for every later holder; `RALPH_FENCING_TOKEN`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetFacts {
+    pub key: String,
+    pub fencing_token: i64,
 }
 
 /// The restart fields of the metadata, for `status`.
@@ -266,6 +277,7 @@ mod tests {
             pid_namespace: Some(4026531836),
             loop_index: None,
             restart: RestartState::default(),
+            fleet: None,
         };
         let json = m.to_json();
         assert!(

@@ -589,6 +589,47 @@ pub(crate) fn list_table(rows: &[ListRow]) -> String {
     out
 }
 
+/// `status --fleet` (one `key`) and `list --fleet`: every holder and waiter, and the
+/// worktree ids reserved, with host, pid, since and token.
+#[cfg(feature = "fleet")]
+pub(crate) fn fleet_table(entries: &[crate::fleet::Entry], key: Option<&str>) -> String {
+    use crate::fleet::lock::Role;
+    if entries.is_empty() {
+        return match key {
+            Some(key) => format!("fleet key {} is free\n", escape(key)),
+            None => "no fleet locks\n".into(),
+        };
+    }
+    let mut out = format!(
+        "{:<40} {:<8} {:<20} {:>8} {:<24} {:>8}\n",
+        "KEY", "ROLE", "HOST", "PID", "SINCE", "TOKEN"
+    );
+    for e in entries {
+        let role = match (e.role, &e.id) {
+            (Role::Holder, _) => "holder".to_string(),
+            (Role::Waiter, _) => "waiter".to_string(),
+            (Role::Worktree, Some(id)) => format!("worktree {}", escape(id)),
+            (Role::Worktree, None) => "worktree".to_string(),
+        };
+        let host = match (&e.host, e.foreign) {
+            (Some(host), _) => escape(host).into_owned(),
+            (None, true) => "(another tool)".into(),
+            (None, false) => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<40} {:<8} {:<20} {:>8} {:<24} {:>8}",
+            escape(&e.key),
+            role,
+            host,
+            e.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+            e.since.as_deref().map_or_else(|| "-".into(), escape),
+            e.token,
+        );
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------
 // history and stop
 
@@ -715,6 +756,7 @@ mod tests {
             pid_namespace: None,
             loop_index: None,
             restart: Default::default(),
+            fleet: None,
         };
         let mut v =
             serde_json::to_value(Status::new(&state(false, MetaState::Valid(Box::new(meta)))))
@@ -817,6 +859,7 @@ mod tests {
             pid_namespace: None,
             loop_index: None,
             restart: Default::default(),
+            fleet: None,
         };
         let states = [
             state(true, MetaState::Empty),
@@ -999,6 +1042,7 @@ mod tests {
                 }),
                 next_start: Some(Utc::now() + TimeDelta::seconds(300)),
             },
+            fleet: None,
         };
         let text = status_text(&state(true, MetaState::Valid(Box::new(meta))));
         let rows: Vec<&str> = text.lines().collect();

@@ -121,6 +121,9 @@ fn report() -> String {
     if let Ok(v) = std::env::var("RALPH_LOOP_INDEX") {
         lines.push(format!("loop_index {v}"));
     }
+    if let Ok(v) = std::env::var("RALPH_FENCING_TOKEN") {
+        lines.push(format!("fencing_token {v}"));
+    }
     // What a hook is told (`env RALPH_SUPERVISE_LOOP_ID=...`), sorted.
     let mut told: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("RALPH_SUPERVISE_") && k != crate::policy::ENV_POLICY)

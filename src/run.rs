@@ -24,6 +24,7 @@ use crate::conflict::{self, Next};
 use std::os::fd::{AsFd, AsRawFd};
 
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
+use crate::fleet::{Acquired, Fleet};
 use crate::history;
 use crate::hooks;
 use crate::lock::{self, Acquire, LockFile};
@@ -53,6 +54,9 @@ pub(crate) struct RunSettings {
     /// The workspace was named with `-C`: a primary child works in it. (Without `-C`
     /// the child keeps the user's current directory, which may be below the workspace.)
     pub(crate) chdir: bool,
+    /// The workspace lock is handed over to the child ([`crate::handover`]): decided by
+    /// [`run`] from `[lock] handover` and the command, before the workspace is taken.
+    pub(crate) handover: bool,
 }
 
 impl RunSettings {
@@ -69,7 +73,7 @@ impl RunSettings {
         }
     }
 
-    fn prompt_text(&self) -> String {
+    pub(crate) fn prompt_text(&self) -> String {
         self.prompt.clone().unwrap_or_else(|| {
             self.command
                 .iter()
@@ -80,7 +84,7 @@ impl RunSettings {
     }
 }
 
-pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
+pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     // Before anything else: from here on no signal can kill us or go unseen, and
     // SIGCHLD is no longer ignored (if it was).
     let signals = Signals::install().or_fail("cannot set up signal handling")?;
@@ -91,11 +95,14 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     self_identity();
 
     // Before the workspace is taken: "always" where the system cannot is refused.
-    let handover = crate::handover::plan(settings.policy.lock.handover, &settings.command)?;
+    settings.handover = crate::handover::plan(settings.policy.lock.handover, &settings.command)?;
+    // Fleet mode: etcd must answer before anything else happens (else 69 or 77).
+    let mut fleet = Fleet::for_run(&settings)?;
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     // Set once `on_start` has had its turn: then `on_exit` has one too.
     let mut facts = None;
     let status = match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
+        // The local lock first, then (fleet mode) the fleet lock on top.
         Next::Primary(lock) => {
             if !settings.chdir {
                 crate::handover::warn_if_ralph_starts_below(&settings.command, &settings.workspace);
@@ -104,14 +111,45 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
                 workspace: &settings.workspace,
                 loop_id: new_loop_id(),
             };
-            run_locked(
-                &settings, &signals, &dir, lock, &place, handover, &mut facts,
-            )
-            .status
+            let fleet_lock = fleet.as_mut().map(|f| {
+                // While it waits for the fleet lock, the local one names this supervisor
+                // (a locked lock file is never empty for ralph).
+                if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now())) {
+                    warn!("cannot write {}: {e}", lock.path().display());
+                }
+                f.acquire_for_run(&settings, &signals)
+            });
+            match fleet_lock {
+                None | Some(Ok(Acquired::Held)) => {
+                    let fleet = fleet.as_mut();
+                    run_locked(&settings, &signals, &dir, lock, &place, &mut facts, fleet).status
+                }
+                Some(Ok(Acquired::Worktree)) => {
+                    let _ = lock.release();
+                    let repo = settings
+                        .repo
+                        .clone()
+                        .expect("worktree only in a repository");
+                    run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
+                }
+                Some(Ok(Acquired::Exit(status))) => {
+                    let _ = lock.release();
+                    return Ok(status);
+                }
+                Some(Err(e)) => {
+                    let _ = lock.release();
+                    return Err(e);
+                }
+            }
         }
-        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo, handover, &mut facts),
+        Next::Worktree { repo } => {
+            run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
+        }
         Next::Exit(status) => return Ok(status),
     };
+    if let Some(fleet) = fleet.as_mut() {
+        fleet.release();
+    }
     // After the last run and the release (and the worktree's `on_exit`).
     if let (Some(mut facts), Some(argv)) = (facts, &settings.policy.hooks.on_exit) {
         facts.exit_status = Some(match &status {
@@ -186,18 +224,23 @@ fn run_in_worktree(
     settings: &RunSettings,
     signals: &Signals,
     repo: PathBuf,
-    handover: bool,
     facts: &mut Option<hooks::Facts>,
+    mut fleet: Option<&mut Fleet>,
 ) -> Result<ExitStatus, Failure> {
     let prompt = settings.prompt_text();
-    let created = worktree::create(&worktree::Spec {
+    let spec = worktree::Spec {
         repo,
         dir: settings.policy.worktree.dir.clone(),
         branch_prefix: settings.policy.worktree.branch_prefix.clone(),
         prompt: prompt.clone(),
         carry: settings.policy.worktree.sync,
         copy: settings.policy.worktree.copy.clone(),
-    })?;
+    };
+    let created = match fleet.as_deref_mut() {
+        // Fleet mode: the id (and so the branch) is also reserved fleet-wide.
+        Some(fleet) => worktree::create_with(&spec, &fleet.worktree_reserver(settings)?)?,
+        None => worktree::create(&spec)?,
+    };
     info!(
         "running in worktree {} (branch {})",
         created.path.display(),
@@ -227,8 +270,8 @@ fn run_in_worktree(
         &dir,
         lock,
         &Place::Worktree(&created),
-        handover,
         facts,
+        fleet,
     );
     if !ran.spawned {
         // The command never started: leave no worktree, branch or registry entry.
@@ -292,8 +335,8 @@ fn run_locked(
     dir: &RalphDir,
     lock: LockFile,
     place: &Place<'_>,
-    handover: bool,
     facts: &mut Option<hooks::Facts>,
+    fleet: Option<&mut Fleet>,
 ) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
@@ -307,20 +350,28 @@ fn run_locked(
         info!("removed a stale {}", stop_request::FILE);
     }
     let started = Utc::now();
+    let mut meta = metadata(settings, place, started);
+    meta.fleet = fleet.as_deref().and_then(|f| {
+        Some(crate::metadata::FleetFacts {
+            key: f.key().to_string(),
+            fencing_token: f.token()?,
+        })
+    });
     let mut session = Session {
         settings,
         place,
         dir,
         lock,
         extra: Vec::new(),
-        meta: metadata(settings, place, started),
+        fleet,
+        meta,
         terminal: Terminal::detect(),
         child: None,
         registered: false,
         discarded: false,
         watchdog: None,
-        handover,
-        honours_stop: handover && crate::handover::is_ralph(&settings.command),
+        handover: settings.handover,
+        honours_stop: settings.handover && crate::handover::is_ralph(&settings.command),
         stop_noted: false,
     };
     let result = match session.write_metadata() {
@@ -471,6 +522,7 @@ fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -
         pid_namespace: procfs::pid_namespace(),
         loop_index: Some(place.loop_index()),
         restart: Default::default(),
+        fleet: None,
     }
 }
 
@@ -482,6 +534,8 @@ struct Session<'a> {
     lock: LockFile,
     /// Lock files recreated after `loop.lock` was deleted under us.
     extra: Vec<LockFile>,
+    /// Fleet mode: the fleet lock (or the worktree reservation) held with the local one.
+    fleet: Option<&'a mut Fleet>,
     meta: Metadata,
     terminal: Option<Terminal>,
     child: Option<Child>,
@@ -524,6 +578,13 @@ impl Session<'_> {
 
     fn spawn(&mut self) -> Result<Child, Failure> {
         let place = self.place;
+        if let Some(why) = self.fleet.as_deref().and_then(Fleet::lost) {
+            return Err(Failure::msg(
+                ExitStatus::Unavailable,
+                format!("fleet lock lost before the command started: {why}"),
+            ));
+        }
+        let token = self.meta.fleet.as_ref().map(|f| f.fencing_token);
         let answerer = if self.handover {
             // The description the path names now (a recreated file's, if it was deleted).
             let locked = self.extra.last().unwrap_or(&self.lock);
@@ -550,6 +611,14 @@ impl Session<'_> {
                 cmd.env("RALPH_WORKSPACE_ROOT", place.workspace());
                 // Distinct among the repository's live loops, for port offsets.
                 cmd.env("RALPH_LOOP_INDEX", place.loop_index().to_string());
+                // Fleet mode: larger for every later holder of the key, on any host.
+                cmd.env_remove("RALPH_FENCING_TOKEN");
+                // The etcd credentials are the supervisor's, not the agent's.
+                cmd.env_remove("RALPH_SUPERVISE_ETCD_USER");
+                cmd.env_remove("RALPH_SUPERVISE_ETCD_PASSWORD");
+                if let Some(token) = token {
+                    cmd.env("RALPH_FENCING_TOKEN", token.to_string());
+                }
             },
         )?;
         // The child has its copy (or never started): the answerer learns of it from
@@ -599,6 +668,15 @@ impl Session<'_> {
 }
 
 impl Hooks for Session<'_> {
+    fn side_channel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.fleet.as_deref().map(Fleet::side_fd)
+    }
+
+    fn side_events(&mut self) -> Vec<machine::Event> {
+        let grace = self.settings.policy.stop.grace;
+        (self.fleet.as_deref_mut()).map_or_else(Vec::new, |f| f.supervisor_events(grace))
+    }
+
     fn activity(&mut self) -> (std::time::Duration, bool) {
         (self.watchdog.as_mut()).map_or((std::time::Duration::ZERO, false), |w| w.sample())
     }
@@ -776,6 +854,7 @@ fn history_record(
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
         log_lines_dropped: Some(crate::logging::dropped()).filter(|n| *n > 0),
+        fleet: session.meta.fleet.clone(),
     }
 }
 
@@ -788,6 +867,7 @@ fn stopped_by(reason: StopReason) -> String {
         StopReason::MaxRuntime => "max-runtime".into(),
         StopReason::Discarded => "discarded".into(),
         StopReason::Stall => "stall".into(),
+        StopReason::LeaseLost => "fleet-lease-lost".into(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! `policy show` and `ralph-supervise.toml(5)` are generated from it. A bad file is one
 //! line, `file:line:col: what; what to do`, and exit 78.
 
+mod fleet;
 mod read;
 mod show;
 
@@ -13,6 +14,9 @@ use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[cfg(feature = "fleet")]
+pub(crate) use fleet::check_fleet_key;
+pub(crate) use fleet::{Endpoints, FleetKey, FleetTtl, TlsFile};
 pub use read::parse_str;
 pub(crate) use read::*;
 pub(crate) use show::show;
@@ -156,6 +160,14 @@ schema! {
         on_start: Option<Argv> = None, "Command run once the workspace lock is taken, before the command first starts, as an array of program and arguments, like `[\"make\", \"services-up\"]`. It gets the run's facts in `RALPH_SUPERVISE_LOOP_ID`, `RALPH_SUPERVISE_WORKSPACE`, `RALPH_SUPERVISE_WORKTREE`, `RALPH_SUPERVISE_BRANCH` and `RALPH_LOOP_INDEX`; its failure is logged and the loop starts anyway.", unset "no hook";
         on_exit: Option<Argv> = None, "Command run once after the last run, once the workspace lock is released (and the worktree's `on_exit` applied), with the facts `on_start` gets plus `RALPH_SUPERVISE_EXIT_STATUS` (ralph-supervise's exit status) and `RALPH_SUPERVISE_REASON` (\"exit\", or what stopped the loop as the history's `stopped_by` says it). Its failure is logged and never changes the exit status.", unset "no hook";
         timeout: Duration = Duration::from_secs(60), "Longest a hook may run; then its process group is killed and that is logged.";
+    }
+    [fleet] Fleet "`[fleet]`: fleet mode, one lock for a workspace key across hosts, on etcd (a binary built with the `fleet` feature)." {
+        endpoints: Option<Endpoints> = None, "etcd client URLs, like [\"http://etcd-1:2379\", \"https://etcd-2:2379\"] (on the command line, comma-separated). Set, the run takes the fleet lock on `key` too, after the local lock and before the command starts. User name and password come only from RALPH_SUPERVISE_ETCD_USER and RALPH_SUPERVISE_ETCD_PASSWORD.", unset "no fleet lock", flag fleet_endpoints;
+        key: Option<FleetKey> = None, "The fleet lock's key: letters, digits and . _ / - only. Runs on any host with the same key exclude each other.", unset "from `git remote get-url origin` and the current branch, like \"github.com/acme/api/main\"", flag fleet_key;
+        ttl: FleetTtl = Duration::from_secs(10), "The lease's time to live, at least 2s. When keep-alives fail, the command is stopped (grace min(stop.grace, ttl/3)) before the lease can lapse.", flag fleet_ttl;
+        tls_ca: Option<TlsFile> = None, "PEM file of the certificate authority that signs the etcd servers' certificates.", unset "none (an https endpoint needs it)";
+        tls_cert: Option<TlsFile> = None, "PEM client certificate, with `tls_key`, for etcd servers that ask for one.", unset "none";
+        tls_key: Option<TlsFile> = None, "PEM private key of `tls_cert`.", unset "none";
     }
     [log] Log "`[log]`: the supervisor's own logging." {
         format: LogFormat = LogFormat::Text, "Format of ralph-supervise's own log lines on standard error.", flag log_format;

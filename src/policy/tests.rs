@@ -90,6 +90,14 @@ on_start = ["make", "up"]
 on_exit = ["sh", "-c", "echo done"]
 timeout = "5s"
 
+[fleet]
+endpoints = ["http://etcd-1:2379", "https://etcd-2.example:2379/"]
+key = "acme/api/main"
+ttl = "15s"
+tls_ca = "Cargo.toml"
+tls_cert = "Cargo.toml"
+tls_key = "src/lib.rs"
+
 [log]
 format = "json"
 level = "trace"
@@ -142,6 +150,17 @@ fn full_file() -> PolicyFile {
             on_start: Some(vec!["make".into(), "up".into()]),
             on_exit: Some(vec!["sh".into(), "-c".into(), "echo done".into()]),
             timeout: Duration::from_secs(5),
+        };
+        p.fleet = Fleet {
+            endpoints: Some(vec![
+                "http://etcd-1:2379".into(),
+                "https://etcd-2.example:2379".into(),
+            ]),
+            key: Some("acme/api/main".into()),
+            ttl: Duration::from_secs(15),
+            tls_ca: Some(PathBuf::from("Cargo.toml")),
+            tls_cert: Some(PathBuf::from("Cargo.toml")),
+            tls_key: Some(PathBuf::from("src/lib.rs")),
         };
         p.log = Log {
             format: LogFormat::Json,
@@ -394,6 +413,9 @@ fn every_flag_overrides_the_full_file() {
         ("stall_timeout", "5s"),
         ("handover", "never"),
         ("log_format", "text"),
+        ("fleet_endpoints", "http://a:1, http://b:2"),
+        ("fleet_key", "x/y"),
+        ("fleet_ttl", "2s"),
     ]);
     let e = resolve(Some((path.clone(), full_file())), &flags);
     let p = &e.policy;
@@ -415,6 +437,10 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.run.max_runtime, Some(Duration::from_secs(4)));
     assert_eq!(p.lock.handover, Handover::Never);
     assert_eq!(p.log.format, LogFormat::Text);
+    let endpoints = ["http://a:1".to_string(), "http://b:2".to_string()];
+    assert_eq!(p.fleet.endpoints.as_deref(), Some(&endpoints[..]));
+    assert_eq!(p.fleet.key.as_deref(), Some("x/y"));
+    assert_eq!(p.fleet.ttl, Duration::from_secs(2));
     // Keys without a flag keep the file's values.
     assert_eq!(p.conflict.after_timeout, AfterTimeout::Worktree);
     assert_eq!(p.worktree.on_exit, OnExit::QueueMerge);
@@ -482,6 +508,14 @@ handover = "auto"  # default
 # on_start not set: no hook  # default
 # on_exit not set: no hook  # default
 timeout = "1m"  # default
+
+[fleet]
+# endpoints not set: no fleet lock  # default
+# key not set: from `git remote get-url origin` and the current branch, like "github.com/acme/api/main"  # default
+ttl = "10s"  # default
+# tls_ca not set: none (an https endpoint needs it)  # default
+# tls_cert not set: none  # default
+# tls_key not set: none  # default
 
 [log]
 format = "text"  # default
@@ -646,11 +680,11 @@ fn unknown_keys_and_sections() {
     );
     assert_eq!(
         error("# policy\n\n[stoop]\ngrace = \"1s\"\n"),
-        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, lock, hooks, log"
+        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, lock, hooks, fleet, log"
     );
     assert_eq!(
         error("grace = \"1s\"\n"),
-        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, lock, hooks, log"
+        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, lock, hooks, fleet, log"
     );
     assert_eq!(
         error("[stop.extra]\nx = 1\n"),

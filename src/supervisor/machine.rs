@@ -223,6 +223,8 @@ pub(crate) enum StopReason {
     /// The run stalled (`stall_timeout`). Unlike the others it does not end the
     /// restarts: the run ends with 124 and the restart rules decide.
     Stall,
+    /// Fleet mode: the fleet lock's lease could not be kept alive; exit 69.
+    LeaseLost,
 }
 
 /// Where the supervision is.
@@ -273,6 +275,10 @@ pub(crate) enum Event {
     /// used `cpu` in all (a running total), and a workspace file changed since the last
     /// sample (`files_changed`).
     Activity { cpu: Duration, files_changed: bool },
+    /// Fleet mode: the lease may lapse (keep-alives failed) or is gone. The child is
+    /// stopped with this grace, its leftovers KILLed at once, and the run exits 69.
+    #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+    LeaseLost { grace: Duration },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +418,8 @@ impl Machine {
     pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         match (self.state, event) {
             (State::Exited(_), _) => vec![],
+
+            (_, Event::LeaseLost { grace }) => self.lease_lost(grace, now),
 
             (
                 _,
@@ -599,6 +607,45 @@ impl Machine {
         }
     }
 
+    /// The fleet lease may lapse: whatever else is going on, the child is to be gone
+    /// within `grace` (sooner if a stop already runs), and the run ends with 69.
+    fn lease_lost(&mut self, grace: Duration, now: Instant) -> Vec<Action> {
+        self.stop = Some(StopReason::LeaseLost);
+        let deadline = now + grace;
+        match self.state {
+            State::Running { .. } => {
+                self.state = State::Stopping {
+                    deadline,
+                    killed: false,
+                    by_signal: true,
+                };
+                vec![deliver(self.config.stop_signal)]
+            }
+            State::Stopping {
+                deadline: old,
+                killed: false,
+                by_signal,
+            } => {
+                self.state = State::Stopping {
+                    deadline: old.min(deadline),
+                    killed: false,
+                    by_signal,
+                };
+                vec![]
+            }
+            State::Draining { .. } => {
+                let mut actions = vec![Action::SignalGroup(libc::SIGKILL)];
+                actions.extend(self.after_drain(now));
+                actions
+            }
+            State::Backoff { .. } => {
+                self.exit();
+                vec![]
+            }
+            State::Stopping { killed: true, .. } | State::Exited(_) => vec![],
+        }
+    }
+
     fn begin_stop(&mut self, reason: StopReason, signal: i32, now: Instant) -> Vec<Action> {
         self.stop.get_or_insert(reason);
         self.state = State::Stopping {
@@ -667,7 +714,11 @@ impl Machine {
             self.failures = 0;
         }
         let mut actions = vec![Action::TakeTerminal];
-        if group_alive && self.config.kill_orphans {
+        if group_alive && self.config.kill_orphans && self.stop == Some(StopReason::LeaseLost) {
+            // No grace left: the lease may lapse any moment.
+            actions.push(Action::SignalGroup(libc::SIGKILL));
+            actions.extend(self.after_drain(now));
+        } else if group_alive && self.config.kill_orphans {
             self.state = State::Draining {
                 deadline: now + self.config.grace,
             };
@@ -780,7 +831,9 @@ impl Machine {
     }
 
     fn exit(&mut self) {
-        let status = if self.stop == Some(StopReason::MaxRuntime) || self.stalled {
+        let status = if self.stop == Some(StopReason::LeaseLost) {
+            ExitStatus::Unavailable
+        } else if self.stop == Some(StopReason::MaxRuntime) || self.stalled {
             ExitStatus::Timeout
         } else {
             self.outcome
@@ -829,6 +882,44 @@ mod tests {
             ),
             now,
         )
+    }
+
+    #[test]
+    fn a_lost_lease_stops_within_its_grace_and_exits_69() {
+        let (mut m, now) = machine(false);
+        let grace = Duration::from_secs(2);
+        let actions = m.handle(Event::LeaseLost { grace }, now);
+        assert_eq!(actions, vec![Action::SignalGroup(libc::SIGTERM)]);
+        assert_eq!(m.deadline(), Some(now + grace));
+        let later = now + grace;
+        assert_eq!(
+            m.handle(Event::Deadline, later),
+            vec![Action::SignalGroup(libc::SIGKILL)]
+        );
+        // Leftovers get no grace: KILL with the child's exit.
+        let actions = m.handle(exited(137, true), later);
+        assert!(actions.contains(&Action::SignalGroup(libc::SIGKILL)));
+        assert_eq!(m.finished(), Some(ExitStatus::Unavailable));
+        assert_eq!(m.stop_reason(), Some(StopReason::LeaseLost));
+    }
+
+    #[test]
+    fn a_lost_lease_shortens_a_running_stop_and_ends_a_backoff() {
+        let (mut m, now) = machine(false);
+        m.handle(Event::Signal(libc::SIGTERM), now);
+        assert_eq!(m.deadline(), Some(now + GRACE));
+        let grace = Duration::from_secs(1);
+        assert_eq!(m.handle(Event::LeaseLost { grace }, now), vec![]);
+        assert_eq!(m.deadline(), Some(now + grace));
+        m.handle(exited(143, false), now);
+        assert_eq!(m.finished(), Some(ExitStatus::Unavailable));
+
+        let (mut m, now) = machine(false);
+        m.config.restart.when = RestartWhen::Always;
+        m.handle(exited(1, false), now);
+        assert!(matches!(m.state(), State::Backoff { .. }));
+        m.handle(Event::LeaseLost { grace }, now);
+        assert_eq!(m.finished(), Some(ExitStatus::Unavailable));
     }
 
     fn exited(code: i32, group_alive: bool) -> Event {

@@ -208,6 +208,16 @@ pub(crate) trait Hooks {
     /// A stall watchdog sample: the CPU time the child's process tree has used so far,
     /// and whether a workspace file changed since the last sample.
     fn activity(&mut self) -> (Duration, bool);
+    /// A second descriptor to wait on besides the signals (fleet mode: its helper
+    /// thread's notifications), if the owner has one.
+    fn side_channel(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// The side channel is readable: the events it brings (a lost lease, a stop asked
+    /// for through etcd).
+    fn side_events(&mut self) -> Vec<Event> {
+        Vec::new()
+    }
 }
 
 /// Supervises `child` until the machine says it is over; returns the exit status.
@@ -234,12 +244,22 @@ pub(crate) fn supervise(
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(anyhow::Error::new(e).context("poll").into()),
-        }
+        let side_ready = {
+            let side = hooks.side_channel();
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            fds.extend(side.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(anyhow::Error::new(e).context("poll").into()),
+            }
+            fds.get(1)
+                .and_then(|fd| fd.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
         let now = Instant::now();
+        if side_ready {
+            events.extend(hooks.side_events());
+        }
         let mut looked = false;
         while let Some(received) = signals.next_info()? {
             let sig = received.signo;

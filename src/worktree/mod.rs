@@ -19,7 +19,7 @@
 
 pub(crate) mod carry;
 pub(crate) mod copy;
-mod git;
+pub(crate) mod git;
 pub mod id;
 pub mod queue;
 pub mod registry;
@@ -449,6 +449,12 @@ thread_local! {
 
 /// Creates the worktree for a new loop (see the module documentation).
 pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
+    create_with(spec, &|_| true)
+}
+
+/// [`create`], with `reserve` asked last about each free candidate id: false means it
+/// is taken elsewhere (fleet mode reserves ids across hosts).
+pub(crate) fn create_with(spec: &Spec, reserve: &dyn Fn(&str) -> bool) -> Result<Created, Failure> {
     let repo = inspect(&spec.repo, Purpose::Launch)?.expect("a launch never gets None");
     // Worktrees, the registry and the repo lock belong to the main work tree; the base
     // commit and the work carried over come from the tree we were started in.
@@ -503,6 +509,7 @@ pub(crate) fn create(spec: &Spec) -> Result<Created, Failure> {
                 || others
                     .iter()
                     .any(|o| o.contains(c) || c.contains(o.as_str()))
+                || !reserve(c)
         };
         let id = id::generate_id(&spec.prompt, &taken);
         let branch = format!("{}{id}", spec.branch_prefix);

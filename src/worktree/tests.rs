@@ -667,3 +667,21 @@ fn copy_brings_ignored_files_over_and_nothing_more() {
     let d = create(&spec(&root, "another", false)).unwrap();
     assert_eq!(d.loop_index, 2);
 }
+
+/// Fleet mode's reservation: an id the reserver refuses (taken on another host) is
+/// never used, as a directory or as a branch.
+#[test]
+fn ids_refused_by_the_reserver_are_skipped() {
+    let (_tmp, root) = repo();
+    let asked = std::cell::RefCell::new(Vec::new());
+    let reserve = |id: &str| {
+        asked.borrow_mut().push(id.to_string());
+        asked.borrow().len() > 3
+    };
+    let created = create_with(&spec(&root, "fix the build", false), &reserve).unwrap();
+    let asked = asked.into_inner();
+    assert_eq!(asked.len(), 4, "{asked:?}");
+    assert_eq!(asked[3], created.id);
+    assert!(!asked[..3].contains(&created.id));
+    assert_eq!(branches(&root), [format!("ralph/{}", created.id)]);
+}

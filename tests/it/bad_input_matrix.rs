@@ -108,6 +108,39 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
     ("[log]\nformat = \"xml\"\n", "2:10", "xml"),
     ("[log]\nlevel = 7\n", "2:9", "level"),
     ("policy = \"wait\"\n", "1:1", "policy"),
+    (
+        "[fleet]\nendpoints = [\"etcd-1:2379\"]\n",
+        "2:14",
+        "\"etcd-1:2379\" is not an etcd URL (it must start with http:// or https://)",
+    ),
+    (
+        "[fleet]\nendpoints = [\"http://a:2379\", \"http://b:port\"]\n",
+        "2:31",
+        "the port is not a number",
+    ),
+    (
+        "[fleet]\nendpoints = [\"http://root:s3cret@etcd:2379\"]\n",
+        "2:14",
+        "no user or password in it",
+    ),
+    ("[fleet]\nttl = \"1s\"\n", "2:7", "\"1s\" is under 2s"),
+    ("[fleet]\nttl = \"1500ms\"\n", "2:7", "under 2s"),
+    (
+        "[fleet]\nkey = \"acme/api main\"\n",
+        "2:7",
+        "\"acme/api main\" is not a usable key (' ' is not allowed",
+    ),
+    ("[fleet]\nkey = \"acme//api\"\n", "2:7", "not a usable key"),
+    (
+        "[fleet]\ntls_ca = \"/nonexistent/ca.pem\"\n",
+        "2:10",
+        "name a PEM file that exists",
+    ),
+    (
+        "[fleet]\ntls_cert = \"/nonexistent/cert.pem\"\n",
+        "2:12",
+        "fleet.tls_cert",
+    ),
 ];
 
 fn check_bad_policy(ws: &Workspace, file: &std::path::Path, at: &str, words: &str) {
@@ -183,6 +216,9 @@ fn bad_flag_values_are_usage_errors() {
         &["run", "--stop-grace", "", "--", "true"],
         &["run", "--handover=sometimes", "--", "true"],
         &["run", "--log-format", "xml", "--", "true"],
+        &["run", "--fleet-ttl", "1s", "--", "true"],
+        &["run", "--fleet-endpoints", "etcd:2379", "--", "true"],
+        &["run", "--fleet-key", "a b", "--", "true"],
         &["run", "--frobnicate", "--", "true"],
         &["run"],
         &["stop", "--signal", "SIGNOPE"],
@@ -430,4 +466,52 @@ fn corrupt_history_costs_only_its_bad_lines() {
         std::fs::read(&path).unwrap().starts_with(&text),
         "history rewritten"
     );
+}
+
+/// A password written into an endpoint URL is refused, and not repeated.
+#[test]
+fn a_password_in_a_fleet_endpoint_is_refused_without_repeating_it() {
+    let ws = Workspace::new();
+    let file = ws.path.join("p.toml");
+    std::fs::write(
+        &file,
+        "[fleet]\nendpoints = [\"http://root:s3cret@etcd:2379\"]\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["policy", "check", file.to_str().unwrap()],
+        vec!["policy", "show", "--policy", file.to_str().unwrap()],
+        vec!["run", "--policy", file.to_str().unwrap(), "--", "true"],
+    ] {
+        let out = ws.run(&args);
+        assert_eq!(out.code(), 78, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("RALPH_SUPERVISE_ETCD_USER"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("s3cret") && !out.stdout.contains("s3cret"));
+    }
+}
+
+/// A build without the `fleet` feature asked for fleet mode: one line, 69, nothing run.
+#[cfg(not(feature = "fleet"))]
+#[test]
+fn fleet_mode_in_a_build_without_it_is_one_line_and_69() {
+    let ws = Workspace::new();
+    let marker = ws.path.join("ran");
+    let script = format!("touch {}", marker.display());
+    ws.write_policy("[fleet]\nendpoints = [\"http://127.0.0.1:2379\"]\n");
+    for args in [
+        vec!["run", "--", "sh", "-c", &script],
+        vec!["status", "--fleet"],
+        vec!["list", "--fleet"],
+        vec!["stop", "--fleet", "acme/api/main"],
+    ] {
+        let out = ws.run(&args);
+        assert_eq!(out.code(), 69, "{args:?}: {out:?}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains("--features fleet"), "{}", out.stderr);
+    }
+    assert!(!marker.exists());
 }

@@ -11,6 +11,8 @@ mod completions;
 mod conflict;
 mod control;
 mod faults;
+#[cfg(feature = "fleet")]
+mod fleet;
 mod handover;
 mod hooks;
 mod leftovers;

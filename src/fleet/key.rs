@@ -1,0 +1,114 @@
+//! The default fleet key: the repository's `origin` URL and the current branch, so that
+//! clones of one repository on different hosts, on the same branch, name one lock
+//! without configuration. URLs are normalised (scheme, user, password, port and `.git`
+//! dropped; `host:path` scp syntax read as `host/path`; the host lower-cased), so that
+//! `git@github.com:acme/api.git` and `https://github.com/acme/api` give the same key.
+
+use std::path::Path;
+
+use crate::exit::{ExitStatus, Failure};
+use crate::worktree::git;
+
+/// `github.com/acme/api/main` for the repository at `repo`, from `origin` and the branch
+/// checked out; a clear error when either is missing.
+pub(crate) fn default_key(repo: Option<&Path>) -> Result<String, Failure> {
+    let fix = "set [fleet] key in the policy or pass --fleet-key";
+    let Some(repo) = repo else {
+        let msg = format!("fleet mode: no key, and not in a git repository to make one; {fix}");
+        return Err(Failure::msg(ExitStatus::Usage, msg));
+    };
+    let out = git::run(repo, ["remote", "get-url", "origin"], None)?;
+    if !out.ok {
+        let msg = format!(
+            "fleet mode: no key, and {} has no remote \"origin\" to make one from; {fix}",
+            repo.display()
+        );
+        return Err(Failure::msg(ExitStatus::Usage, msg));
+    }
+    let Some(branch) = crate::worktree::current_branch(repo) else {
+        let msg = format!(
+            "fleet mode: no key, and {} has no branch checked out (detached HEAD) to make one from; {fix}",
+            repo.display()
+        );
+        return Err(Failure::msg(ExitStatus::Usage, msg));
+    };
+    Ok(key_from(&out.text(), &branch))
+}
+
+/// The key for remote URL `url` and branch `branch`.
+pub(crate) fn key_from(url: &str, branch: &str) -> String {
+    let key = format!("{}/{}", normalise_url(url), branch);
+    clean(&key)
+}
+
+/// `host/org/repo` from any of git's URL forms.
+pub(crate) fn normalise_url(url: &str) -> String {
+    let url = url.trim();
+    let (host, path) = match url.split_once("://") {
+        Some((_scheme, rest)) => rest.split_once('/').unwrap_or((rest, "")),
+        // scp-like `user@host:path`; a local path otherwise.
+        None => match url.split_once(':') {
+            Some((host, path)) if !host.contains('/') => (host, path),
+            _ => ("", url),
+        },
+    };
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    let path = path.trim_end_matches('/');
+    match host.is_empty() {
+        true => path.to_string(),
+        false => format!("{}/{path}", host.to_ascii_lowercase()),
+    }
+}
+
+/// Characters outside `[A-Za-z0-9._/-]` become `-`; empty parts are dropped.
+fn clean(key: &str) -> String {
+    let mapped: String = key
+        .chars()
+        .map(|c| match c.is_ascii_alphanumeric() || "._/-".contains(c) {
+            true => c,
+            false => '-',
+        })
+        .collect();
+    let parts: Vec<&str> = mapped.split('/').filter(|p| !p.is_empty()).collect();
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_repository_one_key_whatever_the_url_form() {
+        let forms = [
+            "git@github.com:acme/api.git",
+            "https://github.com/acme/api",
+            "https://github.com/acme/api.git/",
+            "https://alice:s3cret@github.com/acme/api.git",
+            "ssh://git@GitHub.com:22/acme/api.git",
+            "git+ssh://git@github.com/acme/api",
+        ];
+        for url in forms {
+            assert_eq!(key_from(url, "main"), "github.com/acme/api/main", "{url}");
+        }
+    }
+
+    #[test]
+    fn credentials_never_reach_the_key() {
+        let key = key_from("https://bob:hunter2@git.example.org/x/y", "dev");
+        assert_eq!(key, "git.example.org/x/y/dev");
+        assert!(!key.contains("hunter2"));
+    }
+
+    #[test]
+    fn odd_characters_are_replaced_and_the_result_is_a_valid_key() {
+        let key = key_from("/srv/git/my repo.git", "feature/ünïcode+x");
+        assert_eq!(key, "srv/git/my-repo/feature/-n-code-x");
+        assert!(crate::policy::check_fleet_key(&key).is_ok());
+    }
+}

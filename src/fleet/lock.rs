@@ -1,0 +1,405 @@
+//! etcd's lock recipe (as `clientv3/concurrency.Mutex` and so `etcdctl lock` do it),
+//! with the records ralph-supervise keeps beside it: who holds or waits (a JSON value),
+//! stop requests, worktree reservations. See the layout in [`super`].
+
+use chrono::Utc;
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
+    Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+
+type Result<T> = std::result::Result<T, etcd_client::Error>;
+
+/// Every lock's keys are under this prefix.
+pub(crate) const LOCKS: &str = "ralph-supervise/lock/";
+const STOPS: &str = "ralph-supervise/stop/";
+const WORKTREES: &str = "ralph-supervise/worktree/";
+
+/// The lock's prefix for `key` (what `etcdctl lock` is given, plus `/`).
+fn prefix(key: &str) -> String {
+    format!("{LOCKS}{key}/")
+}
+
+/// A contender's key: the prefix and its lease in hex (as etcd's recipe names it).
+pub(crate) fn lock_key(key: &str, lease: i64) -> String {
+    format!("{}{lease:x}", prefix(key))
+}
+
+fn stop_key(key: &str, holder: i64) -> String {
+    format!("{STOPS}{key}/{holder:x}")
+}
+
+/// What a supervisor writes as the value of its lock key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    /// RFC 3339: when it began waiting, then when it took the lock.
+    pub(crate) since: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) workspace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) prompt: Option<String>,
+}
+
+impl Record {
+    pub(crate) fn new(workspace: &std::path::Path, prompt: &str) -> Record {
+        Record {
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            pid: std::process::id(),
+            since: crate::metadata::format_time(&Utc::now()),
+            workspace: Some(workspace.to_string_lossy().into_owned()),
+            prompt: Some(crate::metadata::truncate_prompt(prompt)),
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The same record with `since` now.
+    pub(crate) fn refresh_since(json: &str) -> String {
+        match serde_json::from_str::<Record>(json) {
+            Ok(mut r) => {
+                r.since = crate::metadata::format_time(&Utc::now());
+                r.to_json()
+            }
+            Err(_) => json.to_string(),
+        }
+    }
+
+    /// "host H pid P" for a stop request's `by`.
+    pub(crate) fn by(&self) -> String {
+        format!("host {} pid {}", self.host, self.pid)
+    }
+}
+
+/// The owner of a lock, or one of its queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    /// Its create revision: the fencing token it holds (or will).
+    pub(crate) revision: i64,
+    /// The lease its key was put with (from the key's name).
+    pub(crate) lease: Option<i64>,
+    /// `None`: not a ralph-supervise (`etcdctl lock`, another tool).
+    pub(crate) record: Option<Record>,
+    pub(crate) key: String,
+}
+
+impl Owner {
+    fn from_kv(kv: &KeyValue) -> Owner {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let lease = key
+            .rsplit('/')
+            .next()
+            .and_then(|hex| i64::from_str_radix(hex, 16).ok());
+        Owner {
+            revision: kv.create_revision(),
+            lease,
+            record: serde_json::from_slice(kv.value()).ok(),
+            key,
+        }
+    }
+
+    /// "host H, pid P, since S (token T)", or what is known of another tool's key.
+    pub(crate) fn describe(&self) -> String {
+        match &self.record {
+            Some(r) => format!(
+                "host {}, pid {}, since {} (fencing token {})",
+                crate::present::escape(&r.host),
+                r.pid,
+                r.since,
+                self.revision
+            ),
+            None => format!(
+                "another tool (etcd key {}, as `etcdctl lock` makes; fencing token {})",
+                crate::present::escape(&self.key),
+                self.revision
+            ),
+        }
+    }
+}
+
+/// Our place in the queue.
+pub(crate) struct Queued {
+    /// Our key's create revision: the fencing token once we hold the lock.
+    pub(crate) revision: i64,
+    /// Whoever holds the lock now (maybe us).
+    pub(crate) owner: Option<Owner>,
+}
+
+fn first_created() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+}
+
+/// Puts our key (once), and reads the owner, in one transaction.
+pub(crate) async fn enqueue(
+    c: &mut Client,
+    key: &str,
+    lease: i64,
+    value: String,
+) -> Result<Queued> {
+    let (pfx, my) = (prefix(key), lock_key(key, lease));
+    let txn = Txn::new()
+        .when([Compare::create_revision(my.clone(), CompareOp::Equal, 0)])
+        .and_then([
+            TxnOp::put(my.clone(), value, Some(PutOptions::new().with_lease(lease))),
+            TxnOp::get(pfx.clone(), Some(first_created())),
+        ])
+        .or_else([
+            TxnOp::get(my.clone(), None),
+            TxnOp::get(pfx, Some(first_created())),
+        ]);
+    let resp = c.txn(txn).await?;
+    let responses = resp.op_responses();
+    let revision = if resp.succeeded() {
+        resp.header().map_or(0, |h| h.revision())
+    } else {
+        match responses.first() {
+            Some(TxnOpResponse::Get(get)) => get.kvs().first().map_or(0, |kv| kv.create_revision()),
+            _ => 0,
+        }
+    };
+    let owner = match responses.last() {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first().map(Owner::from_kv),
+        _ => None,
+    };
+    Ok(Queued { revision, owner })
+}
+
+/// Rewrites our key's value (its create revision stays).
+pub(crate) async fn update(c: &mut Client, key: &str, lease: i64, value: String) -> Result<()> {
+    let my = lock_key(key, lease);
+    c.put(my, value, Some(PutOptions::new().with_lease(lease)))
+        .await?;
+    Ok(())
+}
+
+/// The lock's owner now, if any.
+pub(crate) async fn owner(c: &mut Client, key: &str) -> Result<Option<Owner>> {
+    let resp = c.get(prefix(key), Some(first_created())).await?;
+    Ok(resp.kvs().first().map(Owner::from_kv))
+}
+
+/// Waits until no key queued before `revision` is left (etcd's `waitDeletes`): each
+/// time, the newest older key is watched until it is deleted. A failed request (a
+/// connection lost, a member restarting) is tried again: only the loss of our own
+/// lease ends a wait (the caller watches for it).
+pub(crate) async fn wait_turn(c: &mut Client, key: &str, revision: i64) {
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match wait_turn_once(c, key, revision).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!("waiting for the fleet lock: {e}; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn wait_turn_once(c: &mut Client, key: &str, revision: i64) -> Result<()> {
+    let pfx = prefix(key);
+    loop {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_max_create_revision(revision - 1)
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1);
+        let resp = c.get(pfx.clone(), Some(options)).await?;
+        let Some(before) = resp.kvs().first() else {
+            return Ok(());
+        };
+        let at = resp.header().map_or(0, |h| h.revision());
+        wait_gone(c, &String::from_utf8_lossy(before.key()), at).await?;
+    }
+}
+
+/// Waits until `key` is deleted after revision `at` (at once if it was meanwhile).
+pub(crate) async fn wait_gone(c: &mut Client, key: &str, at: i64) -> Result<()> {
+    let options = WatchOptions::new()
+        .with_start_revision(at + 1)
+        .with_filters([WatchFilterType::NoPut]);
+    let mut stream = c.watch(key, Some(options)).await?;
+    while let Some(resp) = stream.message().await? {
+        if resp.canceled()
+            || resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The stop request a takeover or `stop --fleet` writes for the holder with lease
+/// `holder`; it lives on `lease` (the asker's), if given.
+pub(crate) async fn ask_stop(
+    c: &mut Client,
+    key: &str,
+    holder: i64,
+    by: &str,
+    lease: Option<i64>,
+) -> Result<()> {
+    let value = serde_json::json!({ "by": by, "at": crate::metadata::format_time(&Utc::now()) });
+    let options = lease.map(|l| PutOptions::new().with_lease(l));
+    c.put(stop_key(key, holder), value.to_string(), options)
+        .await?;
+    Ok(())
+}
+
+/// Watches this holder's stop-request key from `from` on; each request is reported.
+pub(crate) async fn watch_stop(
+    mut c: Client,
+    key: String,
+    lease: i64,
+    from: i64,
+    notifier: super::Notifier,
+) {
+    let stop = stop_key(&key, lease);
+    let mut next = from;
+    loop {
+        let options = WatchOptions::new()
+            .with_start_revision(next)
+            .with_filters([WatchFilterType::NoDelete]);
+        if let Ok(mut stream) = c.watch(stop.clone(), Some(options)).await {
+            while let Ok(Some(resp)) = stream.message().await {
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    next = next.max(kv.mod_revision() + 1);
+                    let by = serde_json::from_slice::<serde_json::Value>(kv.value())
+                        .ok()
+                        .and_then(|v| v.get("by")?.as_str().map(str::to_string))
+                        .unwrap_or_else(|| "someone".into());
+                    notifier.send(super::FleetEvent::StopAsked(by));
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Reserves worktree id `id` under `key` for `lease`; false if another has it.
+pub(crate) async fn reserve(
+    c: &mut Client,
+    key: &str,
+    id: &str,
+    lease: i64,
+    value: String,
+) -> Result<bool> {
+    let name = format!("{WORKTREES}{key}/{id}");
+    let txn = Txn::new()
+        .when([Compare::create_revision(name.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            name,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    Ok(c.txn(txn).await?.succeeded())
+}
+
+/// Whether a lock key holds or waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    Holder,
+    Waiter,
+    /// A worktree loop's reserved id.
+    Worktree,
+}
+
+/// One holder, waiter or worktree reservation, for `status/list --fleet`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Entry {
+    pub(crate) key: String,
+    pub(crate) role: Role,
+    /// The worktree loop's id (reservations only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) pid: Option<u32>,
+    pub(crate) since: Option<String>,
+    /// The create revision: the fencing token (a holder's), or the queue position.
+    pub(crate) token: i64,
+    /// Not a ralph-supervise (`etcdctl lock`).
+    pub(crate) foreign: bool,
+}
+
+/// Every lock key (and reservation) under `key`, or under all keys; in each lock, the
+/// oldest holds and the rest wait.
+pub(crate) async fn list(c: &mut Client, key: Option<&str>) -> Result<Vec<Entry>> {
+    let sorted = || {
+        GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+    };
+    let (locks, worktrees) = match key {
+        Some(k) => (prefix(k), format!("{WORKTREES}{k}/")),
+        None => (LOCKS.to_string(), WORKTREES.to_string()),
+    };
+    let mut entries = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for kv in c.get(locks, Some(sorted())).await?.kvs() {
+        let owner = Owner::from_kv(kv);
+        let Some(name) = owner
+            .key
+            .strip_prefix(LOCKS)
+            .and_then(|k| k.rsplit_once('/'))
+        else {
+            continue;
+        };
+        let lock = name.0.to_string();
+        let role = match seen.insert(lock.clone()) {
+            true => Role::Holder,
+            false => Role::Waiter,
+        };
+        entries.push(entry(lock, role, None, &owner));
+    }
+    for kv in c.get(worktrees, Some(sorted())).await?.kvs() {
+        let owner = Owner::from_kv(kv);
+        let Some((lock, id)) = owner
+            .key
+            .strip_prefix(WORKTREES)
+            .and_then(|k| k.rsplit_once('/'))
+        else {
+            continue;
+        };
+        entries.push(entry(
+            lock.to_string(),
+            Role::Worktree,
+            Some(id.to_string()),
+            &owner,
+        ));
+    }
+    entries.sort_by(|a, b| {
+        (&a.key, a.role == Role::Worktree, a.token).cmp(&(
+            &b.key,
+            b.role == Role::Worktree,
+            b.token,
+        ))
+    });
+    Ok(entries)
+}
+
+fn entry(key: String, role: Role, id: Option<String>, owner: &Owner) -> Entry {
+    let r = owner.record.as_ref();
+    Entry {
+        key,
+        role,
+        id,
+        host: r.map(|r| r.host.clone()),
+        pid: r.map(|r| r.pid),
+        since: r.map(|r| r.since.clone()),
+        token: owner.revision,
+        foreign: r.is_none(),
+    }
+}

@@ -1,0 +1,962 @@
+//! Fleet mode (cargo feature `fleet`): the workspace lock one level up, across hosts,
+//! on etcd.
+//!
+//! A flock protects a workspace on one machine; clones of one repository on several
+//! hosts share a *key* (`[fleet] key`, by default the `origin` URL and the branch) and
+//! take an etcd lock on it as well, after the local flock and before the child starts.
+//!
+//! # Layout in etcd (compatible with `etcdctl lock`)
+//!
+//! The lock is etcd's own recipe (`clientv3/concurrency.Mutex`, which `etcdctl lock`
+//! uses): every contender puts `ralph-supervise/lock/<key>/<lease id in hex>` with its
+//! lease; the key with the lowest create revision holds the lock, the others wait, each
+//! watching the deletion of the one just before it (a watch, no polling). So
+//! `etcdctl lock ralph-supervise/lock/<key>` and a supervisor see each other. The value
+//! of a supervisor's key is a JSON [`lock::Record`] (host, pid, since); `etcdctl`'s is
+//! empty. The holder's create revision is the **fencing token**: the owner is always
+//! the oldest key, so every later holder's token is larger. It reaches the child as
+//! `RALPH_FENCING_TOKEN` and is written to the metadata and the history.
+//!
+//! `ralph-supervise/stop/<key>/<lease hex>`: a request to the holder with that lease to
+//! stop (a takeover, `stop --fleet`); the holder watches it. Nobody revokes another's
+//! lease. `ralph-supervise/worktree/<key>/<id>`: a worktree loop's id (and so its
+//! branch) reserved fleet-wide while it runs.
+//!
+//! # Never two holders working
+//!
+//! The lease is kept alive by a task ([`lease`]); if no keep-alive has been answered
+//! for so long that the lease might lapse within the stop grace plus a margin, the
+//! supervisor is told ([`FleetEvent::LeaseLost`]): it stops the child with the fleet
+//! grace `min(stop.grace, ttl/3)`, KILLs what is left, and exits 69 — before the lease
+//! can expire and another host can acquire.
+//!
+//! # Threads
+//!
+//! etcd's client is async: a one-worker tokio runtime runs it, in this process's one
+//! extra thread. The supervisor's event loop stays as it is: it waits on the runtime's
+//! notifications through a socket ([`Fleet::side_fd`]), as it waits on signals. The
+//! default build has none of this.
+
+pub(crate) mod key;
+mod lease;
+pub(crate) mod lock;
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::exit::{ExitStatus, Failure, ResultExt};
+use crate::policy::Policy;
+use crate::run::RunSettings;
+use crate::supervisor::Signals;
+use crate::supervisor::machine::Event;
+
+pub(crate) use key::default_key;
+pub(crate) use lock::Entry;
+
+/// The credentials, from the environment only (never the policy file, never logged).
+pub(crate) const ENV_USER: &str = "RALPH_SUPERVISE_ETCD_USER";
+pub(crate) const ENV_PASSWORD: &str = "RALPH_SUPERVISE_ETCD_PASSWORD";
+
+/// Fleet mode's settings for one run, from the policy.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) key: String,
+    pub(crate) ttl: Duration,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+impl Settings {
+    /// `None` unless `[fleet] endpoints` is set; the key defaults to the repository's.
+    pub(crate) fn from_policy(
+        policy: &Policy,
+        repo: Option<&Path>,
+    ) -> Result<Option<Settings>, Failure> {
+        let Some(endpoints) = policy.fleet.endpoints.clone() else {
+            return Ok(None);
+        };
+        let key = match &policy.fleet.key {
+            Some(key) => key.clone(),
+            None => default_key(repo)?,
+        };
+        Ok(Some(Settings {
+            endpoints,
+            key,
+            ttl: policy.fleet.ttl,
+            tls_ca: policy.fleet.tls_ca.clone(),
+            tls_cert: policy.fleet.tls_cert.clone(),
+            tls_key: policy.fleet.tls_key.clone(),
+        }))
+    }
+
+    /// The grace a lost lease leaves the child: `min(stop.grace, ttl/3)`.
+    pub(crate) fn grace(&self, stop_grace: Duration) -> Duration {
+        stop_grace.min(self.ttl / 3)
+    }
+
+    fn options(&self) -> Result<ConnectOptions, Failure> {
+        let limit = self.connect_limit();
+        // HTTP/2 pings find a dead connection (a frozen member) so that a client of
+        // several members moves on; every ttl/2, not to wake an idle supervisor more.
+        let ping = (self.ttl / 2).max(Duration::from_secs(1));
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(limit)
+            .with_keep_alive(ping, (self.ttl / 4).max(Duration::from_secs(1)));
+        let user = std::env::var(ENV_USER).ok().filter(|u| !u.is_empty());
+        if let Some(user) = user {
+            let password = std::env::var(ENV_PASSWORD).unwrap_or_default();
+            options = options.with_user(user, password);
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                Failure::msg(
+                    ExitStatus::BadPolicy,
+                    format!(
+                        "fleet TLS file {}: {e}; name a readable PEM file",
+                        path.display()
+                    ),
+                )
+            })
+        };
+        if self.tls_ca.is_some() || self.tls_cert.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.tls_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Failure::msg(
+                        ExitStatus::BadPolicy,
+                        "fleet.tls_cert and fleet.tls_key go together; set both or neither",
+                    ));
+                }
+            }
+            options = options.with_tls(tls);
+        }
+        Ok(options)
+    }
+
+    /// How long an unanswered start-up may take before etcd counts as unreachable.
+    fn connect_limit(&self) -> Duration {
+        (self.ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
+    }
+}
+
+/// What the runtime tells the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FleetEvent {
+    /// The lease may lapse (or did): stop the child now. Why, for the log.
+    LeaseLost(String),
+    /// Someone asked this holder to stop (a takeover, `stop --fleet`): who.
+    StopAsked(String),
+}
+
+/// Sends [`FleetEvent`]s from the runtime and wakes the supervisor's `poll`.
+#[derive(Clone)]
+pub(crate) struct Notifier {
+    tx: mpsc::Sender<FleetEvent>,
+    wake: std::sync::Arc<UnixStream>,
+}
+
+impl Notifier {
+    fn send(&self, event: FleetEvent) {
+        if self.tx.send(event).is_ok() {
+            let _ = (&*self.wake).write(&[1]);
+        }
+    }
+}
+
+/// One connection to etcd, and (in `run`) this run's lease and lock.
+pub(crate) struct Fleet {
+    rt: Runtime,
+    client: Client,
+    pub(crate) settings: Settings,
+    /// This run's lease, once granted.
+    lease: Option<i64>,
+    /// The lock's fencing token, once held.
+    token: Option<i64>,
+    /// `Some(why)` once the lease is lost (or may be).
+    lost: watch::Receiver<Option<String>>,
+    lost_tx: watch::Sender<Option<String>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    events: mpsc::Receiver<FleetEvent>,
+    wake_rx: UnixStream,
+    notifier: Notifier,
+}
+
+/// How the fleet lock's conflict policy ended.
+pub(crate) enum Acquired {
+    /// Held ([`Fleet::token`] is its fencing token).
+    Held,
+    /// Taken, and the policy says run in a worktree.
+    Worktree,
+    /// Run nothing; exit with this.
+    Exit(ExitStatus),
+}
+
+/// The conflict rules as fleet mode needs them.
+pub(crate) struct Rules {
+    pub(crate) policy: crate::policy::OnConflict,
+    pub(crate) wait_timeout: Option<Duration>,
+    pub(crate) after_timeout: crate::policy::AfterTimeout,
+    pub(crate) refused: ExitStatus,
+    /// Worktrees are possible (in a git repository).
+    pub(crate) in_repo: bool,
+    /// What this run records as its holder.
+    pub(crate) record: lock::Record,
+}
+
+impl Fleet {
+    /// Connects to etcd and checks that it answers: unreachable → 69, credentials
+    /// refused → 77.
+    pub(crate) fn connect(settings: Settings) -> Result<Fleet, Failure> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fleet")
+            .enable_all()
+            .build()
+            .or_fail("cannot start the fleet runtime")?;
+        let options = settings.options()?;
+        let limit = settings.connect_limit();
+        let endpoints = settings.endpoints.clone();
+        let connected = rt.block_on(async {
+            tokio::time::timeout(limit, async {
+                let mut client = Client::connect(&endpoints, Some(options)).await?;
+                // A read: proves the cluster answers (and the credentials are taken).
+                let probe = etcd_client::GetOptions::new().with_count_only();
+                client.get(lock::LOCKS, Some(probe)).await?;
+                Ok::<_, etcd_client::Error>(client)
+            })
+            .await
+        });
+        let client = match connected {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(failure(&settings.endpoints, &e)),
+            Err(_) => {
+                return Err(Failure::msg(
+                    ExitStatus::Unavailable,
+                    format!(
+                        "etcd at {} did not answer within {}; check [fleet] endpoints and that etcd runs (nothing was started)",
+                        settings.endpoints.join(", "),
+                        crate::present::short_duration(limit)
+                    ),
+                ));
+            }
+        };
+        let (lost_tx, lost) = watch::channel(None);
+        let (tx, events) = mpsc::channel();
+        let (wake_rx, wake_tx) = UnixStream::pair().or_fail("cannot create a socket pair")?;
+        wake_rx.set_nonblocking(true).or_fail("socket")?;
+        wake_tx.set_nonblocking(true).or_fail("socket")?;
+        debug!(endpoints = ?settings.endpoints, key = %settings.key, "connected to etcd");
+        Ok(Fleet {
+            rt,
+            client,
+            settings,
+            lease: None,
+            token: None,
+            lost,
+            lost_tx,
+            tasks: Vec::new(),
+            events,
+            wake_rx,
+            notifier: Notifier {
+                tx,
+                wake: std::sync::Arc::new(wake_tx),
+            },
+        })
+    }
+
+    /// Grants this run's lease and keeps it alive from now on; `grace` is the child's
+    /// fleet grace (see [`Settings::grace`]).
+    fn grant(&mut self, grace: Duration) -> Result<i64, Failure> {
+        let ttl_secs = self.settings.ttl.as_secs_f64().ceil() as i64;
+        let mut client = self.client.clone();
+        let limit = self.settings.connect_limit();
+        let sent = Instant::now();
+        let granted = self.rt.block_on(async move {
+            tokio::time::timeout(limit, client.lease_grant(ttl_secs, None)).await
+        });
+        let id = match granted {
+            Ok(Ok(resp)) => resp.id(),
+            Ok(Err(e)) => return Err(failure(&self.settings.endpoints, &e)),
+            Err(_) => {
+                return Err(unavailable(
+                    &self.settings.endpoints,
+                    "no answer to a lease grant",
+                ));
+            }
+        };
+        self.lease = Some(id);
+        let task = lease::keep_alive(lease::KeepAlive {
+            client: self.client.clone(),
+            lease: id,
+            ttl: self.settings.ttl,
+            grace,
+            confirmed: sent,
+            lost: self.lost_tx.clone(),
+            notifier: self.notifier.clone(),
+        });
+        self.tasks.push(self.rt.spawn(task));
+        debug!(lease = format!("{id:x}"), "lease granted");
+        Ok(id)
+    }
+
+    /// Takes the fleet lock on the key, following the conflict policy.
+    pub(crate) fn acquire(
+        &mut self,
+        rules: &Rules,
+        grace: Duration,
+        signals: &Signals,
+    ) -> Result<Acquired, Failure> {
+        let lease = self.grant(grace)?;
+        let key = self.settings.key.clone();
+        let value = rules.record.to_json();
+        let mut client = self.client.clone();
+        let limit = self.settings.connect_limit();
+        let (k, v) = (key.clone(), value.clone());
+        let queued = self.rt.block_on(async move {
+            tokio::time::timeout(limit, lock::enqueue(&mut client, &k, lease, v)).await
+        });
+        let queued = match queued {
+            Ok(Ok(q)) => q,
+            Ok(Err(e)) => return Err(failure(&self.settings.endpoints, &e)),
+            Err(_) => return Err(unavailable(&self.settings.endpoints, "no answer")),
+        };
+        let token = queued.revision;
+        let owner = match queued.owner {
+            Some(owner) if owner.revision != token => owner,
+            _ => return self.held(token, None),
+        };
+        let taken = format!("fleet key {key} is taken: {}", owner.describe());
+        use crate::policy::{AfterTimeout, OnConflict};
+        let waited = match rules.policy {
+            OnConflict::Fail => {
+                self.release();
+                return Err(Failure::msg(
+                    rules.refused,
+                    format!(
+                        "{taken}; wait for it (--on-conflict wait) or ask it to stop (ralph-supervise stop --fleet {key})"
+                    ),
+                ));
+            }
+            OnConflict::Worktree if rules.in_repo => {
+                info!("{taken}; running in a new worktree");
+                self.forget_queue(&key, lease);
+                return Ok(Acquired::Worktree);
+            }
+            OnConflict::Worktree => {
+                self.release();
+                return Err(Failure::msg(
+                    rules.refused,
+                    format!(
+                        "{taken}; cannot run in a worktree outside a git repository; wait for it (--on-conflict wait)"
+                    ),
+                ));
+            }
+            OnConflict::Takeover => {
+                match owner.lease {
+                    Some(holder) if owner.record.is_some() => {
+                        info!("{taken}; asking it to stop (takeover)");
+                        self.ask_stop_lease(&key, holder, &rules.record.by())?;
+                    }
+                    _ => warn!(
+                        "{taken}; it cannot be asked to stop (not a ralph-supervise): waiting for it"
+                    ),
+                }
+                self.wait_turn(&key, token, rules.wait_timeout, signals)?
+            }
+            OnConflict::Wait => {
+                info!("{taken}; waiting for it");
+                crate::service::status(&format!(
+                    "waiting for the fleet lock held by {}",
+                    owner.describe()
+                ));
+                self.wait_turn(&key, token, rules.wait_timeout, signals)?
+            }
+        };
+        match waited {
+            Waited::Done => self.held(token, Some(&value)),
+            Waited::Interrupted(sig) => {
+                info!(
+                    "{} while waiting for the fleet lock: not running",
+                    crate::signals::name(sig)
+                );
+                self.release();
+                Ok(Acquired::Exit(ExitStatus::Signaled(sig)))
+            }
+            Waited::TimedOut => {
+                let timeout = rules.wait_timeout.unwrap_or_default();
+                let now = self
+                    .owner_now(&key)
+                    .map(|o| o.describe())
+                    .unwrap_or_else(|| "someone".into());
+                let taken = format!("fleet key {key} is taken: {now}");
+                match rules.after_timeout {
+                    AfterTimeout::Worktree if rules.in_repo => {
+                        info!(
+                            "gave up waiting after {timeout:?}: {taken}; running in a new worktree"
+                        );
+                        self.forget_queue(&key, lease);
+                        Ok(Acquired::Worktree)
+                    }
+                    _ => {
+                        self.release();
+                        Err(Failure::msg(
+                            rules.refused,
+                            format!("gave up waiting after {timeout:?}: {taken}"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lock is ours: record it, watch for stop requests. `waited`: the record put
+    /// when we queued, whose `since` becomes now (taken at once, it is right already).
+    fn held(&mut self, token: i64, waited: Option<&str>) -> Result<Acquired, Failure> {
+        self.token = Some(token);
+        let lease = self.lease.expect("granted");
+        let key = self.settings.key.clone();
+        if let Some(value) = waited {
+            let mut client = self.client.clone();
+            let (k, v) = (key.clone(), lock::Record::refresh_since(value));
+            let limit = self.settings.connect_limit();
+            let _ = self.rt.block_on(async move {
+                tokio::time::timeout(limit, lock::update(&mut client, &k, lease, v)).await
+            });
+        }
+        let task = lock::watch_stop(
+            self.client.clone(),
+            key.clone(),
+            lease,
+            token,
+            self.notifier.clone(),
+        );
+        self.tasks.push(self.rt.spawn(task));
+        info!("fleet lock {key} held (fencing token {token})");
+        Ok(Acquired::Held)
+    }
+
+    /// Leaves the lock's queue (a worktree run instead), keeping the lease for the
+    /// worktree's reservation.
+    fn forget_queue(&mut self, key: &str, lease: i64) {
+        let mut client = self.client.clone();
+        let my = lock::lock_key(key, lease);
+        let limit = self.settings.connect_limit();
+        let _ = self
+            .rt
+            .block_on(async move { tokio::time::timeout(limit, client.delete(my, None)).await });
+    }
+
+    /// Reserves worktree loop id `id` fleet-wide; false if another host has it (or etcd
+    /// cannot say).
+    pub(crate) fn reserve_worktree(&self, id: &str, record: &lock::Record) -> bool {
+        let Some(lease) = self.lease else {
+            return false;
+        };
+        let mut client = self.client.clone();
+        let (key, id, value) = (self.settings.key.clone(), id.to_string(), record.to_json());
+        let limit = self.settings.connect_limit();
+        let done = self.rt.block_on(async move {
+            tokio::time::timeout(limit, lock::reserve(&mut client, &key, &id, lease, value)).await
+        });
+        matches!(done, Ok(Ok(true)))
+    }
+
+    /// Asks the holder with lease `holder` to stop.
+    fn ask_stop_lease(&mut self, key: &str, holder: i64, by: &str) -> Result<(), Failure> {
+        let mut client = self.client.clone();
+        let lease = self.lease;
+        let (key, by) = (key.to_string(), by.to_string());
+        let limit = self.settings.connect_limit();
+        let asked = self.rt.block_on(async move {
+            tokio::time::timeout(limit, lock::ask_stop(&mut client, &key, holder, &by, lease)).await
+        });
+        match asked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failure(&self.settings.endpoints, &e)),
+            Err(_) => Err(unavailable(&self.settings.endpoints, "no answer")),
+        }
+    }
+
+    fn owner_now(&mut self, key: &str) -> Option<lock::Owner> {
+        let mut client = self.client.clone();
+        let key = key.to_string();
+        let limit = self.settings.connect_limit();
+        self.rt
+            .block_on(
+                async move { tokio::time::timeout(limit, lock::owner(&mut client, &key)).await },
+            )
+            .ok()?
+            .ok()?
+    }
+
+    /// Waits for every key queued before ours to go, a stop signal, the timeout, or the
+    /// loss of our lease (then 69).
+    fn wait_turn(
+        &mut self,
+        key: &str,
+        token: i64,
+        timeout: Option<Duration>,
+        signals: &Signals,
+    ) -> Result<Waited, Failure> {
+        let mut client = self.client.clone();
+        let key = key.to_string();
+        let mut lost = self.lost.clone();
+        let task = async move {
+            tokio::select! {
+                () = lock::wait_turn(&mut client, &key, token) => Ok(()),
+                _ = lost.wait_for(|l| l.is_some()) => Err("the lease was lost while waiting".to_string()),
+            }
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        match self.interruptible(task, deadline, signals)? {
+            Interruptible::Done(Ok(())) => Ok(Waited::Done),
+            Interruptible::Done(Err(why)) => {
+                self.release();
+                Err(unavailable(&self.settings.endpoints, &why))
+            }
+            Interruptible::Interrupted(sig) => Ok(Waited::Interrupted(sig)),
+            Interruptible::TimedOut => Ok(Waited::TimedOut),
+        }
+    }
+
+    /// Runs `task` on the runtime while this thread waits on the signals: a stop
+    /// signal or the deadline abandons it.
+    fn interruptible<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = T> + Send + 'static,
+        deadline: Option<Instant>,
+        signals: &Signals,
+    ) -> Result<Interruptible<T>, Failure> {
+        let (mut done_rx, done_tx) = UnixStream::pair().or_fail("cannot create a socket pair")?;
+        let (tx, rx) = mpsc::channel();
+        let handle = self.rt.spawn(async move {
+            let out = task.await;
+            if tx.send(out).is_ok() {
+                let _ = (&done_tx).write(&[1]);
+            }
+        });
+        let result = loop {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let ms = d
+                        .saturating_duration_since(Instant::now())
+                        .as_micros()
+                        .div_ceil(1000);
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [
+                PollFd::new(done_rx.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => break Err(Failure::from(anyhow::Error::new(e).context("poll"))),
+            }
+            let mut interrupted = None;
+            while let Some(received) = signals.next_info().or_fail("cannot read signals")? {
+                let sig = received.signo;
+                match crate::conflict::while_waiting(sig) {
+                    crate::conflict::OnSignal::Interrupt => interrupted = Some(sig),
+                    crate::conflict::OnSignal::StopSelf => {
+                        let job_has_it = crate::terminal::sent_to_the_job(sig, received.code);
+                        crate::terminal::stop_self(sig, job_has_it);
+                    }
+                    crate::conflict::OnSignal::Nothing => {}
+                    crate::conflict::OnSignal::Warn => {
+                        warn!(
+                            "ignoring {} while waiting for the fleet lock",
+                            crate::signals::name(sig)
+                        )
+                    }
+                }
+            }
+            if let Some(sig) = interrupted {
+                break Ok(Interruptible::Interrupted(sig));
+            }
+            if let Ok(out) = rx.try_recv() {
+                let _ = done_rx.read(&mut [0u8; 1]);
+                break Ok(Interruptible::Done(out));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Ok(Interruptible::TimedOut);
+            }
+        };
+        handle.abort();
+        result
+    }
+
+    /// The fencing token, once the lock is held.
+    pub(crate) fn token(&self) -> Option<i64> {
+        self.token
+    }
+
+    /// Why the lease is (or may be) lost, if it is.
+    pub(crate) fn lost(&self) -> Option<String> {
+        self.lost.borrow().clone()
+    }
+
+    /// The descriptor that is readable when [`Fleet::events`] has something.
+    pub(crate) fn side_fd(&self) -> BorrowedFd<'_> {
+        self.wake_rx.as_fd()
+    }
+
+    /// What the runtime reported since the last call.
+    pub(crate) fn events(&mut self) -> Vec<FleetEvent> {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+        self.events.try_iter().collect()
+    }
+
+    /// Gives the lock (and every reservation) back: revokes the lease, which deletes
+    /// our keys at once. Best effort, bounded: etcd may be gone.
+    pub(crate) fn release(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if self.lost().is_some() {
+            return;
+        }
+        let mut client = self.client.clone();
+        let limit = self.settings.connect_limit();
+        let revoked = self
+            .rt
+            .block_on(async move { tokio::time::timeout(limit, client.lease_revoke(lease)).await });
+        match revoked {
+            Ok(Ok(_)) => debug!("fleet lock released"),
+            _ => warn!(
+                "cannot release the fleet lock {} (revoking the lease failed); it frees when the lease expires, within {}",
+                self.settings.key,
+                crate::present::short_duration(self.settings.ttl)
+            ),
+        }
+    }
+
+    /// Every holder and waiter under `key`, or under every key.
+    pub(crate) fn list(&mut self, key: Option<&str>) -> Result<Vec<Entry>, Failure> {
+        let mut client = self.client.clone();
+        let key = key.map(str::to_string);
+        let limit = self.settings.connect_limit();
+        let listed = self.rt.block_on(async move {
+            tokio::time::timeout(limit, lock::list(&mut client, key.as_deref())).await
+        });
+        match listed {
+            Ok(Ok(entries)) => Ok(entries),
+            Ok(Err(e)) => Err(failure(&self.settings.endpoints, &e)),
+            Err(_) => Err(unavailable(&self.settings.endpoints, "no answer")),
+        }
+    }
+
+    /// `stop --fleet KEY`: asks KEY's holder to stop and waits (up to `timeout`) until
+    /// it lets go. `Ok(None)`: nothing holds KEY.
+    pub(crate) fn stop(
+        &mut self,
+        key: &str,
+        timeout: Duration,
+        by: &str,
+        signals: &Signals,
+    ) -> Result<StopOutcome, Failure> {
+        let Some(owner) = self.owner_now(key) else {
+            return Ok(StopOutcome::NotHeld);
+        };
+        let (Some(holder), Some(_)) = (owner.lease, owner.record.as_ref()) else {
+            return Ok(StopOutcome::Foreign(owner.describe()));
+        };
+        // The request lives as long as this short lease.
+        let ttl = timeout.as_secs().clamp(5, 3600) as i64;
+        let mut client = self.client.clone();
+        let limit = self.settings.connect_limit();
+        let lease = self.rt.block_on(async move {
+            tokio::time::timeout(limit, client.lease_grant(ttl, None)).await
+        });
+        let lease = match lease {
+            Ok(Ok(resp)) => resp.id(),
+            Ok(Err(e)) => return Err(failure(&self.settings.endpoints, &e)),
+            Err(_) => return Err(unavailable(&self.settings.endpoints, "no answer")),
+        };
+        self.lease = Some(lease);
+        self.ask_stop_lease(key, holder, by)?;
+        let mut client = self.client.clone();
+        let gone = lock::lock_key(key, holder);
+        let rev = owner.revision;
+        let task = async move { lock::wait_gone(&mut client, &gone, rev).await };
+        let outcome = match self.interruptible(task, Some(Instant::now() + timeout), signals)? {
+            Interruptible::Done(Ok(())) => StopOutcome::Stopped(owner.describe()),
+            Interruptible::Done(Err(e)) => return Err(failure(&self.settings.endpoints, &e)),
+            Interruptible::Interrupted(sig) => StopOutcome::Interrupted(sig),
+            Interruptible::TimedOut => StopOutcome::TimedOut(owner.describe()),
+        };
+        self.release();
+        Ok(outcome)
+    }
+
+    /// Grants the lease a worktree loop's reservation lives on (no lock queued).
+    pub(crate) fn start_lease(&mut self, grace: Duration) -> Result<(), Failure> {
+        if self.lease.is_none() {
+            self.grant(grace)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `run` asks of fleet mode (the default build has the same names in `off.rs`).
+impl Fleet {
+    /// Connects when `[fleet] endpoints` is set: etcd must answer before anything runs.
+    pub(crate) fn for_run(run: &RunSettings) -> Result<Option<Fleet>, Failure> {
+        match Settings::from_policy(&run.policy, run.repo.as_deref())? {
+            None => Ok(None),
+            Some(settings) => Fleet::connect(settings).map(Some),
+        }
+    }
+
+    /// The fleet lock for a run that holds the local lock, by the run's conflict policy.
+    pub(crate) fn acquire_for_run(
+        &mut self,
+        run: &RunSettings,
+        signals: &Signals,
+    ) -> Result<Acquired, Failure> {
+        let rules = Rules {
+            policy: run.on_conflict,
+            wait_timeout: run.policy.conflict.wait_timeout,
+            after_timeout: run.policy.conflict.after_timeout,
+            refused: ExitStatus::Conflict(run.policy.conflict.exit_code),
+            in_repo: run.repo.is_some(),
+            record: lock::Record::new(&run.workspace, &run.prompt_text()),
+        };
+        let grace = self.settings.grace(run.policy.stop.grace);
+        self.acquire(&rules, grace, signals)
+    }
+
+    /// A worktree run: its lease (if none yet) and a check that reserves ids.
+    pub(crate) fn worktree_reserver(
+        &mut self,
+        run: &RunSettings,
+    ) -> Result<impl Fn(&str) -> bool + '_, Failure> {
+        self.start_lease(self.settings.grace(run.policy.stop.grace))?;
+        let record = lock::Record::new(&run.workspace, &run.prompt_text());
+        Ok(move |id: &str| {
+            let reserved = self.reserve_worktree(id, &record);
+            if !reserved {
+                debug!(id, "worktree id taken in the fleet (or etcd cannot say)");
+            }
+            reserved
+        })
+    }
+
+    /// The key.
+    pub(crate) fn key(&self) -> &str {
+        &self.settings.key
+    }
+
+    /// The runtime's reports as supervision events; a lost lease stops the child
+    /// with `min(stop_grace, ttl/3)`.
+    pub(crate) fn supervisor_events(&mut self, stop_grace: Duration) -> Vec<Event> {
+        let grace = self.settings.grace(stop_grace);
+        (self.events().into_iter())
+            .map(|event| match event {
+                FleetEvent::LeaseLost(_) => Event::LeaseLost { grace },
+                FleetEvent::StopAsked(by) => {
+                    info!(
+                        "stop asked through the fleet lock by {}",
+                        crate::present::escape(&by)
+                    );
+                    Event::StopRequest { signal: None }
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// How `stop --fleet` ended.
+pub(crate) enum StopOutcome {
+    NotHeld,
+    /// Held by something that cannot be asked (`etcdctl lock`): described.
+    Foreign(String),
+    Stopped(String),
+    TimedOut(String),
+    Interrupted(i32),
+}
+
+enum Waited {
+    Done,
+    TimedOut,
+    Interrupted(i32),
+}
+
+enum Interruptible<T> {
+    Done(T),
+    TimedOut,
+    Interrupted(i32),
+}
+
+fn unavailable(endpoints: &[String], why: &str) -> Failure {
+    Failure::msg(
+        ExitStatus::Unavailable,
+        format!(
+            "etcd at {} is unavailable ({why}); check [fleet] endpoints and that etcd runs",
+            endpoints.join(", ")
+        ),
+    )
+}
+
+/// An etcd error as an exit status: refused credentials 77, anything else 69.
+fn failure(endpoints: &[String], e: &etcd_client::Error) -> Failure {
+    if let etcd_client::Error::GRpcStatus(status) = e {
+        // gRPC's codes: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED.
+        let message = status.message();
+        let refused = matches!(status.code() as i32, 7 | 16)
+            || message.contains("authentication failed")
+            || message.contains("user name is empty")
+            || message.contains("invalid auth token")
+            || message.contains("permission denied");
+        if refused {
+            return Failure::msg(
+                ExitStatus::NoPermission,
+                format!(
+                    "etcd at {} refused the credentials ({message}); check {ENV_USER} and {ENV_PASSWORD}",
+                    endpoints.join(", ")
+                ),
+            );
+        }
+        return unavailable(endpoints, message);
+    }
+    unavailable(endpoints, &e.to_string())
+}
+
+/// The settings `status/list/stop --fleet` connect with: the policy's endpoints (a
+/// missing key is not needed by `list` or `stop`).
+fn control_settings(
+    policy: &Policy,
+    repo: Option<&Path>,
+    need_key: bool,
+) -> Result<Settings, Failure> {
+    let Some(endpoints) = policy.fleet.endpoints.clone() else {
+        return Err(Failure::msg(
+            ExitStatus::Usage,
+            "no [fleet] endpoints in the policy: set them in .ralph/supervise.toml (or the file $RALPH_SUPERVISE_POLICY names)",
+        ));
+    };
+    let key = match (&policy.fleet.key, need_key) {
+        (Some(key), _) => key.clone(),
+        (None, true) => default_key(repo)?,
+        (None, false) => String::new(),
+    };
+    let mut settings = Settings::from_policy(policy, None)
+        .ok()
+        .flatten()
+        .unwrap_or(Settings {
+            endpoints: endpoints.clone(),
+            key: String::new(),
+            ttl: policy.fleet.ttl,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        });
+    settings.endpoints = endpoints;
+    settings.key = key;
+    Ok(settings)
+}
+
+/// `status --fleet` (this workspace's key; exit 0 when held, 3 when not) and `list
+/// --fleet` (every key).
+pub(crate) fn show(
+    policy: &Policy,
+    repo: Option<&Path>,
+    every_key: bool,
+    json: bool,
+) -> Result<ExitStatus, Failure> {
+    let settings = control_settings(policy, repo, !every_key)?;
+    let key = (!every_key).then(|| settings.key.clone());
+    let mut fleet = Fleet::connect(settings)?;
+    let entries = fleet.list(key.as_deref())?;
+    let text = match json {
+        true => serde_json::to_string_pretty(&entries).unwrap_or_default() + "\n",
+        false => crate::present::fleet_table(&entries, key.as_deref()),
+    };
+    crate::logging::print(&text)?;
+    let held = entries.iter().any(|e| e.role == lock::Role::Holder);
+    Ok(match held || every_key {
+        true => ExitStatus::SUCCESS,
+        false => ExitStatus::NotRunning,
+    })
+}
+
+/// `stop --fleet KEY`: asks KEY's holder to stop and waits until it lets go (0), the
+/// timeout (124), or says nothing holds it (3).
+pub(crate) fn stop(policy: &Policy, key: &str, timeout: Duration) -> Result<ExitStatus, Failure> {
+    if let Err(why) = crate::policy::check_fleet_key(key) {
+        return Err(Failure::msg(
+            ExitStatus::Usage,
+            format!("{key:?} is not a fleet key ({why})"),
+        ));
+    }
+    let signals = Signals::install().or_fail("cannot set up signal handling")?;
+    let mut settings = control_settings(policy, None, false)?;
+    settings.key = key.to_string();
+    let mut fleet = Fleet::connect(settings)?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let by = format!(
+        "host {host} pid {} (ralph-supervise stop --fleet)",
+        std::process::id()
+    );
+    let line = |text: String| crate::logging::print(&format!("{text}\n"));
+    match fleet.stop(key, timeout, &by, &signals)? {
+        StopOutcome::NotHeld => Err(Failure::msg(
+            ExitStatus::NotRunning,
+            format!("nothing holds fleet key {key}"),
+        )),
+        StopOutcome::Foreign(who) => Err(Failure::msg(
+            ExitStatus::Failure,
+            format!(
+                "fleet key {key} is held by {who}, which cannot be asked to stop; stop it where it runs"
+            ),
+        )),
+        StopOutcome::Stopped(who) => {
+            line(format!(
+                "stopped: fleet key {key} was held by {who} and is released"
+            ))?;
+            Ok(ExitStatus::SUCCESS)
+        }
+        StopOutcome::TimedOut(who) => Err(Failure::msg(
+            ExitStatus::Timeout,
+            format!(
+                "fleet key {key} is still held by {who} after {}; it was asked to stop",
+                crate::present::short_duration(timeout)
+            ),
+        )),
+        StopOutcome::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
+    }
+}
