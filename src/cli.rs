@@ -444,7 +444,9 @@ mod tests {
 
     #[test]
     fn keywords_match_clap_spellings() {
-        use crate::policy::{AfterTimeout, OnConflict, OnExit, Orphans, RestartPolicy};
+        use crate::policy::{
+            AfterTimeout, Containment, OnConflict, OnExit, Orphans, RestartPolicy,
+        };
         fn check<K: Keyword + std::fmt::Display>() {
             let parser = keyword::<K>();
             let clap_names: Vec<String> = (parser.possible_values().unwrap())
@@ -457,6 +459,7 @@ mod tests {
         check::<AfterTimeout>();
         check::<OnExit>();
         check::<Orphans>();
+        check::<Containment>();
         check::<RestartPolicy>();
         check::<LogFormat>();
         assert_eq!("on-failure".parse(), Ok(RestartPolicy::OnFailure));

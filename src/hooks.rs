@@ -109,6 +109,7 @@ pub(crate) fn run(
         ChildSetup {
             inherit_fd: None,
             tty: None,
+            cgroup_procs: None,
         },
     );
     let mut child = match cmd.spawn() {

@@ -309,6 +309,8 @@ pub(crate) struct LoopState {
     /// The processes holding the lock now, looked for only when it is held and the
     /// processes the metadata names are gone (`None`: not looked for).
     pub(crate) holders: Option<Vec<HeldBy>>,
+    /// What the loop's processes use now, when its supervisor runs here.
+    pub(crate) live: Option<crate::containment::Live>,
 }
 
 /// A process holding the lock, and whether it belongs to the recorded loop (see
@@ -380,6 +382,7 @@ mod tests {
             pid_namespace: None,
             loop_index: None,
             restart: Default::default(),
+            contained: Default::default(),
         }
     }
 

@@ -78,6 +78,23 @@ pub struct Metadata {
     /// that a restart follows.
     #[serde(flatten)]
     pub restart: RestartState,
+    /// How the loop's processes are contained (`"cgroup"` or `"tree"`) and the loop's
+    /// cgroup directory, for `status`'s live figures.
+    #[serde(flatten)]
+    pub contained: Contained,
+}
+
+/// The containment fields of the metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contained {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "lossy_path"
+    )]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The restart fields of the metadata, for `status`.
@@ -266,6 +283,7 @@ mod tests {
             pid_namespace: Some(4026531836),
             loop_index: None,
             restart: RestartState::default(),
+            contained: Default::default(),
         };
         let json = m.to_json();
         assert!(

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
 use crate::conflict::{self, Next};
+use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::history;
 use crate::hooks;
@@ -89,6 +90,9 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
     let _ = crate::sys::become_subreaper();
     // Looked up now, so that a wait for the lock hands off without these system calls.
     self_identity();
+    // The loop's cgroup (or its process tree) and its limits, before anything is
+    // locked: a limit that must apply and cannot is refused up front (125).
+    let mut tree = Containment::set_up(&settings.policy)?;
 
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     // Set once `on_start` has had its turn: then `on_exit` has one too.
@@ -99,11 +103,18 @@ pub(crate) fn run(settings: RunSettings) -> Result<ExitStatus, Failure> {
                 workspace: &settings.workspace,
                 loop_id: new_loop_id(),
             };
-            run_locked(&settings, &signals, &dir, lock, &place, &mut facts).status
+            run_locked(
+                &settings, &signals, &dir, lock, &place, &mut facts, &mut tree,
+            )
+            .status
         }
-        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo, &mut facts),
+        Next::Worktree { repo } => {
+            run_in_worktree(&settings, &signals, repo, &mut facts, &mut tree)
+        }
         Next::Exit(status) => return Ok(status),
     };
+    // The cgroup goes once empty (dropping it on an early return does the same).
+    tree.finish();
     // After the last run and the release (and the worktree's `on_exit`).
     if let (Some(mut facts), Some(argv)) = (facts, &settings.policy.hooks.on_exit) {
         facts.exit_status = Some(match &status {
@@ -179,6 +190,7 @@ fn run_in_worktree(
     signals: &Signals,
     repo: PathBuf,
     facts: &mut Option<hooks::Facts>,
+    tree: &mut Containment,
 ) -> Result<ExitStatus, Failure> {
     let prompt = settings.prompt_text();
     let created = worktree::create(&worktree::Spec {
@@ -219,6 +231,7 @@ fn run_in_worktree(
         lock,
         &Place::Worktree(&created),
         facts,
+        tree,
     );
     if !ran.spawned {
         // The command never started: leave no worktree, branch or registry entry.
@@ -283,6 +296,7 @@ fn run_locked(
     lock: LockFile,
     place: &Place<'_>,
     facts: &mut Option<hooks::Facts>,
+    tree: &mut Containment,
 ) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
@@ -302,7 +316,8 @@ fn run_locked(
         dir,
         lock,
         extra: Vec::new(),
-        meta: metadata(settings, place, started),
+        meta: metadata(settings, place, started, tree),
+        cgroup_procs: tree.procs_fd(),
         terminal: Terminal::detect(),
         child: None,
         registered: false,
@@ -323,7 +338,7 @@ fn run_locked(
                 // A stop that came meanwhile is acted on once the command runs.
                 hooks::requeue(&received);
             }
-            let result = supervise(&mut session, signals);
+            let result = supervise(&mut session, signals, tree);
             told.reason = result.as_ref().ok().map(|(_, machine)| {
                 machine
                     .stop_reason()
@@ -340,7 +355,7 @@ fn run_locked(
         append_history(
             place,
             dir,
-            &history_record(&session, *status, machine, started),
+            &history_record(&session, *status, machine, started, tree),
         );
     }
     if let Some(created) = place.worktree()
@@ -371,17 +386,19 @@ fn run_locked(
 fn supervise(
     session: &mut Session<'_>,
     signals: &Signals,
+    tree: &mut Containment,
 ) -> Result<(ExitStatus, Machine), Failure> {
     if session.settings.policy.run.stall_timeout.is_some() {
         session.watchdog = Some(watchdog(session.settings, session.place));
     }
     let child = session.spawn()?;
+    tree.spawned(child.pid.as_raw() as u32);
     // A stop request written since the watch began is not lost: its change signal is
     // queued in the signalfd, and the event loop reads it first.
     let terminal = session.terminal;
     let config = machine_config(&session.settings.policy, terminal.is_some());
     let mut machine = Machine::new(config, Instant::now());
-    let status = supervisor::supervise(child, &mut machine, signals, terminal, session)?;
+    let status = supervisor::supervise(child, &mut machine, signals, terminal, session, tree)?;
     crate::service::stopping();
     debug!(code = status.code(), "supervision over");
     Ok((status, machine))
@@ -435,7 +452,12 @@ fn watchdog(settings: &RunSettings, place: &Place<'_>) -> crate::activity::Watch
 }
 
 /// What the lock file says before the child starts (its pid is filled in at spawn).
-fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -> Metadata {
+fn metadata(
+    settings: &RunSettings,
+    place: &Place<'_>,
+    started: DateTime<Utc>,
+    tree: &Containment,
+) -> Metadata {
     let me = std::process::id();
     Metadata {
         pid: me,
@@ -458,6 +480,10 @@ fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -
         pid_namespace: procfs::pid_namespace(),
         loop_index: Some(place.loop_index()),
         restart: Default::default(),
+        contained: crate::metadata::Contained {
+            containment: Some(tree.mode().to_string()),
+            cgroup: tree.cgroup_path(),
+        },
     }
 }
 
@@ -470,6 +496,8 @@ struct Session<'a> {
     /// Lock files recreated after `loop.lock` was deleted under us.
     extra: Vec<LockFile>,
     meta: Metadata,
+    /// The loop's cgroup's `cgroup.procs`, which the child moves itself into.
+    cgroup_procs: Option<std::os::fd::RawFd>,
     terminal: Option<Terminal>,
     child: Option<Child>,
     /// The worktree loop is in the registry (so its entry going away means something).
@@ -496,6 +524,7 @@ impl Session<'_> {
             &self.settings.command,
             self.lock.raw_fd(),
             self.terminal,
+            self.cgroup_procs,
             |cmd| {
                 cmd.envs(&self.settings.policy.run.env);
                 // The notify socket is ours: a child (say `ralph run`) must not report
@@ -693,7 +722,9 @@ fn history_record(
     status: ExitStatus,
     machine: &Machine,
     started: DateTime<Utc>,
+    tree: &Containment,
 ) -> history::Record {
+    let used = tree.accounting();
     let (exit_code, signal) = match machine.outcome() {
         Some(ChildOutcome::Exited(code)) => (Some(code), None),
         Some(ChildOutcome::Signaled(sig)) => (None, Some(signals::name(sig))),
@@ -716,6 +747,18 @@ fn history_record(
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
         log_lines_dropped: Some(crate::logging::dropped()).filter(|n| *n > 0),
+        containment: Some(tree.mode().to_string()),
+        cpu_user_ms: Some(used.user_us / 1000),
+        cpu_system_ms: Some(used.system_us / 1000),
+        memory_peak_bytes: used.memory_peak,
+        memory_peak_of: used.memory_peak.map(|_| {
+            match used.memory_peak_cgroup {
+                true => "cgroup",
+                false => "largest-process",
+            }
+            .to_string()
+        }),
+        processes_peak: used.processes_peak,
     }
 }
 

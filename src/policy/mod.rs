@@ -4,6 +4,7 @@
 //! `policy show` and `ralph-supervise.toml(5)` are generated from it. A bad file is one
 //! line, `file:line:col: what; what to do`, and exit 78.
 
+mod limits;
 mod read;
 mod show;
 
@@ -13,6 +14,9 @@ use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[cfg(test)]
+pub(crate) use limits::{Cpu, Memory, Pids};
+pub(crate) use limits::{CpuMax, MemoryMax, PidsMax};
 pub use read::parse_str;
 pub(crate) use read::*;
 pub(crate) use show::show;
@@ -62,9 +66,14 @@ keywords! {
         RemoveIfClean = "remove-if-clean", "Remove it if it has no changes and no commits beyond its base.";
         QueueMerge = "queue-merge", "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
     }
-    Orphans "What happens to members of the child's process group left after it exits." {
-        Kill = "kill", "TERM, then KILL after `grace`.";
-        Leave = "leave", "Leave them running.";
+    Orphans "What happens to the processes the command started that are still running after it exits." {
+        Kill = "kill", "The stop signal, then KILL after `grace`, to every one of them, whatever its process group or session.";
+        Leave = "leave", "Leave them running (a stop then reaches the command's process group only).";
+    }
+    Containment "How the processes the command starts are kept track of." {
+        Auto = "auto", "A cgroup where cgroup v2 is writable, else the process tree.";
+        Cgroup = "cgroup", "A cgroup of the loop's own; exit 125 when none can be made.";
+        Tree = "tree", "The process tree: the supervisor is a subreaper and finds every descendant in /proc.";
     }
     RestartPolicy "When the child is started again after it exits." {
         Never = "never", "Never.";
@@ -122,7 +131,8 @@ schema! {
     [stop] Stop "`[stop]`: how the child is stopped." {
         signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal;
         grace: Duration = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace;
-        orphans: Orphans = Orphans::Kill, "What happens to members of the command's process group still running after it exits.";
+        orphans: Orphans = Orphans::Kill, "What happens to the processes the command started (its descendants, whatever their process group or session) that still run after it exits.";
+        containment: Containment = Containment::Auto, "How the loop's processes are contained: \"cgroup\" runs the command in a cgroup v2 of its own (below the one ralph-supervise started in), so that every process it starts is found, stopped (`cgroup.kill`), frozen on Ctrl-Z and accounted, and the cgroup is removed at the end; \"tree\" finds them as descendants (ralph-supervise is their subreaper), confirming each by its start time before a signal. \"auto\" takes a cgroup where one can be made.", flag containment;
     }
     [restart] Restart "`[restart]`: when and how fast the child is started again." {
         policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;
@@ -136,6 +146,12 @@ schema! {
         max_runtime: Option<NonZeroDuration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
         stall_timeout: Option<NonZeroDuration> = None, "Stop the command gracefully, as `max_runtime` does, once it has stalled this long: its process tree (the command and everything it started) used less than 1 % of one CPU and no file under the workspace changed (`.git/` included; `.ralph/supervise/` and other loops' worktrees left out). The run then ends with status 124, which `[restart.exit]` and `policy` look up like any other: a stall may restart. The clock pauses while the job is stopped (Ctrl-Z). Checked every tenth of the timeout (1 s to 60 s apart); unset, nothing is checked.", unset "no stall watchdog", flag stall_timeout;
         env: Env = BTreeMap::new(), "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines.";
+    }
+    [limits] Limits "`[limits]`: resource limits of the loop's cgroup (with `containment` \"cgroup\" or \"auto\")." {
+        memory_max: Option<MemoryMax> = None, "Most memory the loop's processes may use together (cgroup `memory.max`), as systemd's `MemoryMax=`: \"512M\", \"2G\" (K, M, G, T are powers of 1024), a share of the machine's memory like \"50%\", or \"max\".", unset "no limit";
+        pids_max: Option<PidsMax> = None, "Most processes (and threads) the loop may have at once (cgroup `pids.max`), as systemd's `TasksMax=`: a number, or \"max\". A fork beyond it fails.", unset "no limit";
+        cpu_max: Option<CpuMax> = None, "Most CPU time the loop may use (cgroup `cpu.max`), as systemd's `CPUQuota=`: a share of one CPU, like \"50%\" or \"150%\" (one and a half CPUs), or \"max\".", unset "no limit";
+        required: bool = false, "Whether a limit that cannot be applied (no cgroup, or its controller is not available to the cgroup ralph-supervise started in) is an error (exit 125) rather than one warning line.";
     }
     [hooks] Hooks "`[hooks]`: commands run once before the loop starts and once after it ends." {
         on_start: Option<Argv> = None, "Command run once the workspace lock is taken, before the command first starts, as an array of program and arguments, like `[\"make\", \"services-up\"]`. It gets the run's facts in `RALPH_SUPERVISE_LOOP_ID`, `RALPH_SUPERVISE_WORKSPACE`, `RALPH_SUPERVISE_WORKTREE`, `RALPH_SUPERVISE_BRANCH` and `RALPH_LOOP_INDEX`; its failure is logged and the loop starts anyway.", unset "no hook";

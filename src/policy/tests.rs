@@ -63,6 +63,7 @@ copy = [".env", "config/*.local.toml"]
 signal = "INT"
 grace = "1m30s"
 orphans = "leave"
+containment = "tree"
 
 [restart]
 policy = "always"
@@ -80,6 +81,12 @@ window = "6h"
 max_runtime = "2h"
 stall_timeout = "15m"
 env = { FOO = "bar", "WITH SPACE" = "x y" }
+
+[limits]
+memory_max = "1.5G"
+pids_max = 512
+cpu_max = "150%"
+required = true
 
 [hooks]
 on_start = ["make", "up"]
@@ -110,6 +117,7 @@ fn full_file() -> PolicyFile {
             signal: libc::SIGINT,
             grace: Duration::from_secs(90),
             orphans: Orphans::Leave,
+            containment: Containment::Tree,
         };
         p.restart = Restart {
             policy: RestartPolicy::Always,
@@ -130,6 +138,12 @@ fn full_file() -> PolicyFile {
                 ("FOO".to_string(), "bar".to_string()),
                 ("WITH SPACE".to_string(), "x y".to_string()),
             ]),
+        };
+        p.limits = Limits {
+            memory_max: Some(Memory::Bytes(3 << 29)),
+            pids_max: Some(Pids::Count(512)),
+            cpu_max: Some(Cpu::Permyriad(15000)),
+            required: true,
         };
         p.hooks = Hooks {
             on_start: Some(vec!["make".into(), "up".into()]),
@@ -386,6 +400,7 @@ fn every_flag_overrides_the_full_file() {
         ("max_runtime", "4s"),
         ("stall_timeout", "5s"),
         ("log_format", "text"),
+        ("containment", "cgroup"),
     ]);
     let e = resolve(Some((path.clone(), full_file())), &flags);
     let p = &e.policy;
@@ -406,6 +421,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(exit, [(0, stop), (1, restart), (3, minute), (75, stop)]);
     assert_eq!(p.run.max_runtime, Some(Duration::from_secs(4)));
     assert_eq!(p.log.format, LogFormat::Text);
+    assert_eq!(p.stop.containment, Containment::Cgroup);
     // Keys without a flag keep the file's values.
     assert_eq!(p.conflict.after_timeout, AfterTimeout::Worktree);
     assert_eq!(p.worktree.on_exit, OnExit::QueueMerge);
@@ -452,6 +468,7 @@ copy = []  # default
 signal = "SIGTERM"  # default
 grace = "10s"  # default
 orphans = "kill"  # default
+containment = "auto"  # default
 
 [restart]
 policy = "never"  # default
@@ -465,6 +482,12 @@ backoff_max = "1m"  # default
 # max_runtime not set: no limit  # default
 # stall_timeout not set: no stall watchdog  # default
 env = {}  # default
+
+[limits]
+# memory_max not set: no limit  # default
+# pids_max not set: no limit  # default
+# cpu_max not set: no limit  # default
+required = false  # default
 
 [hooks]
 # on_start not set: no hook  # default
@@ -626,23 +649,23 @@ fn effective_finds_loads_and_resolves() {
 fn unknown_keys_and_sections() {
     assert_eq!(
         error("[stop]\ngrase = \"1s\"\n"),
-        "P:2:1: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans"
+        "P:2:1: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans, containment"
     );
     assert_eq!(
         error("[stop]\nsignal = \"TERM\"\n  grase = \"1s\"\n"),
-        "P:3:3: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans"
+        "P:3:3: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans, containment"
     );
     assert_eq!(
         error("# policy\n\n[stoop]\ngrace = \"1s\"\n"),
-        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, hooks, log"
+        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, limits, hooks, log"
     );
     assert_eq!(
         error("grace = \"1s\"\n"),
-        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, hooks, log"
+        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, limits, hooks, log"
     );
     assert_eq!(
         error("[stop.extra]\nx = 1\n"),
-        "P:1:7: unknown key \"extra\" in [stop]; expected one of signal, grace, orphans"
+        "P:1:7: unknown key \"extra\" in [stop]; expected one of signal, grace, orphans, containment"
     );
     assert_eq!(
         error("[conflict]\npolicy = \"wait\"\n[restart]\nmax = 1\nbackof = \"1s\"\n"),
@@ -651,7 +674,7 @@ fn unknown_keys_and_sections() {
     // The first problem in the file is reported, not the first in key order.
     assert_eq!(
         error("[stop]\nzzz = 1\naaa = 1\n"),
-        "P:2:1: unknown key \"zzz\" in [stop]; expected one of signal, grace, orphans"
+        "P:2:1: unknown key \"zzz\" in [stop]; expected one of signal, grace, orphans, containment"
     );
 }
 
@@ -1024,7 +1047,7 @@ fn keyword_values_match_the_code() {
     fn spelled<T: Copy>(all: &[T], f: fn(T) -> &'static str) -> Vec<&'static str> {
         all.iter().map(|v| f(*v)).collect()
     }
-    let expected: [(&str, Vec<&str>); 6] = [
+    let expected: [(&str, Vec<&str>); 7] = [
         (
             "conflict.policy",
             spelled(OnConflict::ALL, <OnConflict as Keyword>::as_str),
@@ -1040,6 +1063,10 @@ fn keyword_values_match_the_code() {
         (
             "stop.orphans",
             spelled(Orphans::ALL, <Orphans as Keyword>::as_str),
+        ),
+        (
+            "stop.containment",
+            spelled(Containment::ALL, <Containment as Keyword>::as_str),
         ),
         (
             "restart.policy",

@@ -55,6 +55,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
+use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure};
 use crate::signals::{self, Class, classify};
 use crate::sys::{self, ChildSetup, Reaped};
@@ -112,11 +113,13 @@ pub(crate) struct Child {
 }
 
 /// Spawns `command` in its own process group, `inherit_fd` passed open (and exported as
-/// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground.
+/// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground, placed in
+/// the loop's cgroup (by writing to `cgroup_procs` before `exec`) when there is one.
 pub(crate) fn spawn(
     command: &[OsString],
     inherit_fd: RawFd,
     terminal: Option<Terminal>,
+    cgroup_procs: Option<RawFd>,
     configure: impl FnOnce(&mut Command),
 ) -> Result<Child, Failure> {
     let (program, args) = command
@@ -134,6 +137,7 @@ pub(crate) fn spawn(
         ChildSetup {
             inherit_fd: Some(inherit_fd),
             tty,
+            cgroup_procs,
         },
     );
     let child = cmd
@@ -175,11 +179,6 @@ fn spawn_failure(program: &str, e: io::Error) -> Failure {
     }
 }
 
-/// Whether any process is left in process group `pgid`.
-pub(crate) fn group_alive(pgid: Pid) -> bool {
-    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
-}
-
 /// What a look at `.ralph/` found, for the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -206,12 +205,14 @@ pub(crate) trait Hooks {
 }
 
 /// Supervises `child` until the machine says it is over; returns the exit status.
+/// `tree` contains every process the child starts (and its restarts).
 pub(crate) fn supervise(
     mut child: Child,
     machine: &mut Machine,
     signals: &Signals,
     terminal: Option<Terminal>,
     hooks: &mut dyn Hooks,
+    tree: &mut Containment,
 ) -> Result<ExitStatus, Failure> {
     let mut events = Vec::new();
     // The terminal sent a job-control stop to our whole process group (see `act`).
@@ -229,10 +230,17 @@ pub(crate) fn supervise(
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        // The loop's cgroup, if any, raises POLLPRI when it empties (`cgroup.events`).
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        fds.extend(tree.events().map(|e| PollFd::new(e, PollFlags::POLLPRI)));
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(anyhow::Error::new(e).context("poll").into()),
+        }
+        let cgroup_changed = (fds.get(1).and_then(PollFd::revents)).is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if cgroup_changed {
+            tree.rearm();
         }
         let now = Instant::now();
         let mut looked = false;
@@ -252,7 +260,7 @@ pub(crate) fn supervise(
                 }
                 looked = true;
             } else if classify(sig) == Class::Child {
-                reap(child, &mut events)?;
+                reap(child, &mut events, tree)?;
             } else if let Some(signal) = received.stop_request() {
                 info!(
                     "stop requested{}",
@@ -280,15 +288,35 @@ pub(crate) fn supervise(
         if machine.deadline().is_some_and(|d| now >= d) {
             events.push(Event::Deadline);
         }
+        let mut ctx = Context {
+            child: &mut child,
+            terminal,
+            hooks,
+            job_has_stop: &mut job_has_stop,
+            tree,
+        };
         for event in events.drain(..) {
-            let has_stop = &mut job_has_stop;
-            carry_out(machine, event, now, &mut child, terminal, hooks, has_stop)?;
+            carry_out(machine, event, now, &mut ctx)?;
         }
-        if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid) {
-            let (empty, has_stop) = (Event::GroupEmpty, &mut job_has_stop);
-            carry_out(machine, empty, now, &mut child, terminal, hooks, has_stop)?;
+        if let machine::State::Draining { killed, .. } = machine.state() {
+            if !ctx.tree.alive() {
+                carry_out(machine, Event::TreeEmpty, now, &mut ctx)?;
+            } else if killed {
+                // A process forked while KILL went out (tree mode): it gets KILL too.
+                ctx.tree.signal_all(libc::SIGKILL);
+            }
         }
     }
+}
+
+/// What carrying out an action reaches.
+struct Context<'a> {
+    child: &'a mut Child,
+    terminal: Option<Terminal>,
+    hooks: &'a mut dyn Hooks,
+    /// The terminal sent a job-control stop to our whole process group (see [`act`]).
+    job_has_stop: &'a mut bool,
+    tree: &'a mut Containment,
 }
 
 /// Feeds one event to the machine and carries out the actions it answers: a spawn
@@ -297,10 +325,7 @@ fn carry_out(
     machine: &mut Machine,
     event: Event,
     now: Instant,
-    child: &mut Child,
-    terminal: Option<Terminal>,
-    hooks: &mut dyn Hooks,
-    job_has_stop: &mut bool,
+    ctx: &mut Context<'_>,
 ) -> Result<(), Failure> {
     // Said here, where the machine's answers meet the log: a stop for running too long,
     // and the KILL that ends a grace.
@@ -310,24 +335,28 @@ fn carry_out(
     if had_reason.is_none() && machine.stop_reason() == Some(StopReason::MaxRuntime) {
         info!("max_runtime reached: stopping the command (status 124)");
     }
-    if was_stopping && actions.contains(&Action::SignalGroup(libc::SIGKILL)) {
-        warn!("the command did not stop within its stop grace: KILL to its process group");
+    if was_stopping && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
+        warn!("the command did not stop within its stop grace: KILL to every process of the loop");
     }
     for action in actions {
         if action == Action::Spawn {
-            *child = hooks.respawn(machine.restarts())?;
+            *ctx.child = ctx.hooks.respawn(machine.restarts())?;
+            ctx.tree.spawned(ctx.child.pid.as_raw() as u32);
             machine.spawned(Instant::now());
         } else if let Action::Decided(decision) = action {
-            hooks.decided(&decision);
+            ctx.hooks.decided(&decision);
         } else {
-            act(action, *child, terminal, job_has_stop);
+            act(action, ctx);
         }
     }
     Ok(())
 }
 
-fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
-    while let Some((pid, reaped)) = sys::reap_one()? {
+fn reap(child: Child, events: &mut Vec<Event>, tree: &mut Containment) -> io::Result<()> {
+    while let Some((pid, reaped, usage)) = sys::reap_one()? {
+        if !matches!(reaped, Reaped::Stopped(_)) {
+            tree.reaped(usage);
+        }
         if pid != child.pid.as_raw() {
             debug!(pid, ?reaped, "reaped a descendant");
             continue;
@@ -343,7 +372,7 @@ fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
         debug!(pid, %outcome, "child ended");
         events.push(Event::ChildExited {
             outcome,
-            group_alive: group_alive(child.pid),
+            tree_alive: tree.alive(),
         });
     }
     Ok(())
@@ -351,8 +380,26 @@ fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
 
 /// `job_has_stop`: the terminal sent the job-control stop to our whole group; the
 /// supervisor's own stop then leaves the other members alone (see [`terminal::stop_self`]).
-fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &mut bool) {
+fn act(action: Action, ctx: &mut Context<'_>) {
+    let (child, terminal) = (*ctx.child, ctx.terminal);
     match action {
+        Action::SignalTree(sig) => {
+            debug!(signal = %signals::name(sig), mode = %ctx.tree.mode(), "signalling every process of the loop");
+            ctx.tree.signal_all(sig);
+        }
+        Action::Unended => {
+            let left = ctx.tree.left();
+            warn!(
+                "could not end {} process{} of the loop within {}s of KILL: pid {}",
+                left.len(),
+                if left.len() == 1 { "" } else { "es" },
+                machine::KILL_WAIT.as_secs(),
+                left.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         Action::SignalGroup(sig) => {
             debug!(signal = %signals::name(sig), pgid = child.pid.as_raw(), "signalling the child's group");
             if let Ok(sig) = Signal::try_from(sig) {
@@ -371,8 +418,11 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &
             {
                 t.take_back();
             }
+            // Processes of the loop outside the child's group stop too (the cgroup
+            // freezes).
+            ctx.tree.freeze();
             debug!(signal = %signals::name(sig), "child stopped; stopping too");
-            terminal::stop_self(sig, std::mem::take(job_has_stop));
+            terminal::stop_self(sig, std::mem::take(ctx.job_has_stop));
         }
         Action::Resume => {
             if let Some(t) = terminal
@@ -380,6 +430,7 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &
             {
                 t.give_to(child.pid);
             }
+            ctx.tree.thaw();
             let _ = killpg(child.pid, Signal::SIGCONT);
         }
         Action::TakeTerminal => {
