@@ -276,6 +276,12 @@ pub(crate) struct ProbeArgs {
     /// Also write the report into this file
     #[arg(long, value_name = "PATH")]
     pub(crate) report_file: Option<PathBuf>,
+    /// Before ready, use this much CPU time (milliseconds) in a busy loop
+    #[arg(long, value_name = "MS")]
+    pub(crate) burn_ms: Option<u64>,
+    /// Before ready, try to start N `sleep` processes and print "spawned K"
+    #[arg(long, value_name = "N")]
+    pub(crate) spawn: Option<u32>,
 }
 
 impl From<ProbeArgs> for ProbeSettings {
@@ -286,6 +292,8 @@ impl From<ProbeArgs> for ProbeSettings {
             ready_file: a.ready_file,
             echo_stdin: a.echo_stdin,
             report_file: a.report_file,
+            burn_ms: a.burn_ms,
+            spawn: a.spawn,
         }
     }
 }

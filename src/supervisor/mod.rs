@@ -330,6 +330,7 @@ fn carry_out(
     // Said here, where the machine's answers meet the log: a stop for running too long,
     // and the KILL that ends a grace.
     let was_stopping = matches!(machine.state(), State::Stopping { killed: false, .. });
+    let was_draining = matches!(machine.state(), State::Draining { killed: false, .. });
     let had_reason = machine.stop_reason();
     let actions = machine.handle(event, now);
     if had_reason.is_none() && machine.stop_reason() == Some(StopReason::MaxRuntime) {
@@ -337,6 +338,13 @@ fn carry_out(
     }
     if was_stopping && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
         warn!("the command did not stop within its stop grace: KILL to every process of the loop");
+    }
+    if was_draining && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
+        let n = ctx.tree.left().len();
+        warn!(
+            "{n} process{} the command left did not end within the stop grace: KILL",
+            if n == 1 { "" } else { "es" }
+        );
     }
     for action in actions {
         if action == Action::Spawn {
