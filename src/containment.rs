@@ -144,15 +144,14 @@ fn limit_files(policy: &Policy) -> Vec<(&'static str, &'static str, String)> {
     files
 }
 
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`; cgroups are Linux's).
 fn physical_memory() -> u64 {
-    use nix::unistd::{SysconfVar, sysconf};
-    let get = |v| {
-        sysconf(v)
-            .ok()
-            .flatten()
-            .and_then(|n| u64::try_from(n).ok())
-    };
-    get(SysconfVar::_PHYS_PAGES).unwrap_or(0) * get(SysconfVar::PAGE_SIZE).unwrap_or(4096)
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix("MemTotal:")?;
+        rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+    });
+    kib.unwrap_or(0) * 1024
 }
 
 impl Containment {

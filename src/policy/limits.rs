@@ -196,7 +196,7 @@ pub(crate) fn show_size(bytes: u64) -> String {
         ("M", 20),
         ("K", 10),
     ] {
-        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+        if bytes >= 1 << shift && bytes & ((1u64 << shift) - 1) == 0 {
             return format!("{}{unit}", bytes >> shift);
         }
     }
