@@ -297,6 +297,16 @@ impl Containment {
         if let Some(c) = &self.cgroup {
             return c.populated();
         }
+        // The subreaper's tree is empty exactly when it has no live child (a
+        // descendant whose parent dies becomes its child): while a child of the
+        // command's is alive, a look at its own children answers. (An empty list, or
+        // a child from before the command — a hook's leftover — is confirmed by the
+        // whole scan: the list is a snapshot that may miss a child exiting meanwhile.)
+        if let (Some(since), Some(children)) = (self.since, procfs::own_children())
+            && children.iter().any(|(_, start)| *start >= since)
+        {
+            return true;
+        }
         match self.members() {
             Some(members) => !members.is_empty(),
             None => self.pgid.is_some_and(group_alive),
@@ -348,15 +358,24 @@ impl Containment {
             debug!(signal = sig, sent, "signalled the cgroup");
             return;
         }
-        let Some(members) = self.members() else {
-            self.signal_group(sig);
-            return;
-        };
-        let sent = members
-            .iter()
-            .filter(|d| confirmed(d).is_some_and(|h| h.signal(sig).is_ok()))
-            .count();
-        debug!(signal = sig, sent, "signalled the process tree");
+        // KILL: sweep again until a sweep finds nobody new (a process forked before its
+        // parent got KILL shows up in the next one; once KILL is pending, a fork fails).
+        let rounds = if sig == libc::SIGKILL { 20 } else { 1 };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..rounds {
+            let Some(members) = self.members() else {
+                self.signal_group(sig);
+                return;
+            };
+            let new: Vec<_> = members.iter().filter(|d| seen.insert(d.pid)).collect();
+            if new.is_empty() {
+                break;
+            }
+            let sent = (new.iter())
+                .filter(|d| confirmed(d).is_some_and(|h| h.signal(sig).is_ok()))
+                .count();
+            debug!(signal = sig, sent, "signalled the process tree");
+        }
     }
 
     fn signal_group(&self, sig: i32) {

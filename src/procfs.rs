@@ -346,6 +346,34 @@ pub(crate) fn descendants(_root: u32, _since: u64) -> Option<Vec<Descendant>> {
     None
 }
 
+/// The live (not zombie) children of this process, with their start times, from
+/// `/proc/self/task/*/children`: a look at a few files where [`descendants`] reads
+/// every process's. `None` where the kernel does not list children.
+#[cfg(target_os = "linux")]
+pub(crate) fn own_children() -> Option<Vec<(u32, u64)>> {
+    let mut children = Vec::new();
+    for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let list = fs::read_to_string(task.path().join("children")).ok()?;
+        for pid in list
+            .split_ascii_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            if let Some((_, false, d)) = parse_descendant(pid, &stat) {
+                children.push((pid, d.start_time));
+            }
+        }
+    }
+    Some(children)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn own_children() -> Option<Vec<(u32, u64)>> {
+    None
+}
+
 #[cfg(target_os = "linux")]
 fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)

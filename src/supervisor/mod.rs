@@ -298,13 +298,8 @@ pub(crate) fn supervise(
         for event in events.drain(..) {
             carry_out(machine, event, now, &mut ctx)?;
         }
-        if let machine::State::Draining { killed, .. } = machine.state() {
-            if !ctx.tree.alive() {
-                carry_out(machine, Event::TreeEmpty, now, &mut ctx)?;
-            } else if killed {
-                // A process forked while KILL went out (tree mode): it gets KILL too.
-                ctx.tree.signal_all(libc::SIGKILL);
-            }
+        if matches!(machine.state(), machine::State::Draining { .. }) && !ctx.tree.alive() {
+            carry_out(machine, Event::TreeEmpty, now, &mut ctx)?;
         }
     }
 }
