@@ -302,6 +302,9 @@ impl Containment {
         // command's is alive, a look at its own children answers. (An empty list, or
         // a child from before the command — a hook's leftover — is confirmed by the
         // whole scan: the list is a snapshot that may miss a child exiting meanwhile.)
+        if no_children() {
+            return false;
+        }
         if let (Some(since), Some(children)) = (self.since, procfs::own_children())
             && children.iter().any(|(_, start)| *start >= since)
         {
@@ -468,6 +471,20 @@ impl Drop for Containment {
 fn confirmed(d: &procfs::Descendant) -> Option<ProcessHandle> {
     let h = ProcessHandle::open(d.pid as i32).ok()?;
     (procfs::start_time(d.pid) == Some(d.start_time)).then_some(h)
+}
+
+/// This process has no child at all, not even an unreaped one: the kernel's own word
+/// (`waitid` fails with ECHILD), so the subreaper's tree is certainly empty.
+#[cfg(target_os = "linux")]
+fn no_children() -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    matches!(waitid(Id::All, flags), Err(Errno::ECHILD))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_children() -> bool {
+    false
 }
 
 fn group_alive(pgid: Pid) -> bool {
