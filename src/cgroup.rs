@@ -11,13 +11,16 @@
 //! own cgroup from the `0::` line of `/proc/self/cgroup`. Without either (no cgroup v2,
 //! or not Linux) there is none, and the process tree contains the loop instead.
 //!
-//! Names: the loop's cgroup is `ralph-supervise-<pid>-<start time>` (the supervisor's),
+//! Names: the loop's cgroup is `ralph-supervise-<pid>-<start time>-<pid namespace>`
+//! (the supervisor's: unique even among supervisors that are each PID 1 of their own
+//! pid namespace),
 //! and when controllers must be enabled for it while the supervisor's own cgroup still
 //! holds the supervisor (cgroup v2 allows no process in a cgroup that hands controllers
 //! down), the supervisor first moves itself into a leaf named the same with `-self`.
 //! A later run removes such cgroups once they are empty and their supervisor is gone
 //! ([`Hierarchy::remove_stale`]): one that was SIGKILLed, or left processes behind
-//! with `stop.orphans = "leave"`.
+//! with `stop.orphans = "leave"`. Only a supervisor of the same pid namespace is
+//! judged (a pid means another process in another namespace).
 
 use std::fs;
 use std::io::{self, Write};
@@ -146,10 +149,11 @@ impl Hierarchy {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some((pid, start)) = owner(name) else {
+            let Some((pid, start, ns)) = owner(name) else {
                 continue;
             };
-            if crate::procfs::alive(pid, Some(start)) {
+            if Some(ns) != crate::procfs::pid_namespace() || crate::procfs::alive(pid, Some(start))
+            {
                 continue;
             }
             let path = entry.path();
@@ -161,18 +165,23 @@ impl Hierarchy {
     }
 }
 
-/// The supervisor (pid, start time) a cgroup name of ours belongs to.
-fn owner(name: &str) -> Option<(u32, u64)> {
+/// The supervisor (pid, start time, pid namespace) a cgroup name of ours belongs to.
+fn owner(name: &str) -> Option<(u32, u64, u64)> {
     let rest = name.strip_prefix(PREFIX)?;
     let rest = rest.strip_suffix("-self").unwrap_or(rest);
-    let (pid, start) = rest.split_once('-')?;
-    Some((pid.parse().ok()?, start.parse().ok()?))
+    let mut parts = rest.split('-');
+    let owner = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    parts.next().is_none().then_some(owner)
 }
 
-/// The name of the loop's cgroup for the supervisor (pid, start time); its own leaf
-/// adds `-self`.
-pub(crate) fn name_for(pid: u32, start: u64) -> String {
-    format!("{PREFIX}{pid}-{start}")
+/// The name of the loop's cgroup for the supervisor (pid, start time, pid namespace);
+/// its own leaf adds `-self`.
+pub(crate) fn name_for(pid: u32, start: u64, ns: u64) -> String {
+    format!("{PREFIX}{pid}-{start}-{ns}")
 }
 
 /// Removes a cgroup and the (empty) cgroups below it, deepest first.
@@ -419,11 +428,13 @@ mod tests {
 
     #[test]
     fn names_say_whose_they_are() {
-        let name = name_for(42, 1234);
-        assert_eq!(owner(&name), Some((42, 1234)));
-        assert_eq!(owner(&format!("{name}-self")), Some((42, 1234)));
+        let name = name_for(42, 1234, 4026531836);
+        assert_eq!(owner(&name), Some((42, 1234, 4026531836)));
+        assert_eq!(owner(&format!("{name}-self")), Some((42, 1234, 4026531836)));
         assert_eq!(owner("user.slice"), None);
-        assert_eq!(owner("ralph-supervise-x-1"), None);
+        assert_eq!(owner("ralph-supervise-x-1-2"), None);
+        assert_eq!(owner("ralph-supervise-1-2"), None);
+        assert_eq!(owner("ralph-supervise-1-2-3-4"), None);
     }
 
     #[test]

@@ -491,10 +491,15 @@ fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
 }
 
-fn self_leaf() -> String {
+/// The name of the loop's cgroup: this supervisor's pid, start time and pid namespace.
+fn own_name() -> String {
     let me = std::process::id();
     let start = procfs::start_time(me).unwrap_or(0);
-    format!("{}-self", cgroup::name_for(me, start))
+    cgroup::name_for(me, start, procfs::pid_namespace().unwrap_or(0))
+}
+
+fn self_leaf() -> String {
+    format!("{}-self", own_name())
 }
 
 /// The loop's cgroup below ours, after removing stale ones of earlier runs.
@@ -511,8 +516,7 @@ fn make_cgroup() -> Result<(Hierarchy, Cgroup), String> {
     if removed > 0 {
         debug!(removed, "removed empty cgroups of earlier runs");
     }
-    let me = std::process::id();
-    let name = cgroup::name_for(me, procfs::start_time(me).unwrap_or(0));
+    let name = own_name();
     let c = h
         .create(&name)
         .map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))?;

@@ -175,6 +175,8 @@ pub(crate) enum MetadataKind {
 ///   time where recorded).
 /// - `child_pid` (integer|null): the command's pid.
 /// - `command` (array of strings|null): the command line.
+/// - `containment` (string|null): `"cgroup"` or `"tree"`, how the loop's processes
+///   are contained.
 /// - `holders` (array|null): the processes holding the lock now, looked for when it is
 ///   held and the supervisor and child the metadata names are gone (`null` otherwise):
 ///   objects with `pid` (integer), `name` (string, the command name) and `loop` (bool:
@@ -200,6 +202,9 @@ pub(crate) enum MetadataKind {
 /// - `running` (bool): somebody holds the flock.
 /// - `stale` (bool): nobody holds it but the file still names a loop.
 /// - `started` (string|null): RFC 3339, UTC.
+/// - `usage` (object|null): what the loop's processes use now, while its supervisor
+///   runs here: `cpu_ms` (integer, CPU time so far), `memory_bytes` (integer|null,
+///   memory in use) and `processes` (integer, alive now).
 /// - `supervisor_alive` (bool|null), `supervisor_pid` (integer|null): the
 ///   ralph-supervise process holding the lock for the command.
 /// - `workspace` (string): the workspace inspected.
@@ -210,7 +215,6 @@ pub(crate) struct Status {
     pub(crate) child_alive: Option<bool>,
     pub(crate) child_pid: Option<u32>,
     pub(crate) command: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) containment: Option<String>,
     pub(crate) holders: Option<Vec<HolderJson>>,
     pub(crate) id: Option<String>,
@@ -228,7 +232,6 @@ pub(crate) struct Status {
     pub(crate) started: Option<String>,
     pub(crate) supervisor_alive: Option<bool>,
     pub(crate) supervisor_pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) usage: Option<crate::containment::Live>,
     pub(crate) workspace: PathBuf,
     pub(crate) worktree: Option<PathBuf>,
@@ -798,6 +801,7 @@ mod tests {
                 "child_alive": null,
                 "child_pid": null,
                 "command": ["a"],
+                "containment": null,
                 "holders": null,
                 "id": "ralph-1",
                 "last_exit": null,
@@ -814,6 +818,7 @@ mod tests {
                 "started": "2026-01-01T00:00:00.000Z",
                 "supervisor_alive": false,
                 "supervisor_pid": 4_000_000_000u32,
+                "usage": null,
                 "workspace": "/w",
                 "worktree": "/w/.worktrees/ralph-1",
             })
@@ -865,6 +870,9 @@ mod tests {
             "restarts": m.and_then(|m| m.restart.restarts),
             "last_exit": m.and_then(|m| m.restart.last_exit.clone()),
             "next_start": m.and_then(|m| m.restart.next_start.as_ref().map(format_time)),
+            // Added with containment.
+            "containment": m.and_then(|m| m.contained.containment.clone()),
+            "usage": null,
         })
     }
 
