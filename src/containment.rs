@@ -189,7 +189,15 @@ impl Containment {
                     ));
                 }
                 Err(why) => {
-                    info!("no cgroup for the loop ({why}): containing its process tree instead");
+                    // One line where cgroup v2 exists but is not ours to write; quiet
+                    // where there is none at all (macOS, FreeBSD, cgroup v1 only).
+                    if Hierarchy::locate().is_ok() {
+                        info!(
+                            "no cgroup for the loop ({why}): containing its process tree instead"
+                        );
+                    } else {
+                        debug!("no cgroup for the loop ({why}): containing its process tree");
+                    }
                     Some(why)
                 }
             },

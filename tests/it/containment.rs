@@ -410,15 +410,27 @@ fn limits_warn_or_fail_where_the_controller_is_missing() {
     assert!(out.stderr.contains("limits.required"), "{out:?}");
     assert!(!marker.exists(), "the command never ran");
     assert!(!ws.lock_held());
-    // In a cgroup without a pids controller (a hybrid host's cgroup v2): the same.
+    // In a cgroup without a pids controller (a hybrid host's cgroup v2): the same; and
+    // nothing is written to the cgroup the supervisor started in.
     if let Some(own) = cgroup_or_skip("limits in a cgroup")
         && !offered(&own).split_whitespace().any(|c| c == "pids")
     {
+        let control = || std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap();
+        let before = control();
         ws.write_policy("[limits]\npids_max = 10\nrequired = true\n");
         let out = ws.run(&["run", "--", "sh", "-c", &touch]);
         assert_eq!(out.code(), 125, "{out:?}");
         assert!(out.stderr.contains("pids controller"), "{out:?}");
         assert!(!marker.exists(), "the command never ran");
+        ws.write_policy("[limits]\npids_max = 10\nmemory_max = \"1G\"\n");
+        let out = ws.run(&["run", "--", "sh", "-c", &touch]);
+        assert_eq!(out.code(), 0, "{out:?}");
+        assert!(
+            out.stderr.contains("memory and pids controllers"),
+            "{out:?}"
+        );
+        assert!(marker.exists());
+        assert_eq!(control(), before, "nothing written above the loop's cgroup");
     }
 }
 
