@@ -4,7 +4,7 @@
 Run through bench/run.sh, which builds the release binary and the `stamp` helper.
 Prints a Markdown report on stdout. Installs nothing.
 
-    bench.py BINARY STAMP [--quick]
+    bench.py BINARY STAMP [--quick] [--only=containment]
 """
 
 import os
@@ -21,6 +21,8 @@ STAMP = os.path.abspath(sys.argv[2])
 # Optional: the same binary built statically (bench/run.sh builds it).
 STATIC = next((os.path.abspath(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--static=")), None)
 QUICK = "--quick" in sys.argv
+# `--only=containment`: just the containment figures (a cgroup needs root).
+ONLY = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), None)
 N_LAUNCH = 50 if QUICK else 300
 N_HANDOFF = 10 if QUICK else 40
 N_SIGNAL = 10 if QUICK else 40
@@ -256,6 +258,63 @@ def stop_latency():
     record("stop latency: `ralph-supervise stop`, cooperative child", "ralph-supervise stop", res)
 
 
+def cgroup_writable():
+    """Whether ralph-supervise can make a cgroup here (it says so in the metadata)."""
+    ws = workspace()
+    p = subprocess.Popen([BIN, "-q", "-C", ws, "run", "--", STAMP, "--wait-stdin"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    time.sleep(0.05)
+    with open(os.path.join(ws, ".ralph", "loop.lock")) as f:
+        text = f.read()
+    p.stdin.close()
+    p.wait()
+    shutil.rmtree(ws)
+    return '"containment":"cgroup"' in text
+
+
+N_FAN = 5 if QUICK else 20
+FAN_OUT = 200
+
+
+def containment_drain():
+    """The child starts 200 `setsid sleep`s (each its own session) and exits: the time
+    from its last line to `run` returning, when nothing of it is left."""
+    script = f"i=0; while [ $i -lt {FAN_OUT} ]; do setsid sleep 600 & i=$((i+1)); done; echo ready"
+    modes = ["tree"] + (["cgroup"] if cgroup_writable() else [])
+    for mode in modes:
+        res = []
+        for _ in range(N_FAN):
+            ws = workspace()
+            p = subprocess.Popen([BIN, "-q", "-C", ws, "run", "--containment", mode, "--",
+                                  "sh", "-c", script], stdout=subprocess.PIPE, text=True)
+            assert p.stdout.readline().strip() == "ready"
+            t = time.perf_counter()
+            p.wait()
+            res.append((time.perf_counter() - t) * 1000)
+            shutil.rmtree(ws)
+        record(f"containment: child exit -> nothing left, {FAN_OUT} descendants in new sessions",
+               f"--containment {mode}", res)
+
+
+def containment_setup():
+    """`run -- true` in each mode: the cgroup's cost per run (made, the child placed in
+    it before exec, removed), over the tree mode's."""
+    if not cgroup_writable():
+        return
+    ws = workspace()
+    cmds = {
+        "--containment tree": [BIN, "-C", ws, "run", "--containment", "tree", "--", "true"],
+        "--containment cgroup": [BIN, "-C", ws, "run", "--containment", "cgroup", "--", "true"],
+    }
+    times = timed_runs(cmds, N_LAUNCH)
+    base = record("containment: set-up cost per run (`run -- true`)", "--containment tree",
+                  times["--containment tree"])
+    record("containment: set-up cost per run (`run -- true`)", "--containment cgroup",
+           times["--containment cgroup"], base=base)
+    shutil.rmtree(ws)
+
+
 def proc_status(pid):
     with open(f"/proc/{pid}/status") as f:
         return {l.split(":")[0]: l.split(":")[1].strip() for l in f if ":" in l}
@@ -340,29 +399,7 @@ def handover():
         record("hand-over: cargo build --offline of a small crate in a supervised loop", k, v, base=base)
 
 
-def main():
-    machine = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
-    cpu = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    launch()
-    conflict()
-    handoff()
-    wait_timeout()
-    signal_latency()
-    stop_latency()
-    worktree_launch()
-    handover()
-    idle, rss = idle_and_rss()
-    size = os.path.getsize(BIN)
-
-    print(f"Machine: {machine}, {os.cpu_count()} cores, {cpu}")
-    print(f"flock(1): {FLOCK}; tini: {TINI or 'not installed'}; runs: {N_LAUNCH} launches, "
-          f"{N_HANDOFF} hand-offs, {N_SIGNAL} signals{' (quick)' if QUICK else ''}")
-    print()
+def print_rows():
     section = None
     for sec, subject, med, lo, hi, n, unit, ratio in rows:
         if sec != section:
@@ -371,6 +408,38 @@ def main():
             print("|---|---|---|---|---|---|")
             section = sec
         print(f"| {subject} | {med:.3f} {unit} | {lo:.3f} | {hi:.3f} | {n} | {ratio} |")
+
+
+def main():
+    machine = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    print(f"Machine: {machine}, {os.cpu_count()} cores, {cpu}")
+    if ONLY == "containment":
+        containment_setup()
+        containment_drain()
+        print_rows()
+        return
+    launch()
+    conflict()
+    handoff()
+    wait_timeout()
+    signal_latency()
+    stop_latency()
+    worktree_launch()
+    handover()
+    containment_setup()
+    containment_drain()
+    idle, rss = idle_and_rss()
+    size = os.path.getsize(BIN)
+
+    print(f"flock(1): {FLOCK}; tini: {TINI or 'not installed'}; runs: {N_LAUNCH} launches, "
+          f"{N_HANDOFF} hand-offs, {N_SIGNAL} signals{' (quick)' if QUICK else ''}")
+    print_rows()
     print("\n### idle cost: context switches of the supervising process\n")
     print("| subject | context switches | note |")
     print("|---|---|---|")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks ralph-supervise against flock(1) (and tini, hyperfine-free) in one run.
-#   bench/run.sh [--quick]      prints the Markdown report; BENCHMARKS.md holds the last one
+#   bench/run.sh [--quick] [--only=containment]   prints the Markdown report; BENCHMARKS.md holds the last one
 # Needs: cargo, gcc (for the tiny C child used to timestamp), python3, flock(1), git.
 # Installs nothing: it says what is missing and stops.
 set -euo pipefail

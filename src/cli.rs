@@ -301,6 +301,12 @@ pub(crate) struct ProbeArgs {
     /// Also write the report into this file
     #[arg(long, value_name = "PATH")]
     pub(crate) report_file: Option<PathBuf>,
+    /// Before ready, use this much CPU time (milliseconds) in a busy loop
+    #[arg(long, value_name = "MS")]
+    pub(crate) burn_ms: Option<u64>,
+    /// Before ready, try to start N `sleep` processes and print "spawned K"
+    #[arg(long, value_name = "N")]
+    pub(crate) spawn: Option<u32>,
 }
 
 impl From<ProbeArgs> for ProbeSettings {
@@ -311,6 +317,8 @@ impl From<ProbeArgs> for ProbeSettings {
             ready_file: a.ready_file,
             echo_stdin: a.echo_stdin,
             report_file: a.report_file,
+            burn_ms: a.burn_ms,
+            spawn: a.spawn,
         }
     }
 }
@@ -469,7 +477,9 @@ mod tests {
 
     #[test]
     fn keywords_match_clap_spellings() {
-        use crate::policy::{AfterTimeout, OnConflict, OnExit, Orphans, RestartPolicy};
+        use crate::policy::{
+            AfterTimeout, Containment, OnConflict, OnExit, Orphans, RestartPolicy,
+        };
         fn check<K: Keyword + std::fmt::Display>() {
             let parser = keyword::<K>();
             let clap_names: Vec<String> = (parser.possible_values().unwrap())
@@ -482,6 +492,7 @@ mod tests {
         check::<AfterTimeout>();
         check::<OnExit>();
         check::<Orphans>();
+        check::<Containment>();
         check::<RestartPolicy>();
         check::<LogFormat>();
         assert_eq!("on-failure".parse(), Ok(RestartPolicy::OnFailure));

@@ -32,6 +32,7 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
         lockers: vec![],
         metadata: MetaState::Empty,
         holders: None,
+        live: None,
     };
     let Some(dir) = RalphDir::open_existing(workspace)? else {
         return Ok(empty());
@@ -60,12 +61,17 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
             })
             .collect()
     });
+    let live = match &holder.metadata {
+        MetaState::Valid(m) if held => crate::containment::live(m),
+        _ => None,
+    };
     Ok(LoopState {
         workspace: workspace.to_path_buf(),
         held,
         lockers,
         metadata: holder.metadata,
         holders,
+        live,
     })
 }
 

@@ -48,6 +48,26 @@ pub struct Record {
     /// Fleet mode: the fleet lock's key and the run's fencing token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fleet: Option<crate::metadata::FleetFacts>,
+    /// How the loop's processes were contained: `cgroup` or `tree`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) containment: Option<String>,
+    /// CPU time the loop's processes used (over all runs), in milliseconds: in user
+    /// space and in the kernel. From the cgroup, else from the reaped processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu_user_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu_system_ms: Option<u64>,
+    /// Peak memory in bytes: of all the loop's processes together (the cgroup's
+    /// `memory.peak`, `memory_peak_of` = `cgroup`), else of its largest process
+    /// (`largest-process`, from the reaped processes' rusage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) memory_peak_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) memory_peak_of: Option<String>,
+    /// Most processes the loop had at once (the cgroup's `pids.peak`), where the pids
+    /// controller is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) processes_peak: Option<u64>,
 }
 
 /// Appends one record (creating `supervise/` and the file as needed, never through a
@@ -120,6 +140,12 @@ mod tests {
             child_pid: Some(2),
             log_lines_dropped: None,
             fleet: None,
+            containment: None,
+            cpu_user_ms: None,
+            cpu_system_ms: None,
+            memory_peak_bytes: None,
+            memory_peak_of: None,
+            processes_peak: None,
         }
     }
 

@@ -110,6 +110,7 @@ pub(crate) fn run(
             inherit_fd: None,
             tty: None,
             handover: None,
+            cgroup_procs: None,
         },
     );
     let mut child = match cmd.spawn() {

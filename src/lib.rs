@@ -9,9 +9,11 @@
 #![deny(unsafe_code)]
 
 pub(crate) mod activity;
+pub(crate) mod cgroup;
 pub mod cli;
 pub(crate) mod completions;
 pub(crate) mod conflict;
+pub(crate) mod containment;
 pub(crate) mod control;
 pub mod exit;
 #[cfg(feature = "fleet")]

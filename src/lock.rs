@@ -327,6 +327,8 @@ pub(crate) struct LoopState {
     /// The processes holding the lock now, looked for only when it is held and the
     /// processes the metadata names are gone (`None`: not looked for).
     pub(crate) holders: Option<Vec<HeldBy>>,
+    /// What the loop's processes use now, when its supervisor runs here.
+    pub(crate) live: Option<crate::containment::Live>,
 }
 
 /// A process holding the lock, and whether it belongs to the recorded loop (see
@@ -399,6 +401,7 @@ mod tests {
             loop_index: None,
             restart: Default::default(),
             fleet: None,
+            contained: Default::default(),
         }
     }
 

@@ -171,7 +171,7 @@ fn assemble(cmd: &clap::Command, man: &Man, extra: &Roff) -> Vec<u8> {
 // ---------------------------------------------------------------------------------
 // The hand-written sections of the section 1 pages.
 
-/// The EXIT STATUS, SIGNALS, FILES and ENVIRONMENT sections, on the top page and the
+/// The EXIT STATUS, CONTAINMENT, SIGNALS, FILES and ENVIRONMENT sections, on the top page and the
 /// `run` page.
 const REFERENCE: &str = include_str!("../man/src/reference.md");
 

@@ -81,6 +81,10 @@ pub struct Metadata {
     /// Fleet mode: the fleet lock's key and fencing token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetFacts>,
+    /// How the loop's processes are contained (`"cgroup"` or `"tree"`) and the loop's
+    /// cgroup directory, for `status`'s live figures.
+    #[serde(flatten)]
+    pub contained: Contained,
 }
 
 /// What a run in fleet mode holds: the etcd lock's key and its fencing token (the
@@ -89,6 +93,19 @@ pub struct Metadata {
 pub struct FleetFacts {
     pub key: String,
     pub fencing_token: i64,
+}
+
+/// The containment fields of the metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contained {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "lossy_path"
+    )]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The restart fields of the metadata, for `status`.
@@ -278,6 +295,7 @@ mod tests {
             loop_index: None,
             restart: RestartState::default(),
             fleet: None,
+            contained: Default::default(),
         };
         let json = m.to_json();
         assert!(

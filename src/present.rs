@@ -175,6 +175,8 @@ pub(crate) enum MetadataKind {
 ///   time where recorded).
 /// - `child_pid` (integer|null): the command's pid.
 /// - `command` (array of strings|null): the command line.
+/// - `containment` (string|null): `"cgroup"` or `"tree"`, how the loop's processes
+///   are contained.
 /// - `holders` (array|null): the processes holding the lock now, looked for when it is
 ///   held and the supervisor and child the metadata names are gone (`null` otherwise):
 ///   objects with `pid` (integer), `name` (string, the command name) and `loop` (bool:
@@ -200,6 +202,9 @@ pub(crate) enum MetadataKind {
 /// - `running` (bool): somebody holds the flock.
 /// - `stale` (bool): nobody holds it but the file still names a loop.
 /// - `started` (string|null): RFC 3339, UTC.
+/// - `usage` (object|null): what the loop's processes use now, while its supervisor
+///   runs here: `cpu_ms` (integer, CPU time so far), `memory_bytes` (integer|null,
+///   memory in use) and `processes` (integer, alive now).
 /// - `supervisor_alive` (bool|null), `supervisor_pid` (integer|null): the
 ///   ralph-supervise process holding the lock for the command.
 /// - `workspace` (string): the workspace inspected.
@@ -210,6 +215,7 @@ pub(crate) struct Status {
     pub(crate) child_alive: Option<bool>,
     pub(crate) child_pid: Option<u32>,
     pub(crate) command: Option<Vec<String>>,
+    pub(crate) containment: Option<String>,
     pub(crate) holders: Option<Vec<HolderJson>>,
     pub(crate) id: Option<String>,
     pub(crate) last_exit: Option<LastExit>,
@@ -226,6 +232,7 @@ pub(crate) struct Status {
     pub(crate) started: Option<String>,
     pub(crate) supervisor_alive: Option<bool>,
     pub(crate) supervisor_pid: Option<u32>,
+    pub(crate) usage: Option<crate::containment::Live>,
     pub(crate) workspace: PathBuf,
     pub(crate) worktree: Option<PathBuf>,
 }
@@ -248,6 +255,7 @@ impl Status {
             child_alive,
             child_pid: m.and_then(|m| m.child_pid),
             command: m.map(|m| m.command.clone()),
+            containment: m.and_then(|m| m.contained.containment.clone()),
             holders: state.holders.as_ref().map(|hs| {
                 hs.iter()
                     .map(|h| HolderJson {
@@ -282,6 +290,7 @@ impl Status {
             started: m.map(|m| format_time(&m.started)),
             supervisor_alive,
             supervisor_pid: m.and_then(|m| m.supervisor_pid),
+            usage: state.live.clone(),
             workspace: state.workspace.clone(),
             worktree: m
                 .filter(|m| m.mode == Some(Mode::Worktree))
@@ -361,8 +370,57 @@ pub(crate) fn status_text(state: &LoopState) -> String {
             path(m.workspace.as_deref().unwrap_or(&state.workspace)),
         );
     }
+    if let Some(how) = &m.contained.containment {
+        let cgroup = m.contained.cgroup.as_deref().map(path);
+        row(
+            "contained",
+            format!(
+                "{how}{}",
+                cgroup.map(|c| format!(" {c}")).unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(live) = &state.live {
+        row("usage", usage(live));
+    }
     held_by_rows(state, &mut out);
     out
+}
+
+/// `CPU 1.2s, memory 34.5 MiB, 3 processes`: a loop's live figures.
+fn usage(live: &crate::containment::Live) -> String {
+    let mut parts = vec![format!("CPU {}", cpu_time(live.cpu_ms))];
+    if let Some(bytes) = live.memory_bytes {
+        parts.push(format!("memory {}", bytes_text(bytes)));
+    }
+    let n = live.processes;
+    parts.push(format!("{n} process{}", if n == 1 { "" } else { "es" }));
+    parts.join(", ")
+}
+
+/// Milliseconds of CPU time as `0.42s`, `12.3s`, `4m05s`.
+pub(crate) fn cpu_time(ms: u64) -> String {
+    match ms {
+        0..10_000 => format!("{:.2}s", ms as f64 / 1000.0),
+        10_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => human_age(TimeDelta::milliseconds(ms as i64)),
+    }
+}
+
+/// Bytes as `512 KiB`, `34.5 MiB`, `1.2 GiB`.
+pub(crate) fn bytes_text(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ if value < 10.0 => format!("{value:.1} {}", units[unit]),
+        _ => format!("{value:.0} {}", units[unit]),
+    }
 }
 
 /// `held by` rows: who holds the lock when those the metadata names are gone.
@@ -653,8 +711,8 @@ pub(crate) fn history_table(
         };
     }
     let mut out = format!(
-        "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} PROMPT\n",
-        "ID", "MODE", "START", "DURATION", "RESULT", "RESTARTS", "STOPPED BY"
+        "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} {:>8} {:>9} PROMPT\n",
+        "ID", "MODE", "START", "DURATION", "RESULT", "RESTARTS", "STOPPED BY", "CPU", "PEAK MEM"
     );
     for r in records {
         let duration = match (
@@ -669,9 +727,14 @@ pub(crate) fn history_table(
             (None, Some(s)) => escape(s).into_owned(),
             _ => format!("status {}", r.status),
         };
+        let cpu = match (r.cpu_user_ms, r.cpu_system_ms) {
+            (None, None) => "-".into(),
+            (user, system) => cpu_time(user.unwrap_or(0) + system.unwrap_or(0)),
+        };
+        let memory = r.memory_peak_bytes.map_or("-".into(), bytes_text);
         let _ = writeln!(
             out,
-            "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} {}",
+            "{:<36} {:<8} {:<24} {:>9} {:<16} {:>8} {:<14} {:>8} {:>9} {}",
             escape(&r.id),
             escape(&r.mode),
             escape(&r.start),
@@ -679,6 +742,8 @@ pub(crate) fn history_table(
             result,
             r.restarts,
             escape(r.stopped_by.as_deref().unwrap_or("-")),
+            cpu,
+            memory,
             escape(&r.prompt)
         );
     }
@@ -730,6 +795,7 @@ mod tests {
             lockers: vec![7],
             metadata,
             holders: None,
+            live: None,
         }
     }
 
@@ -757,6 +823,7 @@ mod tests {
             loop_index: None,
             restart: Default::default(),
             fleet: None,
+            contained: Default::default(),
         };
         let mut v =
             serde_json::to_value(Status::new(&state(false, MetaState::Valid(Box::new(meta)))))
@@ -770,6 +837,7 @@ mod tests {
                 "child_alive": null,
                 "child_pid": null,
                 "command": ["a"],
+                "containment": null,
                 "holders": null,
                 "id": "ralph-1",
                 "last_exit": null,
@@ -786,6 +854,7 @@ mod tests {
                 "started": "2026-01-01T00:00:00.000Z",
                 "supervisor_alive": false,
                 "supervisor_pid": 4_000_000_000u32,
+                "usage": null,
                 "workspace": "/w",
                 "worktree": "/w/.worktrees/ralph-1",
             })
@@ -837,6 +906,9 @@ mod tests {
             "restarts": m.and_then(|m| m.restart.restarts),
             "last_exit": m.and_then(|m| m.restart.last_exit.clone()),
             "next_start": m.and_then(|m| m.restart.next_start.as_ref().map(format_time)),
+            // Added with containment.
+            "containment": m.and_then(|m| m.contained.containment.clone()),
+            "usage": null,
         })
     }
 
@@ -860,6 +932,7 @@ mod tests {
             loop_index: None,
             restart: Default::default(),
             fleet: None,
+            contained: Default::default(),
         };
         let states = [
             state(true, MetaState::Empty),
@@ -1043,6 +1116,7 @@ mod tests {
                 next_start: Some(Utc::now() + TimeDelta::seconds(300)),
             },
             fleet: None,
+            contained: Default::default(),
         };
         let text = status_text(&state(true, MetaState::Valid(Box::new(meta))));
         let rows: Vec<&str> = text.lines().collect();

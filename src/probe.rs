@@ -26,6 +26,10 @@ pub(crate) struct ProbeSettings {
     pub(crate) echo_stdin: bool,
     /// Also write the report into this file (for when stdout is not ours to read: a hook).
     pub(crate) report_file: Option<PathBuf>,
+    /// Use this much CPU time (ms) in a busy loop before `ready` (accounting tests).
+    pub(crate) burn_ms: Option<u64>,
+    /// Try to start this many `sleep` processes; print how many started (a limit test).
+    pub(crate) spawn: Option<u32>,
 }
 
 /// Signals the probe reports (and so catches): the forwarded ones plus a few strays.
@@ -46,6 +50,26 @@ pub(crate) fn probe(settings: ProbeSettings) -> Result<ExitStatus, Failure> {
     }
 
     let mut signals = Signals::new(REPORTED).or_fail("probe: cannot catch signals")?;
+    if let Some(ms) = settings.burn_ms {
+        burn(std::time::Duration::from_millis(ms));
+    }
+    if let Some(n) = settings.spawn {
+        let mut started = Vec::new();
+        for _ in 0..n {
+            match std::process::Command::new("sleep").arg("30").spawn() {
+                Ok(child) => started.push(child),
+                Err(e) => {
+                    writeln!(out, "spawn failed: {e}").or_fail("probe: stdout")?;
+                    break;
+                }
+            }
+        }
+        writeln!(out, "spawned {}", started.len()).or_fail("probe: stdout")?;
+        for mut child in started {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
     writeln!(out, "ready").or_fail("probe: stdout")?;
     out.flush().or_fail("probe: stdout")?;
     drop(out);
@@ -78,6 +102,25 @@ pub(crate) fn probe(settings: ProbeSettings) -> Result<ExitStatus, Failure> {
         }
     }
     Ok(ExitStatus::SUCCESS)
+}
+
+/// Spins until this process has used `cpu` of CPU time (user and system).
+fn burn(cpu: std::time::Duration) {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let used = || {
+        getrusage(UsageWho::RUSAGE_SELF).map_or(std::time::Duration::MAX, |u| {
+            let t = |tv: nix::sys::time::TimeVal| {
+                std::time::Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+            };
+            t(u.user_time()) + t(u.system_time())
+        })
+    };
+    let mut x = 0u64;
+    while used() < cpu {
+        for i in 0..100_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
 }
 
 /// The `key value` lines describing what this process inherited.

@@ -283,6 +283,126 @@ pub(crate) fn tree_cpu(root: u32) -> std::time::Duration {
     ticks_to_duration(ticks)
 }
 
+/// A live (not zombie) descendant of some process, as `/proc/PID/stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Descendant {
+    pub(crate) pid: u32,
+    /// Its process group.
+    pub(crate) pgid: i32,
+    /// Kernel start time ([`start_time`]), to confirm it before a signal.
+    pub(crate) start_time: u64,
+    /// Resident memory in bytes.
+    pub(crate) rss: u64,
+}
+
+/// Every live descendant of `root` (not `root` itself) started at `since` or later
+/// (start times as [`start_time`] gives them), found by each process's parent in
+/// `/proc/*/stat`: orphans re-parented to a subreaper `root` included, whatever their
+/// process group or session. Zombies are left out (they are dead; their parent reaps
+/// them). `None` without `/proc` (macOS, FreeBSD).
+#[cfg(target_os = "linux")]
+pub(crate) fn descendants(root: u32, since: u64) -> Option<Vec<Descendant>> {
+    use std::io::Read;
+    let procs = fs::read_dir("/proc").ok()?;
+    // (pid, ppid, state is zombie, descendant)
+    let mut all = Vec::new();
+    let mut buf = Vec::with_capacity(1024);
+    for entry in procs.flatten() {
+        let Some(pid) = (entry.file_name().to_str()).and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        buf.clear();
+        let read =
+            fs::File::open(format!("/proc/{pid}/stat")).and_then(|mut f| f.read_to_end(&mut buf));
+        if read.is_ok()
+            && let Some((ppid, zombie, d)) = std::str::from_utf8(&buf)
+                .ok()
+                .and_then(|s| parse_descendant(pid, s))
+        {
+            all.push((ppid, zombie, d));
+        }
+    }
+    let page = page_size();
+    let mut found = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for (ppid, zombie, d) in &all {
+            if *ppid == parent && d.pid != root {
+                parents.push(d.pid);
+                if !zombie && d.start_time >= since {
+                    found.push(Descendant {
+                        rss: d.rss * page,
+                        ..*d
+                    });
+                }
+            }
+        }
+    }
+    Some(found)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn descendants(_root: u32, _since: u64) -> Option<Vec<Descendant>> {
+    None
+}
+
+/// The live (not zombie) children of this process, with their start times, from
+/// `/proc/self/task/*/children`: a look at a few files where [`descendants`] reads
+/// every process's. `None` where the kernel does not list children.
+#[cfg(target_os = "linux")]
+pub(crate) fn own_children() -> Option<Vec<(u32, u64)>> {
+    let mut children = Vec::new();
+    for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let list = fs::read_to_string(task.path().join("children")).ok()?;
+        for pid in list
+            .split_ascii_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            if let Some((_, false, d)) = parse_descendant(pid, &stat) {
+                children.push((pid, d.start_time));
+            }
+        }
+    }
+    Some(children)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn own_children() -> Option<Vec<(u32, u64)>> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096)
+}
+
+/// (ppid, zombie, the descendant with rss in pages) from a stat line.
+#[cfg(target_os = "linux")]
+fn parse_descendant(pid: u32, stat: &str) -> Option<(u32, bool, Descendant)> {
+    // After the command name: state (3), ppid (4), pgrp (5), ... utime (14) stime (15)
+    // cutime (16) cstime (17) ... starttime (22), vsize (23), rss (24).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_ascii_whitespace().take(22).collect();
+    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some((
+        f.get(1)?.parse().ok()?,
+        *f.first()? == "Z",
+        Descendant {
+            pid,
+            pgid: f.get(2)?.parse().ok()?,
+            start_time: num(19)?,
+            rss: num(21)?,
+        },
+    ))
+}
+
 /// The fields of a `/proc/PID/stat` line [`tree_cpu`] needs, in clock ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct StatTimes {
@@ -413,6 +533,43 @@ mod tests {
         let _ = child.wait();
         // (Another test's child, between fork and exec, may briefly hold a copy too.)
         assert!(found.iter().any(|p| p.pid == pid), "{found:?}");
+    }
+
+    #[test]
+    fn descendant_fields_parse() {
+        let stat = "9 (a b) c) S 77 9 9 0 -1 4194560 100 0 0 0 11 22 33 44 20 0 1 0 987654 1000 10";
+        let (ppid, zombie, d) = parse_descendant(9, stat).unwrap();
+        assert_eq!((ppid, zombie), (77, false));
+        assert_eq!((d.pgid, d.start_time, d.rss), (9, 987654, 10));
+    }
+
+    #[test]
+    fn descendants_include_grandchildren_not_zombies() {
+        let me = std::process::id();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; exec sleep 30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: u32 = line.trim().parse().unwrap();
+        let found = descendants(me, 0).unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(grandchild as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.iter().any(|d| d.pid == child.id()), "{found:?}");
+        assert!(found.iter().any(|d| d.pid == grandchild), "{found:?}");
+        // A later start bound leaves them out.
+        let later = start_time(me).unwrap() + 1_000_000_000;
+        assert!(descendants(me, later).unwrap().is_empty());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::conflict::{self, Next};
 use std::os::fd::{AsFd, AsRawFd};
 
+use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::fleet::{Acquired, Fleet};
 use crate::history;
@@ -93,6 +94,9 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     let _ = crate::sys::become_subreaper();
     // Looked up now, so that a wait for the lock hands off without these system calls.
     self_identity();
+    // The loop's cgroup (or its process tree) and its limits, before anything is
+    // locked: a limit that must apply and cannot is refused up front (125).
+    let mut tree = Containment::set_up(&settings.policy)?;
 
     // Before the workspace is taken: "always" where the system cannot is refused.
     settings.handover = crate::handover::plan(settings.policy.lock.handover, &settings.command)?;
@@ -114,7 +118,8 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
             let fleet_lock = fleet.as_mut().map(|f| {
                 // While it waits for the fleet lock, the local one names this supervisor
                 // (a locked lock file is never empty for ralph).
-                if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now())) {
+                if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now(), &tree))
+                {
                     warn!("cannot write {}: {e}", lock.path().display());
                 }
                 f.acquire_for_run(&settings, &signals)
@@ -122,7 +127,11 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
             match fleet_lock {
                 None | Some(Ok(Acquired::Held)) => {
                     let fleet = fleet.as_mut();
-                    run_locked(&settings, &signals, &dir, lock, &place, &mut facts, fleet).status
+                    let holds = Holds {
+                        tree: &mut tree,
+                        fleet,
+                    };
+                    run_locked(&settings, &signals, &dir, lock, &place, &mut facts, holds).status
                 }
                 Some(Ok(Acquired::Worktree)) => {
                     let _ = lock.release();
@@ -130,7 +139,11 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
                         .repo
                         .clone()
                         .expect("worktree only in a repository");
-                    run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
+                    let holds = Holds {
+                        tree: &mut tree,
+                        fleet: fleet.as_mut(),
+                    };
+                    run_in_worktree(&settings, &signals, repo, &mut facts, holds)
                 }
                 Some(Ok(Acquired::Exit(status))) => {
                     let _ = lock.release();
@@ -143,13 +156,19 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
             }
         }
         Next::Worktree { repo } => {
-            run_in_worktree(&settings, &signals, repo, &mut facts, fleet.as_mut())
+            let holds = Holds {
+                tree: &mut tree,
+                fleet: fleet.as_mut(),
+            };
+            run_in_worktree(&settings, &signals, repo, &mut facts, holds)
         }
         Next::Exit(status) => return Ok(status),
     };
     if let Some(fleet) = fleet.as_mut() {
         fleet.release();
     }
+    // The cgroup goes once empty (dropping it on an early return does the same).
+    tree.finish();
     // After the last run and the release (and the worktree's `on_exit`).
     if let (Some(mut facts), Some(argv)) = (facts, &settings.policy.hooks.on_exit) {
         facts.exit_status = Some(match &status {
@@ -219,13 +238,20 @@ fn child_cwd<'p>(place: &'p Place<'_>, chdir: bool) -> Option<&'p Path> {
     }
 }
 
+/// What a run holds besides its local lock: its processes' containment (a cgroup, or
+/// the subreaper's tree) and, in fleet mode, the fleet lock.
+struct Holds<'h> {
+    tree: &'h mut Containment,
+    fleet: Option<&'h mut Fleet>,
+}
+
 /// Creates a worktree, runs there holding its own lock, applies `worktree.on_exit`.
 fn run_in_worktree(
     settings: &RunSettings,
     signals: &Signals,
     repo: PathBuf,
     facts: &mut Option<hooks::Facts>,
-    mut fleet: Option<&mut Fleet>,
+    mut holds: Holds<'_>,
 ) -> Result<ExitStatus, Failure> {
     let prompt = settings.prompt_text();
     let spec = worktree::Spec {
@@ -236,7 +262,7 @@ fn run_in_worktree(
         carry: settings.policy.worktree.sync,
         copy: settings.policy.worktree.copy.clone(),
     };
-    let created = match fleet.as_deref_mut() {
+    let created = match holds.fleet.as_deref_mut() {
         // Fleet mode: the id (and so the branch) is also reserved fleet-wide.
         Some(fleet) => worktree::create_with(&spec, &fleet.worktree_reserver(settings)?)?,
         None => worktree::create(&spec)?,
@@ -271,7 +297,7 @@ fn run_in_worktree(
         lock,
         &Place::Worktree(&created),
         facts,
-        fleet,
+        holds,
     );
     if !ran.spawned {
         // The command never started: leave no worktree, branch or registry entry.
@@ -336,7 +362,7 @@ fn run_locked(
     lock: LockFile,
     place: &Place<'_>,
     facts: &mut Option<hooks::Facts>,
-    fleet: Option<&mut Fleet>,
+    holds: Holds<'_>,
 ) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
     // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
@@ -349,8 +375,9 @@ fn run_locked(
     if stop_request::remove(dir).unwrap_or(false) {
         info!("removed a stale {}", stop_request::FILE);
     }
+    let Holds { tree, fleet } = holds;
     let started = Utc::now();
-    let mut meta = metadata(settings, place, started);
+    let mut meta = metadata(settings, place, started, tree);
     meta.fleet = fleet.as_deref().and_then(|f| {
         Some(crate::metadata::FleetFacts {
             key: f.key().to_string(),
@@ -365,6 +392,7 @@ fn run_locked(
         extra: Vec::new(),
         fleet,
         meta,
+        cgroup_procs: tree.procs_fd(),
         terminal: Terminal::detect(),
         child: None,
         registered: false,
@@ -388,7 +416,7 @@ fn run_locked(
                 // A stop that came meanwhile is acted on once the command runs.
                 hooks::requeue(&received);
             }
-            let result = supervise(&mut session, signals);
+            let result = supervise(&mut session, signals, tree);
             told.reason = result.as_ref().ok().map(|(_, machine)| {
                 machine
                     .stop_reason()
@@ -405,7 +433,7 @@ fn run_locked(
         append_history(
             place,
             dir,
-            &history_record(&session, *status, machine, started),
+            &history_record(&session, *status, machine, started, tree),
         );
     }
     if let Some(created) = place.worktree()
@@ -444,17 +472,19 @@ fn run_locked(
 fn supervise(
     session: &mut Session<'_>,
     signals: &Signals,
+    tree: &mut Containment,
 ) -> Result<(ExitStatus, Machine), Failure> {
     if session.settings.policy.run.stall_timeout.is_some() {
         session.watchdog = Some(watchdog(session.settings, session.place));
     }
     let child = session.spawn()?;
+    tree.spawned(child.pid.as_raw() as u32);
     // A stop request written since the watch began is not lost: its change signal is
     // queued in the signalfd, and the event loop reads it first.
     let terminal = session.terminal;
     let config = machine_config(&session.settings.policy, terminal.is_some());
     let mut machine = Machine::new(config, Instant::now());
-    let status = supervisor::supervise(child, &mut machine, signals, terminal, session)?;
+    let status = supervisor::supervise(child, &mut machine, signals, terminal, session, tree)?;
     crate::service::stopping();
     debug!(code = status.code(), "supervision over");
     Ok((status, machine))
@@ -499,7 +529,12 @@ fn watchdog(settings: &RunSettings, place: &Place<'_>) -> crate::activity::Watch
 }
 
 /// What the lock file says before the child starts (its pid is filled in at spawn).
-fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -> Metadata {
+fn metadata(
+    settings: &RunSettings,
+    place: &Place<'_>,
+    started: DateTime<Utc>,
+    tree: &Containment,
+) -> Metadata {
     let me = std::process::id();
     Metadata {
         pid: me,
@@ -523,6 +558,10 @@ fn metadata(settings: &RunSettings, place: &Place<'_>, started: DateTime<Utc>) -
         loop_index: Some(place.loop_index()),
         restart: Default::default(),
         fleet: None,
+        contained: crate::metadata::Contained {
+            containment: Some(tree.mode().to_string()),
+            cgroup: tree.cgroup_path(),
+        },
     }
 }
 
@@ -537,6 +576,8 @@ struct Session<'a> {
     /// Fleet mode: the fleet lock (or the worktree reservation) held with the local one.
     fleet: Option<&'a mut Fleet>,
     meta: Metadata,
+    /// The loop's cgroup's `cgroup.procs`, which the child moves itself into.
+    cgroup_procs: Option<std::os::fd::RawFd>,
     terminal: Option<Terminal>,
     child: Option<Child>,
     /// The worktree loop is in the registry (so its entry going away means something).
@@ -598,6 +639,7 @@ impl Session<'_> {
             self.lock.raw_fd(),
             self.terminal,
             answerer.as_ref().map(|sock| sock.as_raw_fd()),
+            self.cgroup_procs,
             |cmd| {
                 cmd.envs(&self.settings.policy.run.env);
                 // The notify socket is ours: a child (say `ralph run`) must not report
@@ -831,7 +873,9 @@ fn history_record(
     status: ExitStatus,
     machine: &Machine,
     started: DateTime<Utc>,
+    tree: &Containment,
 ) -> history::Record {
+    let used = tree.accounting();
     let (exit_code, signal) = match machine.outcome() {
         Some(ChildOutcome::Exited(code)) => (Some(code), None),
         Some(ChildOutcome::Signaled(sig)) => (None, Some(signals::name(sig))),
@@ -855,6 +899,18 @@ fn history_record(
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
         log_lines_dropped: Some(crate::logging::dropped()).filter(|n| *n > 0),
         fleet: session.meta.fleet.clone(),
+        containment: Some(tree.mode().to_string()),
+        cpu_user_ms: Some(used.user_us / 1000),
+        cpu_system_ms: Some(used.system_us / 1000),
+        memory_peak_bytes: used.memory_peak,
+        memory_peak_of: used.memory_peak.map(|_| {
+            match used.memory_peak_cgroup {
+                true => "cgroup",
+                false => "largest-process",
+            }
+            .to_string()
+        }),
+        processes_peak: used.processes_peak,
     }
 }
 

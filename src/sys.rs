@@ -177,6 +177,10 @@ pub(crate) struct ChildSetup {
     /// Lock hand-over: install the `flock` filter last and send its listener over this
     /// socket (see [`crate::handover`]).
     pub(crate) handover: Option<RawFd>,
+    /// The `cgroup.procs` of the loop's cgroup, opened by the parent: the child writes
+    /// `0` to it (moving itself there) before `exec`, so nothing of the command runs
+    /// outside the cgroup. A failed write fails the spawn.
+    pub(crate) cgroup_procs: Option<RawFd>,
 }
 
 /// Puts the child in a process group of its own and installs `setup` to run in the
@@ -197,8 +201,15 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     // ignored disposition: reset them in the child with the raw system call.
     let reserved = os::reserved_signals();
     let hook = move || -> io::Result<()> {
-        // Only async-signal-safe calls below (fcntl, setpgid, sigprocmask, tcsetpgrp,
-        // getpid), on values copied into the closure: no allocation, no locks.
+        // Only async-signal-safe calls below (write, fcntl, setpgid, sigprocmask,
+        // tcsetpgrp, getpid), on values copied into the closure: no allocation, no locks.
+        if let Some(fd) = setup.cgroup_procs {
+            // SAFETY: write(2) of a static byte to an fd number the parent keeps open
+            // until the spawn returns; async-signal-safe.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         if let Some(fd) = setup.inherit_fd {
             // SAFETY: fcntl on an fd number we own; async-signal-safe.
             if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
@@ -266,17 +277,56 @@ pub(crate) enum Reaped {
     Stopped(i32),
 }
 
-/// Reaps (or notes the stop of) one child, any child, without blocking.
+/// What a reaped process (with the descendants it reaped) used, from `wait4`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Rusage {
+    pub(crate) user_us: u64,
+    pub(crate) system_us: u64,
+    /// Its largest resident set, in bytes (of it or of one descendant it reaped).
+    pub(crate) max_rss: u64,
+}
+
+impl Rusage {
+    fn from_raw(r: &libc::rusage) -> Rusage {
+        let us = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64;
+        // Kilobytes on Linux and FreeBSD, bytes on macOS.
+        let unit = if cfg!(target_vendor = "apple") {
+            1
+        } else {
+            1024
+        };
+        Rusage {
+            user_us: us(r.ru_utime),
+            system_us: us(r.ru_stime),
+            max_rss: (r.ru_maxrss.max(0) as u64).saturating_mul(unit),
+        }
+    }
+}
+
+/// Reaps (or notes the stop of) one child, any child, without blocking, with what it
+/// used (zero for a stop).
 /// `Ok(None)` when no child has anything to report, or there are no children.
 ///
-/// Raw `waitpid` rather than nix's, whose signal conversion rejects real-time signals
-/// and would lose the status of a child killed by one.
-pub(crate) fn reap_one() -> io::Result<Option<(i32, Reaped)>> {
+/// Raw `wait4` rather than nix's `waitpid`, whose signal conversion rejects real-time
+/// signals and would lose the status of a child killed by one.
+pub(crate) fn reap_one() -> io::Result<Option<(i32, Reaped, Rusage)>> {
     loop {
         let mut status: libc::c_int = 0;
-        // SAFETY: `status` is a valid out-pointer for the duration of the call.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::WUNTRACED) };
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `status` and `usage` are valid out-pointers for the duration of the
+        // call.
+        let pid = unsafe {
+            libc::wait4(
+                -1,
+                &mut status,
+                libc::WNOHANG | libc::WUNTRACED,
+                usage.as_mut_ptr(),
+            )
+        };
         if pid > 0 {
+            // SAFETY: zero-initialised, and filled by the kernel on success.
+            let usage = unsafe { usage.assume_init() };
+            let usage = Rusage::from_raw(&usage);
             let reaped = if libc::WIFEXITED(status) {
                 Reaped::Exited(libc::WEXITSTATUS(status))
             } else if libc::WIFSIGNALED(status) {
@@ -286,7 +336,7 @@ pub(crate) fn reap_one() -> io::Result<Option<(i32, Reaped)>> {
             } else {
                 continue;
             };
-            return Ok(Some((pid, reaped)));
+            return Ok(Some((pid, reaped, usage)));
         }
         if pid == 0 {
             return Ok(None);

@@ -5,6 +5,7 @@
 //! line, `file:line:col: what; what to do`, and exit 78.
 
 mod fleet;
+mod limits;
 mod read;
 mod show;
 
@@ -17,6 +18,9 @@ use std::time::Duration;
 #[cfg(feature = "fleet")]
 pub(crate) use fleet::check_fleet_key;
 pub(crate) use fleet::{Endpoints, FleetKey, FleetTtl, TlsFile};
+#[cfg(test)]
+pub(crate) use limits::{Cpu, Memory, Pids};
+pub(crate) use limits::{CpuMax, MemoryMax, PidsMax};
 pub use read::parse_str;
 pub(crate) use read::*;
 pub(crate) use show::show;
@@ -66,9 +70,14 @@ keywords! {
         RemoveIfClean = "remove-if-clean", "Remove it if it has no changes and no commits beyond its base.";
         QueueMerge = "queue-merge", "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
     }
-    Orphans "What happens to members of the child's process group left after it exits." {
-        Kill = "kill", "TERM, then KILL after `grace`.";
-        Leave = "leave", "Leave them running.";
+    Orphans "What happens to the processes the command started that are still running after it exits." {
+        Kill = "kill", "The stop signal, then KILL after `grace`, to every one of them, whatever its process group or session.";
+        Leave = "leave", "Leave them running (a stop then reaches the command's process group only).";
+    }
+    Containment "How the processes the command starts are kept track of." {
+        Auto = "auto", "A cgroup where cgroup v2 is writable, else the process tree.";
+        Cgroup = "cgroup", "A cgroup of the loop's own; exit 125 when none can be made.";
+        Tree = "tree", "The process tree: the supervisor is a subreaper and finds every descendant in /proc.";
     }
     RestartPolicy "When the child is started again after it exits." {
         Never = "never", "Never.";
@@ -138,7 +147,8 @@ schema! {
     [stop] Stop "`[stop]`: how the child is stopped." {
         signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal;
         grace: Duration = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace;
-        orphans: Orphans = Orphans::Kill, "What happens to members of the command's process group still running after it exits.";
+        orphans: Orphans = Orphans::Kill, "What happens to the processes the command started (its descendants, whatever their process group or session) that still run after it exits.";
+        containment: Containment = Containment::Auto, "How the loop's processes are contained: \"cgroup\" runs the command in a cgroup v2 of its own (below the one ralph-supervise started in), so that every process it starts is found, stopped (`cgroup.kill`), frozen on Ctrl-Z and accounted, and the cgroup is removed at the end; \"tree\" finds them as descendants (ralph-supervise is their subreaper), confirming each by its start time before a signal. \"auto\" takes a cgroup where one can be made.", flag containment;
     }
     [restart] Restart "`[restart]`: when and how fast the child is started again." {
         policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;
@@ -155,6 +165,12 @@ schema! {
     }
     [lock] Lock "`[lock]`: the workspace lock." {
         handover: Handover = Handover::Auto, "Hand the workspace lock over to a command (or one of its descendants) that locks `.ralph/loop.lock` itself, as ralph does: the first to lock it holds it through the supervisor's own locked description and runs as the primary, with no instant at which the workspace is free; every other attempt finds it taken. Linux only (seccomp user notification, Linux 5.9 or later). The command then runs with `no_new_privs`, so set-user-ID programs (sudo) cannot raise privileges inside the loop. Where the system cannot, \"auto\" warns and runs the command without it, \"always\" refuses (status 125). `--handover` alone means \"always\".", flag handover;
+    }
+    [limits] Limits "`[limits]`: resource limits of the loop's cgroup (with `containment` \"cgroup\" or \"auto\")." {
+        memory_max: Option<MemoryMax> = None, "Most memory the loop's processes may use together (cgroup `memory.max`), as systemd's `MemoryMax=`: \"512M\", \"2G\" (K, M, G, T are powers of 1024), a share of the machine's memory like \"50%\", or \"max\".", unset "no limit";
+        pids_max: Option<PidsMax> = None, "Most processes (and threads) the loop may have at once (cgroup `pids.max`), as systemd's `TasksMax=`: a number, or \"max\". A fork beyond it fails.", unset "no limit";
+        cpu_max: Option<CpuMax> = None, "Most CPU time the loop may use (cgroup `cpu.max`), as systemd's `CPUQuota=`: a share of one CPU, like \"50%\" or \"150%\" (one and a half CPUs), or \"max\".", unset "no limit";
+        required: bool = false, "Whether a limit that cannot be applied (no cgroup, or its controller is not available to the cgroup ralph-supervise started in) is an error (exit 125) rather than one warning line.";
     }
     [hooks] Hooks "`[hooks]`: commands run once before the loop starts and once after it ends." {
         on_start: Option<Argv> = None, "Command run once the workspace lock is taken, before the command first starts, as an array of program and arguments, like `[\"make\", \"services-up\"]`. It gets the run's facts in `RALPH_SUPERVISE_LOOP_ID`, `RALPH_SUPERVISE_WORKSPACE`, `RALPH_SUPERVISE_WORKTREE`, `RALPH_SUPERVISE_BRANCH` and `RALPH_LOOP_INDEX`; its failure is logged and the loop starts anyway.", unset "no hook";

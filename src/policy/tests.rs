@@ -64,6 +64,7 @@ copy = [".env", "config/*.local.toml"]
 signal = "INT"
 grace = "1m30s"
 orphans = "leave"
+containment = "tree"
 
 [restart]
 policy = "always"
@@ -84,6 +85,11 @@ env = { FOO = "bar", "WITH SPACE" = "x y" }
 
 [lock]
 handover = "always"
+[limits]
+memory_max = "1.5G"
+pids_max = 512
+cpu_max = "150%"
+required = true
 
 [hooks]
 on_start = ["make", "up"]
@@ -122,6 +128,7 @@ fn full_file() -> PolicyFile {
             signal: libc::SIGINT,
             grace: Duration::from_secs(90),
             orphans: Orphans::Leave,
+            containment: Containment::Tree,
         };
         p.restart = Restart {
             policy: RestartPolicy::Always,
@@ -145,6 +152,12 @@ fn full_file() -> PolicyFile {
         };
         p.lock = Lock {
             handover: Handover::Always,
+        };
+        p.limits = Limits {
+            memory_max: Some(Memory::Bytes(3 << 29)),
+            pids_max: Some(Pids::Count(512)),
+            cpu_max: Some(Cpu::Permyriad(15000)),
+            required: true,
         };
         p.hooks = Hooks {
             on_start: Some(vec!["make".into(), "up".into()]),
@@ -416,6 +429,7 @@ fn every_flag_overrides_the_full_file() {
         ("fleet_endpoints", "http://a:1, http://b:2"),
         ("fleet_key", "x/y"),
         ("fleet_ttl", "2s"),
+        ("containment", "cgroup"),
     ]);
     let e = resolve(Some((path.clone(), full_file())), &flags);
     let p = &e.policy;
@@ -441,6 +455,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.fleet.endpoints.as_deref(), Some(&endpoints[..]));
     assert_eq!(p.fleet.key.as_deref(), Some("x/y"));
     assert_eq!(p.fleet.ttl, Duration::from_secs(2));
+    assert_eq!(p.stop.containment, Containment::Cgroup);
     // Keys without a flag keep the file's values.
     assert_eq!(p.conflict.after_timeout, AfterTimeout::Worktree);
     assert_eq!(p.worktree.on_exit, OnExit::QueueMerge);
@@ -487,6 +502,7 @@ copy = []  # default
 signal = "SIGTERM"  # default
 grace = "10s"  # default
 orphans = "kill"  # default
+containment = "auto"  # default
 
 [restart]
 policy = "never"  # default
@@ -503,6 +519,12 @@ env = {}  # default
 
 [lock]
 handover = "auto"  # default
+
+[limits]
+# memory_max not set: no limit  # default
+# pids_max not set: no limit  # default
+# cpu_max not set: no limit  # default
+required = false  # default
 
 [hooks]
 # on_start not set: no hook  # default
@@ -672,23 +694,23 @@ fn effective_finds_loads_and_resolves() {
 fn unknown_keys_and_sections() {
     assert_eq!(
         error("[stop]\ngrase = \"1s\"\n"),
-        "P:2:1: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans"
+        "P:2:1: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans, containment"
     );
     assert_eq!(
         error("[stop]\nsignal = \"TERM\"\n  grase = \"1s\"\n"),
-        "P:3:3: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans"
+        "P:3:3: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans, containment"
     );
     assert_eq!(
         error("# policy\n\n[stoop]\ngrace = \"1s\"\n"),
-        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, lock, hooks, fleet, log"
+        "P:3:2: unknown section [stoop]; expected one of the sections conflict, worktree, stop, restart, run, lock, limits, hooks, fleet, log"
     );
     assert_eq!(
         error("grace = \"1s\"\n"),
-        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, lock, hooks, fleet, log"
+        "P:1:1: unknown key \"grace\" at top level; expected one of the sections conflict, worktree, stop, restart, run, lock, limits, hooks, fleet, log"
     );
     assert_eq!(
         error("[stop.extra]\nx = 1\n"),
-        "P:1:7: unknown key \"extra\" in [stop]; expected one of signal, grace, orphans"
+        "P:1:7: unknown key \"extra\" in [stop]; expected one of signal, grace, orphans, containment"
     );
     assert_eq!(
         error("[conflict]\npolicy = \"wait\"\n[restart]\nmax = 1\nbackof = \"1s\"\n"),
@@ -697,7 +719,7 @@ fn unknown_keys_and_sections() {
     // The first problem in the file is reported, not the first in key order.
     assert_eq!(
         error("[stop]\nzzz = 1\naaa = 1\n"),
-        "P:2:1: unknown key \"zzz\" in [stop]; expected one of signal, grace, orphans"
+        "P:2:1: unknown key \"zzz\" in [stop]; expected one of signal, grace, orphans, containment"
     );
 }
 
@@ -1070,7 +1092,7 @@ fn keyword_values_match_the_code() {
     fn spelled<T: Copy>(all: &[T], f: fn(T) -> &'static str) -> Vec<&'static str> {
         all.iter().map(|v| f(*v)).collect()
     }
-    let expected: [(&str, Vec<&str>); 6] = [
+    let expected: [(&str, Vec<&str>); 7] = [
         (
             "conflict.policy",
             spelled(OnConflict::ALL, <OnConflict as Keyword>::as_str),
@@ -1086,6 +1108,10 @@ fn keyword_values_match_the_code() {
         (
             "stop.orphans",
             spelled(Orphans::ALL, <Orphans as Keyword>::as_str),
+        ),
+        (
+            "stop.containment",
+            spelled(Containment::ALL, <Containment as Keyword>::as_str),
         ),
         (
             "restart.policy",

@@ -12,10 +12,15 @@
 //!   Running{since} ──stop──▶ Stopping{deadline} ─deadline / 2nd─▶ KILL sent
 //!      │ (TERM/INT, stop request, max runtime)  │
 //!      └────────────child exits─────────────────┴──▶ Draining{deadline} ──┤
-//!                                  (leftover group members got TERM)       │ no restart
-//!                                                                          ▼
+//!                     (what the loop started and left got TERM,            │ tree empty,
+//!                      then KILL at the deadline; then the tree's end      │ no restart
+//!                      is awaited, bounded by KILL_WAIT)                   ▼
 //!                                                                   Exited(status)
 //! ```
+//!
+//! A stop and the end of a run reach every process of the loop ([`Action::SignalTree`]:
+//! its cgroup or its process tree, see [`crate::containment`]); forwarded signals
+//! (HUP, WINCH, ...) reach the child's process group, as a terminal's would.
 //!
 //! A stop (signal, stop request, max runtime) ends restarts; the exit status is the last
 //! run's, or 124 when `max_runtime` expired.
@@ -160,11 +165,11 @@ pub(crate) struct Decision {
 /// Fixed settings of one supervision.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    /// Stop-signal→KILL grace, for stops and for leftover group members.
+    /// Stop-signal→KILL grace, for stops and for processes left after the child.
     pub(crate) grace: Duration,
     /// The signal a stop request or max runtime sends to the child's group.
     pub(crate) stop_signal: i32,
-    /// Send TERM then KILL to group members left after the child exits.
+    /// Send TERM then KILL to the processes of the loop left after the child exits.
     pub(crate) kill_orphans: bool,
     /// Stdin is our controlling terminal: mirror the child's stops (shell job control).
     pub(crate) job_control: bool,
@@ -239,8 +244,9 @@ pub(crate) enum State {
         killed: bool,
         by_signal: bool,
     },
-    /// The child exited; leftover group members got TERM and get KILL at `deadline`.
-    Draining { deadline: Instant },
+    /// The child exited; what it left got TERM and gets KILL at `deadline`; once
+    /// `killed`, `deadline` bounds the wait for the tree's end.
+    Draining { deadline: Instant, killed: bool },
     /// Waiting to start the child again at `until`.
     Backoff { until: Instant },
     /// Done: release the lock and exit.
@@ -251,15 +257,15 @@ pub(crate) enum State {
 pub(crate) enum Event {
     /// A signal was sent to the supervisor (never SIGCHLD: that becomes the two below).
     Signal(i32),
-    /// The child ended; `group_alive`: members of its process group remain.
+    /// The child ended; `tree_alive`: processes of the loop remain.
     ChildExited {
         outcome: ChildOutcome,
-        group_alive: bool,
+        tree_alive: bool,
     },
     /// The child was stopped by this signal.
     ChildStopped(i32),
-    /// The child's process group has no members left.
-    GroupEmpty,
+    /// No process of the loop is left.
+    TreeEmpty,
     /// A graceful stop was requested: the stop-request file appeared (`signal` is
     /// `None`), or `stop`/a takeover asked, maybe naming the signal the child is to get.
     StopRequest { signal: Option<i32> },
@@ -285,6 +291,11 @@ pub(crate) enum Event {
 pub(crate) enum Action {
     /// `killpg(child_pgid, sig)`.
     SignalGroup(i32),
+    /// `sig` to every process of the loop (its cgroup or process tree; with `orphans =
+    /// "leave"`, the child's process group).
+    SignalTree(i32),
+    /// Processes of the loop outlived KILL by [`KILL_WAIT`]: name them, go on without.
+    Unended,
     /// `kill(child_pid, sig)`: the child alone (see [`crate::signals::Scope`]).
     SignalChild(i32),
     /// Take the terminal back and stop ourselves with this signal, so the shell sees the
@@ -323,7 +334,13 @@ pub(crate) struct Machine {
     stall: Option<StallClock>,
     /// The current run was stopped as stalled: it ends with 124.
     stalled: bool,
+    /// The current stop's signal went to every process of the loop.
+    tree_signalled: bool,
 }
+
+/// How long the end of the loop's processes is awaited after KILL (a process in an
+/// uninterruptible sleep may take a moment); then they are named and left.
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(5);
 
 impl Machine {
     /// A machine for a child spawned at `now`.
@@ -339,6 +356,7 @@ impl Machine {
             runtime_deadline,
             stall: config.stall_timeout.map(|_| StallClock::new(now)),
             stalled: false,
+            tree_signalled: false,
             config,
         }
     }
@@ -400,7 +418,7 @@ impl Machine {
                 killed: false,
                 ..
             } => Some(deadline),
-            State::Draining { deadline } => Some(deadline),
+            State::Draining { deadline, .. } => Some(deadline),
             // `max_runtime` counts the waits between runs too.
             State::Backoff { until } => Some(self.runtime_deadline.map_or(until, |d| d.min(until))),
             _ => None,
@@ -412,6 +430,7 @@ impl Machine {
         self.state = State::Running { since: now };
         self.outcome = None;
         self.stalled = false;
+        self.tree_signalled = false;
         self.stall = self.config.stall_timeout.map(|_| StallClock::new(now));
     }
 
@@ -425,9 +444,9 @@ impl Machine {
                 _,
                 Event::ChildExited {
                     outcome,
-                    group_alive,
+                    tree_alive,
                 },
-            ) => self.child_exited(outcome, group_alive, now),
+            ) => self.child_exited(outcome, tree_alive, now),
 
             (_, Event::ChildStopped(sig)) => {
                 if self.config.job_control && self.child_running() {
@@ -442,9 +461,10 @@ impl Machine {
                 }
             }
 
-            (State::Draining { .. }, Event::GroupEmpty) => self.after_drain(now),
-            (State::Draining { .. }, Event::Deadline) => {
-                let mut actions = vec![Action::SignalGroup(libc::SIGKILL)];
+            (State::Draining { .. }, Event::TreeEmpty) => self.after_drain(now),
+            (State::Draining { killed: false, .. }, Event::Deadline) => self.kill_tree(now),
+            (State::Draining { killed: true, .. }, Event::Deadline) => {
+                let mut actions = vec![Action::Unended];
                 actions.extend(self.after_drain(now));
                 actions
             }
@@ -483,7 +503,7 @@ impl Machine {
                     killed: true,
                     by_signal: true,
                 };
-                vec![Action::SignalGroup(libc::SIGKILL)]
+                vec![Action::SignalTree(libc::SIGKILL)]
             }
 
             // A stop request while already stopping is the same request again: only a
@@ -551,7 +571,7 @@ impl Machine {
                 Class::Ignore => vec![Action::Ignored(sig)],
             },
 
-            (_, Event::GroupEmpty | Event::Deadline) => vec![],
+            (_, Event::TreeEmpty | Event::Deadline) => vec![],
         }
     }
 
@@ -588,14 +608,16 @@ impl Machine {
                     killed: true,
                     by_signal: true,
                 };
-                vec![Action::SignalGroup(libc::SIGKILL)]
+                vec![Action::SignalTree(libc::SIGKILL)]
             }
             State::Stopping { killed: false, .. } => vec![],
-            State::Draining { .. } => {
+            State::Draining { killed: false, .. } => {
                 self.stop.get_or_insert(reason);
-                let mut actions = vec![Action::SignalGroup(libc::SIGKILL)];
-                actions.extend(self.after_drain(now));
-                actions
+                self.kill_tree(now)
+            }
+            State::Draining { killed: true, .. } => {
+                self.stop.get_or_insert(reason);
+                vec![]
             }
             State::Backoff { .. } => {
                 // No child: a stop ends the restarts.
@@ -619,7 +641,7 @@ impl Machine {
                     killed: false,
                     by_signal: true,
                 };
-                vec![deliver(self.config.stop_signal)]
+                vec![self.deliver_stop(self.config.stop_signal)]
             }
             State::Stopping {
                 deadline: old,
@@ -633,15 +655,13 @@ impl Machine {
                 };
                 vec![]
             }
-            State::Draining { .. } => {
-                let mut actions = vec![Action::SignalGroup(libc::SIGKILL)];
-                actions.extend(self.after_drain(now));
-                actions
-            }
+            // The child is gone; its leftovers get no grace.
+            State::Draining { killed: false, .. } => self.kill_tree(now),
             State::Backoff { .. } => {
                 self.exit();
                 vec![]
             }
+            State::Draining { killed: true, .. } => vec![],
             State::Stopping { killed: true, .. } | State::Exited(_) => vec![],
         }
     }
@@ -653,7 +673,28 @@ impl Machine {
             killed: false,
             by_signal: matches!(reason, StopReason::Signal(_)),
         };
-        vec![deliver(signal)]
+        vec![self.deliver_stop(signal)]
+    }
+
+    /// A stop signal: to every process of the loop, unless it is one meant for the
+    /// child alone ([`Scope::Child`]).
+    fn deliver_stop(&mut self, sig: i32) -> Action {
+        match scope(sig) {
+            Scope::Child => Action::SignalChild(sig),
+            Scope::Group => {
+                self.tree_signalled = true;
+                Action::SignalTree(sig)
+            }
+        }
+    }
+
+    /// KILL to what is left of the loop; then its end is awaited, at most [`KILL_WAIT`].
+    fn kill_tree(&mut self, now: Instant) -> Vec<Action> {
+        self.state = State::Draining {
+            deadline: now + KILL_WAIT,
+            killed: true,
+        };
+        vec![Action::SignalTree(libc::SIGKILL)]
     }
 
     /// A watchdog sample while the child runs: the clock goes on, starts over on a sign
@@ -696,16 +737,18 @@ impl Machine {
             killed: false,
             by_signal: false,
         };
-        vec![Action::Stalled(idle), deliver(self.config.stop_signal)]
+        let stop = self.deliver_stop(self.config.stop_signal);
+        vec![Action::Stalled(idle), stop]
     }
 
     fn child_exited(
         &mut self,
         outcome: ChildOutcome,
-        group_alive: bool,
+        tree_alive: bool,
         now: Instant,
     ) -> Vec<Action> {
-        let ran = match self.state {
+        let before = self.state;
+        let ran = match before {
             State::Running { since } => now.saturating_duration_since(since),
             _ => Duration::ZERO,
         };
@@ -713,18 +756,31 @@ impl Machine {
         if ran >= self.config.restart.stable_after() {
             self.failures = 0;
         }
+        let signalled = std::mem::take(&mut self.tree_signalled);
         let mut actions = vec![Action::TakeTerminal];
-        if group_alive && self.config.kill_orphans && self.stop == Some(StopReason::LeaseLost) {
-            // No grace left: the lease may lapse any moment.
-            actions.push(Action::SignalGroup(libc::SIGKILL));
+        if !(tree_alive && self.config.kill_orphans) {
             actions.extend(self.after_drain(now));
-        } else if group_alive && self.config.kill_orphans {
-            self.state = State::Draining {
-                deadline: now + self.config.grace,
-            };
-            actions.push(Action::SignalGroup(libc::SIGTERM));
-        } else {
-            actions.extend(self.after_drain(now));
+            return actions;
+        }
+        match before {
+            // KILL went out already, or the fleet lease may lapse any moment: what is
+            // left gets KILL at once.
+            State::Stopping { killed: true, .. } => actions.extend(self.kill_tree(now)),
+            _ if self.stop == Some(StopReason::LeaseLost) => actions.extend(self.kill_tree(now)),
+            // The whole tree got the stop signal: its grace goes on.
+            State::Stopping { deadline, .. } if signalled => {
+                self.state = State::Draining {
+                    deadline,
+                    killed: false,
+                };
+            }
+            _ => {
+                self.state = State::Draining {
+                    deadline: now + self.config.grace,
+                    killed: false,
+                };
+                actions.push(Action::SignalTree(libc::SIGTERM));
+            }
         }
         actions
     }
@@ -889,16 +945,19 @@ mod tests {
         let (mut m, now) = machine(false);
         let grace = Duration::from_secs(2);
         let actions = m.handle(Event::LeaseLost { grace }, now);
-        assert_eq!(actions, vec![Action::SignalGroup(libc::SIGTERM)]);
+        assert_eq!(actions, vec![Action::SignalTree(libc::SIGTERM)]);
         assert_eq!(m.deadline(), Some(now + grace));
         let later = now + grace;
         assert_eq!(
             m.handle(Event::Deadline, later),
-            vec![Action::SignalGroup(libc::SIGKILL)]
+            vec![Action::SignalTree(libc::SIGKILL)]
         );
-        // Leftovers get no grace: KILL with the child's exit.
+        // Leftovers get no grace: KILL with the child's exit, then the run ends as soon
+        // as the tree is empty.
         let actions = m.handle(exited(137, true), later);
-        assert!(actions.contains(&Action::SignalGroup(libc::SIGKILL)));
+        assert!(actions.contains(&Action::SignalTree(libc::SIGKILL)));
+        assert_eq!(m.finished(), None);
+        m.handle(Event::TreeEmpty, later);
         assert_eq!(m.finished(), Some(ExitStatus::Unavailable));
         assert_eq!(m.stop_reason(), Some(StopReason::LeaseLost));
     }
@@ -922,10 +981,10 @@ mod tests {
         assert_eq!(m.finished(), Some(ExitStatus::Unavailable));
     }
 
-    fn exited(code: i32, group_alive: bool) -> Event {
+    fn exited(code: i32, tree_alive: bool) -> Event {
         Event::ChildExited {
             outcome: ChildOutcome::Exited(code),
-            group_alive,
+            tree_alive,
         }
     }
 
@@ -936,6 +995,9 @@ mod tests {
             let sig = sig as i32;
             let want = if matches!(sig, libc::SIGUSR1 | libc::SIGUSR2) {
                 Action::SignalChild(sig)
+            } else if classify(sig) == (Class::Forward { stop: true }) {
+                // A stop reaches every process of the loop.
+                Action::SignalTree(sig)
             } else {
                 Action::SignalGroup(sig)
             };
@@ -961,10 +1023,10 @@ mod tests {
             m.handle(Event::StopRequest { signal: None }, now),
             vec![Action::SignalChild(libc::SIGUSR1)]
         );
-        // The grace still ends with KILL for the whole group.
+        // The grace still ends with KILL for the whole loop.
         assert_eq!(
             m.handle(Event::Deadline, now + GRACE),
-            vec![Action::SignalGroup(libc::SIGKILL)]
+            vec![Action::SignalTree(libc::SIGKILL)]
         );
         // Once the child is gone, its leftovers get group signals only.
         let (mut m, t0) = machine(false);
@@ -988,7 +1050,7 @@ mod tests {
         );
         assert_eq!(
             m.handle(Event::Deadline, t0 + GRACE),
-            vec![Action::SignalGroup(libc::SIGKILL)]
+            vec![Action::SignalTree(libc::SIGKILL)]
         );
         assert_eq!(
             m.deadline(),
@@ -999,7 +1061,7 @@ mod tests {
         m.handle(
             Event::ChildExited {
                 outcome: ChildOutcome::Signaled(libc::SIGKILL),
-                group_alive: false,
+                tree_alive: false,
             },
             t0 + GRACE,
         );
@@ -1012,11 +1074,11 @@ mod tests {
         let (mut m, t0) = machine(false);
         assert_eq!(
             m.handle(Event::Signal(libc::SIGINT), t0),
-            vec![Action::SignalGroup(libc::SIGINT)]
+            vec![Action::SignalTree(libc::SIGINT)]
         );
         assert_eq!(
             m.handle(Event::Signal(libc::SIGTERM), t0),
-            vec![Action::SignalGroup(libc::SIGKILL)]
+            vec![Action::SignalTree(libc::SIGKILL)]
         );
         assert_eq!(m.deadline(), None);
     }
@@ -1027,14 +1089,14 @@ mod tests {
         let mut m = Machine::new(config(), now);
         assert_eq!(
             m.handle(Event::Discarded, now),
-            vec![Action::SignalGroup(libc::SIGTERM)]
+            vec![Action::SignalTree(libc::SIGTERM)]
         );
         assert_eq!(m.deadline(), Some(now + GRACE));
         assert_eq!(m.stop_reason(), Some(StopReason::Discarded));
         assert_eq!(m.handle(Event::Discarded, now), vec![], "no escalation");
         assert_eq!(
             m.handle(Event::Deadline, now + GRACE),
-            vec![Action::SignalGroup(libc::SIGKILL)]
+            vec![Action::SignalTree(libc::SIGKILL)]
         );
     }
 
@@ -1050,7 +1112,7 @@ mod tests {
         );
         assert_eq!(
             m.handle(Event::StopRequest { signal: None }, now),
-            vec![Action::SignalGroup(libc::SIGINT)]
+            vec![Action::SignalTree(libc::SIGINT)]
         );
         assert_eq!(m.deadline(), Some(now + GRACE));
         assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
@@ -1065,7 +1127,7 @@ mod tests {
         // A further signal escalates.
         assert_eq!(
             m.handle(Event::Signal(libc::SIGTERM), now),
-            vec![Action::SignalGroup(libc::SIGKILL)]
+            vec![Action::SignalTree(libc::SIGKILL)]
         );
     }
 
@@ -1079,7 +1141,7 @@ mod tests {
                 },
                 now
             ),
-            vec![Action::SignalGroup(libc::SIGINT)]
+            vec![Action::SignalTree(libc::SIGINT)]
         );
         assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
         assert_eq!(m.deadline(), Some(now + GRACE));
@@ -1098,15 +1160,15 @@ mod tests {
     }
 
     #[test]
-    fn leftover_group_members_are_drained() {
+    fn leftovers_are_drained() {
         let (mut m, t0) = machine(false);
         assert_eq!(
             m.handle(exited(3, true), t0),
-            vec![Action::TakeTerminal, Action::SignalGroup(libc::SIGTERM)]
+            vec![Action::TakeTerminal, Action::SignalTree(libc::SIGTERM)]
         );
         assert_eq!(m.deadline(), Some(t0 + GRACE));
         assert_eq!(m.finished(), None);
-        assert_eq!(m.handle(Event::GroupEmpty, t0), vec![]);
+        assert_eq!(m.handle(Event::TreeEmpty, t0), vec![]);
         assert_eq!(m.finished(), Some(ExitStatus::Child(3)));
     }
 
@@ -1116,9 +1178,62 @@ mod tests {
         m.handle(exited(0, true), t0);
         assert_eq!(
             m.handle(Event::Deadline, t0 + GRACE),
-            vec![Action::SignalGroup(libc::SIGKILL)]
+            vec![Action::SignalTree(libc::SIGKILL)]
+        );
+        // The end of the tree is awaited, KILL_WAIT at most.
+        assert_eq!(m.finished(), None);
+        assert_eq!(m.deadline(), Some(t0 + GRACE + KILL_WAIT));
+        assert_eq!(m.handle(Event::TreeEmpty, t0 + GRACE), vec![]);
+        assert_eq!(m.finished(), Some(ExitStatus::Child(0)));
+    }
+
+    #[test]
+    fn unkillable_leftovers_are_named_and_left() {
+        let (mut m, t0) = machine(false);
+        m.handle(exited(0, true), t0);
+        m.handle(Event::Deadline, t0 + GRACE);
+        assert_eq!(
+            m.handle(Event::Deadline, t0 + GRACE + KILL_WAIT),
+            vec![Action::Unended]
         );
         assert_eq!(m.finished(), Some(ExitStatus::Child(0)));
+    }
+
+    #[test]
+    fn a_stop_keeps_its_grace_for_what_the_child_leaves() {
+        let (mut m, t0) = machine(false);
+        m.handle(Event::Signal(libc::SIGTERM), t0);
+        // The child exits at once; the rest of the tree got TERM with it already.
+        assert_eq!(
+            m.handle(
+                Event::ChildExited {
+                    outcome: ChildOutcome::Signaled(libc::SIGTERM),
+                    tree_alive: true
+                },
+                t0 + GRACE / 2
+            ),
+            vec![Action::TakeTerminal]
+        );
+        assert_eq!(m.deadline(), Some(t0 + GRACE), "the stop's grace");
+        assert_eq!(
+            m.handle(Event::Deadline, t0 + GRACE),
+            vec![Action::SignalTree(libc::SIGKILL)]
+        );
+        // After KILL, what the child leaves gets KILL at once.
+        let (mut m, t0) = machine(false);
+        m.handle(Event::Signal(libc::SIGTERM), t0);
+        m.handle(Event::Deadline, t0 + GRACE);
+        assert_eq!(
+            m.handle(
+                Event::ChildExited {
+                    outcome: ChildOutcome::Signaled(libc::SIGKILL),
+                    tree_alive: true
+                },
+                t0 + GRACE
+            ),
+            vec![Action::TakeTerminal, Action::SignalTree(libc::SIGKILL)]
+        );
+        assert_eq!(m.deadline(), Some(t0 + GRACE + KILL_WAIT));
     }
 
     #[test]
@@ -1198,7 +1313,7 @@ mod tests {
             m.handle(
                 Event::ChildExited {
                     outcome: ChildOutcome::Signaled(sig),
-                    group_alive: false,
+                    tree_alive: false,
                 },
                 now,
             );
@@ -1318,13 +1433,13 @@ mod tests {
         let t = now + Duration::from_secs(30);
         assert_eq!(
             m.handle(Event::Deadline, t),
-            vec![Action::SignalGroup(libc::SIGTERM)]
+            vec![Action::SignalTree(libc::SIGTERM)]
         );
         assert_eq!(m.stop_reason(), Some(StopReason::MaxRuntime));
         m.handle(
             Event::ChildExited {
                 outcome: ChildOutcome::Signaled(libc::SIGTERM),
-                group_alive: false,
+                tree_alive: false,
             },
             t,
         );
@@ -1450,7 +1565,7 @@ mod tests {
     fn death_by_signal_n_matches_128_plus_n_and_124_is_matchable() {
         let killed = |sig| Event::ChildExited {
             outcome: ChildOutcome::Signaled(sig),
-            group_alive: false,
+            tree_alive: false,
         };
         let rules = [
             (137, ExitRule::Stop),
@@ -1571,7 +1686,7 @@ mod tests {
         ];
         let killed = |sig| Event::ChildExited {
             outcome: ChildOutcome::Signaled(sig),
-            group_alive: false,
+            tree_alive: false,
         };
         let stops = [
             (
@@ -1664,7 +1779,7 @@ mod tests {
     fn term_killed() -> Event {
         Event::ChildExited {
             outcome: ChildOutcome::Signaled(libc::SIGTERM),
-            group_alive: false,
+            tree_alive: false,
         }
     }
 
@@ -1712,22 +1827,19 @@ mod tests {
         let at = t0 + 10 * SEC;
         assert_eq!(
             sample(&mut m, at, cpu + Duration::from_millis(95), false),
-            vec![
-                Action::Stalled(10 * SEC),
-                Action::SignalGroup(libc::SIGTERM)
-            ]
+            vec![Action::Stalled(10 * SEC), Action::SignalTree(libc::SIGTERM)]
         );
         assert!(matches!(m.state(), State::Stopping { .. }));
         assert_eq!(m.deadline(), Some(at + GRACE), "the grace, then KILL");
         assert!(!m.activity_due(at + GRACE), "no samples while stopping");
         assert_eq!(
             m.handle(Event::Deadline, at + GRACE),
-            vec![Action::SignalGroup(libc::SIGKILL)]
+            vec![Action::SignalTree(libc::SIGKILL)]
         );
         m.handle(
             Event::ChildExited {
                 outcome: ChildOutcome::Signaled(libc::SIGKILL),
-                group_alive: false,
+                tree_alive: false,
             },
             at + GRACE,
         );

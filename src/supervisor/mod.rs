@@ -55,6 +55,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
+use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure};
 use crate::signals::{self, Class, classify};
 use crate::sys::{self, ChildSetup, Reaped};
@@ -112,13 +113,15 @@ pub(crate) struct Child {
 }
 
 /// Spawns `command` in its own process group, `inherit_fd` passed open (and exported as
-/// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground; with
-/// `handover` (a socket to the answerer), under the lock hand-over's `flock` filter.
+/// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground, placed in
+/// the loop's cgroup (by writing to `cgroup_procs` before `exec`) when there is one;
+/// with `handover` (a socket to the answerer), under the lock hand-over's `flock` filter.
 pub(crate) fn spawn(
     command: &[OsString],
     inherit_fd: RawFd,
     terminal: Option<Terminal>,
     handover: Option<RawFd>,
+    cgroup_procs: Option<RawFd>,
     configure: impl FnOnce(&mut Command),
 ) -> Result<Child, Failure> {
     let (program, args) = command
@@ -137,6 +140,7 @@ pub(crate) fn spawn(
             inherit_fd: Some(inherit_fd),
             tty,
             handover,
+            cgroup_procs,
         },
     );
     let child = cmd
@@ -178,11 +182,6 @@ fn spawn_failure(program: &str, e: io::Error) -> Failure {
     }
 }
 
-/// Whether any process is left in process group `pgid`.
-pub(crate) fn group_alive(pgid: Pid) -> bool {
-    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
-}
-
 /// What a look at `.ralph/` found, for the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -221,12 +220,14 @@ pub(crate) trait Hooks {
 }
 
 /// Supervises `child` until the machine says it is over; returns the exit status.
+/// `tree` contains every process the child starts (and its restarts).
 pub(crate) fn supervise(
     mut child: Child,
     machine: &mut Machine,
     signals: &Signals,
     terminal: Option<Terminal>,
     hooks: &mut dyn Hooks,
+    tree: &mut Containment,
 ) -> Result<ExitStatus, Failure> {
     let mut events = Vec::new();
     // The terminal sent a job-control stop to our whole process group (see `act`).
@@ -244,18 +245,28 @@ pub(crate) fn supervise(
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let side_ready = {
-            let side = hooks.side_channel();
-            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-            fds.extend(side.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(anyhow::Error::new(e).context("poll").into()),
-            }
-            fds.get(1)
-                .and_then(|fd| fd.revents())
-                .is_some_and(|r| !r.is_empty())
+        // The loop's cgroup, if any, raises POLLPRI when it empties (`cgroup.events`);
+        // fleet mode's side channel is readable when its lock needs attention.
+        let side = hooks.side_channel();
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let cgroup = tree.events().map(|e| PollFd::new(e, PollFlags::POLLPRI));
+        let cgroup_at = cgroup.is_some().then_some(fds.len());
+        fds.extend(cgroup);
+        let side_at = side.is_some().then_some(fds.len());
+        fds.extend(side.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("poll").into()),
+        }
+        let ready = |at: Option<usize>| {
+            let revents = at.and_then(|i| fds.get(i)).and_then(PollFd::revents);
+            revents.is_some_and(|r| !r.is_empty())
         };
+        let (cgroup_changed, side_ready) = (ready(cgroup_at), ready(side_at));
+        drop(fds);
+        if cgroup_changed {
+            tree.rearm();
+        }
         let now = Instant::now();
         if side_ready {
             events.extend(hooks.side_events());
@@ -284,7 +295,7 @@ pub(crate) fn supervise(
                 }
                 looked = true;
             } else if classify(sig) == Class::Child {
-                reap(child, &mut events)?;
+                reap(child, &mut events, tree)?;
             } else if let Some(signal) = received.stop_request() {
                 info!(
                     "stop requested{}",
@@ -312,15 +323,30 @@ pub(crate) fn supervise(
         if machine.deadline().is_some_and(|d| now >= d) {
             events.push(Event::Deadline);
         }
+        let mut ctx = Context {
+            child: &mut child,
+            terminal,
+            hooks,
+            job_has_stop: &mut job_has_stop,
+            tree,
+        };
         for event in events.drain(..) {
-            let has_stop = &mut job_has_stop;
-            carry_out(machine, event, now, &mut child, terminal, hooks, has_stop)?;
+            carry_out(machine, event, now, &mut ctx)?;
         }
-        if matches!(machine.state(), machine::State::Draining { .. }) && !group_alive(child.pid) {
-            let (empty, has_stop) = (Event::GroupEmpty, &mut job_has_stop);
-            carry_out(machine, empty, now, &mut child, terminal, hooks, has_stop)?;
+        if matches!(machine.state(), machine::State::Draining { .. }) && !ctx.tree.alive() {
+            carry_out(machine, Event::TreeEmpty, now, &mut ctx)?;
         }
     }
+}
+
+/// What carrying out an action reaches.
+struct Context<'a> {
+    child: &'a mut Child,
+    terminal: Option<Terminal>,
+    hooks: &'a mut dyn Hooks,
+    /// The terminal sent a job-control stop to our whole process group (see [`act`]).
+    job_has_stop: &'a mut bool,
+    tree: &'a mut Containment,
 }
 
 /// Feeds one event to the machine and carries out the actions it answers: a spawn
@@ -329,37 +355,46 @@ fn carry_out(
     machine: &mut Machine,
     event: Event,
     now: Instant,
-    child: &mut Child,
-    terminal: Option<Terminal>,
-    hooks: &mut dyn Hooks,
-    job_has_stop: &mut bool,
+    ctx: &mut Context<'_>,
 ) -> Result<(), Failure> {
     // Said here, where the machine's answers meet the log: a stop for running too long,
     // and the KILL that ends a grace.
     let was_stopping = matches!(machine.state(), State::Stopping { killed: false, .. });
+    let was_draining = matches!(machine.state(), State::Draining { killed: false, .. });
     let had_reason = machine.stop_reason();
     let actions = machine.handle(event, now);
     if had_reason.is_none() && machine.stop_reason() == Some(StopReason::MaxRuntime) {
         info!("max_runtime reached: stopping the command (status 124)");
     }
-    if was_stopping && actions.contains(&Action::SignalGroup(libc::SIGKILL)) {
-        warn!("the command did not stop within its stop grace: KILL to its process group");
+    if was_stopping && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
+        warn!("the command did not stop within its stop grace: KILL to every process of the loop");
+    }
+    if was_draining && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
+        let n = ctx.tree.left().len();
+        warn!(
+            "{n} process{} the command left did not end within the stop grace: KILL",
+            if n == 1 { "" } else { "es" }
+        );
     }
     for action in actions {
         if action == Action::Spawn {
-            *child = hooks.respawn(machine.restarts())?;
+            *ctx.child = ctx.hooks.respawn(machine.restarts())?;
+            ctx.tree.spawned(ctx.child.pid.as_raw() as u32);
             machine.spawned(Instant::now());
         } else if let Action::Decided(decision) = action {
-            hooks.decided(&decision);
+            ctx.hooks.decided(&decision);
         } else {
-            act(action, *child, terminal, job_has_stop);
+            act(action, ctx);
         }
     }
     Ok(())
 }
 
-fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
-    while let Some((pid, reaped)) = sys::reap_one()? {
+fn reap(child: Child, events: &mut Vec<Event>, tree: &mut Containment) -> io::Result<()> {
+    while let Some((pid, reaped, usage)) = sys::reap_one()? {
+        if !matches!(reaped, Reaped::Stopped(_)) {
+            tree.reaped(usage);
+        }
         if pid != child.pid.as_raw() {
             debug!(pid, ?reaped, "reaped a descendant");
             continue;
@@ -375,7 +410,7 @@ fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
         debug!(pid, %outcome, "child ended");
         events.push(Event::ChildExited {
             outcome,
-            group_alive: group_alive(child.pid),
+            tree_alive: tree.alive(),
         });
     }
     Ok(())
@@ -383,8 +418,26 @@ fn reap(child: Child, events: &mut Vec<Event>) -> io::Result<()> {
 
 /// `job_has_stop`: the terminal sent the job-control stop to our whole group; the
 /// supervisor's own stop then leaves the other members alone (see [`terminal::stop_self`]).
-fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &mut bool) {
+fn act(action: Action, ctx: &mut Context<'_>) {
+    let (child, terminal) = (*ctx.child, ctx.terminal);
     match action {
+        Action::SignalTree(sig) => {
+            debug!(signal = %signals::name(sig), mode = %ctx.tree.mode(), "signalling every process of the loop");
+            ctx.tree.signal_all(sig);
+        }
+        Action::Unended => {
+            let left = ctx.tree.left();
+            warn!(
+                "could not end {} process{} of the loop within {}s of KILL: pid {}",
+                left.len(),
+                if left.len() == 1 { "" } else { "es" },
+                machine::KILL_WAIT.as_secs(),
+                left.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         Action::SignalGroup(sig) => {
             debug!(signal = %signals::name(sig), pgid = child.pid.as_raw(), "signalling the child's group");
             if let Ok(sig) = Signal::try_from(sig) {
@@ -403,8 +456,11 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &
             {
                 t.take_back();
             }
+            // Processes of the loop outside the child's group stop too (the cgroup
+            // freezes).
+            ctx.tree.freeze();
             debug!(signal = %signals::name(sig), "child stopped; stopping too");
-            terminal::stop_self(sig, std::mem::take(job_has_stop));
+            terminal::stop_self(sig, std::mem::take(ctx.job_has_stop));
         }
         Action::Resume => {
             if let Some(t) = terminal
@@ -412,6 +468,7 @@ fn act(action: Action, child: Child, terminal: Option<Terminal>, job_has_stop: &
             {
                 t.give_to(child.pid);
             }
+            ctx.tree.thaw();
             let _ = killpg(child.pid, Signal::SIGCONT);
         }
         Action::TakeTerminal => {

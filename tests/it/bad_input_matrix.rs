@@ -38,6 +38,34 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
     ("[stop]\ngrace = \"-5s\"\n", "2:9", "-5s"),
     ("[stop]\norphans = \"maybe\"\n", "2:11", "maybe"),
     ("[lock]\nhandover = \"sometimes\"\n", "2:12", "sometimes"),
+    ("[stop]\ncontainment = \"jail\"\n", "2:15", "jail"),
+    (
+        "[limits]\nmemory_max = \"lots\"\n",
+        "2:14",
+        "limits.memory_max: \"lots\" is not a size",
+    ),
+    (
+        "[limits]\nmemory_max = \"0%\"\n",
+        "2:14",
+        "share of the memory",
+    ),
+    ("[limits]\npids_max = 0\n", "2:12", "limits.pids_max: 0"),
+    (
+        "[limits]\npids_max = \"many\"\n",
+        "2:12",
+        "\"many\" is not a number",
+    ),
+    (
+        "[limits]\ncpu_max = \"fast\"\n",
+        "2:11",
+        "\"fast\" is not a CPU share",
+    ),
+    (
+        "[limits]\ncpu_max = 150\n",
+        "2:11",
+        "limits.cpu_max must be a string",
+    ),
+    ("[limits]\nrequired = \"yes\"\n", "2:12", "limits.required"),
     ("[restart]\nmax = -1\n", "2:7", "max"),
     ("[restart]\npolicy = \"sometimes\"\n", "2:10", "sometimes"),
     (
@@ -219,6 +247,7 @@ fn bad_flag_values_are_usage_errors() {
         &["run", "--fleet-ttl", "1s", "--", "true"],
         &["run", "--fleet-endpoints", "etcd:2379", "--", "true"],
         &["run", "--fleet-key", "a b", "--", "true"],
+        &["run", "--containment", "jail", "--", "true"],
         &["run", "--frobnicate", "--", "true"],
         &["run"],
         &["stop", "--signal", "SIGNOPE"],

@@ -319,7 +319,7 @@ fn bad_policy_file_is_78_before_anything_is_locked() {
     assert_eq!(
         out.stderr.trim(),
         format!(
-            "ralph-supervise: {}:2:1: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans",
+            "ralph-supervise: {}:2:1: unknown key \"grase\" in [stop]; expected one of signal, grace, orphans, containment",
             policy.display()
         )
     );

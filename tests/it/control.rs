@@ -75,7 +75,18 @@ fn status_exit_codes_and_json() {
         "restarts": null,
         "last_exit": null,
         "next_start": null,
+        // Added with containment: how, and what the loop's processes use now.
+        "containment": "<redacted>",
+        "usage": "<redacted>",
     });
+    assert!(
+        ["cgroup", "tree"].contains(&v["containment"].as_str().unwrap()),
+        "{v}"
+    );
+    assert_eq!(v["usage"]["processes"], 1, "{v}");
+    assert!(v["usage"]["cpu_ms"].is_u64(), "{v}");
+    v["containment"] = serde_json::json!("<redacted>");
+    v["usage"] = serde_json::json!("<redacted>");
     assert_eq!(v, expected);
     let text = ws.run(&["status"]);
     assert!(

@@ -223,9 +223,11 @@ fn cooperative_leftovers_end_on_term() {
 #[test]
 fn leaked_grandchild_with_the_fd_cannot_keep_the_lock() {
     let ws = Workspace::new();
-    // setsid puts the grandchild out of the child's group (so the group clean-up does
-    // not reach it); it keeps a copy of the lock fd. The child exits once the grandchild
-    // has reported its pid from its new session.
+    // With `orphans = "leave"` the leftovers run on (by default they are ended: see
+    // `containment.rs`). setsid puts the grandchild out of the child's group; it keeps
+    // a copy of the lock fd. The child exits once the grandchild has reported its pid
+    // from its new session.
+    ws.write_policy("[stop]\norphans = \"leave\"\n");
     let pidfile = ws.path.join("leaked.pid");
     let script = format!(
         "setsid sh -c 'echo $$ > {p}.tmp && mv {p}.tmp {p} && exec sleep 600' </dev/null >/dev/null 2>&1 & \

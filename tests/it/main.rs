@@ -9,6 +9,7 @@ mod broken_stderr;
 mod chaos;
 mod completions;
 mod conflict;
+mod containment;
 mod control;
 mod faults;
 #[cfg(feature = "fleet")]

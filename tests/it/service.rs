@@ -61,6 +61,10 @@ fn the_unit_has_the_required_directives() {
     assert_eq!(one("Service.Type"), "notify");
     assert_eq!(one("Service.NotifyAccess"), "main");
     assert_eq!(one("Service.KillMode"), "mixed");
+    // The agent's cgroup is made below the service's (containment, limits, accounting);
+    // a read-only cgroup file system would forbid that.
+    assert_eq!(one("Service.Delegate"), "yes");
+    assert!(!d.contains_key("Service.ProtectControlGroups"));
     assert_eq!(one("Service.Restart"), "on-failure");
     assert_eq!(one("Service.WorkingDirectory"), "%f");
     let mut prevent: Vec<&str> = one("Service.RestartPreventExitStatus")

@@ -1,0 +1,573 @@
+//! Every process the loop starts ends with it: the containment of the command's
+//! process tree, in one of two modes ([`Mode`]), behind one narrow interface the
+//! supervisor calls (set up, place the child, signal everything, is anything left,
+//! freeze, account, clean up).
+//!
+//! * **cgroup**: the command runs in a cgroup v2 of its own ([`crate::cgroup`]). Exact:
+//!   every process it starts is in it whatever its process group or session, KILL is
+//!   one write (`cgroup.kill`, which also catches a fork racing it), emptiness is told
+//!   by `cgroup.events` (`POLLPRI`, no polling), Ctrl-Z freezes it, limits apply and
+//!   the kernel accounts CPU (and memory and processes with their controllers). A
+//!   process running as root can still move itself out of it.
+//! * **tree**: ralph-supervise is a child subreaper, so the command's descendants stay
+//!   its descendants even when their parent dies (`setsid`, double forks). They are
+//!   found in `/proc` (started no earlier than the first command, so nothing the
+//!   supervisor started before, like an `on_start` hook's leftovers, is taken for
+//!   them), and each is confirmed by its start time through a pidfd before it is
+//!   signalled, so a reused pid is never hit. The tree is empty once the subreaper has
+//!   no live descendant; every death that matters for that reaches it as SIGCHLD.
+//!   macOS has no subreaper and no `/proc`: there the tree mode reaches the command's
+//!   process group only (FreeBSD likewise, for now), as before containment existed.
+//!
+//! With `stop.orphans = "leave"`, stops and the end of a run reach the command's process
+//! group only, as before; what is left runs on (in its cgroup, which is then left in
+//! place and removed by a later run once empty).
+
+use std::fmt;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::cgroup::{self, Cgroup, Hierarchy};
+use crate::exit::{ExitStatus, Failure};
+use crate::policy::{self, Orphans, Policy};
+use crate::procfs;
+use crate::sys::{ProcessHandle, Rusage};
+
+/// How the loop's processes are kept track of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    Cgroup,
+    Tree,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Cgroup => "cgroup",
+            Mode::Tree => "tree",
+        })
+    }
+}
+
+/// What a run used, for the history and `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Accounting {
+    pub(crate) user_us: u64,
+    pub(crate) system_us: u64,
+    pub(crate) memory_peak: Option<u64>,
+    /// Where `memory_peak` came from: the cgroup's `memory.peak` (all processes
+    /// together), or the largest single process (`rusage`).
+    pub(crate) memory_peak_cgroup: bool,
+    /// Most processes at once (`pids.peak`), with the pids controller.
+    pub(crate) processes_peak: Option<u64>,
+}
+
+/// What a running loop's processes use now (`status`): CPU time so far (of the
+/// processes alive and those reaped), memory in use and the processes alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Live {
+    pub(crate) cpu_ms: u64,
+    /// The cgroup's `memory.current` (with the memory controller), else the sum of
+    /// the processes' resident memory.
+    pub(crate) memory_bytes: Option<u64>,
+    pub(crate) processes: usize,
+}
+
+/// The live figures of the loop `meta` describes, read from its cgroup or its
+/// supervisor's process tree; `None` when its supervisor is not running here (gone,
+/// or in another pid namespace) or the metadata names no containment.
+pub(crate) fn live(meta: &crate::metadata::Metadata) -> Option<Live> {
+    let supervisor = meta.supervisor_pid?;
+    if meta
+        .pid_namespace
+        .is_some_and(|ns| Some(ns) != procfs::pid_namespace())
+        || !procfs::alive(supervisor, meta.supervisor_start_time)
+    {
+        return None;
+    }
+    match meta.contained.containment.as_deref()? {
+        "cgroup" => {
+            let (usage, processes) = cgroup::usage_at(meta.contained.cgroup.as_deref()?)?;
+            Some(Live {
+                cpu_ms: (usage.user_us + usage.system_us) / 1000,
+                memory_bytes: usage.memory_now,
+                processes,
+            })
+        }
+        _ => {
+            let members = procfs::descendants(supervisor, 0)?;
+            Some(Live {
+                cpu_ms: procfs::tree_cpu(supervisor).as_millis() as u64,
+                memory_bytes: Some(members.iter().map(|d| d.rss).sum()),
+                processes: members.len(),
+            })
+        }
+    }
+}
+
+/// The containment of one supervisor's loop (over all its runs).
+pub(crate) struct Containment {
+    mode: Mode,
+    kill_orphans: bool,
+    hierarchy: Option<Hierarchy>,
+    cgroup: Option<Cgroup>,
+    /// Start time of the first command: tree members started no earlier.
+    since: Option<u64>,
+    /// The current command's process group.
+    pgid: Option<Pid>,
+    /// Processes outside the command's group stopped for Ctrl-Z (tree mode).
+    stopped: Vec<ProcessHandle>,
+    /// What the reaped processes used.
+    reaped: Rusage,
+}
+
+/// The controllers a limit needs, with the cgroup file and its value.
+fn limit_files(policy: &Policy) -> Vec<(&'static str, &'static str, String)> {
+    let l = &policy.limits;
+    let mut files = Vec::new();
+    if let Some(m) = l.memory_max {
+        files.push(("memory", "memory.max", m.cgroup_value(physical_memory())));
+    }
+    if let Some(p) = l.pids_max {
+        files.push(("pids", "pids.max", p.cgroup_value()));
+    }
+    if let Some(c) = l.cpu_max {
+        files.push(("cpu", "cpu.max", c.cgroup_value()));
+    }
+    files
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`; cgroups are Linux's).
+fn physical_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix("MemTotal:")?;
+        rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+    });
+    kib.unwrap_or(0) * 1024
+}
+
+impl Containment {
+    /// Chooses the mode (`stop.containment`), makes the loop's cgroup and applies the
+    /// limits. A cgroup that cannot be made is one line and the tree mode (`auto`), or
+    /// exit 125 (`cgroup`); a limit that cannot be applied is one warning line, or exit
+    /// 125 with `limits.required`.
+    pub(crate) fn set_up(policy: &Policy) -> Result<Containment, Failure> {
+        let limits = limit_files(policy);
+        let mut this = Containment {
+            mode: Mode::Tree,
+            kill_orphans: policy.stop.orphans == Orphans::Kill,
+            hierarchy: None,
+            cgroup: None,
+            since: None,
+            pgid: None,
+            stopped: Vec::new(),
+            reaped: Rusage::default(),
+        };
+        let why_not = match policy.stop.containment {
+            policy::Containment::Tree => Some("stop.containment is \"tree\"".to_string()),
+            policy::Containment::Auto | policy::Containment::Cgroup => match make_cgroup() {
+                Ok((hierarchy, cgroup)) => {
+                    this.mode = Mode::Cgroup;
+                    this.hierarchy = Some(hierarchy);
+                    this.cgroup = Some(cgroup);
+                    None
+                }
+                Err(why) if policy.stop.containment == policy::Containment::Cgroup => {
+                    return Err(Failure::msg(
+                        ExitStatus::Failure,
+                        format!(
+                            "stop.containment is \"cgroup\", but {why}; run as root or in a delegated cgroup (systemd's Delegate=yes, systemd-run --user --scope), or use --containment tree"
+                        ),
+                    ));
+                }
+                Err(why) => {
+                    // One line where cgroup v2 exists but is not ours to write; quiet
+                    // where there is none at all (macOS, FreeBSD, cgroup v1 only).
+                    if Hierarchy::locate().is_ok() {
+                        info!(
+                            "no cgroup for the loop ({why}): containing its process tree instead"
+                        );
+                    } else {
+                        debug!("no cgroup for the loop ({why}): containing its process tree");
+                    }
+                    Some(why)
+                }
+            },
+        };
+        if let Some(c) = &this.cgroup {
+            debug!(cgroup = %c.path.display(), "the loop's cgroup");
+        }
+        if limits.is_empty() {
+            this.enable_for_accounting();
+            return Ok(this);
+        }
+        let unapplied = match (&this.hierarchy, &this.cgroup, why_not) {
+            (Some(h), Some(c), _) => apply_limits(h, c, &limits),
+            (_, _, why) => {
+                let names: Vec<&str> = limits.iter().map(|(c, _, _)| *c).collect();
+                Some((names, why.unwrap_or_default()))
+            }
+        };
+        if let Some((controllers, why)) = unapplied {
+            let missing = match controllers.as_slice() {
+                [one] => format!("{one} controller"),
+                [many @ .., last] => format!("{} and {last} controllers", many.join(", ")),
+                [] => "controller".to_string(),
+            };
+            if policy.limits.required {
+                this.finish();
+                return Err(Failure::msg(
+                    ExitStatus::Failure,
+                    format!(
+                        "limits cannot be applied: no {missing} controller for the loop ({why}) and limits.required is true; run where cgroup v2 has it (a systemd service with Delegate=yes), or set limits.required = false"
+                    ),
+                ));
+            }
+            warn!("limits not applied: no {missing} controller for the loop ({why})");
+        }
+        this.enable_for_accounting();
+        Ok(this)
+    }
+
+    /// With a cgroup below a cgroup of our own (not the root), turns on the memory and
+    /// pids controllers it offers, for `memory.peak` and `pids.peak`; quietly.
+    fn enable_for_accounting(&self) {
+        let (Some(h), Some(_)) = (&self.hierarchy, &self.cgroup) else {
+            return;
+        };
+        if h.own_path == "/" {
+            return;
+        }
+        let available = h.available();
+        let wanted: Vec<&str> = ["memory", "pids"]
+            .into_iter()
+            .filter(|c| available.iter().any(|a| a == c))
+            .collect();
+        if let Err(why) = h.enable(&wanted, &self_leaf()) {
+            debug!("no memory or pids accounting by cgroup: {why}");
+        }
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The loop's cgroup directory, in cgroup mode.
+    pub(crate) fn cgroup_path(&self) -> Option<PathBuf> {
+        self.cgroup.as_ref().map(|c| c.path.clone())
+    }
+
+    /// The descriptor the child writes `0` to before `exec` (cgroup mode).
+    pub(crate) fn procs_fd(&self) -> Option<RawFd> {
+        self.cgroup.as_ref().map(Cgroup::procs_fd)
+    }
+
+    /// `cgroup.events`, to `poll` for `POLLPRI` (cgroup mode): a change of `populated`.
+    pub(crate) fn events(&self) -> Option<BorrowedFd<'_>> {
+        self.cgroup.as_ref().map(Cgroup::events)
+    }
+
+    /// The command was started as `pid` (its own process group).
+    pub(crate) fn spawned(&mut self, pid: u32) {
+        self.pgid = Some(Pid::from_raw(pid as i32));
+        if self.since.is_none() {
+            self.since = procfs::start_time(pid);
+        }
+    }
+
+    /// A process of the tree was reaped, having used `usage`.
+    pub(crate) fn reaped(&mut self, usage: Rusage) {
+        self.reaped.user_us += usage.user_us;
+        self.reaped.system_us += usage.system_us;
+        self.reaped.max_rss = self.reaped.max_rss.max(usage.max_rss);
+    }
+
+    /// The tree's live members (tree mode, where `/proc` lists them).
+    fn members(&self) -> Option<Vec<procfs::Descendant>> {
+        let since = self.since?;
+        procfs::descendants(std::process::id(), since)
+    }
+
+    /// Whether any process of the loop is left (with `orphans = "leave"`: of the
+    /// command's process group).
+    pub(crate) fn alive(&self) -> bool {
+        if !self.kill_orphans {
+            return self.pgid.is_some_and(group_alive);
+        }
+        if let Some(c) = &self.cgroup {
+            return c.populated();
+        }
+        // The subreaper's tree is empty exactly when it has no live child (a
+        // descendant whose parent dies becomes its child): while a child of the
+        // command's is alive, a look at its own children answers. (An empty list, or
+        // a child from before the command — a hook's leftover — is confirmed by the
+        // whole scan: the list is a snapshot that may miss a child exiting meanwhile.)
+        if no_children() {
+            return false;
+        }
+        if let (Some(since), Some(children)) = (self.since, procfs::own_children())
+            && children.iter().any(|(_, start)| *start >= since)
+        {
+            return true;
+        }
+        match self.members() {
+            Some(members) => !members.is_empty(),
+            None => self.pgid.is_some_and(group_alive),
+        }
+    }
+
+    /// Reads `cgroup.events` after `poll` reported a change, which re-arms it.
+    pub(crate) fn rearm(&self) {
+        if let Some(c) = &self.cgroup {
+            c.populated();
+        }
+    }
+
+    /// The pids left, to name those that could not be ended.
+    pub(crate) fn left(&self) -> Vec<u32> {
+        if let Some(c) = &self.cgroup {
+            return c.procs();
+        }
+        self.members()
+            .map(|m| m.iter().map(|d| d.pid).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends `sig` to every process of the loop: the whole cgroup or tree (a KILL to a
+    /// cgroup is `cgroup.kill`), each confirmed before the signal; with `orphans =
+    /// "leave"` (or where no tree can be listed), the command's process group.
+    pub(crate) fn signal_all(&mut self, sig: i32) {
+        if !self.kill_orphans {
+            self.signal_group(sig);
+            return;
+        }
+        if let Some(c) = &self.cgroup {
+            if sig == libc::SIGKILL && c.kill().is_ok() {
+                debug!("cgroup.kill");
+                return;
+            }
+            let mount = self.hierarchy.as_ref().map(|h| h.mount.clone());
+            let mut sent = 0;
+            for pid in c.procs() {
+                // The handle first, then the check: the handle names the process that
+                // was in the cgroup when we looked, or none.
+                if let Ok(h) = ProcessHandle::open(pid as i32)
+                    && mount.as_deref().is_some_and(|m| c.holds(pid, m))
+                    && h.signal(sig).is_ok()
+                {
+                    sent += 1;
+                }
+            }
+            debug!(signal = sig, sent, "signalled the cgroup");
+            return;
+        }
+        // KILL: sweep again until a sweep finds nobody new (a process forked before its
+        // parent got KILL shows up in the next one; once KILL is pending, a fork fails).
+        let rounds = if sig == libc::SIGKILL { 20 } else { 1 };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..rounds {
+            let Some(members) = self.members() else {
+                self.signal_group(sig);
+                return;
+            };
+            let new: Vec<_> = members.iter().filter(|d| seen.insert(d.pid)).collect();
+            if new.is_empty() {
+                break;
+            }
+            let sent = (new.iter())
+                .filter(|d| confirmed(d).is_some_and(|h| h.signal(sig).is_ok()))
+                .count();
+            debug!(signal = sig, sent, "signalled the process tree");
+        }
+    }
+
+    fn signal_group(&self, sig: i32) {
+        if let (Some(pgid), Ok(sig)) = (self.pgid, Signal::try_from(sig)) {
+            let _ = killpg(pgid, sig);
+        }
+    }
+
+    /// The job was stopped (Ctrl-Z): freeze the cgroup, or stop the tree's processes
+    /// outside the command's process group (the terminal stopped that).
+    pub(crate) fn freeze(&mut self) {
+        if let Some(c) = &self.cgroup {
+            if let Err(e) = c.freeze(true) {
+                debug!("cannot freeze the cgroup: {e}");
+            }
+            return;
+        }
+        for d in self.members().unwrap_or_default() {
+            if Some(d.pgid) == self.pgid.map(Pid::as_raw) {
+                continue;
+            }
+            if let Some(h) = confirmed(&d)
+                && h.signal(libc::SIGSTOP).is_ok()
+            {
+                self.stopped.push(h);
+            }
+        }
+    }
+
+    /// The job goes on: thaw the cgroup, continue what [`Containment::freeze`] stopped.
+    pub(crate) fn thaw(&mut self) {
+        if let Some(c) = &self.cgroup {
+            let _ = c.freeze(false);
+        }
+        for h in self.stopped.drain(..) {
+            let _ = h.signal(libc::SIGCONT);
+        }
+    }
+
+    /// What the loop used so far.
+    pub(crate) fn accounting(&self) -> Accounting {
+        let from_rusage = Accounting {
+            user_us: self.reaped.user_us,
+            system_us: self.reaped.system_us,
+            memory_peak: Some(self.reaped.max_rss).filter(|b| *b > 0),
+            memory_peak_cgroup: false,
+            processes_peak: None,
+        };
+        let Some(c) = &self.cgroup else {
+            return from_rusage;
+        };
+        let u = c.usage();
+        Accounting {
+            user_us: u.user_us,
+            system_us: u.system_us,
+            memory_peak: u.memory_peak.or(from_rusage.memory_peak),
+            memory_peak_cgroup: u.memory_peak.is_some(),
+            processes_peak: u.pids_peak,
+        }
+    }
+
+    /// The end: the cgroup is removed once empty; one left populated (`orphans =
+    /// "leave"`) stays, for a later run to remove once its processes are gone.
+    pub(crate) fn finish(&mut self) {
+        self.thaw();
+        let Some(c) = self.cgroup.take() else {
+            return;
+        };
+        if c.populated() {
+            info!(
+                "processes left running in cgroup {} ({} in it)",
+                c.path.display(),
+                c.procs().len()
+            );
+            return;
+        }
+        if let Err(e) = c.remove() {
+            warn!("cannot remove cgroup {}: {e}", c.path.display());
+        }
+    }
+}
+
+impl Drop for Containment {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A handle on `d`, once it is confirmed to be the process seen (same start time).
+fn confirmed(d: &procfs::Descendant) -> Option<ProcessHandle> {
+    let h = ProcessHandle::open(d.pid as i32).ok()?;
+    (procfs::start_time(d.pid) == Some(d.start_time)).then_some(h)
+}
+
+/// This process has no child at all, not even an unreaped one: the kernel's own word
+/// (`waitid` fails with ECHILD), so the subreaper's tree is certainly empty.
+#[cfg(target_os = "linux")]
+fn no_children() -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    matches!(waitid(Id::All, flags), Err(Errno::ECHILD))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_children() -> bool {
+    false
+}
+
+fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+/// The name of the loop's cgroup: this supervisor's pid, start time and pid namespace.
+fn own_name() -> String {
+    let me = std::process::id();
+    let start = procfs::start_time(me).unwrap_or(0);
+    cgroup::name_for(me, start, procfs::pid_namespace().unwrap_or(0))
+}
+
+fn self_leaf() -> String {
+    format!("{}-self", own_name())
+}
+
+/// The loop's cgroup below ours, after removing stale ones of earlier runs.
+fn make_cgroup() -> Result<(Hierarchy, Cgroup), String> {
+    let h = Hierarchy::locate()?;
+    // Moving the command into a cgroup below ours needs write access to ours.
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(h.own.join("cgroup.procs"))
+    {
+        return Err(format!("{} is not writable ({e})", h.own.display()));
+    }
+    let removed = h.remove_stale();
+    if removed > 0 {
+        debug!(removed, "removed empty cgroups of earlier runs");
+    }
+    let name = own_name();
+    let c = h
+        .create(&name)
+        .map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))?;
+    Ok((h, c))
+}
+
+/// Enables the limits' controllers and writes the limits; `Some((missing, why))` for
+/// those that could not be applied.
+fn apply_limits(
+    h: &Hierarchy,
+    c: &Cgroup,
+    limits: &[(&'static str, &'static str, String)],
+) -> Option<(Vec<&'static str>, String)> {
+    let available = h.available();
+    let (have, missing): (Vec<_>, Vec<_>) = limits
+        .iter()
+        .partition(|(ctl, _, _)| available.iter().any(|a| a == ctl));
+    let mut failed: Vec<&'static str> = missing.iter().map(|(c, _, _)| *c).collect();
+    let mut why = match failed.is_empty() {
+        true => String::new(),
+        false => format!(
+            "cgroup {} offers only: {}",
+            h.own_path,
+            if available.is_empty() {
+                "none".to_string()
+            } else {
+                available.join(" ")
+            }
+        ),
+    };
+    let controllers: Vec<&str> = have.iter().map(|(c, _, _)| *c).collect();
+    if !controllers.is_empty() {
+        if let Err(e) = h.enable(&controllers, &self_leaf()) {
+            failed.extend(controllers);
+            why = e;
+        } else {
+            for (ctl, file, value) in have {
+                if let Err(e) = c.set(file, value) {
+                    failed.push(ctl);
+                    why = format!("cannot write {value:?} to {file}: {e}");
+                }
+            }
+        }
+    }
+    (!failed.is_empty()).then_some((failed, why))
+}
