@@ -361,6 +361,9 @@ pub(crate) struct Targets {
     /// With the supervisor and the child gone: the processes of the loop still holding
     /// its lock (descendants of the child that left its group), with their start times.
     pub(crate) leftovers: Vec<HoldingProcess>,
+    /// With the supervisor gone: the loop's cgroup, where every process it started is
+    /// ([`crate::containment::orphaned_cgroup`]).
+    pub(crate) cgroup: Option<PathBuf>,
 }
 
 /// Whether `p`, a process holding the lock, belongs to the loop `m` records (its
@@ -410,11 +413,13 @@ pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
     };
     let supervisor = confirm(m.supervisor_pid, m.supervisor_start_time);
     let child = confirm(m.child_pid, m.child_start_time);
-    if supervisor.is_some() || child.is_some() {
+    let cgroup = crate::containment::orphaned_cgroup(m);
+    if supervisor.is_some() || child.is_some() || cgroup.is_some() {
         return Ok(Targets {
             supervisor,
             child,
             leftovers: vec![],
+            cgroup,
         });
     }
     let recorded = match (m.supervisor_start_time, m.child_start_time) {
@@ -438,6 +443,7 @@ pub(crate) fn confirm_targets(holder: &Holder) -> Result<Targets, String> {
                 supervisor: None,
                 child: None,
                 leftovers: members.into_iter().cloned().collect(),
+                cgroup: None,
             });
         }
         return Err(format!(
@@ -516,7 +522,13 @@ pub(crate) fn request_stop(
     let Ok(sig) = Signal::try_from(signal.unwrap_or(fallback)) else {
         return;
     };
-    if let Some(child) = t.child {
+    if let Some(cgroup) = &t.cgroup
+        && signals::scope(sig as i32) == signals::Scope::Group
+    {
+        // No supervisor to carry the stop to the rest of the loop: its cgroup does (the
+        // child is in it too).
+        crate::containment::signal_orphaned(cgroup, sig as i32);
+    } else if let Some(child) = t.child {
         let _ = match signals::scope(sig as i32) {
             signals::Scope::Child => kill(child, sig),
             signals::Scope::Group => killpg(child, sig),
@@ -536,6 +548,9 @@ pub(crate) fn kill_holder(t: &Targets) {
     }
     if let Some(sup) = t.supervisor {
         let _ = kill(sup, Signal::SIGKILL);
+    }
+    if let Some(cgroup) = &t.cgroup {
+        crate::containment::signal_orphaned(cgroup, libc::SIGKILL);
     }
     for p in &t.leftovers {
         signal_leftover(p, Signal::SIGKILL);

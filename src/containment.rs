@@ -112,6 +112,48 @@ pub(crate) fn live(meta: &crate::metadata::Metadata) -> Option<Live> {
     }
 }
 
+/// The cgroup of the loop `meta` records, once its supervisor is gone (SIGKILLed): the
+/// loop's processes are in it and nowhere else, so `stop` and a takeover end them there.
+/// Only a cgroup named after that very supervisor (its pid and start time) counts.
+pub(crate) fn orphaned_cgroup(meta: &crate::metadata::Metadata) -> Option<PathBuf> {
+    let path = meta.contained.cgroup.as_ref()?;
+    let (pid, start) = (meta.supervisor_pid?, meta.supervisor_start_time?);
+    let name = path.file_name()?.to_str()?;
+    let ours = name.starts_with(&format!("{}{pid}-{start}-", cgroup::PREFIX));
+    let populated = || Cgroup::open(path.clone()).is_ok_and(|c| c.populated());
+    (ours && !procfs::alive(pid, Some(start)) && populated()).then(|| path.clone())
+}
+
+/// `sig` to every process in the orphaned loop's cgroup at `path` ([`orphaned_cgroup`]):
+/// KILL in one step (`cgroup.kill`), another signal to each member through a process
+/// handle opened before its membership is checked again (a reused pid is not hit).
+pub(crate) fn signal_orphaned(path: &std::path::Path, sig: i32) {
+    let Ok(group) = Cgroup::open(path.to_path_buf()) else {
+        return;
+    };
+    if sig == libc::SIGKILL {
+        if let Err(e) = group.kill() {
+            warn!("cannot kill the processes of {}: {e}", path.display());
+        }
+        return;
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    for pid in group.procs() {
+        let Ok(process) = ProcessHandle::open(pid as i32) else {
+            continue; // gone
+        };
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let member = (cgroup.lines().find_map(|l| l.strip_prefix("0::")))
+            .is_some_and(|p| p.ends_with(&format!("/{name}")));
+        if member {
+            let _ = process.signal(sig);
+        }
+    }
+}
+
 /// The containment of one supervisor's loop (over all its runs).
 pub(crate) struct Containment {
     mode: Mode,

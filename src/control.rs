@@ -177,7 +177,10 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
     if settings.kill {
         match &targets {
             Ok(t) => {
-                if let Some(child) = t.child {
+                if let Some(cgroup) = &t.cgroup {
+                    // The supervisor is gone: everything the loop started is there.
+                    crate::containment::signal_orphaned(cgroup, libc::SIGKILL);
+                } else if let Some(child) = t.child {
                     let _ = nix::sys::signal::killpg(child, nix::sys::signal::Signal::SIGKILL);
                 } else {
                     conflict::kill_holder(t);

@@ -659,3 +659,62 @@ fn an_unwritable_cgroup_falls_back_to_the_tree_or_refuses() {
     assert!(out.stderr.contains("--containment tree"), "{out:?}");
     assert!(!marker.exists(), "the command never ran");
 }
+
+/// A loop in a cgroup whose supervisor was SIGKILLed: `stop` ends every process of the
+/// loop through the cgroup (a TERM to each member), and `stop --kill` through
+/// `cgroup.kill` (and after the grace), the escapees in sessions of their own included; a bystander started
+/// the same way outside the loop is never touched.
+#[test]
+fn stop_ends_an_orphaned_loop_through_its_cgroup() {
+    if cgroup_or_skip("stop of an orphaned cgroup").is_none() {
+        return;
+    }
+    let ws = Workspace::new();
+    // The grace `stop` gives an orphaned loop before KILL: the workspace's policy.
+    ws.write_policy("[stop]\ngrace = \"1s\"\n");
+    let (bystanders, _keep) = bystanders(&ws);
+    for (how, stop_args) in [
+        ("TERM", &["stop", "--timeout", "20s"][..]),
+        ("KILL", &["stop", "--kill", "--timeout", "20s"][..]),
+    ] {
+        let dir = ws.path.join(format!("pids-{how}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = format!("{ESCAPEES}\nexec sleep 600");
+        let mut sup = Proc::spawn(ws.cmd(&[
+            "run",
+            "--containment",
+            "cgroup",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            dir.to_str().unwrap(),
+        ]));
+        sup.expect_line("ready");
+        let escapees = pids_in(&dir);
+        let child = ws.child_pid();
+        let _reaper = Reaper(escapees.iter().map(|(_, p)| *p).chain([child]).collect());
+        sup.signal(Signal::SIGKILL);
+        sup.wait(LIMIT);
+        let out = ws.run(stop_args);
+        for (name, pid) in &escapees {
+            if how == "TERM" && *name == "ignorer" {
+                // It ignores TERM, holds no lock of its own: `stop --kill` ends it below.
+                continue;
+            }
+            wait_until(&format!("the {name} escapee to end ({how})"), LIMIT, || {
+                !alive(*pid)
+            });
+        }
+        assert!(
+            !alive(child),
+            "the child outlived the stop ({how}): {out:?}"
+        );
+        if how == "KILL" {
+            assert_eq!(out.code(), 0, "{out:?}");
+        }
+    }
+    for (name, pid) in &bystanders {
+        assert!(alive(*pid), "the {name} bystander {pid} was touched");
+    }
+}
