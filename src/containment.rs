@@ -261,7 +261,7 @@ impl Containment {
         if let Some((controllers, why)) = unapplied {
             let missing = match controllers.as_slice() {
                 [one] => format!("{one} controller"),
-                [many @ .., last] => format!("{} and {last} controllers", many.join(", ")),
+                [many @ .., last] => format!("{} or {last} controller", many.join(", ")),
                 [] => "controller".to_string(),
             };
             if policy.limits.required {
@@ -269,11 +269,11 @@ impl Containment {
                 return Err(Failure::msg(
                     ExitStatus::Failure,
                     format!(
-                        "limits cannot be applied: no {missing} controller for the loop ({why}) and limits.required is true; run where cgroup v2 has it (a systemd service with Delegate=yes), or set limits.required = false"
+                        "limits cannot be applied: no {missing} for the loop ({why}) and limits.required is true; run where cgroup v2 has it (a systemd service with Delegate=yes), or set limits.required = false"
                     ),
                 ));
             }
-            warn!("limits not applied: no {missing} controller for the loop ({why})");
+            warn!("limits not applied: no {missing} for the loop ({why})");
         }
         this.enable_for_accounting();
         Ok(this)

@@ -136,7 +136,9 @@ pub(crate) fn warn_if_ralph_starts_below(command: &[OsString], workspace: &Path)
 /// Starts the answerer for one spawn with a copy of `lock` (the locked description);
 /// returns the child's end of the socket that carries the listener to it.
 pub(crate) fn start_answerer(lock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let (ours, child_end) = std::os::unix::net::UnixDatagram::pair()?;
+    // A stream: when the child ends without sending the listener (its start failed), the
+    // answerer reads end-of-file and exits.
+    let (ours, child_end) = std::os::unix::net::UnixStream::pair()?;
     // Inheritable copies, alive only across this spawn (nothing else is spawned
     // meanwhile): std then starts it with posix_spawn, without a pre-exec hook.
     let sock = nix::unistd::dup(ours.as_fd())?;

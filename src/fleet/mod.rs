@@ -840,6 +840,15 @@ fn failure(endpoints: &[String], e: &etcd_client::Error) -> Failure {
             || message.contains("user name is empty")
             || message.contains("invalid auth token")
             || message.contains("permission denied");
+        if message.contains("authentication is not enabled") {
+            return Failure::msg(
+                ExitStatus::NoPermission,
+                format!(
+                    "etcd at {} does not use authentication, but {ENV_USER} is set; unset {ENV_USER} and {ENV_PASSWORD}, or enable authentication in etcd",
+                    endpoints.join(", ")
+                ),
+            );
+        }
         if refused {
             return Failure::msg(
                 ExitStatus::NoPermission,

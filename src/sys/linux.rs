@@ -304,15 +304,74 @@ pub(crate) fn handover_available() -> Result<(), String> {
             &action as *const u32,
         )
     };
-    if r == 0 {
-        return Ok(());
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => "this kernel has no seccomp user notification".into(),
+            Some(libc::ENOSYS) | Some(libc::EINVAL) => {
+                "seccomp is not built into this kernel".into()
+            }
+            _ => format!("seccomp is not allowed here ({e}; a container's seccomp profile?)"),
+        });
     }
-    let e = io::Error::last_os_error();
-    Err(match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => "this kernel has no seccomp user notification".into(),
-        Some(libc::ENOSYS) | Some(libc::EINVAL) => "seccomp is not built into this kernel".into(),
-        _ => format!("seccomp is not allowed here ({e}; a container's seccomp profile?)"),
-    })
+    // The kernel allows one listener per chain of filters: under a filter that has one
+    // (this process runs in another hand-over loop, or under a container runtime's
+    // notifier) the child's would fail with EBUSY. Only a filtered process can be in
+    // that case, so only then is a listener tried, in a child that exits at once.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let filtered = status
+        .lines()
+        .any(|l| l.split_whitespace().eq(["Seccomp:", "2"]));
+    match filtered.then(try_listener) {
+        Some(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) => Err(
+            "a seccomp listener is already installed above this process (it runs inside another loop with the lock handed over, or under a container runtime's seccomp notifier), and the kernel allows one"
+                .into(),
+        ),
+        Some(Err(e)) => Err(format!("seccomp is not allowed here ({e})")),
+        _ => Ok(()),
+    }
+}
+
+/// Installs [`FLOCK_FILTER`] with a listener in a forked child, which exits at once:
+/// whether this process's children can have one.
+fn try_listener() -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: FLOCK_FILTER.len() as u16,
+        filter: FLOCK_FILTER.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: fork; the child makes only async-signal-safe calls (prctl, seccomp, _exit)
+    // on a stack value pointing at a static program, then exits without returning.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; `no_new_privs` and the filter die with this child.
+        unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            let r = libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                &prog as *const libc::sock_fprog,
+            );
+            let code = if r < 0 { *libc::__errno_location() } else { 0 };
+            libc::_exit(code.clamp(0, 255));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked, into a local.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+        Some(0) => Ok(()),
+        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+        None => Err(io::Error::other("the probe did not exit")),
+    }
 }
 
 /// Between fork and exec, in the child: installs [`FLOCK_FILTER`] with a listener and

@@ -326,3 +326,43 @@ print("terminated", flush=True)
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(!ws.lock_held());
 }
+
+/// A loop with the lock handed over, inside another one (a supervised ralph started
+/// from a supervised loop): the kernel allows one seccomp listener per chain, so the
+/// inner supervisor says so in one line and, with "auto", runs its ralph without the
+/// hand-over (it finds its workspace taken); "always" refuses with 125. Nothing of the
+/// inner loops outlives them (their answerers end with them), so the outer loop ends
+/// at once, with nothing left for its clean-up to KILL.
+#[test]
+fn a_hand_over_inside_another_says_why_and_auto_runs_without() {
+    let outer = Workspace::new();
+    let inner = Workspace::new();
+    let bin = inner.path.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let ralph = bin.join("ralph");
+    std::fs::write(
+        &ralph,
+        "#!/bin/sh\nflock -n .ralph/loop.lock true; echo inner=$?\n",
+    )
+    .unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&ralph, mode).unwrap();
+    let script = format!(
+        "cd '{ws}' && '{b}' run -- '{r}'; echo auto=$?; '{b}' run --handover -- '{r}'; echo always=$?",
+        ws = inner.path.display(),
+        b = crate::harness::bin(),
+        r = ralph.display(),
+    );
+    let out = supervised(&outer, &["--handover", "--stop-grace", "30s"], &script).finish();
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "inner=1\nauto=0\nalways=125", "{out:?}");
+    let why = "a seccomp listener is already installed above this process";
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains(why)).collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(lines[0].contains("warning: no lock hand-over"), "{out:?}");
+    assert!(
+        lines[1].contains("cannot hand the workspace lock over"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("did not end"), "{out:?}");
+}
