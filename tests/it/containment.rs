@@ -426,7 +426,8 @@ fn limits_warn_or_fail_where_the_controller_is_missing() {
         let out = ws.run(&["run", "--", "sh", "-c", &touch]);
         assert_eq!(out.code(), 0, "{out:?}");
         assert!(
-            out.stderr.contains("memory and pids controllers"),
+            out.stderr
+                .contains("no memory or pids controller for the loop"),
             "{out:?}"
         );
         assert!(marker.exists());
