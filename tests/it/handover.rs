@@ -44,6 +44,19 @@ fn supervised(ws: &Workspace, opts: &[&str], script: &str) -> Proc {
     Proc::spawn(ws.cmd(&args))
 }
 
+/// A program named `ralph` (so "auto" hands the lock over to it) that tries the
+/// workspace lock and prints `inner=0` when it got it, `inner=1` when it is taken.
+fn fake_ralph(ws: &Workspace) -> PathBuf {
+    let bin = ws.path.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let ralph = bin.join("ralph");
+    let script = "#!/bin/sh\nflock -n .ralph/loop.lock true; echo inner=$?\n";
+    std::fs::write(&ralph, script).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&ralph, mode).unwrap();
+    ralph
+}
+
 /// The sidecar's child pid (`.ralph/supervise/loop.json`), once written.
 fn sidecar_child(ws: &Workspace) -> i64 {
     let path = ws.path.join(".ralph/supervise/loop.json");
@@ -230,16 +243,7 @@ fn without_seccomp_always_refuses_and_auto_warns() {
     assert!(!ws.lock_path().exists() || !ws.lock_held());
     // auto, a program named ralph: a warning, and it runs as without hand-over (it
     // finds the workspace taken).
-    let bin = ws.path.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let ralph = bin.join("ralph");
-    std::fs::write(
-        &ralph,
-        "#!/bin/sh\nflock -n .ralph/loop.lock true; echo inner=$?\n",
-    )
-    .unwrap();
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(&ralph, mode).unwrap();
+    let ralph = fake_ralph(&ws);
     let ralph = ralph.to_str().unwrap();
     let mut cmd = ws.cmd(&["run", "--", ralph]);
     cmd.env("RALPH_SUPERVISE_TEST_NO_SECCOMP", "1");
@@ -337,16 +341,7 @@ print("terminated", flush=True)
 fn a_hand_over_inside_another_says_why_and_auto_runs_without() {
     let outer = Workspace::new();
     let inner = Workspace::new();
-    let bin = inner.path.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let ralph = bin.join("ralph");
-    std::fs::write(
-        &ralph,
-        "#!/bin/sh\nflock -n .ralph/loop.lock true; echo inner=$?\n",
-    )
-    .unwrap();
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(&ralph, mode).unwrap();
+    let ralph = fake_ralph(&inner);
     let script = format!(
         "cd '{ws}' && '{b}' run -- '{r}'; echo auto=$?; '{b}' run --handover -- '{r}'; echo always=$?",
         ws = inner.path.display(),

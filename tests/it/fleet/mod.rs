@@ -26,6 +26,18 @@ fn two_hosts() -> (Workspace, Workspace) {
     )
 }
 
+/// One etcd member and two "hosts" using it; `None` without etcd (the reason printed, or
+/// a failure under CI: see `etcd::available`).
+fn one_member_two_hosts() -> Option<(Cluster, String, Workspace, Workspace)> {
+    if !etcd::available() {
+        return None;
+    }
+    let cluster = Cluster::start(1);
+    let endpoints = cluster.endpoints();
+    let (a, b) = two_hosts();
+    Some((cluster, endpoints, a, b))
+}
+
 const KEY: &str = "git.example.com/acme/api/main";
 
 fn fleet_args<'a>(endpoints: &'a str, ttl: &'a str) -> Vec<&'a str> {
@@ -120,12 +132,9 @@ fn fail_across_hosts_names_the_holders_host_pid_and_since() {
 
 #[test]
 fn wait_across_hosts_watches_and_honours_wait_timeout() {
-    if !etcd::available() {
+    let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
         return;
-    }
-    let cluster = Cluster::start(1);
-    let endpoints = cluster.endpoints();
-    let (a, b) = two_hosts();
+    };
     let holder = start_holder(&a, &endpoints, &[]);
     let first = token_of(&holder);
     let mut args = vec!["run"];
@@ -195,12 +204,9 @@ fn wait_across_hosts_watches_and_honours_wait_timeout() {
 
 #[test]
 fn fifty_alternations_between_two_hosts_never_overlap_and_tokens_increase() {
-    if !etcd::available() {
+    let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
         return;
-    }
-    let cluster = Cluster::start(1);
-    let endpoints = cluster.endpoints();
-    let (a, b) = two_hosts();
+    };
     let log = tempfile::NamedTempFile::new().unwrap();
     let log_path = log.path().to_path_buf();
     // The lock is a queue (oldest key first): a host that lets go queues behind the
@@ -466,12 +472,9 @@ fn a_key_held_with_etcdctl_lock_is_respected_and_etcdctl_waits_for_us() {
 
 #[test]
 fn takeover_across_hosts_asks_the_holder_through_etcd_then_acquires() {
-    if !etcd::available() {
+    let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
         return;
-    }
-    let cluster = Cluster::start(1);
-    let endpoints = cluster.endpoints();
-    let (a, b) = two_hosts();
+    };
     let mut holder = start_holder(&a, &endpoints, &[]);
     let first = token_of(&holder);
     let mut taker = Proc::spawn(b.cmd(&[
@@ -504,12 +507,9 @@ fn takeover_across_hosts_asks_the_holder_through_etcd_then_acquires() {
 
 #[test]
 fn worktree_ids_are_reserved_fleet_wide_and_listed() {
-    if !etcd::available() {
+    let Some((cluster, endpoints, a, b)) = one_member_two_hosts() else {
         return;
-    }
-    let cluster = Cluster::start(1);
-    let endpoints = cluster.endpoints();
-    let (a, b) = two_hosts();
+    };
     let holder = start_holder(&a, &endpoints, &[]);
     // The default policy in a git repository: a worktree, on this host.
     let other = b.start_probe(&["--fleet-endpoints", &endpoints], &["--exit-on", "TERM"]);
@@ -559,12 +559,9 @@ fn worktree_ids_are_reserved_fleet_wide_and_listed() {
 
 #[test]
 fn stop_fleet_key_stops_a_loop_on_another_host() {
-    if !etcd::available() {
+    let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
         return;
-    }
-    let cluster = Cluster::start(1);
-    let endpoints = cluster.endpoints();
-    let (a, b) = two_hosts();
+    };
     let holder = start_holder(&a, &endpoints, &[]);
     b.write_policy(&format!("[fleet]\nendpoints = [\"{endpoints}\"]\n"));
     let out = b.run(&["stop", "--fleet", KEY]);
@@ -585,12 +582,9 @@ fn stop_fleet_key_stops_a_loop_on_another_host() {
 
 #[test]
 fn a_timed_out_wait_across_hosts_can_fall_back_to_a_worktree() {
-    if !etcd::available() {
+    let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
         return;
-    }
-    let cluster = Cluster::start(1);
-    let endpoints = cluster.endpoints();
-    let (a, b) = two_hosts();
+    };
     let holder = start_holder(&a, &endpoints, &[]);
     b.write_policy(&format!(
         "[fleet]\nendpoints = [\"{endpoints}\"]\n[conflict]\npolicy = \"wait\"\nwait_timeout = \"500ms\"\nafter_timeout = \"worktree\"\n"
