@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, getpgid};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
@@ -396,12 +396,20 @@ impl Containment {
                 debug!("cgroup.kill");
                 return;
             }
+            // The command's own group first, in one call (it is what a stop signal is
+            // mostly for, and the look at each member below takes a while); then every
+            // member of another group, each once.
+            self.signal_group(sig);
+            let group = self.pgid;
             let mount = self.hierarchy.as_ref().map(|h| h.mount.clone());
             let mut sent = 0;
             for pid in c.procs() {
+                let in_group =
+                    group.is_some_and(|g| getpgid(Some(Pid::from_raw(pid as i32))) == Ok(g));
                 // The handle first, then the check: the handle names the process that
                 // was in the cgroup when we looked, or none.
-                if let Ok(h) = ProcessHandle::open(pid as i32)
+                if !in_group
+                    && let Ok(h) = ProcessHandle::open(pid as i32)
                     && mount.as_deref().is_some_and(|m| c.holds(pid, m))
                     && h.signal(sig).is_ok()
                 {
@@ -415,12 +423,19 @@ impl Containment {
         // parent got KILL shows up in the next one; once KILL is pending, a fork fails).
         let rounds = if sig == libc::SIGKILL { 20 } else { 1 };
         let mut seen = std::collections::HashSet::new();
+        // The command's own group first, in one call (see above); the sweeps below then
+        // leave its members alone.
+        self.signal_group(sig);
+        let group = self.pgid.map(Pid::as_raw);
         for _ in 0..rounds {
             let Some(members) = self.members() else {
-                self.signal_group(sig);
                 return;
             };
-            let new: Vec<_> = members.iter().filter(|d| seen.insert(d.pid)).collect();
+            // (KILL goes to the group's members again: one forked after the killpg
+            // above is caught here; a second KILL harms nobody, a second TERM might.)
+            let new: Vec<_> = (members.iter())
+                .filter(|d| (sig == libc::SIGKILL || Some(d.pgid) != group) && seen.insert(d.pid))
+                .collect();
             if new.is_empty() {
                 break;
             }
