@@ -4,9 +4,12 @@
 //! in its own module. Read [`run`] top to bottom:
 //!
 //! 1. signals: blocked and read from a signalfd before anything else ([`Signals`]);
+//!    then what the run holds besides the lock: the loop's containment (a cgroup, or
+//!    the subreaper's tree, and its limits: [`Containment`]), whether the lock is
+//!    handed over to the child ([`crate::handover`]), and in fleet mode etcd ([`Fleet`]);
 //! 2. workspace: its `.ralph/` opened once ([`RalphDir`]);
 //! 3. lock or conflict: [`conflict::acquire`] answers run here, run in a new worktree,
-//!    or exit;
+//!    or exit; in fleet mode the fleet lock is then taken by the same policy;
 //! 4. spawn: metadata written, `hooks.on_start` run ([`hooks`]), the child started with
 //!    the locked descriptor inherited;
 //! 5. supervise: signals, stop requests, restarts, max runtime ([`supervisor`]);
@@ -14,6 +17,7 @@
 //!    last, `hooks.on_exit`, told how the run ended.
 
 use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,8 +25,6 @@ use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
 use crate::conflict::{self, Next};
-use std::os::fd::{AsFd, AsRawFd};
-
 use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::fleet::{Acquired, Fleet};
