@@ -346,6 +346,18 @@ impl Kind for ExitActions {
     }
 }
 
+/// The variables ralph-supervise sets or removes for the command itself, after `[run.env]`
+/// (`run.rs`, `supervisor::spawn`): a value for them there would be silently lost.
+const OWN_ENV: [&str; 7] = [
+    "RALPH_LOCK_FD",
+    "RALPH_WORKSPACE_ROOT",
+    "RALPH_LOOP_INDEX",
+    "RALPH_FENCING_TOKEN",
+    "RALPH_SUPERVISE_ETCD_USER",
+    "RALPH_SUPERVISE_ETCD_PASSWORD",
+    "NOTIFY_SOCKET",
+];
+
 /// Kinds with rules of their own (an exit code, 1 to 255; a non-empty directory; a git
 /// branch prefix; a signal name or number; environment variables; ...): see `kinds!`.
 pub(crate) struct ExitCode;
@@ -424,6 +436,10 @@ kinds! {
             if name.is_empty() || name.contains(['=', '\0']) {
                 let use_ = "use a name without = or NUL, like RUST_LOG";
                 let msg = format!("run.env: {name:?} is not a usable variable name; {use_}");
+                return Err(Bad::at(span, msg));
+            }
+            if OWN_ENV.contains(&name) {
+                let msg = format!("run.env: {name} is ralph-supervise's to set (or remove) for every run, over [run.env]; remove it");
                 return Err(Bad::at(span, msg));
             }
             let (full, example) = (format!("run.env.{name}"), toml_key(name));

@@ -22,6 +22,11 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
     ("[[conflict]]\npolicy = \"wait\"\n", "1:3", "found an array"),
     ("[conflict]\npolicy = \"sometimes\"\n", "2:10", "sometimes"),
     ("[conflict]\nmystery = 1\n", "2:1", "mystery"),
+    (
+        "[run.env]\nRUST_LOG = \"1\"\nRALPH_LOCK_FD = \"9\"\n",
+        "3:1",
+        "run.env: RALPH_LOCK_FD is ralph-supervise's to set",
+    ),
     ("[conflict]\nwait_timeout = \"soon\"\n", "2:16", "soon"),
     ("[conflict]\nwait_timeout = 5\n", "2:16", "wait_timeout"),
     ("[conflict]\nexit_code = 300\n", "2:13", "exit_code"),
