@@ -390,8 +390,27 @@ fn without_dash_c_the_child_keeps_the_users_directory_and_knows_the_root() {
 #[test]
 fn the_policy_env_cannot_override_what_the_child_is_told() {
     let ws = Workspace::new();
-    ws.write_policy("[run.env]\nRALPH_WORKSPACE_ROOT = \"/nowhere\"\nRALPH_LOCK_FD = \"99\"\nEXTRA = \"kept\"\n");
-    let out = probe_report(&ws, true, &ws.path);
+    // Refused (78, file:line:col) rather than silently overridden.
+    ws.write_policy("[run.env]\nRALPH_WORKSPACE_ROOT = \"/nowhere\"\nEXTRA = \"kept\"\n");
+    let out = ws.run(&["run", "--", "true"]);
+    assert_eq!(out.code(), 78, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(":2:1: run.env: RALPH_WORKSPACE_ROOT is ralph-supervise's"),
+        "{out:?}"
+    );
+    // What the child is told comes from the supervisor, whatever the environment it
+    // was started in says.
+    ws.write_policy("[run.env]\nEXTRA = \"kept\"\n");
+    let mut cmd = Command::new(bin());
+    cmd.arg("-C").arg(&ws.path);
+    cmd.args(["run", "--", bin(), "probe", "--exit", "0"])
+        .stdin(std::process::Stdio::null())
+        .env_remove("RUST_LOG")
+        .env("RALPH_WORKSPACE_ROOT", "/nowhere")
+        .env("RALPH_LOCK_FD", "99");
+    let out = Proc::spawn(cmd).finish();
+    assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(reported(&out, "workspace_root"), ws.path.to_str().unwrap());
     let fd = reported(&out, "lock_fd");
     assert_ne!(fd, "99", "{out:?}");
