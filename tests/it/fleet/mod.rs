@@ -312,9 +312,18 @@ fn lease_loss_stops_the_child_before_the_ttl_and_the_waiter_takes_over_after() {
         !alive(holder_child)
     });
     let gone = frozen.elapsed();
+    // The supervisor gives up 5/6 of the TTL after the last keep-alive etcd answered
+    // (at the latest at the freeze), so the child is gone before the lease can lapse,
+    // a TTL after that keep-alive.
     assert!(
         gone < ttl,
         "the child lived {gone:?} after the freeze, the TTL is {ttl:?}"
+    );
+    // And the waiter's child has not started yet: its supervisor still waits.
+    assert!(
+        b.metadata()["child_pid"].is_null(),
+        "the waiter's child ran while the holder's lived: {}",
+        b.metadata()
     );
     let out = holder.finish();
     assert_eq!(out.code(), 69, "{}", out.stderr);
