@@ -240,6 +240,28 @@ fn fdinfo_holds_flock(info: &str, id: &str) -> bool {
     })
 }
 
+/// Every process's `/proc/PID/stat`, read into one reused buffer and kept where `parse`
+/// (given the pid and the text) makes something of it; `None` without `/proc`.
+fn every_stat<T>(parse: impl Fn(u32, &str) -> Option<T>) -> Option<Vec<(u32, T)>> {
+    use std::io::Read;
+    let mut all = Vec::new();
+    let mut buf = Vec::with_capacity(1024);
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = (entry.file_name().to_str()).and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        buf.clear();
+        let read =
+            fs::File::open(format!("/proc/{pid}/stat")).and_then(|mut f| f.read_to_end(&mut buf));
+        if read.is_ok()
+            && let Some(parsed) = std::str::from_utf8(&buf).ok().and_then(|s| parse(pid, s))
+        {
+            all.push((pid, parsed));
+        }
+    }
+    Some(all)
+}
+
 /// CPU time (user and system) used so far by the processes under `root`: every live
 /// descendant (found by each process's parent in `/proc/*/stat`), with what each of them
 /// reaped, and what `root` itself reaped (`cutime`, `cstime`: a subreaper gets the
@@ -247,26 +269,9 @@ fn fdinfo_holds_flock(info: &str, id: &str) -> bool {
 /// running totals and treat a drop as no use. One `/proc/PID/stat` read per process on
 /// the system.
 pub(crate) fn tree_cpu(root: u32) -> std::time::Duration {
-    let Ok(procs) = fs::read_dir("/proc") else {
+    let Some(all) = every_stat(|_, stat| parse_stat_times(stat)) else {
         return std::time::Duration::ZERO;
     };
-    // (pid, ppid, own ticks, reaped ticks)
-    let mut all = Vec::new();
-    let mut buf = Vec::with_capacity(1024);
-    for entry in procs.flatten() {
-        let Some(pid) = (entry.file_name().to_str()).and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        use std::io::Read;
-        buf.clear();
-        let stat =
-            fs::File::open(format!("/proc/{pid}/stat")).and_then(|mut f| f.read_to_end(&mut buf));
-        if stat.is_ok()
-            && let Some(times) = std::str::from_utf8(&buf).ok().and_then(parse_stat_times)
-        {
-            all.push((pid, times));
-        }
-    }
     let mut ticks = all
         .iter()
         .find(|(pid, _)| *pid == root)
@@ -302,31 +307,13 @@ pub(crate) struct Descendant {
 /// them). `None` without `/proc` (macOS, FreeBSD).
 #[cfg(target_os = "linux")]
 pub(crate) fn descendants(root: u32, since: u64) -> Option<Vec<Descendant>> {
-    use std::io::Read;
-    let procs = fs::read_dir("/proc").ok()?;
-    // (pid, ppid, state is zombie, descendant)
-    let mut all = Vec::new();
-    let mut buf = Vec::with_capacity(1024);
-    for entry in procs.flatten() {
-        let Some(pid) = (entry.file_name().to_str()).and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        buf.clear();
-        let read =
-            fs::File::open(format!("/proc/{pid}/stat")).and_then(|mut f| f.read_to_end(&mut buf));
-        if read.is_ok()
-            && let Some((ppid, zombie, d)) = std::str::from_utf8(&buf)
-                .ok()
-                .and_then(|s| parse_descendant(pid, s))
-        {
-            all.push((ppid, zombie, d));
-        }
-    }
+    // (pid, (ppid, state is zombie, descendant))
+    let all = every_stat(parse_descendant)?;
     let page = page_size();
     let mut found = Vec::new();
     let mut parents = vec![root];
     while let Some(parent) = parents.pop() {
-        for (ppid, zombie, d) in &all {
+        for (_, (ppid, zombie, d)) in &all {
             if *ppid == parent && d.pid != root {
                 parents.push(d.pid);
                 if !zombie && d.start_time >= since {
