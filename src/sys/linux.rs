@@ -418,6 +418,20 @@ pub(crate) fn install_flock_filter(sock: RawFd) -> io::Result<()> {
     sent
 }
 
+/// The header of a message of one byte (`iov`) with room in `control` (8-byte aligned)
+/// for one header carrying one descriptor: what [`send_fd`] sends and [`recv_fd`]
+/// receives. Plain stores, no allocation: async-signal-safe.
+fn one_fd_msg(iov: &mut libc::iovec, control: &mut [u64; 4]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
+    msg
+}
+
 /// Sends descriptor `fd` over the Unix socket `sock` with one byte of data.
 /// Async-signal-safe (used between fork and exec): stack buffers only.
 fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
@@ -426,15 +440,8 @@ fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // Room for one cmsghdr carrying one int, 8-byte aligned.
     let mut control = [0u64; 4];
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is arithmetic.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
+    let msg = one_fd_msg(&mut iov, &mut control);
     // SAFETY: msg_control points at `control`, large enough for one header and one int
     // (CMSG_SPACE above), so the first header and its data lie inside it.
     unsafe {
@@ -466,12 +473,7 @@ fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
         iov_len: 1,
     };
     let mut control = [0u64; 4];
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let mut msg = one_fd_msg(&mut iov, &mut control);
     loop {
         // SAFETY: `msg` and its buffers live on this stack frame; MSG_CMSG_CLOEXEC makes
         // the received descriptor close-on-exec.
