@@ -30,7 +30,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
@@ -295,16 +295,7 @@ fn wait_on(
             })
             .or_fail("cannot start the lock-wait thread")?;
         loop {
-            let timeout = match deadline {
-                None => PollTimeout::NONE,
-                Some(d) => {
-                    let ms = d
-                        .saturating_duration_since(Instant::now())
-                        .as_micros()
-                        .div_ceil(1000);
-                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-                }
-            };
+            let timeout = crate::supervisor::poll_timeout(deadline);
             let mut fds = vec![PollFd::new(wake_rx.as_fd(), PollFlags::POLLIN)];
             if let Some(signals) = signals {
                 fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
@@ -140,12 +140,8 @@ pub(crate) fn run(
             let _ = killpg(pgid, Signal::SIGKILL);
             break child.wait().ok();
         }
-        let ms = left.as_micros().div_ceil(1000);
         let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
+        match poll(&mut fds, crate::supervisor::poll_timeout(Some(deadline))) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 warn!("hooks.{name}: poll: {e}");

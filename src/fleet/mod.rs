@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -557,16 +557,7 @@ impl Fleet {
             }
         });
         let result = loop {
-            let timeout = match deadline {
-                None => PollTimeout::NONE,
-                Some(d) => {
-                    let ms = d
-                        .saturating_duration_since(Instant::now())
-                        .as_micros()
-                        .div_ceil(1000);
-                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-                }
-            };
+            let timeout = crate::supervisor::poll_timeout(deadline);
             let mut fds = [
                 PollFd::new(done_rx.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),

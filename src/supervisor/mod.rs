@@ -106,6 +106,19 @@ impl AsFd for Signals {
     }
 }
 
+/// `poll`'s timeout for `deadline` (none: wait without one), rounded up to the next
+/// millisecond, so that a wake-up never comes just before the deadline and spins.
+pub(crate) fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+    let Some(deadline) = deadline else {
+        return PollTimeout::NONE;
+    };
+    let ms = deadline
+        .saturating_duration_since(Instant::now())
+        .as_micros()
+        .div_ceil(1000);
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
+
 /// A spawned child: its pid is also its process-group id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Child {
@@ -236,15 +249,7 @@ pub(crate) fn supervise(
         if let Some(status) = machine.finished() {
             return Ok(status);
         }
-        let timeout = match machine.deadline() {
-            None => PollTimeout::NONE,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Round up, so we never wake just before the deadline and spin.
-                let ms = left.as_micros().div_ceil(1000);
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-        };
+        let timeout = poll_timeout(machine.deadline());
         // The loop's cgroup, if any, raises POLLPRI when it empties (`cgroup.events`);
         // fleet mode's side channel is readable when its lock needs attention.
         let side = hooks.side_channel();
