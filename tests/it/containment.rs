@@ -635,18 +635,9 @@ fn an_unwritable_cgroup_falls_back_to_the_tree_or_refuses() {
     .unwrap();
     let marker = ws.path.join("ran");
     let as_nobody = |containment: &str| {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            bin(),
-            "-C",
-        ])
-        .arg(&ws.path)
-        .args(["run", "--containment", containment, "--", "touch"])
-        .arg(&marker);
-        Proc::spawn(cmd).finish()
+        let marker = marker.to_str().unwrap();
+        let args = ["run", "--containment", containment, "--", "touch", marker];
+        Proc::spawn(ws.nobody_cmd(&args)).finish()
     };
     let out = as_nobody("auto");
     assert_eq!(out.code(), 0, "{out:?}");

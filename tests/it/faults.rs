@@ -261,17 +261,7 @@ fn unwritable_ralph_dir_for_another_user_is_125() {
     let ws = Workspace::new();
     std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
     std::fs::write(ws.lock_path(), "").unwrap();
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        bin(),
-        "-C",
-    ])
-    .arg(&ws.path)
-    .args(["run", "--", "true"]);
-    let out = Proc::spawn(cmd).finish();
+    let out = Proc::spawn(ws.nobody_cmd(&["run", "--", "true"])).finish();
     assert_eq!(out.code(), 125, "{out:?}");
     assert_one_error_line(&out.stderr, "loop.lock: Permission denied");
     assert_eq!(std::fs::read(ws.lock_path()).unwrap(), b"");

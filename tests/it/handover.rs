@@ -276,15 +276,7 @@ fn no_new_privs_only_when_the_filter_needs_it() {
     assert_eq!(out.stdout, "NoNewPrivs:\t0\ngot it");
     let ws = Workspace::new();
     std::os::unix::fs::chown(&ws.path, Some(65534), Some(65534)).unwrap();
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(crate::harness::bin())
-        .arg("-C")
-        .arg(&ws.path)
-        .args(["run", "--handover", "--", "sh", "-c", script])
-        .current_dir(&ws.path)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null());
+    let cmd = ws.nobody_cmd(&["run", "--handover", "--", "sh", "-c", script]);
     let out = Proc::spawn(cmd).finish();
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(out.stdout, "NoNewPrivs:\t1\ngot it");

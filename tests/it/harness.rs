@@ -132,6 +132,25 @@ impl Workspace {
         cmd
     }
 
+    /// [`Workspace::cmd`] as user and group nobody (65534), without supplementary
+    /// groups (through setpriv; the caller must be root), from `/`, not yet spawned.
+    pub fn nobody_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin(),
+            "-C",
+        ])
+        .arg(&self.path)
+        .args(args)
+        .current_dir("/")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+        cmd
+    }
+
     /// Runs `ralph-supervise -C <ws> <args>` to completion.
     pub fn run(&self, args: &[&str]) -> Output {
         Proc::spawn(self.cmd(args)).finish()

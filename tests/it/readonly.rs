@@ -8,34 +8,13 @@ use nix::sys::signal::Signal;
 
 use crate::harness::*;
 
-const NOBODY: &str = "65534";
-
 fn root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// `ralph-supervise -C <ws> <args>` as user and group nobody, without supplementary
-/// groups, not yet spawned.
-fn nobody_cmd(ws: &Workspace, args: &[&str]) -> Command {
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={NOBODY}"),
-        &format!("--regid={NOBODY}"),
-        "--clear-groups",
-        bin(),
-        "-C",
-    ])
-    .arg(&ws.path)
-    .args(args)
-    .current_dir("/")
-    .env_remove("RUST_LOG")
-    .stdin(std::process::Stdio::null());
-    cmd
-}
-
-/// [`nobody_cmd`], run to its end.
+/// [`Workspace::nobody_cmd`], run to its end.
 fn as_nobody(ws: &Workspace, args: &[&str]) -> Output {
-    Proc::spawn(nobody_cmd(ws, args)).finish()
+    Proc::spawn(ws.nobody_cmd(args)).finish()
 }
 
 /// A workspace nobody may read but not write: the temporary directory is made
@@ -93,7 +72,7 @@ fn status_list_wait_and_history_work_for_a_user_who_cannot_write() {
     assert_eq!(wait.code(), 124, "{wait:?}");
 
     // A waiter blocked on the lock sees it freed.
-    let mut waiter = Proc::spawn(nobody_cmd(&ws, &["wait", "--timeout", "20s"]));
+    let mut waiter = Proc::spawn(ws.nobody_cmd(&["wait", "--timeout", "20s"]));
     assert_eq!(std::fs::read(ws.lock_path()).unwrap(), before);
     p.signal(Signal::SIGTERM);
     p.wait(LIMIT);
