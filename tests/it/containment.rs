@@ -33,7 +33,10 @@ fn writable_cgroup() -> Result<PathBuf, String> {
         })
         .ok_or("not in a cgroup v2")?;
     let dir = mount.join(own.trim_start_matches('/'));
-    let probe = dir.join(format!("ralph-supervise-test-{}", std::process::id()));
+    // One name per call: the tests of this process run side by side.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!("ralph-supervise-test-{}-{n}", std::process::id()));
     std::fs::create_dir(&probe).map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
     let _ = std::fs::remove_dir(&probe);
     Ok(dir)
