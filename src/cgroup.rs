@@ -366,19 +366,7 @@ impl Cgroup {
 
     /// What it has used so far.
     pub(crate) fn usage(&self) -> Usage {
-        let cpu = fs::read_to_string(self.path.join("cpu.stat")).unwrap_or_default();
-        let number = |file: &str| {
-            fs::read_to_string(self.path.join(file))
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-        };
-        Usage {
-            user_us: key_value(&cpu, "user_usec").unwrap_or(0),
-            system_us: key_value(&cpu, "system_usec").unwrap_or(0),
-            memory_peak: number("memory.peak"),
-            memory_now: number("memory.current"),
-            pids_peak: number("pids.peak"),
-        }
+        read_usage(&self.path).unwrap_or_default()
     }
 
     /// Removes it (and empty cgroups the loop made below it); fails while a process
@@ -390,20 +378,26 @@ impl Cgroup {
 
 /// What a cgroup recorded in a lock file has used so far (for `status`).
 pub(crate) fn usage_at(path: &Path) -> Option<(Usage, usize)> {
+    let usage = read_usage(path)?;
+    Some((usage, pids(&path.join("cgroup.procs")).len()))
+}
+
+/// What the cgroup at `path` has used: CPU from `cpu.stat` (`None` when it cannot be
+/// read), memory and processes where those controllers are on.
+fn read_usage(path: &Path) -> Option<Usage> {
     let cpu = fs::read_to_string(path.join("cpu.stat")).ok()?;
     let number = |file: &str| {
         fs::read_to_string(path.join(file))
             .ok()
             .and_then(|t| t.trim().parse().ok())
     };
-    let usage = Usage {
+    Some(Usage {
         user_us: key_value(&cpu, "user_usec").unwrap_or(0),
         system_us: key_value(&cpu, "system_usec").unwrap_or(0),
         memory_peak: number("memory.peak"),
         memory_now: number("memory.current"),
         pids_peak: number("pids.peak"),
-    };
-    Some((usage, pids(&path.join("cgroup.procs")).len()))
+    })
 }
 
 #[cfg(test)]
