@@ -137,18 +137,14 @@ pub(crate) fn signal_orphaned(path: &std::path::Path, sig: i32) {
         }
         return;
     }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let Ok(hierarchy) = Hierarchy::locate() else {
+        return;
+    };
     for pid in group.procs() {
         let Ok(process) = ProcessHandle::open(pid as i32) else {
             continue; // gone
         };
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let member = (cgroup.lines().find_map(|l| l.strip_prefix("0::")))
-            .is_some_and(|p| p.ends_with(&format!("/{name}")));
-        if member {
+        if group.holds(pid, &hierarchy.mount) {
             let _ = process.signal(sig);
         }
     }
