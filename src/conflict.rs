@@ -12,6 +12,9 @@
 //! - `worktree`: run in a new git worktree, or outside a git repository refuse with the
 //!   conflict code. (Creating the worktree is [`crate::worktree`]'s; `run` does it.)
 //!
+//! In fleet mode the same four policies then apply to the fleet lock across hosts
+//! ([`fleet_lock`]); [`crate::fleet`] only carries them out on etcd.
+//!
 //! `stop` and `wait` reuse the waiting and stopping parts ([`wait_for_lock`],
 //! [`confirm_targets`], [`request_stop`], [`kill_holder`]).
 //!
@@ -36,6 +39,7 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use crate::exit::{ExitStatus, Failure, ResultExt};
+use crate::fleet::Fleet;
 use crate::lock::{self, Acquire, Holder, LockFile, MetaState};
 use crate::metadata::Metadata;
 use crate::policy::{AfterTimeout, OnConflict};
@@ -75,14 +79,41 @@ pub(crate) struct Rules<'a> {
     /// child whose supervisor is gone.
     pub(crate) grace: Duration,
     pub(crate) stop_signal: i32,
+    /// The task, as a fleet lock's record names it.
+    pub(crate) prompt: &'a str,
 }
 
-/// Takes the workspace lock of `dir`; if it is held, applies the conflict policy.
+/// Where a run stands in the fleet lock's queue ([`Fleet::queue`]). (Made only by the
+/// `fleet` build.)
+#[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+pub(crate) enum Turn {
+    /// The fleet lock is ours.
+    Ours,
+    /// Behind `holder` (described); `askable`: a ralph-supervise that takes stop requests.
+    Behind { holder: String, askable: bool },
+}
+
+/// Takes the workspace lock of `dir`; if it is held, applies the conflict policy. In
+/// fleet mode the fleet lock is then taken by the same policy; `holding` is called with
+/// the local lock before that (the run names itself in it while it waits).
 pub(crate) fn acquire(
     dir: &RalphDir,
     rules: &Rules<'_>,
     signals: &Signals,
+    fleet: Option<&mut Fleet>,
+    holding: impl FnOnce(&LockFile),
 ) -> Result<Next, Failure> {
+    match (local_lock(dir, rules, signals)?, fleet) {
+        (Next::Primary(lock), Some(fleet)) => {
+            holding(&lock);
+            fleet_lock(lock, fleet, rules, signals)
+        }
+        (next, _) => Ok(next),
+    }
+}
+
+/// The workspace's flock, by the policy.
+fn local_lock(dir: &RalphDir, rules: &Rules<'_>, signals: &Signals) -> Result<Next, Failure> {
     let held = match lock::try_acquire(dir)? {
         Acquire::Acquired(lock) => return Ok(Next::Primary(lock)),
         Acquire::Held(held) => held,
@@ -101,6 +132,106 @@ pub(crate) fn acquire(
         OnConflict::Worktree => rules.worktree_or_refuse(&held.holder(), None),
         OnConflict::Wait => wait(dir, held, rules, signals),
         OnConflict::Takeover => takeover(dir, held, rules, signals),
+    }
+}
+
+/// The fleet lock on top of the local `lock`, by the same policy across hosts. A
+/// takeover asks the holder through etcd and waits, bounded by `wait_timeout`; nobody's
+/// lease is revoked. Anything but the fleet lock gives the local one back.
+fn fleet_lock(
+    lock: LockFile,
+    fleet: &mut Fleet,
+    rules: &Rules<'_>,
+    signals: &Signals,
+) -> Result<Next, Failure> {
+    let next = fleet_turn(fleet, rules, signals);
+    match next {
+        Ok(None) => Ok(Next::Primary(lock)),
+        Ok(Some(instead)) => {
+            let _ = lock.release();
+            Ok(instead)
+        }
+        Err(e) => {
+            let _ = lock.release();
+            Err(e)
+        }
+    }
+}
+
+/// The policy on the fleet lock: `None` once it is ours, else what to do instead.
+fn fleet_turn(
+    fleet: &mut Fleet,
+    rules: &Rules<'_>,
+    signals: &Signals,
+) -> Result<Option<Next>, Failure> {
+    let key = fleet.key().to_owned();
+    let (holder, askable) = match fleet.queue(rules.workspace, rules.prompt, rules.grace)? {
+        Turn::Ours => return Ok(None),
+        Turn::Behind { holder, askable } => (holder, askable),
+    };
+    let taken = format!("fleet key {key} is taken: {holder}");
+    let refuse = |fleet: &mut Fleet, msg: String| {
+        fleet.release();
+        Err(rules.refuse(msg))
+    };
+    match (rules.policy, rules.repo) {
+        (OnConflict::Fail, _) => {
+            return refuse(
+                fleet,
+                format!(
+                    "{taken}; wait for it (--on-conflict wait) or ask it to stop (ralph-supervise stop --fleet {key})"
+                ),
+            );
+        }
+        (OnConflict::Worktree, Some(repo)) => {
+            info!("{taken}; running in a new worktree");
+            fleet.leave_queue();
+            let repo = repo.to_path_buf();
+            return Ok(Some(Next::Worktree { repo }));
+        }
+        (OnConflict::Worktree, None) => {
+            return refuse(
+                fleet,
+                format!(
+                    "{taken}; cannot run in a worktree outside a git repository; wait for it (--on-conflict wait)"
+                ),
+            );
+        }
+        (OnConflict::Takeover, _) if askable => {
+            info!("{taken}; asking it to stop (takeover)");
+            fleet.ask_holder_to_stop()?;
+        }
+        (OnConflict::Takeover, _) => {
+            warn!("{taken}; it cannot be asked to stop (not a ralph-supervise): waiting for it")
+        }
+        (OnConflict::Wait, _) => {
+            info!("{taken}; waiting for it");
+            crate::service::status(&format!("waiting for the fleet lock held by {holder}"));
+        }
+    }
+    match fleet.wait_for_turn(rules.wait_timeout, signals)? {
+        Waited::Acquired(()) => Ok(None),
+        Waited::Interrupted(sig) => {
+            info!(
+                "{} while waiting for the fleet lock: not running",
+                signals::name(sig)
+            );
+            fleet.release();
+            Ok(Some(Next::Exit(ExitStatus::Signaled(sig))))
+        }
+        Waited::TimedOut => {
+            let timeout = rules.wait_timeout.unwrap_or_default();
+            let taken = format!("fleet key {key} is taken: {}", fleet.holder_now());
+            match (rules.after_timeout, rules.repo) {
+                (AfterTimeout::Worktree, Some(repo)) => {
+                    info!("gave up waiting after {timeout:?}: {taken}; running in a new worktree");
+                    fleet.leave_queue();
+                    let repo = repo.to_path_buf();
+                    Ok(Some(Next::Worktree { repo }))
+                }
+                _ => refuse(fleet, format!("gave up waiting after {timeout:?}: {taken}")),
+            }
+        }
     }
 }
 
@@ -194,10 +325,10 @@ fn holder_pid(holder: &Holder) -> String {
     }
 }
 
-/// How a wait for the lock ended.
+/// How a wait for a lock (the workspace's, or the fleet's: `T = ()`) ended.
 #[derive(Debug)]
-pub(crate) enum Waited {
-    Acquired(LockFile),
+pub(crate) enum Waited<T = LockFile> {
+    Acquired(T),
     TimedOut,
     /// A TERM, INT or HUP arrived: the caller exits 128+N without running anything.
     Interrupted(i32),

@@ -9,7 +9,7 @@
 //!    handed over to the child ([`crate::handover`]), and in fleet mode etcd ([`Fleet`]);
 //! 2. workspace: its `.ralph/` opened once ([`RalphDir`]);
 //! 3. lock or conflict: [`conflict::acquire`] answers run here, run in a new worktree,
-//!    or exit; in fleet mode the fleet lock is then taken by the same policy;
+//!    or exit (in fleet mode after the fleet lock, by the same policy);
 //! 4. spawn: metadata written, `hooks.on_start` run ([`hooks`]), the child started with
 //!    the locked descriptor inherited;
 //! 5. supervise: signals, stop requests, restarts, max runtime ([`supervisor`]);
@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::conflict::{self, Next};
 use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
-use crate::fleet::{Acquired, Fleet};
+use crate::fleet::Fleet;
 use crate::history;
 use crate::hooks;
 use crate::lock::{self, Acquire, LockFile};
@@ -63,7 +63,7 @@ pub(crate) struct RunSettings {
 }
 
 impl RunSettings {
-    fn conflict_rules(&self) -> conflict::Rules<'_> {
+    fn conflict_rules<'a>(&'a self, prompt: &'a str) -> conflict::Rules<'a> {
         conflict::Rules {
             workspace: &self.workspace,
             repo: self.repo.as_deref(),
@@ -73,6 +73,7 @@ impl RunSettings {
             refused: ExitStatus::Conflict(self.policy.conflict.exit_code),
             grace: self.policy.stop.grace,
             stop_signal: self.policy.stop.signal,
+            prompt,
         }
     }
 
@@ -107,63 +108,38 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     // Set once `on_start` has had its turn: then `on_exit` has one too.
     let mut facts = None;
-    let status = match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
-        // The local lock first, then (fleet mode) the fleet lock on top.
+    let prompt = settings.prompt_text();
+    // The local lock, then in fleet mode the fleet lock; while waiting for the fleet
+    // lock, the local one names this supervisor (a locked lock file is never empty for
+    // ralph), under the loop id the run then keeps.
+    let mut loop_id = None;
+    let holding = |lock: &LockFile| {
+        let place = Place::Primary {
+            workspace: &settings.workspace,
+            loop_id: loop_id.insert(new_loop_id()).clone(),
+        };
+        if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now(), &tree)) {
+            warn!("cannot write {}: {e}", lock.path().display());
+        }
+    };
+    let rules = settings.conflict_rules(&prompt);
+    let next = conflict::acquire(&dir, &rules, &signals, fleet.as_mut(), holding)?;
+    let holds = Holds {
+        tree: &mut tree,
+        fleet: fleet.as_mut(),
+    };
+    let status = match next {
         Next::Primary(lock) => {
             if !settings.chdir {
                 crate::handover::warn_if_ralph_starts_below(&settings.command, &settings.workspace);
             }
             let place = Place::Primary {
                 workspace: &settings.workspace,
-                loop_id: new_loop_id(),
+                loop_id: loop_id.unwrap_or_else(new_loop_id),
             };
-            let fleet_lock = fleet.as_mut().map(|f| {
-                // While it waits for the fleet lock, the local one names this supervisor
-                // (a locked lock file is never empty for ralph).
-                if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now(), &tree))
-                {
-                    warn!("cannot write {}: {e}", lock.path().display());
-                }
-                f.acquire_for_run(&settings, &signals)
-            });
-            match fleet_lock {
-                None | Some(Ok(Acquired::Held)) => {
-                    let fleet = fleet.as_mut();
-                    let holds = Holds {
-                        tree: &mut tree,
-                        fleet,
-                    };
-                    run_locked(&settings, &signals, &dir, lock, &place, &mut facts, holds).status
-                }
-                Some(Ok(Acquired::Worktree)) => {
-                    let _ = lock.release();
-                    let repo = settings
-                        .repo
-                        .clone()
-                        .expect("worktree only in a repository");
-                    let holds = Holds {
-                        tree: &mut tree,
-                        fleet: fleet.as_mut(),
-                    };
-                    run_in_worktree(&settings, &signals, repo, &mut facts, holds)
-                }
-                Some(Ok(Acquired::Exit(status))) => {
-                    let _ = lock.release();
-                    return Ok(status);
-                }
-                Some(Err(e)) => {
-                    let _ = lock.release();
-                    return Err(e);
-                }
-            }
+            run_locked(&settings, &signals, &dir, lock, &place, &mut facts, holds).status
         }
-        Next::Worktree { repo } => {
-            let holds = Holds {
-                tree: &mut tree,
-                fleet: fleet.as_mut(),
-            };
-            run_in_worktree(&settings, &signals, repo, &mut facts, holds)
-        }
+        Next::Worktree { repo } => run_in_worktree(&settings, &signals, repo, &mut facts, holds),
         Next::Exit(status) => return Ok(status),
     };
     if let Some(fleet) = fleet.as_mut() {

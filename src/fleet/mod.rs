@@ -56,6 +56,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::conflict::{Turn, Waited};
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::policy::Policy;
 use crate::run::RunSettings;
@@ -200,28 +201,18 @@ pub(crate) struct Fleet {
     events: mpsc::Receiver<FleetEvent>,
     wake_rx: UnixStream,
     notifier: Notifier,
+    /// Set while this run waits behind another holder.
+    queued: Option<Queued>,
 }
 
-/// How the fleet lock's conflict policy ended.
-pub(crate) enum Acquired {
-    /// Held ([`Fleet::token`] is its fencing token).
-    Held,
-    /// Taken, and the policy says run in a worktree.
-    Worktree,
-    /// Run nothing; exit with this.
-    Exit(ExitStatus),
-}
-
-/// The conflict rules as fleet mode needs them.
-pub(crate) struct Rules {
-    pub(crate) policy: crate::policy::OnConflict,
-    pub(crate) wait_timeout: Option<Duration>,
-    pub(crate) after_timeout: crate::policy::AfterTimeout,
-    pub(crate) refused: ExitStatus,
-    /// Worktrees are possible (in a git repository).
-    pub(crate) in_repo: bool,
-    /// What this run records as its holder.
-    pub(crate) record: lock::Record,
+/// This run's place in the fleet lock's queue while it waits (see [`Fleet::queue`]).
+struct Queued {
+    token: i64,
+    /// The record put with our key (its `since` is refreshed once the lock is ours).
+    value: String,
+    record: lock::Record,
+    /// The holder's lease, when it is a ralph-supervise that can be asked to stop.
+    holder: Option<i64>,
 }
 
 impl Fleet {
@@ -282,6 +273,7 @@ impl Fleet {
                 tx,
                 wake: std::sync::Arc::new(wake_tx),
             },
+            queued: None,
         })
     }
 
@@ -320,19 +312,21 @@ impl Fleet {
         Ok(id)
     }
 
-    /// Takes the fleet lock on the key, following the conflict policy.
-    pub(crate) fn acquire(
+    /// Queues for the fleet lock on the key (a lease granted, our key put): the lock is
+    /// ours at once, or we stand behind its holder. What to do then is the conflict
+    /// policy's ([`crate::conflict`]), with the calls below.
+    pub(crate) fn queue(
         &mut self,
-        rules: &Rules,
-        grace: Duration,
-        signals: &Signals,
-    ) -> Result<Acquired, Failure> {
-        let lease = self.grant(grace)?;
-        let key = self.settings.key.clone();
-        let value = rules.record.to_json();
+        workspace: &Path,
+        prompt: &str,
+        stop_grace: Duration,
+    ) -> Result<Turn, Failure> {
+        let lease = self.grant(self.settings.grace(stop_grace))?;
+        let record = lock::Record::new(workspace, prompt);
+        let value = record.to_json();
         let mut client = self.client.clone();
         let limit = self.settings.connect_limit();
-        let (k, v) = (key.clone(), value.clone());
+        let (k, v) = (self.settings.key.clone(), value.clone());
         let queued = self.rt.block_on(async move {
             tokio::time::timeout(limit, lock::enqueue(&mut client, &k, lease, v)).await
         });
@@ -344,95 +338,72 @@ impl Fleet {
         let token = queued.revision;
         let owner = match queued.owner {
             Some(owner) if owner.revision != token => owner,
-            _ => return self.held(token, None),
-        };
-        let taken = format!("fleet key {key} is taken: {}", owner.describe());
-        use crate::policy::{AfterTimeout, OnConflict};
-        let waited = match rules.policy {
-            OnConflict::Fail => {
-                self.release();
-                return Err(Failure::msg(
-                    rules.refused,
-                    format!(
-                        "{taken}; wait for it (--on-conflict wait) or ask it to stop (ralph-supervise stop --fleet {key})"
-                    ),
-                ));
-            }
-            OnConflict::Worktree if rules.in_repo => {
-                info!("{taken}; running in a new worktree");
-                self.forget_queue(&key, lease);
-                return Ok(Acquired::Worktree);
-            }
-            OnConflict::Worktree => {
-                self.release();
-                return Err(Failure::msg(
-                    rules.refused,
-                    format!(
-                        "{taken}; cannot run in a worktree outside a git repository; wait for it (--on-conflict wait)"
-                    ),
-                ));
-            }
-            OnConflict::Takeover => {
-                match owner.lease {
-                    Some(holder) if owner.record.is_some() => {
-                        info!("{taken}; asking it to stop (takeover)");
-                        self.ask_stop_lease(&key, holder, &rules.record.by())?;
-                    }
-                    _ => warn!(
-                        "{taken}; it cannot be asked to stop (not a ralph-supervise): waiting for it"
-                    ),
-                }
-                self.wait_turn(&key, token, rules.wait_timeout, signals)?
-            }
-            OnConflict::Wait => {
-                info!("{taken}; waiting for it");
-                crate::service::status(&format!(
-                    "waiting for the fleet lock held by {}",
-                    owner.describe()
-                ));
-                self.wait_turn(&key, token, rules.wait_timeout, signals)?
+            _ => {
+                self.held(token, None);
+                return Ok(Turn::Ours);
             }
         };
-        match waited {
-            Waited::Done => self.held(token, Some(&value)),
-            Waited::Interrupted(sig) => {
-                info!(
-                    "{} while waiting for the fleet lock: not running",
-                    crate::signals::name(sig)
-                );
-                self.release();
-                Ok(Acquired::Exit(ExitStatus::Signaled(sig)))
-            }
-            Waited::TimedOut => {
-                let timeout = rules.wait_timeout.unwrap_or_default();
-                let now = self
-                    .owner_now(&key)
-                    .map(|o| o.describe())
-                    .unwrap_or_else(|| "someone".into());
-                let taken = format!("fleet key {key} is taken: {now}");
-                match rules.after_timeout {
-                    AfterTimeout::Worktree if rules.in_repo => {
-                        info!(
-                            "gave up waiting after {timeout:?}: {taken}; running in a new worktree"
-                        );
-                        self.forget_queue(&key, lease);
-                        Ok(Acquired::Worktree)
-                    }
-                    _ => {
-                        self.release();
-                        Err(Failure::msg(
-                            rules.refused,
-                            format!("gave up waiting after {timeout:?}: {taken}"),
-                        ))
-                    }
-                }
-            }
+        let askable = owner.record.is_some();
+        self.queued = Some(Queued {
+            token,
+            value,
+            record,
+            holder: owner.lease.filter(|_| askable),
+        });
+        Ok(Turn::Behind {
+            holder: owner.describe(),
+            askable: askable && owner.lease.is_some(),
+        })
+    }
+
+    /// Asks the holder we queued behind to stop (a takeover); it must be askable.
+    pub(crate) fn ask_holder_to_stop(&mut self) -> Result<(), Failure> {
+        let queued = self.queued.as_ref().expect("queued");
+        let (holder, by) = (queued.holder.expect("askable"), queued.record.by());
+        let key = self.settings.key.clone();
+        self.ask_stop_lease(&key, holder, &by)
+    }
+
+    /// Waits for our turn (every key queued before ours gone): then the lock is ours.
+    pub(crate) fn wait_for_turn(
+        &mut self,
+        timeout: Option<Duration>,
+        signals: &Signals,
+    ) -> Result<Waited<()>, Failure> {
+        let Queued { token, .. } = *self.queued.as_ref().expect("queued");
+        let key = self.settings.key.clone();
+        let waited = self.wait_turn(&key, token, timeout, signals)?;
+        if let Waited::Acquired(()) = waited {
+            let queued = self.queued.take().expect("queued");
+            self.held(queued.token, Some(&queued.value));
         }
+        Ok(waited)
+    }
+
+    /// Who holds the key now, described ("someone" if etcd cannot say).
+    pub(crate) fn holder_now(&mut self) -> String {
+        let key = self.settings.key.clone();
+        (self.owner_now(&key).map(|o| o.describe())).unwrap_or_else(|| "someone".into())
+    }
+
+    /// Leaves the queue (the run goes to a worktree instead), keeping the lease for the
+    /// worktree's reservation.
+    pub(crate) fn leave_queue(&mut self) {
+        self.queued = None;
+        let (Some(lease), key) = (self.lease, self.settings.key.clone()) else {
+            return;
+        };
+        let mut client = self.client.clone();
+        let my = lock::lock_key(&key, lease);
+        let limit = self.settings.connect_limit();
+        let _ = self
+            .rt
+            .block_on(async move { tokio::time::timeout(limit, client.delete(my, None)).await });
     }
 
     /// The lock is ours: record it, watch for stop requests. `waited`: the record put
     /// when we queued, whose `since` becomes now (taken at once, it is right already).
-    fn held(&mut self, token: i64, waited: Option<&str>) -> Result<Acquired, Failure> {
+    fn held(&mut self, token: i64, waited: Option<&str>) {
         self.token = Some(token);
         let lease = self.lease.expect("granted");
         let key = self.settings.key.clone();
@@ -453,18 +424,6 @@ impl Fleet {
         );
         self.tasks.push(self.rt.spawn(task));
         info!("fleet lock {key} held (fencing token {token})");
-        Ok(Acquired::Held)
-    }
-
-    /// Leaves the lock's queue (a worktree run instead), keeping the lease for the
-    /// worktree's reservation.
-    fn forget_queue(&mut self, key: &str, lease: i64) {
-        let mut client = self.client.clone();
-        let my = lock::lock_key(key, lease);
-        let limit = self.settings.connect_limit();
-        let _ = self
-            .rt
-            .block_on(async move { tokio::time::timeout(limit, client.delete(my, None)).await });
     }
 
     /// Reserves worktree loop id `id` fleet-wide; false if another host has it (or etcd
@@ -518,7 +477,7 @@ impl Fleet {
         token: i64,
         timeout: Option<Duration>,
         signals: &Signals,
-    ) -> Result<Waited, Failure> {
+    ) -> Result<Waited<()>, Failure> {
         let mut client = self.client.clone();
         let key = key.to_string();
         let mut lost = self.lost.clone();
@@ -530,7 +489,7 @@ impl Fleet {
         };
         let deadline = timeout.map(|t| Instant::now() + t);
         match self.interruptible(task, deadline, signals)? {
-            Interruptible::Done(Ok(())) => Ok(Waited::Done),
+            Interruptible::Done(Ok(())) => Ok(Waited::Acquired(())),
             Interruptible::Done(Err(why)) => {
                 self.release();
                 Err(unavailable(&self.settings.endpoints, &why))
@@ -725,24 +684,6 @@ impl Fleet {
         }
     }
 
-    /// The fleet lock for a run that holds the local lock, by the run's conflict policy.
-    pub(crate) fn acquire_for_run(
-        &mut self,
-        run: &RunSettings,
-        signals: &Signals,
-    ) -> Result<Acquired, Failure> {
-        let rules = Rules {
-            policy: run.on_conflict,
-            wait_timeout: run.policy.conflict.wait_timeout,
-            after_timeout: run.policy.conflict.after_timeout,
-            refused: ExitStatus::Conflict(run.policy.conflict.exit_code),
-            in_repo: run.repo.is_some(),
-            record: lock::Record::new(&run.workspace, &run.prompt_text()),
-        };
-        let grace = self.settings.grace(run.policy.stop.grace);
-        self.acquire(&rules, grace, signals)
-    }
-
     /// A worktree run: its lease (if none yet) and a check that reserves ids.
     pub(crate) fn worktree_reserver(
         &mut self,
@@ -796,12 +737,6 @@ pub(crate) enum StopOutcome {
     Foreign(String),
     Stopped(String),
     TimedOut(String),
-    Interrupted(i32),
-}
-
-enum Waited {
-    Done,
-    TimedOut,
     Interrupted(i32),
 }
 

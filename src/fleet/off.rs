@@ -4,8 +4,10 @@
 //! nothing else here can run.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::time::Duration;
 
+use crate::conflict::{Turn, Waited};
 use crate::exit::{ExitStatus, Failure};
 use crate::run::RunSettings;
 use crate::supervisor::Signals;
@@ -13,15 +15,6 @@ use crate::supervisor::machine::Event;
 
 /// Never made: there is no fleet mode in this build.
 pub(crate) enum Fleet {}
-
-/// How the fleet lock's conflict policy ended (see the `fleet` build; matched by `run`,
-/// made only there).
-#[allow(dead_code)]
-pub(crate) enum Acquired {
-    Held,
-    Worktree,
-    Exit(ExitStatus),
-}
 
 /// The one line for a build without fleet mode.
 pub(crate) fn not_built(what: &str) -> Failure {
@@ -40,11 +33,23 @@ impl Fleet {
             Some(_) => Err(not_built("[fleet] endpoints (or --fleet-endpoints)")),
         }
     }
-    pub(crate) fn acquire_for_run(
+    pub(crate) fn queue(&mut self, _: &Path, _: &str, _: Duration) -> Result<Turn, Failure> {
+        match *self {}
+    }
+    pub(crate) fn ask_holder_to_stop(&mut self) -> Result<(), Failure> {
+        match *self {}
+    }
+    pub(crate) fn wait_for_turn(
         &mut self,
-        _: &RunSettings,
+        _: Option<Duration>,
         _: &Signals,
-    ) -> Result<Acquired, Failure> {
+    ) -> Result<Waited<()>, Failure> {
+        match *self {}
+    }
+    pub(crate) fn holder_now(&mut self) -> String {
+        match *self {}
+    }
+    pub(crate) fn leave_queue(&mut self) {
         match *self {}
     }
     pub(crate) fn worktree_reserver(
