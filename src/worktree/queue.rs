@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use chrono::Utc;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::exit::{ExitStatus, Failure};
 use crate::ralph_dir::{Access, RalphDir};
@@ -43,6 +43,21 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Queued>, String> {
     }))
 }
 
+/// A line as this module writes it, in ralph's key order.
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    loop_id: &'a str,
+    event: Event<'a>,
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    prompt: &'a str,
+}
+
 /// Appends a `queued` event for `loop_id` under an exclusive flock on the file, then
 /// syncs. A last line left without its newline (a torn write by someone else) gets one
 /// first, so our line stays a line of its own.
@@ -51,12 +66,15 @@ pub(crate) fn enqueue(repo_ralph_dir: &Path, loop_id: &str, prompt: &str) -> Res
     let file = dir
         .open_locked(QUEUE_FILE, Access::Append, true)?
         .expect("created");
-    let event = json!({
-        "ts": crate::metadata::format_time(&Utc::now()),
-        "loop_id": loop_id,
-        "event": {"type": "queued", "prompt": prompt},
-    });
-    let mut line = event.to_string().into_bytes();
+    let event = Line {
+        ts: crate::metadata::format_time(&Utc::now()),
+        loop_id,
+        event: Event {
+            kind: "queued",
+            prompt,
+        },
+    };
+    let mut line = serde_json::to_vec(&event).expect("strings serialize");
     line.push(b'\n');
     file.append(&line).and_then(|()| file.sync()).map_err(|e| {
         Failure::msg(
