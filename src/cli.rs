@@ -87,6 +87,11 @@ pub(crate) enum Command {
     },
     /// Prune dead registry entries and remove clean, finished worktrees
     ///
+    /// A worktree under worktree.dir is removed when no loop holds it, it has no
+    /// uncommitted changes and no commit the main work tree's HEAD lacks; its branch
+    /// is deleted with it when the name starts with worktree.branch_prefix. Worktrees
+    /// with unmerged work are listed, never deleted; one whose .ralph/agent/context.md
+    /// is less than 2 minutes old is taken for a launch in progress and left alone.
     /// Outside a git repository there are no worktrees: only the registry
     /// (.ralph/loops.json) is pruned.
     Gc {
