@@ -226,8 +226,10 @@ LOCK_HELPER = r"""
 import fcntl, os, resource, sys
 n, d = int(sys.argv[1]), sys.argv[2]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if hard != resource.RLIM_INFINITY and hard < n + 64:
+    n = hard - 64  # as many as the hard limit allows: the table's line count shows it
 if soft < n + 64:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(n + 64, hard) if hard != resource.RLIM_INFINITY else n + 64, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, hard))
 fds = []
 for i in range(n):
     fd = os.open(os.path.join(d, str(i)), os.O_RDWR | os.O_CREAT, 0o600)
