@@ -20,12 +20,19 @@ use crate::lock::{HeldBy, LockFile, LoopState, MetaState};
 use crate::logging::print;
 use crate::metadata::Mode;
 use crate::present::{self, ListRow, Registered, Status};
+use crate::procfs::LocksSnapshot;
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
 use crate::worktree;
 
 /// Reads the state of `workspace` without taking its lock or creating anything.
 pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
+    inspect_with(workspace, &LocksSnapshot::default())
+}
+
+/// [`inspect`], asking the kernel who holds the lock through `locks` (`list` inspects
+/// every loop with one reading of `/proc/locks`).
+fn inspect_with(workspace: &Path, locks: &LocksSnapshot) -> Result<LoopState, Failure> {
     let empty = || LoopState {
         workspace: workspace.to_path_buf(),
         held: false,
@@ -41,7 +48,7 @@ pub(crate) fn inspect(workspace: &Path) -> Result<LoopState, Failure> {
     let Some(lock) = LockFile::open_to_probe(&dir)? else {
         return Ok(empty());
     };
-    let holder = lock.holder_with_kernel();
+    let holder = lock.holder_with_kernel(locks);
     let (held, lockers) = match holder.kernel.clone() {
         Some(pids) if !pids.is_empty() => (true, pids),
         // Not listed (or no /proc/locks): the kernel's own answer, by a non-blocking
@@ -92,7 +99,8 @@ pub(crate) fn status(workspace: &Path, as_json: bool) -> Result<ExitStatus, Fail
 
 /// The primary loop and every registered (worktree) loop, with liveness.
 pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failure> {
-    let primary = inspect(workspace)?;
+    let locks = LocksSnapshot::default();
+    let primary = inspect_with(workspace, &locks)?;
     let mut rows = Vec::new();
     if primary.held || primary.meta().is_some() {
         let mut status = Status::new(&primary);
@@ -103,7 +111,7 @@ pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failur
     for entry in registry {
         let wt = (!entry.worktree_path.as_os_str().is_empty()).then(|| entry.worktree_path.clone());
         let state = match &wt {
-            Some(path) => inspect(path).ok(),
+            Some(path) => inspect_with(path, &locks).ok(),
             None => None,
         };
         let running = state

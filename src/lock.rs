@@ -136,21 +136,22 @@ impl LockFile {
         let mut holder = self.holder_from_file();
         let named = matches!(holder.metadata, MetaState::Valid(_));
         if !named {
-            holder.kernel = self.kernel_holders();
+            holder.kernel = self.kernel_holders(&procfs::LocksSnapshot::default());
         }
         if named && holder.needs_scan() {
             if holder.kernel.is_none() {
-                holder.kernel = self.kernel_holders();
+                holder.kernel = self.kernel_holders(&procfs::LocksSnapshot::default());
             }
             holder.processes = Some(self.holding_processes());
         }
         holder
     }
 
-    /// Who holds the lock, asking the kernel in any case (`status`, `list`).
-    pub(crate) fn holder_with_kernel(&self) -> Holder {
+    /// Who holds the lock, asking the kernel in any case (`status`, `list`), through
+    /// `locks`: one reading of `/proc/locks` for all the files `list` looks at.
+    pub(crate) fn holder_with_kernel(&self, locks: &procfs::LocksSnapshot) -> Holder {
         let mut holder = self.holder_from_file();
-        holder.kernel = self.kernel_holders();
+        holder.kernel = self.kernel_holders(locks);
         holder
     }
 
@@ -162,9 +163,9 @@ impl LockFile {
 
     /// The pids that took the flock: `/proc/locks`'s word, or where it is missing
     /// (macOS, FreeBSD) [`Self::holders_by_probe`].
-    fn kernel_holders(&self) -> Option<Vec<u32>> {
+    fn kernel_holders(&self, locks: &procfs::LocksSnapshot) -> Option<Vec<u32>> {
         let (dev, ino) = self.file.dev_ino();
-        match procfs::flock_holders(dev, ino) {
+        match locks.flock_holders(dev, ino) {
             Some(holders) => Some(holders.into_iter().map(|h| h.pid).collect()),
             None => Some(self.holders_by_probe()),
         }
@@ -441,7 +442,8 @@ mod tests {
         #[cfg(target_os = "linux")]
         {
             let (dev, ino) = other.file.dev_ino();
-            let listed: Vec<u32> = procfs::flock_holders(dev, ino)
+            let listed: Vec<u32> = procfs::LocksSnapshot::default()
+                .flock_holders(dev, ino)
                 .unwrap()
                 .into_iter()
                 .map(|h| h.pid)

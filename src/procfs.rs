@@ -5,7 +5,7 @@
 //! time, and to learn whether a lock is held without taking it, it reads `/proc/locks`.
 //!
 //! macOS and FreeBSD have no `/proc`: a start time comes from `proc_pidinfo` or
-//! `kinfo_proc` there ([`crate::sys::process_identity`]); [`flock_holders`] answers
+//! `kinfo_proc` there ([`crate::sys::process_identity`]); [`LocksSnapshot`] answers
 //! `None` and [`holding_processes`] finds nobody, and [`crate::lock`] asks the kernel by
 //! a non-blocking probe instead.
 
@@ -19,15 +19,21 @@ use nix::unistd::Pid;
 /// compare with one recorded earlier on the same machine, nothing more.
 #[cfg(target_os = "linux")]
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    // One read into a buffer large enough for any stat line (it sits on the launch
-    // path; `read_to_string` would grow from 32 bytes in five reads).
-    use std::io::Read;
     let mut buf = [0u8; 1024];
+    parse_stat_start_time(read_stat(pid, &mut buf)?)
+}
+
+/// `/proc/PID/stat` in one `read` into `buf`, large enough for any stat line: it sits
+/// on the launch path and on every registry edit (each entry's liveness), where
+/// `read_to_string` made an `fstat` and five reads of it, growing from 32 bytes.
+#[cfg(target_os = "linux")]
+fn read_stat(pid: u32, buf: &mut [u8; 1024]) -> Option<&str> {
+    use std::io::Read;
     let n = fs::File::open(format!("/proc/{pid}/stat"))
         .ok()?
-        .read(&mut buf)
+        .read(buf)
         .ok()?;
-    parse_stat_start_time(std::str::from_utf8(&buf[..n]).ok()?)
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 #[cfg(target_os = "linux")]
@@ -57,25 +63,29 @@ pub(crate) fn alive(pid: u32, recorded_start: Option<u64>) -> bool {
         return false;
     }
     match recorded_start {
-        Some(recorded) => start_time(pid) == Some(recorded) && !is_zombie(pid),
+        Some(recorded) => identity(pid).is_some_and(|(start, zombie)| start == recorded && !zombie),
         None => kill(Pid::from_raw(pid as i32), None).is_ok() && !is_zombie(pid),
     }
 }
 
-#[cfg(not(target_os = "linux"))]
 fn is_zombie(pid: u32) -> bool {
-    crate::sys::process_identity(pid).is_some_and(|(_, zombie)| zombie)
+    identity(pid).is_some_and(|(_, zombie)| zombie)
+}
+
+/// A process's start time ([`start_time`]) and whether it is a zombie, in one look.
+#[cfg(not(target_os = "linux"))]
+fn identity(pid: u32) -> Option<(u64, bool)> {
+    crate::sys::process_identity(pid)
 }
 
 #[cfg(target_os = "linux")]
-fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 1..];
-            rest.split_ascii_whitespace().next().map(|st| st == "Z")
-        })
-        .unwrap_or(false)
+fn identity(pid: u32) -> Option<(u64, bool)> {
+    let mut buf = [0u8; 1024];
+    let stat = read_stat(pid, &mut buf)?;
+    let state = stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .next()?;
+    Some((parse_stat_start_time(stat)?, state == "Z"))
 }
 
 /// A flock held on a file, as `/proc/locks` lists it.
@@ -86,17 +96,50 @@ pub(crate) struct HeldLock {
     pub(crate) pid: u32,
 }
 
-/// The FLOCK holders of the file with this device and inode, from `/proc/locks`.
-/// `None` when `/proc/locks` cannot be read (not Linux, no procfs).
-#[cfg(target_os = "linux")]
-pub(crate) fn flock_holders(dev: u64, ino: u64) -> Option<Vec<HeldLock>> {
-    let text = read_locks()?;
-    Some(parse_locks(&text, dev, ino))
+/// `/proc/locks` read once, on the first lookup, for the lookups of many files (`list`
+/// asks about every loop's lock: one reading of `/proc/locks` instead of one per loop,
+/// each of which costs the kernel a walk of every lock on the system, once per page).
+/// Like every reading, a snapshot: "not listed" still means "ask the kernel again".
+#[derive(Debug, Default)]
+pub(crate) struct LocksSnapshot {
+    /// Every FLOCK holder, sorted; `None` without `/proc/locks`.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    flocks: std::cell::OnceCell<Option<Vec<Flock>>>,
 }
 
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn flock_holders(_dev: u64, _ino: u64) -> Option<Vec<HeldLock>> {
-    None
+/// A FLOCK holder as `/proc/locks` lists it: the file's device (major, minor) and
+/// inode, and the pid that took the lock.
+type Flock = (u32, u32, u64, u32);
+
+impl LocksSnapshot {
+    /// The FLOCK holders of the file with this device and inode, from the one
+    /// reading; `None` when `/proc/locks` cannot be read (not Linux, no procfs).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn flock_holders(&self, dev: u64, ino: u64) -> Option<Vec<HeldLock>> {
+        let flocks = self.flocks.get_or_init(read_flocks).as_ref()?;
+        let key = (libc::major(dev), libc::minor(dev), ino);
+        let first = flocks.partition_point(|&(ma, mi, i, _)| (ma, mi, i) < key);
+        Some(
+            flocks[first..]
+                .iter()
+                .take_while(|&&(ma, mi, i, _)| (ma, mi, i) == key)
+                .map(|&(.., pid)| HeldLock { pid })
+                .collect(),
+        )
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn flock_holders(&self, _dev: u64, _ino: u64) -> Option<Vec<HeldLock>> {
+        None
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn read_flocks() -> Option<Vec<Flock>> {
+    let text = read_locks()?;
+    let mut flocks: Vec<_> = flock_lines(&text).collect();
+    flocks.sort_unstable();
+    Some(flocks)
 }
 
 /// `/proc/locks`. The kernel walks its lock list anew for each page it hands out, so
@@ -117,40 +160,29 @@ fn read_locks() -> Option<String> {
 #[cfg(target_os = "linux")]
 pub(crate) const NO_PROC_LOCKS: &str = "RALPH_SUPERVISE_TEST_NO_PROC_LOCKS";
 
+/// The FLOCK holders `/proc/locks` lists (not its waiters, nor POSIX or OFD locks), as
+/// (device major, minor, inode, pid).
 #[cfg(target_os = "linux")]
-fn parse_locks(text: &str, dev: u64, ino: u64) -> Vec<HeldLock> {
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let mut held = Vec::new();
-    for line in text.lines() {
+fn flock_lines(text: &str) -> impl Iterator<Item = Flock> + '_ {
+    text.lines().filter_map(|line| {
         let mut fields = line.split_ascii_whitespace();
         let _id = fields.next();
-        let Some(kind) = fields.next() else {
-            continue;
-        };
-        if kind == "->" {
-            // A waiter blocked on the lock, not a holder.
-            continue;
-        }
-        if kind != "FLOCK" {
-            continue;
+        // `->`: a waiter blocked on the lock, not a holder.
+        if fields.next()? != "FLOCK" {
+            return None;
         }
         let _advisory = fields.next();
         let _mode = fields.next(); // READ / WRITE
-        let (Some(pid), Some(file)) = (fields.next(), fields.next()) else {
-            continue;
-        };
+        let (pid, file) = (fields.next()?, fields.next()?);
         let mut parts = file.split(':');
-        let (Some(maj), Some(min), Some(inode)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let same = u32::from_str_radix(maj, 16).ok() == Some(major)
-            && u32::from_str_radix(min, 16).ok() == Some(minor)
-            && inode.parse::<u64>().ok() == Some(ino);
-        if same && let Ok(pid) = pid.parse() {
-            held.push(HeldLock { pid });
-        }
-    }
-    held
+        let (maj, min, inode) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((
+            u32::from_str_radix(maj, 16).ok()?,
+            u32::from_str_radix(min, 16).ok()?,
+            inode.parse().ok()?,
+            pid.parse().ok()?,
+        ))
+    })
 }
 
 /// A process that holds a flock through a descriptor of its own: it has the locked open
@@ -474,8 +506,46 @@ mod tests {
 3: FLOCK  ADVISORY  WRITE 77 fd:01:556 0 EOF
 4: OFDLCK ADVISORY  WRITE -1 fd:01:555 0 EOF
 ";
-        assert_eq!(parse_locks(text, dev, 555), vec![HeldLock { pid: 4242 }]);
-        assert_eq!(parse_locks(text, dev, 557), vec![]);
+        let mut flocks: Vec<_> = flock_lines(text).collect();
+        flocks.sort_unstable();
+        let snapshot = LocksSnapshot {
+            flocks: Some(flocks).into(),
+        };
+        assert_eq!(
+            snapshot.flock_holders(dev, 555),
+            Some(vec![HeldLock { pid: 4242 }])
+        );
+        assert_eq!(
+            snapshot.flock_holders(dev, 556),
+            Some(vec![HeldLock { pid: 77 }])
+        );
+        assert_eq!(snapshot.flock_holders(dev, 557), Some(vec![]));
+    }
+
+    #[test]
+    fn a_snapshot_names_the_holder_of_each_of_many_locks() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let files: Vec<_> = (0..3)
+            .map(|i| {
+                let f = std::fs::File::create(tmp.path().join(i.to_string())).unwrap();
+                crate::sys::flock(std::os::fd::AsFd::as_fd(&f), crate::sys::FlockOp::Exclusive)
+                    .unwrap();
+                f
+            })
+            .collect();
+        let free = std::fs::File::create(tmp.path().join("free")).unwrap();
+        let snapshot = LocksSnapshot::default();
+        let me = std::process::id();
+        for f in &files {
+            let m = f.metadata().unwrap();
+            assert_eq!(
+                snapshot.flock_holders(m.dev(), m.ino()),
+                Some(vec![HeldLock { pid: me }])
+            );
+        }
+        let m = free.metadata().unwrap();
+        assert_eq!(snapshot.flock_holders(m.dev(), m.ino()), Some(vec![]));
     }
 
     #[test]
