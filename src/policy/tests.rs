@@ -331,15 +331,6 @@ fn defaults() {
 }
 
 #[test]
-fn every_key_has_a_section_entry() {
-    let from_sections: Vec<String> = SECTIONS
-        .iter()
-        .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
-        .collect();
-    assert_eq!(from_sections, KEYS.to_vec());
-}
-
-#[test]
 fn file_overrides_defaults_and_flags_override_file() {
     let path = PathBuf::from("/etc/ralph/supervise.toml");
     let keys = [

@@ -1,0 +1,471 @@
+//! The kinds of value a key holds: each a type serde reads (a newtype checked by
+//! `try_from`, with a message and a hint for each mistake), and a [`Kind`] that says
+//! what the man page calls it, what a value of the wrong type is told, and how the
+//! value is shown as TOML. Kinds whose rules belong to another room live there
+//! (`crate::limits`, `crate::fleet_settings`) and are only named here.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, DeserializeOwned, DeserializeSeed, Deserializer, Visitor};
+
+use super::show::{quoted, toml_key};
+use crate::fleet_settings::{ENDPOINT, Endpoints, FleetKey, FleetTtl, TlsFile};
+use crate::limits::{CPU, Cpu, CpuMax, MEMORY, Memory, MemoryMax, PIDS, Pids, PidsMax};
+use crate::present::short_duration as format_duration;
+use crate::supervisor::machine::ExitRule;
+
+/// How a key's value is read, checked and shown. `DOC` names the type in the man page;
+/// `EXPECTED` is what a value of another type is told it must be, and `hint` what to
+/// write instead (for the value, or for one entry or item of it); `show` is `None`
+/// when unset.
+pub(crate) trait Kind: DeserializeOwned {
+    type Out: Clone;
+    const DOC: &'static str;
+    const EXPECTED: &'static str;
+    const VALUES: &'static [(&'static str, &'static str)] = &[];
+    /// A table whose flag takes one entry per use, written like this (`CODE=ACTION`);
+    /// each use adds its entry over the file's.
+    const ENTRY: Option<&'static str> = None;
+    fn hint(item: Option<&str>) -> String;
+    fn out(self) -> Self::Out;
+    fn show(value: &Self::Out) -> Option<String>;
+    /// Puts a value read over the one there: replaces it (a table of entries adds them).
+    fn merge(into: &mut Self::Out, value: Self::Out) {
+        *into = value;
+    }
+}
+
+/// A closed set of keywords (declared with `keywords!`): every value, in documentation
+/// order, with its spelling and meaning.
+pub(crate) trait Keyword: Copy + PartialEq + Send + Sync + 'static {
+    const ALL: &'static [Self];
+    const VALUES: &'static [(&'static str, &'static str)];
+    fn as_str(self) -> &'static str {
+        Self::VALUES[Self::ALL.iter().position(|v| *v == self).unwrap_or(0)].0
+    }
+    fn parse(text: &str) -> Result<Self, String> {
+        let found = Self::ALL.iter().copied().find(|v| v.as_str() == text);
+        found.ok_or_else(|| format!("{text:?} is not valid; expected one of {}", Self::list()))
+    }
+    fn list() -> String {
+        let names: Vec<&str> = Self::VALUES.iter().map(|(name, _)| *name).collect();
+        names.join(", ")
+    }
+}
+impl<K: Keyword + DeserializeOwned> Kind for K {
+    type Out = K;
+    const DOC: &'static str = "string";
+    const EXPECTED: &'static str = "a string";
+    const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
+    fn hint(_: Option<&str>) -> String {
+        format!("write one of {}, in quotes", K::list())
+    }
+    fn out(self) -> K {
+        self
+    }
+    fn show(value: &K) -> Option<String> {
+        Some(quoted(value.as_str()))
+    }
+}
+impl<K: Kind> Kind for Option<K> {
+    type Out = Option<K::Out>;
+    const DOC: &'static str = K::DOC;
+    const EXPECTED: &'static str = K::EXPECTED;
+    const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
+    fn hint(item: Option<&str>) -> String {
+        K::hint(item)
+    }
+    fn out(self) -> Self::Out {
+        self.map(K::out)
+    }
+    fn show(value: &Self::Out) -> Option<String> {
+        value.as_ref().and_then(K::show)
+    }
+}
+/// `Newtype => Out, "man page type", "expected", hint, |x| shown;` for kinds that are a
+/// newtype over their value.
+macro_rules! kinds {
+    ($($ty:ty => $out:ty, $doc:literal, $expected:literal, $hint:expr, |$x:ident| $show:expr;)+) => {$(
+        impl Kind for $ty {
+            type Out = $out;
+            const DOC: &'static str = $doc;
+            const EXPECTED: &'static str = $expected;
+            fn hint(_: Option<&str>) -> String { $hint.into() }
+            fn out(self) -> $out { self.0 }
+            fn show($x: &$out) -> Option<String> { Some($show) }
+        }
+    )+};
+}
+/// Declares newtypes read through `try_from` a plain value: `Name(Out) from Raw;`.
+macro_rules! newtypes {
+    ($($name:ident($out:ty) from $raw:literal;)+) => {$(
+        #[derive(serde::Deserialize)]
+        #[serde(try_from = $raw)]
+        pub(crate) struct $name(pub(crate) $out);
+    )+};
+}
+newtypes! {
+    Dur(Duration) from "String";
+    NonZeroDur(Duration) from "String";
+    ExitCode(u8) from "i64";
+    Restarts(u32) from "i64";
+    Dir(PathBuf) from "String";
+    BranchPrefix(String) from "String";
+    Signal(i32) from "Text";
+    Glob(String) from "String";
+    EnvValue(String) from "String";
+    Action(ExitRule) from "String";
+}
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Bool(bool);
+#[derive(serde::Deserialize)]
+#[serde(from = "Vec<Glob>")]
+pub(crate) struct Globs(Vec<String>);
+impl From<Vec<Glob>> for Globs {
+    fn from(globs: Vec<Glob>) -> Globs {
+        Globs(globs.into_iter().map(|glob| glob.0).collect())
+    }
+}
+
+pub(crate) const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
+const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
+const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
+const ARGV: &str = "write the program and its arguments as an array, like [\"make\", \"up\"]";
+const GLOBS: &str =
+    "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
+const EXIT_ACTION: &str = "write \"stop\", \"restart\" or a delay like \"30m\"";
+const EXIT_STATUS: &str =
+    "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
+
+kinds! {
+    Dur => Duration, "duration", "a duration string", DURATION, |d| quoted(&format_duration(*d));
+    NonZeroDur => Duration, "duration, more than 0", "a duration string", DURATION, |d| quoted(&format_duration(*d));
+    Bool => bool, "boolean", "true or false", "write true or false, without quotes", |b| b.to_string();
+    ExitCode => u8, "integer, 1 to 255", "an integer", format!("write {EXIT_CODE}, without quotes"), |code| code.to_string();
+    Restarts => u32, "integer, 0 or more", "an integer", "write a number of restarts (0 or more), without quotes", |max| max.to_string();
+    Dir => PathBuf, "string", "a string", "write a directory in quotes, like \".worktrees\"", |dir| quoted(&dir.to_string_lossy());
+    BranchPrefix => String, "string", "a string", "write a prefix in quotes, like \"ralph/\"", |prefix| quoted(prefix);
+    Signal => i32, "string or integer", "a signal name or number", SIGNAL, |signal| quoted(&crate::signals::name(*signal));
+    Argv => Vec<String>, "array of strings", "an array of strings", ARGV, |argv| strings(argv);
+    Globs => Vec<String>, "array of strings", "an array of strings", GLOBS, |globs| strings(globs);
+    MemoryMax => Memory, "string or integer (bytes)", "a string", MEMORY, |m| quoted(&m.to_string());
+    PidsMax => Pids, "integer or \"max\"", "a string", PIDS, |p| match p { Pids::Count(n) => n.to_string(), Pids::Max => quoted("max") };
+    CpuMax => Cpu, "string", "a string", CPU, |c| quoted(&c.to_string());
+    Endpoints => Vec<String>, "array of strings", "an array of URLs", ENDPOINT, |urls| strings(urls);
+    FleetKey => String, "string", "a string", "write a key in quotes, like \"acme/api/main\"", |key| quoted(key);
+    FleetTtl => Duration, "duration, at least 2s", "a duration string", DURATION, |d| quoted(&format_duration(*d));
+    TlsFile => PathBuf, "string (a file)", "a string", "write the PEM file's path in quotes", |path| quoted(&path.to_string_lossy());
+}
+
+impl TryFrom<String> for Dur {
+    type Error = String;
+    fn try_from(text: String) -> Result<Dur, String> {
+        humantime::parse_duration(text.trim())
+            .map(Dur)
+            .map_err(|e| {
+                let why = e.to_string(); // without the unit table humantime appends: the hint suffices
+                let why = why.split(", supported units").next().unwrap_or_default();
+                format!("{text:?} is not a duration ({why}); {DURATION}")
+            })
+    }
+}
+impl TryFrom<String> for NonZeroDur {
+    type Error = String;
+    fn try_from(text: String) -> Result<NonZeroDur, String> {
+        match Dur::try_from(text.clone())? {
+            Dur(d) if d.is_zero() => Err(format!(
+                "{text:?} is zero; {DURATION}, or leave the key out"
+            )),
+            Dur(d) => Ok(NonZeroDur(d)),
+        }
+    }
+}
+impl TryFrom<i64> for ExitCode {
+    type Error = String;
+    fn try_from(code: i64) -> Result<ExitCode, String> {
+        let out_of_range = || format!("{code} is out of range; use {EXIT_CODE}");
+        u8::try_from(code)
+            .ok()
+            .filter(|c| *c != 0)
+            .map(ExitCode)
+            .ok_or_else(out_of_range)
+    }
+}
+impl TryFrom<i64> for Restarts {
+    type Error = String;
+    fn try_from(max: i64) -> Result<Restarts, String> {
+        let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
+        u32::try_from(max)
+            .map(Restarts)
+            .map_err(|_| format!("{max} is out of range; {use_}"))
+    }
+}
+impl TryFrom<String> for Dir {
+    type Error = &'static str;
+    fn try_from(dir: String) -> Result<Dir, &'static str> {
+        match dir.as_str() {
+            "" => Err("the directory is empty; use a directory like \".worktrees\""),
+            _ => Ok(Dir(PathBuf::from(dir))),
+        }
+    }
+}
+impl TryFrom<String> for BranchPrefix {
+    type Error = String;
+    fn try_from(prefix: String) -> Result<BranchPrefix, String> {
+        match crate::worktree::id::branch_prefix_problem(&prefix) {
+            None => Ok(BranchPrefix(prefix)),
+            Some(why) => Err(format!(
+                "{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\""
+            )),
+        }
+    }
+}
+impl TryFrom<Text> for Signal {
+    type Error = String;
+    fn try_from(text: Text) -> Result<Signal, String> {
+        let (parsed, what) = match &text {
+            Text::Str(name) => (
+                crate::signals::parse(name),
+                format!("{name:?} is not a signal"),
+            ),
+            Text::Int(n) => (
+                crate::signals::parse(&n.to_string()),
+                format!("{n} is not a signal number"),
+            ),
+        };
+        parsed
+            .map(|s| Signal(s as i32))
+            .map_err(|_| format!("{what}; {SIGNAL}"))
+    }
+}
+impl TryFrom<String> for Glob {
+    type Error = String;
+    fn try_from(text: String) -> Result<Glob, String> {
+        match crate::worktree::copy::check_glob(&text) {
+            Ok(()) => Ok(Glob(text)),
+            Err(why) => Err(format!("{text:?} is not a usable glob ({why}); {GLOBS}")),
+        }
+    }
+}
+
+/// A value that may be a string or an integer (a signal, a limit): read by hand, as
+/// serde's untagged enums would lose the reason a value is refused.
+pub(crate) enum Text {
+    Str(String),
+    Int(i64),
+}
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
+                Ok(Text::Str(text.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+                Ok(Text::Int(n))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[hooks] on_start` / `on_exit`: a program and its arguments, not empty.
+pub(crate) struct Argv(Vec<String>);
+impl<'de> Deserialize<'de> for Argv {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Argv, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Argv;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of strings")
+            }
+            fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Argv, S::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element_seed(Arg(argv.is_empty()))? {
+                    argv.push(arg);
+                }
+                match argv.is_empty() {
+                    true => Err(de::Error::custom(format!(
+                        "the array is empty; {ARGV}, or leave the key out"
+                    ))),
+                    false => Ok(Argv(argv)),
+                }
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+/// One word of an [`Argv`]; the first is the program.
+struct Arg(bool);
+impl<'de> DeserializeSeed<'de> for Arg {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            _ if text.contains('\0') => {
+                Err(de::Error::custom("it contains a NUL character; remove it"))
+            }
+            "" if self.0 => Err(de::Error::custom(
+                "the program name is empty; name a program, like \"make\"",
+            )),
+            _ => Ok(text),
+        }
+    }
+}
+
+/// The variables ralph-supervise sets or removes for the command itself, after `[run.env]`
+/// (`run.rs`, `supervisor::spawn`): a value for them there would be silently lost.
+const OWN_ENV: [&str; 7] = [
+    "RALPH_LOCK_FD",
+    "RALPH_WORKSPACE_ROOT",
+    "RALPH_LOOP_INDEX",
+    "RALPH_FENCING_TOKEN",
+    "RALPH_SUPERVISE_ETCD_USER",
+    "RALPH_SUPERVISE_ETCD_PASSWORD",
+    "NOTIFY_SOCKET",
+];
+/// `[run.env]`: `NAME = "value"` lines.
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Env(BTreeMap<EnvName, EnvValue>);
+#[derive(serde::Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(try_from = "String")]
+pub(crate) struct EnvName(String);
+impl TryFrom<String> for EnvName {
+    type Error = String;
+    fn try_from(name: String) -> Result<EnvName, String> {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            let use_ = "use a name without = or NUL, like RUST_LOG";
+            return Err(format!("{name:?} is not a usable variable name; {use_}"));
+        }
+        if OWN_ENV.contains(&name.as_str()) {
+            return Err(format!(
+                "{name} is ralph-supervise's to set (or remove) for every run, over [run.env]; remove it"
+            ));
+        }
+        Ok(EnvName(name))
+    }
+}
+impl TryFrom<String> for EnvValue {
+    type Error = &'static str;
+    fn try_from(text: String) -> Result<EnvValue, &'static str> {
+        match text.contains('\0') {
+            true => Err("the value contains a NUL character; remove it"),
+            false => Ok(EnvValue(text)),
+        }
+    }
+}
+impl Kind for Env {
+    type Out = BTreeMap<String, String>;
+    const DOC: &'static str = "table of strings";
+    const EXPECTED: &'static str = "a table";
+    fn hint(item: Option<&str>) -> String {
+        match item {
+            None => "write a [run.env] section with lines like NAME = \"value\"".into(),
+            Some(name) => format!("write the value in quotes, like {} = \"1\"", toml_key(name)),
+        }
+    }
+    fn out(self) -> Self::Out {
+        self.0.into_iter().map(|(k, v)| (k.0, v.0)).collect()
+    }
+    fn show(env: &Self::Out) -> Option<String> {
+        Some(inline_table(
+            env.iter().map(|(k, v)| (k.clone(), quoted(v))),
+        ))
+    }
+}
+
+/// `[restart.exit]`: `CODE = "stop" | "restart" | "<delay>"`, CODE from 0 to 255.
+pub(crate) struct ExitActions(BTreeMap<u8, ExitRule>);
+impl<'de> Deserialize<'de> for ExitActions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ExitActions, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ExitActions;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<ExitActions, M::Error> {
+                let mut actions = BTreeMap::new();
+                while let Some(code) = map.next_key_seed(Code(&actions))? {
+                    let Action(rule) = map.next_value()?;
+                    actions.insert(code, rule);
+                }
+                Ok(ExitActions(actions))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+/// An exit code as a `[restart.exit]` key, not given before.
+struct Code<'a>(&'a BTreeMap<u8, ExitRule>);
+impl<'de> DeserializeSeed<'de> for Code<'_> {
+    type Value = u8;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u8, D::Error> {
+        let name = String::deserialize(d)?;
+        let digits = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+        let code = match name.parse::<u32>().ok().filter(|_| digits) {
+            Some(code) => u8::try_from(code).map_err(|_| format!("{code} is out of range")),
+            None if digits => Err(format!("{name} is out of range")),
+            None => Err(format!("{name:?} is not an exit code")),
+        };
+        let code = code.map_err(|e| de::Error::custom(format!("{e}; {EXIT_STATUS}")))?;
+        match self.0.contains_key(&code) {
+            true => Err(de::Error::custom(format!(
+                "exit code {code} is given twice; keep one"
+            ))),
+            false => Ok(code),
+        }
+    }
+}
+impl TryFrom<String> for Action {
+    type Error = String;
+    fn try_from(text: String) -> Result<Action, String> {
+        let not = |_| format!("{text:?} is not an action; {EXIT_ACTION}");
+        text.trim().parse().map(Action).map_err(not)
+    }
+}
+impl Kind for ExitActions {
+    type Out = BTreeMap<u8, ExitRule>;
+    const DOC: &'static str = "table of exit actions";
+    const EXPECTED: &'static str = "a table";
+    const ENTRY: Option<&'static str> = Some("CODE=ACTION");
+    fn hint(item: Option<&str>) -> String {
+        let table = "write a [restart.exit] section with lines like 75 = \"30m\"";
+        item.map_or(table, |_| EXIT_ACTION).into()
+    }
+    fn out(self) -> Self::Out {
+        self.0
+    }
+    fn show(actions: &Self::Out) -> Option<String> {
+        // None: not set, every exit status follows `restart.policy`.
+        let pair = |(code, rule): (&u8, &ExitRule)| (code.to_string(), quoted(&rule.to_string()));
+        (!actions.is_empty()).then(|| inline_table(actions.iter().map(pair)))
+    }
+    fn merge(into: &mut Self::Out, value: Self::Out) {
+        into.extend(value);
+    }
+}
+
+/// A TOML array of strings: `["a", "b"]`.
+fn strings(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|s| quoted(s)).collect();
+    format!("[{}]", items.join(", "))
+}
+/// An inline TOML table, `{ a = 1, b = 2 }`, of keys and values already written as TOML.
+fn inline_table(pairs: impl Iterator<Item = (String, String)>) -> String {
+    let pairs: Vec<String> = pairs
+        .map(|(k, v)| format!("{} = {v}", toml_key(&k)))
+        .collect();
+    match pairs.is_empty() {
+        true => "{}".into(),
+        false => format!("{{ {} }}", pairs.join(", ")),
+    }
+}
