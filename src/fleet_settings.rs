@@ -1,87 +1,49 @@
-//! The settings of fleet mode (`src/fleet/`, the `fleet` feature): etcd endpoints, the
-//! lock key, the lease's time to live, TLS files, each with its rules. They are compiled
-//! in every build, so that a policy file's `[fleet]` section reads the same whatever the
+//! The settings of fleet mode (`src/fleet/`, the `fleet` feature) and their rules: etcd
+//! endpoints, the lock key, the lease's time to live, TLS files. They are compiled in
+//! every build, so that a policy file's `[fleet]` section reads the same whatever the
 //! binary was built with; only `run` needs the feature to act on them.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
-
-use crate::policy::Dur;
 use crate::present::short_duration as format_duration;
-
-/// `[fleet] endpoints`: etcd client URLs (on the command line, one comma-separated string).
-pub(crate) struct Endpoints(pub(crate) Vec<String>);
-/// `[fleet] key`: the fleet lock's key.
-#[derive(serde::Deserialize)]
-#[serde(try_from = "String")]
-pub(crate) struct FleetKey(pub(crate) String);
-/// `[fleet] ttl`: a duration of at least [`MIN_TTL`].
-#[derive(serde::Deserialize)]
-#[serde(try_from = "String")]
-pub(crate) struct FleetTtl(pub(crate) Duration);
-/// `[fleet] tls_*`: a file that exists.
-#[derive(serde::Deserialize)]
-#[serde(try_from = "String")]
-pub(crate) struct TlsFile(pub(crate) PathBuf);
 
 /// The shortest lease: below it a keep-alive round trip and a stop grace do not fit.
 pub(crate) const MIN_TTL: Duration = Duration::from_secs(2);
 pub(crate) const ENDPOINT: &str = "write URLs like \"http://etcd-1.example:2379\"";
 
-/// One endpoint, checked: `"http://host:port"`, without a trailing slash.
-struct Endpoint(String);
-impl TryFrom<&str> for Endpoint {
-    type Error = String;
-    fn try_from(text: &str) -> Result<Endpoint, String> {
-        match check_endpoint(text) {
-            Ok(()) => Ok(Endpoint(text.trim_end_matches('/').to_string())),
-            // A URL with a password in it is not repeated.
-            Err(why) => {
-                let shown = match text.contains('@') {
-                    true => "the URL".to_string(),
-                    false => format!("{text:?}"),
-                };
-                Err(format!("{shown} is not an etcd URL ({why}); {ENDPOINT}"))
-            }
+/// An etcd client URL, checked, without a trailing slash.
+pub(crate) fn endpoint(text: &str) -> Result<String, String> {
+    match check_endpoint(text) {
+        Ok(()) => Ok(text.trim_end_matches('/').to_string()),
+        // A URL with a password in it is not repeated.
+        Err(why) => {
+            let shown = match text.contains('@') {
+                true => "the URL".to_string(),
+                false => format!("{text:?}"),
+            };
+            Err(format!("{shown} is not an etcd URL ({why}); {ENDPOINT}"))
         }
     }
 }
-impl<'de> Deserialize<'de> for Endpoint {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> {
-        Endpoint::try_from(String::deserialize(d)?.as_str()).map_err(de::Error::custom)
+
+/// The lease's time to live: at least [`MIN_TTL`].
+pub(crate) fn ttl(ttl: Duration) -> Result<Duration, String> {
+    match ttl < MIN_TTL {
+        true => Err(format!(
+            "{:?} is under 2s; use a lease of at least \"2s\" (\"10s\" is usual)",
+            format_duration(ttl)
+        )),
+        false => Ok(ttl),
     }
 }
-impl<'de> Deserialize<'de> for Endpoints {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Endpoints, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Vec<String>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array of URLs")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<String>, E> {
-                let url = |t: &str| Endpoint::try_from(t.trim()).map(|e| e.0);
-                text.split(',')
-                    .map(url)
-                    .collect::<Result<_, _>>()
-                    .map_err(E::custom)
-            }
-            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<String>, S::Error> {
-                let mut urls = Vec::new();
-                while let Some(Endpoint(url)) = seq.next_element()? {
-                    urls.push(url);
-                }
-                Ok(urls)
-            }
-        }
-        match d.deserialize_any(V)? {
-            urls if urls.is_empty() => Err(de::Error::custom(format!(
-                "the array is empty; {ENDPOINT}, or leave the key out"
-            ))),
-            urls => Ok(Endpoints(urls)),
-        }
+
+/// A TLS file (a CA, a client certificate or key): it must exist.
+pub(crate) fn tls_file(path: &str) -> Result<PathBuf, String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(PathBuf::from(path)),
+        Ok(_) => Err(format!("{path:?} is not a file; name a PEM file")),
+        Err(e) => Err(format!("{path:?}: {e}; name a PEM file that exists")),
     }
 }
 
@@ -126,41 +88,6 @@ pub(crate) fn check_fleet_key(key: &str) -> Result<(), String> {
         Err("it may not start or end with / or contain //".into())
     } else {
         Ok(())
-    }
-}
-
-impl TryFrom<String> for FleetKey {
-    type Error = String;
-    fn try_from(key: String) -> Result<FleetKey, String> {
-        match check_fleet_key(&key) {
-            Ok(()) => Ok(FleetKey(key)),
-            Err(why) => Err(format!("{key:?} is not a usable key ({why})")),
-        }
-    }
-}
-
-impl TryFrom<String> for FleetTtl {
-    type Error = String;
-    fn try_from(text: String) -> Result<FleetTtl, String> {
-        let Dur(ttl) = Dur::try_from(text)?;
-        if ttl < MIN_TTL {
-            let text = format_duration(ttl);
-            return Err(format!(
-                "{text:?} is under 2s; use a lease of at least \"2s\" (\"10s\" is usual)"
-            ));
-        }
-        Ok(FleetTtl(ttl))
-    }
-}
-
-impl TryFrom<String> for TlsFile {
-    type Error = String;
-    fn try_from(path: String) -> Result<TlsFile, String> {
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => Ok(TlsFile(PathBuf::from(path))),
-            Ok(_) => Err(format!("{path:?} is not a file; name a PEM file")),
-            Err(e) => Err(format!("{path:?}: {e}; name a PEM file that exists")),
-        }
     }
 }
 

@@ -1,12 +1,11 @@
 //! Resource limits of a loop's cgroup, in systemd's spellings: `MemoryMax=` (`"512M"`,
 //! `"2G"`, `"50%"`, `"max"`), `TasksMax=` (an integer or `"max"`), `CPUQuota=`
-//! (`"150%"`). The policy's `[limits]` keys read them ([`MemoryMax`], [`PidsMax`],
-//! [`CpuMax`]: a bad value is `file:line:col`, exit 78); [`crate::containment`] writes
-//! them to the loop's cgroup as `memory.max`, `pids.max` and `cpu.max`.
+//! (`"150%"`). The policy's `[limits]` keys are read with them (a bad value is
+//! `file:line:col`, exit 78); [`crate::containment`] writes them to the loop's cgroup as
+//! `memory.max`, `pids.max` and `cpu.max`.
 
 use std::fmt;
-
-use crate::policy::Text;
+use std::str::FromStr;
 
 /// A memory limit: bytes, a share of the machine's memory, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,78 +30,72 @@ pub(crate) enum Cpu {
     Max,
 }
 
-/// `[limits] memory_max`, `pids_max`, `cpu_max` as the policy file writes them.
-#[derive(serde::Deserialize)]
-#[serde(try_from = "Text")]
-pub(crate) struct MemoryMax(pub(crate) Memory);
-#[derive(serde::Deserialize)]
-#[serde(try_from = "Text")]
-pub(crate) struct PidsMax(pub(crate) Pids);
-#[derive(serde::Deserialize)]
-#[serde(try_from = "String")]
-pub(crate) struct CpuMax(pub(crate) Cpu);
-
 pub(crate) const MEMORY: &str = "write a size like \"512M\" or \"2G\" (K, M, G, T: powers of 1024), a share of the memory like \"50%\", or \"max\"";
 pub(crate) const PIDS: &str = "write a number of processes like 512, or \"max\"";
 pub(crate) const CPU: &str =
     "write a share of one CPU like \"50%\" or \"150%\" (1.5 CPUs), or \"max\"";
 
-impl TryFrom<Text> for MemoryMax {
-    type Error = String;
-    fn try_from(value: Text) -> Result<MemoryMax, String> {
-        let text = match value {
-            Text::Int(bytes) => {
-                let usable = u64::try_from(bytes).ok().filter(|b| *b > 0);
-                let bad = || format!("{bytes} is not a usable size; {MEMORY}");
-                return usable.map(|b| MemoryMax(Memory::Bytes(b))).ok_or_else(bad);
-            }
-            Text::Str(text) => text.trim().to_string(),
-        };
-        if unlimited(&text) {
-            return Ok(MemoryMax(Memory::Max));
+impl Memory {
+    /// A number of bytes, more than 0.
+    pub(crate) fn bytes(n: i64) -> Result<Memory, String> {
+        let usable = u64::try_from(n).ok().filter(|b| *b > 0);
+        usable
+            .map(Memory::Bytes)
+            .ok_or_else(|| format!("{n} is not a usable size; {MEMORY}"))
+    }
+}
+impl FromStr for Memory {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Memory, String> {
+        let text = text.trim();
+        if unlimited(text) {
+            return Ok(Memory::Max);
         }
         if text.ends_with('%') {
-            return match percent(&text) {
-                Some(p @ 1..=10000) => Ok(MemoryMax(Memory::Permyriad(p as u32))),
+            return match percent(text) {
+                Some(p @ 1..=10000) => Ok(Memory::Permyriad(p as u32)),
                 _ => Err(format!(
                     "{text:?} is not a share of the memory (more than 0 %, at most 100 %); {MEMORY}"
                 )),
             };
         }
-        match parse_size(&text) {
-            Some(b) if b > 0 => Ok(MemoryMax(Memory::Bytes(b))),
+        match parse_size(text) {
+            Some(b) if b > 0 => Ok(Memory::Bytes(b)),
             _ => Err(format!("{text:?} is not a size; {MEMORY}")),
         }
     }
 }
 
-impl TryFrom<Text> for PidsMax {
-    type Error = String;
-    fn try_from(value: Text) -> Result<PidsMax, String> {
-        match value {
-            Text::Int(n) => (u64::try_from(n).ok().filter(|n| *n > 0))
-                .map(|n| PidsMax(Pids::Count(n)))
-                .ok_or_else(|| format!("{n} is not a usable number of processes; {PIDS}")),
-            Text::Str(text) => match text.trim() {
-                text if unlimited(text) => Ok(PidsMax(Pids::Max)),
-                text => match text.parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(PidsMax(Pids::Count(n))),
-                    _ => Err(format!("{text:?} is not a number of processes; {PIDS}")),
-                },
+impl Pids {
+    /// A number of processes, more than 0.
+    pub(crate) fn count(n: i64) -> Result<Pids, String> {
+        let usable = u64::try_from(n).ok().filter(|n| *n > 0);
+        let bad = || format!("{n} is not a usable number of processes; {PIDS}");
+        usable.map(Pids::Count).ok_or_else(bad)
+    }
+}
+impl FromStr for Pids {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Pids, String> {
+        match text.trim() {
+            text if unlimited(text) => Ok(Pids::Max),
+            text => match text.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Pids::Count(n)),
+                _ => Err(format!("{text:?} is not a number of processes; {PIDS}")),
             },
         }
     }
 }
 
-impl TryFrom<String> for CpuMax {
-    type Error = String;
-    fn try_from(text: String) -> Result<CpuMax, String> {
+impl FromStr for Cpu {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Cpu, String> {
         let text = text.trim();
         if unlimited(text) {
-            return Ok(CpuMax(Cpu::Max));
+            return Ok(Cpu::Max);
         }
         match percent(text) {
-            Some(p) if p > 0 && p <= 100 * 100 * 10_000 => Ok(CpuMax(Cpu::Permyriad(p))),
+            Some(p) if p > 0 && p <= 100 * 100 * 10_000 => Ok(Cpu::Permyriad(p)),
             _ => Err(format!("{text:?} is not a CPU share; {CPU}")),
         }
     }

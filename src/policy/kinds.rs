@@ -1,18 +1,19 @@
-//! The kinds of value a key holds: each a type serde reads (a newtype checked by
-//! `try_from`, with a message and a hint for each mistake), and a [`Kind`] that says
-//! what the man page calls it, what a value of the wrong type is told, and how the
-//! value is shown as TOML. Kinds whose rules belong to another room live there
-//! (`crate::limits`, `crate::fleet_settings`) and are only named here.
+//! The kinds of value a key holds: each a newtype serde reads as a plain value (a
+//! string, an integer, an array, a table) and then checks, with a message and a hint for
+//! each mistake; and its [`Kind`]: what the man page calls it, what a value of the wrong
+//! type is told, and how it is shown as TOML. The rules of limits and fleet settings are
+//! their rooms' own (`crate::limits`, `crate::fleet_settings`).
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, DeserializeOwned, DeserializeSeed, Deserializer, Visitor};
 
 use super::show::{quoted, toml_key};
-use crate::fleet_settings::{ENDPOINT, Endpoints, FleetKey, FleetTtl, TlsFile};
-use crate::limits::{CPU, Cpu, CpuMax, MEMORY, Memory, MemoryMax, PIDS, Pids, PidsMax};
+use crate::fleet_settings::{self as fleet, ENDPOINT};
+use crate::limits::{CPU, Cpu, MEMORY, Memory, PIDS, Pids};
 use crate::present::short_duration as format_duration;
 use crate::supervisor::machine::ExitRule;
 
@@ -84,11 +85,27 @@ impl<K: Kind> Kind for Option<K> {
         value.as_ref().and_then(K::show)
     }
 }
-/// `Newtype => Out, "man page type", "expected", hint, |x| shown;` for kinds that are a
-/// newtype over their value.
+
+/// `Name(Out) from Raw, |raw| checked;`: a newtype serde reads as `Raw`, then checks
+/// (`Err` is the message: what is wrong; what to write).
+macro_rules! checked {
+    ($($name:ident($out:ty) from $raw:ty, |$r:ident| $check:expr;)+) => {$(
+        pub(crate) struct $name(pub(crate) $out);
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                fn check($r: $raw) -> Result<$out, String> { $check }
+                check(<$raw>::deserialize(d)?).map($name).map_err(de::Error::custom)
+            }
+        }
+    )+};
+}
+/// `Name(Out) from Raw, "man page type", "expected", hint, |raw| checked, |value| shown;`:
+/// a [`checked!`] newtype that is a key's [`Kind`].
 macro_rules! kinds {
-    ($($ty:ty => $out:ty, $doc:literal, $expected:literal, $hint:expr, |$x:ident| $show:expr;)+) => {$(
-        impl Kind for $ty {
+    ($($name:ident($out:ty) from $raw:ty, $doc:literal, $expected:literal, $hint:expr,
+        |$r:ident| $check:expr, |$x:ident| $show:expr;)+) => {$(
+        checked! { $name($out) from $raw, |$r| $check; }
+        impl Kind for $name {
             type Out = $out;
             const DOC: &'static str = $doc;
             const EXPECTED: &'static str = $expected;
@@ -97,37 +114,6 @@ macro_rules! kinds {
             fn show($x: &$out) -> Option<String> { Some($show) }
         }
     )+};
-}
-/// Declares newtypes read through `try_from` a plain value: `Name(Out) from Raw;`.
-macro_rules! newtypes {
-    ($($name:ident($out:ty) from $raw:literal;)+) => {$(
-        #[derive(serde::Deserialize)]
-        #[serde(try_from = $raw)]
-        pub(crate) struct $name(pub(crate) $out);
-    )+};
-}
-newtypes! {
-    Dur(Duration) from "String";
-    NonZeroDur(Duration) from "String";
-    ExitCode(u8) from "i64";
-    Restarts(u32) from "i64";
-    Dir(PathBuf) from "String";
-    BranchPrefix(String) from "String";
-    Signal(i32) from "Text";
-    Glob(String) from "String";
-    EnvValue(String) from "String";
-    Action(ExitRule) from "String";
-}
-#[derive(serde::Deserialize)]
-#[serde(transparent)]
-pub(crate) struct Bool(bool);
-#[derive(serde::Deserialize)]
-#[serde(from = "Vec<Glob>")]
-pub(crate) struct Globs(Vec<String>);
-impl From<Vec<Glob>> for Globs {
-    fn from(globs: Vec<Glob>) -> Globs {
-        Globs(globs.into_iter().map(|glob| glob.0).collect())
-    }
 }
 
 pub(crate) const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
@@ -141,165 +127,157 @@ const EXIT_STATUS: &str =
     "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
 
 kinds! {
-    Dur => Duration, "duration", "a duration string", DURATION, |d| quoted(&format_duration(*d));
-    NonZeroDur => Duration, "duration, more than 0", "a duration string", DURATION, |d| quoted(&format_duration(*d));
-    Bool => bool, "boolean", "true or false", "write true or false, without quotes", |b| b.to_string();
-    ExitCode => u8, "integer, 1 to 255", "an integer", format!("write {EXIT_CODE}, without quotes"), |code| code.to_string();
-    Restarts => u32, "integer, 0 or more", "an integer", "write a number of restarts (0 or more), without quotes", |max| max.to_string();
-    Dir => PathBuf, "string", "a string", "write a directory in quotes, like \".worktrees\"", |dir| quoted(&dir.to_string_lossy());
-    BranchPrefix => String, "string", "a string", "write a prefix in quotes, like \"ralph/\"", |prefix| quoted(prefix);
-    Signal => i32, "string or integer", "a signal name or number", SIGNAL, |signal| quoted(&crate::signals::name(*signal));
-    Argv => Vec<String>, "array of strings", "an array of strings", ARGV, |argv| strings(argv);
-    Globs => Vec<String>, "array of strings", "an array of strings", GLOBS, |globs| strings(globs);
-    MemoryMax => Memory, "string or integer (bytes)", "a string", MEMORY, |m| quoted(&m.to_string());
-    PidsMax => Pids, "integer or \"max\"", "a string", PIDS, |p| match p { Pids::Count(n) => n.to_string(), Pids::Max => quoted("max") };
-    CpuMax => Cpu, "string", "a string", CPU, |c| quoted(&c.to_string());
-    Endpoints => Vec<String>, "array of strings", "an array of URLs", ENDPOINT, |urls| strings(urls);
-    FleetKey => String, "string", "a string", "write a key in quotes, like \"acme/api/main\"", |key| quoted(key);
-    FleetTtl => Duration, "duration, at least 2s", "a duration string", DURATION, |d| quoted(&format_duration(*d));
-    TlsFile => PathBuf, "string (a file)", "a string", "write the PEM file's path in quotes", |path| quoted(&path.to_string_lossy());
-}
-
-impl TryFrom<String> for Dur {
-    type Error = String;
-    fn try_from(text: String) -> Result<Dur, String> {
-        humantime::parse_duration(text.trim())
-            .map(Dur)
-            .map_err(|e| {
-                let why = e.to_string(); // without the unit table humantime appends: the hint suffices
-                let why = why.split(", supported units").next().unwrap_or_default();
-                format!("{text:?} is not a duration ({why}); {DURATION}")
-            })
-    }
-}
-impl TryFrom<String> for NonZeroDur {
-    type Error = String;
-    fn try_from(text: String) -> Result<NonZeroDur, String> {
-        match Dur::try_from(text.clone())? {
-            Dur(d) if d.is_zero() => Err(format!(
-                "{text:?} is zero; {DURATION}, or leave the key out"
-            )),
-            Dur(d) => Ok(NonZeroDur(d)),
-        }
-    }
-}
-impl TryFrom<i64> for ExitCode {
-    type Error = String;
-    fn try_from(code: i64) -> Result<ExitCode, String> {
-        let out_of_range = || format!("{code} is out of range; use {EXIT_CODE}");
-        u8::try_from(code)
-            .ok()
-            .filter(|c| *c != 0)
-            .map(ExitCode)
-            .ok_or_else(out_of_range)
-    }
-}
-impl TryFrom<i64> for Restarts {
-    type Error = String;
-    fn try_from(max: i64) -> Result<Restarts, String> {
+    Dur(Duration) from String, "duration", "a duration string", DURATION, |text| duration(&text), |d| quoted(&format_duration(*d));
+    NonZeroDur(Duration) from String, "duration, more than 0", "a duration string", DURATION, |text| match duration(&text)? {
+        d if d.is_zero() => Err(format!("{text:?} is zero; {DURATION}, or leave the key out")),
+        d => Ok(d),
+    }, |d| quoted(&format_duration(*d));
+    Bool(bool) from bool, "boolean", "true or false", "write true or false, without quotes", |b| Ok(b), |b| b.to_string();
+    ExitCode(u8) from i64, "integer, 1 to 255", "an integer", format!("write {EXIT_CODE}, without quotes"), |code| {
+        u8::try_from(code).ok().filter(|c| *c != 0).ok_or_else(|| format!("{code} is out of range; use {EXIT_CODE}"))
+    }, |code| code.to_string();
+    Restarts(u32) from i64, "integer, 0 or more", "an integer", "write a number of restarts (0 or more), without quotes", |max| {
         let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
-        u32::try_from(max)
-            .map(Restarts)
-            .map_err(|_| format!("{max} is out of range; {use_}"))
-    }
-}
-impl TryFrom<String> for Dir {
-    type Error = &'static str;
-    fn try_from(dir: String) -> Result<Dir, &'static str> {
-        match dir.as_str() {
-            "" => Err("the directory is empty; use a directory like \".worktrees\""),
-            _ => Ok(Dir(PathBuf::from(dir))),
-        }
-    }
-}
-impl TryFrom<String> for BranchPrefix {
-    type Error = String;
-    fn try_from(prefix: String) -> Result<BranchPrefix, String> {
+        u32::try_from(max).map_err(|_| format!("{max} is out of range; {use_}"))
+    }, |max| max.to_string();
+    Dir(PathBuf) from String, "string", "a string", "write a directory in quotes, like \".worktrees\"", |dir| match dir.as_str() {
+        "" => Err("the directory is empty; use a directory like \".worktrees\"".into()),
+        _ => Ok(PathBuf::from(dir)),
+    }, |dir| quoted(&dir.to_string_lossy());
+    BranchPrefix(String) from String, "string", "a string", "write a prefix in quotes, like \"ralph/\"", |prefix| {
         match crate::worktree::id::branch_prefix_problem(&prefix) {
-            None => Ok(BranchPrefix(prefix)),
-            Some(why) => Err(format!(
-                "{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\""
-            )),
+            None => Ok(prefix),
+            Some(why) => Err(format!("{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\"")),
         }
-    }
-}
-impl TryFrom<Text> for Signal {
-    type Error = String;
-    fn try_from(text: Text) -> Result<Signal, String> {
+    }, |prefix| quoted(prefix);
+    Signal(i32) from Text, "string or integer", "a signal name or number", SIGNAL, |text| {
         let (parsed, what) = match &text {
-            Text::Str(name) => (
-                crate::signals::parse(name),
-                format!("{name:?} is not a signal"),
-            ),
-            Text::Int(n) => (
-                crate::signals::parse(&n.to_string()),
-                format!("{n} is not a signal number"),
-            ),
+            Text::Str(name) => (crate::signals::parse(name), format!("{name:?} is not a signal")),
+            Text::Int(n) => (crate::signals::parse(&n.to_string()), format!("{n} is not a signal number")),
         };
-        parsed
-            .map(|s| Signal(s as i32))
-            .map_err(|_| format!("{what}; {SIGNAL}"))
-    }
-}
-impl TryFrom<String> for Glob {
-    type Error = String;
-    fn try_from(text: String) -> Result<Glob, String> {
-        match crate::worktree::copy::check_glob(&text) {
-            Ok(()) => Ok(Glob(text)),
-            Err(why) => Err(format!("{text:?} is not a usable glob ({why}); {GLOBS}")),
+        parsed.map(|s| s as i32).map_err(|_| format!("{what}; {SIGNAL}"))
+    }, |signal| quoted(&crate::signals::name(*signal));
+    Globs(Vec<String>) from Vec<Glob>, "array of strings", "an array of strings", GLOBS, |globs| {
+        Ok(globs.into_iter().map(|glob| glob.0).collect())
+    }, |globs| strings(globs);
+    MemoryMax(Memory) from Text, "string or integer (bytes)", "a string", MEMORY, |text| match text {
+        Text::Int(bytes) => Memory::bytes(bytes),
+        Text::Str(text) => text.parse(),
+    }, |memory| quoted(&memory.to_string());
+    PidsMax(Pids) from Text, "integer or \"max\"", "a string", PIDS, |text| match text {
+        Text::Int(n) => Pids::count(n),
+        Text::Str(text) => text.parse(),
+    }, |pids| match pids { Pids::Count(n) => n.to_string(), Pids::Max => quoted("max") };
+    CpuMax(Cpu) from String, "string", "a string", CPU, |text| text.parse(), |cpu| quoted(&cpu.to_string());
+    Endpoints(Vec<String>) from Urls, "array of strings", "an array of URLs", ENDPOINT, |urls| {
+        let urls = match urls {
+            Urls::Text(text) => text.split(',').map(|url| fleet::endpoint(url.trim())).collect::<Result<_, _>>()?,
+            Urls::List(urls) => urls.into_iter().map(|url| url.0).collect(),
+        };
+        match urls {
+            urls if Vec::is_empty(&urls) => Err(format!("the array is empty; {ENDPOINT}, or leave the key out")),
+            urls => Ok(urls),
         }
-    }
+    }, |urls| strings(urls);
+    FleetKey(String) from String, "string", "a string", "write a key in quotes, like \"acme/api/main\"", |key| {
+        fleet::check_fleet_key(&key).map_err(|why| format!("{key:?} is not a usable key ({why})"))?;
+        Ok(key)
+    }, |key| quoted(key);
+    FleetTtl(Duration) from String, "duration, at least 2s", "a duration string", DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
+    TlsFile(PathBuf) from String, "string (a file)", "a string", "write the PEM file's path in quotes", |path| fleet::tls_file(&path), |path| quoted(&path.to_string_lossy());
+}
+checked! {
+    Glob(String) from String, |text| match crate::worktree::copy::check_glob(&text) {
+        Ok(()) => Ok(text),
+        Err(why) => Err(format!("{text:?} is not a usable glob ({why}); {GLOBS}")),
+    };
+    Endpoint(String) from String, |url| fleet::endpoint(&url);
+    EnvValue(String) from String, |text| match text.contains('\0') {
+        true => Err("the value contains a NUL character; remove it".into()),
+        false => Ok(text),
+    };
+    Action(ExitRule) from String, |text| text.trim().parse().map_err(|_| format!("{text:?} is not an action; {EXIT_ACTION}"));
 }
 
-/// A value that may be a string or an integer (a signal, a limit): read by hand, as
-/// serde's untagged enums would lose the reason a value is refused.
+/// A human duration, `"1h30m"`.
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        let why = e.to_string(); // without the unit table humantime appends: the hint suffices
+        let why = why.split(", supported units").next().unwrap_or_default();
+        format!("{text:?} is not a duration ({why}); {DURATION}")
+    })
+}
+
+/// A value that may be a string or an integer (a signal, a limit), or the endpoints: a
+/// comma-separated string (from the command line) or an array. Read by hand, as serde's
+/// untagged enums would lose the reason a value is refused.
 pub(crate) enum Text {
     Str(String),
     Int(i64),
 }
+pub(crate) enum Urls {
+    Text(String),
+    List(Vec<Endpoint>),
+}
+struct Raw<T>(PhantomData<T>);
+impl Visitor<'_> for Raw<Text> {
+    type Value = Text;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string or an integer")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
+        Ok(Text::Str(text.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+        Ok(Text::Int(n))
+    }
+}
+impl<'de> Visitor<'de> for Raw<Urls> {
+    type Value = Urls;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of URLs")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Urls, E> {
+        Ok(Urls::Text(text.to_string()))
+    }
+    fn visit_seq<S: de::SeqAccess<'de>>(self, seq: S) -> Result<Urls, S::Error> {
+        Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Urls::List)
+    }
+}
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Text;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or an integer")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
-                Ok(Text::Str(text.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
-                Ok(Text::Int(n))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(Raw::<Text>(PhantomData))
+    }
+}
+impl<'de> Deserialize<'de> for Urls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Urls, D::Error> {
+        d.deserialize_any(Raw::<Urls>(PhantomData))
     }
 }
 
 /// `[hooks] on_start` / `on_exit`: a program and its arguments, not empty.
 pub(crate) struct Argv(Vec<String>);
+impl<'de> Visitor<'de> for Raw<Argv> {
+    type Value = Argv;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of strings")
+    }
+    fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Argv, S::Error> {
+        let mut argv = Vec::new();
+        while let Some(arg) = seq.next_element_seed(Arg(argv.is_empty()))? {
+            argv.push(arg);
+        }
+        match argv.is_empty() {
+            true => Err(de::Error::custom(format!(
+                "the array is empty; {ARGV}, or leave the key out"
+            ))),
+            false => Ok(Argv(argv)),
+        }
+    }
+}
 impl<'de> Deserialize<'de> for Argv {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Argv, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Argv;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array of strings")
-            }
-            fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Argv, S::Error> {
-                let mut argv = Vec::new();
-                while let Some(arg) = seq.next_element_seed(Arg(argv.is_empty()))? {
-                    argv.push(arg);
-                }
-                match argv.is_empty() {
-                    true => Err(de::Error::custom(format!(
-                        "the array is empty; {ARGV}, or leave the key out"
-                    ))),
-                    false => Ok(Argv(argv)),
-                }
-            }
-        }
-        d.deserialize_seq(V)
+        d.deserialize_seq(Raw::<Argv>(PhantomData))
     }
 }
 /// One word of an [`Argv`]; the first is the program.
@@ -337,7 +315,7 @@ const OWN_ENV: [&str; 7] = [
 pub(crate) struct Env(BTreeMap<EnvName, EnvValue>);
 #[derive(serde::Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(try_from = "String")]
-pub(crate) struct EnvName(String);
+struct EnvName(String);
 impl TryFrom<String> for EnvName {
     type Error = String;
     fn try_from(name: String) -> Result<EnvName, String> {
@@ -345,20 +323,11 @@ impl TryFrom<String> for EnvName {
             let use_ = "use a name without = or NUL, like RUST_LOG";
             return Err(format!("{name:?} is not a usable variable name; {use_}"));
         }
-        if OWN_ENV.contains(&name.as_str()) {
-            return Err(format!(
+        match OWN_ENV.contains(&name.as_str()) {
+            true => Err(format!(
                 "{name} is ralph-supervise's to set (or remove) for every run, over [run.env]; remove it"
-            ));
-        }
-        Ok(EnvName(name))
-    }
-}
-impl TryFrom<String> for EnvValue {
-    type Error = &'static str;
-    fn try_from(text: String) -> Result<EnvValue, &'static str> {
-        match text.contains('\0') {
-            true => Err("the value contains a NUL character; remove it"),
-            false => Ok(EnvValue(text)),
+            )),
+            false => Ok(EnvName(name)),
         }
     }
 }
@@ -384,24 +353,23 @@ impl Kind for Env {
 
 /// `[restart.exit]`: `CODE = "stop" | "restart" | "<delay>"`, CODE from 0 to 255.
 pub(crate) struct ExitActions(BTreeMap<u8, ExitRule>);
+impl<'de> Visitor<'de> for Raw<ExitActions> {
+    type Value = ExitActions;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a table")
+    }
+    fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<ExitActions, M::Error> {
+        let mut actions = BTreeMap::new();
+        while let Some(code) = map.next_key_seed(Code(&actions))? {
+            let Action(rule) = map.next_value()?;
+            actions.insert(code, rule);
+        }
+        Ok(ExitActions(actions))
+    }
+}
 impl<'de> Deserialize<'de> for ExitActions {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ExitActions, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ExitActions;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a table")
-            }
-            fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<ExitActions, M::Error> {
-                let mut actions = BTreeMap::new();
-                while let Some(code) = map.next_key_seed(Code(&actions))? {
-                    let Action(rule) = map.next_value()?;
-                    actions.insert(code, rule);
-                }
-                Ok(ExitActions(actions))
-            }
-        }
-        d.deserialize_map(V)
+        d.deserialize_map(Raw::<ExitActions>(PhantomData))
     }
 }
 /// An exit code as a `[restart.exit]` key, not given before.
@@ -425,13 +393,6 @@ impl<'de> DeserializeSeed<'de> for Code<'_> {
         }
     }
 }
-impl TryFrom<String> for Action {
-    type Error = String;
-    fn try_from(text: String) -> Result<Action, String> {
-        let not = |_| format!("{text:?} is not an action; {EXIT_ACTION}");
-        text.trim().parse().map(Action).map_err(not)
-    }
-}
 impl Kind for ExitActions {
     type Out = BTreeMap<u8, ExitRule>;
     const DOC: &'static str = "table of exit actions";
@@ -451,6 +412,20 @@ impl Kind for ExitActions {
     }
     fn merge(into: &mut Self::Out, value: Self::Out) {
         into.extend(value);
+    }
+}
+impl Kind for Argv {
+    type Out = Vec<String>;
+    const DOC: &'static str = "array of strings";
+    const EXPECTED: &'static str = "an array of strings";
+    fn hint(_: Option<&str>) -> String {
+        ARGV.into()
+    }
+    fn out(self) -> Vec<String> {
+        self.0
+    }
+    fn show(argv: &Vec<String>) -> Option<String> {
+        Some(strings(argv))
     }
 }
 

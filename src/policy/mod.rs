@@ -15,10 +15,8 @@ use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::fleet_settings::{Endpoints, FleetKey, FleetTtl, TlsFile};
 #[cfg(test)]
 use crate::limits::{Cpu, Memory, Pids};
-use crate::limits::{CpuMax, MemoryMax, PidsMax};
 pub(crate) use kinds::*;
 pub use read::parse_str;
 pub(crate) use read::*;
