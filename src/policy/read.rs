@@ -4,21 +4,21 @@
 //! `file:line:col: key: what; what to do`; entries are visited in file order, so the
 //! first problem in the file is the one reported.
 
-use std::borrow::Cow;
 use std::fmt::{self, Display};
 use std::path::Path;
 
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::file::File;
 use super::show::{quoted, toml_key};
-use super::{Key, Policy, PolicyFile, key};
+use super::{Key, Policy, PolicyFile};
 use crate::exit::{ExitStatus, Failure};
 use crate::present::short_duration as format_duration;
 
-/// A complaint about the policy text. serde's derived code raises the middle three; the
+/// A complaint about the policy text. serde's derived code raises the last three; the
 /// [`De`] or the table entry that sees one puts the key and the place to it.
 #[derive(Debug)]
 pub(crate) enum Bad {
@@ -28,8 +28,8 @@ pub(crate) enum Bad {
     Rule(String),
     /// A value of another type (`invalid_type`): what was expected.
     Type(String),
-    /// A key no section (or no section of the file) has, and those there are.
-    Unknown(String, String),
+    /// A key no section (or no section of the file) has: the keys there are.
+    Unknown(String),
 }
 impl de::Error for Bad {
     fn custom<T: Display>(msg: T) -> Bad {
@@ -38,8 +38,8 @@ impl de::Error for Bad {
     fn invalid_type(_: de::Unexpected, expected: &dyn de::Expected) -> Bad {
         Bad::Type(expected.to_string())
     }
-    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Bad {
-        Bad::Unknown(field.to_string(), expected.join(", "))
+    fn unknown_field(_: &str, expected: &'static [&'static str]) -> Bad {
+        Bad::Unknown(expected.join(", "))
     }
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Bad {
         let list = expected.join(", ");
@@ -49,88 +49,109 @@ impl de::Error for Bad {
 impl Display for Bad {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            Bad::At(_, m) | Bad::Rule(m) | Bad::Type(m) | Bad::Unknown(m, _) => f.write_str(m),
+            Bad::At(_, m) | Bad::Rule(m) | Bad::Type(m) | Bad::Unknown(m) => f.write_str(m),
         }
     }
 }
 impl std::error::Error for Bad {}
 
-/// One TOML value being read: its path (`run.env.A`, `hooks.on_exit[1]`), the key it
-/// belongs to (none for a whole section) and, inside a key's table or array, the entry.
+/// One TOML value being read: its path (`stop.grace`, `run.env.A`, `hooks.on_exit[1]`)
+/// and the key it belongs to (none for the file or a whole section).
 #[derive(Clone)]
 pub(crate) struct De<'a, 'i> {
     path: String,
     key: Option<&'static Key>,
-    item: Option<String>,
     value: &'a Spanned<DeValue<'i>>,
 }
-impl De<'_, '_> {
-    /// Puts the path and the place to a complaint raised while reading this value.
-    fn locate(&self, bad: Bad) -> Bad {
-        let path = &self.path;
-        let msg = match bad {
-            Bad::Rule(what) => format!("{path}: {what}"),
-            Bad::Type(expected) => {
-                let found = a(self.value.get_ref().type_str());
-                let (expected, hint) = match self.key {
-                    Some(k) if self.item.is_none() => (k.expected, (k.hint)(None)),
-                    Some(k) => (expected.as_str(), (k.hint)(self.item.as_deref())),
-                    None => (expected.as_str(), String::new()),
+impl<'a, 'i> De<'a, 'i> {
+    fn new(path: String, key: Option<&'static Key>, value: &'a Spanned<DeValue<'i>>) -> Self {
+        let key = key.or_else(|| super::key(&path));
+        De { path, key, value }
+    }
+    /// Reads the value with `read`, then puts the path and the place to its complaint
+    /// (a `try_from`'s comes after the value was read, so it is put here).
+    fn read<T>(self, read: impl FnOnce(Self) -> Result<T, Bad>) -> Result<T, Bad> {
+        let (at, path, key, value) = (
+            self.value.span().start,
+            self.path.clone(),
+            self.key,
+            self.value,
+        );
+        let msg = match read(self) {
+            Err(Bad::Rule(what)) => format!("{path}: {what}"),
+            Err(Bad::Type(expected)) => {
+                // The key's own words for its value; an entry's or item's, with the key's hint.
+                let Some(key) = key else {
+                    return Err(Bad::Type(expected));
                 };
-                format!("{path} must be {expected}, found {found}; {hint}")
+                let item = path
+                    .strip_prefix(key.full)
+                    .map(|rest| rest.trim_start_matches('.'));
+                let item = item.filter(|rest| !rest.is_empty());
+                let expected = if item.is_none() {
+                    key.expected
+                } else {
+                    &expected
+                };
+                let found = a(value.get_ref().type_str());
+                format!(
+                    "{path} must be {expected}, found {found}; {}",
+                    (key.hint)(item)
+                )
             }
             done => return done,
         };
-        Bad::At(Some(self.value.span().start), msg)
-    }
-    fn child<'b, 'j>(&self, name: &str, value: &'b Spanned<DeValue<'j>>) -> De<'b, 'j> {
-        let path = match self.path.as_str() {
-            "" => name.to_string(),
-            path if name.starts_with('[') => format!("{path}{name}"),
-            path => format!("{path}.{name}"),
-        };
-        let (key, item) = match self.key {
-            Some(k) => (Some(k), Some(name.to_string())),
-            None => (key(&path), None),
-        };
-        De {
-            path,
-            key,
-            item,
-            value,
-        }
+        Err(Bad::At(Some(at), msg))
     }
 }
 
-impl<'de> de::Deserializer<'de> for De<'_, '_> {
+impl<'de, 'a, 'i> de::Deserializer<'de> for De<'a, 'i> {
     type Error = Bad;
     fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bad> {
-        let out = match self.value.get_ref() {
-            DeValue::String(text) => v.visit_str(text),
+        let value: &Spanned<DeValue> = self.value;
+        let (items, map): (Vec<_>, bool) = match value.get_ref() {
+            DeValue::String(text) => return v.visit_str(text),
             DeValue::Integer(int) => match i64::from_str_radix(int.as_str(), int.radix()) {
-                Ok(int) => v.visit_i64(int),
+                Ok(int) => return v.visit_i64(int),
                 Err(_) => {
                     let hint = self.key.map_or(String::new(), |k| (k.hint)(None));
-                    Err(Bad::Rule(format!(
+                    return Err(Bad::Rule(format!(
                         "{} is out of range; {hint}",
                         int.as_str()
-                    )))
+                    )));
                 }
             },
-            DeValue::Float(float) => v.visit_f64(float.as_str().parse().unwrap_or(f64::NAN)),
-            DeValue::Boolean(b) => v.visit_bool(*b),
-            DeValue::Datetime(_) => Err(de::Error::invalid_type(de::Unexpected::Other(""), &v)),
-            DeValue::Array(items) => v.visit_seq(Items {
-                de: &self,
-                items: items.iter().enumerate(),
-            }),
-            DeValue::Table(table) => v.visit_map(Entries {
-                de: &self,
-                entries: in_file_order(table).into_iter(),
-                value: None,
-            }),
+            DeValue::Float(float) => {
+                return v.visit_f64(float.as_str().parse().unwrap_or(f64::NAN));
+            }
+            DeValue::Boolean(b) => return v.visit_bool(*b),
+            DeValue::Datetime(_) => {
+                return Err(de::Error::invalid_type(de::Unexpected::Other(""), &v));
+            }
+            DeValue::Array(items) => {
+                let item = |(i, item): (usize, &'a Spanned<DeValue<'i>>)| {
+                    (format!("[{i}]"), item.span().start, item)
+                };
+                (items.iter().enumerate().map(item).collect(), false)
+            }
+            DeValue::Table(table) => {
+                let entry = |(k, item): (&Spanned<std::borrow::Cow<str>>, _)| {
+                    (k.get_ref().to_string(), k.span().start, item)
+                };
+                let mut items: Vec<_> = table.iter().map(entry).collect();
+                items.sort_by_key(|(_, at, _)| *at); // file order
+                (items, true)
+            }
         };
-        out.map_err(|bad| self.locate(bad))
+        let entries = Entries {
+            de: &self,
+            items: items.into_iter(),
+            value: None,
+        };
+        match map {
+            true => v.visit_map(entries),
+            false => v.visit_seq(entries),
+        }
     }
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bad> {
         v.visit_some(self)
@@ -143,8 +164,7 @@ impl<'de> de::Deserializer<'de> for De<'_, '_> {
     ) -> Result<V::Value, Bad> {
         match self.value.get_ref() {
             DeValue::String(text) => {
-                let text: &str = text;
-                (v.visit_enum(text.into_deserializer())).map_err(|bad| self.locate(bad))
+                v.visit_enum(IntoDeserializer::<Bad>::into_deserializer(&**text))
             }
             _ => self.deserialize_any(v),
         }
@@ -155,41 +175,54 @@ impl<'de> de::Deserializer<'de> for De<'_, '_> {
     }
 }
 
-/// A table's entries, in file order; a bad key is reported at the key.
+/// A table's entries in file order, or an array's items: each its name (`grace`,
+/// `[1]`), where its key begins, its value. A bad key is reported at the key.
 struct Entries<'a, 'b, 'i> {
     de: &'a De<'b, 'i>,
-    entries: std::vec::IntoIter<Entry<'b, 'i>>,
-    value: Option<Entry<'b, 'i>>,
+    items: std::vec::IntoIter<(String, usize, &'b Spanned<DeValue<'i>>)>,
+    value: Option<(String, usize, &'b Spanned<DeValue<'i>>)>,
+}
+impl<'b, 'i> Entries<'_, 'b, 'i> {
+    fn child(&self, name: &str, value: &'b Spanned<DeValue<'i>>) -> De<'b, 'i> {
+        let path = match self.de.path.as_str() {
+            "" => name.to_string(),
+            path if name.starts_with('[') => format!("{path}{name}"),
+            path => format!("{path}.{name}"),
+        };
+        De::new(path, self.de.key, value)
+    }
 }
 impl<'de> MapAccess<'de> for Entries<'_, '_, '_> {
     type Error = Bad;
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Bad> {
-        let Some((name, value)) = self.entries.next() else {
+        let Some((name, at, value)) = self.items.next() else {
             return Ok(None);
         };
-        self.value = Some((name, value));
-        let (text, path) = (name.get_ref().as_ref(), &self.de.path);
-        let key = seed.deserialize(IntoDeserializer::<Bad>::into_deserializer(text));
+        let (key, path) = (
+            seed.deserialize(name.as_str().into_deserializer()),
+            &self.de.path,
+        );
         let msg = match key {
-            Ok(key) => return Ok(Some(key)),
-            Err(Bad::Unknown(_, keys)) if path.is_empty() => {
-                let what = match value.get_ref().is_table() {
-                    true => format!("unknown section [{text}]"),
-                    false => format!("unknown key {text:?} at top level"),
-                };
-                format!("{what}; expected one of the sections {keys}")
+            Ok(key) => {
+                self.value = Some((name, at, value));
+                return Ok(Some(key));
             }
-            Err(Bad::Unknown(_, keys)) => {
-                format!("unknown key {text:?} in [{path}]; expected one of {keys}")
+            Err(Bad::Unknown(keys)) if path.is_empty() => match value.get_ref().is_table() {
+                true => format!("unknown section [{name}]; expected one of the sections {keys}"),
+                false => format!(
+                    "unknown key {name:?} at top level; expected one of the sections {keys}"
+                ),
+            },
+            Err(Bad::Unknown(keys)) => {
+                format!("unknown key {name:?} in [{path}]; expected one of {keys}")
             }
             Err(Bad::Rule(what)) => format!("{path}: {what}"),
             Err(other) => return Err(other),
         };
-        Err(Bad::At(Some(name.span().start), msg))
+        Err(Bad::At(Some(at), msg))
     }
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Bad> {
-        let (name, value) = self.value.take().ok_or(Bad::Rule("no value".into()))?;
-        let sec = name.get_ref().as_ref();
+        let (sec, at, value) = self.value.take().ok_or(Bad::Rule("no value".into()))?;
         if self.de.path.is_empty() && !value.get_ref().is_table() {
             let (found, fix) = match value.get_ref() {
                 DeValue::Array(_) => (
@@ -198,36 +231,27 @@ impl<'de> MapAccess<'de> for Entries<'_, '_, '_> {
                 ),
                 other => (a(other.type_str()), "put its keys under a [_] header"),
             };
-            let (fix, at) = (fix.replace('_', sec), Some(name.span().start));
-            return Err(Bad::At(
-                at,
-                format!("{sec} must be a section, found {found}; {fix}"),
-            ));
+            let msg = format!(
+                "{sec} must be a section, found {found}; {}",
+                fix.replace('_', &sec)
+            );
+            return Err(Bad::At(Some(at), msg));
         }
-        let de = self.de.child(sec, value);
-        // A `try_from`'s complaint comes after the value was read: it is put here.
-        seed.deserialize(de.clone()).map_err(|bad| de.locate(bad))
+        self.child(&sec, value).read(|de| seed.deserialize(de))
     }
 }
-
-/// An array's items, each read as `key[i]`.
-struct Items<'a, 'b, 'i> {
-    de: &'a De<'b, 'i>,
-    items: std::iter::Enumerate<std::slice::Iter<'b, Spanned<DeValue<'i>>>>,
-}
-impl<'de> SeqAccess<'de> for Items<'_, '_, '_> {
+impl<'de> SeqAccess<'de> for Entries<'_, '_, '_> {
     type Error = Bad;
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Bad> {
-        let Some((i, value)) = self.items.next() else {
+        let Some((name, _, value)) = self.items.next() else {
             return Ok(None);
         };
-        let de = self.de.child(&format!("[{i}]"), value);
-        seed.deserialize(de.clone())
+        self.child(&name, value)
+            .read(|de| seed.deserialize(de))
             .map(Some)
-            .map_err(|bad| de.locate(bad))
     }
 }
 
@@ -262,13 +286,8 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
     })?;
     let (span, table) = (doc.span(), doc.into_inner());
     let root = Spanned::new(span, DeValue::Table(table));
-    let de = De {
-        path: String::new(),
-        key: None,
-        item: None,
-        value: &root,
-    };
-    let file = PolicyFile::from(<File as serde::Deserialize>::deserialize(de)?);
+    let file = De::new(String::new(), None, &root).read(File::deserialize)?;
+    let file = PolicyFile::from(file);
     // Checked once the whole file is read: `backoff_max` may come first.
     let (restart, dur) = (&file.values.restart, |d| quoted(&format_duration(d)));
     let set = |key| file.set.contains(key);
@@ -276,13 +295,12 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
         && set("restart.backoff_initial")
         && restart.backoff_max < restart.backoff_initial
     {
-        let DeValue::Table(root) = root.get_ref() else {
-            unreachable!()
-        };
-        let at = root.get("restart").and_then(|r| r.get_ref().as_table());
-        let at = at
-            .and_then(|r| r.get("backoff_max"))
-            .map(|v| v.span().start);
+        let section = root
+            .get_ref()
+            .as_table()
+            .and_then(|root| root.get("restart"));
+        let at =
+            section.and_then(|r| Some(r.get_ref().as_table()?.get("backoff_max")?.span().start));
         let (max, initial) = (dur(restart.backoff_max), dur(restart.backoff_initial));
         let what = format!("restart.backoff_max {max} is shorter than restart.backoff_initial");
         return Err(Bad::At(
@@ -310,13 +328,9 @@ pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> R
     let doc = format!("v = {text}");
     let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
     let value = doc.get_ref().get("v").ok_or("no value")?;
-    let de = De {
-        path: key.full.to_string(),
-        key: Some(key),
-        item: None,
-        value,
-    };
-    (key.read)(policy, de.clone()).map_err(|bad| de.locate(bad).to_string())
+    let de = De::new(key.full.to_string(), Some(key), value);
+    de.read(|de| (key.read)(policy, de))
+        .map_err(|bad| bad.to_string())
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
@@ -336,12 +350,6 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let col = before[line_start..].chars().count() + 1;
     (before.matches('\n').count() + 1, col)
-}
-type Entry<'a, 'i> = (&'a Spanned<Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
-fn in_file_order<'a, 'i>(table: &'a DeTable<'i>) -> Vec<Entry<'a, 'i>> {
-    let mut entries: Vec<_> = table.iter().collect();
-    entries.sort_by_key(|(key, _)| key.span().start);
-    entries
 }
 /// "an integer", "a string".
 fn a(type_name: &str) -> String {
