@@ -37,7 +37,7 @@ pub(crate) const CPU: &str =
 
 impl Memory {
     /// A number of bytes, more than 0.
-    pub(crate) fn bytes(n: i64) -> Result<Memory, String> {
+    pub(crate) fn bytes(n: i128) -> Result<Memory, String> {
         let usable = u64::try_from(n).ok().filter(|b| *b > 0);
         usable
             .map(Memory::Bytes)
@@ -68,7 +68,7 @@ impl FromStr for Memory {
 
 impl Pids {
     /// A number of processes, more than 0.
-    pub(crate) fn count(n: i64) -> Result<Pids, String> {
+    pub(crate) fn count(n: i128) -> Result<Pids, String> {
         let usable = u64::try_from(n).ok().filter(|n| *n > 0);
         let bad = || format!("{n} is not a usable number of processes; {PIDS}");
         usable.map(Pids::Count).ok_or_else(bad)

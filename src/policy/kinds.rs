@@ -133,10 +133,10 @@ kinds! {
         d => Ok(d),
     }, |d| quoted(&format_duration(*d));
     Bool(bool) from bool, "boolean", "true or false", "write true or false, without quotes", |b| Ok(b), |b| b.to_string();
-    ExitCode(u8) from i64, "integer, 1 to 255", "an integer", format!("write {EXIT_CODE}, without quotes"), |code| {
+    ExitCode(u8) from i128, "integer, 1 to 255", "an integer", format!("write {EXIT_CODE}, without quotes"), |code| {
         u8::try_from(code).ok().filter(|c| *c != 0).ok_or_else(|| format!("{code} is out of range; use {EXIT_CODE}"))
     }, |code| code.to_string();
-    Restarts(u32) from i64, "integer, 0 or more", "an integer", "write a number of restarts (0 or more), without quotes", |max| {
+    Restarts(u32) from i128, "integer, 0 or more", "an integer", "write a number of restarts (0 or more), without quotes", |max| {
         let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
         u32::try_from(max).map_err(|_| format!("{max} is out of range; {use_}"))
     }, |max| max.to_string();
@@ -213,7 +213,7 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
 /// untagged enums would lose the reason a value is refused.
 pub(crate) enum Text {
     Str(String),
-    Int(i64),
+    Int(i128),
 }
 pub(crate) enum Urls {
     Text(String),
@@ -229,6 +229,9 @@ impl Visitor<'_> for Raw<Text> {
         Ok(Text::Str(text.to_string()))
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+        Ok(Text::Int(n.into()))
+    }
+    fn visit_i128<E: de::Error>(self, n: i128) -> Result<Text, E> {
         Ok(Text::Int(n))
     }
 }

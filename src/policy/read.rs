@@ -111,8 +111,12 @@ impl<'de, 'a, 'i> de::Deserializer<'de> for De<'a, 'i> {
         let value: &Spanned<DeValue> = self.value;
         let (items, map): (Vec<_>, bool) = match value.get_ref() {
             DeValue::String(text) => return v.visit_str(text),
-            DeValue::Integer(int) => match i64::from_str_radix(int.as_str(), int.radix()) {
-                Ok(int) => return v.visit_i64(int),
+            // Past i64 (TOML's range) as i128, so that a kind's own rule names the number.
+            DeValue::Integer(int) => match i128::from_str_radix(int.as_str(), int.radix()) {
+                Ok(int) => match i64::try_from(int) {
+                    Ok(int) => return v.visit_i64(int),
+                    Err(_) => return v.visit_i128(int),
+                },
                 Err(_) => {
                     let hint = self.key.map_or(String::new(), |k| (k.hint)(None));
                     return Err(Bad::Rule(format!(

@@ -1245,3 +1245,26 @@ fn restart_exit_flags_add_entries() {
         "{shown}"
     );
 }
+
+/// Integers past TOML's 64 bits: a kind that takes an integer names the number in its
+/// own words, one that does not says it found an integer.
+#[test]
+fn integers_past_64_bits() {
+    let cases = [
+        (
+            "[conflict]\nexit_code = 99999999999999999999\n",
+            "P:2:13: conflict.exit_code: 99999999999999999999 is out of range; use an exit code from 1 to 255 (default 75)",
+        ),
+        (
+            "[stop]\ngrace = 99999999999999999999\n",
+            "P:2:9: stop.grace must be a duration string, found an integer; write a duration like \"30s\", \"5m\" or \"1h30m\"",
+        ),
+        (
+            "[stop]\nsignal = 99999999999999999999\n",
+            "P:2:10: stop.signal: 99999999999999999999 is not a signal number; use a name like \"TERM\" or \"SIGTERM\", or a number like 15",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error(text), expected, "{text:?}");
+    }
+}
