@@ -99,17 +99,17 @@ macro_rules! checked {
         }
     )+};
 }
-/// `Name(Out) from Raw, "man page type", "expected", hint, |raw| checked, |value| shown;`:
+/// `Name(Out) from Raw, "man page type", "expected", |item| hint, |raw| checked, |value| shown;`:
 /// a [`checked!`] newtype that is a key's [`Kind`].
 macro_rules! kinds {
-    ($($name:ident($out:ty) from $raw:ty, $doc:literal, $expected:literal, $hint:expr,
+    ($($name:ident($out:ty) from $raw:ty, $doc:literal, $expected:literal, |$i:pat_param| $hint:expr,
         |$r:ident| $check:expr, |$x:ident| $show:expr;)+) => {$(
         checked! { $name($out) from $raw, |$r| $check; }
         impl Kind for $name {
             type Out = $out;
             const DOC: &'static str = $doc;
             const EXPECTED: &'static str = $expected;
-            fn hint(_: Option<&str>) -> String { $hint.into() }
+            fn hint($i: Option<&str>) -> String { $hint.into() }
             fn out(self) -> $out { self.0 }
             fn show($x: &$out) -> Option<String> { Some($show) }
         }
@@ -127,49 +127,49 @@ const EXIT_STATUS: &str =
     "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
 
 kinds! {
-    Dur(Duration) from String, "duration", "a duration string", DURATION, |text| duration(&text), |d| quoted(&format_duration(*d));
-    NonZeroDur(Duration) from String, "duration, more than 0", "a duration string", DURATION, |text| match duration(&text)? {
+    Dur(Duration) from String, "duration", "a duration string", |_| DURATION, |text| duration(&text), |d| quoted(&format_duration(*d));
+    NonZeroDur(Duration) from String, "duration, more than 0", "a duration string", |_| DURATION, |text| match duration(&text)? {
         d if d.is_zero() => Err(format!("{text:?} is zero; {DURATION}, or leave the key out")),
         d => Ok(d),
     }, |d| quoted(&format_duration(*d));
-    Bool(bool) from bool, "boolean", "true or false", "write true or false, without quotes", |b| Ok(b), |b| b.to_string();
-    ExitCode(u8) from i128, "integer, 1 to 255", "an integer", format!("write {EXIT_CODE}, without quotes"), |code| {
+    Bool(bool) from bool, "boolean", "true or false", |_| "write true or false, without quotes", |b| Ok(b), |b| b.to_string();
+    ExitCode(u8) from i128, "integer, 1 to 255", "an integer", |_| format!("write {EXIT_CODE}, without quotes"), |code| {
         u8::try_from(code).ok().filter(|c| *c != 0).ok_or_else(|| format!("{code} is out of range; use {EXIT_CODE}"))
     }, |code| code.to_string();
-    Restarts(u32) from i128, "integer, 0 or more", "an integer", "write a number of restarts (0 or more), without quotes", |max| {
+    Restarts(u32) from i128, "integer, 0 or more", "an integer", |_| "write a number of restarts (0 or more), without quotes", |max| {
         let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
         u32::try_from(max).map_err(|_| format!("{max} is out of range; {use_}"))
     }, |max| max.to_string();
-    Dir(PathBuf) from String, "string", "a string", "write a directory in quotes, like \".worktrees\"", |dir| match dir.as_str() {
+    Dir(PathBuf) from String, "string", "a string", |_| "write a directory in quotes, like \".worktrees\"", |dir| match dir.as_str() {
         "" => Err("the directory is empty; use a directory like \".worktrees\"".into()),
         _ => Ok(PathBuf::from(dir)),
     }, |dir| quoted(&dir.to_string_lossy());
-    BranchPrefix(String) from String, "string", "a string", "write a prefix in quotes, like \"ralph/\"", |prefix| {
+    BranchPrefix(String) from String, "string", "a string", |_| "write a prefix in quotes, like \"ralph/\"", |prefix| {
         match crate::worktree::id::branch_prefix_problem(&prefix) {
             None => Ok(prefix),
             Some(why) => Err(format!("{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\"")),
         }
     }, |prefix| quoted(prefix);
-    Signal(i32) from Text, "string or integer", "a signal name or number", SIGNAL, |text| {
+    Signal(i32) from Text, "string or integer", "a signal name or number", |_| SIGNAL, |text| {
         let (parsed, what) = match &text {
             Text::Str(name) => (crate::signals::parse(name), format!("{name:?} is not a signal")),
             Text::Int(n) => (crate::signals::parse(&n.to_string()), format!("{n} is not a signal number")),
         };
         parsed.map(|s| s as i32).map_err(|_| format!("{what}; {SIGNAL}"))
     }, |signal| quoted(&crate::signals::name(*signal));
-    Globs(Vec<String>) from Vec<Glob>, "array of strings", "an array of strings", GLOBS, |globs| {
+    Globs(Vec<String>) from Vec<Glob>, "array of strings", "an array of strings", |_| GLOBS, |globs| {
         Ok(globs.into_iter().map(|glob| glob.0).collect())
     }, |globs| strings(globs);
-    MemoryMax(Memory) from Text, "string or integer (bytes)", "a string", MEMORY, |text| match text {
+    MemoryMax(Memory) from Text, "string or integer (bytes)", "a string", |_| MEMORY, |text| match text {
         Text::Int(bytes) => Memory::bytes(bytes),
         Text::Str(text) => text.parse(),
     }, |memory| quoted(&memory.to_string());
-    PidsMax(Pids) from Text, "integer or \"max\"", "a string", PIDS, |text| match text {
+    PidsMax(Pids) from Text, "integer or \"max\"", "a string", |_| PIDS, |text| match text {
         Text::Int(n) => Pids::count(n),
         Text::Str(text) => text.parse(),
     }, |pids| match pids { Pids::Count(n) => n.to_string(), Pids::Max => quoted("max") };
-    CpuMax(Cpu) from String, "string", "a string", CPU, |text| text.parse(), |cpu| quoted(&cpu.to_string());
-    Endpoints(Vec<String>) from Urls, "array of strings", "an array of URLs", ENDPOINT, |urls| {
+    CpuMax(Cpu) from String, "string", "a string", |_| CPU, |text| text.parse(), |cpu| quoted(&cpu.to_string());
+    Endpoints(Vec<String>) from Urls, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| {
         let urls = match urls {
             Urls::Text(text) => text.split(',').map(|url| fleet::endpoint(url.trim())).collect::<Result<_, _>>()?,
             Urls::List(urls) => urls.into_iter().map(|url| url.0).collect(),
@@ -179,12 +179,17 @@ kinds! {
             urls => Ok(urls),
         }
     }, |urls| strings(urls);
-    FleetKey(String) from String, "string", "a string", "write a key in quotes, like \"acme/api/main\"", |key| {
+    FleetKey(String) from String, "string", "a string", |_| "write a key in quotes, like \"acme/api/main\"", |key| {
         fleet::check_fleet_key(&key).map_err(|why| format!("{key:?} is not a usable key ({why})"))?;
         Ok(key)
     }, |key| quoted(key);
-    FleetTtl(Duration) from String, "duration, at least 2s", "a duration string", DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
-    TlsFile(PathBuf) from String, "string (a file)", "a string", "write the PEM file's path in quotes", |path| fleet::tls_file(&path), |path| quoted(&path.to_string_lossy());
+    FleetTtl(Duration) from String, "duration, at least 2s", "a duration string", |_| DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
+    TlsFile(PathBuf) from String, "string (a file)", "a string", |_| "write the PEM file's path in quotes", |path| fleet::tls_file(&path), |path| quoted(&path.to_string_lossy());
+    Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| ARGV, |words| Ok(words.0), |argv| strings(argv);
+    Env(BTreeMap<String, String>) from BTreeMap<EnvName, EnvValue>, "table of strings", "a table", |item| match item {
+        None => "write a [run.env] section with lines like NAME = \"value\"".into(),
+        Some(name) => format!("write the value in quotes, like {} = \"1\"", toml_key(name)),
+    }, |env| Ok(env.into_iter().map(|(name, value)| (name.0, value.0)).collect()), |env| inline_table(env.iter().map(|(k, v)| (k.clone(), quoted(v))));
 }
 checked! {
     Glob(String) from String, |text| match crate::worktree::copy::check_glob(&text) {
@@ -208,18 +213,35 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     })
 }
 
-/// A value that may be a string or an integer (a signal, a limit), or the endpoints: a
-/// comma-separated string (from the command line) or an array. Read by hand, as serde's
-/// untagged enums would lose the reason a value is refused.
+/// A value that may be a string or an integer (a signal, a limit). Read by hand, as
+/// serde's untagged enums would lose the reason a value is refused.
 pub(crate) enum Text {
     Str(String),
     Int(i128),
 }
+/// The endpoints: a comma-separated string (from the command line) or an array.
 pub(crate) enum Urls {
     Text(String),
     List(Vec<Endpoint>),
 }
+/// The visitor of a type read by hand: `Raw<Text>`, `Raw<Words>`, ...
 struct Raw<T>(PhantomData<T>);
+/// `Type: how;`: a type serde reads with its [`Raw`] visitor.
+macro_rules! by_hand {
+    ($($ty:ident: $how:ident;)+) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                d.$how(Raw::<$ty>(PhantomData))
+            }
+        }
+    )+};
+}
+by_hand! {
+    Text: deserialize_any;
+    Urls: deserialize_any;
+    Words: deserialize_seq;
+    ExitActions: deserialize_map;
+}
 impl Visitor<'_> for Raw<Text> {
     type Value = Text;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -247,25 +269,15 @@ impl<'de> Visitor<'de> for Raw<Urls> {
         Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Urls::List)
     }
 }
-impl<'de> Deserialize<'de> for Text {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
-        d.deserialize_any(Raw::<Text>(PhantomData))
-    }
-}
-impl<'de> Deserialize<'de> for Urls {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Urls, D::Error> {
-        d.deserialize_any(Raw::<Urls>(PhantomData))
-    }
-}
 
-/// `[hooks] on_start` / `on_exit`: a program and its arguments, not empty.
-pub(crate) struct Argv(Vec<String>);
-impl<'de> Visitor<'de> for Raw<Argv> {
-    type Value = Argv;
+/// `[hooks] on_start` / `on_exit` as written: a program and its arguments, not empty.
+pub(crate) struct Words(Vec<String>);
+impl<'de> Visitor<'de> for Raw<Words> {
+    type Value = Words;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an array of strings")
     }
-    fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Argv, S::Error> {
+    fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Words, S::Error> {
         let mut argv = Vec::new();
         while let Some(arg) = seq.next_element_seed(Arg(argv.is_empty()))? {
             argv.push(arg);
@@ -274,16 +286,11 @@ impl<'de> Visitor<'de> for Raw<Argv> {
             true => Err(de::Error::custom(format!(
                 "the array is empty; {ARGV}, or leave the key out"
             ))),
-            false => Ok(Argv(argv)),
+            false => Ok(Words(argv)),
         }
     }
 }
-impl<'de> Deserialize<'de> for Argv {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Argv, D::Error> {
-        d.deserialize_seq(Raw::<Argv>(PhantomData))
-    }
-}
-/// One word of an [`Argv`]; the first is the program.
+/// One of the [`Words`]; the first is the program.
 struct Arg(bool);
 impl<'de> DeserializeSeed<'de> for Arg {
     type Value = String;
@@ -312,13 +319,10 @@ const OWN_ENV: [&str; 7] = [
     "RALPH_SUPERVISE_ETCD_PASSWORD",
     "NOTIFY_SOCKET",
 ];
-/// `[run.env]`: `NAME = "value"` lines.
-#[derive(serde::Deserialize)]
-#[serde(transparent)]
-pub(crate) struct Env(BTreeMap<EnvName, EnvValue>);
 #[derive(serde::Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(try_from = "String")]
-struct EnvName(String);
+/// A `[run.env]` variable name.
+pub(crate) struct EnvName(String);
 impl TryFrom<String> for EnvName {
     type Error = String;
     fn try_from(name: String) -> Result<EnvName, String> {
@@ -332,25 +336,6 @@ impl TryFrom<String> for EnvName {
             )),
             false => Ok(EnvName(name)),
         }
-    }
-}
-impl Kind for Env {
-    type Out = BTreeMap<String, String>;
-    const DOC: &'static str = "table of strings";
-    const EXPECTED: &'static str = "a table";
-    fn hint(item: Option<&str>) -> String {
-        match item {
-            None => "write a [run.env] section with lines like NAME = \"value\"".into(),
-            Some(name) => format!("write the value in quotes, like {} = \"1\"", toml_key(name)),
-        }
-    }
-    fn out(self) -> Self::Out {
-        self.0.into_iter().map(|(k, v)| (k.0, v.0)).collect()
-    }
-    fn show(env: &Self::Out) -> Option<String> {
-        Some(inline_table(
-            env.iter().map(|(k, v)| (k.clone(), quoted(v))),
-        ))
     }
 }
 
@@ -368,11 +353,6 @@ impl<'de> Visitor<'de> for Raw<ExitActions> {
             actions.insert(code, rule);
         }
         Ok(ExitActions(actions))
-    }
-}
-impl<'de> Deserialize<'de> for ExitActions {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ExitActions, D::Error> {
-        d.deserialize_map(Raw::<ExitActions>(PhantomData))
     }
 }
 /// An exit code as a `[restart.exit]` key, not given before.
@@ -415,20 +395,6 @@ impl Kind for ExitActions {
     }
     fn merge(into: &mut Self::Out, value: Self::Out) {
         into.extend(value);
-    }
-}
-impl Kind for Argv {
-    type Out = Vec<String>;
-    const DOC: &'static str = "array of strings";
-    const EXPECTED: &'static str = "an array of strings";
-    fn hint(_: Option<&str>) -> String {
-        ARGV.into()
-    }
-    fn out(self) -> Vec<String> {
-        self.0
-    }
-    fn show(argv: &Vec<String>) -> Option<String> {
-        Some(strings(argv))
     }
 }
 
