@@ -80,24 +80,18 @@ impl<'a, 'i> De<'a, 'i> {
         let msg = match read(self) {
             Err(Bad::Rule(what)) => format!("{path}: {what}"),
             Err(Bad::Type(expected)) => {
-                // The key's own words for its value; an entry's or item's, with the key's hint.
-                let Some(key) = key else {
-                    return Err(Bad::Type(expected));
-                };
-                let item = path
-                    .strip_prefix(key.full)
-                    .map(|rest| rest.trim_start_matches('.'));
+                // The key's own words for its value; for an entry or item, serde's, with
+                // the key's hint (which may name the entry).
+                let item = key.and_then(|k| path.strip_prefix(k.full));
+                let item = item.map(|rest| rest.trim_start_matches('.'));
                 let item = item.filter(|rest| !rest.is_empty());
-                let expected = if item.is_none() {
-                    key.expected
-                } else {
-                    &expected
+                let expected = match key {
+                    Some(key) if item.is_none() => key.expected,
+                    _ => &expected,
                 };
+                let hint = key.map_or(String::new(), |k| (k.hint)(item));
                 let found = a(value.get_ref().type_str());
-                format!(
-                    "{path} must be {expected}, found {found}; {}",
-                    (key.hint)(item)
-                )
+                format!("{path} must be {expected}, found {found}; {hint}")
             }
             done => return done,
         };
