@@ -22,9 +22,11 @@ pub(crate) mod fleet;
 #[cfg(not(feature = "fleet"))]
 #[path = "fleet/off.rs"]
 pub(crate) mod fleet;
+pub(crate) mod fleet_settings;
 pub(crate) mod handover;
 pub mod history;
 pub(crate) mod hooks;
+pub(crate) mod limits;
 pub(crate) mod lock;
 pub(crate) mod logging;
 pub mod man;

@@ -109,6 +109,6 @@ mod tests {
     fn odd_characters_are_replaced_and_the_result_is_a_valid_key() {
         let key = key_from("/srv/git/my repo.git", "feature/ünïcode+x");
         assert_eq!(key, "srv/git/my-repo/feature/-n-code-x");
-        assert!(crate::policy::check_fleet_key(&key).is_ok());
+        assert!(crate::fleet_settings::check_fleet_key(&key).is_ok());
     }
 }

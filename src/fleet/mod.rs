@@ -850,7 +850,7 @@ pub(crate) fn show(
 /// `stop --fleet KEY`: asks KEY's holder to stop and waits until it lets go (0), the
 /// timeout (124), or says nothing holds it (3).
 pub(crate) fn stop(policy: &Policy, key: &str, timeout: Duration) -> Result<ExitStatus, Failure> {
-    if let Err(why) = crate::policy::check_fleet_key(key) {
+    if let Err(why) = crate::fleet_settings::check_fleet_key(key) {
         return Err(Failure::msg(
             ExitStatus::Usage,
             format!("{key:?} is not a fleet key ({why})"),

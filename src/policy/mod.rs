@@ -1,11 +1,11 @@
 //! The policy: command-line flags ([`Overrides`]) over the one policy file [`find`] picks
 //! over built-in defaults. Every key is declared once, in `schema!` below (section,
-//! [`Kind`], default, man text, flag); the section structs, [`Overrides`], the reader,
-//! `policy show` and `ralph-supervise.toml(5)` are generated from it. A bad file is one
-//! line, `file:line:col: what; what to do`, and exit 78.
+//! [`Kind`], default, man text, flag); the section structs, the serde-derived structs
+//! the file is read into, [`Overrides`], `policy show` and `ralph-supervise.toml(5)` are
+//! generated from it. A bad file is one line, `file:line:col: what; what to do`, and
+//! exit 78.
 
-mod fleet;
-mod limits;
+mod kinds;
 mod read;
 mod show;
 
@@ -15,12 +15,9 @@ use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[cfg(feature = "fleet")]
-pub(crate) use fleet::check_fleet_key;
-pub(crate) use fleet::{Endpoints, FleetKey, FleetTtl, TlsFile};
 #[cfg(test)]
-pub(crate) use limits::{Cpu, Memory, Pids};
-pub(crate) use limits::{CpuMax, MemoryMax, PidsMax};
+use crate::limits::{Cpu, Memory, Pids};
+pub(crate) use kinds::*;
 pub use read::parse_str;
 pub(crate) use read::*;
 pub(crate) use show::show;
@@ -38,8 +35,8 @@ macro_rules! keywords {
         $($variant:ident = $text:literal, $man:literal;)+
     })+) => {$(
         #[doc = $doc]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub(crate) enum $name { $(#[doc = $man] $variant,)+ }
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+        pub(crate) enum $name { $(#[doc = $man] #[serde(rename = $text)] $variant,)+ }
         impl Keyword for $name {
             const ALL: &'static [$name] = &[$($name::$variant),+];
             const VALUES: &'static [(&'static str, &'static str)] = &[$(($text, $man)),+];
@@ -114,17 +111,37 @@ macro_rules! schema {
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub(crate) struct Policy { $(pub $sec: $Sec,)+ }
         impl Default for Policy { fn default() -> Policy { Policy { $($sec: $Sec { $($key: $default,)+ },)+ } } }
-        /// Every section and its keys; every key as `"section.key"`; every key's row.
-        pub(crate) const SECTIONS: &[(&str, &[&str])] = &[$((stringify!($sec), &[$(stringify!($key)),+])),+];
+        /// The file as serde reads it: each section and key optional, none unknown.
+        mod file {
+            use super::*;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub(crate) struct File { $(pub(crate) $sec: Option<$Sec>,)+ }
+            $(#[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub(crate) struct $Sec { $(pub(crate) $key: Option<$kind>,)+ })+
+        }
+        impl From<file::File> for PolicyFile {
+            fn from(file: file::File) -> PolicyFile {
+                let mut out = PolicyFile::default();
+                $(if let Some(sec) = file.$sec { $(if let Some(value) = sec.$key {
+                    out.values.$sec.$key = Kind::out(value);
+                    out.set.insert(concat!(stringify!($sec), ".", stringify!($key)));
+                })+ })+
+                out
+            }
+        }
+        /// Every key as `"section.key"`; every key's row.
         pub(crate) const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
         pub(crate) const TABLE: &[Key] = &[$($(Key {
             section: stringify!($sec), name: stringify!($key), doc: $doc,
             full: concat!(stringify!($sec), ".", stringify!($key)),
             kind: <$kind as Kind>::DOC, values: <$kind as Kind>::VALUES,
+            expected: <$kind as Kind>::EXPECTED, hint: <$kind as Kind>::hint,
             unset: { let _u = ""; $(let _u = $unset;)? _u },
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             entry: <$kind as Kind>::ENTRY,
-            read: |p, v| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, <$kind as Kind>::read(v)?)),
+            read: |p, de| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, <$kind as serde::Deserialize>::deserialize(de)?.out())),
             copy: |p, from| p.$sec.$key = from.$sec.$key.clone(), show: |p| <$kind as Kind>::show(&p.$sec.$key),
         }),+),+];
     };
@@ -133,34 +150,34 @@ macro_rules! schema {
 schema! {
     [conflict] Conflict "`[conflict]`: what to do when the workspace is taken." {
         policy: Option<OnConflict> = None, "What `run` does when another loop holds the workspace lock.", unset "worktree in a git repository, fail elsewhere", flag on_conflict;
-        wait_timeout: Option<Duration> = None, "How long \"wait\" waits; then `after_timeout` applies.", unset "wait without limit", flag wait_timeout;
+        wait_timeout: Option<Dur> = None, "How long \"wait\" waits; then `after_timeout` applies.", unset "wait without limit", flag wait_timeout;
         after_timeout: AfterTimeout = AfterTimeout::Fail, "What \"wait\" does when `wait_timeout` expires.";
         exit_code: ExitCode = CONFLICT_DEFAULT, "Exit status for \"fail\" and for a timed-out wait.", flag conflict_exit_code;
     }
     [worktree] Worktree "`[worktree]`: how worktree launches are laid out and cleaned up." {
         dir: Dir = PathBuf::from(".worktrees"), "Directory the worktrees are made in, one subdirectory per loop id; relative to the repository's top level.";
         branch_prefix: BranchPrefix = "ralph/".to_string(), "Prefix of each worktree's branch name, followed by the loop id. It must be usable in a git ref name.";
-        sync: bool = true, "Carry uncommitted work (modified, staged, deleted and untracked files that are not ignored) over into the new worktree.";
+        sync: Bool = true, "Carry uncommitted work (modified, staged, deleted and untracked files that are not ignored) over into the new worktree.";
         on_exit: OnExit = OnExit::Keep, "What happens to a worktree when its loop ends.";
         copy: Globs = Vec::new(), "Ignored or untracked files copied into each new worktree (after `sync`), as globs relative to the repository's top level, like `[\".env\", \"config/*.local.toml\"]`, matched as git matches them: `*` and `?` stay within a directory, `**` crosses directories, `[abc]` matches one of a, b, c. A tracked file or one already there is never overwritten, a symlink is copied as a link only when it points inside the repository, and a glob that matches nothing is skipped with a warning.";
     }
     [stop] Stop "`[stop]`: how the child is stopped." {
         signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal;
-        grace: Duration = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace;
+        grace: Dur = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace;
         orphans: Orphans = Orphans::Kill, "What happens to the processes the command started (its descendants, whatever their process group or session) that still run after it exits.";
         containment: Containment = Containment::Auto, "How the loop's processes are contained: \"cgroup\" runs the command in a cgroup v2 of its own (below the one ralph-supervise started in), so that every process it starts is found, stopped (`cgroup.kill`), frozen on Ctrl-Z and accounted, and the cgroup is removed at the end; \"tree\" finds them as descendants (ralph-supervise is their subreaper), confirming each by its start time before a signal. \"auto\" takes a cgroup where one can be made.", flag containment;
     }
     [restart] Restart "`[restart]`: when and how fast the child is started again." {
         policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;
         max: Option<Restarts> = None, "Most restarts in one run (or within `window`); then ralph-supervise gives up and exits with the command's status.", unset "unlimited", flag max_restarts;
-        backoff_initial: Duration = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay;
-        backoff_max: Duration = Duration::from_secs(60), "Longest delay between restarts; at least `backoff_initial`.";
-        window: Option<NonZeroDuration> = None, "Span in which `max` counts restarts (a sliding window). One restart more within it, and ralph-supervise gives up with one log line and exits with the command's status. Every restart counts, whatever caused it.", unset "every restart of the run counts", flag restart_window;
+        backoff_initial: Dur = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay;
+        backoff_max: Dur = Duration::from_secs(60), "Longest delay between restarts; at least `backoff_initial`.";
+        window: Option<NonZeroDur> = None, "Span in which `max` counts restarts (a sliding window). One restart more within it, and ralph-supervise gives up with one log line and exits with the command's status. Every restart counts, whatever caused it.", unset "every restart of the run counts", flag restart_window;
         exit: ExitActions = BTreeMap::new(), "What follows an exit status, over `policy`: \"stop\" (no restart), \"restart\" (after the backoff) or a fixed delay like \"30m\" (a usage limit). Written as a [restart.exit] section of CODE = \"ACTION\" lines; CODE is the command's exit code, 128+N when signal N killed it, 124 after a stall. A stop (a signal, a stop request, `max_runtime`) never restarts.", unset "every exit status follows `policy`", flag restart_exit;
     }
     [run] Run "`[run]`: the child's run." {
-        max_runtime: Option<NonZeroDuration> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
-        stall_timeout: Option<NonZeroDuration> = None, "Stop the command gracefully, as `max_runtime` does, once it has stalled this long: its process tree (the command and everything it started) used less than 1 % of one CPU and no file under the workspace changed (`.git/` included; `.ralph/supervise/` and other loops' worktrees left out). The run then ends with status 124, which `[restart.exit]` and `policy` look up like any other: a stall may restart. The clock pauses while the job is stopped (Ctrl-Z). Checked every tenth of the timeout (1 s to 60 s apart); unset, nothing is checked.", unset "no stall watchdog", flag stall_timeout;
+        max_runtime: Option<NonZeroDur> = None, "Stop the command gracefully when it has run this long, and exit 124.", unset "no limit", flag max_runtime;
+        stall_timeout: Option<NonZeroDur> = None, "Stop the command gracefully, as `max_runtime` does, once it has stalled this long: its process tree (the command and everything it started) used less than 1 % of one CPU and no file under the workspace changed (`.git/` included; `.ralph/supervise/` and other loops' worktrees left out). The run then ends with status 124, which `[restart.exit]` and `policy` look up like any other: a stall may restart. The clock pauses while the job is stopped (Ctrl-Z). Checked every tenth of the timeout (1 s to 60 s apart); unset, nothing is checked.", unset "no stall watchdog", flag stall_timeout;
         env: Env = BTreeMap::new(), "Extra environment variables for the command, written as a [run.env] section of NAME = \"value\" lines. The variables ralph-supervise sets or removes itself (`RALPH_LOCK_FD`, `RALPH_WORKSPACE_ROOT`, `RALPH_LOOP_INDEX`, `RALPH_FENCING_TOKEN`, the etcd credentials, `NOTIFY_SOCKET`) are refused.";
     }
     [lock] Lock "`[lock]`: the workspace lock." {
@@ -170,12 +187,12 @@ schema! {
         memory_max: Option<MemoryMax> = None, "Most memory the loop's processes may use together (cgroup `memory.max`), as systemd's `MemoryMax=`: \"512M\", \"2G\" (K, M, G, T are powers of 1024), a share of the machine's memory like \"50%\", or \"max\".", unset "no limit";
         pids_max: Option<PidsMax> = None, "Most processes (and threads) the loop may have at once (cgroup `pids.max`), as systemd's `TasksMax=`: a number, or \"max\". A fork beyond it fails.", unset "no limit";
         cpu_max: Option<CpuMax> = None, "Most CPU time the loop may use (cgroup `cpu.max`), as systemd's `CPUQuota=`: a share of one CPU, like \"50%\" or \"150%\" (one and a half CPUs), or \"max\".", unset "no limit";
-        required: bool = false, "Whether a limit that cannot be applied (no cgroup, or its controller is not available to the cgroup ralph-supervise started in) is an error (exit 125) rather than one warning line.";
+        required: Bool = false, "Whether a limit that cannot be applied (no cgroup, or its controller is not available to the cgroup ralph-supervise started in) is an error (exit 125) rather than one warning line.";
     }
     [hooks] Hooks "`[hooks]`: commands run once before the loop starts and once after it ends." {
         on_start: Option<Argv> = None, "Command run once the workspace lock is taken, before the command first starts, as an array of program and arguments, like `[\"make\", \"services-up\"]`. It gets the run's facts in `RALPH_SUPERVISE_LOOP_ID`, `RALPH_SUPERVISE_WORKSPACE`, `RALPH_SUPERVISE_WORKTREE`, `RALPH_SUPERVISE_BRANCH` and `RALPH_LOOP_INDEX`; its failure is logged and the loop starts anyway.", unset "no hook";
         on_exit: Option<Argv> = None, "Command run once after the last run, once the workspace lock is released (and the worktree's `on_exit` applied), with the facts `on_start` gets plus `RALPH_SUPERVISE_EXIT_STATUS` (ralph-supervise's exit status) and `RALPH_SUPERVISE_REASON` (\"exit\", or what stopped the loop as the history's `stopped_by` says it). Its failure is logged and never changes the exit status.", unset "no hook";
-        timeout: Duration = Duration::from_secs(60), "Longest a hook may run; then its process group is killed and that is logged.";
+        timeout: Dur = Duration::from_secs(60), "Longest a hook may run; then its process group is killed and that is logged.";
     }
     [fleet] Fleet "`[fleet]`: fleet mode, one lock for a workspace key across hosts, on etcd (a binary built with the `fleet` feature)." {
         endpoints: Option<Endpoints> = None, "etcd client URLs, like [\"http://etcd-1:2379\", \"https://etcd-2:2379\"] (on the command line, comma-separated). Set, the run takes the fleet lock on `key` too, after the local lock and before the command starts. User name and password come only from RALPH_SUPERVISE_ETCD_USER and RALPH_SUPERVISE_ETCD_PASSWORD.", unset "no fleet lock", flag fleet_endpoints;
@@ -208,7 +225,10 @@ pub(crate) struct Key {
     /// For a table of entries: how its flag's value is written (`CODE=ACTION`); the flag
     /// may be repeated, each entry added over the file's.
     pub(crate) entry: Option<&'static str>,
-    read: fn(&mut Policy, &Val) -> Result<(), Bad>,
+    /// What a value of another type is told it must be, and what to write instead.
+    expected: &'static str,
+    hint: fn(Option<&str>) -> String,
+    read: fn(&mut Policy, De) -> Result<(), Bad>,
     copy: fn(&mut Policy, &Policy),
     show: fn(&Policy) -> Option<String>,
 }

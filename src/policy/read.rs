@@ -1,58 +1,255 @@
-//! Reading a policy file: TOML's spanned tree, walked in file order against the key
-//! table, so the first problem in the file is the one reported, as `file:line:col`; and
-//! the kinds of value a key holds, each read and checked (a message and a hint for each
-//! mistake) and shown as TOML. Kinds with rules of their own are marker types
-//! ([`Signal`], [`BranchPrefix`], ...) whose [`Kind::Out`] is the plain value.
+//! Reading a policy file: TOML's spanned tree handed to serde's derived readers through
+//! [`De`], a `Deserializer` whose error ([`Bad`]) is ours. `De` knows the key it reads
+//! (`stop.grace`) and where its value is, so every complaint comes out as
+//! `file:line:col: key: what; what to do`; entries are visited in file order, so the
+//! first problem in the file is the one reported.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::fmt::Display;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::fmt::{self, Display};
+use std::path::Path;
 
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::file::File;
 use super::show::{quoted, toml_key};
-use super::{Key, Policy, PolicyFile, SECTIONS, key};
+use super::{Key, Policy, PolicyFile};
 use crate::exit::{ExitStatus, Failure};
 use crate::present::short_duration as format_duration;
-use crate::supervisor::machine::ExitRule;
 
-/// A complaint about the policy text, at a byte offset.
+/// A complaint about the policy text. serde's derived code raises the last three; the
+/// [`De`] or the table entry that sees one puts the key and the place to it.
 #[derive(Debug)]
-pub(crate) struct Bad(Option<usize>, String);
-impl Bad {
-    pub(crate) fn at(span: Range<usize>, msg: impl Into<String>) -> Bad {
-        Bad(Some(span.start), msg.into())
+pub(crate) enum Bad {
+    /// Final: the message, at a byte offset (none for a TOML error without a span).
+    At(Option<usize>, String),
+    /// A value's rule broken (`custom`): "what; what to do".
+    Rule(String),
+    /// A value of another type (`invalid_type`): what was expected.
+    Type(String),
+    /// A key no section (or no section of the file) has: the keys there are.
+    Unknown(String),
+}
+impl de::Error for Bad {
+    fn custom<T: Display>(msg: T) -> Bad {
+        Bad::Rule(msg.to_string())
+    }
+    fn invalid_type(_: de::Unexpected, expected: &dyn de::Expected) -> Bad {
+        Bad::Type(expected.to_string())
+    }
+    fn unknown_field(_: &str, expected: &'static [&'static str]) -> Bad {
+        Bad::Unknown(expected.join(", "))
+    }
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Bad {
+        let list = expected.join(", ");
+        Bad::Rule(format!("{variant:?} is not valid; expected one of {list}"))
+    }
+}
+impl Display for Bad {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Bad::At(_, m) | Bad::Rule(m) | Bad::Type(m) | Bad::Unknown(m) => f.write_str(m),
+        }
+    }
+}
+impl std::error::Error for Bad {}
+
+/// One TOML value being read: its path (`stop.grace`, `run.env.A`, `hooks.on_exit[1]`)
+/// and the key it belongs to (none for the file or a whole section).
+#[derive(Clone)]
+pub(crate) struct De<'a, 'i> {
+    path: String,
+    key: Option<&'static Key>,
+    value: &'a Spanned<DeValue<'i>>,
+}
+impl<'a, 'i> De<'a, 'i> {
+    fn new(path: String, key: Option<&'static Key>, value: &'a Spanned<DeValue<'i>>) -> Self {
+        let key = key.or_else(|| super::key(&path));
+        De { path, key, value }
+    }
+    /// Reads the value with `read`, then puts the path and the place to its complaint
+    /// (a `try_from`'s comes after the value was read, so it is put here).
+    fn read<T>(self, read: impl FnOnce(Self) -> Result<T, Bad>) -> Result<T, Bad> {
+        let (at, path, key, value) = (
+            self.value.span().start,
+            self.path.clone(),
+            self.key,
+            self.value,
+        );
+        let msg = match read(self) {
+            Err(Bad::Rule(what)) => format!("{path}: {what}"),
+            Err(Bad::Type(expected)) => {
+                // The key's own words for its value; for an entry or item, serde's, with
+                // the key's hint (which may name the entry).
+                let item = key.and_then(|k| path.strip_prefix(k.full));
+                let item = item.map(|rest| rest.trim_start_matches('.'));
+                let item = item.filter(|rest| !rest.is_empty());
+                let expected = match key {
+                    Some(key) if item.is_none() => key.expected,
+                    _ => &expected,
+                };
+                let hint = key.map_or(String::new(), |k| (k.hint)(item));
+                let found = a(value.get_ref().type_str());
+                format!("{path} must be {expected}, found {found}; {hint}")
+            }
+            done => return done,
+        };
+        Err(Bad::At(Some(at), msg))
     }
 }
 
-/// One value being checked, with its full key (`stop.grace`) for messages.
-pub(crate) struct Val<'a, 'i> {
-    pub(crate) key: &'a str,
-    pub(crate) value: &'a Spanned<DeValue<'i>>,
-}
-impl Val<'_, '_> {
-    pub(crate) fn bad(&self, what: impl Display) -> Bad {
-        Bad::at(self.value.span(), format!("{}: {what}", self.key))
-    }
-    pub(crate) fn wrong_type(&self, expected: &str, hint: &str) -> Bad {
-        let found = a(self.value.get_ref().type_str());
-        let msg = format!("{} must be {expected}, found {found}; {hint}", self.key);
-        Bad::at(self.value.span(), msg)
-    }
-    pub(crate) fn string(&self, hint: &str) -> Result<&str, Bad> {
-        let text = self.value.get_ref().as_str();
-        text.ok_or_else(|| self.wrong_type("a string", hint))
-    }
-    pub(crate) fn integer(&self, example: &str) -> Result<i64, Bad> {
-        let Some(int) = self.value.get_ref().as_integer() else {
-            return Err(self.wrong_type("an integer", &format!("write {example}, without quotes")));
+impl<'de, 'a, 'i> de::Deserializer<'de> for De<'a, 'i> {
+    type Error = Bad;
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bad> {
+        let value: &Spanned<DeValue> = self.value;
+        let (items, map): (Vec<_>, bool) = match value.get_ref() {
+            DeValue::String(text) => return v.visit_str(text),
+            // Past i64 (TOML's range) as i128, so that a kind's own rule names the number.
+            DeValue::Integer(int) => match i128::from_str_radix(int.as_str(), int.radix()) {
+                Ok(int) => match i64::try_from(int) {
+                    Ok(int) => return v.visit_i64(int),
+                    Err(_) => return v.visit_i128(int),
+                },
+                Err(_) => {
+                    let hint = self.key.map_or(String::new(), |k| (k.hint)(None));
+                    return Err(Bad::Rule(format!(
+                        "{} is out of range; {hint}",
+                        int.as_str()
+                    )));
+                }
+            },
+            DeValue::Float(float) => {
+                return v.visit_f64(float.as_str().parse().unwrap_or(f64::NAN));
+            }
+            DeValue::Boolean(b) => return v.visit_bool(*b),
+            DeValue::Datetime(_) => {
+                return Err(de::Error::invalid_type(de::Unexpected::Other(""), &v));
+            }
+            DeValue::Array(items) => {
+                let item = |(i, item): (usize, &'a Spanned<DeValue<'i>>)| {
+                    (format!("[{i}]"), item.span().start, item)
+                };
+                (items.iter().enumerate().map(item).collect(), false)
+            }
+            DeValue::Table(table) => {
+                let entry = |(k, item): (&Spanned<std::borrow::Cow<str>>, _)| {
+                    (k.get_ref().to_string(), k.span().start, item)
+                };
+                let mut items: Vec<_> = table.iter().map(entry).collect();
+                items.sort_by_key(|(_, at, _)| *at); // file order
+                (items, true)
+            }
         };
-        let out_of_range = |_| self.bad(format!("{} is out of range; use {example}", int.as_str()));
-        i64::from_str_radix(int.as_str(), int.radix()).map_err(out_of_range)
+        let entries = Entries {
+            de: &self,
+            items: items.into_iter(),
+            value: None,
+        };
+        match map {
+            true => v.visit_map(entries),
+            false => v.visit_seq(entries),
+        }
+    }
+    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bad> {
+        v.visit_some(self)
+    }
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Bad> {
+        match self.value.get_ref() {
+            DeValue::String(text) => {
+                v.visit_enum(IntoDeserializer::<Bad>::into_deserializer(&**text))
+            }
+            _ => self.deserialize_any(v),
+        }
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+/// A table's entries in file order, or an array's items: each its name (`grace`,
+/// `[1]`), where its key begins, its value. A bad key is reported at the key.
+struct Entries<'a, 'b, 'i> {
+    de: &'a De<'b, 'i>,
+    items: std::vec::IntoIter<(String, usize, &'b Spanned<DeValue<'i>>)>,
+    value: Option<(String, usize, &'b Spanned<DeValue<'i>>)>,
+}
+impl<'b, 'i> Entries<'_, 'b, 'i> {
+    fn child(&self, name: &str, value: &'b Spanned<DeValue<'i>>) -> De<'b, 'i> {
+        let path = match self.de.path.as_str() {
+            "" => name.to_string(),
+            path if name.starts_with('[') => format!("{path}{name}"),
+            path => format!("{path}.{name}"),
+        };
+        De::new(path, self.de.key, value)
+    }
+}
+impl<'de> MapAccess<'de> for Entries<'_, '_, '_> {
+    type Error = Bad;
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Bad> {
+        let Some((name, at, value)) = self.items.next() else {
+            return Ok(None);
+        };
+        let (key, path) = (
+            seed.deserialize(name.as_str().into_deserializer()),
+            &self.de.path,
+        );
+        let msg = match key {
+            Ok(key) => {
+                self.value = Some((name, at, value));
+                return Ok(Some(key));
+            }
+            Err(Bad::Unknown(keys)) if path.is_empty() => match value.get_ref().is_table() {
+                true => format!("unknown section [{name}]; expected one of the sections {keys}"),
+                false => format!(
+                    "unknown key {name:?} at top level; expected one of the sections {keys}"
+                ),
+            },
+            Err(Bad::Unknown(keys)) => {
+                format!("unknown key {name:?} in [{path}]; expected one of {keys}")
+            }
+            Err(Bad::Rule(what)) => format!("{path}: {what}"),
+            Err(other) => return Err(other),
+        };
+        Err(Bad::At(Some(at), msg))
+    }
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Bad> {
+        let (sec, at, value) = self.value.take().ok_or(Bad::Rule("no value".into()))?;
+        if self.de.path.is_empty() && !value.get_ref().is_table() {
+            let (found, fix) = match value.get_ref() {
+                DeValue::Array(_) => (
+                    "an array".into(),
+                    "write a [_] section (one pair of brackets)",
+                ),
+                other => (a(other.type_str()), "put its keys under a [_] header"),
+            };
+            let msg = format!(
+                "{sec} must be a section, found {found}; {}",
+                fix.replace('_', &sec)
+            );
+            return Err(Bad::At(Some(at), msg));
+        }
+        self.child(&sec, value).read(|de| seed.deserialize(de))
+    }
+}
+impl<'de> SeqAccess<'de> for Entries<'_, '_, '_> {
+    type Error = Bad;
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Bad> {
+        let Some((name, _, value)) = self.items.next() else {
+            return Ok(None);
+        };
+        self.child(&name, value)
+            .read(|de| seed.deserialize(de))
+            .map(Some)
     }
 }
 
@@ -74,70 +271,47 @@ pub(crate) fn load(path: &Path) -> Result<PolicyFile, Failure> {
 
 /// [`load`] without the file system (for tests and fuzzing): errors name `path`.
 pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
-    parse(text).map_err(|Bad(at, msg)| located(path, text, at, &msg))
+    parse(text).map_err(|bad| match bad {
+        Bad::At(at, msg) => located(path, text, at, &msg),
+        other => located(path, text, None, &other.to_string()),
+    })
 }
 fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let doc = DeTable::parse(text).map_err(|e| {
         let what = e.message().trim_end();
         let msg = format!("invalid TOML: {what}; fix the syntax there");
-        Bad(e.span().map(|s| s.start), msg)
+        Bad::At(e.span().map(|s| s.start), msg)
     })?;
-    let (mut file, mut spans) = (PolicyFile::default(), BTreeMap::new());
-    for (name, section) in in_file_order(doc.get_ref()) {
-        let (at, sec) = (name.span(), name.get_ref().as_ref());
-        let Some((_, keys)) = SECTIONS.iter().find(|(s, _)| *s == sec) else {
-            let what = match section.get_ref().is_table() {
-                true => format!("unknown section [{sec}]"),
-                false => format!("unknown key {sec:?} at top level"),
-            };
-            let sections: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
-            let expected = format!("expected one of the sections {}", sections.join(", "));
-            return Err(Bad::at(at, format!("{what}; {expected}")));
-        };
-        let table = match section.get_ref() {
-            DeValue::Table(table) => table,
-            other => {
-                let (found, fix) = match other {
-                    DeValue::Array(_) => (
-                        "an array".into(),
-                        "write a [_] section (one pair of brackets)",
-                    ),
-                    _ => (a(other.type_str()), "put its keys under a [_] header"),
-                };
-                let fix = fix.replace('_', sec);
-                let msg = format!("{sec} must be a section, found {found}; {fix}");
-                return Err(Bad::at(at, msg));
-            }
-        };
-        for (name, value) in in_file_order(table) {
-            let (at, full) = (name.span(), format!("{sec}.{}", name.get_ref()));
-            let Some(key) = key(&full) else {
-                let (name, keys) = (name.get_ref().as_ref(), keys.join(", "));
-                let msg = format!("unknown key {name:?} in [{sec}]; expected one of {keys}");
-                return Err(Bad::at(at, msg));
-            };
-            (key.read)(&mut file.values, &Val { key: &full, value })?;
-            file.set.insert(key.full);
-            spans.insert(key.full, value.span());
-        }
-    }
+    let (span, table) = (doc.span(), doc.into_inner());
+    let root = Spanned::new(span, DeValue::Table(table));
+    let file = De::new(String::new(), None, &root).read(File::deserialize)?;
+    let file = PolicyFile::from(file);
     // Checked once the whole file is read: `backoff_max` may come first.
     let (restart, dur) = (&file.values.restart, |d| quoted(&format_duration(d)));
-    if let Some(span) = spans.get("restart.backoff_max")
-        && file.set.contains("restart.backoff_initial")
+    let set = |key| file.set.contains(key);
+    if set("restart.backoff_max")
+        && set("restart.backoff_initial")
         && restart.backoff_max < restart.backoff_initial
     {
+        let section = root
+            .get_ref()
+            .as_table()
+            .and_then(|root| root.get("restart"));
+        let at =
+            section.and_then(|r| Some(r.get_ref().as_table()?.get("backoff_max")?.span().start));
         let (max, initial) = (dur(restart.backoff_max), dur(restart.backoff_initial));
         let what = format!("restart.backoff_max {max} is shorter than restart.backoff_initial");
-        let msg = format!("{what} {initial}; make it at least as long");
-        return Err(Bad::at(span.clone(), msg));
+        return Err(Bad::At(
+            at,
+            format!("{what} {initial}; make it at least as long"),
+        ));
     }
     Ok(file)
 }
 /// Sets `key` from a command-line flag's text, read as the file's value would be: a
 /// whole number as an integer, anything else as a string.
 /// A table key's flag (`--restart-exit 75=30m`) gives one entry, read as `{ 75 = "30m" }`.
-pub(crate) fn read_text(key: &Key, policy: &mut Policy, text: &str) -> Result<(), String> {
+pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> Result<(), String> {
     let value = |text: &str| match text.trim().parse::<i64>() {
         Ok(number) => number.to_string(),
         Err(_) => quoted(text),
@@ -152,11 +326,9 @@ pub(crate) fn read_text(key: &Key, policy: &mut Policy, text: &str) -> Result<()
     let doc = format!("v = {text}");
     let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
     let value = doc.get_ref().get("v").ok_or("no value")?;
-    let v = Val {
-        key: key.full,
-        value,
-    };
-    (key.read)(policy, &v).map_err(|Bad(_, msg)| msg)
+    let de = De::new(key.full.to_string(), Some(key), value);
+    de.read(|de| (key.read)(policy, de))
+        .map_err(|bad| bad.to_string())
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
@@ -177,295 +349,8 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let col = before[line_start..].chars().count() + 1;
     (before.matches('\n').count() + 1, col)
 }
-type Entry<'a, 'i> = (&'a Spanned<Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
-pub(crate) fn in_file_order<'a, 'i>(table: &'a DeTable<'i>) -> Vec<Entry<'a, 'i>> {
-    let mut entries: Vec<_> = table.iter().collect();
-    entries.sort_by_key(|(key, _)| key.span().start);
-    entries
-}
-/// A TOML array of strings: `["a", "b"]`.
-fn strings(items: &[String]) -> String {
-    let items: Vec<String> = items.iter().map(|s| quoted(s)).collect();
-    format!("[{}]", items.join(", "))
-}
-/// An inline TOML table, `{ a = 1, b = 2 }`, of keys and values already written as TOML.
-fn inline_table(pairs: impl Iterator<Item = (String, String)>) -> String {
-    let pairs: Vec<String> = pairs
-        .map(|(k, v)| format!("{} = {v}", toml_key(&k)))
-        .collect();
-    if pairs.is_empty() {
-        "{}".into()
-    } else {
-        format!("{{ {} }}", pairs.join(", "))
-    }
-}
-type Item<'a, 'i> = (Range<usize>, &'a str, &'a Spanned<DeValue<'i>>);
-/// A table's entries in file order: each key's span and name, and its value.
-fn entries<'a, 'i>(v: &Val<'a, 'i>, lines: &str) -> Result<Vec<Item<'a, 'i>>, Bad> {
-    let DeValue::Table(table) = v.value.get_ref() else {
-        let hint = format!("write a [{}] section with {lines}", v.key);
-        return Err(v.wrong_type("a table", &hint));
-    };
-    let entry = |(k, value): Entry<'a, 'i>| (k.span(), k.get_ref().as_ref(), value);
-    Ok(in_file_order(table).into_iter().map(entry).collect())
-}
-/// An array of strings, each checked by `check(index, text)`, which says why not.
-fn string_array(
-    v: &Val,
-    hint: &str,
-    check: impl Fn(usize, &str) -> Result<(), String>,
-) -> Result<Vec<String>, Bad> {
-    let DeValue::Array(items) = v.value.get_ref() else {
-        return Err(v.wrong_type("an array of strings", hint));
-    };
-    let read = |(i, value)| {
-        let item = Val {
-            key: &format!("{}[{i}]", v.key),
-            value,
-        };
-        let text = item.string(hint)?;
-        check(i, text).map_err(|why| item.bad(why))?;
-        Ok(text.to_string())
-    };
-    items.iter().enumerate().map(read).collect()
-}
 /// "an integer", "a string".
 fn a(type_name: &str) -> String {
     let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
     format!("{} {type_name}", if vowel { "an" } else { "a" })
-}
-
-/// How a key's value is read, checked and shown. `DOC` names the type in the man page;
-/// `VALUES` lists a keyword's spellings and meanings; `show` is `None` when unset.
-pub(crate) trait Kind {
-    type Out: Clone;
-    const DOC: &'static str;
-    const VALUES: &'static [(&'static str, &'static str)] = &[];
-    /// A table whose flag takes one entry per use, written like this (`CODE=ACTION`);
-    /// each use adds its entry over the file's.
-    const ENTRY: Option<&'static str> = None;
-    fn read(v: &Val) -> Result<Self::Out, Bad>;
-    fn show(value: &Self::Out) -> Option<String>;
-    /// Puts a value read over the one there: replaces it (a table of entries adds them).
-    fn merge(into: &mut Self::Out, value: Self::Out) {
-        *into = value;
-    }
-}
-
-/// A closed set of keywords (declared with `keywords!`): every value, in documentation
-/// order, with its spelling and meaning.
-pub(crate) trait Keyword: Copy + PartialEq + Send + Sync + 'static {
-    const ALL: &'static [Self];
-    const VALUES: &'static [(&'static str, &'static str)];
-    fn as_str(self) -> &'static str {
-        Self::VALUES[Self::ALL.iter().position(|v| *v == self).unwrap_or(0)].0
-    }
-    fn parse(text: &str) -> Result<Self, String> {
-        let found = Self::ALL.iter().copied().find(|v| v.as_str() == text);
-        found.ok_or_else(|| format!("{text:?} is not valid; expected one of {}", Self::list()))
-    }
-    fn list() -> String {
-        let names: Vec<&str> = Self::VALUES.iter().map(|(name, _)| *name).collect();
-        names.join(", ")
-    }
-}
-impl<K: Keyword> Kind for K {
-    type Out = K;
-    const DOC: &'static str = "string";
-    const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
-    fn read(v: &Val) -> Result<K, Bad> {
-        let hint = format!("write one of {}, in quotes", K::list());
-        K::parse(v.string(&hint)?).map_err(|e| v.bad(e))
-    }
-    fn show(value: &K) -> Option<String> {
-        Some(quoted(value.as_str()))
-    }
-}
-impl<K: Kind> Kind for Option<K> {
-    type Out = Option<K::Out>;
-    const DOC: &'static str = K::DOC;
-    const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
-    fn read(v: &Val) -> Result<Self::Out, Bad> {
-        K::read(v).map(Some)
-    }
-    fn show(value: &Self::Out) -> Option<String> {
-        value.as_ref().and_then(K::show)
-    }
-}
-/// `Type => Out, "man page type", |v| { read } |x| shown;`
-macro_rules! kinds {
-    ($($ty:ty => $out:ty, $doc:literal, |$v:ident| $read:block |$x:ident| $show:expr;)+) => {$(
-        impl Kind for $ty {
-            type Out = $out; const DOC: &'static str = $doc;
-            fn read($v: &Val) -> Result<$out, Bad> $read
-            fn show($x: &$out) -> Option<String> { Some($show) }
-        }
-    )+};
-}
-const EXIT_ACTION: &str = "write \"stop\", \"restart\" or a delay like \"30m\"";
-const EXIT_STATUS: &str =
-    "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
-
-/// `[restart.exit]`: `CODE = "stop" | "restart" | "<delay>"`, CODE from 0 to 255.
-impl Kind for ExitActions {
-    type Out = BTreeMap<u8, ExitRule>;
-    const DOC: &'static str = "table of exit actions";
-    const ENTRY: Option<&'static str> = Some("CODE=ACTION");
-    fn read(v: &Val) -> Result<Self::Out, Bad> {
-        let mut actions = BTreeMap::new();
-        for (span, name, value) in entries(v, "lines like 75 = \"30m\"")? {
-            let digits = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
-            let code = match name.parse::<u32>().ok().filter(|_| digits) {
-                Some(code) => u8::try_from(code).map_err(|_| format!("{code} is out of range")),
-                None if digits => Err(format!("{name} is out of range")),
-                None => Err(format!("{name:?} is not an exit code")),
-            };
-            let what = |what: String| format!("{}: {what}", v.key);
-            let code =
-                code.map_err(|e| Bad::at(span.clone(), what(format!("{e}; {EXIT_STATUS}"))))?;
-            if actions.contains_key(&code) {
-                let twice = format!("exit code {code} is given twice; keep one");
-                return Err(Bad::at(span, what(twice)));
-            }
-            let full = format!("{}.{code}", v.key);
-            let v = Val { key: &full, value };
-            let text = v.string(EXIT_ACTION)?;
-            let not = |_| v.bad(format!("{text:?} is not an action; {EXIT_ACTION}"));
-            actions.insert(code, text.trim().parse().map_err(not)?);
-        }
-        Ok(actions)
-    }
-    fn show(actions: &Self::Out) -> Option<String> {
-        // None: not set, every exit status follows `restart.policy`.
-        let pair = |(code, rule): (&u8, &ExitRule)| (code.to_string(), quoted(&rule.to_string()));
-        let pairs = actions.iter().map(pair);
-        (!actions.is_empty()).then(|| inline_table(pairs))
-    }
-    fn merge(into: &mut Self::Out, value: Self::Out) {
-        into.extend(value);
-    }
-}
-
-/// The variables ralph-supervise sets or removes for the command itself, after `[run.env]`
-/// (`run.rs`, `supervisor::spawn`): a value for them there would be silently lost.
-const OWN_ENV: [&str; 7] = [
-    "RALPH_LOCK_FD",
-    "RALPH_WORKSPACE_ROOT",
-    "RALPH_LOOP_INDEX",
-    "RALPH_FENCING_TOKEN",
-    "RALPH_SUPERVISE_ETCD_USER",
-    "RALPH_SUPERVISE_ETCD_PASSWORD",
-    "NOTIFY_SOCKET",
-];
-
-/// Kinds with rules of their own (an exit code, 1 to 255; a non-empty directory; a git
-/// branch prefix; a signal name or number; environment variables; ...): see `kinds!`.
-pub(crate) struct ExitCode;
-pub(crate) struct Restarts;
-pub(crate) struct Dir;
-pub(crate) struct BranchPrefix;
-pub(crate) struct Signal;
-pub(crate) struct Env;
-pub(crate) struct ExitActions;
-pub(crate) struct Argv;
-pub(crate) struct Globs;
-pub(crate) struct NonZeroDuration;
-const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
-const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
-const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
-
-kinds! {
-    Duration => Duration, "duration", |v| {
-        let text = v.value.get_ref().as_str().ok_or_else(|| v.wrong_type("a duration string", DURATION))?;
-        humantime::parse_duration(text.trim()).map_err(|e| {
-            let why = e.to_string(); // without the unit table humantime appends: the hint suffices
-            let why = why.split(", supported units").next().unwrap_or_default();
-            v.bad(format!("{text:?} is not a duration ({why}); {DURATION}"))
-        })
-    } |d| quoted(&format_duration(*d));
-    NonZeroDuration => Duration, "duration, more than 0", |v| {
-        let d = <Duration as Kind>::read(v)?;
-        if d.is_zero() {
-            let text = v.value.get_ref().as_str().unwrap_or_default();
-            return Err(v.bad(format!("{text:?} is zero; {DURATION}, or leave the key out")));
-        }
-        Ok(d)
-    } |d| quoted(&format_duration(*d));
-    bool => bool, "boolean", |v| {
-        let hint = "write true or false, without quotes";
-        v.value.get_ref().as_bool().ok_or_else(|| v.wrong_type("true or false", hint))
-    } |b| b.to_string();
-    ExitCode => u8, "integer, 1 to 255", |v| {
-        let code = v.integer(EXIT_CODE)?;
-        let out_of_range = || v.bad(format!("{code} is out of range; use {EXIT_CODE}"));
-        u8::try_from(code).ok().filter(|c| *c != 0).ok_or_else(out_of_range)
-    } |code| code.to_string();
-    Restarts => u32, "integer, 0 or more", |v| {
-        let max = v.integer("a number of restarts (0 or more)")?;
-        let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
-        u32::try_from(max).map_err(|_| v.bad(format!("{max} is out of range; {use_}")))
-    } |max| max.to_string();
-    Dir => PathBuf, "string", |v| {
-        match v.string("write a directory in quotes, like \".worktrees\"")? {
-            "" => Err(v.bad("the directory is empty; use a directory like \".worktrees\"")),
-            dir => Ok(PathBuf::from(dir)),
-        }
-    } |dir| quoted(&dir.to_string_lossy());
-    BranchPrefix => String, "string", |v| {
-        let prefix = v.string("write a prefix in quotes, like \"ralph/\"")?;
-        match crate::worktree::id::branch_prefix_problem(prefix) {
-            None => Ok(prefix.to_string()),
-            Some(why) => Err(v.bad(format!("{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\""))),
-        }
-    } |prefix| quoted(prefix);
-    Signal => i32, "string or integer", |v| {
-        let text = match v.value.get_ref() {
-            DeValue::String(s) => s.to_string(),
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).map_or(i.as_str().into(), |n| n.to_string()),
-            _ => return Err(v.wrong_type("a signal name or number", SIGNAL)),
-        };
-        match crate::signals::parse(&text) {
-            Ok(signal) => Ok(signal as i32),
-            Err(_) if v.value.get_ref().is_integer() => Err(v.bad(format!("{text} is not a signal number; {SIGNAL}"))),
-            Err(_) => Err(v.bad(format!("{text:?} is not a signal; {SIGNAL}"))),
-        }
-    } |signal| quoted(&crate::signals::name(*signal));
-    Env => BTreeMap<String, String>, "table of strings", |v| {
-        let mut env = BTreeMap::new();
-        for (span, name, value) in entries(v, "lines like NAME = \"value\"")? {
-            if name.is_empty() || name.contains(['=', '\0']) {
-                let use_ = "use a name without = or NUL, like RUST_LOG";
-                let msg = format!("run.env: {name:?} is not a usable variable name; {use_}");
-                return Err(Bad::at(span, msg));
-            }
-            if OWN_ENV.contains(&name) {
-                let msg = format!("run.env: {name} is ralph-supervise's to set (or remove) for every run, over [run.env]; remove it");
-                return Err(Bad::at(span, msg));
-            }
-            let (full, example) = (format!("run.env.{name}"), toml_key(name));
-            let v = Val { key: &full, value };
-            let text = v.string(&format!("write the value in quotes, like {example} = \"1\""))?;
-            if text.contains('\0') {
-                return Err(v.bad("the value contains a NUL character; remove it"));
-            }
-            env.insert(name.to_string(), text.to_string());
-        }
-        Ok(env)
-    } |env| inline_table(env.iter().map(|(k, v)| (k.clone(), quoted(v))));
-    Argv => Vec<String>, "array of strings", |v| {
-        let hint = "write the program and its arguments as an array, like [\"make\", \"up\"]";
-        if v.value.get_ref().as_array().is_some_and(|a| a.is_empty()) {
-            return Err(v.bad(format!("the array is empty; {hint}, or leave the key out")));
-        }
-        string_array(v, hint, |i, text| match text {
-            _ if text.contains('\0') => Err("it contains a NUL character; remove it".into()),
-            "" if i == 0 => Err("the program name is empty; name a program, like \"make\"".into()),
-            _ => Ok(()),
-        })
-    } |argv| strings(argv);
-    Globs => Vec<String>, "array of strings", |v| {
-        let hint = "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
-        string_array(v, hint, |_, text| crate::worktree::copy::check_glob(text)
-            .map_err(|why| format!("{text:?} is not a usable glob ({why}); {hint}")))
-    } |globs| strings(globs);
 }

@@ -1,13 +1,11 @@
-//! The kinds of the `[limits]` keys, in systemd's spellings: `memory_max` as
-//! `MemoryMax=` (`"512M"`, `"2G"`, `"50%"`, `"max"`), `pids_max` as `TasksMax=` (an
-//! integer or `"max"`), `cpu_max` as `CPUQuota=` (`"150%"`). Read and checked here
-//! (a bad value is `file:line:col`, exit 78); written to the loop's cgroup by
-//! [`crate::cgroup`].
+//! Resource limits of a loop's cgroup, in systemd's spellings: `MemoryMax=` (`"512M"`,
+//! `"2G"`, `"50%"`, `"max"`), `TasksMax=` (an integer or `"max"`), `CPUQuota=`
+//! (`"150%"`). The policy's `[limits]` keys are read with them (a bad value is
+//! `file:line:col`, exit 78); [`crate::containment`] writes them to the loop's cgroup as
+//! `memory.max`, `pids.max` and `cpu.max`.
 
-use toml::de::DeValue;
-
-use super::read::{Bad, Kind, Val};
-use super::show::quoted;
+use std::fmt;
+use std::str::FromStr;
 
 /// A memory limit: bytes, a share of the machine's memory, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +30,96 @@ pub(crate) enum Cpu {
     Max,
 }
 
-pub(crate) struct MemoryMax;
-pub(crate) struct PidsMax;
-pub(crate) struct CpuMax;
+pub(crate) const MEMORY: &str = "write a size like \"512M\" or \"2G\" (K, M, G, T: powers of 1024), a share of the memory like \"50%\", or \"max\"";
+pub(crate) const PIDS: &str = "write a number of processes like 512, or \"max\"";
+pub(crate) const CPU: &str =
+    "write a share of one CPU like \"50%\" or \"150%\" (1.5 CPUs), or \"max\"";
 
-const MEMORY: &str = "write a size like \"512M\" or \"2G\" (K, M, G, T: powers of 1024), a share of the memory like \"50%\", or \"max\"";
-const PIDS: &str = "write a number of processes like 512, or \"max\"";
-const CPU: &str = "write a share of one CPU like \"50%\" or \"150%\" (1.5 CPUs), or \"max\"";
+impl Memory {
+    /// A number of bytes, more than 0.
+    pub(crate) fn bytes(n: i128) -> Result<Memory, String> {
+        let usable = u64::try_from(n).ok().filter(|b| *b > 0);
+        usable
+            .map(Memory::Bytes)
+            .ok_or_else(|| format!("{n} is not a usable size; {MEMORY}"))
+    }
+}
+impl FromStr for Memory {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Memory, String> {
+        let text = text.trim();
+        if unlimited(text) {
+            return Ok(Memory::Max);
+        }
+        if text.ends_with('%') {
+            return match percent(text) {
+                Some(p @ 1..=10000) => Ok(Memory::Permyriad(p as u32)),
+                _ => Err(format!(
+                    "{text:?} is not a share of the memory (more than 0 %, at most 100 %); {MEMORY}"
+                )),
+            };
+        }
+        match parse_size(text) {
+            Some(b) if b > 0 => Ok(Memory::Bytes(b)),
+            _ => Err(format!("{text:?} is not a size; {MEMORY}")),
+        }
+    }
+}
+
+impl Pids {
+    /// A number of processes, more than 0.
+    pub(crate) fn count(n: i128) -> Result<Pids, String> {
+        let usable = u64::try_from(n).ok().filter(|n| *n > 0);
+        let bad = || format!("{n} is not a usable number of processes; {PIDS}");
+        usable.map(Pids::Count).ok_or_else(bad)
+    }
+}
+impl FromStr for Pids {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Pids, String> {
+        match text.trim() {
+            text if unlimited(text) => Ok(Pids::Max),
+            text => match text.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Pids::Count(n)),
+                _ => Err(format!("{text:?} is not a number of processes; {PIDS}")),
+            },
+        }
+    }
+}
+
+impl FromStr for Cpu {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Cpu, String> {
+        let text = text.trim();
+        if unlimited(text) {
+            return Ok(Cpu::Max);
+        }
+        match percent(text) {
+            Some(p) if p > 0 && p <= 100 * 100 * 10_000 => Ok(Cpu::Permyriad(p)),
+            _ => Err(format!("{text:?} is not a CPU share; {CPU}")),
+        }
+    }
+}
+
+/// As the policy file writes it: `512M`, `50%`, `max`.
+impl fmt::Display for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Memory::Bytes(b) => f.write_str(&show_size(*b)),
+            Memory::Permyriad(p) => write!(f, "{}%", show_hundredths(u64::from(*p))),
+            Memory::Max => f.write_str("max"),
+        }
+    }
+}
+/// As the policy file writes it: `150%`, `max`.
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Cpu::Permyriad(p) => write!(f, "{}%", show_hundredths(*p)),
+            Cpu::Max => f.write_str("max"),
+        }
+    }
+}
 
 /// `"12.5"` as hundredths (1250); at most two decimals.
 fn hundredths(text: &str) -> Option<u64> {
@@ -89,92 +170,6 @@ fn percent(text: &str) -> Option<u64> {
 
 fn unlimited(text: &str) -> bool {
     matches!(text, "max" | "infinity")
-}
-
-impl Kind for MemoryMax {
-    type Out = Memory;
-    const DOC: &'static str = "string or integer (bytes)";
-    fn read(v: &Val) -> Result<Memory, Bad> {
-        if let DeValue::Integer(_) = v.value.get_ref() {
-            let bytes = v.integer("a number of bytes")?;
-            return u64::try_from(bytes)
-                .ok()
-                .filter(|b| *b > 0)
-                .map(Memory::Bytes)
-                .ok_or_else(|| v.bad(format!("{bytes} is not a usable size; {MEMORY}")));
-        }
-        let text = v.string(MEMORY)?.trim();
-        if unlimited(text) {
-            return Ok(Memory::Max);
-        }
-        if text.ends_with('%') {
-            return match percent(text) {
-                Some(p @ 1..=10000) => Ok(Memory::Permyriad(p as u32)),
-                _ => Err(v.bad(format!(
-                    "{text:?} is not a share of the memory (more than 0 %, at most 100 %); {MEMORY}"
-                ))),
-            };
-        }
-        match parse_size(text) {
-            Some(b) if b > 0 => Ok(Memory::Bytes(b)),
-            _ => Err(v.bad(format!("{text:?} is not a size; {MEMORY}"))),
-        }
-    }
-    fn show(value: &Memory) -> Option<String> {
-        Some(match value {
-            Memory::Bytes(b) => quoted(&show_size(*b)),
-            Memory::Permyriad(p) => quoted(&format!("{}%", show_hundredths(u64::from(*p)))),
-            Memory::Max => quoted("max"),
-        })
-    }
-}
-
-impl Kind for PidsMax {
-    type Out = Pids;
-    const DOC: &'static str = "integer or \"max\"";
-    fn read(v: &Val) -> Result<Pids, Bad> {
-        if let DeValue::Integer(_) = v.value.get_ref() {
-            let n = v.integer("a number of processes like 512")?;
-            return u64::try_from(n)
-                .ok()
-                .filter(|n| *n > 0)
-                .map(Pids::Count)
-                .ok_or_else(|| v.bad(format!("{n} is not a usable number of processes; {PIDS}")));
-        }
-        let text = v.string(PIDS)?.trim();
-        match text.parse::<u64>() {
-            _ if unlimited(text) => Ok(Pids::Max),
-            Ok(n) if n > 0 => Ok(Pids::Count(n)),
-            _ => Err(v.bad(format!("{text:?} is not a number of processes; {PIDS}"))),
-        }
-    }
-    fn show(value: &Pids) -> Option<String> {
-        Some(match value {
-            Pids::Count(n) => n.to_string(),
-            Pids::Max => quoted("max"),
-        })
-    }
-}
-
-impl Kind for CpuMax {
-    type Out = Cpu;
-    const DOC: &'static str = "string";
-    fn read(v: &Val) -> Result<Cpu, Bad> {
-        let text = v.string(CPU)?.trim();
-        if unlimited(text) {
-            return Ok(Cpu::Max);
-        }
-        match percent(text) {
-            Some(p) if p > 0 && p <= 100 * 100 * 10_000 => Ok(Cpu::Permyriad(p)),
-            _ => Err(v.bad(format!("{text:?} is not a CPU share; {CPU}"))),
-        }
-    }
-    fn show(value: &Cpu) -> Option<String> {
-        Some(match value {
-            Cpu::Permyriad(p) => quoted(&format!("{}%", show_hundredths(*p))),
-            Cpu::Max => quoted("max"),
-        })
-    }
 }
 
 fn show_hundredths(p: u64) -> String {

@@ -1,0 +1,129 @@
+//! The settings of fleet mode (`src/fleet/`, the `fleet` feature) and their rules: etcd
+//! endpoints, the lock key, the lease's time to live, TLS files. They are compiled in
+//! every build, so that a policy file's `[fleet]` section reads the same whatever the
+//! binary was built with; only `run` needs the feature to act on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::present::short_duration as format_duration;
+
+/// The shortest lease: below it a keep-alive round trip and a stop grace do not fit.
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(2);
+pub(crate) const ENDPOINT: &str = "write URLs like \"http://etcd-1.example:2379\"";
+
+/// An etcd client URL, checked, without a trailing slash.
+pub(crate) fn endpoint(text: &str) -> Result<String, String> {
+    match check_endpoint(text) {
+        Ok(()) => Ok(text.trim_end_matches('/').to_string()),
+        // A URL with a password in it is not repeated.
+        Err(why) => {
+            let shown = match text.contains('@') {
+                true => "the URL".to_string(),
+                false => format!("{text:?}"),
+            };
+            Err(format!("{shown} is not an etcd URL ({why}); {ENDPOINT}"))
+        }
+    }
+}
+
+/// The lease's time to live: at least [`MIN_TTL`].
+pub(crate) fn ttl(ttl: Duration) -> Result<Duration, String> {
+    match ttl < MIN_TTL {
+        true => Err(format!(
+            "{:?} is under 2s; use a lease of at least \"2s\" (\"10s\" is usual)",
+            format_duration(ttl)
+        )),
+        false => Ok(ttl),
+    }
+}
+
+/// A TLS file (a CA, a client certificate or key): it must exist.
+pub(crate) fn tls_file(path: &str) -> Result<PathBuf, String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(PathBuf::from(path)),
+        Ok(_) => Err(format!("{path:?} is not a file; name a PEM file")),
+        Err(e) => Err(format!("{path:?}: {e}; name a PEM file that exists")),
+    }
+}
+
+/// `http://host[:port]` or `https://...`, nothing else (no user, path or query).
+fn check_endpoint(text: &str) -> Result<(), &'static str> {
+    let rest = (text.strip_prefix("http://"))
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or("it must start with http:// or https://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('@') {
+        return Err("no user or password in it: set RALPH_SUPERVISE_ETCD_USER and _PASSWORD");
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err("no path, query or fragment");
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("no host name");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err("the port is not a number from 1 to 65535");
+    }
+    Ok(())
+}
+
+/// Why `key` cannot be a fleet key, if it cannot: etcd takes any bytes, but the key is
+/// also a name in logs, `etcdctl` commands and shells.
+pub(crate) fn check_fleet_key(key: &str) -> Result<(), String> {
+    let bad = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._/-".contains(*c)));
+    if key.is_empty() {
+        Err("it is empty".into())
+    } else if let Some(c) = bad {
+        Err(format!(
+            "{c:?} is not allowed: use letters, digits and . _ / - only"
+        ))
+    } else if key.starts_with('/') || key.ends_with('/') || key.contains("//") {
+        Err("it may not start or end with / or contain //".into())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_plain_http_urls() {
+        for good in [
+            "http://127.0.0.1:2379",
+            "https://etcd.example",
+            "http://[::1]:2379/",
+        ] {
+            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:2379",
+            "etcd:2379",
+            "http://",
+            "http://u:p@h:1",
+            "http://h:1/v3",
+            "http://h:x",
+            "http://h:0",
+            "unix:///run/etcd.sock",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_are_limited() {
+        assert!(check_fleet_key("acme/api/main").is_ok());
+        assert!(check_fleet_key("github.com/a_b/c-d/feature.x").is_ok());
+        for bad in ["", "a b", "a/b@c", "/a", "a/", "a//b", "ü", "a\nb", "a*"] {
+            assert!(check_fleet_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}
