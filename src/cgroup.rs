@@ -1,6 +1,7 @@
 //! The loop's own cgroup (cgroup v2): made below the cgroup ralph-supervise started in,
-//! never above it; the command is placed in it before it runs (its child-side setup
-//! writes to `cgroup.procs`, see [`crate::sys::ChildSetup`]), limits are written to it,
+//! never above it; the command starts in it (`clone3` into its directory,
+//! [`crate::sys::spawn_into_cgroup`]; else its child-side setup writes to
+//! `cgroup.procs`, see [`crate::sys::ChildSetup`]), limits are written to it,
 //! `cgroup.kill` ends everything in it, `cgroup.freeze` stops it on Ctrl-Z,
 //! `cgroup.events` says without polling when it is empty, and `cpu.stat` /
 //! `memory.peak` / `pids.peak` account for it. Only files are read and written here
@@ -271,6 +272,8 @@ fn key_value(text: &str, key: &str) -> Option<u64> {
 #[derive(Debug)]
 pub(crate) struct Cgroup {
     pub(crate) path: PathBuf,
+    /// The directory, for `clone3(CLONE_INTO_CGROUP)`.
+    dir: fs::File,
     events: fs::File,
     procs: fs::File,
 }
@@ -292,15 +295,22 @@ impl Cgroup {
     /// Opens the cgroup at `path` (made by [`Hierarchy::create`], or recorded in a lock
     /// file's metadata, for `status`).
     pub(crate) fn open(path: PathBuf) -> io::Result<Cgroup> {
+        let dir = fs::File::open(&path)?;
         let events = fs::File::open(path.join("cgroup.events"))?;
         let procs = fs::OpenOptions::new()
             .write(true)
             .open(path.join("cgroup.procs"))?;
         Ok(Cgroup {
             path,
+            dir,
             events,
             procs,
         })
+    }
+
+    /// The descriptor of the cgroup's directory, to start the child in it (`clone3`).
+    pub(crate) fn dir_fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
     }
 
     /// The descriptor of `cgroup.procs` the child writes `0` to before `exec`.

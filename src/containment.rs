@@ -24,7 +24,7 @@
 //! place and removed by a later run once empty).
 
 use std::fmt;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -303,9 +303,14 @@ impl Containment {
         self.cgroup.as_ref().map(|c| c.path.clone())
     }
 
-    /// The descriptor the child writes `0` to before `exec` (cgroup mode).
-    pub(crate) fn procs_fd(&self) -> Option<RawFd> {
-        self.cgroup.as_ref().map(Cgroup::procs_fd)
+    /// Where the child goes (cgroup mode): the cgroup's directory, to start it there
+    /// (`clone3`), and its `cgroup.procs`, which the child writes `0` to before `exec`
+    /// where that cannot be done.
+    pub(crate) fn placement(&self) -> Option<crate::sys::Placement> {
+        self.cgroup.as_ref().map(|c| crate::sys::Placement {
+            dir: c.dir_fd(),
+            procs: c.procs_fd(),
+        })
     }
 
     /// `cgroup.events`, to `poll` for `POLLPRI` (cgroup mode): a change of `populated`.

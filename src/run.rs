@@ -394,7 +394,7 @@ fn run_locked(
         extra: Vec::new(),
         fleet,
         meta,
-        cgroup_procs: tree.procs_fd(),
+        cgroup: tree.placement(),
         terminal: Terminal::detect(),
         child: None,
         registered: false,
@@ -579,7 +579,7 @@ struct Session<'a> {
     fleet: Option<&'a mut Fleet>,
     meta: Metadata,
     /// The loop's cgroup's `cgroup.procs`, which the child moves itself into.
-    cgroup_procs: Option<std::os::fd::RawFd>,
+    cgroup: Option<crate::sys::Placement>,
     terminal: Option<Terminal>,
     child: Option<Child>,
     /// The worktree loop is in the registry (so its entry going away means something).
@@ -641,7 +641,7 @@ impl Session<'_> {
             self.lock.raw_fd(),
             self.terminal,
             answerer.as_ref().map(|sock| sock.as_raw_fd()),
-            self.cgroup_procs,
+            self.cgroup,
             |cmd| {
                 cmd.envs(&self.settings.policy.run.env);
                 // The notify socket is ours: a child (say `ralph run`) must not report

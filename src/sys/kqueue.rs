@@ -383,6 +383,11 @@ pub(crate) fn sigqueue(_pid: i32, _sig: i32, _value: usize) -> io::Result<()> {
 /// Never called: there are no reserved signals here ([`reserved_signals`] is empty).
 pub(crate) fn reset_reserved_signal(_sig: i32) {}
 
+/// No cgroups here: the spawn goes the usual way (`sys/spawn.rs` falls back).
+pub(crate) fn clone_into_cgroup(_cgroup_dir: std::os::fd::RawFd) -> io::Result<i32> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// Disk space is not reserved ahead of a rewrite here (no `FALLOC_FL_KEEP_SIZE`): the
 /// write takes its chance, as on a Linux file system without `fallocate`.
 pub(crate) fn reserve(_fd: BorrowedFd<'_>, _offset: u64, _len: u64) -> io::Result<()> {
