@@ -78,10 +78,13 @@ pub(crate) struct Rules<'a> {
 }
 
 /// Takes the workspace lock of `dir`; if it is held, applies the conflict policy.
+/// `before_wait` runs before a `wait` blocks (what the run needs once it has the lock
+/// is made then, so that the hand-off does not wait for it).
 pub(crate) fn acquire(
     dir: &RalphDir,
     rules: &Rules<'_>,
     signals: &Signals,
+    before_wait: impl FnOnce() -> Result<(), Failure>,
 ) -> Result<Next, Failure> {
     let held = match lock::try_acquire(dir)? {
         Acquire::Acquired(lock) => return Ok(Next::Primary(lock)),
@@ -99,7 +102,10 @@ pub(crate) fn acquire(
             }
         ))),
         OnConflict::Worktree => rules.worktree_or_refuse(&held.holder(), None),
-        OnConflict::Wait => wait(dir, held, rules, signals),
+        OnConflict::Wait => {
+            before_wait()?;
+            wait(dir, held, rules, signals)
+        }
         OnConflict::Takeover => takeover(dir, held, rules, signals),
     }
 }

@@ -154,6 +154,8 @@ pub(crate) fn signal_orphaned(path: &std::path::Path, sig: i32) {
 pub(crate) struct Containment {
     mode: Mode,
     kill_orphans: bool,
+    /// `stop.containment = "cgroup"`: no cgroup is exit 125.
+    cgroup_required: bool,
     hierarchy: Option<Hierarchy>,
     cgroup: Option<Cgroup>,
     /// Start time of the first command: tree members started no earlier.
@@ -193,15 +195,18 @@ fn physical_memory() -> u64 {
 }
 
 impl Containment {
-    /// Chooses the mode (`stop.containment`), makes the loop's cgroup and applies the
-    /// limits. A cgroup that cannot be made is one line and the tree mode (`auto`), or
-    /// exit 125 (`cgroup`); a limit that cannot be applied is one warning line, or exit
-    /// 125 with `limits.required`.
+    /// Chooses the mode (`stop.containment`) and applies the limits. A cgroup that
+    /// cannot be made is one line and the tree mode (`auto`), or exit 125 (`cgroup`); a
+    /// limit that cannot be applied is one warning line, or exit 125 with
+    /// `limits.required`. Without limits the cgroup is only checked for here (the
+    /// hierarchy found, our cgroup writable) and made by [`Containment::ready`], once the
+    /// run is going to happen: a run refused at once (`--on-conflict fail`) makes none.
     pub(crate) fn set_up(policy: &Policy) -> Result<Containment, Failure> {
         let limits = limit_files(policy);
         let mut this = Containment {
             mode: Mode::Tree,
             kill_orphans: policy.stop.orphans == Orphans::Kill,
+            cgroup_required: policy.stop.containment == policy::Containment::Cgroup,
             hierarchy: None,
             cgroup: None,
             since: None,
@@ -211,41 +216,27 @@ impl Containment {
         };
         let why_not = match policy.stop.containment {
             policy::Containment::Tree => Some("stop.containment is \"tree\"".to_string()),
-            policy::Containment::Auto | policy::Containment::Cgroup => match make_cgroup() {
-                Ok((hierarchy, cgroup)) => {
-                    this.mode = Mode::Cgroup;
-                    this.hierarchy = Some(hierarchy);
-                    this.cgroup = Some(cgroup);
-                    None
-                }
-                Err(why) if policy.stop.containment == policy::Containment::Cgroup => {
-                    return Err(Failure::msg(
-                        ExitStatus::Failure,
-                        format!(
-                            "stop.containment is \"cgroup\", but {why}; run as root or in a delegated cgroup (systemd's Delegate=yes, systemd-run --user --scope), or use --containment tree"
-                        ),
-                    ));
-                }
-                Err(why) => {
-                    // One line where cgroup v2 exists but is not ours to write; quiet
-                    // where there is none at all (macOS, FreeBSD, cgroup v1 only).
-                    if Hierarchy::locate().is_ok() {
-                        info!(
-                            "no cgroup for the loop ({why}): containing its process tree instead"
-                        );
-                    } else {
-                        debug!("no cgroup for the loop ({why}): containing its process tree");
+            policy::Containment::Auto | policy::Containment::Cgroup => {
+                let found = match limits.is_empty() {
+                    true => usable_hierarchy().map(|h| (h, None)),
+                    false => make_cgroup().map(|(h, c)| (h, Some(c))),
+                };
+                match found {
+                    Ok((hierarchy, cgroup)) => {
+                        this.mode = Mode::Cgroup;
+                        this.hierarchy = Some(hierarchy);
+                        this.cgroup = cgroup;
+                        None
                     }
-                    Some(why)
+                    Err(why) => Some(this.no_cgroup(why)?),
                 }
-            },
+            }
         };
+        if limits.is_empty() {
+            return Ok(this);
+        }
         if let Some(c) = &this.cgroup {
             debug!(cgroup = %c.path.display(), "the loop's cgroup");
-        }
-        if limits.is_empty() {
-            this.enable_for_accounting();
-            return Ok(this);
         }
         let unapplied = match (&this.hierarchy, &this.cgroup, why_not) {
             (Some(h), Some(c), _) => apply_limits(h, c, &limits),
@@ -273,6 +264,49 @@ impl Containment {
         }
         this.enable_for_accounting();
         Ok(this)
+    }
+
+    /// Makes the loop's cgroup where [`Containment::set_up`] only checked that one can be
+    /// made: called once the run is going to happen (the lock taken, or before a wait
+    /// for it, so that the hand-off does not pay for it). A cgroup that cannot be made
+    /// after all is the tree mode (`auto`) or exit 125 (`cgroup`), as in `set_up`.
+    pub(crate) fn ready(&mut self) -> Result<(), Failure> {
+        let Some(h) = self.hierarchy.as_ref().filter(|_| self.cgroup.is_none()) else {
+            return Ok(());
+        };
+        match create_below(h) {
+            Ok(c) => {
+                debug!(cgroup = %c.path.display(), "the loop's cgroup");
+                self.cgroup = Some(c);
+                self.enable_for_accounting();
+            }
+            Err(why) => {
+                self.no_cgroup(why)?;
+                self.mode = Mode::Tree;
+                self.hierarchy = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// No cgroup for the loop, because `why`: exit 125 with `stop.containment =
+    /// "cgroup"`, else one line (where cgroup v2 exists but is not ours to write; quiet
+    /// where there is none at all: macOS, FreeBSD, cgroup v1 only) and `why` back.
+    fn no_cgroup(&self, why: String) -> Result<String, Failure> {
+        if self.cgroup_required {
+            return Err(Failure::msg(
+                ExitStatus::Failure,
+                format!(
+                    "stop.containment is \"cgroup\", but {why}; run as root or in a delegated cgroup (systemd's Delegate=yes, systemd-run --user --scope), or use --containment tree"
+                ),
+            ));
+        }
+        if Hierarchy::locate().is_ok() {
+            info!("no cgroup for the loop ({why}): containing its process tree instead");
+        } else {
+            debug!("no cgroup for the loop ({why}): containing its process tree");
+        }
+        Ok(why)
     }
 
     /// With a cgroup below a cgroup of our own (not the root), turns on the memory and
@@ -570,6 +604,13 @@ fn self_leaf() -> String {
 
 /// The loop's cgroup below ours, after removing stale ones of earlier runs.
 fn make_cgroup() -> Result<(Hierarchy, Cgroup), String> {
+    let h = usable_hierarchy()?;
+    let c = create_below(&h)?;
+    Ok((h, c))
+}
+
+/// The hierarchy, where our cgroup is ours to make the loop's below.
+fn usable_hierarchy() -> Result<Hierarchy, String> {
     let h = Hierarchy::locate()?;
     // Moving the command into a cgroup below ours needs write access to ours.
     if let Err(e) = std::fs::OpenOptions::new()
@@ -578,15 +619,18 @@ fn make_cgroup() -> Result<(Hierarchy, Cgroup), String> {
     {
         return Err(format!("{} is not writable ({e})", h.own.display()));
     }
+    Ok(h)
+}
+
+/// Makes the loop's cgroup below ours, after removing stale ones of earlier runs.
+fn create_below(h: &Hierarchy) -> Result<Cgroup, String> {
     let removed = h.remove_stale();
     if removed > 0 {
         debug!(removed, "removed empty cgroups of earlier runs");
     }
     let name = own_name();
-    let c = h
-        .create(&name)
-        .map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))?;
-    Ok((h, c))
+    h.create(&name)
+        .map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))
 }
 
 /// Enables the limits' controllers and writes the limits; `Some((missing, why))` for

@@ -96,8 +96,9 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     let _ = crate::sys::become_subreaper();
     // Looked up now, so that a wait for the lock hands off without these system calls.
     self_identity();
-    // The loop's cgroup (or its process tree) and its limits, before anything is
-    // locked: a limit that must apply and cannot is refused up front (125).
+    // The loop's containment (a cgroup, or its process tree) and its limits, decided
+    // before anything is locked: a limit that must apply and cannot is refused up front
+    // (125). The cgroup itself is made once the run will happen (`tree.ready()`).
     let mut tree = Containment::set_up(&settings.policy)?;
 
     // Before the workspace is taken: "always" where the system cannot is refused.
@@ -107,7 +108,12 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     // Set once `on_start` has had its turn: then `on_exit` has one too.
     let mut facts = None;
-    let status = match conflict::acquire(&dir, &settings.conflict_rules(), &signals)? {
+    let next = conflict::acquire(&dir, &settings.conflict_rules(), &signals, || tree.ready())?;
+    if !matches!(next, Next::Exit(_)) {
+        // The loop's cgroup, now that the run will happen (unless made before a wait).
+        tree.ready()?;
+    }
+    let status = match next {
         // The local lock first, then (fleet mode) the fleet lock on top.
         Next::Primary(lock) => {
             if !settings.chdir {
