@@ -48,13 +48,13 @@ pub(crate) type WhyNot = String;
 impl Hierarchy {
     /// The cgroup v2 mount and our cgroup in it.
     pub(crate) fn locate() -> Result<Hierarchy, WhyNot> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        let mountinfo = crate::sys::read_text("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
         let (root, mount) = mountinfo
             .lines()
             .find_map(parse_cgroup2_mount)
             .ok_or("no cgroup v2 file system is mounted")?;
-        let cgroup = fs::read_to_string("/proc/self/cgroup")
+        let cgroup = crate::sys::read_text("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let own_path = cgroup
             .lines()
@@ -230,7 +230,7 @@ fn unescape(field: &str) -> String {
 }
 
 fn words(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
+    crate::sys::read_text(path)
         .unwrap_or_default()
         .split_ascii_whitespace()
         .map(str::to_string)
@@ -238,7 +238,7 @@ fn words(path: &Path) -> Vec<String> {
 }
 
 fn pids(path: &Path) -> Vec<u32> {
-    fs::read_to_string(path)
+    crate::sys::read_text(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
@@ -255,7 +255,7 @@ fn write(path: &Path, text: &str) -> io::Result<()> {
 
 /// `populated` of `cgroup.events`; `None` when it cannot be read.
 fn populated(path: &Path) -> Option<bool> {
-    let events = fs::read_to_string(path.join("cgroup.events")).ok()?;
+    let events = crate::sys::read_text(path.join("cgroup.events")).ok()?;
     key_value(&events, "populated").map(|v| v != 0)
 }
 
@@ -362,7 +362,7 @@ impl Cgroup {
 
     /// Whether `pid` is in this cgroup (its `0::` line names it).
     pub(crate) fn holds(&self, pid: u32, mount: &Path) -> bool {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        let Ok(text) = crate::sys::read_text(format!("/proc/{pid}/cgroup")) else {
             return false;
         };
         text.lines()
@@ -395,9 +395,9 @@ pub(crate) fn usage_at(path: &Path) -> Option<(Usage, usize)> {
 /// What the cgroup at `path` has used: CPU from `cpu.stat` (`None` when it cannot be
 /// read), memory and processes where those controllers are on.
 fn read_usage(path: &Path) -> Option<Usage> {
-    let cpu = fs::read_to_string(path.join("cpu.stat")).ok()?;
+    let cpu = crate::sys::read_text(path.join("cpu.stat")).ok()?;
     let number = |file: &str| {
-        fs::read_to_string(path.join(file))
+        crate::sys::read_text(path.join(file))
             .ok()
             .and_then(|t| t.trim().parse().ok())
     };

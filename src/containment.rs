@@ -156,6 +156,8 @@ pub(crate) struct Containment {
     kill_orphans: bool,
     /// `stop.containment = "cgroup"`: no cgroup is exit 125.
     cgroup_required: bool,
+    /// The cgroup is to be made by [`Containment::ready`].
+    pending: bool,
     hierarchy: Option<Hierarchy>,
     cgroup: Option<Cgroup>,
     /// Start time of the first command: tree members started no earlier.
@@ -186,7 +188,7 @@ fn limit_files(policy: &Policy) -> Vec<(&'static str, &'static str, String)> {
 
 /// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`; cgroups are Linux's).
 fn physical_memory() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let meminfo = crate::sys::read_text("/proc/meminfo").unwrap_or_default();
     let kib = meminfo.lines().find_map(|l| {
         let rest = l.strip_prefix("MemTotal:")?;
         rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
@@ -198,15 +200,17 @@ impl Containment {
     /// Chooses the mode (`stop.containment`) and applies the limits. A cgroup that
     /// cannot be made is one line and the tree mode (`auto`), or exit 125 (`cgroup`); a
     /// limit that cannot be applied is one warning line, or exit 125 with
-    /// `limits.required`. Without limits the cgroup is only checked for here (the
-    /// hierarchy found, our cgroup writable) and made by [`Containment::ready`], once the
-    /// run is going to happen: a run refused at once (`--on-conflict fail`) makes none.
+    /// `limits.required`. Without limits the cgroup is made by [`Containment::ready`],
+    /// once the run is going to happen, so that a run refused at once (`--on-conflict
+    /// fail`) makes none and looks for none; only `stop.containment = "cgroup"` checks
+    /// here that one can be made (the hierarchy found, our cgroup writable).
     pub(crate) fn set_up(policy: &Policy) -> Result<Containment, Failure> {
         let limits = limit_files(policy);
         let mut this = Containment {
             mode: Mode::Tree,
             kill_orphans: policy.stop.orphans == Orphans::Kill,
             cgroup_required: policy.stop.containment == policy::Containment::Cgroup,
+            pending: false,
             hierarchy: None,
             cgroup: None,
             since: None,
@@ -216,21 +220,30 @@ impl Containment {
         };
         let why_not = match policy.stop.containment {
             policy::Containment::Tree => Some("stop.containment is \"tree\"".to_string()),
-            policy::Containment::Auto | policy::Containment::Cgroup => {
-                let found = match limits.is_empty() {
-                    true => usable_hierarchy().map(|h| (h, None)),
-                    false => make_cgroup().map(|(h, c)| (h, Some(c))),
-                };
-                match found {
-                    Ok((hierarchy, cgroup)) => {
-                        this.mode = Mode::Cgroup;
-                        this.hierarchy = Some(hierarchy);
-                        this.cgroup = cgroup;
-                        None
-                    }
-                    Err(why) => Some(this.no_cgroup(why)?),
-                }
+            // No limits: nothing to refuse up front but a cgroup that `cgroup` requires
+            // and that cannot be (our cgroup not writable); `ready` does the rest.
+            policy::Containment::Auto if limits.is_empty() => {
+                this.pending = true;
+                None
             }
+            policy::Containment::Cgroup if limits.is_empty() => {
+                match usable_hierarchy() {
+                    Ok(h) => this.hierarchy = Some(h),
+                    // (Exit 125: `cgroup` is required here.)
+                    Err(why) => drop(this.no_cgroup(why)?),
+                }
+                this.pending = true;
+                None
+            }
+            policy::Containment::Auto | policy::Containment::Cgroup => match make_cgroup() {
+                Ok((hierarchy, cgroup)) => {
+                    this.mode = Mode::Cgroup;
+                    this.hierarchy = Some(hierarchy);
+                    this.cgroup = Some(cgroup);
+                    None
+                }
+                Err(why) => Some(this.no_cgroup(why)?),
+            },
         };
         if limits.is_empty() {
             return Ok(this);
@@ -271,19 +284,23 @@ impl Containment {
     /// for it, so that the hand-off does not pay for it). A cgroup that cannot be made
     /// after all is the tree mode (`auto`) or exit 125 (`cgroup`), as in `set_up`.
     pub(crate) fn ready(&mut self) -> Result<(), Failure> {
-        let Some(h) = self.hierarchy.as_ref().filter(|_| self.cgroup.is_none()) else {
+        if !std::mem::take(&mut self.pending) {
             return Ok(());
+        }
+        let found = match self.hierarchy.take() {
+            Some(h) => Ok(h),
+            None => usable_hierarchy(),
         };
-        match create_below(h) {
-            Ok(c) => {
+        match found.and_then(|h| create_below(&h).map(|c| (h, c))) {
+            Ok((h, c)) => {
                 debug!(cgroup = %c.path.display(), "the loop's cgroup");
+                self.mode = Mode::Cgroup;
+                self.hierarchy = Some(h);
                 self.cgroup = Some(c);
                 self.enable_for_accounting();
             }
             Err(why) => {
                 self.no_cgroup(why)?;
-                self.mode = Mode::Tree;
-                self.hierarchy = None;
             }
         }
         Ok(())

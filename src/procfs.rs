@@ -69,7 +69,7 @@ fn is_zombie(pid: u32) -> bool {
 
 #[cfg(target_os = "linux")]
 fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
+    crate::sys::read_text(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let rest = &s[s.rfind(')')? + 1..];
@@ -110,7 +110,7 @@ fn read_locks() -> Option<String> {
     if std::env::var_os(NO_PROC_LOCKS).is_some_and(|v| v == "1") {
         return None;
     }
-    fs::read_to_string("/proc/locks").ok()
+    crate::sys::read_text("/proc/locks").ok()
 }
 
 /// The environment variable that hides `/proc/locks` ([`read_locks`]), for tests.
@@ -340,12 +340,12 @@ pub(crate) fn descendants(_root: u32, _since: u64) -> Option<Vec<Descendant>> {
 pub(crate) fn own_children() -> Option<Vec<(u32, u64)>> {
     let mut children = Vec::new();
     for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let list = fs::read_to_string(task.path().join("children")).ok()?;
+        let list = crate::sys::read_text(task.path().join("children")).ok()?;
         for pid in list
             .split_ascii_whitespace()
             .filter_map(|p| p.parse::<u32>().ok())
         {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            let Ok(stat) = crate::sys::read_text(format!("/proc/{pid}/stat")) else {
                 continue;
             };
             if let Some((_, false, d)) = parse_descendant(pid, &stat) {

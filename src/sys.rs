@@ -128,9 +128,20 @@ pub(crate) fn blocked_signals() -> impl Iterator<Item = i32> {
 /// The `SigIgn` mask of this process (bit N-1 = signal N), from `/proc/self/status`;
 /// `None` without it (not Linux).
 fn ignored_signals() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = read_text("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// A small file the kernel generates (`/proc`, cgroup files), read in as few `read`s
+/// as it takes: `std::fs::read_to_string` asks for its size (a `statx`, which says 0
+/// for these) and then reads 32 bytes, 32, 64, 128... (eight reads for
+/// `/proc/self/status`); here the first read asks for 4 KiB.
+pub(crate) fn read_text(path: impl AsRef<std::path::Path>) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(4096);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// `flock(2)` operations.

@@ -318,7 +318,7 @@ pub(crate) fn handover_available() -> Result<(), String> {
     // (this process runs in another hand-over loop, or under a container runtime's
     // notifier) the child's would fail with EBUSY. Only a filtered process can be in
     // that case, so only then is a listener tried, in a child that exits at once.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status = super::read_text("/proc/self/status").unwrap_or_default();
     let filtered = status
         .lines()
         .any(|l| l.split_whitespace().eq(["Seccomp:", "2"]));
