@@ -166,6 +166,8 @@ pub(crate) struct Containment {
     pgid: Option<Pid>,
     /// Processes outside the command's group stopped for Ctrl-Z (tree mode).
     stopped: Vec<ProcessHandle>,
+    /// The cgroup was frozen (Ctrl-Z) and not thawed since.
+    frozen: bool,
     /// What the reaped processes used.
     reaped: Rusage,
 }
@@ -216,6 +218,7 @@ impl Containment {
             since: None,
             pgid: None,
             stopped: Vec::new(),
+            frozen: false,
             reaped: Rusage::default(),
         };
         let why_not = match policy.stop.containment {
@@ -508,6 +511,7 @@ impl Containment {
     /// outside the command's process group (the terminal stopped that).
     pub(crate) fn freeze(&mut self) {
         if let Some(c) = &self.cgroup {
+            self.frozen = true;
             if let Err(e) = c.freeze(true) {
                 debug!("cannot freeze the cgroup: {e}");
             }
@@ -527,7 +531,9 @@ impl Containment {
 
     /// The job goes on: thaw the cgroup, continue what [`Containment::freeze`] stopped.
     pub(crate) fn thaw(&mut self) {
-        if let Some(c) = &self.cgroup {
+        if let Some(c) = &self.cgroup
+            && std::mem::take(&mut self.frozen)
+        {
             let _ = c.freeze(false);
         }
         for h in self.stopped.drain(..) {
