@@ -71,13 +71,18 @@ def syscalls(argv):
 
 
 def handoff_once(binary, ws):
-    holder = subprocess.Popen([binary, "-C", ws, "run", "--", STAMP, "--wait-stdin"],
+    """`binary` None: flock(1) holds and `flock -w` waits."""
+    lock = os.path.join(ws, ".ralph", "loop.lock")
+    holder = subprocess.Popen([FLOCK, lock, STAMP, "--wait-stdin"] if binary is None else
+                              [binary, "-C", ws, "run", "--", STAMP, "--wait-stdin"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "ready"
-    waiter = subprocess.Popen([binary, "-q", "-C", ws, "run", "--on-conflict", "wait", "--", STAMP],
+    waiter = subprocess.Popen([FLOCK, "-w", "60", lock, STAMP] if binary is None else
+                              [binary, "-q", "-C", ws, "run", "--on-conflict", "wait", "--", STAMP],
                               stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
-    while "poll" not in open(f"/proc/{waiter.pid}/wchan").read():
+    blocked = "lock" if binary is None else "poll"
+    while blocked not in open(f"/proc/{waiter.pid}/wchan").read():
         assert time.monotonic() < deadline, "the waiter never blocked"
         time.sleep(0.001)
     time.sleep(0.005)
@@ -128,9 +133,9 @@ def main():
         rows.append(("launch: system calls, child included (strace -f -c)", counts))
     perf = {k: perf_counts(v) for k, v in launch.items()}
     add_perf(rows, "launch, child included", perf)
-    ho = {"old": [], "new": []}
+    ho = {"flock": [], "old": [], "new": []}
     for _ in range(N_HANDOFF):
-        for k, b in (("old", OLD), ("new", NEW)):
+        for k, b in (("flock", None), ("old", OLD), ("new", NEW)):
             d = workspace()
             ho[k].append(handoff_once(b, d))
             shutil.rmtree(d)

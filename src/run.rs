@@ -94,8 +94,6 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     // Orphaned descendants are re-parented to us, so we reap them and see them.
     // (A FreeBSD reaper too; macOS has none: see README.)
     let _ = crate::sys::become_subreaper();
-    // Looked up now, so that a wait for the lock hands off without these system calls.
-    self_identity();
     // The loop's containment (a cgroup, or its process tree) and its limits, decided
     // before anything is locked: a limit that must apply and cannot is refused up front
     // (125). The cgroup itself is made once the run will happen (`tree.ready()`).
@@ -108,7 +106,14 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     // Set once `on_start` has had its turn: then `on_exit` has one too.
     let mut facts = None;
-    let next = conflict::acquire(&dir, &settings.conflict_rules(), &signals, || tree.ready())?;
+    // Before a wait blocks: the cgroup made and the supervisor's start time and host
+    // name looked up, so that the hand-off does without these system calls (a run
+    // refused at once does without them altogether).
+    let before_wait = || {
+        self_identity();
+        tree.ready()
+    };
+    let next = conflict::acquire(&dir, &settings.conflict_rules(), &signals, before_wait)?;
     if !matches!(next, Next::Exit(_)) {
         // The loop's cgroup, now that the run will happen (unless made before a wait).
         tree.ready()?;
