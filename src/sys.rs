@@ -18,7 +18,9 @@
 //! * `linux.rs`: signalfd, dnotify, pidfd, `prctl`, `fallocate`, seccomp user
 //!   notification;
 //! * `kqueue.rs` (macOS, FreeBSD): one kqueue (`EVFILT_SIGNAL`, `EVFILT_VNODE`,
-//!   `EVFILT_PROC`), `proc_pidinfo` / `kinfo_proc`, `procctl`.
+//!   `EVFILT_PROC`), `proc_pidinfo` / `kinfo_proc`, `procctl`;
+//! * `spawn.rs` (Linux): the command started in the loop's cgroup (`clone3`), which the
+//!   kqueue room answers with "spawn the usual way".
 //!
 //! The narrow interface each room provides: [`EventSource`] (signals, child exits by
 //! SIGCHLD, `.ralph/` changes; timers are the timeout of the `poll` on its
@@ -42,6 +44,7 @@ compile_error!("ralph-supervise is written for Linux, macOS and FreeBSD");
 mod kqueue;
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
 mod spawn;
 #[cfg(any(target_os = "macos", target_os = "freebsd"))]
 use kqueue as os;
@@ -52,10 +55,13 @@ use linux as os;
 pub(crate) use os::process_identity;
 #[cfg(target_vendor = "apple")]
 pub(crate) use os::sigqueue;
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
+pub(crate) use os::spawn_into_cgroup;
 pub(crate) use os::{
     EventSource, Listener, ProcessHandle, SI_KERNEL, SI_QUEUE, Trapped, abstract_socket_addr,
     become_subreaper, handover_available, realtime_min, reserve, watch_signal,
 };
+#[cfg(target_os = "linux")]
 pub(crate) use spawn::spawn_into_cgroup;
 
 /// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which the reader

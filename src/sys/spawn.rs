@@ -16,6 +16,7 @@
 //! over later ENOENTs, a file without `#!` run by `/bin/sh`). An error in the child
 //! before `exec` reaches the parent over a close-on-exec pipe, as std reports it.
 //! Everything is computed before the clone; the child only makes system calls.
+//! (Linux only: macOS and FreeBSD have no cgroups, and their room spawns the usual way.)
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -116,8 +117,8 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
 /// Spawns `cmd` with `prepared` (whose `cgroup_procs` must be `None`) directly in the
 /// cgroup whose directory `cgroup_dir` is open on, in a process group of its own.
 /// Returns the child's pid; `None` when it cannot be done this way (no `clone3` or no
-/// `CLONE_INTO_CGROUP`: a kernel older than 5.7, not Linux, a NUL byte in the
-/// command): the caller then spawns the usual way.
+/// `CLONE_INTO_CGROUP`: a kernel older than 5.7; a NUL byte in the command): the caller
+/// then spawns the usual way.
 pub(crate) fn spawn_into_cgroup(
     cmd: &Command,
     prepared: &Prepared,
