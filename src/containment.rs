@@ -372,11 +372,12 @@ impl Containment {
         self.cgroup.as_ref().map(Cgroup::events)
     }
 
-    /// The command was started as `pid` (its own process group).
-    pub(crate) fn spawned(&mut self, pid: u32) {
+    /// The command was started as `pid` (its own process group), at `start` (its start
+    /// time, when the caller has read it already).
+    pub(crate) fn spawned(&mut self, pid: u32, start: Option<u64>) {
         self.pgid = Some(Pid::from_raw(pid as i32));
         if self.since.is_none() {
-            self.since = procfs::start_time(pid);
+            self.since = start.or_else(|| procfs::start_time(pid));
         }
     }
 

@@ -491,7 +491,7 @@ fn supervise(
         session.watchdog = Some(watchdog(session.settings, session.place));
     }
     let child = session.spawn()?;
-    tree.spawned(child.pid.as_raw() as u32);
+    tree.spawned(child.pid.as_raw() as u32, session.meta.child_start_time);
     // A stop request written since the watch began is not lost: its change signal is
     // queued in the signalfd, and the event loop reads it first.
     let terminal = session.terminal;

@@ -399,7 +399,7 @@ fn carry_out(
     for action in actions {
         if action == Action::Spawn {
             *ctx.child = ctx.hooks.respawn(machine.restarts())?;
-            ctx.tree.spawned(ctx.child.pid.as_raw() as u32);
+            ctx.tree.spawned(ctx.child.pid.as_raw() as u32, None);
             machine.spawned(Instant::now());
         } else if let Action::Decided(decision) = action {
             ctx.hooks.decided(&decision);
