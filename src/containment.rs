@@ -618,7 +618,7 @@ fn group_alive(pgid: Pid) -> bool {
 /// The name of the loop's cgroup: this supervisor's pid, start time and pid namespace.
 fn own_name() -> String {
     let me = std::process::id();
-    let start = procfs::start_time(me).unwrap_or(0);
+    let start = procfs::own_start_time().unwrap_or(0);
     cgroup::name_for(me, start, procfs::pid_namespace().unwrap_or(0))
 }
 

@@ -43,6 +43,12 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     crate::sys::process_identity(pid).map(|(start, _)| start)
 }
 
+/// This process's start time ([`start_time`]), read once.
+pub(crate) fn own_start_time() -> Option<u64> {
+    static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| start_time(std::process::id()))
+}
+
 /// This process's pid namespace: the inode of `/proc/self/ns/pid` (`None` without
 /// procfs). Pids are numbers in a namespace; another namespace numbers them otherwise.
 pub(crate) fn pid_namespace() -> Option<u64> {

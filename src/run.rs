@@ -983,7 +983,7 @@ fn self_identity() -> &'static (Option<u64>, Option<String>) {
         std::sync::OnceLock::new();
     IDENTITY.get_or_init(|| {
         (
-            procfs::start_time(std::process::id()),
+            procfs::own_start_time(),
             nix::unistd::gethostname()
                 .ok()
                 .map(|h| h.to_string_lossy().into_owned()),
