@@ -1,6 +1,7 @@
 //! The loop's own cgroup (cgroup v2): made below the cgroup ralph-supervise started in,
-//! never above it; the command is placed in it before it runs (its child-side setup
-//! writes to `cgroup.procs`, see [`crate::sys::ChildSetup`]), limits are written to it,
+//! never above it; the command starts in it (`clone3` into its directory,
+//! [`crate::sys::spawn_into_cgroup`]; else its child-side setup writes to
+//! `cgroup.procs`, see [`crate::sys::ChildSetup`]), limits are written to it,
 //! `cgroup.kill` ends everything in it, `cgroup.freeze` stops it on Ctrl-Z,
 //! `cgroup.events` says without polling when it is empty, and `cpu.stat` /
 //! `memory.peak` / `pids.peak` account for it. Only files are read and written here
@@ -47,13 +48,13 @@ pub(crate) type WhyNot = String;
 impl Hierarchy {
     /// The cgroup v2 mount and our cgroup in it.
     pub(crate) fn locate() -> Result<Hierarchy, WhyNot> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        let mountinfo = crate::sys::read_text("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
         let (root, mount) = mountinfo
             .lines()
             .find_map(parse_cgroup2_mount)
             .ok_or("no cgroup v2 file system is mounted")?;
-        let cgroup = fs::read_to_string("/proc/self/cgroup")
+        let cgroup = crate::sys::read_text("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let own_path = cgroup
             .lines()
@@ -186,6 +187,10 @@ pub(crate) fn name_for(pid: u32, start: u64, ns: u64) -> String {
 
 /// Removes a cgroup and the (empty) cgroups below it, deepest first.
 fn remove_tree(path: &Path) -> io::Result<()> {
+    // Mostly there is nothing below it: one rmdir.
+    if fs::remove_dir(path).is_ok() {
+        return Ok(());
+    }
     if let Ok(entries) = fs::read_dir(path) {
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -229,7 +234,7 @@ fn unescape(field: &str) -> String {
 }
 
 fn words(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
+    crate::sys::read_text(path)
         .unwrap_or_default()
         .split_ascii_whitespace()
         .map(str::to_string)
@@ -237,7 +242,7 @@ fn words(path: &Path) -> Vec<String> {
 }
 
 fn pids(path: &Path) -> Vec<u32> {
-    fs::read_to_string(path)
+    crate::sys::read_text(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
@@ -254,7 +259,7 @@ fn write(path: &Path, text: &str) -> io::Result<()> {
 
 /// `populated` of `cgroup.events`; `None` when it cannot be read.
 fn populated(path: &Path) -> Option<bool> {
-    let events = fs::read_to_string(path.join("cgroup.events")).ok()?;
+    let events = crate::sys::read_text(path.join("cgroup.events")).ok()?;
     key_value(&events, "populated").map(|v| v != 0)
 }
 
@@ -271,6 +276,8 @@ fn key_value(text: &str, key: &str) -> Option<u64> {
 #[derive(Debug)]
 pub(crate) struct Cgroup {
     pub(crate) path: PathBuf,
+    /// The directory, for `clone3(CLONE_INTO_CGROUP)`.
+    dir: fs::File,
     events: fs::File,
     procs: fs::File,
 }
@@ -292,15 +299,22 @@ impl Cgroup {
     /// Opens the cgroup at `path` (made by [`Hierarchy::create`], or recorded in a lock
     /// file's metadata, for `status`).
     pub(crate) fn open(path: PathBuf) -> io::Result<Cgroup> {
+        let dir = fs::File::open(&path)?;
         let events = fs::File::open(path.join("cgroup.events"))?;
         let procs = fs::OpenOptions::new()
             .write(true)
             .open(path.join("cgroup.procs"))?;
         Ok(Cgroup {
             path,
+            dir,
             events,
             procs,
         })
+    }
+
+    /// The descriptor of the cgroup's directory, to start the child in it (`clone3`).
+    pub(crate) fn dir_fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
     }
 
     /// The descriptor of `cgroup.procs` the child writes `0` to before `exec`.
@@ -352,7 +366,7 @@ impl Cgroup {
 
     /// Whether `pid` is in this cgroup (its `0::` line names it).
     pub(crate) fn holds(&self, pid: u32, mount: &Path) -> bool {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        let Ok(text) = crate::sys::read_text(format!("/proc/{pid}/cgroup")) else {
             return false;
         };
         text.lines()
@@ -385,9 +399,9 @@ pub(crate) fn usage_at(path: &Path) -> Option<(Usage, usize)> {
 /// What the cgroup at `path` has used: CPU from `cpu.stat` (`None` when it cannot be
 /// read), memory and processes where those controllers are on.
 fn read_usage(path: &Path) -> Option<Usage> {
-    let cpu = fs::read_to_string(path.join("cpu.stat")).ok()?;
+    let cpu = crate::sys::read_text(path.join("cpu.stat")).ok()?;
     let number = |file: &str| {
-        fs::read_to_string(path.join(file))
+        crate::sys::read_text(path.join(file))
             .ok()
             .and_then(|t| t.trim().parse().ok())
     };

@@ -93,19 +93,32 @@ pub(crate) enum Turn {
     Behind { holder: String, askable: bool },
 }
 
+/// The moments of taking the workspace at which `run` acts (see [`acquire`]).
+pub(crate) enum Moment<'a> {
+    /// A `wait` is about to block: what the run needs once it has the lock is made now,
+    /// so that the hand-off does not wait for it.
+    BeforeWait,
+    /// The local lock is ours and the fleet lock comes next: the run names itself in
+    /// the local one while it waits (a locked lock file is never empty for ralph).
+    Holding(&'a LockFile),
+}
+
 /// Takes the workspace lock of `dir`; if it is held, applies the conflict policy. In
-/// fleet mode the fleet lock is then taken by the same policy; `holding` is called with
-/// the local lock before that (the run names itself in it while it waits).
+/// fleet mode the fleet lock is then taken by the same policy. `at` is called at each
+/// [`Moment`].
 pub(crate) fn acquire(
     dir: &RalphDir,
     rules: &Rules<'_>,
     signals: &Signals,
     fleet: Option<&mut Fleet>,
-    holding: impl FnOnce(&LockFile),
+    mut at: impl FnMut(Moment<'_>) -> Result<(), Failure>,
 ) -> Result<Next, Failure> {
-    match (local_lock(dir, rules, signals)?, fleet) {
+    match (local_lock(dir, rules, signals, &mut at)?, fleet) {
         (Next::Primary(lock), Some(fleet)) => {
-            holding(&lock);
+            if let Err(e) = at(Moment::Holding(&lock)) {
+                let _ = lock.release();
+                return Err(e);
+            }
             fleet_lock(lock, fleet, rules, signals)
         }
         (next, _) => Ok(next),
@@ -113,7 +126,12 @@ pub(crate) fn acquire(
 }
 
 /// The workspace's flock, by the policy.
-fn local_lock(dir: &RalphDir, rules: &Rules<'_>, signals: &Signals) -> Result<Next, Failure> {
+fn local_lock(
+    dir: &RalphDir,
+    rules: &Rules<'_>,
+    signals: &Signals,
+    at: &mut impl FnMut(Moment<'_>) -> Result<(), Failure>,
+) -> Result<Next, Failure> {
     let held = match lock::try_acquire(dir)? {
         Acquire::Acquired(lock) => return Ok(Next::Primary(lock)),
         Acquire::Held(held) => held,
@@ -130,7 +148,10 @@ fn local_lock(dir: &RalphDir, rules: &Rules<'_>, signals: &Signals) -> Result<Ne
             }
         ))),
         OnConflict::Worktree => rules.worktree_or_refuse(&held.holder(), None),
-        OnConflict::Wait => wait(dir, held, rules, signals),
+        OnConflict::Wait => {
+            at(Moment::BeforeWait)?;
+            wait(dir, held, rules, signals)
+        }
         OnConflict::Takeover => takeover(dir, held, rules, signals),
     }
 }

@@ -24,7 +24,7 @@
 //! place and removed by a later run once empty).
 
 use std::fmt;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -154,6 +154,10 @@ pub(crate) fn signal_orphaned(path: &std::path::Path, sig: i32) {
 pub(crate) struct Containment {
     mode: Mode,
     kill_orphans: bool,
+    /// `stop.containment = "cgroup"`: no cgroup is exit 125.
+    cgroup_required: bool,
+    /// The cgroup is to be made by [`Containment::ready`].
+    pending: bool,
     hierarchy: Option<Hierarchy>,
     cgroup: Option<Cgroup>,
     /// Start time of the first command: tree members started no earlier.
@@ -162,6 +166,8 @@ pub(crate) struct Containment {
     pgid: Option<Pid>,
     /// Processes outside the command's group stopped for Ctrl-Z (tree mode).
     stopped: Vec<ProcessHandle>,
+    /// The cgroup was frozen (Ctrl-Z) and not thawed since.
+    frozen: bool,
     /// What the reaped processes used.
     reaped: Rusage,
 }
@@ -184,7 +190,7 @@ fn limit_files(policy: &Policy) -> Vec<(&'static str, &'static str, String)> {
 
 /// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`; cgroups are Linux's).
 fn physical_memory() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let meminfo = crate::sys::read_text("/proc/meminfo").unwrap_or_default();
     let kib = meminfo.lines().find_map(|l| {
         let rest = l.strip_prefix("MemTotal:")?;
         rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
@@ -193,24 +199,45 @@ fn physical_memory() -> u64 {
 }
 
 impl Containment {
-    /// Chooses the mode (`stop.containment`), makes the loop's cgroup and applies the
-    /// limits. A cgroup that cannot be made is one line and the tree mode (`auto`), or
-    /// exit 125 (`cgroup`); a limit that cannot be applied is one warning line, or exit
-    /// 125 with `limits.required`.
+    /// Chooses the mode (`stop.containment`) and applies the limits. A cgroup that
+    /// cannot be made is one line and the tree mode (`auto`), or exit 125 (`cgroup`); a
+    /// limit that cannot be applied is one warning line, or exit 125 with
+    /// `limits.required`. Without limits the cgroup is made by [`Containment::ready`],
+    /// once the run is going to happen, so that a run refused at once (`--on-conflict
+    /// fail`) makes none and looks for none; only `stop.containment = "cgroup"` checks
+    /// here that one can be made (the hierarchy found, our cgroup writable).
     pub(crate) fn set_up(policy: &Policy) -> Result<Containment, Failure> {
         let limits = limit_files(policy);
         let mut this = Containment {
             mode: Mode::Tree,
             kill_orphans: policy.stop.orphans == Orphans::Kill,
+            cgroup_required: policy.stop.containment == policy::Containment::Cgroup,
+            pending: false,
             hierarchy: None,
             cgroup: None,
             since: None,
             pgid: None,
             stopped: Vec::new(),
+            frozen: false,
             reaped: Rusage::default(),
         };
         let why_not = match policy.stop.containment {
             policy::Containment::Tree => Some("stop.containment is \"tree\"".to_string()),
+            // No limits: nothing to refuse up front but a cgroup that `cgroup` requires
+            // and that cannot be (our cgroup not writable); `ready` does the rest.
+            policy::Containment::Auto if limits.is_empty() => {
+                this.pending = true;
+                None
+            }
+            policy::Containment::Cgroup if limits.is_empty() => {
+                match usable_hierarchy() {
+                    Ok(h) => this.hierarchy = Some(h),
+                    // (Exit 125: `cgroup` is required here.)
+                    Err(why) => drop(this.no_cgroup(why)?),
+                }
+                this.pending = true;
+                None
+            }
             policy::Containment::Auto | policy::Containment::Cgroup => match make_cgroup() {
                 Ok((hierarchy, cgroup)) => {
                     this.mode = Mode::Cgroup;
@@ -218,34 +245,14 @@ impl Containment {
                     this.cgroup = Some(cgroup);
                     None
                 }
-                Err(why) if policy.stop.containment == policy::Containment::Cgroup => {
-                    return Err(Failure::msg(
-                        ExitStatus::Failure,
-                        format!(
-                            "stop.containment is \"cgroup\", but {why}; run as root or in a delegated cgroup (systemd's Delegate=yes, systemd-run --user --scope), or use --containment tree"
-                        ),
-                    ));
-                }
-                Err(why) => {
-                    // One line where cgroup v2 exists but is not ours to write; quiet
-                    // where there is none at all (macOS, FreeBSD, cgroup v1 only).
-                    if Hierarchy::locate().is_ok() {
-                        info!(
-                            "no cgroup for the loop ({why}): containing its process tree instead"
-                        );
-                    } else {
-                        debug!("no cgroup for the loop ({why}): containing its process tree");
-                    }
-                    Some(why)
-                }
+                Err(why) => Some(this.no_cgroup(why)?),
             },
         };
+        if limits.is_empty() {
+            return Ok(this);
+        }
         if let Some(c) = &this.cgroup {
             debug!(cgroup = %c.path.display(), "the loop's cgroup");
-        }
-        if limits.is_empty() {
-            this.enable_for_accounting();
-            return Ok(this);
         }
         let unapplied = match (&this.hierarchy, &this.cgroup, why_not) {
             (Some(h), Some(c), _) => apply_limits(h, c, &limits),
@@ -273,6 +280,53 @@ impl Containment {
         }
         this.enable_for_accounting();
         Ok(this)
+    }
+
+    /// Makes the loop's cgroup where [`Containment::set_up`] only checked that one can be
+    /// made: called once the run is going to happen (the lock taken, or before a wait
+    /// for it, so that the hand-off does not pay for it). A cgroup that cannot be made
+    /// after all is the tree mode (`auto`) or exit 125 (`cgroup`), as in `set_up`.
+    pub(crate) fn ready(&mut self) -> Result<(), Failure> {
+        if !std::mem::take(&mut self.pending) {
+            return Ok(());
+        }
+        let found = match self.hierarchy.take() {
+            Some(h) => Ok(h),
+            None => usable_hierarchy(),
+        };
+        match found.and_then(|h| create_below(&h).map(|c| (h, c))) {
+            Ok((h, c)) => {
+                debug!(cgroup = %c.path.display(), "the loop's cgroup");
+                self.mode = Mode::Cgroup;
+                self.hierarchy = Some(h);
+                self.cgroup = Some(c);
+                self.enable_for_accounting();
+            }
+            Err(why) => {
+                self.no_cgroup(why)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// No cgroup for the loop, because `why`: exit 125 with `stop.containment =
+    /// "cgroup"`, else one line (where cgroup v2 exists but is not ours to write; quiet
+    /// where there is none at all: macOS, FreeBSD, cgroup v1 only) and `why` back.
+    fn no_cgroup(&self, why: String) -> Result<String, Failure> {
+        if self.cgroup_required {
+            return Err(Failure::msg(
+                ExitStatus::Failure,
+                format!(
+                    "stop.containment is \"cgroup\", but {why}; run as root or in a delegated cgroup (systemd's Delegate=yes, systemd-run --user --scope), or use --containment tree"
+                ),
+            ));
+        }
+        if Hierarchy::locate().is_ok() {
+            info!("no cgroup for the loop ({why}): containing its process tree instead");
+        } else {
+            debug!("no cgroup for the loop ({why}): containing its process tree");
+        }
+        Ok(why)
     }
 
     /// With a cgroup below a cgroup of our own (not the root), turns on the memory and
@@ -303,9 +357,14 @@ impl Containment {
         self.cgroup.as_ref().map(|c| c.path.clone())
     }
 
-    /// The descriptor the child writes `0` to before `exec` (cgroup mode).
-    pub(crate) fn procs_fd(&self) -> Option<RawFd> {
-        self.cgroup.as_ref().map(Cgroup::procs_fd)
+    /// Where the child goes (cgroup mode): the cgroup's directory, to start it there
+    /// (`clone3`), and its `cgroup.procs`, which the child writes `0` to before `exec`
+    /// where that cannot be done.
+    pub(crate) fn placement(&self) -> Option<crate::sys::Placement> {
+        self.cgroup.as_ref().map(|c| crate::sys::Placement {
+            dir: c.dir_fd(),
+            procs: c.procs_fd(),
+        })
     }
 
     /// `cgroup.events`, to `poll` for `POLLPRI` (cgroup mode): a change of `populated`.
@@ -313,11 +372,12 @@ impl Containment {
         self.cgroup.as_ref().map(Cgroup::events)
     }
 
-    /// The command was started as `pid` (its own process group).
-    pub(crate) fn spawned(&mut self, pid: u32) {
+    /// The command was started as `pid` (its own process group), at `start` (its start
+    /// time, when the caller has read it already).
+    pub(crate) fn spawned(&mut self, pid: u32, start: Option<u64>) {
         self.pgid = Some(Pid::from_raw(pid as i32));
         if self.since.is_none() {
-            self.since = procfs::start_time(pid);
+            self.since = start.or_else(|| procfs::start_time(pid));
         }
     }
 
@@ -452,6 +512,7 @@ impl Containment {
     /// outside the command's process group (the terminal stopped that).
     pub(crate) fn freeze(&mut self) {
         if let Some(c) = &self.cgroup {
+            self.frozen = true;
             if let Err(e) = c.freeze(true) {
                 debug!("cannot freeze the cgroup: {e}");
             }
@@ -471,7 +532,9 @@ impl Containment {
 
     /// The job goes on: thaw the cgroup, continue what [`Containment::freeze`] stopped.
     pub(crate) fn thaw(&mut self) {
-        if let Some(c) = &self.cgroup {
+        if let Some(c) = &self.cgroup
+            && std::mem::take(&mut self.frozen)
+        {
             let _ = c.freeze(false);
         }
         for h in self.stopped.drain(..) {
@@ -555,7 +618,7 @@ fn group_alive(pgid: Pid) -> bool {
 /// The name of the loop's cgroup: this supervisor's pid, start time and pid namespace.
 fn own_name() -> String {
     let me = std::process::id();
-    let start = procfs::start_time(me).unwrap_or(0);
+    let start = procfs::own_start_time().unwrap_or(0);
     cgroup::name_for(me, start, procfs::pid_namespace().unwrap_or(0))
 }
 
@@ -565,6 +628,13 @@ fn self_leaf() -> String {
 
 /// The loop's cgroup below ours, after removing stale ones of earlier runs.
 fn make_cgroup() -> Result<(Hierarchy, Cgroup), String> {
+    let h = usable_hierarchy()?;
+    let c = create_below(&h)?;
+    Ok((h, c))
+}
+
+/// The hierarchy, where our cgroup is ours to make the loop's below.
+fn usable_hierarchy() -> Result<Hierarchy, String> {
     let h = Hierarchy::locate()?;
     // Moving the command into a cgroup below ours needs write access to ours.
     if let Err(e) = std::fs::OpenOptions::new()
@@ -573,15 +643,18 @@ fn make_cgroup() -> Result<(Hierarchy, Cgroup), String> {
     {
         return Err(format!("{} is not writable ({e})", h.own.display()));
     }
+    Ok(h)
+}
+
+/// Makes the loop's cgroup below ours, after removing stale ones of earlier runs.
+fn create_below(h: &Hierarchy) -> Result<Cgroup, String> {
     let removed = h.remove_stale();
     if removed > 0 {
         debug!(removed, "removed empty cgroups of earlier runs");
     }
     let name = own_name();
-    let c = h
-        .create(&name)
-        .map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))?;
-    Ok((h, c))
+    h.create(&name)
+        .map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))
 }
 
 /// Enables the limits' controllers and writes the limits; `Some((missing, why))` for

@@ -49,6 +49,12 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     crate::sys::process_identity(pid).map(|(start, _)| start)
 }
 
+/// This process's start time ([`start_time`]), read once.
+pub(crate) fn own_start_time() -> Option<u64> {
+    static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| start_time(std::process::id()))
+}
+
 /// This process's pid namespace: the inode of `/proc/self/ns/pid` (`None` without
 /// procfs). Pids are numbers in a namespace; another namespace numbers them otherwise.
 pub(crate) fn pid_namespace() -> Option<u64> {
@@ -153,7 +159,7 @@ fn read_locks() -> Option<String> {
     if std::env::var_os(NO_PROC_LOCKS).is_some_and(|v| v == "1") {
         return None;
     }
-    fs::read_to_string("/proc/locks").ok()
+    crate::sys::read_text("/proc/locks").ok()
 }
 
 /// The environment variable that hides `/proc/locks` ([`read_locks`]), for tests.
@@ -372,12 +378,12 @@ pub(crate) fn descendants(_root: u32, _since: u64) -> Option<Vec<Descendant>> {
 pub(crate) fn own_children() -> Option<Vec<(u32, u64)>> {
     let mut children = Vec::new();
     for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let list = fs::read_to_string(task.path().join("children")).ok()?;
+        let list = crate::sys::read_text(task.path().join("children")).ok()?;
         for pid in list
             .split_ascii_whitespace()
             .filter_map(|p| p.parse::<u32>().ok())
         {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            let Ok(stat) = crate::sys::read_text(format!("/proc/{pid}/stat")) else {
                 continue;
             };
             if let Some((_, false, d)) = parse_descendant(pid, &stat) {

@@ -19,7 +19,8 @@
 //! * contents are read with `pread` and changed in place, never by write-and-rename
 //!   (ralph holds its locks on the inode): a rewrite pads the new bytes over the old and
 //!   then truncates, an append is one record under the lock; disk space is reserved
-//!   first, so a full disk fails before anything is overwritten or half appended.
+//!   first, so a full disk fails before anything is overwritten or half appended
+//!   (unless the write lies within one block of the file: see [`needs_reserve`]).
 //!
 //! A refusal is one line naming the path and what to do about it ([`Error`]).
 
@@ -419,11 +420,12 @@ impl RalphFile {
     /// then the file is truncated to their length. Growing, the space is reserved first,
     /// so a full disk fails the write before it touches the old contents.
     pub(crate) fn write_in_place(&self, mut bytes: Vec<u8>) -> io::Result<()> {
-        let old_len = fstat(&self.file)?.st_size as usize;
+        let st = fstat(&self.file)?;
+        let old_len = st.st_size as usize;
         let len = bytes.len();
         if len < old_len {
             bytes.resize(old_len, b' ');
-        } else {
+        } else if needs_reserve(&st, 0, len as u64) {
             crate::sys::reserve(self.file.as_fd(), 0, len as u64)?;
         }
         let mut written = 0;
@@ -447,7 +449,8 @@ impl RalphFile {
     /// space is reserved first (a full disk fails before a byte is appended); should a
     /// write still stop half-way, the torn record is cut off again.
     pub(crate) fn append(&self, line: &[u8]) -> io::Result<()> {
-        let len = fstat(&self.file)?.st_size as u64;
+        let st = fstat(&self.file)?;
+        let len = st.st_size as u64;
         let mut record = Vec::with_capacity(line.len() + 1);
         if len > 0 {
             let mut last = [0u8; 1];
@@ -456,7 +459,9 @@ impl RalphFile {
             }
         }
         record.extend_from_slice(line);
-        crate::sys::reserve(self.file.as_fd(), len, record.len() as u64)?;
+        if needs_reserve(&st, len, record.len() as u64) {
+            crate::sys::reserve(self.file.as_fd(), len, record.len() as u64)?;
+        }
         if let Err(e) = (&self.file).write_all(&record) {
             let _ = self.file.set_len(len);
             return Err(e);
@@ -613,6 +618,19 @@ fn refuse(path: &Path, why: Why) -> Error {
     }
 }
 
+/// Whether writing `len` bytes at `offset` needs disk space reserved first. Not when
+/// they lie within one block of the file (at most a page): such a write either finds
+/// its block already the file's (an overwrite, or an extension inside the last block)
+/// and needs no space, or needs that one block and gets it or fails with ENOSPC before
+/// a byte is copied (file systems reserve space per block as a write begins), so it
+/// cannot stop half-way. The lock file's metadata is such a write: reserving its
+/// block made each release's truncation free an allocated block (ext4: 0.25 ms or
+/// more, on the hand-off's path), against microseconds for a block only written.
+fn needs_reserve(st: &FileStat, offset: u64, len: u64) -> bool {
+    let block = (st.st_blksize as u64).clamp(512, 4096);
+    len > 0 && offset / block != (offset + len - 1) / block
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,5 +760,21 @@ mod tests {
         assert!(ralph.join("new").is_file());
         assert!(dir.remove("new").unwrap());
         assert!(!dir.remove("new").unwrap());
+    }
+
+    #[test]
+    fn space_is_reserved_only_for_writes_across_a_block() {
+        let (_tmp, dir) = dir();
+        let f = dir.open("r.txt", Access::ReadWrite, true).unwrap().unwrap();
+        let st = fstat(&f.file).unwrap();
+        let block = (st.st_blksize as u64).clamp(512, 4096);
+        assert!(!needs_reserve(&st, 0, 450), "metadata: one block");
+        assert!(
+            !needs_reserve(&st, block - 10, 10),
+            "ends at the block's end"
+        );
+        assert!(needs_reserve(&st, block - 10, 11), "crosses into the next");
+        assert!(needs_reserve(&st, 0, block + 1));
+        assert!(!needs_reserve(&st, 5, 0));
     }
 }

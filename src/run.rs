@@ -24,7 +24,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
-use crate::conflict::{self, Next};
+use crate::conflict::{self, Moment, Next};
 use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::fleet::Fleet;
@@ -95,10 +95,9 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     // Orphaned descendants are re-parented to us, so we reap them and see them.
     // (A FreeBSD reaper too; macOS has none: see README.)
     let _ = crate::sys::become_subreaper();
-    // Looked up now, so that a wait for the lock hands off without these system calls.
-    self_identity();
-    // The loop's cgroup (or its process tree) and its limits, before anything is
-    // locked: a limit that must apply and cannot is refused up front (125).
+    // The loop's containment (a cgroup, or its process tree) and its limits, decided
+    // before anything is locked: a limit that must apply and cannot is refused up front
+    // (125). The cgroup itself is made once the run will happen (`tree.ready()`).
     let mut tree = Containment::set_up(&settings.policy)?;
 
     // Before the workspace is taken: "always" where the system cannot is refused.
@@ -109,21 +108,35 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     // Set once `on_start` has had its turn: then `on_exit` has one too.
     let mut facts = None;
     let prompt = settings.prompt_text();
-    // The local lock, then in fleet mode the fleet lock; while waiting for the fleet
-    // lock, the local one names this supervisor (a locked lock file is never empty for
-    // ralph), under the loop id the run then keeps.
+    // The local lock, then in fleet mode the fleet lock. Before a wait blocks, the
+    // cgroup is made and the supervisor's start time and host name looked up, so that
+    // the hand-off does without these system calls (a run refused at once does without
+    // them altogether). While it waits for the fleet lock, the local one names this
+    // supervisor, under the loop id the run then keeps.
     let mut loop_id = None;
-    let holding = |lock: &LockFile| {
-        let place = Place::Primary {
-            workspace: &settings.workspace,
-            loop_id: loop_id.insert(new_loop_id()).clone(),
-        };
-        if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now(), &tree)) {
-            warn!("cannot write {}: {e}", lock.path().display());
+    let at = |moment: Moment<'_>| match moment {
+        Moment::BeforeWait => {
+            self_identity();
+            tree.ready()
+        }
+        Moment::Holding(lock) => {
+            tree.ready()?;
+            let place = Place::Primary {
+                workspace: &settings.workspace,
+                loop_id: loop_id.insert(new_loop_id()).clone(),
+            };
+            if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now(), &tree)) {
+                warn!("cannot write {}: {e}", lock.path().display());
+            }
+            Ok(())
         }
     };
     let rules = settings.conflict_rules(&prompt);
-    let next = conflict::acquire(&dir, &rules, &signals, fleet.as_mut(), holding)?;
+    let next = conflict::acquire(&dir, &rules, &signals, fleet.as_mut(), at)?;
+    if !matches!(next, Next::Exit(_)) {
+        // The loop's cgroup, now that the run will happen (unless made already).
+        tree.ready()?;
+    }
     let holds = Holds {
         tree: &mut tree,
         fleet: fleet.as_mut(),
@@ -370,7 +383,7 @@ fn run_locked(
         extra: Vec::new(),
         fleet,
         meta,
-        cgroup_procs: tree.procs_fd(),
+        cgroup: tree.placement(),
         terminal: Terminal::detect(),
         child: None,
         registered: false,
@@ -456,7 +469,7 @@ fn supervise(
         session.watchdog = Some(watchdog(session.settings, session.place));
     }
     let child = session.spawn()?;
-    tree.spawned(child.pid.as_raw() as u32);
+    tree.spawned(child.pid.as_raw() as u32, session.meta.child_start_time);
     // A stop request written since the watch began is not lost: its change signal is
     // queued in the signalfd, and the event loop reads it first.
     let terminal = session.terminal;
@@ -555,7 +568,7 @@ struct Session<'a> {
     fleet: Option<&'a mut Fleet>,
     meta: Metadata,
     /// The loop's cgroup's `cgroup.procs`, which the child moves itself into.
-    cgroup_procs: Option<std::os::fd::RawFd>,
+    cgroup: Option<crate::sys::Placement>,
     terminal: Option<Terminal>,
     child: Option<Child>,
     /// The worktree loop is in the registry (so its entry going away means something).
@@ -617,7 +630,7 @@ impl Session<'_> {
             self.lock.raw_fd(),
             self.terminal,
             answerer.as_ref().map(|sock| sock.as_raw_fd()),
-            self.cgroup_procs,
+            self.cgroup,
             |cmd| {
                 cmd.envs(&self.settings.policy.run.env);
                 // The notify socket is ours: a child (say `ralph run`) must not report
@@ -948,7 +961,7 @@ fn self_identity() -> &'static (Option<u64>, Option<String>) {
         std::sync::OnceLock::new();
     IDENTITY.get_or_init(|| {
         (
-            procfs::start_time(std::process::id()),
+            procfs::own_start_time(),
             nix::unistd::gethostname()
                 .ok()
                 .map(|h| h.to_string_lossy().into_owned()),

@@ -18,7 +18,9 @@
 //! * `linux.rs`: signalfd, dnotify, pidfd, `prctl`, `fallocate`, seccomp user
 //!   notification;
 //! * `kqueue.rs` (macOS, FreeBSD): one kqueue (`EVFILT_SIGNAL`, `EVFILT_VNODE`,
-//!   `EVFILT_PROC`), `proc_pidinfo` / `kinfo_proc`, `procctl`.
+//!   `EVFILT_PROC`), `proc_pidinfo` / `kinfo_proc`, `procctl`;
+//! * `spawn.rs` (Linux): the command started in the loop's cgroup (`clone3`), which the
+//!   kqueue room answers with "spawn the usual way".
 //!
 //! The narrow interface each room provides: [`EventSource`] (signals, child exits by
 //! SIGCHLD, `.ralph/` changes; timers are the timeout of the `poll` on its
@@ -42,6 +44,8 @@ compile_error!("ralph-supervise is written for Linux, macOS and FreeBSD");
 mod kqueue;
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
+mod spawn;
 #[cfg(any(target_os = "macos", target_os = "freebsd"))]
 use kqueue as os;
 #[cfg(target_os = "linux")]
@@ -51,10 +55,14 @@ use linux as os;
 pub(crate) use os::process_identity;
 #[cfg(target_vendor = "apple")]
 pub(crate) use os::sigqueue;
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
+pub(crate) use os::spawn_into_cgroup;
 pub(crate) use os::{
     EventSource, Listener, ProcessHandle, SI_KERNEL, SI_QUEUE, Trapped, abstract_socket_addr,
     become_subreaper, handover_available, realtime_min, reserve, watch_signal,
 };
+#[cfg(target_os = "linux")]
+pub(crate) use spawn::spawn_into_cgroup;
 
 /// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which the reader
 /// sees as `ssi_ptr` (Linux's signalfd) or `si_value` (FreeBSD), with `si_code`
@@ -126,9 +134,20 @@ pub(crate) fn blocked_signals() -> impl Iterator<Item = i32> {
 /// The `SigIgn` mask of this process (bit N-1 = signal N), from `/proc/self/status`;
 /// `None` without it (not Linux).
 fn ignored_signals() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = read_text("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// A small file the kernel generates (`/proc`, cgroup files), read in as few `read`s
+/// as it takes: `std::fs::read_to_string` asks for its size (a `statx`, which says 0
+/// for these) and then reads 32 bytes, 32, 64, 128... (eight reads for
+/// `/proc/self/status`); here the first read asks for 4 KiB.
+pub(crate) fn read_text(path: impl AsRef<std::path::Path>) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(4096);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// `flock(2)` operations.
@@ -183,26 +202,40 @@ pub(crate) struct ChildSetup {
     pub(crate) cgroup_procs: Option<RawFd>,
 }
 
-/// Puts the child in a process group of its own and installs `setup` to run in the
-/// child before `exec`. std resets the child's signal mask; we clear it again after
-/// our own use of it.
-pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
-    cmd.process_group(0);
-    // Everything the hook needs is computed here, before fork, so the hook itself does
-    // no allocation.
-    let mut ttou = empty_sigset();
-    // SAFETY: `ttou` is an initialised sigset_t; SIGTTOU is a valid signal.
-    unsafe {
-        libc::sigaddset(&mut ttou, libc::SIGTTOU);
+/// The steps [`ChildSetup`] asks for, with everything they need computed before the
+/// fork, so that running them ([`Prepared::apply`]) allocates nothing.
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    setup: ChildSetup,
+    ttou: libc::sigset_t,
+    empty: libc::sigset_t,
+    reserved: std::ops::Range<i32>,
+}
+
+impl Prepared {
+    pub(crate) fn new(setup: ChildSetup) -> Prepared {
+        let mut ttou = empty_sigset();
+        // SAFETY: `ttou` is an initialised sigset_t; SIGTTOU is a valid signal.
+        unsafe {
+            libc::sigaddset(&mut ttou, libc::SIGTTOU);
+        }
+        Prepared {
+            setup,
+            ttou,
+            empty: empty_sigset(),
+            // glibc refuses to touch the real-time signals it reserves (32 and 33), yet
+            // a parent can leave them ignored (glibc's own posix_spawn does) and `exec`
+            // keeps an ignored disposition: reset them in the child with the raw
+            // system call.
+            reserved: os::reserved_signals(),
+        }
     }
-    let empty = empty_sigset();
-    // glibc refuses to touch the real-time signals it reserves (32 and 33), yet a
-    // parent can leave them ignored (glibc's own posix_spawn does) and `exec` keeps an
-    // ignored disposition: reset them in the child with the raw system call.
-    let reserved = os::reserved_signals();
-    let hook = move || -> io::Result<()> {
-        // Only async-signal-safe calls below (write, fcntl, setpgid, sigprocmask,
-        // tcsetpgrp, getpid), on values copied into the closure: no allocation, no locks.
+
+    /// Runs in the child between fork and exec. Only async-signal-safe calls (write,
+    /// fcntl, setpgid, sigprocmask, tcsetpgrp, getpid, rt_sigaction, seccomp), on
+    /// values computed before the fork: no allocation, no locks.
+    pub(crate) fn apply(&self) -> io::Result<()> {
+        let setup = &self.setup;
         if let Some(fd) = setup.cgroup_procs {
             // SAFETY: write(2) of a static byte to an fd number the parent keeps open
             // until the spawn returns; async-signal-safe.
@@ -223,16 +256,16 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
             // instruction of its own (the parent does it too, whichever runs first).
             unsafe {
                 libc::setpgid(0, 0);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+                libc::pthread_sigmask(libc::SIG_BLOCK, &self.ttou, std::ptr::null_mut());
                 libc::tcsetpgrp(tty, libc::getpid());
             }
         }
-        for sig in reserved.clone() {
+        for sig in self.reserved.clone() {
             os::reset_reserved_signal(sig);
         }
         // SAFETY: restores the empty mask std gave the child; async-signal-safe.
         unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.empty, std::ptr::null_mut());
         }
         if let Some(sock) = setup.handover {
             // Last: from here on every flock of this process and its descendants waits
@@ -240,9 +273,27 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
             os::install_flock_filter(sock)?;
         }
         Ok(())
-    };
+    }
+}
+
+/// The loop's cgroup, for the child: its directory and its `cgroup.procs`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placement {
+    pub(crate) dir: RawFd,
+    pub(crate) procs: RawFd,
+}
+
+/// Puts the child in a process group of its own and installs `setup` to run in the
+/// child before `exec`. std resets the child's signal mask; we clear it again after
+/// our own use of it.
+pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
+    cmd.process_group(0);
+    // Everything the hook needs is computed here, before fork, so the hook itself does
+    // no allocation.
+    let prepared = Prepared::new(setup);
+    let hook = move || -> io::Result<()> { prepared.apply() };
     // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (see
-    // above), as `pre_exec` requires of code running between fork and exec.
+    // `Prepared::apply`), as `pre_exec` requires of code running between fork and exec.
     unsafe {
         cmd.pre_exec(hook);
     }

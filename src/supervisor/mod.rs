@@ -127,14 +127,15 @@ pub(crate) struct Child {
 
 /// Spawns `command` in its own process group, `inherit_fd` passed open (and exported as
 /// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground, placed in
-/// the loop's cgroup (by writing to `cgroup_procs` before `exec`) when there is one;
+/// the loop's cgroup when there is one (started in it by `clone3`, or where that
+/// cannot be, moved there by a write to its `cgroup.procs` before `exec`);
 /// with `handover` (a socket to the answerer), under the lock hand-over's `flock` filter.
 pub(crate) fn spawn(
     command: &[OsString],
     inherit_fd: RawFd,
     terminal: Option<Terminal>,
     handover: Option<RawFd>,
-    cgroup_procs: Option<RawFd>,
+    cgroup: Option<sys::Placement>,
     configure: impl FnOnce(&mut Command),
 ) -> Result<Child, Failure> {
     let (program, args) = command
@@ -147,21 +148,35 @@ pub(crate) fn spawn(
     // descriptor the child really inherits is a fact, not a setting.
     cmd.env("RALPH_LOCK_FD", inherit_fd.to_string());
     let tty = terminal.filter(|t| t.can_hand_over()).map(|t| t.raw_fd());
-    sys::install_child_setup(
-        &mut cmd,
-        ChildSetup {
-            inherit_fd: Some(inherit_fd),
-            tty,
-            handover,
-            cgroup_procs,
-        },
-    );
-    let child = cmd
-        .spawn()
-        .map_err(|e| spawn_failure(&program.to_string_lossy(), e))?;
-    let pid = Pid::from_raw(child.id() as i32);
-    // The `Child` handle is dropped without waiting: the event loop is the only reaper.
-    drop(child);
+    let setup = ChildSetup {
+        inherit_fd: Some(inherit_fd),
+        tty,
+        handover,
+        cgroup_procs: None,
+    };
+    // Started in the cgroup, so that it never has to move there (see sys/spawn.rs).
+    let cloned =
+        cgroup.and_then(|c| sys::spawn_into_cgroup(&cmd, &sys::Prepared::new(setup), c.dir));
+    let pid = match cloned {
+        Some(started) => {
+            Pid::from_raw(started.map_err(|e| spawn_failure(&program.to_string_lossy(), e))? as i32)
+        }
+        None => {
+            let setup = ChildSetup {
+                cgroup_procs: cgroup.map(|c| c.procs),
+                ..setup
+            };
+            sys::install_child_setup(&mut cmd, setup);
+            let child = cmd
+                .spawn()
+                .map_err(|e| spawn_failure(&program.to_string_lossy(), e))?;
+            let pid = Pid::from_raw(child.id() as i32);
+            // The `Child` handle is dropped without waiting: the event loop is the only
+            // reaper.
+            drop(child);
+            pid
+        }
+    };
     if let (Some(t), Some(_)) = (terminal, tty) {
         // The child did this too; whichever of us runs first, the terminal is its.
         t.give_to(pid);
@@ -384,7 +399,7 @@ fn carry_out(
     for action in actions {
         if action == Action::Spawn {
             *ctx.child = ctx.hooks.respawn(machine.restarts())?;
-            ctx.tree.spawned(ctx.child.pid.as_raw() as u32);
+            ctx.tree.spawned(ctx.child.pid.as_raw() as u32, None);
             machine.spawned(Instant::now());
         } else if let Action::Decided(decision) = action {
             ctx.hooks.decided(&decision);

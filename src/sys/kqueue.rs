@@ -383,6 +383,16 @@ pub(crate) fn sigqueue(_pid: i32, _sig: i32, _value: usize) -> io::Result<()> {
 /// Never called: there are no reserved signals here ([`reserved_signals`] is empty).
 pub(crate) fn reset_reserved_signal(_sig: i32) {}
 
+/// No cgroups here (Linux's `sys/spawn.rs` starts the command in one): the command is
+/// spawned the usual way.
+pub(crate) fn spawn_into_cgroup(
+    _cmd: &std::process::Command,
+    _prepared: &super::Prepared,
+    _cgroup_dir: std::os::fd::RawFd,
+) -> Option<io::Result<u32>> {
+    None
+}
+
 /// Disk space is not reserved ahead of a rewrite here (no `FALLOC_FL_KEEP_SIZE`): the
 /// write takes its chance, as on a Linux file system without `fallocate`.
 pub(crate) fn reserve(_fd: BorrowedFd<'_>, _offset: u64, _len: u64) -> io::Result<()> {

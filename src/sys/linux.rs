@@ -318,7 +318,7 @@ pub(crate) fn handover_available() -> Result<(), String> {
     // (this process runs in another hand-over loop, or under a container runtime's
     // notifier) the child's would fail with EBUSY. Only a filtered process can be in
     // that case, so only then is a listener tried, in a child that exits at once.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status = super::read_text("/proc/self/status").unwrap_or_default();
     let filtered = status
         .lines()
         .any(|l| l.split_whitespace().eq(["Seccomp:", "2"]));
@@ -682,4 +682,50 @@ mod tests {
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         assert_eq!(flock as libc::c_long, libc::SYS_flock);
     }
+}
+
+/// `struct clone_args` of `<linux/sched.h>` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `fork`, but the child starts in the cgroup whose directory `cgroup_dir` is open on
+/// (`clone3` with `CLONE_INTO_CGROUP`): 0 in the child, its pid in the parent. The
+/// child is a copy of this process like a forked one and must only make system calls
+/// until it execs (see `sys/spawn.rs`).
+pub(crate) fn clone_into_cgroup(cgroup_dir: RawFd) -> io::Result<i32> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_dir as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed, alive for the call. No
+    // CLONE_VM and no stack: like fork, the child returns here on a copy of our memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as i32)
 }

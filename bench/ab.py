@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Before/after pairs for an optimisation, robust to a busy machine: two builds of
+ralph-supervise run alternately (and flock(1) beside them), medians of wall time, plus
+counts that do not depend on load: instructions and page faults (`perf stat`, when
+installed) and system calls (`strace -f -c`, when installed).
+
+    bench/ab.py OLD_BINARY NEW_BINARY STAMP [--quick]
+
+Prints a Markdown table. The figures of BENCHMARKS.md's "Optimisations, before and
+after" were taken with it.
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+OLD, NEW, STAMP = (os.path.abspath(a) for a in sys.argv[1:4])
+QUICK = "--quick" in sys.argv
+N = 50 if QUICK else 300
+N_SPACED = 20 if QUICK else 100
+N_HANDOFF = 10 if QUICK else 40
+FLOCK = shutil.which("flock")
+DEVNULL = subprocess.DEVNULL
+
+
+def workspace():
+    d = tempfile.mkdtemp(prefix="rs-ab-")
+    os.makedirs(os.path.join(d, ".ralph"))
+    open(os.path.join(d, ".ralph", "loop.lock"), "a").close()
+    return d
+
+
+def alternate(cmds, n, gap=0.0):
+    out = {k: [] for k in cmds}
+    for _ in range(n):
+        for k, argv in cmds.items():
+            if gap:
+                time.sleep(gap)
+            t = time.perf_counter()
+            subprocess.run(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
+            out[k].append((time.perf_counter() - t) * 1000)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def perf_counts(argv, runs=30):
+    perf = shutil.which("perf")
+    if not perf:
+        return None
+    out = subprocess.run([perf, "stat", "-x,", "-r", str(runs), "-e", "instructions,page-faults", *argv],
+                         stdin=DEVNULL, stdout=DEVNULL, stderr=subprocess.PIPE, text=True).stderr
+    counts = {}
+    for line in out.splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].replace(".", "").isdigit():
+            counts[f[2].split(":")[0]] = float(f[0])
+    return counts.get("instructions"), counts.get("page-faults")
+
+
+def syscalls(argv):
+    strace = shutil.which("strace")
+    if not strace:
+        return None
+    out = subprocess.run([strace, "-f", "-c", "-o", "/dev/stderr", *argv], stdin=DEVNULL,
+                         stdout=DEVNULL, stderr=subprocess.PIPE, text=True).stderr
+    total = [l for l in out.splitlines() if l.rstrip().endswith("total")]
+    return int(total[-1].split()[-3]) if total else None
+
+
+def handoff_once(binary, ws):
+    """`binary` None: flock(1) holds and `flock -w` waits."""
+    lock = os.path.join(ws, ".ralph", "loop.lock")
+    holder = subprocess.Popen([FLOCK, lock, STAMP, "--wait-stdin"] if binary is None else
+                              [binary, "-C", ws, "run", "--", STAMP, "--wait-stdin"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    waiter = subprocess.Popen([FLOCK, "-w", "60", lock, STAMP] if binary is None else
+                              [binary, "-q", "-C", ws, "run", "--on-conflict", "wait", "--", STAMP],
+                              stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    blocked = "lock" if binary is None else "poll"
+    while blocked not in open(f"/proc/{waiter.pid}/wchan").read():
+        assert time.monotonic() < deadline, "the waiter never blocked"
+        time.sleep(0.001)
+    time.sleep(0.005)
+    holder.stdin.close()
+    exited = int(holder.stdout.readline())
+    started = int(waiter.stdout.readline())
+    holder.wait()
+    waiter.wait()
+    return (started - exited) / 1e6
+
+
+def add_perf(rows, what, perf):
+    """Rows for what `perf stat` could count (a VM without a PMU counts no instructions)."""
+    if None in perf.values():
+        return
+    for i, name in enumerate(["instructions", "page faults"]):
+        if None not in (v[i] for v in perf.values()):
+            rows.append((f"{what}: {name} (perf stat, mean of 30)", {k: int(v[i]) for k, v in perf.items()}))
+
+
+def main():
+    ws = workspace()
+    lock = os.path.join(ws, ".ralph", "loop.lock")
+    rows = []
+    launch = {"flock": [FLOCK, lock, "true"], "old": [OLD, "-C", ws, "run", "--", "true"],
+              "new": [NEW, "-C", ws, "run", "--", "true"]}
+    m = alternate(launch, N)
+    rows.append(("launch `run -- true`, rapid series (median ms)", m))
+    m = alternate(launch, N_SPACED, gap=0.05)
+    rows.append(("launch, 50 ms apart (median ms)", m))
+    holder = subprocess.Popen([FLOCK, lock, STAMP, "--wait-stdin"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    holder.stdout.readline()
+    conflict = {"flock": [FLOCK, "-n", lock, "true"],
+                "old": [OLD, "-C", ws, "run", "--on-conflict", "fail", "--", "true"],
+                "new": [NEW, "-C", ws, "run", "--on-conflict", "fail", "--", "true"]}
+    m = alternate(conflict, N)
+    rows.append(("conflict `--on-conflict fail` (median ms)", m))
+    counts = {k: syscalls(v) for k, v in conflict.items()}
+    if None not in counts.values():
+        rows.append(("conflict: system calls (strace -f -c)", counts))
+    perf = {k: perf_counts(v) for k, v in conflict.items()}
+    holder.stdin.close()
+    holder.wait()
+    add_perf(rows, "conflict", perf)
+    counts = {k: syscalls(v) for k, v in launch.items()}
+    if None not in counts.values():
+        rows.append(("launch: system calls, child included (strace -f -c)", counts))
+    perf = {k: perf_counts(v) for k, v in launch.items()}
+    add_perf(rows, "launch, child included", perf)
+    ho = {"flock": [], "old": [], "new": []}
+    for _ in range(N_HANDOFF):
+        for k, b in (("flock", None), ("old", OLD), ("new", NEW)):
+            # A workspace a loop has run in (see bench.py's used_workspace).
+            d = workspace()
+            subprocess.run([b or NEW, "-q", "-C", d, "run", "--", "true"], check=True, stdout=DEVNULL)
+            ho[k].append(handoff_once(b, d))
+            shutil.rmtree(d)
+    rows.append(("hand-off, holder's child exits -> waiter's child runs (median ms)",
+                 {k: statistics.median(v) for k, v in ho.items()}))
+    shutil.rmtree(ws)
+    print("| measure | flock(1) | before | after |")
+    print("|---|---|---|---|")
+    fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else f"{v:,}")
+    for name, m in rows:
+        print(f"| {name} | {fmt(m.get('flock'))} | {fmt(m['old'])} | {fmt(m['new'])} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+//! The command started straight into the loop's cgroup: `clone3(CLONE_INTO_CGROUP)`
+//! instead of `fork` and a write of `0` to `cgroup.procs` before `exec`.
+//!
+//! Why: moving a process between cgroups (a write to `cgroup.procs`) takes the kernel's
+//! cgroup threadgroup lock for writing, and taking that lock waits for an RCU grace
+//! period unless another writer took it moments before: 8-17 ms on this kind of
+//! machine for a launch that is not one of a rapid series, several times the rest of
+//! the launch. A process created in its cgroup never moves, so nothing waits.
+//!
+//! What `std::process::Command::spawn` would do is done here the same way, for the
+//! command as the supervisor configures it (program, arguments, environment, working
+//! directory; standard streams inherited): the child changes directory, enters a
+//! process group of its own, resets SIGPIPE and the signal mask, runs the
+//! [`Prepared`] steps, and `exec`s the program, searched in the child's `PATH` as
+//! glibc's `execvp` searches it (the same candidates in the same order, EACCES kept
+//! over later ENOENTs, a file without `#!` run by `/bin/sh`). An error in the child
+//! before `exec` reaches the parent over a close-on-exec pipe, as std reports it.
+//! Everything is computed before the clone; the child only makes system calls.
+//! (Linux only: macOS and FreeBSD have no cgroups, and their room spawns the usual way.)
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::process::Command;
+
+use super::{Prepared, os};
+
+/// The program's `exec` candidates, argument vectors and environment, as C strings.
+struct Exec {
+    /// Paths to try in order (one when the program names a path).
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: Option<CString>,
+}
+
+/// The default search path of glibc's `execvp` when the environment has no `PATH`.
+const DEFAULT_PATH: &[u8] = b"/bin:/usr/bin";
+
+/// What std's `Command` keeps in place of a program or argument with a NUL byte (and
+/// then fails the spawn with InvalidInput): seen here, std's spawn must run to say so.
+const STD_NUL_PLACEHOLDER: &[u8] = b"<string-with-nul>";
+
+fn cstring(bytes: &[u8]) -> Option<CString> {
+    if bytes == STD_NUL_PLACEHOLDER {
+        return None;
+    }
+    CString::new(bytes).ok()
+}
+
+impl Exec {
+    /// `None` when an argument or variable holds a NUL byte: std's spawn then reports it.
+    fn of(cmd: &Command) -> Option<Exec> {
+        let program = cmd.get_program().as_bytes();
+        let mut argv = vec![cstring(program)?];
+        for arg in cmd.get_args() {
+            argv.push(cstring(arg.as_bytes())?);
+        }
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        for (key, value) in cmd.get_envs() {
+            vars.retain(|(k, _)| k != key);
+            if let Some(value) = value {
+                vars.push((key.to_os_string(), value.to_os_string()));
+            }
+        }
+        let path = vars
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_bytes().to_vec());
+        let mut env = Vec::with_capacity(vars.len());
+        for (k, v) in vars {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env.push(CString::new(kv).ok()?);
+        }
+        let candidates = if program.contains(&b'/') {
+            vec![cstring(program)?]
+        } else if program.is_empty() {
+            Vec::new()
+        } else {
+            let path = path.unwrap_or_else(|| DEFAULT_PATH.to_vec());
+            let mut out = Vec::new();
+            for dir in path.split(|b| *b == b':') {
+                // An empty element is the current directory, as in glibc.
+                let full = if dir.is_empty() {
+                    program.to_vec()
+                } else {
+                    [dir, b"/", program].concat()
+                };
+                out.push(cstring(&full)?);
+            }
+            out
+        };
+        let cwd = match cmd.get_current_dir() {
+            Some(dir) => Some(cstring(OsStr::new(dir).as_bytes())?),
+            None => None,
+        };
+        Some(Exec {
+            candidates,
+            argv,
+            env,
+            cwd,
+        })
+    }
+}
+
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Spawns `cmd` with `prepared` (whose `cgroup_procs` must be `None`) directly in the
+/// cgroup whose directory `cgroup_dir` is open on, in a process group of its own.
+/// Returns the child's pid; `None` when it cannot be done this way (no `clone3` or no
+/// `CLONE_INTO_CGROUP`: a kernel older than 5.7; a NUL byte in the command): the caller
+/// then spawns the usual way.
+pub(crate) fn spawn_into_cgroup(
+    cmd: &Command,
+    prepared: &Prepared,
+    cgroup_dir: RawFd,
+) -> Option<io::Result<u32>> {
+    let exec = Exec::of(cmd)?;
+    let argv = pointers(&exec.argv);
+    let envp = pointers(&exec.env);
+    // `/bin/sh FILE ARGS...` for a file the kernel cannot execute (no `#!`), as glibc's
+    // execvp runs it; slot 1 is filled in the child.
+    let sh = c"/bin/sh";
+    let mut sh_argv: Vec<*const libc::c_char> = vec![sh.as_ptr(), std::ptr::null()];
+    sh_argv.extend_from_slice(&argv[1..]);
+    let mut report = [0 as RawFd; 2];
+    // SAFETY: `report` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Some(Err(io::Error::last_os_error()));
+    }
+    let [read_end, write_end] = report;
+    let close_both = || {
+        // SAFETY: closing the two descriptors pipe2 gave us, once.
+        unsafe {
+            libc::close(read_end);
+            libc::close(write_end);
+        }
+    };
+    let pid = match os::clone_into_cgroup(cgroup_dir) {
+        Ok(pid) => pid,
+        Err(_) => {
+            close_both();
+            return None;
+        }
+    };
+    if pid == 0 {
+        // The child: a copy of this process's memory, one thread. System calls only.
+        let errno = child(&exec, &argv, &envp, &mut sh_argv, prepared);
+        let bytes = errno.to_ne_bytes();
+        // SAFETY: write(2) of a stack buffer, then _exit(2): async-signal-safe.
+        unsafe {
+            libc::write(write_end, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: our copy of the write end; the child has its own until it execs.
+    unsafe {
+        libc::close(write_end);
+    }
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled part of `buf`.
+        let n = unsafe { libc::read(read_end, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n > 0 {
+            got += n as usize;
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    // SAFETY: our read end, closed once.
+    unsafe {
+        libc::close(read_end);
+    }
+    if got == buf.len() {
+        // It never ran the command: reap it here, as std does.
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        unsafe {
+            libc::waitpid(pid, &mut status, 0);
+        }
+        return Some(Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))));
+    }
+    Some(Ok(pid as u32))
+}
+
+/// The child's part, up to `exec`; returns the errno to report when it fails.
+fn child(
+    exec: &Exec,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    sh_argv: &mut [*const libc::c_char],
+    prepared: &Prepared,
+) -> i32 {
+    let errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL)
+    };
+    if let Some(cwd) = &exec.cwd {
+        // SAFETY: chdir to a C string computed before the clone.
+        if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+            return errno();
+        }
+    }
+    // SAFETY: plain system calls on values: our own process group and SIGPIPE's
+    // default action (std ignores it at start-up), as std's spawn does.
+    unsafe {
+        if libc::setpgid(0, 0) != 0 {
+            return errno();
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    if let Err(e) = prepared.apply() {
+        return e.raw_os_error().unwrap_or(libc::EINVAL);
+    }
+    let mut eacces = false;
+    let mut last = libc::ENOENT;
+    for path in &exec.candidates {
+        // SAFETY: execve with NUL-terminated arrays of C strings that outlive the call
+        // (they are this process's copy of the parent's, made before the clone).
+        unsafe {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        let mut e = errno();
+        if e == libc::ENOEXEC {
+            sh_argv[1] = path.as_ptr();
+            // SAFETY: as above; `sh_argv` is NUL-terminated.
+            unsafe {
+                libc::execve(sh_argv[0], sh_argv.as_ptr(), envp.as_ptr());
+            }
+            e = errno();
+        }
+        match e {
+            libc::EACCES => eacces = true,
+            libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => return e,
+        }
+        last = e;
+    }
+    if eacces { libc::EACCES } else { last }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidates(program: &str, path: Option<&str>) -> Vec<String> {
+        let mut cmd = Command::new(program);
+        match path {
+            Some(p) => cmd.env("PATH", p),
+            None => cmd.env_remove("PATH"),
+        };
+        let exec = Exec::of(&cmd).unwrap();
+        (exec.candidates.iter())
+            .map(|c| c.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The same candidates, in the same order, as glibc's execvp tries: the child's
+    /// PATH (an empty element is the current directory), its default without one, and
+    /// the program itself when it names a path.
+    #[test]
+    fn searches_the_childs_path_as_execvp_does() {
+        assert_eq!(candidates("x", Some("/a::/b")), ["/a/x", "x", "/b/x"]);
+        assert_eq!(candidates("x", None), ["/bin/x", "/usr/bin/x"]);
+        assert_eq!(candidates("./x", Some("/a")), ["./x"]);
+        assert!(candidates("", Some("/a")).is_empty());
+    }
+
+    #[test]
+    fn the_childs_environment_is_ours_with_the_commands_changes() {
+        let mut cmd = Command::new("x");
+        cmd.env("RS_SPAWN_TEST", "1").env_remove("HOME");
+        let exec = Exec::of(&cmd).unwrap();
+        let env: Vec<&str> = exec.env.iter().map(|e| e.to_str().unwrap()).collect();
+        assert!(env.contains(&"RS_SPAWN_TEST=1"));
+        assert!(!env.iter().any(|e| e.starts_with("HOME=")));
+        assert!(
+            Exec::of(Command::new("x").arg("a\0b")).is_none(),
+            "std reports it"
+        );
+    }
+}
