@@ -15,8 +15,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+# bench.py's workspace and interleaved runs (it reads its own arguments on import: OLD
+# NEW STAMP satisfy it, and neither helper uses them).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import timed_runs, workspace  # noqa: E402
 
 OLD, NEW, STAMP = (os.path.abspath(a) for a in sys.argv[1:4])
 QUICK = "--quick" in sys.argv
@@ -27,23 +31,8 @@ FLOCK = shutil.which("flock")
 DEVNULL = subprocess.DEVNULL
 
 
-def workspace():
-    d = tempfile.mkdtemp(prefix="rs-ab-")
-    os.makedirs(os.path.join(d, ".ralph"))
-    open(os.path.join(d, ".ralph", "loop.lock"), "a").close()
-    return d
-
-
 def alternate(cmds, n, gap=0.0):
-    out = {k: [] for k in cmds}
-    for _ in range(n):
-        for k, argv in cmds.items():
-            if gap:
-                time.sleep(gap)
-            t = time.perf_counter()
-            subprocess.run(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
-            out[k].append((time.perf_counter() - t) * 1000)
-    return {k: statistics.median(v) for k, v in out.items()}
+    return {k: statistics.median(v) for k, v in timed_runs(cmds, n, gap).items()}
 
 
 def perf_counts(argv, runs=30):
