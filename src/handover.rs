@@ -324,10 +324,7 @@ fn tgid(tid: u32) -> Option<u32> {
 /// `.ralph/supervise/loop.json`, which `status`, `list`, `stop` and a takeover read
 /// while ralph's own write is in the lock file.
 pub(crate) fn write_sidecar(dir: &RalphDir, meta: &Metadata) -> io::Result<()> {
-    let sub = dir
-        .subdir(crate::history::DIR, true)
-        .map_err(io::Error::from)?
-        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    let sub = crate::history::own_dir(dir)?;
     let file = sub
         .open(SIDECAR, Access::ReadWrite, true)
         .map_err(io::Error::from)?

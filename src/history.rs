@@ -16,6 +16,26 @@ use crate::workspace::RalphDir;
 
 pub(crate) const DIR: &str = "supervise";
 pub(crate) const FILE: &str = "runs.jsonl";
+/// Put in [`DIR`] when it is made: git then leaves the directory out (`*` matches every
+/// file in it, this one too).
+const GITIGNORE: &str = ".gitignore";
+
+/// `.ralph/supervise/`, made if missing. What the supervisor keeps there (this history,
+/// the hand-over's `loop.json`) is this machine's record, never the project's: a new
+/// directory gets a `.gitignore` of `*`, so `git add .` (ralph's auto-commit) leaves it
+/// out. A `.gitignore` someone removed later is not put back.
+pub(crate) fn own_dir(dir: &RalphDir) -> io::Result<RalphDir> {
+    if let Some(sub) = dir.subdir(DIR, false)? {
+        return Ok(sub);
+    }
+    let sub = dir.subdir(DIR, true)?.expect("created");
+    match sub.create_new(GITIGNORE) {
+        Ok(mut file) => std::io::Write::write_all(&mut file, b"*\n")?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    Ok(sub)
+}
 
 /// One run, from lock to release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +95,7 @@ pub struct Record {
 pub(crate) fn append(dir: &RalphDir, record: &Record) -> io::Result<()> {
     let mut line = serde_json::to_string(record)?;
     line.push('\n');
-    let sub = dir.subdir(DIR, true)?.expect("created");
+    let sub = own_dir(dir)?;
     let file = sub
         .open_locked(FILE, Access::Append, true)?
         .expect("created");

@@ -420,3 +420,38 @@ fn the_policy_env_cannot_override_what_the_child_is_told() {
         "RALPH_LOCK_FD names the inherited lock: {out:?}"
     );
 }
+
+/// The supervisor's own files never reach a commit: `.ralph/supervise/` gets a
+/// `.gitignore` of `*` when it is made, so `git add .` (ralph's auto-commit) leaves the
+/// history out; a `.gitignore` someone removed is not put back.
+#[test]
+fn the_supervisors_own_files_stay_out_of_git() {
+    let ws = Workspace::git();
+    let out = ws.run(&["run", "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    let dir = ws.path.join(".ralph/supervise");
+    assert!(dir.join("runs.jsonl").exists(), "the history is written");
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
+        "*\n"
+    );
+    ws.git_cmd(&["add", "."]);
+    let staged = ws.git_cmd(&["diff", "--cached", "--name-only"]);
+    assert!(
+        staged.contains(".ralph/loop.lock"),
+        "git add . did run: {staged}"
+    );
+    assert!(!staged.contains(".ralph/supervise"), "{staged}");
+
+    std::fs::remove_file(dir.join(".gitignore")).unwrap();
+    let out = ws.run(&["run", "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!dir.join(".gitignore").exists(), "put back");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+}
