@@ -272,7 +272,7 @@ pub(crate) struct StopArgs {
     /// How long to wait for the lock to be released (longer than the loop's stop grace, when that is long)
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
     pub(crate) timeout: Duration,
-    /// Kill the loop's process group at once instead of asking
+    /// Kill the loop at once instead of asking it to stop: its supervisor sends KILL to every process of the loop (no grace, no restart); with the supervisor gone, the command's process group or the loop's cgroup is killed from here
     #[arg(long)]
     pub(crate) kill: bool,
 }

@@ -184,6 +184,12 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
     let deadline = started + settings.timeout;
     if settings.kill {
         match &targets {
+            // A live supervisor KILLs its loop itself, so that it records the stop and
+            // restarts nothing (a KILL behind its back is a crash to its restart policy).
+            Ok(t)
+                if t.supervisor.is_some_and(|sup| {
+                    crate::stop_request::ask(sup, Some(libc::SIGKILL)).is_ok()
+                }) => {}
             Ok(t) => {
                 if let Some(cgroup) = &t.cgroup {
                     // The supervisor is gone: everything the loop started is there.

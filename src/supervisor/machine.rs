@@ -506,6 +506,23 @@ impl Machine {
                 vec![Action::SignalTree(libc::SIGKILL)]
             }
 
+            // `stop --kill`: KILL to the whole loop at once, also when a stop is under
+            // way already (it ends the restarts like any stop request).
+            (
+                State::Running { .. } | State::Stopping { killed: false, .. },
+                Event::StopRequest {
+                    signal: Some(libc::SIGKILL),
+                },
+            ) => {
+                self.stop.get_or_insert(StopReason::StopRequest);
+                self.tree_signalled = true;
+                self.state = State::Stopping {
+                    deadline: now,
+                    killed: true,
+                    by_signal: true,
+                };
+                vec![Action::SignalTree(libc::SIGKILL)]
+            }
             // A stop request while already stopping is the same request again: only a
             // second stop *signal* escalates. (After a stall it ends the restarts.)
             (State::Stopping { .. }, Event::StopRequest { .. }) => {
@@ -1098,6 +1115,30 @@ mod tests {
             m.handle(Event::Deadline, now + GRACE),
             vec![Action::SignalTree(libc::SIGKILL)]
         );
+    }
+
+    #[test]
+    fn a_kill_request_kills_at_once_even_during_a_stop_and_nothing_restarts() {
+        let kill = Event::StopRequest {
+            signal: Some(libc::SIGKILL),
+        };
+        let now = Instant::now();
+        let always = Config {
+            restart: Restart {
+                when: RestartWhen::Always,
+                ..Restart::NEVER
+            },
+            ..config()
+        };
+        let mut m = Machine::new(always.clone(), now);
+        assert_eq!(m.handle(kill, now), vec![Action::SignalTree(libc::SIGKILL)]);
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+        m.handle(exited(137, false), now);
+        assert!(m.finished().is_some(), "no restart after a stop");
+        // A graceful stop under way (a long grace): the KILL request does not wait for it.
+        let mut m = Machine::new(always, now);
+        m.handle(Event::StopRequest { signal: None }, now);
+        assert_eq!(m.handle(kill, now), vec![Action::SignalTree(libc::SIGKILL)]);
     }
 
     #[test]

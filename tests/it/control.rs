@@ -556,3 +556,18 @@ fn history_tells_an_empty_selection_from_an_empty_history() {
         "no readable runs recorded (2 unreadable lines skipped)"
     );
 }
+
+/// `stop --kill` of a loop whose supervisor lives: the supervisor KILLs the loop itself,
+/// so a restart policy restarts nothing and the history names the stop. (A KILL sent
+/// past the supervisor was a crash to restart, and the stop timed out.)
+#[test]
+fn stop_kill_is_carried_out_by_the_supervisor_and_nothing_restarts() {
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&["--restart", "always"], &[]);
+    let out = ws.run(&["stop", "--kill", "--timeout", "20s"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(p.wait(LIMIT).code(), Some(137));
+    let shown = json(&ws.run(&["history", "--json", "-n", "1"]));
+    assert_eq!(shown[0]["stopped_by"], "stop-request", "{shown}");
+    assert_eq!(shown[0]["restarts"], 0, "{shown}");
+}
