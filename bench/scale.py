@@ -199,6 +199,9 @@ def waiter_chain(n):
     lock = os.path.join(ws, ".ralph", "loop.lock")
     procs = []
     try:
+        # A workspace a loop has run in, as bench.py's hand-off: in a fresh one the
+        # holder's release first creates .ralph/supervise/, on the first hand-off's path.
+        subprocess.run([BIN, "-q", "-C", ws, "run", "--", "true"], check=True, stdout=DEVNULL)
         before = children_switches()
         holder = subprocess.Popen([BIN, "-q", "-C", ws, "run", "--", STAMP, "--wait-stdin"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
