@@ -567,7 +567,8 @@ struct Session<'a> {
     /// Fleet mode: the fleet lock (or the worktree reservation) held with the local one.
     fleet: Option<&'a mut Fleet>,
     meta: Metadata,
-    /// The loop's cgroup's `cgroup.procs`, which the child moves itself into.
+    /// The loop's cgroup, which the child is started in (`clone3`), or moves itself
+    /// into through its `cgroup.procs` where that cannot be.
     cgroup: Option<crate::sys::Placement>,
     terminal: Option<Terminal>,
     child: Option<Child>,

@@ -716,3 +716,82 @@ fn stop_ends_an_orphaned_loop_through_its_cgroup() {
         assert!(alive(*pid), "the {name} bystander {pid} was touched");
     }
 }
+
+/// The command is found, run and refused alike whether it starts in its cgroup
+/// (`clone3`, `sys/spawn.rs`) or by std's spawn (the tree mode): the child's `PATH`
+/// (here from `[run.env]`) is searched in order, a file without `#!` runs under
+/// `/bin/sh`, one found but not executable is 126 even when a later entry has
+/// nothing, none is 127; the child gets the supervisor's environment with the
+/// policy's and the supervisor's own changes, the locked descriptor, and the
+/// workspace as its directory.
+#[test]
+fn the_command_starts_alike_in_its_cgroup_and_by_std_spawn() {
+    use std::os::unix::fs::PermissionsExt;
+    let in_cgroup = cgroup_or_skip("the command started in its cgroup").is_some();
+    let ws = Workspace::new();
+    let dir = |name: &str| {
+        let d = ws.path.join("bin").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d.to_str().unwrap().to_string()
+    };
+    let (empty, scripts, denied) = (dir("empty"), dir("scripts"), dir("denied"));
+    let tool = format!("{scripts}/tool");
+    std::fs::write(
+        &tool,
+        "echo \"tool $1 cwd=$(pwd) foo=$FOO token=${RALPH_FENCING_TOKEN-unset}\"\n\
+         test -e /proc/self/fd/$RALPH_LOCK_FD && echo lock-fd-open\n\
+         while read -r l; do case $l in 0::*) echo \"$l\";; esac; done </proc/$$/cgroup\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(format!("{denied}/tool"), "#!/bin/sh\necho ran\n").unwrap();
+    let modes: &[&str] = if in_cgroup {
+        &["cgroup", "tree"]
+    } else {
+        &["tree"]
+    };
+    let mut seen = Vec::new();
+    for path in [
+        format!("{empty}:{scripts}"),
+        format!("{denied}:{empty}"),
+        empty.clone(),
+    ] {
+        ws.write_policy(&format!("[run.env]\nPATH = \"{path}\"\nFOO = \"bar\"\n"));
+        let mut outcomes = Vec::new();
+        for mode in modes {
+            let mut cmd = ws.cmd(&["run", "--containment", mode, "--", "tool", "x"]);
+            cmd.env("RALPH_FENCING_TOKEN", "7");
+            let out = Proc::spawn(cmd).finish();
+            let (cgroup, rest): (Vec<&str>, Vec<&str>) =
+                out.stdout.lines().partition(|l| l.starts_with("0::"));
+            if out.code() == 0 {
+                let named = cgroup
+                    .first()
+                    .is_some_and(|l| l.contains("/ralph-supervise-"));
+                assert_eq!(named, *mode == "cgroup", "{mode}: {out:?}");
+            }
+            outcomes.push((out.code(), rest.join("\n"), out.stderr.clone()));
+        }
+        assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:#?}");
+        seen.push(outcomes.swap_remove(0));
+    }
+    let cwd = ws.path.canonicalize().unwrap();
+    assert_eq!(seen[0].0, 0, "{seen:?}");
+    assert_eq!(
+        seen[0].1,
+        format!(
+            "tool x cwd={} foo=bar token=unset\nlock-fd-open",
+            cwd.display()
+        )
+    );
+    assert_eq!(seen[1].0, 126, "{seen:?}");
+    assert_eq!(
+        seen[1].2.trim(),
+        "ralph-supervise: tool: cannot execute: Permission denied (os error 13); check that it is an executable file"
+    );
+    assert_eq!(seen[2].0, 127, "{seen:?}");
+    assert_eq!(
+        seen[2].2.trim(),
+        "ralph-supervise: tool: command not found; check the name and PATH"
+    );
+}
