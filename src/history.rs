@@ -16,18 +16,16 @@ use crate::workspace::RalphDir;
 
 pub(crate) const DIR: &str = "supervise";
 pub(crate) const FILE: &str = "runs.jsonl";
-/// Put in [`DIR`] when it is made: git then leaves the directory out (`*` matches every
+/// Kept in [`DIR`]: git then leaves the directory out (`*` matches every
 /// file in it, this one too).
 const GITIGNORE: &str = ".gitignore";
 
 /// `.ralph/supervise/`, made if missing. What the supervisor keeps there (this history,
-/// the hand-over's `loop.json`) is this machine's record, never the project's: a new
-/// directory gets a `.gitignore` of `*`, so `git add .` (ralph's auto-commit) leaves it
-/// out. A `.gitignore` someone removed later is not put back.
+/// the hand-over's `loop.json`) is this machine's record, never the project's: the
+/// directory gets a `.gitignore` of `*` unless it has one (an earlier version's
+/// directory too), so `git add .` (ralph's auto-commit) leaves it out. One that is there
+/// is never changed: to have git see the history, empty it (removed, it comes back).
 pub(crate) fn own_dir(dir: &RalphDir) -> io::Result<RalphDir> {
-    if let Some(sub) = dir.subdir(DIR, false)? {
-        return Ok(sub);
-    }
     let sub = dir.subdir(DIR, true)?.expect("created");
     match sub.create_new(GITIGNORE) {
         Ok(mut file) => std::io::Write::write_all(&mut file, b"*\n")?,

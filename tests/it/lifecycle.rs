@@ -422,15 +422,17 @@ fn the_policy_env_cannot_override_what_the_child_is_told() {
 }
 
 /// The supervisor's own files never reach a commit: `.ralph/supervise/` gets a
-/// `.gitignore` of `*` when it is made, so `git add .` (ralph's auto-commit) leaves the
-/// history out; a `.gitignore` someone removed is not put back.
+/// `.gitignore` of `*` (an earlier version's directory too), so `git add .` (ralph's
+/// auto-commit) leaves the history out; one that is there is never changed.
 #[test]
 fn the_supervisors_own_files_stay_out_of_git() {
     let ws = Workspace::git();
+    // A history an earlier version left, without a .gitignore.
+    let dir = ws.path.join(".ralph/supervise");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("runs.jsonl"), "").unwrap();
     let out = ws.run(&["run", "--", "true"]);
     assert!(out.status.success(), "{out:?}");
-    let dir = ws.path.join(".ralph/supervise");
-    assert!(dir.join("runs.jsonl").exists(), "the history is written");
     assert_eq!(
         std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
         "*\n"
@@ -443,10 +445,11 @@ fn the_supervisors_own_files_stay_out_of_git() {
     );
     assert!(!staged.contains(".ralph/supervise"), "{staged}");
 
-    std::fs::remove_file(dir.join(".gitignore")).unwrap();
+    // Emptied by someone who wants the history committed: left as it is.
+    std::fs::write(dir.join(".gitignore"), "").unwrap();
     let out = ws.run(&["run", "--", "true"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(!dir.join(".gitignore").exists(), "put back");
+    assert_eq!(std::fs::read_to_string(dir.join(".gitignore")).unwrap(), "");
     assert_eq!(
         std::fs::read_to_string(dir.join("runs.jsonl"))
             .unwrap()
