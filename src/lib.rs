@@ -88,7 +88,10 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
                 workspace,
                 chdir: global.workspace.is_some(),
                 handover: false,
-                prompt: args.prompt.map(|p| p.to_string_lossy().into_owned()),
+                prompt: run::RunSettings::task(
+                    args.prompt.map(|p| p.to_string_lossy().into_owned()),
+                    &args.command,
+                ),
                 command: args.command,
                 policy,
             };

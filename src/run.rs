@@ -46,8 +46,9 @@ use crate::{signals, stop_request};
 pub(crate) struct RunSettings {
     pub(crate) workspace: PathBuf,
     pub(crate) command: Vec<OsString>,
-    /// Task text for the metadata; the command line when not given.
-    pub(crate) prompt: Option<String>,
+    /// Task text for the metadata, the history and a worktree's context: `--prompt`, or
+    /// the command line when not given ([`RunSettings::task`]).
+    pub(crate) prompt: String,
     /// The effective policy (flags over file over defaults).
     pub(crate) policy: Policy,
     /// The conflict policy that applies here (auto resolved).
@@ -63,7 +64,7 @@ pub(crate) struct RunSettings {
 }
 
 impl RunSettings {
-    fn conflict_rules<'a>(&'a self, prompt: &'a str) -> conflict::Rules<'a> {
+    fn conflict_rules(&self) -> conflict::Rules<'_> {
         conflict::Rules {
             workspace: &self.workspace,
             repo: self.repo.as_deref(),
@@ -73,13 +74,14 @@ impl RunSettings {
             refused: ExitStatus::Conflict(self.policy.conflict.exit_code),
             grace: self.policy.stop.grace,
             stop_signal: self.policy.stop.signal,
-            prompt,
+            prompt: &self.prompt,
         }
     }
 
-    pub(crate) fn prompt_text(&self) -> String {
-        self.prompt.clone().unwrap_or_else(|| {
-            self.command
+    /// The task text: `prompt` when given, else the command line.
+    pub(crate) fn task(prompt: Option<String>, command: &[OsString]) -> String {
+        prompt.unwrap_or_else(|| {
+            command
                 .iter()
                 .map(|a| a.to_string_lossy())
                 .collect::<Vec<_>>()
@@ -107,7 +109,6 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     let dir = RalphDir::open_or_create(&settings.workspace)?;
     // Set once `on_start` has had its turn: then `on_exit` has one too.
     let mut facts = None;
-    let prompt = settings.prompt_text();
     // The local lock, then in fleet mode the fleet lock. Before a wait blocks, the
     // cgroup is made and the supervisor's start time and host name looked up, so that
     // the hand-off does without these system calls (a run refused at once does without
@@ -131,7 +132,7 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
             Ok(())
         }
     };
-    let rules = settings.conflict_rules(&prompt);
+    let rules = settings.conflict_rules();
     let next = conflict::acquire(&dir, &rules, &signals, fleet.as_mut(), at)?;
     if !matches!(next, Next::Exit(_)) {
         // The loop's cgroup, now that the run will happen (unless made already).
@@ -244,12 +245,11 @@ fn run_in_worktree(
     facts: &mut Option<hooks::Facts>,
     mut holds: Holds<'_>,
 ) -> Result<ExitStatus, Failure> {
-    let prompt = settings.prompt_text();
     let spec = worktree::Spec {
         repo,
         dir: settings.policy.worktree.dir.clone(),
         branch_prefix: settings.policy.worktree.branch_prefix.clone(),
-        prompt: prompt.clone(),
+        prompt: settings.prompt.clone(),
         carry: settings.policy.worktree.sync,
         copy: settings.policy.worktree.copy.clone(),
     };
@@ -309,7 +309,7 @@ fn run_in_worktree(
         OnExit::QueueMerge => worktree::OnExit::QueueMerge,
     };
     let success = matches!(status, Ok(ExitStatus::Child(0)));
-    match worktree::finish(&created.repo, &created, on_exit, success, &prompt) {
+    match worktree::finish(&created.repo, &created, on_exit, success, &settings.prompt) {
         Ok(done) => info!(
             "worktree {} {}",
             created.path.display(),
@@ -530,7 +530,7 @@ fn metadata(
     Metadata {
         pid: me,
         started,
-        prompt: truncate_prompt(&settings.prompt_text()),
+        prompt: truncate_prompt(&settings.prompt),
         supervisor_pid: Some(me),
         supervisor_start_time: self_identity().0,
         child_pid: None,
@@ -878,7 +878,7 @@ fn history_record(
         mode: session.place.mode().to_string(),
         command: session.meta.command.clone(),
         // Whole: the 100-character cut is the lock metadata's (ralph's), not ours.
-        prompt: session.settings.prompt_text(),
+        prompt: session.settings.prompt.clone(),
         start: format_time(&started),
         end: format_time(&Utc::now()),
         exit_code,

@@ -690,7 +690,7 @@ impl Fleet {
         run: &RunSettings,
     ) -> Result<impl Fn(&str) -> bool + '_, Failure> {
         self.start_lease(self.settings.grace(run.policy.stop.grace))?;
-        let record = lock::Record::new(&run.workspace, &run.prompt_text());
+        let record = lock::Record::new(&run.workspace, &run.prompt);
         Ok(move |id: &str| {
             let reserved = self.reserve_worktree(id, &record);
             if !reserved {
