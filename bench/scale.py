@@ -116,29 +116,33 @@ def strace_launch(repo, ready_dir):
     return launched, whole
 
 
+def strace_calls(path):
+    """(pid, name, the rest of the line) of each system call in strace -f's output."""
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"(\d+)\s+(\w+)\((.*)", line)
+            if m:
+                yield m.groups()
+
+
 def parse_strace(path):
     edits = reads = written = 0
     calls = 0
     first_pid = None
-    with open(path) as f:
-        for line in f:
-            m = re.match(r"(\d+)\s+(\w+)\((.*)", line)
-            if not m:
-                continue
-            pid, name, rest = m.groups()
-            if first_pid is None:
-                first_pid = pid
-            if pid == first_pid:
-                calls += 1
-            if "loops.json>" not in rest:
-                continue
-            if name == "flock" and "LOCK_EX" in rest:
-                edits += 1
-            elif name == "flock" and "LOCK_SH" in rest:
-                reads += 1
-            elif name in ("pwrite64", "write"):
-                r = re.search(r"= (\d+)\s*$", rest)
-                written += int(r.group(1)) if r else 0
+    for pid, name, rest in strace_calls(path):
+        if first_pid is None:
+            first_pid = pid
+        if pid == first_pid:
+            calls += 1
+        if "loops.json>" not in rest:
+            continue
+        if name == "flock" and "LOCK_EX" in rest:
+            edits += 1
+        elif name == "flock" and "LOCK_SH" in rest:
+            reads += 1
+        elif name in ("pwrite64", "write"):
+            r = re.search(r"= (\d+)\s*$", rest)
+            written += int(r.group(1)) if r else 0
     return {"edits": edits, "reads": reads, "bytes": written, "calls": calls}
 
 
@@ -299,22 +303,17 @@ def strace_count(argv):
                    stderr=DEVNULL)
     total = locks = fd_stats = 0
     locks_fd = None
-    with open(out) as f:
-        for line in f:
-            m = re.match(r"\d+\s+(\w+)\((.*)", line)
-            if not m:
-                continue
-            total += 1
-            name, rest = m.groups()
-            if name == "openat" and '"/proc/locks"' in rest:
-                r = re.search(r"= (\d+)", rest)
-                locks_fd = r.group(1) if r else None
-            elif name == "read" and locks_fd is not None and rest.startswith(f"{locks_fd},"):
-                locks += 1
-            elif name == "close" and locks_fd is not None and rest.startswith(f"{locks_fd})"):
-                locks_fd = None
-            elif name in ("statx", "newfstatat", "stat") and re.search(r'"/proc/\d+/fd/\d+"', rest):
-                fd_stats += 1
+    for _, name, rest in strace_calls(out):
+        total += 1
+        if name == "openat" and '"/proc/locks"' in rest:
+            r = re.search(r"= (\d+)", rest)
+            locks_fd = r.group(1) if r else None
+        elif name == "read" and locks_fd is not None and rest.startswith(f"{locks_fd},"):
+            locks += 1
+        elif name == "close" and locks_fd is not None and rest.startswith(f"{locks_fd})"):
+            locks_fd = None
+        elif name in ("statx", "newfstatat", "stat") and re.search(r'"/proc/\d+/fd/\d+"', rest):
+            fd_stats += 1
     os.unlink(out)
     return {"total": total, "locks_reads": locks, "fd_stats": fd_stats}
 
