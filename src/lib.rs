@@ -49,27 +49,31 @@ pub(crate) mod watch;
 pub(crate) mod workspace;
 pub mod worktree;
 
-use std::process::ExitCode;
-
 use cli::{Cli, Command, GlobalArgs, LogFormat, PolicyArgs, PolicyCommand};
 use exit::ResultExt;
 pub(crate) use exit::{ExitStatus, Failure};
 
-/// Parses, logs, dispatches, prints the one error line, and exits.
-pub fn main() -> ExitCode {
-    // SIGPIPE stays ignored, as Rust starts us: output to a closed pipe fails with EPIPE,
-    // which `logging` handles, instead of killing us before the exit status is settled.
+/// Parses, logs, dispatches, prints the one error line, and returns the exit status.
+pub fn main() -> u8 {
+    // What Rust's start-up would have done (the binary skips it, see main.rs): SIGPIPE
+    // ignored, so output to a closed pipe fails with EPIPE, which `logging` handles,
+    // instead of killing us before the exit status is settled; no standard descriptor
+    // left closed.
+    sys::start_up();
     let cli = cli::parse();
     let log_format = cli.global.log_format;
-    match run(cli) {
-        Ok(status) => ExitCode::from(status.code()),
+    let status = match run(cli) {
+        Ok(status) => status.code(),
         Err(failure) => {
             // Through the logging writer: a broken stderr must not turn the exit status
             // into a panic.
             logging::print_error(&failure.error, failure.status.code(), log_format);
-            ExitCode::from(failure.status.code())
+            failure.status.code()
         }
-    }
+    };
+    // Returned to C's `main`, not through std's exit path: flush what is buffered.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    status
 }
 
 /// Runs one parsed command line.

@@ -1,3 +1,30 @@
+//! The binary: `ralph_supervise::main` run as the process's entry point.
+//!
+//! On Linux with glibc it is C's `main` itself (`no_main`): Rust's runtime start-up is
+//! skipped, which on every start read `/proc/self/maps` (to find the main thread's
+//! stack guard), mapped a signal stack and installed SIGSEGV/SIGBUS handlers for a
+//! stack-overflow message: 20 of a `--version`'s 69 system calls, about 0.1 ms of
+//! CPU per start (BENCHMARKS.md). What of it we rely on, `sys::start_up` does. The
+//! arguments still reach `std::env::args`: glibc hands them to std's own
+//! initialiser. Elsewhere (std learns them only from its start-up) `main` is Rust's.
+
+#![cfg_attr(all(target_os = "linux", target_env = "gnu"), no_main)]
+#![deny(unsafe_code)]
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+// SAFETY: the binary's one `main` symbol (this crate defines no other, and std defines
+// none under `no_main`); the C runtime calls it once, on the main thread, with the
+// process's arguments, which it also passed to std's initialiser.
+#[unsafe(no_mangle)]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    ralph_supervise::main().into()
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn main() -> std::process::ExitCode {
-    ralph_supervise::main()
+    ralph_supervise::main().into()
 }

@@ -401,7 +401,36 @@ pub(crate) fn reap_one() -> io::Result<Option<(i32, Reaped, Rusage)>> {
     }
 }
 
-/// Restores SIGPIPE's default action (Rust ignores it at start-up), so that the test
+/// What Rust's runtime does before `main` and this binary's own entry point (main.rs)
+/// must do itself: SIGPIPE ignored (a write to a closed pipe then fails with EPIPE), and
+/// `/dev/null` opened on any standard descriptor that was closed, so that no file we
+/// open later becomes standard output or error. Harmless when the runtime did it.
+pub(crate) fn start_up() {
+    // SAFETY: installing SIG_IGN runs no code of ours in signal context.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is an array of three initialised pollfd structures, as passed.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } < 0 {
+        return;
+    }
+    for pollfd in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
+        // The lowest free descriptor, so this one (lower ones are open or reopened);
+        // not close-on-exec, as the command inherits it: kept open for good.
+        let mode = nix::sys::stat::Mode::empty();
+        if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, mode) {
+            debug_assert_eq!(null.as_raw_fd(), pollfd.fd);
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
+        }
+    }
+}
+
+/// Restores SIGPIPE's default action (ignored at start-up, [`start_up`]), so that the test
 /// probe, whose output is piped into `head`, ends like any other Unix tool. (The
 /// subcommands keep it ignored and handle EPIPE: see `logging`.)
 pub(crate) fn default_sigpipe() {
@@ -415,8 +444,7 @@ pub(crate) fn default_sigpipe() {
 pub(crate) fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
     debug_assert!((0..=2).contains(&fd));
     // SAFETY: the standard descriptors stay open for the life of the process (the
-    // supervisor never closes them; if one was closed at start-up, calls on it fail
-    // with EBADF and it is not taken for a terminal).
+    // supervisor never closes them, and [`start_up`] reopened any that was closed).
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 

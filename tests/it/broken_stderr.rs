@@ -236,3 +236,43 @@ fn closed_output_pipes_never_panic_and_keep_the_exit_status() {
         assert!(!ws.lock_held());
     }
 }
+
+/// Started with its standard descriptors closed (a careless service manager), the
+/// supervisor puts `/dev/null` on them before it opens anything, as Rust's own start-up
+/// would (the binary skips that start-up, see src/main.rs): its log lines cannot land in
+/// the lock file or the history, and the command gets `/dev/null` too.
+#[test]
+fn closed_standard_descriptors_are_reopened_on_dev_null() {
+    let ws = Workspace::new();
+    let seen = ws.path.join("fds");
+    let script = format!(
+        "fds=$(readlink /proc/$$/fd/0 /proc/$$/fd/1 /proc/$$/fd/2); echo \"$fds\" > {}",
+        seen.display()
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("exec 0<&- 1>&- 2>&-; exec \"$@\"")
+        .arg("sh")
+        .arg(bin())
+        .arg("-C")
+        .arg(&ws.path)
+        .args(["-vv", "run", "--", "sh", "-c", &script]);
+    let mut child = cmd.spawn().expect("spawn");
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(0));
+    let fds = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(
+        fds, "/dev/null\n/dev/null\n/dev/null\n",
+        "the command's descriptors"
+    );
+    assert_eq!(
+        std::fs::read(ws.lock_path()).unwrap(),
+        b"",
+        "released, no log line in it"
+    );
+    assert_eq!(
+        last_record(&ws.path)["status"],
+        0,
+        "the history is JSON lines"
+    );
+}
