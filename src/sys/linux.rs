@@ -704,10 +704,122 @@ struct CloneArgs {
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// The child's own stack for [`vfork_into_cgroup`]: mapped, with a guard page below it
+/// (a child running over it faults instead of writing into our memory), unmapped on
+/// drop.
+pub(crate) struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+impl ChildStack {
+    /// Room for the child's few frames up to `exec` (system calls on values computed
+    /// before the clone): 64 KiB, most of it never touched.
+    const SIZE: usize = 64 * 1024;
+    pub(crate) fn new() -> io::Result<ChildStack> {
+        let page = 4096;
+        let len = Self::SIZE + page;
+        // SAFETY: an anonymous private mapping of our own; its result is checked.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping just made: the guard.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+}
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, unmapped once.
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}
+
+/// `clone3(CLONE_INTO_CGROUP | CLONE_VM | CLONE_VFORK)`: the child starts in the cgroup
+/// whose directory `cgroup_dir` is open on, shares our memory, runs `child(arg)` on
+/// `stack` and exits with its return value unless it execs first; we are suspended
+/// until it has exec'd or exited (as `posix_spawn` does it). Nothing of our memory is
+/// copied, so the clone costs no page tables and `exec` no tear-down of a copy. `child`
+/// must only make system calls and write only to its stack and to what `arg` lets it.
+/// Returns the child's pid. x86-64 only (the child's first instructions on its new
+/// stack need a few lines of assembly); elsewhere [`clone_into_cgroup`] forks.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vfork_into_cgroup(
+    cgroup_dir: RawFd,
+    stack: &mut ChildStack,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<i32> {
+    const CLONE_VM: u64 = libc::CLONE_VM as u64;
+    const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP | CLONE_VM | CLONE_VFORK,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.base as u64,
+        stack_size: stack.len as u64,
+        cgroup: cgroup_dir as u64,
+        ..CloneArgs::default()
+    };
+    let rc: i64;
+    // SAFETY: `args` is a valid clone_args of the size passed, alive for the call; its
+    // stack is mapped (the guard page at its low end) and 16-byte aligned at the top,
+    // where the kernel starts the child. In the parent the system call returns like any
+    // other (it clobbers rcx and r11; rdi, rsi, r12 and r13 keep their values). The
+    // child starts at the instruction after `syscall` with rax 0 and rsp at the top of
+    // its stack: it clears the frame pointer, calls `child(arg)` (the pointers it was
+    // given in r12 and r13) and ends with exit_group(2), never returning here. We do
+    // not run again until it has exec'd or exited (CLONE_VFORK), so it has our memory
+    // to itself but for our other threads, which it does not touch.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, {exit_group}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit_group = const libc::SYS_exit_group,
+            inlateout("rax") libc::SYS_clone3 => rc,
+            in("rdi") &args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") child,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc as i32));
+    }
+    Ok(rc as i32)
+}
+
 /// `fork`, but the child starts in the cgroup whose directory `cgroup_dir` is open on
 /// (`clone3` with `CLONE_INTO_CGROUP`): 0 in the child, its pid in the parent. The
 /// child is a copy of this process like a forked one and must only make system calls
 /// until it execs (see `sys/spawn.rs`).
+// Compiled everywhere; used where `vfork_into_cgroup` is not (not x86-64).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 pub(crate) fn clone_into_cgroup(cgroup_dir: RawFd) -> io::Result<i32> {
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
