@@ -1,6 +1,6 @@
 //! The loop's own cgroup (cgroup v2): made below the cgroup ralph-supervise started in,
 //! never above it; the command starts in it (`clone3` into its directory,
-//! [`crate::sys::spawn_into_cgroup`]; else its child-side setup writes to
+//! [`crate::sys::spawn_direct`]; else its child-side setup writes to
 //! `cgroup.procs`, see [`crate::sys::ChildSetup`]), limits are written to it,
 //! `cgroup.kill` ends everything in it, `cgroup.freeze` stops it on Ctrl-Z,
 //! `cgroup.events` says without polling when it is empty, and `cpu.stat` /

@@ -56,13 +56,13 @@ pub(crate) use os::process_identity;
 #[cfg(target_vendor = "apple")]
 pub(crate) use os::sigqueue;
 #[cfg(any(target_os = "macos", target_os = "freebsd"))]
-pub(crate) use os::spawn_into_cgroup;
+pub(crate) use os::spawn_direct;
 pub(crate) use os::{
     EventSource, Listener, ProcessHandle, SI_KERNEL, SI_QUEUE, Trapped, abstract_socket_addr,
     become_subreaper, handover_available, realtime_min, reserve, watch_signal,
 };
 #[cfg(target_os = "linux")]
-pub(crate) use spawn::spawn_into_cgroup;
+pub(crate) use spawn::spawn_direct;
 
 /// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which the reader
 /// sees as `ssi_ptr` (Linux's signalfd) or `si_value` (FreeBSD), with `si_code`

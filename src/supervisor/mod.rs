@@ -128,7 +128,8 @@ pub(crate) struct Child {
 /// Spawns `command` in its own process group, `inherit_fd` passed open (and exported as
 /// `RALPH_LOCK_FD`), the terminal handed to it when we are in the foreground, placed in
 /// the loop's cgroup when there is one (started in it by `clone3`, or where that
-/// cannot be, moved there by a write to its `cgroup.procs` before `exec`);
+/// cannot be, moved there by a write to its `cgroup.procs` before `exec`: see
+/// `sys::spawn_direct`);
 /// with `handover` (a socket to the answerer), under the lock hand-over's `flock` filter.
 pub(crate) fn spawn(
     command: &[OsString],
@@ -154,9 +155,9 @@ pub(crate) fn spawn(
         handover,
         cgroup_procs: None,
     };
-    // Started in the cgroup, so that it never has to move there (see sys/spawn.rs).
-    let cloned =
-        cgroup.and_then(|c| sys::spawn_into_cgroup(&cmd, &sys::Prepared::new(setup), c.dir));
+    // Started in the cgroup, so that it never has to move there, without a copy of our
+    // memory (see sys/spawn.rs); else the usual way.
+    let cloned = sys::spawn_direct(&cmd, &sys::Prepared::new(setup), cgroup.map(|c| c.dir));
     let pid = match cloned {
         Some(started) => {
             Pid::from_raw(started.map_err(|e| spawn_failure(&program.to_string_lossy(), e))? as i32)

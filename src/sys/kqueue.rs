@@ -383,12 +383,12 @@ pub(crate) fn sigqueue(_pid: i32, _sig: i32, _value: usize) -> io::Result<()> {
 /// Never called: there are no reserved signals here ([`reserved_signals`] is empty).
 pub(crate) fn reset_reserved_signal(_sig: i32) {}
 
-/// No cgroups here (Linux's `sys/spawn.rs` starts the command in one): the command is
-/// spawned the usual way.
-pub(crate) fn spawn_into_cgroup(
+/// No cgroups and no `clone3` here (Linux's `sys/spawn.rs`): the command is spawned the
+/// usual way.
+pub(crate) fn spawn_direct(
     _cmd: &std::process::Command,
     _prepared: &super::Prepared,
-    _cgroup_dir: std::os::fd::RawFd,
+    _cgroup_dir: Option<std::os::fd::RawFd>,
 ) -> Option<io::Result<u32>> {
     None
 }

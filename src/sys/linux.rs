@@ -749,8 +749,8 @@ impl Drop for ChildStack {
     }
 }
 
-/// `clone3(CLONE_INTO_CGROUP | CLONE_VM | CLONE_VFORK)`: the child starts in the cgroup
-/// whose directory `cgroup_dir` is open on, shares our memory, runs `child(arg)` on
+/// `clone3(CLONE_VM | CLONE_VFORK)`, with `CLONE_INTO_CGROUP` when `cgroup_dir` is given:
+/// the child starts in the cgroup whose directory it is open on, shares our memory, runs `child(arg)` on
 /// `stack` and exits with its return value unless it execs first; we are suspended
 /// until it has exec'd or exited (as `posix_spawn` does it). Nothing of our memory is
 /// copied, so the clone costs no page tables and `exec` no tear-down of a copy. `child`
@@ -759,19 +759,20 @@ impl Drop for ChildStack {
 /// stack need a few lines of assembly); elsewhere [`clone_into_cgroup`] forks.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn vfork_into_cgroup(
-    cgroup_dir: RawFd,
+    cgroup_dir: Option<RawFd>,
     stack: &mut ChildStack,
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
 ) -> io::Result<i32> {
     const CLONE_VM: u64 = libc::CLONE_VM as u64;
     const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
+    let into = cgroup_dir.map_or(0, |_| CLONE_INTO_CGROUP);
     let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP | CLONE_VM | CLONE_VFORK,
+        flags: into | CLONE_VM | CLONE_VFORK,
         exit_signal: libc::SIGCHLD as u64,
         stack: stack.base as u64,
         stack_size: stack.len as u64,
-        cgroup: cgroup_dir as u64,
+        cgroup: cgroup_dir.unwrap_or(0) as u64,
         ..CloneArgs::default()
     };
     let rc: i64;

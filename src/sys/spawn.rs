@@ -1,5 +1,6 @@
 //! The command started straight into the loop's cgroup: `clone3(CLONE_INTO_CGROUP)`
-//! instead of `fork` and a write of `0` to `cgroup.procs` before `exec`.
+//! instead of `fork` and a write of `0` to `cgroup.procs` before `exec`; on x86-64 also
+//! without a cgroup, for the memory it does not copy (below).
 //!
 //! Why: moving a process between cgroups (a write to `cgroup.procs`) takes the kernel's
 //! cgroup threadgroup lock for writing, and taking that lock waits for an RCU grace
@@ -120,15 +121,16 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// Spawns `cmd` with `prepared` (whose `cgroup_procs` must be `None`) directly in the
-/// cgroup whose directory `cgroup_dir` is open on, in a process group of its own.
-/// Returns the child's pid; `None` when it cannot be done this way (no `clone3` or no
-/// `CLONE_INTO_CGROUP`: a kernel older than 5.7; a NUL byte in the command): the caller
-/// then spawns the usual way.
-pub(crate) fn spawn_into_cgroup(
+/// Spawns `cmd` with `prepared` (whose `cgroup_procs` must be `None`) in a process group
+/// of its own, directly in the cgroup whose directory `cgroup_dir` is open on if one
+/// is given. Returns the child's pid; `None` when it cannot be done this way (no
+/// `clone3`, or with a cgroup no `CLONE_INTO_CGROUP`: a kernel older than 5.3 or 5.7;
+/// not x86-64 and no cgroup; a NUL byte in the command): the caller then spawns the
+/// usual way.
+pub(crate) fn spawn_direct(
     cmd: &Command,
     prepared: &Prepared,
-    cgroup_dir: RawFd,
+    cgroup_dir: Option<RawFd>,
 ) -> Option<io::Result<u32>> {
     let exec = Exec::of(cmd)?;
     let argv = pointers(&exec.argv);
@@ -231,7 +233,7 @@ impl Job<'_> {
 /// elsewhere a fork-like `clone3`, the child returning 0 here. Either way the child is
 /// in the cgroup from its first instruction.
 #[cfg(target_arch = "x86_64")]
-fn clone(cgroup_dir: RawFd, job: &mut Job) -> io::Result<i32> {
+fn clone(cgroup_dir: Option<RawFd>, job: &mut Job) -> io::Result<i32> {
     extern "C" fn start(job: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `job` is the `&mut Job` given below, alive while the parent waits.
         let job = unsafe { &mut *job.cast::<Job>() };
@@ -242,8 +244,10 @@ fn clone(cgroup_dir: RawFd, job: &mut Job) -> io::Result<i32> {
     os::vfork_into_cgroup(cgroup_dir, &mut stack, start, job.cast())
 }
 #[cfg(not(target_arch = "x86_64"))]
-fn clone(cgroup_dir: RawFd, _: &mut Job) -> io::Result<i32> {
-    os::clone_into_cgroup(cgroup_dir)
+fn clone(cgroup_dir: Option<RawFd>, _: &mut Job) -> io::Result<i32> {
+    // Without a cgroup a fork-like clone3 has nothing over std's spawn.
+    let dir = cgroup_dir.ok_or(io::ErrorKind::Unsupported)?;
+    os::clone_into_cgroup(dir)
 }
 
 /// The child's part, up to `exec`; returns the errno to report when it fails.
