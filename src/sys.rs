@@ -139,15 +139,28 @@ fn ignored_signals() -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// A small file the kernel generates (`/proc`, cgroup files), read in as few `read`s
-/// as it takes: `std::fs::read_to_string` asks for its size (a `statx`, which says 0
-/// for these) and then reads 32 bytes, 32, 64, 128... (eight reads for
-/// `/proc/self/status`); here the first read asks for 4 KiB.
+/// A small file the kernel generates (`/proc`, cgroup files), read in as few system
+/// calls as it takes: `open`, `read`s of 4 KiB and more until one returns nothing,
+/// `close`. (`std::fs::read_to_string` first asks for the size, a `statx` that says 0
+/// for these, then reads 32 bytes, 32, 64, 128...: eight reads for `/proc/self/status`;
+/// `File::read_to_string` still asks, with a `statx` and an `lseek`.)
 pub(crate) fn read_text(path: impl AsRef<std::path::Path>) -> io::Result<String> {
     use std::io::Read;
-    let mut text = String::with_capacity(4096);
-    std::fs::File::open(path)?.read_to_string(&mut text)?;
-    Ok(text)
+    let mut file = std::fs::File::open(path)?;
+    let (mut buf, mut len) = (vec![0u8; 4096], 0);
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// `flock(2)` operations.
