@@ -704,7 +704,7 @@ struct CloneArgs {
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// The child's own stack for [`vfork_into_cgroup`]: mapped, with a guard page below it
+/// The child's own stack for [`clone_vfork`]: mapped, with a guard page below it
 /// (a child running over it faults instead of writing into our memory), unmapped on
 /// drop.
 pub(crate) struct ChildStack {
@@ -749,16 +749,17 @@ impl Drop for ChildStack {
     }
 }
 
-/// `clone3(CLONE_VM | CLONE_VFORK)`, with `CLONE_INTO_CGROUP` when `cgroup_dir` is given:
-/// the child starts in the cgroup whose directory it is open on, shares our memory, runs `child(arg)` on
-/// `stack` and exits with its return value unless it execs first; we are suspended
+/// `clone3(CLONE_VM | CLONE_VFORK)`, with `CLONE_INTO_CGROUP` when `cgroup_dir` is
+/// given (the child starts in the cgroup whose directory it is open on): the child
+/// shares our memory, runs `child(arg)` on `stack` and exits with its return value
+/// unless it execs first; we are suspended
 /// until it has exec'd or exited (as `posix_spawn` does it). Nothing of our memory is
 /// copied, so the clone costs no page tables and `exec` no tear-down of a copy. `child`
 /// must only make system calls and write only to its stack and to what `arg` lets it.
 /// Returns the child's pid. x86-64 only (the child's first instructions on its new
 /// stack need a few lines of assembly); elsewhere [`clone_into_cgroup`] forks.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn vfork_into_cgroup(
+pub(crate) fn clone_vfork(
     cgroup_dir: Option<RawFd>,
     stack: &mut ChildStack,
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
@@ -819,7 +820,7 @@ pub(crate) fn vfork_into_cgroup(
 /// (`clone3` with `CLONE_INTO_CGROUP`): 0 in the child, its pid in the parent. The
 /// child is a copy of this process like a forked one and must only make system calls
 /// until it execs (see `sys/spawn.rs`).
-// Compiled everywhere; used where `vfork_into_cgroup` is not (not x86-64).
+// Compiled everywhere; used where `clone_vfork` is not (not x86-64).
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 pub(crate) fn clone_into_cgroup(cgroup_dir: RawFd) -> io::Result<i32> {
     let args = CloneArgs {

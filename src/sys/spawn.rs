@@ -229,9 +229,9 @@ impl Job<'_> {
 }
 
 /// The clone: on x86-64 sharing our memory until the child execs, on its own stack
-/// (`vfork_into_cgroup`: no copy of our page tables, and we wait for the `exec` anyway);
-/// elsewhere a fork-like `clone3`, the child returning 0 here. Either way the child is
-/// in the cgroup from its first instruction.
+/// (`clone_vfork`: no copy of our page tables, and we wait for the `exec` anyway);
+/// elsewhere a fork-like `clone3` (into a cgroup only), the child returning 0 here.
+/// Either way a child given a cgroup is in it from its first instruction.
 #[cfg(target_arch = "x86_64")]
 fn clone(cgroup_dir: Option<RawFd>, job: &mut Job) -> io::Result<i32> {
     extern "C" fn start(job: *mut libc::c_void) -> libc::c_int {
@@ -241,7 +241,7 @@ fn clone(cgroup_dir: Option<RawFd>, job: &mut Job) -> io::Result<i32> {
     }
     let mut stack = os::ChildStack::new()?;
     let job: *mut Job = job;
-    os::vfork_into_cgroup(cgroup_dir, &mut stack, start, job.cast())
+    os::clone_vfork(cgroup_dir, &mut stack, start, job.cast())
 }
 #[cfg(not(target_arch = "x86_64"))]
 fn clone(cgroup_dir: Option<RawFd>, _: &mut Job) -> io::Result<i32> {
