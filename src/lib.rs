@@ -26,6 +26,7 @@ pub(crate) mod fleet_settings;
 pub(crate) mod handover;
 pub mod history;
 pub(crate) mod hooks;
+pub(crate) mod keyword;
 pub(crate) mod limits;
 pub(crate) mod lock;
 pub(crate) mod logging;

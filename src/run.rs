@@ -24,6 +24,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
+use crate::conflict::OnConflict;
 use crate::conflict::{self, Moment, Next};
 use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
@@ -32,9 +33,9 @@ use crate::history;
 use crate::hooks;
 use crate::lock::{self, Acquire, LockFile};
 use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
-use crate::policy::{OnConflict, OnExit, Orphans, Policy, RestartPolicy};
+use crate::policy::{Orphans, Policy};
 use crate::procfs;
-use crate::supervisor::machine::{self, Decision, Machine, RestartWhen, StopReason, Verdict};
+use crate::supervisor::machine::{self, Decision, Machine, StopReason, Verdict};
 use crate::supervisor::{self, Change, Child, Hooks, Signals};
 use crate::terminal::Terminal;
 use crate::workspace::RalphDir;
@@ -303,11 +304,7 @@ fn run_in_worktree(
         );
         return status;
     }
-    let on_exit = match settings.policy.worktree.on_exit {
-        OnExit::Keep => worktree::OnExit::Keep,
-        OnExit::RemoveIfClean => worktree::OnExit::RemoveIfClean,
-        OnExit::QueueMerge => worktree::OnExit::QueueMerge,
-    };
+    let on_exit = settings.policy.worktree.on_exit;
     let success = matches!(status, Ok(ExitStatus::Child(0)));
     match worktree::finish(&created.repo, &created, on_exit, success, &settings.prompt) {
         Ok(done) => info!(
@@ -489,11 +486,7 @@ fn machine_config(policy: &Policy, job_control: bool) -> machine::Config {
         kill_orphans: policy.stop.orphans == Orphans::Kill,
         job_control,
         restart: machine::Restart {
-            when: match policy.restart.policy {
-                RestartPolicy::Never => RestartWhen::Never,
-                RestartPolicy::OnFailure => RestartWhen::OnFailure,
-                RestartPolicy::Always => RestartWhen::Always,
-            },
+            when: policy.restart.policy,
             max: policy.restart.max,
             window: policy.restart.window,
             backoff_initial: policy.restart.backoff_initial,

@@ -9,13 +9,15 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserialize, DeserializeOwned, DeserializeSeed, Deserializer, Visitor};
+use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, Visitor};
 
 use super::show::{quoted, toml_key};
 use crate::fleet_settings::{self as fleet, ENDPOINT};
+use crate::hooks::{self, Words};
+pub(crate) use crate::keyword::Keyword;
 use crate::limits::{CPU, Cpu, MEMORY, Memory, PIDS, Pids};
 use crate::present::short_duration as format_duration;
-use crate::supervisor::machine::ExitRule;
+use crate::supervisor::machine::{EXIT_ACTION, ExitActions, ExitRule};
 
 /// How a key's value is read, checked and shown. `DOC` names the type in the man page;
 /// `EXPECTED` is what a value of another type is told it must be, and `hint` what to
@@ -38,23 +40,6 @@ pub(crate) trait Kind: DeserializeOwned {
     }
 }
 
-/// A closed set of keywords (declared with `keywords!`): every value, in documentation
-/// order, with its spelling and meaning.
-pub(crate) trait Keyword: Copy + PartialEq + Send + Sync + 'static {
-    const ALL: &'static [Self];
-    const VALUES: &'static [(&'static str, &'static str)];
-    fn as_str(self) -> &'static str {
-        Self::VALUES[Self::ALL.iter().position(|v| *v == self).unwrap_or(0)].0
-    }
-    fn parse(text: &str) -> Result<Self, String> {
-        let found = Self::ALL.iter().copied().find(|v| v.as_str() == text);
-        found.ok_or_else(|| format!("{text:?} is not valid; expected one of {}", Self::list()))
-    }
-    fn list() -> String {
-        let names: Vec<&str> = Self::VALUES.iter().map(|(name, _)| *name).collect();
-        names.join(", ")
-    }
-}
 impl<K: Keyword + DeserializeOwned> Kind for K {
     type Out = K;
     const DOC: &'static str = "string";
@@ -119,12 +104,8 @@ macro_rules! kinds {
 pub(crate) const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
 const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
-const ARGV: &str = "write the program and its arguments as an array, like [\"make\", \"up\"]";
 const GLOBS: &str =
     "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
-const EXIT_ACTION: &str = "write \"stop\", \"restart\" or a delay like \"30m\"";
-const EXIT_STATUS: &str =
-    "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
 
 kinds! {
     Dur(Duration) from String, "duration", "a duration string", |_| DURATION, |text| duration(&text), |d| quoted(&format_duration(*d));
@@ -185,7 +166,7 @@ kinds! {
     }, |key| quoted(key);
     FleetTtl(Duration) from String, "duration, at least 2s", "a duration string", |_| DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
     TlsFile(PathBuf) from String, "string (a file)", "a string", |_| "write the PEM file's path in quotes", |path| fleet::tls_file(&path), |path| quoted(&path.to_string_lossy());
-    Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| ARGV, |words| Ok(words.0), |argv| strings(argv);
+    Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| hooks::ARGV, |words| Ok(words.0), |argv| strings(argv);
     Env(BTreeMap<String, String>) from BTreeMap<EnvName, EnvValue>, "table of strings", "a table", |item| match item {
         None => "write a [run.env] section with lines like NAME = \"value\"".into(),
         Some(name) => format!("write the value in quotes, like {} = \"1\"", toml_key(name)),
@@ -201,7 +182,6 @@ checked! {
         true => Err("the value contains a NUL character; remove it".into()),
         false => Ok(text),
     };
-    Action(ExitRule) from String, |text| text.trim().parse().map_err(|_| format!("{text:?} is not an action; {EXIT_ACTION}"));
 }
 
 /// A human duration, `"1h30m"`.
@@ -239,8 +219,6 @@ macro_rules! by_hand {
 by_hand! {
     Text: deserialize_any;
     Urls: deserialize_any;
-    Words: deserialize_seq;
-    ExitActions: deserialize_map;
 }
 impl Visitor<'_> for Raw<Text> {
     type Value = Text;
@@ -267,44 +245,6 @@ impl<'de> Visitor<'de> for Raw<Urls> {
     }
     fn visit_seq<S: de::SeqAccess<'de>>(self, seq: S) -> Result<Urls, S::Error> {
         Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Urls::List)
-    }
-}
-
-/// `[hooks] on_start` / `on_exit` as written: a program and its arguments, not empty.
-pub(crate) struct Words(Vec<String>);
-impl<'de> Visitor<'de> for Raw<Words> {
-    type Value = Words;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of strings")
-    }
-    fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Words, S::Error> {
-        let mut argv = Vec::new();
-        while let Some(arg) = seq.next_element_seed(Arg(argv.is_empty()))? {
-            argv.push(arg);
-        }
-        match argv.is_empty() {
-            true => Err(de::Error::custom(format!(
-                "the array is empty; {ARGV}, or leave the key out"
-            ))),
-            false => Ok(Words(argv)),
-        }
-    }
-}
-/// One of the [`Words`]; the first is the program.
-struct Arg(bool);
-impl<'de> DeserializeSeed<'de> for Arg {
-    type Value = String;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        let text = String::deserialize(d)?;
-        match text.as_str() {
-            _ if text.contains('\0') => {
-                Err(de::Error::custom("it contains a NUL character; remove it"))
-            }
-            "" if self.0 => Err(de::Error::custom(
-                "the program name is empty; name a program, like \"make\"",
-            )),
-            _ => Ok(text),
-        }
     }
 }
 
@@ -339,43 +279,6 @@ impl TryFrom<String> for EnvName {
     }
 }
 
-/// `[restart.exit]`: `CODE = "stop" | "restart" | "<delay>"`, CODE from 0 to 255.
-pub(crate) struct ExitActions(BTreeMap<u8, ExitRule>);
-impl<'de> Visitor<'de> for Raw<ExitActions> {
-    type Value = ExitActions;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a table")
-    }
-    fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<ExitActions, M::Error> {
-        let mut actions = BTreeMap::new();
-        while let Some(code) = map.next_key_seed(Code(&actions))? {
-            let Action(rule) = map.next_value()?;
-            actions.insert(code, rule);
-        }
-        Ok(ExitActions(actions))
-    }
-}
-/// An exit code as a `[restart.exit]` key, not given before.
-struct Code<'a>(&'a BTreeMap<u8, ExitRule>);
-impl<'de> DeserializeSeed<'de> for Code<'_> {
-    type Value = u8;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u8, D::Error> {
-        let name = String::deserialize(d)?;
-        let digits = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
-        let code = match name.parse::<u32>().ok().filter(|_| digits) {
-            Some(code) => u8::try_from(code).map_err(|_| format!("{code} is out of range")),
-            None if digits => Err(format!("{name} is out of range")),
-            None => Err(format!("{name:?} is not an exit code")),
-        };
-        let code = code.map_err(|e| de::Error::custom(format!("{e}; {EXIT_STATUS}")))?;
-        match self.0.contains_key(&code) {
-            true => Err(de::Error::custom(format!(
-                "exit code {code} is given twice; keep one"
-            ))),
-            false => Ok(code),
-        }
-    }
-}
 impl Kind for ExitActions {
     type Out = BTreeMap<u8, ExitRule>;
     const DOC: &'static str = "table of exit actions";
