@@ -18,6 +18,7 @@ pub(crate) use crate::keyword::Keyword;
 use crate::limits::{CPU, Cpu, MEMORY, Memory, PIDS, Pids};
 use crate::present::short_duration as format_duration;
 use crate::supervisor::machine::{EXIT_ACTION, ExitActions, ExitRule};
+use crate::worktree::copy::{GLOBS, Glob};
 
 /// How a key's value is read, checked and shown. `DOC` names the type in the man page;
 /// `EXPECTED` is what a value of another type is told it must be, and `hint` what to
@@ -104,8 +105,6 @@ macro_rules! kinds {
 pub(crate) const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
 const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
-const GLOBS: &str =
-    "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
 
 kinds! {
     Dur(Duration) from String, "duration", "a duration string", |_| DURATION, |text| duration(&text), |d| quoted(&format_duration(*d));
@@ -150,16 +149,7 @@ kinds! {
         Text::Str(text) => text.parse(),
     }, |pids| match pids { Pids::Count(n) => n.to_string(), Pids::Max => quoted("max") };
     CpuMax(Cpu) from String, "string", "a string", |_| CPU, |text| text.parse(), |cpu| quoted(&cpu.to_string());
-    Endpoints(Vec<String>) from Urls, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| {
-        let urls = match urls {
-            Urls::Text(text) => text.split(',').map(|url| fleet::endpoint(url.trim())).collect::<Result<_, _>>()?,
-            Urls::List(urls) => urls.into_iter().map(|url| url.0).collect(),
-        };
-        match urls {
-            urls if Vec::is_empty(&urls) => Err(format!("the array is empty; {ENDPOINT}, or leave the key out")),
-            urls => Ok(urls),
-        }
-    }, |urls| strings(urls);
+    Endpoints(Vec<String>) from fleet::Endpoints, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| Ok(urls.0), |urls| strings(urls);
     FleetKey(String) from String, "string", "a string", |_| "write a key in quotes, like \"acme/api/main\"", |key| {
         fleet::check_fleet_key(&key).map_err(|why| format!("{key:?} is not a usable key ({why})"))?;
         Ok(key)
@@ -173,11 +163,6 @@ kinds! {
     }, |env| Ok(env.into_iter().map(|(name, value)| (name.0, value.0)).collect()), |env| inline_table(env.iter().map(|(k, v)| (k.clone(), quoted(v))));
 }
 checked! {
-    Glob(String) from String, |text| match crate::worktree::copy::check_glob(&text) {
-        Ok(()) => Ok(text),
-        Err(why) => Err(format!("{text:?} is not a usable glob ({why}); {GLOBS}")),
-    };
-    Endpoint(String) from String, |url| fleet::endpoint(&url);
     EnvValue(String) from String, |text| match text.contains('\0') {
         true => Err("the value contains a NUL character; remove it".into()),
         false => Ok(text),
@@ -199,11 +184,6 @@ pub(crate) enum Text {
     Str(String),
     Int(i128),
 }
-/// The endpoints: a comma-separated string (from the command line) or an array.
-pub(crate) enum Urls {
-    Text(String),
-    List(Vec<Endpoint>),
-}
 /// The visitor of a type read by hand: `Raw<Text>`, `Raw<Words>`, ...
 struct Raw<T>(PhantomData<T>);
 /// `Type: how;`: a type serde reads with its [`Raw`] visitor.
@@ -218,7 +198,6 @@ macro_rules! by_hand {
 }
 by_hand! {
     Text: deserialize_any;
-    Urls: deserialize_any;
 }
 impl Visitor<'_> for Raw<Text> {
     type Value = Text;
@@ -233,18 +212,6 @@ impl Visitor<'_> for Raw<Text> {
     }
     fn visit_i128<E: de::Error>(self, n: i128) -> Result<Text, E> {
         Ok(Text::Int(n))
-    }
-}
-impl<'de> Visitor<'de> for Raw<Urls> {
-    type Value = Urls;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of URLs")
-    }
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Urls, E> {
-        Ok(Urls::Text(text.to_string()))
-    }
-    fn visit_seq<S: de::SeqAccess<'de>>(self, seq: S) -> Result<Urls, S::Error> {
-        Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Urls::List)
     }
 }
 

@@ -24,6 +24,23 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{carry, git};
 
+/// How `[worktree] copy` is written.
+pub(crate) const GLOBS: &str =
+    "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
+/// One `[worktree] copy` entry, checked by [`check_glob`].
+#[derive(serde::Deserialize)]
+#[serde(try_from = "String")]
+pub(crate) struct Glob(pub(crate) String);
+impl TryFrom<String> for Glob {
+    type Error = String;
+    fn try_from(text: String) -> Result<Glob, String> {
+        match check_glob(&text) {
+            Ok(()) => Ok(Glob(text)),
+            Err(why) => Err(format!("{text:?} is not a usable glob ({why}); {GLOBS}")),
+        }
+    }
+}
+
 /// Why `glob` cannot be a `[worktree] copy` entry, if it cannot.
 pub(crate) fn check_glob(glob: &str) -> Result<(), String> {
     if glob.is_empty() {
