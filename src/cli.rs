@@ -8,10 +8,10 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::keyword::Keyword;
 pub(crate) use crate::logging::LogFormat;
 use crate::policy::{Key, Overrides, TABLE};
 use crate::probe::ProbeSettings;
+use crate::setting::Keyword;
 
 #[derive(Debug, Parser)]
 #[command(

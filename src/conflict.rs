@@ -48,7 +48,7 @@ use crate::stop_request;
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
 
-crate::keyword::keywords! {
+crate::setting::keywords! {
     OnConflict "What `run` does when the workspace lock is already held." {
         Worktree = "worktree", "Run the command in a new git worktree (see [worktree]).";
         Wait = "wait", "Block until the lock is free, without polling; bounded by `wait_timeout`.";

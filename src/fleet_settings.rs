@@ -67,13 +67,10 @@ impl<'de> Visitor<'de> for EndpointsVisitor {
     }
 }
 /// One item of [`Endpoints`].
-#[derive(serde::Deserialize)]
-#[serde(try_from = "String")]
 struct Endpoint(String);
-impl TryFrom<String> for Endpoint {
-    type Error = String;
-    fn try_from(url: String) -> Result<Endpoint, String> {
-        endpoint(&url).map(Endpoint)
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> {
+        crate::setting::checked_str(d, |url| endpoint(&url).map(Endpoint))
     }
 }
 

@@ -57,7 +57,7 @@ use crate::ralph_dir::Access;
 use crate::sys::{self, Listener, ProcessHandle, Trapped};
 use crate::workspace::RalphDir;
 
-crate::keyword::keywords! {
+crate::setting::keywords! {
     Handover "When the workspace lock is handed over to a command that locks it itself." {
         Auto = "auto", "When the command's program file name is `ralph`.";
         Always = "always", "For any command; where the system cannot (not Linux 5.9 or later, seccomp unavailable or forbidden), refuse with status 125.";

@@ -112,16 +112,11 @@ struct Arg(bool);
 impl<'de> DeserializeSeed<'de> for Arg {
     type Value = String;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        let text = String::deserialize(d)?;
-        match text.as_str() {
-            _ if text.contains('\0') => {
-                Err(de::Error::custom("it contains a NUL character; remove it"))
-            }
-            "" if self.0 => Err(de::Error::custom(
-                "the program name is empty; name a program, like \"make\"",
-            )),
+        crate::setting::checked_str(d, |text| match text.as_str() {
+            _ if text.contains('\0') => Err("it contains a NUL character; remove it".into()),
+            "" if self.0 => Err("the program name is empty; name a program, like \"make\"".into()),
             _ => Ok(text),
-        }
+        })
     }
 }
 

@@ -41,7 +41,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::exit::{ExitStatus, Failure};
 use crate::present::escape;
 
-crate::keyword::keywords! {
+crate::setting::keywords! {
     LogFormat "The format of the supervisor's own log lines." {
         Text = "text", "For people.";
         Json = "json", "One JSON object per line, for collectors.";

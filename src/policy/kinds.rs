@@ -14,9 +14,9 @@ use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, Visitor};
 use super::show::{quoted, toml_key};
 use crate::fleet_settings::{self as fleet, ENDPOINT};
 use crate::hooks::{self, Words};
-pub(crate) use crate::keyword::Keyword;
 use crate::limits::{CPU, Cpu, MEMORY, Memory, PIDS, Pids};
 use crate::present::short_duration as format_duration;
+pub(crate) use crate::setting::Keyword;
 use crate::supervisor::machine::{EXIT_ACTION, ExitActions, ExitRule};
 use crate::worktree::copy::{GLOBS, Glob};
 
@@ -208,6 +208,9 @@ impl Visitor<'_> for Raw<Text> {
         Ok(Text::Str(text.to_string()))
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+        Ok(Text::Int(n.into()))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Text, E> {
         Ok(Text::Int(n.into()))
     }
     fn visit_i128<E: de::Error>(self, n: i128) -> Result<Text, E> {

@@ -34,7 +34,7 @@ pub(crate) const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
 pub(crate) const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
 pub(crate) const USER_FILE: &str = "ralph-supervise/policy.toml";
 
-crate::keyword::keywords! {
+crate::setting::keywords! {
     Orphans "What happens to the processes the command started that are still running after it exits." {
         Kill = "kill", "The stop signal, then KILL after `grace`, to every one of them, whatever its process group or session.";
         Leave = "leave", "Leave them running (a stop then reaches the command's process group only).";
@@ -175,7 +175,7 @@ pub(crate) struct Key {
     /// What a value of another type is told it must be, and what to write instead.
     expected: &'static str,
     hint: fn(Option<&str>) -> String,
-    read: fn(&mut Policy, De) -> Result<(), Bad>,
+    read: fn(&mut Policy, toml::de::ValueDeserializer) -> Result<(), toml::de::Error>,
     copy: fn(&mut Policy, &Policy),
     show: fn(&Policy) -> Option<String>,
 }

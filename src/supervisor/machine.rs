@@ -40,7 +40,7 @@ use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, Visitor};
 use crate::exit::{ChildOutcome, ExitStatus};
 use crate::signals::{Class, Scope, classify, scope};
 
-crate::keyword::keywords! {
+crate::setting::keywords! {
     RestartWhen "When the child is started again after it exits." {
         Never = "never", "Never.";
         OnFailure = "on-failure", "When it exits non-zero or is killed by a signal.";

@@ -28,16 +28,13 @@ use super::{carry, git};
 pub(crate) const GLOBS: &str =
     "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
 /// One `[worktree] copy` entry, checked by [`check_glob`].
-#[derive(serde::Deserialize)]
-#[serde(try_from = "String")]
 pub(crate) struct Glob(pub(crate) String);
-impl TryFrom<String> for Glob {
-    type Error = String;
-    fn try_from(text: String) -> Result<Glob, String> {
-        match check_glob(&text) {
+impl<'de> serde::Deserialize<'de> for Glob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Glob, D::Error> {
+        crate::setting::checked_str(d, |text| match check_glob(&text) {
             Ok(()) => Ok(Glob(text)),
             Err(why) => Err(format!("{text:?} is not a usable glob ({why}); {GLOBS}")),
-        }
+        })
     }
 }
 

@@ -97,7 +97,7 @@ impl Created {
     }
 }
 
-crate::keyword::keywords! {
+crate::setting::keywords! {
     OnExit "What happens to a worktree when its loop ends." {
         Keep = "keep", "Leave it in place.";
         RemoveIfClean = "remove-if-clean", "Remove it if it has no changes and no commits beyond its base.";
