@@ -5,7 +5,6 @@
 //! their rooms' own (`crate::limits`, `crate::fleet_settings`).
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,10 +71,12 @@ impl<K: Kind> Kind for Option<K> {
     }
 }
 
-/// `Name(Out) from Raw, |raw| checked;`: a newtype serde reads as `Raw`, then checks
-/// (`Err` is the message: what is wrong; what to write).
-macro_rules! checked {
-    ($($name:ident($out:ty) from $raw:ty, |$r:ident| $check:expr;)+) => {$(
+/// `Name(Out) from Raw, "man page type", "expected", |item| hint, |raw| checked, |value| shown;`:
+/// a newtype serde reads as `Raw`, then checks (`Err` is the message: what is wrong; what
+/// to write), that is a key's [`Kind`].
+macro_rules! kinds {
+    ($($name:ident($out:ty) from $raw:ty, $doc:literal, $expected:literal, |$i:pat_param| $hint:expr,
+        |$r:ident| $check:expr, |$x:ident| $show:expr;)+) => {$(
         pub(crate) struct $name(pub(crate) $out);
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
@@ -83,14 +84,6 @@ macro_rules! checked {
                 check(<$raw>::deserialize(d)?).map($name).map_err(de::Error::custom)
             }
         }
-    )+};
-}
-/// `Name(Out) from Raw, "man page type", "expected", |item| hint, |raw| checked, |value| shown;`:
-/// a [`checked!`] newtype that is a key's [`Kind`].
-macro_rules! kinds {
-    ($($name:ident($out:ty) from $raw:ty, $doc:literal, $expected:literal, |$i:pat_param| $hint:expr,
-        |$r:ident| $check:expr, |$x:ident| $show:expr;)+) => {$(
-        checked! { $name($out) from $raw, |$r| $check; }
         impl Kind for $name {
             type Out = $out;
             const DOC: &'static str = $doc;
@@ -139,7 +132,7 @@ kinds! {
     }, |signal| quoted(&crate::signals::name(*signal));
     Globs(Vec<String>) from Vec<Glob>, "array of strings", "an array of strings", |_| GLOBS, |globs| {
         Ok(globs.into_iter().map(|glob| glob.0).collect())
-    }, |globs| strings(globs);
+    }, |globs| toml_value(globs);
     MemoryMax(Memory) from Text, "string or integer (bytes)", "a string", |_| MEMORY, |text| match text {
         Text::Int(bytes) => Memory::bytes(bytes),
         Text::Str(text) => text.parse(),
@@ -149,24 +142,18 @@ kinds! {
         Text::Str(text) => text.parse(),
     }, |pids| match pids { Pids::Count(n) => n.to_string(), Pids::Max => quoted("max") };
     CpuMax(Cpu) from String, "string", "a string", |_| CPU, |text| text.parse(), |cpu| quoted(&cpu.to_string());
-    Endpoints(Vec<String>) from fleet::Endpoints, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| Ok(urls.0), |urls| strings(urls);
+    Endpoints(Vec<String>) from fleet::Endpoints, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| Ok(urls.0), |urls| toml_value(urls);
     FleetKey(String) from String, "string", "a string", |_| "write a key in quotes, like \"acme/api/main\"", |key| {
         fleet::check_fleet_key(&key).map_err(|why| format!("{key:?} is not a usable key ({why})"))?;
         Ok(key)
     }, |key| quoted(key);
     FleetTtl(Duration) from String, "duration, at least 2s", "a duration string", |_| DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
     TlsFile(PathBuf) from String, "string (a file)", "a string", |_| "write the PEM file's path in quotes", |path| fleet::tls_file(&path), |path| quoted(&path.to_string_lossy());
-    Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| hooks::ARGV, |words| Ok(words.0), |argv| strings(argv);
+    Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| hooks::ARGV, |words| Ok(words.0), |argv| toml_value(argv);
     Env(BTreeMap<String, String>) from BTreeMap<EnvName, EnvValue>, "table of strings", "a table", |item| match item {
         None => "write a [run.env] section with lines like NAME = \"value\"".into(),
         Some(name) => format!("write the value in quotes, like {} = \"1\"", toml_key(name)),
-    }, |env| Ok(env.into_iter().map(|(name, value)| (name.0, value.0)).collect()), |env| inline_table(env.iter().map(|(k, v)| (k.clone(), quoted(v))));
-}
-checked! {
-    EnvValue(String) from String, |text| match text.contains('\0') {
-        true => Err("the value contains a NUL character; remove it".into()),
-        false => Ok(text),
-    };
+    }, |env| Ok(env.into_iter().map(|(name, value)| (name.0, value.0)).collect()), |env| toml_value(env);
 }
 
 /// A human duration, `"1h30m"`.
@@ -184,22 +171,13 @@ pub(crate) enum Text {
     Str(String),
     Int(i128),
 }
-/// The visitor of a type read by hand: `Raw<Text>`, `Raw<Words>`, ...
-struct Raw<T>(PhantomData<T>);
-/// `Type: how;`: a type serde reads with its [`Raw`] visitor.
-macro_rules! by_hand {
-    ($($ty:ident: $how:ident;)+) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
-                d.$how(Raw::<$ty>(PhantomData))
-            }
-        }
-    )+};
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        d.deserialize_any(TextVisitor)
+    }
 }
-by_hand! {
-    Text: deserialize_any;
-}
-impl Visitor<'_> for Raw<Text> {
+struct TextVisitor;
+impl Visitor<'_> for TextVisitor {
     type Value = Text;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a string or an integer")
@@ -249,6 +227,17 @@ impl TryFrom<String> for EnvName {
     }
 }
 
+/// A `[run.env]` value.
+pub(crate) struct EnvValue(String);
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EnvValue, D::Error> {
+        crate::setting::checked_str(d, |text| match text.contains('\0') {
+            true => Err("the value contains a NUL character; remove it".into()),
+            false => Ok(EnvValue(text)),
+        })
+    }
+}
+
 impl Kind for ExitActions {
     type Out = BTreeMap<u8, ExitRule>;
     const DOC: &'static str = "table of exit actions";
@@ -263,26 +252,16 @@ impl Kind for ExitActions {
     }
     fn show(actions: &Self::Out) -> Option<String> {
         // None: not set, every exit status follows `restart.policy`.
-        let pair = |(code, rule): (&u8, &ExitRule)| (code.to_string(), quoted(&rule.to_string()));
-        (!actions.is_empty()).then(|| inline_table(actions.iter().map(pair)))
+        let pair = |(code, rule): (&u8, &ExitRule)| (code.to_string(), rule.to_string());
+        let actions: BTreeMap<String, String> = actions.iter().map(pair).collect();
+        (!actions.is_empty()).then(|| toml_value(&actions))
     }
     fn merge(into: &mut Self::Out, value: Self::Out) {
         into.extend(value);
     }
 }
 
-/// A TOML array of strings: `["a", "b"]`.
-fn strings(items: &[String]) -> String {
-    let items: Vec<String> = items.iter().map(|s| quoted(s)).collect();
-    format!("[{}]", items.join(", "))
-}
-/// An inline TOML table, `{ a = 1, b = 2 }`, of keys and values already written as TOML.
-fn inline_table(pairs: impl Iterator<Item = (String, String)>) -> String {
-    let pairs: Vec<String> = pairs
-        .map(|(k, v)| format!("{} = {v}", toml_key(&k)))
-        .collect();
-    match pairs.is_empty() {
-        true => "{}".into(),
-        false => format!("{{ {} }}", pairs.join(", ")),
-    }
+/// A value as TOML writes it: `["a", "b"]`, `{ A = "1" }`.
+fn toml_value<T: Clone + Into<toml::Value>>(value: &T) -> String {
+    value.clone().into().to_string()
 }

@@ -89,7 +89,7 @@ macro_rules! schema {
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             entry: <$kind as Kind>::ENTRY,
             read: |p, de| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, <$kind as serde::Deserialize>::deserialize(de)?.out())),
-            copy: |p, from| p.$sec.$key = from.$sec.$key.clone(), show: |p| <$kind as Kind>::show(&p.$sec.$key),
+            show: |p| <$kind as Kind>::show(&p.$sec.$key),
         }),+),+];
     };
 }
@@ -176,7 +176,6 @@ pub(crate) struct Key {
     expected: &'static str,
     hint: fn(Option<&str>) -> String,
     read: fn(&mut Policy, toml::de::ValueDeserializer) -> Result<(), toml::de::Error>,
-    copy: fn(&mut Policy, &Policy),
     show: fn(&Policy) -> Option<String>,
 }
 impl Key {
@@ -200,7 +199,8 @@ pub(crate) enum Source {
     File(PathBuf),
     Flag,
 }
-/// One policy file as written: the keys it sets, with their values in `values`.
+/// One policy file as written: the keys it sets, with their values in `values` (the
+/// others at their defaults).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyFile {
     pub(crate) values: Policy,
@@ -288,11 +288,12 @@ pub(crate) fn find(
 /// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
 /// is raised to it (same source), so `--restart-delay 2m` means two minutes.
 pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
-    let mut policy = Policy::default();
+    let mut policy = file
+        .as_ref()
+        .map_or_else(Policy::default, |(_, f)| f.values.clone());
     let mut sources: BTreeMap<_, _> = KEYS.iter().map(|key| (*key, Source::Default)).collect();
     for key in TABLE {
-        if let Some((path, f)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
-            (key.copy)(&mut policy, &f.values);
+        if let Some((path, _)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
             sources.insert(key.full, Source::File(path.clone()));
         }
         let texts = key.flag.and_then(|flag| flags.0.get(flag));
