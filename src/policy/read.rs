@@ -26,7 +26,7 @@ type Bad = (Option<usize>, String);
 /// The key or value a complaint is about: its path (`hooks.on_exit[1]`; a key's is its
 /// table's), the key's name if it is a key, where it begins, the value.
 struct Hit<'a, 'i> {
-    path: Vec<String>,
+    path: String,
     key: Option<String>,
     at: usize,
     value: &'a DeValue<'i>,
@@ -34,16 +34,20 @@ struct Hit<'a, 'i> {
 /// The key or value at `span` within `value`, whose path is `path`.
 fn find<'a, 'i>(
     value: &'a Spanned<DeValue<'i>>,
-    path: Vec<String>,
+    path: String,
     span: &Range<usize>,
 ) -> Option<Hit<'a, 'i>> {
-    if value.span() == *span {
-        return Some(Hit {
+    let hit = |path, key, value: &'a Spanned<DeValue<'i>>| {
+        let at = span.start;
+        Some(Hit {
             path,
-            key: None,
-            at: span.start,
+            key,
+            at,
             value: value.get_ref(),
-        });
+        })
+    };
+    if value.span() == *span {
+        return hit(path, None, value);
     }
     let children: Vec<(String, Option<Range<usize>>, _)> = match value.get_ref() {
         DeValue::Table(table) => table
@@ -59,37 +63,29 @@ fn find<'a, 'i>(
     };
     children.into_iter().find_map(
         |(name, key_span, child)| match key_span.as_ref() == Some(span) {
-            true => Some(Hit {
-                path: path.clone(),
-                key: Some(name),
-                at: span.start,
-                value: child.get_ref(),
-            }),
-            false => find(child, [&path[..], &[name]].concat(), span),
+            true => hit(path.clone(), Some(name), child),
+            false => find(child, child_path(&path, &name), span),
         },
     )
 }
-/// `["hooks", "on_exit", "[1]"]` as `hooks.on_exit[1]`.
-fn joined(path: &[String]) -> String {
-    let mut out = String::new();
-    for part in path {
-        if !out.is_empty() && !part.starts_with('[') {
-            out.push('.');
-        }
-        out.push_str(part);
+/// `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
+fn child_path(path: &str, name: &str) -> String {
+    match path {
+        "" => name.to_string(),
+        _ if name.starts_with('[') => format!("{path}{name}"),
+        _ => format!("{path}.{name}"),
     }
-    out
 }
 
-/// toml's complaint `e` about `root` (whose path is `base`: none for a file, the key for
+/// toml's complaint `e` about `root` (whose path is `base`: empty for a file, the key for
 /// a flag's value) as our one line, at the key or value it is about (`root` when toml
 /// gave no place: a rule checked after the value was read).
-fn complaint(root: &Spanned<DeValue>, base: &[String], e: &Error) -> Bad {
+fn complaint(root: &Spanned<DeValue>, base: &str, e: &Error) -> Bad {
     let (msg, span) = (e.message(), e.span().unwrap_or(root.span()));
-    let Some(hit) = find(root, base.to_vec(), &span) else {
+    let Some(hit) = find(root, base.to_string(), &span) else {
         return (Some(span.start), msg.to_string());
     };
-    let path = joined(&hit.path);
+    let path = hit.path;
     let msg = match (msg, hit.key) {
         (m, Some(name)) if m.starts_with("unknown field") => {
             let keys = TABLE.iter().filter(|k| k.section == path).map(|k| k.name);
@@ -99,48 +95,40 @@ fn complaint(root: &Spanned<DeValue>, base: &[String], e: &Error) -> Bad {
         // (A dotted key's table begins where its key does.)
         (m, name) if m.starts_with("invalid type: ") => {
             let expected = m.rsplit_once(", expected ").map_or("", |(_, e)| e);
-            wrong_type(
-                &[&hit.path[..], name.as_slice()].concat(),
-                expected,
-                hit.value,
-            )
+            let path = name.map_or(path.clone(), |name| child_path(&path, &name));
+            wrong_type(&path, expected, hit.value)
         }
-        ("integer number overflowed", _) => match hit.value {
-            DeValue::Integer(int) => {
-                format!(
-                    "{path}: {} is out of range; {}",
-                    int.as_str(),
-                    hint(&hit.path)
-                )
-            }
-            _ => format!("{path}: {msg}"),
-        },
+        ("integer number overflowed", _) => {
+            format!("{path}: the number is out of range; {}", hint(&path))
+        }
         (m, _) => format!("{path}: {m}"),
     };
     (Some(hit.at), msg)
 }
-/// The key `path` is at or in (`run.env` for `run.env.A`), and the entry or item (`A`).
-fn key_of(path: &[String]) -> (Option<&'static Key>, Option<String>) {
-    let key = path.get(..2).and_then(|full| super::key(&full.join(".")));
-    (
-        key,
-        path.get(2..).map(joined).filter(|item| !item.is_empty()),
-    )
+/// The key `path` is at or in (`run.env` for `run.env.A`), and the entry or item in it
+/// (`A`, `[1]`): a key is `section.name`, neither with a dot or a bracket.
+fn key_of(path: &str) -> (Option<&'static Key>, Option<&str>) {
+    let name = path.find('.').map_or(path.len(), |dot| dot + 1);
+    let end = path[name..]
+        .find(['.', '['])
+        .map_or(path.len(), |end| name + end);
+    let item = path[end..].trim_start_matches('.');
+    (super::key(&path[..end]), (!item.is_empty()).then_some(item))
 }
 /// What to write at `path`, in its key's words.
-fn hint(path: &[String]) -> String {
+fn hint(path: &str) -> String {
     let (key, item) = key_of(path);
-    key.map_or(String::new(), |k| (k.hint)(item.as_deref()))
+    key.map_or(String::new(), |k| (k.hint)(item))
 }
 /// `KEY must be EXPECTED, found a TYPE; HINT`: the key's own words for its value; for an
 /// entry or item, serde's (`expected`) with the key's hint.
-fn wrong_type(path: &[String], expected: &str, value: &DeValue) -> String {
+fn wrong_type(path: &str, expected: &str, value: &DeValue) -> String {
     let expected = match key_of(path) {
         (Some(key), None) => key.expected,
         _ => expected,
     };
     let (found, hint) = (a(value.type_str()), hint(path));
-    format!("{} must be {expected}, found {found}; {hint}", joined(path))
+    format!("{path} must be {expected}, found {found}; {hint}")
 }
 
 /// The sections of the file, in file order: each must be one of the schema's, and a
@@ -165,7 +153,7 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
                 match keys.iter().find(date) {
                     None => continue,
                     Some((key, v)) => {
-                        let path = [name.to_string(), key.get_ref().to_string()];
+                        let path = child_path(name, key.get_ref());
                         let msg = wrong_type(&path, "", v.get_ref());
                         return Err((v.span().start, (Some(v.span().start), msg)));
                     }
@@ -214,7 +202,7 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let root = Spanned::new(span, DeValue::Table(table));
     // The first problem in the file: in its sections' shape, or in what serde reads.
     let file = File::deserialize(ValueDeserializer::from(root.clone()));
-    let file = match (sections(&root), file.map_err(|e| complaint(&root, &[], &e))) {
+    let file = match (sections(&root), file.map_err(|e| complaint(&root, "", &e))) {
         (Err((from, shape)), Err(read)) => {
             return Err(if Some(from) <= read.0 { shape } else { read });
         }
@@ -258,9 +246,8 @@ pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> R
     let doc = format!("v = {text}");
     let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
     let value = doc.get_ref().get("v").ok_or("no value")?;
-    let base = [key.section.to_string(), key.name.to_string()];
     (key.read)(policy, ValueDeserializer::from(value.clone()))
-        .map_err(|e| complaint(value, &base, &e).1)
+        .map_err(|e| complaint(value, key.full, &e).1)
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
