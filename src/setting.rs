@@ -2,10 +2,11 @@
 //! line and the man page read them alike, without the room importing the policy (which
 //! imports the room's types): keyword enums ([`keywords!`]: a closed set of spellings,
 //! each with its meaning, for serde, clap's possible values and the man page) and
-//! strings with a rule ([`checked_str`]). Each is declared in the room that acts on it
+//! strings with a rule ([`checked_str`]), values that are a string or an integer
+//! ([`Text`]). Each is declared in the room that acts on it
 //! (`conflict`, `worktree`, `logging`, `hooks`, `fleet_settings`, ...).
 
-use serde::de::{Deserializer, Error, Visitor};
+use serde::de::{Deserialize, Deserializer, Error, Visitor};
 
 /// A closed set of keywords (declared with [`keywords!`]): every value, in documentation
 /// order, with its spelling and meaning.
@@ -74,4 +75,35 @@ pub(crate) fn checked_str<'de, D: Deserializer<'de>, T>(
         }
     }
     d.deserialize_str(Checked(check))
+}
+
+/// A value that may be a string or an integer (a signal, a limit). Read by hand, as
+/// serde's untagged enums would lose the reason a value is refused.
+pub(crate) enum Text {
+    Str(String),
+    Int(i128),
+}
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        d.deserialize_any(TextVisitor)
+    }
+}
+struct TextVisitor;
+impl Visitor<'_> for TextVisitor {
+    type Value = Text;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string or an integer")
+    }
+    fn visit_str<E: Error>(self, text: &str) -> Result<Text, E> {
+        Ok(Text::Str(text.to_string()))
+    }
+    fn visit_i64<E: Error>(self, n: i64) -> Result<Text, E> {
+        Ok(Text::Int(n.into()))
+    }
+    fn visit_u64<E: Error>(self, n: u64) -> Result<Text, E> {
+        Ok(Text::Int(n.into()))
+    }
+    fn visit_i128<E: Error>(self, n: i128) -> Result<Text, E> {
+        Ok(Text::Int(n))
+    }
 }

@@ -8,14 +8,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, Visitor};
+use serde::de::{self, Deserialize, DeserializeOwned, Deserializer};
 
 use super::show::{quoted, toml_key};
 use crate::fleet_settings::{self as fleet, ENDPOINT};
 use crate::hooks::{self, Words};
 use crate::limits::{CPU, Cpu, MEMORY, Memory, PIDS, Pids};
 use crate::present::short_duration as format_duration;
-pub(crate) use crate::setting::Keyword;
+pub(crate) use crate::setting::{Keyword, Text};
+use crate::signals::{self, SIGNAL};
 use crate::supervisor::machine::{EXIT_ACTION, ExitActions, ExitRule};
 use crate::worktree::copy::{GLOBS, Glob};
 
@@ -97,7 +98,6 @@ macro_rules! kinds {
 
 pub(crate) const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
-const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
 
 kinds! {
     Dur(Duration) from String, "duration", "a duration string", |_| DURATION, |text| duration(&text), |d| quoted(&format_duration(*d));
@@ -123,13 +123,7 @@ kinds! {
             Some(why) => Err(format!("{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\"")),
         }
     }, |prefix| quoted(prefix);
-    Signal(i32) from Text, "string or integer", "a signal name or number", |_| SIGNAL, |text| {
-        let (parsed, what) = match &text {
-            Text::Str(name) => (crate::signals::parse(name), format!("{name:?} is not a signal")),
-            Text::Int(n) => (crate::signals::parse(&n.to_string()), format!("{n} is not a signal number")),
-        };
-        parsed.map(|s| s as i32).map_err(|_| format!("{what}; {SIGNAL}"))
-    }, |signal| quoted(&crate::signals::name(*signal));
+    Signal(i32) from Text, "string or integer", "a signal name or number", |_| SIGNAL, |text| signals::setting(text), |signal| quoted(&signals::name(*signal));
     Globs(Vec<String>) from Vec<Glob>, "array of strings", "an array of strings", |_| GLOBS, |globs| {
         Ok(globs.into_iter().map(|glob| glob.0).collect())
     }, |globs| toml_value(globs);
@@ -163,37 +157,6 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
         let why = why.split(", supported units").next().unwrap_or_default();
         format!("{text:?} is not a duration ({why}); {DURATION}")
     })
-}
-
-/// A value that may be a string or an integer (a signal, a limit). Read by hand, as
-/// serde's untagged enums would lose the reason a value is refused.
-pub(crate) enum Text {
-    Str(String),
-    Int(i128),
-}
-impl<'de> Deserialize<'de> for Text {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
-        d.deserialize_any(TextVisitor)
-    }
-}
-struct TextVisitor;
-impl Visitor<'_> for TextVisitor {
-    type Value = Text;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a string or an integer")
-    }
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
-        Ok(Text::Str(text.to_string()))
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
-        Ok(Text::Int(n.into()))
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Text, E> {
-        Ok(Text::Int(n.into()))
-    }
-    fn visit_i128<E: de::Error>(self, n: i128) -> Result<Text, E> {
-        Ok(Text::Int(n))
-    }
 }
 
 /// The variables ralph-supervise sets or removes for the command itself, after `[run.env]`
