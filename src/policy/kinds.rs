@@ -1,8 +1,10 @@
 //! The kinds of value a key holds: each a newtype serde reads as a plain value (a
 //! string, an integer, an array, a table) and then checks, with a message and a hint for
 //! each mistake; and its [`Kind`]: what the man page calls it, what a value of the wrong
-//! type is told, and how it is shown as TOML. The rules of limits and fleet settings are
-//! their rooms' own (`crate::limits`, `crate::fleet_settings`).
+//! type is told, and how it is shown as TOML. A rule that belongs to a domain is that
+//! room's own (`crate::limits`, `crate::fleet_settings`, `crate::signals`, `crate::hooks`,
+//! `crate::worktree::copy`, `crate::supervisor::machine`); only the `[run.env]` names stay
+//! here, as `run.rs`, which sets them, imports the policy.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
