@@ -10,6 +10,7 @@
 
 pub(crate) mod activity;
 pub(crate) mod cgroup;
+pub(crate) mod child_env;
 pub mod cli;
 pub(crate) mod completions;
 pub(crate) mod conflict;

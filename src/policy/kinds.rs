@@ -3,8 +3,7 @@
 //! each mistake; and its [`Kind`]: what the man page calls it, what a value of the wrong
 //! type is told, and how it is shown as TOML. A rule that belongs to a domain is that
 //! room's own (`crate::limits`, `crate::fleet_settings`, `crate::signals`, `crate::hooks`,
-//! `crate::worktree::copy`, `crate::supervisor::machine`); only the `[run.env]` names stay
-//! here, as `run.rs`, which sets them, imports the policy.
+//! `crate::worktree::copy`, `crate::supervisor::machine`, `crate::child_env`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +12,7 @@ use std::time::Duration;
 use serde::de::{self, Deserialize, DeserializeOwned, Deserializer};
 
 use super::show::{quoted, toml_key};
+use crate::child_env::{EnvName, EnvValue};
 use crate::fleet_settings::{self as fleet, ENDPOINT};
 use crate::hooks::{self, Words};
 use crate::limits::{CPU, Cpu, MEMORY, Memory, PIDS, Pids};
@@ -159,48 +159,6 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
         let why = why.split(", supported units").next().unwrap_or_default();
         format!("{text:?} is not a duration ({why}); {DURATION}")
     })
-}
-
-/// The variables ralph-supervise sets or removes for the command itself, after `[run.env]`
-/// (`run.rs`, `supervisor::spawn`): a value for them there would be silently lost.
-const OWN_ENV: [&str; 7] = [
-    "RALPH_LOCK_FD",
-    "RALPH_WORKSPACE_ROOT",
-    "RALPH_LOOP_INDEX",
-    "RALPH_FENCING_TOKEN",
-    "RALPH_SUPERVISE_ETCD_USER",
-    "RALPH_SUPERVISE_ETCD_PASSWORD",
-    "NOTIFY_SOCKET",
-];
-#[derive(serde::Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(try_from = "String")]
-/// A `[run.env]` variable name.
-pub(crate) struct EnvName(String);
-impl TryFrom<String> for EnvName {
-    type Error = String;
-    fn try_from(name: String) -> Result<EnvName, String> {
-        if name.is_empty() || name.contains(['=', '\0']) {
-            let use_ = "use a name without = or NUL, like RUST_LOG";
-            return Err(format!("{name:?} is not a usable variable name; {use_}"));
-        }
-        match OWN_ENV.contains(&name.as_str()) {
-            true => Err(format!(
-                "{name} is ralph-supervise's to set (or remove) for every run, over [run.env]; remove it"
-            )),
-            false => Ok(EnvName(name)),
-        }
-    }
-}
-
-/// A `[run.env]` value.
-pub(crate) struct EnvValue(String);
-impl<'de> Deserialize<'de> for EnvValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EnvValue, D::Error> {
-        crate::setting::checked_str(d, |text| match text.contains('\0') {
-            true => Err("the value contains a NUL character; remove it".into()),
-            false => Ok(EnvValue(text)),
-        })
-    }
 }
 
 impl Kind for ExitActions {
