@@ -8,9 +8,10 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-pub(crate) use crate::policy::LogFormat;
-use crate::policy::{Key, Keyword, Overrides, TABLE};
+pub(crate) use crate::logging::LogFormat;
+use crate::policy::{Key, Overrides, TABLE};
 use crate::probe::ProbeSettings;
+use crate::setting::Keyword;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -482,9 +483,10 @@ mod tests {
 
     #[test]
     fn keywords_match_clap_spellings() {
-        use crate::policy::{
-            AfterTimeout, Containment, OnConflict, OnExit, Orphans, RestartPolicy,
-        };
+        use crate::conflict::{AfterTimeout, OnConflict};
+        use crate::policy::{Containment, Orphans};
+        use crate::supervisor::machine::RestartWhen;
+        use crate::worktree::OnExit;
         fn check<K: Keyword + std::fmt::Display>() {
             let parser = keyword::<K>();
             let clap_names: Vec<String> = (parser.possible_values().unwrap())
@@ -498,9 +500,9 @@ mod tests {
         check::<OnExit>();
         check::<Orphans>();
         check::<Containment>();
-        check::<RestartPolicy>();
+        check::<RestartWhen>();
         check::<LogFormat>();
-        assert_eq!("on-failure".parse(), Ok(RestartPolicy::OnFailure));
+        assert_eq!("on-failure".parse(), Ok(RestartWhen::OnFailure));
         assert_eq!("remove-if-clean".parse(), Ok(OnExit::RemoveIfClean));
         assert_eq!(
             "Wait".parse::<OnConflict>(),

@@ -42,12 +42,24 @@ use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::fleet::Fleet;
 use crate::lock::{self, Acquire, Holder, LockFile, MetaState};
 use crate::metadata::Metadata;
-use crate::policy::{AfterTimeout, OnConflict};
 use crate::procfs::{self, HoldingProcess};
 use crate::signals::{self, Class, classify};
 use crate::stop_request;
 use crate::supervisor::Signals;
 use crate::workspace::RalphDir;
+
+crate::setting::keywords! {
+    OnConflict "What `run` does when the workspace lock is already held." {
+        Worktree = "worktree", "Run the command in a new git worktree (see [worktree]).";
+        Wait = "wait", "Block until the lock is free, without polling; bounded by `wait_timeout`.";
+        Fail = "fail", "Exit with `exit_code`, naming the holder.";
+        Takeover = "takeover", "Stop the holder as `ralph-supervise stop` does (its grace, then KILL), then take the lock.";
+    }
+    AfterTimeout "What `wait` does once `wait_timeout` expires." {
+        Fail = "fail", "Exit with `exit_code`.";
+        Worktree = "worktree", "Run the command in a new git worktree.";
+    }
+}
 
 /// What `run` does next, once the lock question is settled.
 #[derive(Debug)]

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+
 use crate::present::short_duration as format_duration;
 
 /// The shortest lease: below it a keep-alive round trip and a stop grace do not fit.
@@ -24,6 +26,51 @@ pub(crate) fn endpoint(text: &str) -> Result<String, String> {
             };
             Err(format!("{shown} is not an etcd URL ({why}); {ENDPOINT}"))
         }
+    }
+}
+
+/// `[fleet] endpoints`: an array of URLs, or one string of comma-separated URLs (as the
+/// command line gives them); each [`endpoint`] checked (an item of the array where it
+/// is), and not none.
+pub(crate) struct Endpoints(pub(crate) Vec<String>);
+impl<'de> Deserialize<'de> for Endpoints {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Endpoints, D::Error> {
+        d.deserialize_any(EndpointsVisitor)
+    }
+}
+struct EndpointsVisitor;
+impl EndpointsVisitor {
+    fn not_empty<E: de::Error>(urls: Vec<String>) -> Result<Endpoints, E> {
+        match urls.is_empty() {
+            true => Err(E::custom(format!(
+                "the array is empty; {ENDPOINT}, or leave the key out"
+            ))),
+            false => Ok(Endpoints(urls)),
+        }
+    }
+}
+impl<'de> Visitor<'de> for EndpointsVisitor {
+    type Value = Endpoints;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of URLs")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Endpoints, E> {
+        let urls = text.split(',').map(|url| endpoint(url.trim()));
+        Self::not_empty(urls.collect::<Result<_, _>>().map_err(E::custom)?)
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Endpoints, S::Error> {
+        let mut urls = Vec::new();
+        while let Some(Endpoint(url)) = seq.next_element()? {
+            urls.push(url);
+        }
+        Self::not_empty(urls)
+    }
+}
+/// One item of [`Endpoints`].
+struct Endpoint(String);
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> {
+        crate::setting::checked_str(d, |url| endpoint(&url).map(Endpoint))
     }
 }
 

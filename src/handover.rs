@@ -53,10 +53,17 @@ use tracing::warn;
 
 use crate::exit::{ExitStatus, Failure, ResultExt};
 use crate::metadata::Metadata;
-use crate::policy::Handover;
 use crate::ralph_dir::Access;
 use crate::sys::{self, Listener, ProcessHandle, Trapped};
 use crate::workspace::RalphDir;
+
+crate::setting::keywords! {
+    Handover "When the workspace lock is handed over to a command that locks it itself." {
+        Auto = "auto", "When the command's program file name is `ralph`.";
+        Always = "always", "For any command; where the system cannot (not Linux 5.9 or later, seccomp unavailable or forbidden), refuse with status 125.";
+        Never = "never", "Never: a command that locks the workspace itself finds it taken.";
+    }
+}
 
 /// The hidden subcommand the answerer runs as.
 pub(crate) const ANSWER_COMMAND: &str = "handover-answer";

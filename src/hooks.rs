@@ -26,6 +26,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, Visitor};
 use tracing::{debug, info, warn};
 
 use crate::signals::{self, Class, classify};
@@ -74,6 +75,48 @@ impl Facts {
             Some(wt) if wt.is_dir() => wt.clone(),
             _ => self.workspace.clone(),
         }
+    }
+}
+
+/// How a hook is written, for a value of another type.
+pub(crate) const ARGV: &str =
+    "write the program and its arguments as an array, like [\"make\", \"up\"]";
+/// `[hooks] on_start` / `on_exit` as written: a program and its arguments, not empty.
+pub(crate) struct Words(pub(crate) Vec<String>);
+impl<'de> Deserialize<'de> for Words {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Words, D::Error> {
+        d.deserialize_seq(WordsVisitor)
+    }
+}
+struct WordsVisitor;
+impl<'de> Visitor<'de> for WordsVisitor {
+    type Value = Words;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of strings")
+    }
+    fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Words, S::Error> {
+        let mut argv = Vec::new();
+        while let Some(arg) = seq.next_element_seed(Arg(argv.is_empty()))? {
+            argv.push(arg);
+        }
+        match argv.is_empty() {
+            true => Err(de::Error::custom(format!(
+                "the array is empty; {ARGV}, or leave the key out"
+            ))),
+            false => Ok(Words(argv)),
+        }
+    }
+}
+/// One of the [`Words`]; the first is the program.
+struct Arg(bool);
+impl<'de> DeserializeSeed<'de> for Arg {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        crate::setting::checked_str(d, |text| match text.as_str() {
+            _ if text.contains('\0') => Err("it contains a NUL character; remove it".into()),
+            "" if self.0 => Err("the program name is empty; name a program, like \"make\"".into()),
+            _ => Ok(text),
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub(crate) mod activity;
 pub(crate) mod cgroup;
+pub(crate) mod child_env;
 pub mod cli;
 pub(crate) mod completions;
 pub(crate) mod conflict;
@@ -39,6 +40,7 @@ pub(crate) mod procfs;
 pub(crate) mod ralph_dir;
 pub(crate) mod run;
 pub(crate) mod service;
+pub(crate) mod setting;
 pub(crate) mod signals;
 pub(crate) mod stop_request;
 pub(crate) mod supervisor;

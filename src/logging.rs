@@ -38,9 +38,22 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::LogFormat;
 use crate::exit::{ExitStatus, Failure};
 use crate::present::escape;
+
+crate::setting::keywords! {
+    LogFormat "The format of the supervisor's own log lines." {
+        Text = "text", "For people.";
+        Json = "json", "One JSON object per line, for collectors.";
+    }
+    LogLevel "The least severe level logged." {
+        Error = "error", "Errors only.";
+        Warn = "warn", "Warnings and errors.";
+        Info = "info", "What the supervisor does: lock taken, child started and ended.";
+        Debug = "debug", "Each decision and system event, for finding a problem.";
+        Trace = "trace", "Everything.";
+    }
+}
 
 /// Lines that could not be written to stderr (log lines and the final error line).
 static DROPPED: AtomicU64 = AtomicU64::new(0);

@@ -21,7 +21,7 @@ use crate::history;
 use crate::lock::{Holder, LoopState, MetaState};
 use crate::metadata::{LastExit, Mode, format_time};
 use crate::procfs;
-use crate::supervisor::machine::{Decision, RestartWhen, Verdict, Why};
+use crate::supervisor::machine::{Decision, Verdict, Why};
 use crate::worktree::registry;
 
 /// Whether `c` must not reach a terminal as it is: the C0 and C1 control characters
@@ -468,14 +468,7 @@ fn last_exit(last: &LastExit) -> String {
 pub(crate) fn restart_why(why: Why) -> String {
     match why {
         Why::Exit(status, rule) => format!("restart.exit {status} = \"{rule}\""),
-        Why::Policy(when) => {
-            let when = match when {
-                RestartWhen::Never => "never",
-                RestartWhen::OnFailure => "on-failure",
-                RestartWhen::Always => "always",
-            };
-            format!("restart.policy = \"{when}\"")
-        }
+        Why::Policy(when) => format!("restart.policy = \"{when}\""),
     }
 }
 
@@ -767,7 +760,7 @@ pub(crate) fn run_end(r: &history::Record) -> String {
 mod tests {
     use super::*;
     use crate::metadata::Metadata;
-    use crate::supervisor::machine::ExitRule;
+    use crate::supervisor::machine::{ExitRule, RestartWhen};
 
     #[test]
     fn escape_writes_control_characters_as_literals() {

@@ -24,7 +24,8 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
-use crate::conflict::{self, Moment, Next};
+use crate::child_env;
+use crate::conflict::{self, Moment, Next, OnConflict};
 use crate::containment::Containment;
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::fleet::Fleet;
@@ -32,9 +33,9 @@ use crate::history;
 use crate::hooks;
 use crate::lock::{self, Acquire, LockFile};
 use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
-use crate::policy::{OnConflict, OnExit, Orphans, Policy, RestartPolicy};
+use crate::policy::{Orphans, Policy};
 use crate::procfs;
-use crate::supervisor::machine::{self, Decision, Machine, RestartWhen, StopReason, Verdict};
+use crate::supervisor::machine::{self, Decision, Machine, StopReason, Verdict};
 use crate::supervisor::{self, Change, Child, Hooks, Signals};
 use crate::terminal::Terminal;
 use crate::workspace::RalphDir;
@@ -303,11 +304,7 @@ fn run_in_worktree(
         );
         return status;
     }
-    let on_exit = match settings.policy.worktree.on_exit {
-        OnExit::Keep => worktree::OnExit::Keep,
-        OnExit::RemoveIfClean => worktree::OnExit::RemoveIfClean,
-        OnExit::QueueMerge => worktree::OnExit::QueueMerge,
-    };
+    let on_exit = settings.policy.worktree.on_exit;
     let success = matches!(status, Ok(ExitStatus::Child(0)));
     match worktree::finish(&created.repo, &created, on_exit, success, &settings.prompt) {
         Ok(done) => info!(
@@ -489,11 +486,7 @@ fn machine_config(policy: &Policy, job_control: bool) -> machine::Config {
         kill_orphans: policy.stop.orphans == Orphans::Kill,
         job_control,
         restart: machine::Restart {
-            when: match policy.restart.policy {
-                RestartPolicy::Never => RestartWhen::Never,
-                RestartPolicy::OnFailure => RestartWhen::OnFailure,
-                RestartPolicy::Always => RestartWhen::Always,
-            },
+            when: policy.restart.policy,
             max: policy.restart.max,
             window: policy.restart.window,
             backoff_initial: policy.restart.backoff_initial,
@@ -633,26 +626,12 @@ impl Session<'_> {
             answerer.as_ref().map(|sock| sock.as_raw_fd()),
             self.cgroup,
             |cmd| {
-                cmd.envs(&self.settings.policy.run.env);
-                // The notify socket is ours: a child (say `ralph run`) must not report
-                // READY for us.
-                cmd.env_remove(crate::notify::ENV);
                 if let Some(dir) = child_cwd(place, self.settings.chdir) {
                     cmd.current_dir(dir);
                 }
-                // In every mode, after the policy's `[run] env`: ralph takes its
-                // workspace root from this, so it must name the workspace we locked.
-                cmd.env("RALPH_WORKSPACE_ROOT", place.workspace());
-                // Distinct among the repository's live loops, for port offsets.
-                cmd.env("RALPH_LOOP_INDEX", place.loop_index().to_string());
-                // Fleet mode: larger for every later holder of the key, on any host.
-                cmd.env_remove("RALPH_FENCING_TOKEN");
-                // The etcd credentials are the supervisor's, not the agent's.
-                cmd.env_remove("RALPH_SUPERVISE_ETCD_USER");
-                cmd.env_remove("RALPH_SUPERVISE_ETCD_PASSWORD");
-                if let Some(token) = token {
-                    cmd.env("RALPH_FENCING_TOKEN", token.to_string());
-                }
+                // In every mode: the workspace root named is the one we locked.
+                let env = &self.settings.policy.run.env;
+                child_env::apply(cmd, env, place.workspace(), place.loop_index(), token);
             },
         )?;
         // The child has its copy (or never started): the answerer learns of it from

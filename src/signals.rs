@@ -8,6 +8,8 @@
 
 use nix::sys::signal::Signal;
 
+use crate::setting::Text;
+
 /// Signals forwarded to the child (each to its [`scope`]), as `DESIGN.md` lists them.
 pub(crate) const FORWARDED: [Signal; 7] = [
     Signal::SIGHUP,
@@ -85,6 +87,19 @@ pub(crate) fn name(sig: i32) -> String {
             _ => format!("signal {sig}"),
         },
     }
+}
+
+/// How a signal setting (`[stop] signal`) is written.
+pub(crate) const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
+/// A signal setting, a name or a number, as its number.
+pub(crate) fn setting(text: Text) -> Result<i32, String> {
+    let (parsed, what) = match &text {
+        Text::Str(name) => (parse(name), format!("{name:?} is not a signal")),
+        Text::Int(n) => (parse(&n.to_string()), format!("{n} is not a signal number")),
+    };
+    parsed
+        .map(|s| s as i32)
+        .map_err(|_| format!("{what}; {SIGNAL}"))
 }
 
 /// Parses `TERM`, `SIGTERM`, `term` or `15`.

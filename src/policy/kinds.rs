@@ -1,21 +1,26 @@
 //! The kinds of value a key holds: each a newtype serde reads as a plain value (a
 //! string, an integer, an array, a table) and then checks, with a message and a hint for
 //! each mistake; and its [`Kind`]: what the man page calls it, what a value of the wrong
-//! type is told, and how it is shown as TOML. The rules of limits and fleet settings are
-//! their rooms' own (`crate::limits`, `crate::fleet_settings`).
+//! type is told, and how it is shown as TOML. A rule that belongs to a domain is that
+//! room's own (`crate::limits`, `crate::fleet_settings`, `crate::signals`, `crate::hooks`,
+//! `crate::worktree::copy`, `crate::supervisor::machine`, `crate::child_env`).
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserialize, DeserializeOwned, DeserializeSeed, Deserializer, Visitor};
+use serde::de::{self, Deserialize, DeserializeOwned, Deserializer};
 
 use super::show::{quoted, toml_key};
+use crate::child_env::{EnvName, EnvValue};
 use crate::fleet_settings::{self as fleet, ENDPOINT};
+use crate::hooks::{self, Words};
 use crate::limits::{CPU, Cpu, MEMORY, Memory, PIDS, Pids};
 use crate::present::short_duration as format_duration;
-use crate::supervisor::machine::ExitRule;
+pub(crate) use crate::setting::{Keyword, Text};
+use crate::signals::{self, SIGNAL};
+use crate::supervisor::machine::{EXIT_ACTION, ExitActions, ExitRule};
+use crate::worktree::copy::{GLOBS, Glob};
 
 /// How a key's value is read, checked and shown. `DOC` names the type in the man page;
 /// `EXPECTED` is what a value of another type is told it must be, and `hint` what to
@@ -38,23 +43,6 @@ pub(crate) trait Kind: DeserializeOwned {
     }
 }
 
-/// A closed set of keywords (declared with `keywords!`): every value, in documentation
-/// order, with its spelling and meaning.
-pub(crate) trait Keyword: Copy + PartialEq + Send + Sync + 'static {
-    const ALL: &'static [Self];
-    const VALUES: &'static [(&'static str, &'static str)];
-    fn as_str(self) -> &'static str {
-        Self::VALUES[Self::ALL.iter().position(|v| *v == self).unwrap_or(0)].0
-    }
-    fn parse(text: &str) -> Result<Self, String> {
-        let found = Self::ALL.iter().copied().find(|v| v.as_str() == text);
-        found.ok_or_else(|| format!("{text:?} is not valid; expected one of {}", Self::list()))
-    }
-    fn list() -> String {
-        let names: Vec<&str> = Self::VALUES.iter().map(|(name, _)| *name).collect();
-        names.join(", ")
-    }
-}
 impl<K: Keyword + DeserializeOwned> Kind for K {
     type Out = K;
     const DOC: &'static str = "string";
@@ -86,10 +74,12 @@ impl<K: Kind> Kind for Option<K> {
     }
 }
 
-/// `Name(Out) from Raw, |raw| checked;`: a newtype serde reads as `Raw`, then checks
-/// (`Err` is the message: what is wrong; what to write).
-macro_rules! checked {
-    ($($name:ident($out:ty) from $raw:ty, |$r:ident| $check:expr;)+) => {$(
+/// `Name(Out) from Raw, "man page type", "expected", |item| hint, |raw| checked, |value| shown;`:
+/// a newtype serde reads as `Raw`, then checks (`Err` is the message: what is wrong; what
+/// to write), that is a key's [`Kind`].
+macro_rules! kinds {
+    ($($name:ident($out:ty) from $raw:ty, $doc:literal, $expected:literal, |$i:pat_param| $hint:expr,
+        |$r:ident| $check:expr, |$x:ident| $show:expr;)+) => {$(
         pub(crate) struct $name(pub(crate) $out);
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
@@ -97,14 +87,6 @@ macro_rules! checked {
                 check(<$raw>::deserialize(d)?).map($name).map_err(de::Error::custom)
             }
         }
-    )+};
-}
-/// `Name(Out) from Raw, "man page type", "expected", |item| hint, |raw| checked, |value| shown;`:
-/// a [`checked!`] newtype that is a key's [`Kind`].
-macro_rules! kinds {
-    ($($name:ident($out:ty) from $raw:ty, $doc:literal, $expected:literal, |$i:pat_param| $hint:expr,
-        |$r:ident| $check:expr, |$x:ident| $show:expr;)+) => {$(
-        checked! { $name($out) from $raw, |$r| $check; }
         impl Kind for $name {
             type Out = $out;
             const DOC: &'static str = $doc;
@@ -118,13 +100,6 @@ macro_rules! kinds {
 
 pub(crate) const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
-const SIGNAL: &str = "use a name like \"TERM\" or \"SIGTERM\", or a number like 15";
-const ARGV: &str = "write the program and its arguments as an array, like [\"make\", \"up\"]";
-const GLOBS: &str =
-    "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
-const EXIT_ACTION: &str = "write \"stop\", \"restart\" or a delay like \"30m\"";
-const EXIT_STATUS: &str =
-    "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
 
 kinds! {
     Dur(Duration) from String, "duration", "a duration string", |_| DURATION, |text| duration(&text), |d| quoted(&format_duration(*d));
@@ -150,16 +125,10 @@ kinds! {
             Some(why) => Err(format!("{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\"")),
         }
     }, |prefix| quoted(prefix);
-    Signal(i32) from Text, "string or integer", "a signal name or number", |_| SIGNAL, |text| {
-        let (parsed, what) = match &text {
-            Text::Str(name) => (crate::signals::parse(name), format!("{name:?} is not a signal")),
-            Text::Int(n) => (crate::signals::parse(&n.to_string()), format!("{n} is not a signal number")),
-        };
-        parsed.map(|s| s as i32).map_err(|_| format!("{what}; {SIGNAL}"))
-    }, |signal| quoted(&crate::signals::name(*signal));
+    Signal(i32) from Text, "string or integer", "a signal name or number", |_| SIGNAL, |text| signals::setting(text), |signal| quoted(&signals::name(*signal));
     Globs(Vec<String>) from Vec<Glob>, "array of strings", "an array of strings", |_| GLOBS, |globs| {
         Ok(globs.into_iter().map(|glob| glob.0).collect())
-    }, |globs| strings(globs);
+    }, |globs| toml_value(globs);
     MemoryMax(Memory) from Text, "string or integer (bytes)", "a string", |_| MEMORY, |text| match text {
         Text::Int(bytes) => Memory::bytes(bytes),
         Text::Str(text) => text.parse(),
@@ -169,39 +138,18 @@ kinds! {
         Text::Str(text) => text.parse(),
     }, |pids| match pids { Pids::Count(n) => n.to_string(), Pids::Max => quoted("max") };
     CpuMax(Cpu) from String, "string", "a string", |_| CPU, |text| text.parse(), |cpu| quoted(&cpu.to_string());
-    Endpoints(Vec<String>) from Urls, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| {
-        let urls = match urls {
-            Urls::Text(text) => text.split(',').map(|url| fleet::endpoint(url.trim())).collect::<Result<_, _>>()?,
-            Urls::List(urls) => urls.into_iter().map(|url| url.0).collect(),
-        };
-        match urls {
-            urls if Vec::is_empty(&urls) => Err(format!("the array is empty; {ENDPOINT}, or leave the key out")),
-            urls => Ok(urls),
-        }
-    }, |urls| strings(urls);
+    Endpoints(Vec<String>) from fleet::Endpoints, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| Ok(urls.0), |urls| toml_value(urls);
     FleetKey(String) from String, "string", "a string", |_| "write a key in quotes, like \"acme/api/main\"", |key| {
         fleet::check_fleet_key(&key).map_err(|why| format!("{key:?} is not a usable key ({why})"))?;
         Ok(key)
     }, |key| quoted(key);
     FleetTtl(Duration) from String, "duration, at least 2s", "a duration string", |_| DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
     TlsFile(PathBuf) from String, "string (a file)", "a string", |_| "write the PEM file's path in quotes", |path| fleet::tls_file(&path), |path| quoted(&path.to_string_lossy());
-    Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| ARGV, |words| Ok(words.0), |argv| strings(argv);
+    Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| hooks::ARGV, |words| Ok(words.0), |argv| toml_value(argv);
     Env(BTreeMap<String, String>) from BTreeMap<EnvName, EnvValue>, "table of strings", "a table", |item| match item {
         None => "write a [run.env] section with lines like NAME = \"value\"".into(),
         Some(name) => format!("write the value in quotes, like {} = \"1\"", toml_key(name)),
-    }, |env| Ok(env.into_iter().map(|(name, value)| (name.0, value.0)).collect()), |env| inline_table(env.iter().map(|(k, v)| (k.clone(), quoted(v))));
-}
-checked! {
-    Glob(String) from String, |text| match crate::worktree::copy::check_glob(&text) {
-        Ok(()) => Ok(text),
-        Err(why) => Err(format!("{text:?} is not a usable glob ({why}); {GLOBS}")),
-    };
-    Endpoint(String) from String, |url| fleet::endpoint(&url);
-    EnvValue(String) from String, |text| match text.contains('\0') {
-        true => Err("the value contains a NUL character; remove it".into()),
-        false => Ok(text),
-    };
-    Action(ExitRule) from String, |text| text.trim().parse().map_err(|_| format!("{text:?} is not an action; {EXIT_ACTION}"));
+    }, |env| Ok(env.into_iter().map(|(name, value)| (name.0, value.0)).collect()), |env| toml_value(env);
 }
 
 /// A human duration, `"1h30m"`.
@@ -213,169 +161,6 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     })
 }
 
-/// A value that may be a string or an integer (a signal, a limit). Read by hand, as
-/// serde's untagged enums would lose the reason a value is refused.
-pub(crate) enum Text {
-    Str(String),
-    Int(i128),
-}
-/// The endpoints: a comma-separated string (from the command line) or an array.
-pub(crate) enum Urls {
-    Text(String),
-    List(Vec<Endpoint>),
-}
-/// The visitor of a type read by hand: `Raw<Text>`, `Raw<Words>`, ...
-struct Raw<T>(PhantomData<T>);
-/// `Type: how;`: a type serde reads with its [`Raw`] visitor.
-macro_rules! by_hand {
-    ($($ty:ident: $how:ident;)+) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
-                d.$how(Raw::<$ty>(PhantomData))
-            }
-        }
-    )+};
-}
-by_hand! {
-    Text: deserialize_any;
-    Urls: deserialize_any;
-    Words: deserialize_seq;
-    ExitActions: deserialize_map;
-}
-impl Visitor<'_> for Raw<Text> {
-    type Value = Text;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a string or an integer")
-    }
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
-        Ok(Text::Str(text.to_string()))
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
-        Ok(Text::Int(n.into()))
-    }
-    fn visit_i128<E: de::Error>(self, n: i128) -> Result<Text, E> {
-        Ok(Text::Int(n))
-    }
-}
-impl<'de> Visitor<'de> for Raw<Urls> {
-    type Value = Urls;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of URLs")
-    }
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Urls, E> {
-        Ok(Urls::Text(text.to_string()))
-    }
-    fn visit_seq<S: de::SeqAccess<'de>>(self, seq: S) -> Result<Urls, S::Error> {
-        Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Urls::List)
-    }
-}
-
-/// `[hooks] on_start` / `on_exit` as written: a program and its arguments, not empty.
-pub(crate) struct Words(Vec<String>);
-impl<'de> Visitor<'de> for Raw<Words> {
-    type Value = Words;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of strings")
-    }
-    fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Words, S::Error> {
-        let mut argv = Vec::new();
-        while let Some(arg) = seq.next_element_seed(Arg(argv.is_empty()))? {
-            argv.push(arg);
-        }
-        match argv.is_empty() {
-            true => Err(de::Error::custom(format!(
-                "the array is empty; {ARGV}, or leave the key out"
-            ))),
-            false => Ok(Words(argv)),
-        }
-    }
-}
-/// One of the [`Words`]; the first is the program.
-struct Arg(bool);
-impl<'de> DeserializeSeed<'de> for Arg {
-    type Value = String;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        let text = String::deserialize(d)?;
-        match text.as_str() {
-            _ if text.contains('\0') => {
-                Err(de::Error::custom("it contains a NUL character; remove it"))
-            }
-            "" if self.0 => Err(de::Error::custom(
-                "the program name is empty; name a program, like \"make\"",
-            )),
-            _ => Ok(text),
-        }
-    }
-}
-
-/// The variables ralph-supervise sets or removes for the command itself, after `[run.env]`
-/// (`run.rs`, `supervisor::spawn`): a value for them there would be silently lost.
-const OWN_ENV: [&str; 7] = [
-    "RALPH_LOCK_FD",
-    "RALPH_WORKSPACE_ROOT",
-    "RALPH_LOOP_INDEX",
-    "RALPH_FENCING_TOKEN",
-    "RALPH_SUPERVISE_ETCD_USER",
-    "RALPH_SUPERVISE_ETCD_PASSWORD",
-    "NOTIFY_SOCKET",
-];
-#[derive(serde::Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(try_from = "String")]
-/// A `[run.env]` variable name.
-pub(crate) struct EnvName(String);
-impl TryFrom<String> for EnvName {
-    type Error = String;
-    fn try_from(name: String) -> Result<EnvName, String> {
-        if name.is_empty() || name.contains(['=', '\0']) {
-            let use_ = "use a name without = or NUL, like RUST_LOG";
-            return Err(format!("{name:?} is not a usable variable name; {use_}"));
-        }
-        match OWN_ENV.contains(&name.as_str()) {
-            true => Err(format!(
-                "{name} is ralph-supervise's to set (or remove) for every run, over [run.env]; remove it"
-            )),
-            false => Ok(EnvName(name)),
-        }
-    }
-}
-
-/// `[restart.exit]`: `CODE = "stop" | "restart" | "<delay>"`, CODE from 0 to 255.
-pub(crate) struct ExitActions(BTreeMap<u8, ExitRule>);
-impl<'de> Visitor<'de> for Raw<ExitActions> {
-    type Value = ExitActions;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a table")
-    }
-    fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<ExitActions, M::Error> {
-        let mut actions = BTreeMap::new();
-        while let Some(code) = map.next_key_seed(Code(&actions))? {
-            let Action(rule) = map.next_value()?;
-            actions.insert(code, rule);
-        }
-        Ok(ExitActions(actions))
-    }
-}
-/// An exit code as a `[restart.exit]` key, not given before.
-struct Code<'a>(&'a BTreeMap<u8, ExitRule>);
-impl<'de> DeserializeSeed<'de> for Code<'_> {
-    type Value = u8;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u8, D::Error> {
-        let name = String::deserialize(d)?;
-        let digits = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
-        let code = match name.parse::<u32>().ok().filter(|_| digits) {
-            Some(code) => u8::try_from(code).map_err(|_| format!("{code} is out of range")),
-            None if digits => Err(format!("{name} is out of range")),
-            None => Err(format!("{name:?} is not an exit code")),
-        };
-        let code = code.map_err(|e| de::Error::custom(format!("{e}; {EXIT_STATUS}")))?;
-        match self.0.contains_key(&code) {
-            true => Err(de::Error::custom(format!(
-                "exit code {code} is given twice; keep one"
-            ))),
-            false => Ok(code),
-        }
-    }
-}
 impl Kind for ExitActions {
     type Out = BTreeMap<u8, ExitRule>;
     const DOC: &'static str = "table of exit actions";
@@ -390,26 +175,16 @@ impl Kind for ExitActions {
     }
     fn show(actions: &Self::Out) -> Option<String> {
         // None: not set, every exit status follows `restart.policy`.
-        let pair = |(code, rule): (&u8, &ExitRule)| (code.to_string(), quoted(&rule.to_string()));
-        (!actions.is_empty()).then(|| inline_table(actions.iter().map(pair)))
+        let pair = |(code, rule): (&u8, &ExitRule)| (code.to_string(), rule.to_string());
+        let actions: BTreeMap<String, String> = actions.iter().map(pair).collect();
+        (!actions.is_empty()).then(|| toml_value(&actions))
     }
     fn merge(into: &mut Self::Out, value: Self::Out) {
         into.extend(value);
     }
 }
 
-/// A TOML array of strings: `["a", "b"]`.
-fn strings(items: &[String]) -> String {
-    let items: Vec<String> = items.iter().map(|s| quoted(s)).collect();
-    format!("[{}]", items.join(", "))
-}
-/// An inline TOML table, `{ a = 1, b = 2 }`, of keys and values already written as TOML.
-fn inline_table(pairs: impl Iterator<Item = (String, String)>) -> String {
-    let pairs: Vec<String> = pairs
-        .map(|(k, v)| format!("{} = {v}", toml_key(&k)))
-        .collect();
-    match pairs.is_empty() {
-        true => "{}".into(),
-        false => format!("{{ {} }}", pairs.join(", ")),
-    }
+/// A value as TOML writes it: `["a", "b"]`, `{ A = "1" }`.
+fn toml_value<T: Clone + Into<toml::Value>>(value: &T) -> String {
+    value.clone().into().to_string()
 }

@@ -22,51 +22,19 @@ pub use read::parse_str;
 pub(crate) use read::*;
 pub(crate) use show::show;
 
+use crate::conflict::{AfterTimeout, OnConflict};
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
+use crate::handover::Handover;
+use crate::logging::{LogFormat, LogLevel};
+use crate::supervisor::machine::{ExitActions, RestartWhen};
+use crate::worktree::OnExit;
 
 /// The policy file names: in the environment, in the workspace, in `$XDG_CONFIG_HOME`.
 pub(crate) const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
 pub(crate) const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
 pub(crate) const USER_FILE: &str = "ralph-supervise/policy.toml";
 
-/// Declares keyword enums: [`Keyword`] (spelling and meaning), `FromStr`, `Display`.
-macro_rules! keywords {
-    ($($name:ident $doc:literal {
-        $($variant:ident = $text:literal, $man:literal;)+
-    })+) => {$(
-        #[doc = $doc]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
-        pub(crate) enum $name { $(#[doc = $man] #[serde(rename = $text)] $variant,)+ }
-        impl Keyword for $name {
-            const ALL: &'static [$name] = &[$($name::$variant),+];
-            const VALUES: &'static [(&'static str, &'static str)] = &[$(($text, $man)),+];
-        }
-        impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(text: &str) -> Result<$name, String> { Keyword::parse(text) }
-        }
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result { f.write_str(self.as_str()) }
-        }
-    )+};
-}
-
-keywords! {
-    OnConflict "What `run` does when the workspace lock is already held." {
-        Worktree = "worktree", "Run the command in a new git worktree (see [worktree]).";
-        Wait = "wait", "Block until the lock is free, without polling; bounded by `wait_timeout`.";
-        Fail = "fail", "Exit with `exit_code`, naming the holder.";
-        Takeover = "takeover", "Stop the holder as `ralph-supervise stop` does (its grace, then KILL), then take the lock.";
-    }
-    AfterTimeout "What `wait` does once `wait_timeout` expires." {
-        Fail = "fail", "Exit with `exit_code`.";
-        Worktree = "worktree", "Run the command in a new git worktree.";
-    }
-    OnExit "What happens to a worktree when its loop ends." {
-        Keep = "keep", "Leave it in place.";
-        RemoveIfClean = "remove-if-clean", "Remove it if it has no changes and no commits beyond its base.";
-        QueueMerge = "queue-merge", "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
-    }
+crate::setting::keywords! {
     Orphans "What happens to the processes the command started that are still running after it exits." {
         Kill = "kill", "The stop signal, then KILL after `grace`, to every one of them, whatever its process group or session.";
         Leave = "leave", "Leave them running (a stop then reaches the command's process group only).";
@@ -75,27 +43,6 @@ keywords! {
         Auto = "auto", "A cgroup where cgroup v2 is writable, else the process tree.";
         Cgroup = "cgroup", "A cgroup of the loop's own; exit 125 when none can be made.";
         Tree = "tree", "The process tree: the supervisor is a subreaper and finds every descendant in /proc.";
-    }
-    RestartPolicy "When the child is started again after it exits." {
-        Never = "never", "Never.";
-        OnFailure = "on-failure", "When it exits non-zero or is killed by a signal.";
-        Always = "always", "Whenever it exits.";
-    }
-    Handover "When the workspace lock is handed over to a command that locks it itself." {
-        Auto = "auto", "When the command's program file name is `ralph`.";
-        Always = "always", "For any command; where the system cannot (not Linux 5.9 or later, seccomp unavailable or forbidden), refuse with status 125.";
-        Never = "never", "Never: a command that locks the workspace itself finds it taken.";
-    }
-    LogFormat "The format of the supervisor's own log lines." {
-        Text = "text", "For people.";
-        Json = "json", "One JSON object per line, for collectors.";
-    }
-    LogLevel "The least severe level logged." {
-        Error = "error", "Errors only.";
-        Warn = "warn", "Warnings and errors.";
-        Info = "info", "What the supervisor does: lock taken, child started and ended.";
-        Debug = "debug", "Each decision and system event, for finding a problem.";
-        Trace = "trace", "Everything.";
     }
 }
 /// The key table: `key: Kind = default, "man text" [, unset "meaning"] [, flag name];`.
@@ -142,7 +89,7 @@ macro_rules! schema {
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             entry: <$kind as Kind>::ENTRY,
             read: |p, de| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, <$kind as serde::Deserialize>::deserialize(de)?.out())),
-            copy: |p, from| p.$sec.$key = from.$sec.$key.clone(), show: |p| <$kind as Kind>::show(&p.$sec.$key),
+            show: |p| <$kind as Kind>::show(&p.$sec.$key),
         }),+),+];
     };
 }
@@ -168,7 +115,7 @@ schema! {
         containment: Containment = Containment::Auto, "How the loop's processes are contained: \"cgroup\" runs the command in a cgroup v2 of its own (below the one ralph-supervise started in), so that every process it starts is found, stopped (`cgroup.kill`), frozen on Ctrl-Z and accounted, and the cgroup is removed at the end; \"tree\" finds them as descendants (ralph-supervise is their subreaper), confirming each by its start time before a signal. \"auto\" takes a cgroup where one can be made.", flag containment;
     }
     [restart] Restart "`[restart]`: when and how fast the child is started again." {
-        policy: RestartPolicy = RestartPolicy::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;
+        policy: RestartWhen = RestartWhen::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;
         max: Option<Restarts> = None, "Most restarts in one run (or within `window`); then ralph-supervise gives up and exits with the command's status.", unset "unlimited", flag max_restarts;
         backoff_initial: Dur = Duration::from_secs(1), "Delay before the first restart; it doubles with each further restart.", flag restart_delay;
         backoff_max: Dur = Duration::from_secs(60), "Longest delay between restarts; at least `backoff_initial`.";
@@ -228,8 +175,7 @@ pub(crate) struct Key {
     /// What a value of another type is told it must be, and what to write instead.
     expected: &'static str,
     hint: fn(Option<&str>) -> String,
-    read: fn(&mut Policy, De) -> Result<(), Bad>,
-    copy: fn(&mut Policy, &Policy),
+    read: fn(&mut Policy, toml::de::ValueDeserializer) -> Result<(), toml::de::Error>,
     show: fn(&Policy) -> Option<String>,
 }
 impl Key {
@@ -253,7 +199,8 @@ pub(crate) enum Source {
     File(PathBuf),
     Flag,
 }
-/// One policy file as written: the keys it sets, with their values in `values`.
+/// One policy file as written: the keys it sets, with their values in `values` (the
+/// others at their defaults).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyFile {
     pub(crate) values: Policy,
@@ -341,11 +288,12 @@ pub(crate) fn find(
 /// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
 /// is raised to it (same source), so `--restart-delay 2m` means two minutes.
 pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
-    let mut policy = Policy::default();
+    let mut policy = file
+        .as_ref()
+        .map_or_else(Policy::default, |(_, f)| f.values.clone());
     let mut sources: BTreeMap<_, _> = KEYS.iter().map(|key| (*key, Source::Default)).collect();
     for key in TABLE {
-        if let Some((path, f)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
-            (key.copy)(&mut policy, &f.values);
+        if let Some((path, _)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
             sources.insert(key.full, Source::File(path.clone()));
         }
         let texts = key.flag.and_then(|flag| flags.0.get(flag));

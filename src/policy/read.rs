@@ -1,256 +1,175 @@
-//! Reading a policy file: TOML's spanned tree handed to serde's derived readers through
-//! [`De`], a `Deserializer` whose error ([`Bad`]) is ours. `De` knows the key it reads
-//! (`stop.grace`) and where its value is, so every complaint comes out as
-//! `file:line:col: key: what; what to do`; entries are visited in file order, so the
-//! first problem in the file is the one reported.
+//! Reading a policy file: toml parses it into a spanned tree, and serde's derived readers
+//! read that through toml's own deserializer, which puts on each complaint the span of
+//! the key or value it was reading. [`complaint`] finds that key or value in the tree and
+//! writes the one line `file:line:col: key: what; what to do` in the key's words (the
+//! schema's `expected` and `hint`): serde's own wording for a value of another type and
+//! for an unknown key (its `Error::invalid_type` and `unknown_field`) is recognised and
+//! rewritten. Sections are checked first; within them, entries are read in file order
+//! (toml's `preserve_order`), so the first problem in the file is the one reported.
 
-use std::fmt::{self, Display};
+use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeTable, DeValue, Error, ValueDeserializer};
 
 use super::file::File;
 use super::show::{quoted, toml_key};
-use super::{Key, Policy, PolicyFile};
+use super::{Key, Policy, PolicyFile, TABLE};
 use crate::exit::{ExitStatus, Failure};
 use crate::present::short_duration as format_duration;
 
-/// A complaint about the policy text. serde's derived code raises the last three; the
-/// [`De`] or the table entry that sees one puts the key and the place to it.
-#[derive(Debug)]
-pub(crate) enum Bad {
-    /// Final: the message, at a byte offset (none for a TOML error without a span).
-    At(Option<usize>, String),
-    /// A value's rule broken (`custom`): "what; what to do".
-    Rule(String),
-    /// A value of another type (`invalid_type`): what was expected.
-    Type(String),
-    /// A key no section (or no section of the file) has: the keys there are.
-    Unknown(String),
-}
-impl de::Error for Bad {
-    fn custom<T: Display>(msg: T) -> Bad {
-        Bad::Rule(msg.to_string())
-    }
-    fn invalid_type(_: de::Unexpected, expected: &dyn de::Expected) -> Bad {
-        Bad::Type(expected.to_string())
-    }
-    fn unknown_field(_: &str, expected: &'static [&'static str]) -> Bad {
-        Bad::Unknown(expected.join(", "))
-    }
-    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Bad {
-        let list = expected.join(", ");
-        Bad::Rule(format!("{variant:?} is not valid; expected one of {list}"))
-    }
-}
-impl Display for Bad {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Bad::At(_, m) | Bad::Rule(m) | Bad::Type(m) | Bad::Unknown(m) => f.write_str(m),
-        }
-    }
-}
-impl std::error::Error for Bad {}
+/// A complaint: where it is (a byte offset; none for a TOML error without a span), what.
+type Bad = (Option<usize>, String);
 
-/// One TOML value being read: its path (`stop.grace`, `run.env.A`, `hooks.on_exit[1]`)
-/// and the key it belongs to (none for the file or a whole section).
-#[derive(Clone)]
-pub(crate) struct De<'a, 'i> {
+/// The key or value a complaint is about: its path (`hooks.on_exit[1]`; a key's is its
+/// table's), the key's name if it is a key, where it begins, the value.
+struct Hit<'a, 'i> {
     path: String,
-    key: Option<&'static Key>,
+    key: Option<String>,
+    at: usize,
+    value: &'a DeValue<'i>,
+}
+/// The key or value at `span` within `value`, whose path is `path`.
+fn find<'a, 'i>(
     value: &'a Spanned<DeValue<'i>>,
-}
-impl<'a, 'i> De<'a, 'i> {
-    fn new(path: String, key: Option<&'static Key>, value: &'a Spanned<DeValue<'i>>) -> Self {
-        let key = key.or_else(|| super::key(&path));
-        De { path, key, value }
+    path: String,
+    span: &Range<usize>,
+) -> Option<Hit<'a, 'i>> {
+    let hit = |path, key, value: &'a Spanned<DeValue<'i>>| {
+        let at = span.start;
+        Some(Hit {
+            path,
+            key,
+            at,
+            value: value.get_ref(),
+        })
+    };
+    if value.span() == *span {
+        return hit(path, None, value);
     }
-    /// Reads the value with `read`, then puts the path and the place to its complaint
-    /// (a `try_from`'s comes after the value was read, so it is put here).
-    fn read<T>(self, read: impl FnOnce(Self) -> Result<T, Bad>) -> Result<T, Bad> {
-        let (at, path, key, value) = (
-            self.value.span().start,
-            self.path.clone(),
-            self.key,
-            self.value,
-        );
-        let msg = match read(self) {
-            Err(Bad::Rule(what)) => format!("{path}: {what}"),
-            Err(Bad::Type(expected)) => {
-                // The key's own words for its value; for an entry or item, serde's, with
-                // the key's hint (which may name the entry).
-                let item = key.and_then(|k| path.strip_prefix(k.full));
-                let item = item.map(|rest| rest.trim_start_matches('.'));
-                let item = item.filter(|rest| !rest.is_empty());
-                let expected = match key {
-                    Some(key) if item.is_none() => key.expected,
-                    _ => &expected,
-                };
-                let hint = key.map_or(String::new(), |k| (k.hint)(item));
-                let found = a(value.get_ref().type_str());
-                format!("{path} must be {expected}, found {found}; {hint}")
-            }
-            done => return done,
-        };
-        Err(Bad::At(Some(at), msg))
+    let children: Vec<(String, Option<Range<usize>>, _)> = match value.get_ref() {
+        DeValue::Table(table) => table
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), Some(k.span()), v))
+            .collect(),
+        DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("[{i}]"), None, v))
+            .collect(),
+        _ => return None,
+    };
+    children.into_iter().find_map(
+        |(name, key_span, child)| match key_span.as_ref() == Some(span) {
+            true => hit(path.clone(), Some(name), child),
+            false => find(child, child_path(&path, &name), span),
+        },
+    )
+}
+/// `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
+fn child_path(path: &str, name: &str) -> String {
+    match path {
+        "" => name.to_string(),
+        _ if name.starts_with('[') => format!("{path}{name}"),
+        _ => format!("{path}.{name}"),
     }
 }
 
-impl<'de, 'a, 'i> de::Deserializer<'de> for De<'a, 'i> {
-    type Error = Bad;
-    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bad> {
-        let value: &Spanned<DeValue> = self.value;
-        let (items, map): (Vec<_>, bool) = match value.get_ref() {
-            DeValue::String(text) => return v.visit_str(text),
-            // Past i64 (TOML's range) as i128, so that a kind's own rule names the number.
-            DeValue::Integer(int) => match i128::from_str_radix(int.as_str(), int.radix()) {
-                Ok(int) => match i64::try_from(int) {
-                    Ok(int) => return v.visit_i64(int),
-                    Err(_) => return v.visit_i128(int),
-                },
-                Err(_) => {
-                    let hint = self.key.map_or(String::new(), |k| (k.hint)(None));
-                    return Err(Bad::Rule(format!(
-                        "{} is out of range; {hint}",
-                        int.as_str()
-                    )));
+/// toml's complaint `e` about `root` (whose path is `base`: empty for a file, the key for
+/// a flag's value) as our one line, at the key or value it is about (`root` when toml
+/// gave no place: a rule checked after the value was read).
+fn complaint(root: &Spanned<DeValue>, base: &str, e: &Error) -> Bad {
+    let (msg, span) = (e.message(), e.span().unwrap_or(root.span()));
+    let Some(hit) = find(root, base.to_string(), &span) else {
+        return (Some(span.start), msg.to_string());
+    };
+    let path = hit.path;
+    let msg = match (msg, hit.key) {
+        (m, Some(name)) if m.starts_with("unknown field") => {
+            let keys = TABLE.iter().filter(|k| k.section == path).map(|k| k.name);
+            let keys = keys.collect::<Vec<_>>().join(", ");
+            format!("unknown key {name:?} in [{path}]; expected one of {keys}")
+        }
+        // (A dotted key's table begins where its key does.)
+        (m, name) if m.starts_with("invalid type: ") => {
+            let expected = m.rsplit_once(", expected ").map_or("", |(_, e)| e);
+            let path = name.map_or(path.clone(), |name| child_path(&path, &name));
+            wrong_type(&path, expected, hit.value)
+        }
+        ("integer number overflowed", _) => {
+            format!("{path}: the number is out of range; {}", hint(&path))
+        }
+        (m, _) => format!("{path}: {m}"),
+    };
+    (Some(hit.at), msg)
+}
+/// The key `path` is at or in (`run.env` for `run.env.A`), and the entry or item in it
+/// (`A`, `[1]`): a key is `section.name`, neither with a dot or a bracket.
+fn key_of(path: &str) -> (Option<&'static Key>, Option<&str>) {
+    let name = path.find('.').map_or(path.len(), |dot| dot + 1);
+    let end = path[name..]
+        .find(['.', '['])
+        .map_or(path.len(), |end| name + end);
+    let item = path[end..].trim_start_matches('.');
+    (super::key(&path[..end]), (!item.is_empty()).then_some(item))
+}
+/// What to write at `path`, in its key's words.
+fn hint(path: &str) -> String {
+    let (key, item) = key_of(path);
+    key.map_or(String::new(), |k| (k.hint)(item))
+}
+/// `KEY must be EXPECTED, found a TYPE; HINT`: the key's own words for its value; for an
+/// entry or item, serde's (`expected`) with the key's hint.
+fn wrong_type(path: &str, expected: &str, value: &DeValue) -> String {
+    let expected = match key_of(path) {
+        (Some(key), None) => key.expected,
+        _ => expected,
+    };
+    let (found, hint) = (a(value.type_str()), hint(path));
+    format!("{path} must be {expected}, found {found}; {hint}")
+}
+
+/// The sections of the file, in file order: each must be one of the schema's, and a
+/// table; and no key in them takes a date (toml would hand one to a table's reader as a
+/// table). A problem comes with where its section begins (`[[x]]` before its key).
+fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
+    let mut names: Vec<&str> = TABLE.iter().map(|k| k.section).collect();
+    names.dedup();
+    let list = names.join(", ");
+    for (name, value) in root.get_ref().as_table().into_iter().flatten() {
+        let from = name.span().start.min(value.span().start);
+        let (at, value, name) = (name.span().start, value.get_ref(), &**name.get_ref());
+        let msg = match value {
+            DeValue::Table(_) if !names.contains(&name) => {
+                format!("unknown section [{name}]; expected one of the sections {list}")
+            }
+            _ if !names.contains(&name) => {
+                format!("unknown key {name:?} at top level; expected one of the sections {list}")
+            }
+            DeValue::Table(keys) => {
+                let date = |(_, v): &(_, &Spanned<DeValue>)| v.get_ref().is_datetime();
+                match keys.iter().find(date) {
+                    None => continue,
+                    Some((key, v)) => {
+                        let path = child_path(name, key.get_ref());
+                        let msg = wrong_type(&path, "", v.get_ref());
+                        return Err((v.span().start, (Some(v.span().start), msg)));
+                    }
                 }
-            },
-            DeValue::Float(float) => {
-                return v.visit_f64(float.as_str().parse().unwrap_or(f64::NAN));
             }
-            DeValue::Boolean(b) => return v.visit_bool(*b),
-            DeValue::Datetime(_) => {
-                return Err(de::Error::invalid_type(de::Unexpected::Other(""), &v));
-            }
-            DeValue::Array(items) => {
-                let item = |(i, item): (usize, &'a Spanned<DeValue<'i>>)| {
-                    (format!("[{i}]"), item.span().start, item)
-                };
-                (items.iter().enumerate().map(item).collect(), false)
-            }
-            DeValue::Table(table) => {
-                let entry = |(k, item): (&Spanned<std::borrow::Cow<str>>, _)| {
-                    (k.get_ref().to_string(), k.span().start, item)
-                };
-                let mut items: Vec<_> = table.iter().map(entry).collect();
-                items.sort_by_key(|(_, at, _)| *at); // file order
-                (items, true)
-            }
+            DeValue::Array(_) => format!(
+                "{name} must be a section, found an array; write a [{name}] section (one pair of brackets)"
+            ),
+            other => format!(
+                "{name} must be a section, found {}; put its keys under a [{name}] header",
+                a(other.type_str())
+            ),
         };
-        let entries = Entries {
-            de: &self,
-            items: items.into_iter(),
-            value: None,
-        };
-        match map {
-            true => v.visit_map(entries),
-            false => v.visit_seq(entries),
-        }
+        return Err((from, (Some(at), msg)));
     }
-    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Bad> {
-        v.visit_some(self)
-    }
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        _: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, Bad> {
-        match self.value.get_ref() {
-            DeValue::String(text) => {
-                v.visit_enum(IntoDeserializer::<Bad>::into_deserializer(&**text))
-            }
-            _ => self.deserialize_any(v),
-        }
-    }
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier ignored_any
-    }
-}
-
-/// A table's entries in file order, or an array's items: each its name (`grace`,
-/// `[1]`), where its key begins, its value. A bad key is reported at the key.
-struct Entries<'a, 'b, 'i> {
-    de: &'a De<'b, 'i>,
-    items: std::vec::IntoIter<(String, usize, &'b Spanned<DeValue<'i>>)>,
-    value: Option<(String, usize, &'b Spanned<DeValue<'i>>)>,
-}
-impl<'b, 'i> Entries<'_, 'b, 'i> {
-    fn child(&self, name: &str, value: &'b Spanned<DeValue<'i>>) -> De<'b, 'i> {
-        let path = match self.de.path.as_str() {
-            "" => name.to_string(),
-            path if name.starts_with('[') => format!("{path}{name}"),
-            path => format!("{path}.{name}"),
-        };
-        De::new(path, self.de.key, value)
-    }
-}
-impl<'de> MapAccess<'de> for Entries<'_, '_, '_> {
-    type Error = Bad;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Bad> {
-        let Some((name, at, value)) = self.items.next() else {
-            return Ok(None);
-        };
-        let (key, path) = (
-            seed.deserialize(name.as_str().into_deserializer()),
-            &self.de.path,
-        );
-        let msg = match key {
-            Ok(key) => {
-                self.value = Some((name, at, value));
-                return Ok(Some(key));
-            }
-            Err(Bad::Unknown(keys)) if path.is_empty() => match value.get_ref().is_table() {
-                true => format!("unknown section [{name}]; expected one of the sections {keys}"),
-                false => format!(
-                    "unknown key {name:?} at top level; expected one of the sections {keys}"
-                ),
-            },
-            Err(Bad::Unknown(keys)) => {
-                format!("unknown key {name:?} in [{path}]; expected one of {keys}")
-            }
-            Err(Bad::Rule(what)) => format!("{path}: {what}"),
-            Err(other) => return Err(other),
-        };
-        Err(Bad::At(Some(at), msg))
-    }
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Bad> {
-        let (sec, at, value) = self.value.take().ok_or(Bad::Rule("no value".into()))?;
-        if self.de.path.is_empty() && !value.get_ref().is_table() {
-            let (found, fix) = match value.get_ref() {
-                DeValue::Array(_) => (
-                    "an array".into(),
-                    "write a [_] section (one pair of brackets)",
-                ),
-                other => (a(other.type_str()), "put its keys under a [_] header"),
-            };
-            let msg = format!(
-                "{sec} must be a section, found {found}; {}",
-                fix.replace('_', &sec)
-            );
-            return Err(Bad::At(Some(at), msg));
-        }
-        self.child(&sec, value).read(|de| seed.deserialize(de))
-    }
-}
-impl<'de> SeqAccess<'de> for Entries<'_, '_, '_> {
-    type Error = Bad;
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Bad> {
-        let Some((name, _, value)) = self.items.next() else {
-            return Ok(None);
-        };
-        self.child(&name, value)
-            .read(|de| seed.deserialize(de))
-            .map(Some)
-    }
+    Ok(())
 }
 
 /// Reads, parses and checks one policy file.
@@ -271,21 +190,25 @@ pub(crate) fn load(path: &Path) -> Result<PolicyFile, Failure> {
 
 /// [`load`] without the file system (for tests and fuzzing): errors name `path`.
 pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
-    parse(text).map_err(|bad| match bad {
-        Bad::At(at, msg) => located(path, text, at, &msg),
-        other => located(path, text, None, &other.to_string()),
-    })
+    parse(text).map_err(|(at, msg)| located(path, text, at, &msg))
 }
 fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let doc = DeTable::parse(text).map_err(|e| {
         let what = e.message().trim_end();
         let msg = format!("invalid TOML: {what}; fix the syntax there");
-        Bad::At(e.span().map(|s| s.start), msg)
+        (e.span().map(|s| s.start), msg)
     })?;
     let (span, table) = (doc.span(), doc.into_inner());
     let root = Spanned::new(span, DeValue::Table(table));
-    let file = De::new(String::new(), None, &root).read(File::deserialize)?;
-    let file = PolicyFile::from(file);
+    // The first problem in the file: in its sections' shape, or in what serde reads.
+    let file = File::deserialize(ValueDeserializer::from(root.clone()));
+    let file = match (sections(&root), file.map_err(|e| complaint(&root, "", &e))) {
+        (Err((from, shape)), Err(read)) => {
+            return Err(if Some(from) <= read.0 { shape } else { read });
+        }
+        (Err((_, bad)), _) | (_, Err(bad)) => return Err(bad),
+        (Ok(()), Ok(file)) => PolicyFile::from(file),
+    };
     // Checked once the whole file is read: `backoff_max` may come first.
     let (restart, dur) = (&file.values.restart, |d| quoted(&format_duration(d)));
     let set = |key| file.set.contains(key);
@@ -301,10 +224,7 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
             section.and_then(|r| Some(r.get_ref().as_table()?.get("backoff_max")?.span().start));
         let (max, initial) = (dur(restart.backoff_max), dur(restart.backoff_initial));
         let what = format!("restart.backoff_max {max} is shorter than restart.backoff_initial");
-        return Err(Bad::At(
-            at,
-            format!("{what} {initial}; make it at least as long"),
-        ));
+        return Err((at, format!("{what} {initial}; make it at least as long")));
     }
     Ok(file)
 }
@@ -326,9 +246,8 @@ pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> R
     let doc = format!("v = {text}");
     let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
     let value = doc.get_ref().get("v").ok_or("no value")?;
-    let de = De::new(key.full.to_string(), Some(key), value);
-    de.read(|de| (key.read)(policy, de))
-        .map_err(|bad| bad.to_string())
+    (key.read)(policy, ValueDeserializer::from(value.clone()))
+        .map_err(|e| complaint(value, key.full, &e).1)
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {

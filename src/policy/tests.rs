@@ -131,7 +131,7 @@ fn full_file() -> PolicyFile {
             containment: Containment::Tree,
         };
         p.restart = Restart {
-            policy: RestartPolicy::Always,
+            policy: RestartWhen::Always,
             max: Some(4),
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(3600),
@@ -205,7 +205,7 @@ fn every_enum_value_parses() {
         let f = parsed(&format!("[stop]\norphans = \"{v}\"\n"));
         assert_eq!(set!(f, stop.orphans), Some(*v));
     }
-    for v in RestartPolicy::ALL {
+    for v in RestartWhen::ALL {
         let f = parsed(&format!("[restart]\npolicy = \"{v}\"\n"));
         assert_eq!(set!(f, restart.policy), Some(*v));
     }
@@ -264,7 +264,7 @@ fn other_spellings_of_sections() {
     let f =
         parsed("stop.grace = \"3s\"\nrestart = { policy = \"always\" }\n[run.env]\nA = \"1\"\n");
     assert_eq!(set!(f, stop.grace), Some(Duration::from_secs(3)));
-    assert_eq!(set!(f, restart.policy), Some(RestartPolicy::Always));
+    assert_eq!(set!(f, restart.policy), Some(RestartWhen::Always));
     assert_eq!(
         set!(f, run.env),
         Some(BTreeMap::from([("A".into(), "1".into())]))
@@ -312,7 +312,7 @@ fn defaults() {
     assert_eq!(p.stop.signal, libc::SIGTERM);
     assert_eq!(p.stop.grace, Duration::from_secs(10));
     assert_eq!(p.stop.orphans, Orphans::Kill);
-    assert_eq!(p.restart.policy, RestartPolicy::Never);
+    assert_eq!(p.restart.policy, RestartWhen::Never);
     assert_eq!(p.restart.max, None);
     assert_eq!(p.restart.backoff_initial, Duration::from_secs(1));
     assert_eq!(p.restart.backoff_max, Duration::from_secs(60));
@@ -345,7 +345,7 @@ fn file_overrides_defaults_and_flags_override_file() {
         p.conflict.policy = Some(OnConflict::Wait);
         p.stop.grace = Duration::from_secs(20);
         p.stop.signal = libc::SIGINT;
-        p.restart.policy = RestartPolicy::OnFailure;
+        p.restart.policy = RestartWhen::OnFailure;
         p.restart.max = Some(3);
         p.log.level = LogLevel::Debug;
     });
@@ -367,7 +367,7 @@ fn file_overrides_defaults_and_flags_override_file() {
     // File over default.
     assert_eq!(p.stop.signal, libc::SIGINT);
     assert_eq!(e.source("stop.signal"), &Source::File(path.clone()));
-    assert_eq!(p.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(p.restart.policy, RestartWhen::OnFailure);
     assert_eq!(p.restart.max, Some(3));
     assert_eq!(e.source("restart.max"), &Source::File(path.clone()));
     assert_eq!(p.log.level, LogLevel::Debug);
@@ -429,7 +429,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.conflict.exit_code, 99);
     assert_eq!(p.stop.grace, Duration::from_secs(2));
     assert_eq!(p.stop.signal, libc::SIGHUP);
-    assert_eq!(p.restart.policy, RestartPolicy::Never);
+    assert_eq!(p.restart.policy, RestartWhen::Never);
     assert_eq!(p.restart.max, Some(1));
     assert_eq!(p.restart.backoff_initial, Duration::from_secs(3));
     assert_eq!(p.restart.window, Some(Duration::from_secs(120)));
@@ -1028,10 +1028,7 @@ fn shipped_examples_are_valid() {
         set!(systemd, conflict.policy).flatten(),
         Some(OnConflict::Wait)
     );
-    assert_eq!(
-        set!(systemd, restart.policy),
-        Some(RestartPolicy::OnFailure)
-    );
+    assert_eq!(set!(systemd, restart.policy), Some(RestartWhen::OnFailure));
     assert!(set!(systemd, stop.grace).unwrap() > Duration::from_secs(10));
     assert_eq!(
         set!(get("ci.toml"), conflict.policy).flatten(),
@@ -1106,7 +1103,7 @@ fn keyword_values_match_the_code() {
         ),
         (
             "restart.policy",
-            spelled(RestartPolicy::ALL, <RestartPolicy as Keyword>::as_str),
+            spelled(RestartWhen::ALL, <RestartWhen as Keyword>::as_str),
         ),
         ("log.format", vec!["text", "json"]),
     ];

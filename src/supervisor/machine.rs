@@ -35,15 +35,17 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, Visitor};
+
 use crate::exit::{ChildOutcome, ExitStatus};
 use crate::signals::{Class, Scope, classify, scope};
 
-/// When the child is started again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RestartWhen {
-    Never,
-    OnFailure,
-    Always,
+crate::setting::keywords! {
+    RestartWhen "When the child is started again after it exits." {
+        Never = "never", "Never.";
+        OnFailure = "on-failure", "When it exits non-zero or is killed by a signal.";
+        Always = "always", "Whenever it exits.";
+    }
 }
 
 /// What follows one exit status, over [`RestartWhen`] (`[restart.exit]`).
@@ -78,6 +80,60 @@ impl std::fmt::Display for ExitRule {
     }
 }
 
+/// An exit rule as the policy file and the command line write it (`[restart.exit]`).
+impl<'de> Deserialize<'de> for ExitRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ExitRule, D::Error> {
+        let text = String::deserialize(d)?;
+        let why = || format!("{text:?} is not an action; {EXIT_ACTION}");
+        text.trim().parse().map_err(|_| de::Error::custom(why()))
+    }
+}
+/// How a `[restart.exit]` action is written.
+pub(crate) const EXIT_ACTION: &str = "write \"stop\", \"restart\" or a delay like \"30m\"";
+const EXIT_STATUS: &str =
+    "use an exit code from 0 to 255 (128+N for death by signal N, 124 for a stall)";
+/// `[restart.exit]`: `CODE = "stop" | "restart" | "<delay>"`, CODE from 0 to 255.
+pub(crate) struct ExitActions(pub(crate) BTreeMap<u8, ExitRule>);
+impl<'de> Deserialize<'de> for ExitActions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ExitActions, D::Error> {
+        d.deserialize_map(ExitActionsVisitor)
+    }
+}
+struct ExitActionsVisitor;
+impl<'de> Visitor<'de> for ExitActionsVisitor {
+    type Value = ExitActions;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a table")
+    }
+    fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<ExitActions, M::Error> {
+        let mut actions = BTreeMap::new();
+        while let Some(code) = map.next_key_seed(Code(&actions))? {
+            actions.insert(code, map.next_value()?);
+        }
+        Ok(ExitActions(actions))
+    }
+}
+/// An exit code as a `[restart.exit]` key, not given before.
+struct Code<'a>(&'a BTreeMap<u8, ExitRule>);
+impl<'de> DeserializeSeed<'de> for Code<'_> {
+    type Value = u8;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u8, D::Error> {
+        let name = String::deserialize(d)?;
+        let digits = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+        let code = match name.parse::<u32>().ok().filter(|_| digits) {
+            Some(code) => u8::try_from(code).map_err(|_| format!("{code} is out of range")),
+            None if digits => Err(format!("{name} is out of range")),
+            None => Err(format!("{name:?} is not an exit code")),
+        };
+        let code = code.map_err(|e| de::Error::custom(format!("{e}; {EXIT_STATUS}")))?;
+        match self.0.contains_key(&code) {
+            true => Err(de::Error::custom(format!(
+                "exit code {code} is given twice; keep one"
+            ))),
+            false => Ok(code),
+        }
+    }
+}
 /// Restart settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Restart {

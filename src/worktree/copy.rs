@@ -24,6 +24,20 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{carry, git};
 
+/// How `[worktree] copy` is written.
+pub(crate) const GLOBS: &str =
+    "write an array of globs relative to the repository, like [\".env\", \"config/*.local.toml\"]";
+/// One `[worktree] copy` entry, checked by [`check_glob`].
+pub(crate) struct Glob(pub(crate) String);
+impl<'de> serde::Deserialize<'de> for Glob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Glob, D::Error> {
+        crate::setting::checked_str(d, |text| match check_glob(&text) {
+            Ok(()) => Ok(Glob(text)),
+            Err(why) => Err(format!("{text:?} is not a usable glob ({why}); {GLOBS}")),
+        })
+    }
+}
+
 /// Why `glob` cannot be a `[worktree] copy` entry, if it cannot.
 pub(crate) fn check_glob(glob: &str) -> Result<(), String> {
     if glob.is_empty() {

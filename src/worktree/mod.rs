@@ -97,12 +97,12 @@ impl Created {
     }
 }
 
-/// What happens to a worktree when its loop ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OnExit {
-    Keep,
-    RemoveIfClean,
-    QueueMerge,
+crate::setting::keywords! {
+    OnExit "What happens to a worktree when its loop ends." {
+        Keep = "keep", "Leave it in place.";
+        RemoveIfClean = "remove-if-clean", "Remove it if it has no changes and no commits beyond its base.";
+        QueueMerge = "queue-merge", "On exit 0, append it to `.ralph/merge-queue.jsonl` for `ralph loops merge`.";
+    }
 }
 
 /// What [`finish`] did.
