@@ -102,11 +102,6 @@ impl LockFile {
         self.file.lock(FlockOp::TryExclusive)
     }
 
-    /// `flock(LOCK_EX)`, blocking in the kernel until the lock is ours.
-    pub(crate) fn lock_blocking(&self) -> io::Result<()> {
-        self.file.lock(FlockOp::Exclusive).map(drop)
-    }
-
     /// Whether `.ralph/loop.lock` still names the inode we opened.
     pub(crate) fn still_linked(&self, dir: &RalphDir) -> bool {
         self.file.still_linked(dir)
