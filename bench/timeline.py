@@ -26,6 +26,10 @@ ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 STAMP = os.path.abspath(ARGS[0])
 BINS = [os.path.abspath(b) for b in ARGS[1:]]
 N = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--n=")), 20)
+# `--profile`: CPU-clock samples too (20 kHz), attributed to the holder's stretch from
+# reaping its child to LOCK_UN and the waiter's from its flock returning to its fork;
+# prints the functions they were in (a build with symbols says more than a stripped one).
+PROFILE = "--profile" in sys.argv
 FLOCK = shutil.which("flock")
 PERF = shutil.which("perf")
 DEVNULL = subprocess.DEVNULL
@@ -86,7 +90,7 @@ LINE = re.compile(r"^\s*(\S.*?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+(\d+)\.(\d+):\s+(\S+
 
 
 def events(data):
-    out = subprocess.run([PERF, "script", "-i", data, "--ns", "-F", "comm,pid,tid,cpu,time,event,trace"],
+    out = subprocess.run([PERF, "script", "-i", data, "--ns", "-F", "comm,pid,tid,cpu,time,event,trace,ip,sym"],
                          stdout=subprocess.PIPE, stderr=DEVNULL, text=True).stdout
     evs = []
     for line in out.splitlines():
@@ -148,13 +152,46 @@ def milestones(evs, h):
     return {k: (None if v is None else (v - t0) / 1e6) for k, v in m.items()}
 
 
+def profile(evs, subjects, runs):
+    """Where the CPU-clock samples of two stretches fell, by function."""
+    import collections
+    for name, binary in subjects:
+        if binary is None:
+            continue
+        stretches = {"holder: reaped -> LOCK_UN": collections.Counter(),
+                     "waiter: flock returns -> fork": collections.Counter()}
+        for h in runs[name]:
+            t0, t1 = h["exited"], h["started"]
+            window = [e for e in evs if t0 <= e[0] <= t1 + 10**6]
+            hp, wp = h["holder"], h["waiter"]
+            reaped = next((e[0] for e in window if e[1] == hp and e[3] == "syscalls:sys_exit_wait4"), None)
+            unlock = next((e[0] for e in window if e[1] == hp and e[3] == "syscalls:sys_enter_flock"
+                           and "0x00000008" in e[4]), None)
+            back = next((e[0] for e in window if e[1] == wp and e[3] == "syscalls:sys_exit_flock"), None)
+            fork = next((e[0] for e in window if e[1] == wp and e[3] in (
+                "syscalls:sys_enter_clone3", "syscalls:sys_enter_clone")), None)
+            for label, pid, a, b in (("holder: reaped -> LOCK_UN", hp, reaped, unlock),
+                                     ("waiter: flock returns -> fork", wp, back, fork)):
+                if a and b:
+                    for e in window:
+                        if a <= e[0] <= b and e[1] == pid and e[3] == "cpu-clock":
+                            stretches[label][e[4].split()[-1] if e[4] else "?"] += 1
+        for label, c in stretches.items():
+            total = sum(c.values())
+            print(f"\n{name}, {label}: {total} samples at 20 kHz over {len(runs[name])} hand-offs")
+            for sym, k in c.most_common(25):
+                print(f"  {k:5d} {100 * k / max(total, 1):5.1f} %  {sym}")
+
+
 def main():
     if os.geteuid() != 0 or not PERF:
         sys.exit("timeline.py needs root and perf")
     subjects = [("flock -w", None)] + [(b, b) for b in BINS]
     data = tempfile.mktemp(prefix="rs-timeline-", suffix=".data")
+    events_wanted = EVENTS + (["cpu-clock"] if PROFILE else [])
     perf = subprocess.Popen([PERF, "record", "-q", "-k", "mono", "-a", "-o", data] +
-                            sum((["-e", e] for e in EVENTS), []), stdout=DEVNULL, stderr=DEVNULL)
+                            (["-F", "20000"] if PROFILE else []) +
+                            sum((["-e", e] for e in events_wanted), []), stdout=DEVNULL, stderr=DEVNULL)
     time.sleep(1.5)
     runs = {name: [] for name, _ in subjects}
     for _ in range(N):
@@ -165,6 +202,8 @@ def main():
     perf.wait()
     evs = events(data)
     os.unlink(data)
+    if PROFILE:
+        profile(evs, subjects, runs)
     for name, _ in subjects:
         ms = [milestones(evs, h) for h in runs[name]]
         print(f"\n{name} (n={len(ms)}; ms after the holder's child stamped its exit)\n")
