@@ -174,7 +174,8 @@ def profile(evs, subjects, runs):
                                      ("waiter: flock returns -> fork", wp, back, fork)):
                 if a and b:
                     for e in window:
-                        if a <= e[0] <= b and e[1] == pid and e[3] == "cpu-clock":
+                        # The thread that waited (or reaped) only: not the watcher.
+                        if a <= e[0] <= b and e[2] == pid and e[3] == "cpu-clock":
                             stretches[label][e[4].split()[-1] if e[4] else "?"] += 1
         for label, c in stretches.items():
             total = sum(c.values())
