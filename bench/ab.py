@@ -4,7 +4,7 @@ ralph-supervise run alternately (and flock(1) beside them), medians of wall time
 counts that do not depend on load: instructions and page faults (`perf stat`, when
 installed) and system calls (`strace -f -c`, when installed).
 
-    bench/ab.py OLD_BINARY NEW_BINARY STAMP [--quick]
+    bench/ab.py OLD_BINARY NEW_BINARY STAMP [--quick] [--only=handoff] [--n-handoff=N]
 
 Prints a Markdown table. The figures of BENCHMARKS.md's "Optimisations, before and
 after" were taken with it.
@@ -24,9 +24,12 @@ from bench import timed_runs, workspace  # noqa: E402
 
 OLD, NEW, STAMP = (os.path.abspath(a) for a in sys.argv[1:4])
 QUICK = "--quick" in sys.argv
+# `--only=handoff`: just the hand-off pairs.
+ONLY = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), None)
 N = 50 if QUICK else 300
 N_SPACED = 20 if QUICK else 100
-N_HANDOFF = 10 if QUICK else 40
+N_HANDOFF = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--n-handoff=")),
+                 10 if QUICK else 40)
 FLOCK = shutil.which("flock")
 DEVNULL = subprocess.DEVNULL
 
@@ -70,8 +73,9 @@ def handoff_once(binary, ws):
                               [binary, "-q", "-C", ws, "run", "--on-conflict", "wait", "--", STAMP],
                               stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
-    blocked = "lock" if binary is None else "poll"
-    while blocked not in open(f"/proc/{waiter.pid}/wchan").read():
+    # Blocked in flock(2) (flock -w; ralph-supervise since its wait wakes once) or in
+    # poll(2) (ralph-supervise before that: a helper thread in flock(2)).
+    while not any(w in open(f"/proc/{waiter.pid}/wchan").read() for w in ("lock", "poll")):
         assert time.monotonic() < deadline, "the waiter never blocked"
         time.sleep(0.001)
     time.sleep(0.005)
@@ -96,6 +100,11 @@ def main():
     ws = workspace()
     lock = os.path.join(ws, ".ralph", "loop.lock")
     rows = []
+    if ONLY == "handoff":
+        rows.append(handoff_rows())
+        shutil.rmtree(ws)
+        print_rows(rows)
+        return
     launch = {"flock": [FLOCK, lock, "true"], "old": [OLD, "-C", ws, "run", "--", "true"],
               "new": [NEW, "-C", ws, "run", "--", "true"]}
     m = alternate(launch, N)
@@ -122,6 +131,12 @@ def main():
         rows.append(("launch: system calls, child included (strace -f -c)", counts))
     perf = {k: perf_counts(v) for k, v in launch.items()}
     add_perf(rows, "launch, child included", perf)
+    rows.append(handoff_rows())
+    shutil.rmtree(ws)
+    print_rows(rows)
+
+
+def handoff_rows():
     ho = {"flock": [], "old": [], "new": []}
     for _ in range(N_HANDOFF):
         for k, b in (("flock", None), ("old", OLD), ("new", NEW)):
@@ -130,9 +145,11 @@ def main():
             subprocess.run([b or NEW, "-q", "-C", d, "run", "--", "true"], check=True, stdout=DEVNULL)
             ho[k].append(handoff_once(b, d))
             shutil.rmtree(d)
-    rows.append(("hand-off, holder's child exits -> waiter's child runs (median ms)",
-                 {k: statistics.median(v) for k, v in ho.items()}))
-    shutil.rmtree(ws)
+    return (f"hand-off, holder's child exits -> waiter's child runs (median of {N_HANDOFF} ms)",
+            {k: statistics.median(v) for k, v in ho.items()})
+
+
+def print_rows(rows):
     print("| measure | flock(1) | before | after |")
     print("|---|---|---|---|")
     fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else f"{v:,}")

@@ -205,7 +205,7 @@ def wait_blocked(pid, word):
         if time.monotonic() > deadline:
             raise RuntimeError(f"pid {pid} never blocked in {word}: {wchan(pid)!r}")
         time.sleep(0.001)
-    # Blocked in the kernel; for ralph-supervise the helper thread also sits in flock.
+    # Blocked in the kernel (ralph-supervise's main thread in flock(2), as flock -w's).
     time.sleep(0.005)
 
 
@@ -231,7 +231,7 @@ def handoff_once(kind):
         assert holder.stdout.readline().strip() == "ready"
         waiter = subprocess.Popen([BIN, "-q", "-C", ws, "run", "--on-conflict", "wait", "--", STAMP],
                                   stdout=subprocess.PIPE, text=True)
-        wait_blocked(waiter.pid, "poll")
+        wait_blocked(waiter.pid, "lock")
     holder.stdin.close()
     exited = int(holder.stdout.readline())
     started = int(waiter.stdout.readline())

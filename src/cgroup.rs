@@ -280,6 +280,11 @@ pub(crate) struct Cgroup {
     dir: fs::File,
     events: fs::File,
     procs: fs::File,
+    /// `cpu.stat`, `memory.peak` and `pids.peak`, opened once their controllers are
+    /// settled ([`Cgroup::open_accounting`]; a file whose controller is off is `None`),
+    /// so that reading them as the run ends, before the lock is let go, is one `pread`
+    /// each and no failed lookups.
+    accounting: Option<[Option<fs::File>; 3]>,
 }
 
 /// CPU time and memory a cgroup accounted for.
@@ -309,6 +314,7 @@ impl Cgroup {
             dir,
             events,
             procs,
+            accounting: None,
         })
     }
 
@@ -378,9 +384,36 @@ impl Cgroup {
             })
     }
 
-    /// What it has used so far.
+    /// Opens the files [`Cgroup::usage`] reads: call it once the controllers the
+    /// cgroup will have are enabled (a file appears with its controller).
+    pub(crate) fn open_accounting(&mut self) {
+        let open = |file: &str| fs::File::open(self.path.join(file)).ok();
+        self.accounting = Some([open("cpu.stat"), open("memory.peak"), open("pids.peak")]);
+    }
+
+    /// What it has used so far (`memory_now` is not read). Through the files
+    /// [`Cgroup::open_accounting`] opened, else by path.
     pub(crate) fn usage(&self) -> Usage {
-        read_usage(&self.path).unwrap_or_default()
+        let Some([cpu, memory_peak, pids_peak]) = &self.accounting else {
+            return read_usage(&self.path).unwrap_or_default();
+        };
+        let text = |f: &Option<fs::File>| {
+            use std::os::unix::fs::FileExt;
+            let mut buf = [0u8; 4096];
+            let n = f.as_ref()?.read_at(&mut buf, 0).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        let number = |f: &Option<fs::File>| text(f).and_then(|t| t.trim().parse().ok());
+        let Some(cpu) = text(cpu) else {
+            return Usage::default();
+        };
+        Usage {
+            user_us: key_value(&cpu, "user_usec").unwrap_or(0),
+            system_us: key_value(&cpu, "system_usec").unwrap_or(0),
+            memory_peak: number(memory_peak),
+            memory_now: None,
+            pids_peak: number(pids_peak),
+        }
     }
 
     /// Removes it (and empty cgroups the loop made below it); fails while a process

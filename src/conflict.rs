@@ -18,22 +18,19 @@
 //! `stop` and `wait` reuse the waiting and stopping parts ([`wait_for_lock`],
 //! [`confirm_targets`], [`request_stop`], [`kill_holder`]).
 //!
-//! Waiting blocks in the kernel: a helper thread sits in `flock(LOCK_EX)` on its own open
-//! file description while the main thread sleeps in `poll(2)` on the signalfd and a pipe
-//! the helper writes to once it has the lock. Blocking in the main thread would make the
-//! wait deaf to Ctrl-C (all signals are blocked there, and flock restarts anyway), and
-//! polling with `LOCK_NB` would burn wake-ups and add latency to the hand-off.
-//! If the waiter gives up (timeout, signal), the helper stays blocked; should it get the
-//! lock later, nobody is listening any more, so it drops the descriptor, which unlocks.
+//! Waiting blocks in the kernel, in `flock(LOCK_EX)` on its own open file description,
+//! through [`crate::sys::LockWaiter`]: on Linux this thread blocks in `flock` itself,
+//! so that the holder letting go wakes only the thread that runs the command (one
+//! wake-up, as flock(1)), while a watcher thread interrupts it when a signal or a
+//! `.ralph/` change is readable from the event source or the deadline passes; the
+//! signals are then read and acted on here, and the wait goes on. (macOS and FreeBSD:
+//! a helper thread in `flock` wakes this thread's `poll`.) Polling with `LOCK_NB` would
+//! burn wake-ups and add latency to the hand-off.
 
-use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
@@ -46,6 +43,7 @@ use crate::procfs::{self, HoldingProcess};
 use crate::signals::{self, Class, classify};
 use crate::stop_request;
 use crate::supervisor::Signals;
+use crate::sys::LockWait;
 use crate::workspace::RalphDir;
 
 crate::setting::keywords! {
@@ -444,29 +442,18 @@ fn wait_on(
         let Some(lock) = open(dir)? else {
             return Ok(None);
         };
-        let (mut wake_rx, mut wake_tx) =
-            std::os::unix::net::UnixStream::pair().or_fail("cannot create a socket pair")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("flock-wait".into())
-            .spawn(move || {
-                let result = lock.lock_blocking();
-                // If the waiter is gone the send fails and `lock` is dropped here, which
-                // closes its only descriptor and so unlocks.
-                if tx.send((lock, result)).is_ok() {
-                    let _ = wake_tx.write_all(&[1]);
-                }
-            })
-            .or_fail("cannot start the lock-wait thread")?;
+        let mut waiter =
+            crate::sys::LockWaiter::new(lock.as_fd()).or_fail("cannot wait for the lock")?;
         loop {
-            let timeout = crate::supervisor::poll_timeout(deadline);
-            let mut fds = vec![PollFd::new(wake_rx.as_fd(), PollFlags::POLLIN)];
-            if let Some(signals) = signals {
-                fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
-            }
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(Failure::from(anyhow::Error::new(e).context("poll"))),
+            let woken = waiter
+                .wait(signals.map(AsFd::as_fd), deadline)
+                .or_fail("cannot lock the workspace")?;
+            if woken == LockWait::Locked {
+                if lock.still_linked(dir) {
+                    return Ok(Some(Waited::Acquired(lock)));
+                }
+                // The file was replaced while we waited: wait on the new one.
+                break;
             }
             while let Some(received) = match signals {
                 Some(s) => s.next_info().or_fail("cannot read signals")?,
@@ -477,7 +464,7 @@ fn wait_on(
                     OnSignal::Interrupt => return Ok(Some(Waited::Interrupted(sig))),
                     OnSignal::StopSelf => {
                         // Ctrl-Z: stop like any job; returns on `fg`/`bg`, and the wait
-                        // goes on (the helper thread stopped and continues with us).
+                        // goes on.
                         info!("{}: stopped while waiting for the lock", signals::name(sig));
                         let job_has_it = crate::terminal::sent_to_the_job(sig, received.code);
                         crate::terminal::stop_self(sig, job_has_it);
@@ -487,16 +474,6 @@ fn wait_on(
                         warn!("ignoring {} while waiting for the lock", signals::name(sig))
                     }
                 }
-            }
-            if let Ok((lock, result)) = rx.try_recv() {
-                let mut byte = [0u8; 1];
-                let _ = wake_rx.read(&mut byte);
-                result.or_fail("cannot lock the workspace")?;
-                if lock.still_linked(dir) {
-                    return Ok(Some(Waited::Acquired(lock)));
-                }
-                // The file was replaced while we waited: wait on the new one.
-                break;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(Some(Waited::TimedOut));

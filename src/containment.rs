@@ -330,8 +330,17 @@ impl Containment {
     }
 
     /// With a cgroup below a cgroup of our own (not the root), turns on the memory and
-    /// pids controllers it offers, for `memory.peak` and `pids.peak`; quietly.
-    fn enable_for_accounting(&self) {
+    /// pids controllers it offers, for `memory.peak` and `pids.peak`; quietly. Then
+    /// opens the files the run's accounting reads at its end ([`Cgroup::open_accounting`]),
+    /// so that the end, on the hand-off's path, only reads them.
+    fn enable_for_accounting(&mut self) {
+        self.enable_controllers();
+        if let Some(c) = &mut self.cgroup {
+            c.open_accounting();
+        }
+    }
+
+    fn enable_controllers(&self) {
         let (Some(h), Some(_)) = (&self.hierarchy, &self.cgroup) else {
             return;
         };

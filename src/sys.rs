@@ -20,11 +20,16 @@
 //! * `kqueue.rs` (macOS, FreeBSD): one kqueue (`EVFILT_SIGNAL`, `EVFILT_VNODE`,
 //!   `EVFILT_PROC`), `proc_pidinfo` / `kinfo_proc`, `procctl`;
 //! * `spawn.rs` (Linux): the command started in the loop's cgroup (`clone3`), which the
-//!   kqueue room answers with "spawn the usual way".
+//!   kqueue room answers with "spawn the usual way";
+//! * `flock_wait.rs` (Linux): [`LockWaiter`], a wait for the workspace lock with one
+//!   wake-up (the waiting thread blocks in `flock` itself; a watcher thread interrupts
+//!   it with a signal for an event or the deadline). The kqueue room keeps the
+//!   two-wake-up wait: a helper thread in `flock` wakes the waiting thread's `poll`.
 //!
 //! The narrow interface each room provides: [`EventSource`] (signals, child exits by
 //! SIGCHLD, `.ralph/` changes; timers are the timeout of the `poll` on its
-//! descriptor), [`ProcessHandle`] (wait for one process's exit, signal only it),
+//! descriptor), [`LockWaiter`] (a blocking flock that still hears the event source
+//! and a deadline), [`ProcessHandle`] (wait for one process's exit, signal only it),
 //! [`become_subreaper`], [`sigqueue`], [`reserve`], [`abstract_socket_addr`], the signal
 //! numbers, and on macOS and FreeBSD `process_identity` (a start time; Linux reads
 //! `/proc` in [`crate::procfs`]). Lock holders where `/proc/locks` is missing are
@@ -40,6 +45,8 @@ use crate::signals::FAULTS;
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
 compile_error!("ralph-supervise is written for Linux, macOS and FreeBSD");
 
+#[cfg(target_os = "linux")]
+mod flock_wait;
 #[cfg(any(target_os = "macos", target_os = "freebsd"))]
 mod kqueue;
 #[cfg(target_os = "linux")]
@@ -51,6 +58,10 @@ use kqueue as os;
 #[cfg(target_os = "linux")]
 use linux as os;
 
+#[cfg(target_os = "linux")]
+pub(crate) use flock_wait::LockWaiter;
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
+pub(crate) use os::LockWaiter;
 #[cfg(any(target_os = "macos", target_os = "freebsd"))]
 pub(crate) use os::process_identity;
 #[cfg(target_vendor = "apple")]
@@ -63,6 +74,17 @@ pub(crate) use os::{
 };
 #[cfg(target_os = "linux")]
 pub(crate) use spawn::spawn_direct;
+
+/// How a [`LockWaiter`]'s wait for a flock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockWait {
+    /// The lock is ours.
+    Locked,
+    /// The event source turned readable: read it, then wait again.
+    Events,
+    /// The deadline passed.
+    Deadline,
+}
 
 /// `sigqueue(3)`: sends `sig` to `pid` with `value` as its payload, which the reader
 /// sees as `ssi_ptr` (Linux's signalfd) or `si_value` (FreeBSD), with `si_code`

@@ -456,3 +456,83 @@ impl std::os::fd::AsFd for Listener {
         std::os::fd::AsFd::as_fd(&self.fd)
     }
 }
+
+/// Waits for the exclusive flock of one open file description, with two wake-ups: a
+/// helper thread blocks in `flock` on its own descriptor of it and writes to a socket
+/// the waiting thread polls beside the event source. (Linux's room wakes once: its
+/// waiting thread blocks in `flock` itself, interrupted by a signal from a watcher;
+/// here that would be untested glue for a few tens of microseconds per hand-off.) If
+/// the wait is given up, the helper stays in `flock`; should it get the lock later,
+/// nobody listens any more, and closing its descriptor, the last one, unlocks.
+pub(crate) struct LockWaiter<'a> {
+    woken: std::os::unix::net::UnixStream,
+    _lock: std::marker::PhantomData<BorrowedFd<'a>>,
+}
+
+impl<'a> LockWaiter<'a> {
+    /// Starts the helper thread on a descriptor of its own of `lock`'s description.
+    pub(crate) fn new(lock: BorrowedFd<'a>) -> io::Result<LockWaiter<'a>> {
+        use std::io::Write;
+        let own = lock.try_clone_to_owned()?;
+        let (woken, mut tell) = std::os::unix::net::UnixStream::pair()?;
+        std::thread::Builder::new()
+            .name("flock-wait".into())
+            .spawn(move || {
+                let errno = match super::flock(own.as_fd(), super::FlockOp::Exclusive) {
+                    Ok(()) => 0,
+                    Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+                };
+                let _ = tell.write_all(&errno.to_ne_bytes());
+            })?;
+        Ok(LockWaiter {
+            woken,
+            _lock: std::marker::PhantomData,
+        })
+    }
+
+    /// Until the lock is ours, `events` turns readable, or `deadline` passes.
+    pub(crate) fn wait(
+        &mut self,
+        events: Option<BorrowedFd<'_>>,
+        deadline: Option<std::time::Instant>,
+    ) -> io::Result<super::LockWait> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::io::Read;
+        loop {
+            let timeout = deadline.map_or(PollTimeout::NONE, |d| {
+                let ms = d
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_micros()
+                    .div_ceil(1000);
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            });
+            let mut fds = vec![PollFd::new(self.woken.as_fd(), PollFlags::POLLIN)];
+            fds.extend(events.map(|e| PollFd::new(e, PollFlags::POLLIN)));
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |i: usize| {
+                fds.get(i)
+                    .and_then(PollFd::revents)
+                    .is_some_and(|r| !r.is_empty())
+            };
+            let (locked, evented) = (ready(0), ready(1));
+            drop(fds);
+            if locked {
+                let mut errno = [0u8; 4];
+                self.woken.read_exact(&mut errno)?;
+                return match i32::from_ne_bytes(errno) {
+                    0 => Ok(super::LockWait::Locked),
+                    e => Err(io::Error::from_raw_os_error(e)),
+                };
+            }
+            if evented {
+                return Ok(super::LockWait::Events);
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(super::LockWait::Deadline);
+            }
+        }
+    }
+}

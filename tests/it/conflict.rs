@@ -1,7 +1,7 @@
 //! Conflict policies against real second processes holding the lock: the binary itself
 //! and flock(1).
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -171,6 +171,79 @@ fn stray_signals_neither_kill_nor_end_the_wait() {
         waiter.signal(sig);
         stderr_has(&waiter, &format!("ignoring {} while waiting", sig.as_str()));
     }
+    assert!(waiter.seen().is_empty(), "still waiting");
+    holder.release();
+    waiter.expect_line("ready");
+    assert_eq!(waiter.finish().code(), 0);
+}
+
+/// The wait blocks in flock(2) itself and a watcher thread interrupts it: a stop
+/// signal sent the moment the wait begins (before or after the flock is entered) still
+/// ends it, every time.
+#[test]
+fn a_stop_signal_as_the_wait_begins_still_ends_it() {
+    let ws = Workspace::new();
+    let holder = FlockHolder::start(&ws);
+    let ran = ws.path.join("ran");
+    for _ in 0..8 {
+        let mut waiter = Proc::spawn(ws.cmd(&[
+            "run",
+            "--on-conflict",
+            "wait",
+            "--",
+            "touch",
+            ran.to_str().unwrap(),
+        ]));
+        // Said just before the wait blocks: the signal lands around the flock's start.
+        stderr_has(&waiter, "waiting for the lock held by");
+        waiter.signal(Signal::SIGTERM);
+        assert_eq!(waiter.wait(LIMIT).code(), Some(143));
+    }
+    assert!(!ran.exists(), "the child never ran");
+    holder.release();
+}
+
+/// Signals that interrupt the blocked flock but do not end the wait (a stray one, the
+/// real-time signal the wait uses for itself sent by someone else, a stop and a
+/// continue from outside) each leave it waiting, and the hand-off still happens.
+#[test]
+fn the_wait_goes_on_after_stray_signals_and_a_stop() {
+    let ws = Workspace::new();
+    let holder = FlockHolder::start(&ws);
+    let mut cmd = ws.cmd(&[
+        "run",
+        "--on-conflict",
+        "wait",
+        "--",
+        bin(),
+        "probe",
+        "--exit",
+        "0",
+    ]);
+    // A job of its own: a job-control stop sent to it alone stops its whole group.
+    cmd.process_group(0);
+    let mut waiter = Proc::spawn(cmd);
+    let pid = waiter.pid().as_raw();
+    stderr_has(&waiter, "waiting for the lock held by");
+    wait_until("the wait to block", LIMIT, || asleep_waiting(pid));
+    // SIGRTMIN+2: the signal the wait interrupts its own flock with.
+    let wake = libc::SIGRTMIN() + 2;
+    // SAFETY: kill(2) of a child we started, with a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, wake) }, 0);
+    stderr_has(&waiter, "ignoring SIGRTMIN+2 while waiting");
+    waiter.signal(Signal::SIGUSR1);
+    stderr_has(&waiter, "ignoring SIGUSR1 while waiting");
+    // Ctrl-Z's signal from outside: it stops itself, as a job does, until continued.
+    waiter.signal(Signal::SIGTSTP);
+    wait_until("the waiter to stop", LIMIT, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('T'))
+    });
+    waiter.signal(Signal::SIGCONT);
+    wait_until("the wait to block again", LIMIT, || asleep_waiting(pid));
     assert!(waiter.seen().is_empty(), "still waiting");
     holder.release();
     waiter.expect_line("ready");

@@ -226,11 +226,7 @@ fn wait_returns_when_free_or_times_out() {
     assert_eq!(ws.run(&["wait", "--timeout", "200ms"]).code(), 124);
     let mut waiter = Proc::spawn(ws.cmd(&["wait"]));
     let sup = waiter.pid().as_raw();
-    wait_until("wait to block in poll", LIMIT, || {
-        std::fs::read_to_string(format!("/proc/{sup}/wchan"))
-            .unwrap_or_default()
-            .contains("poll")
-    });
+    wait_until("wait to block in flock", LIMIT, || asleep_waiting(sup));
     p.signal(Signal::SIGTERM);
     p.finish();
     assert_eq!(waiter.wait(LIMIT).code(), Some(0));

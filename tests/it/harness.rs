@@ -479,13 +479,18 @@ fn context_switches(pid: i32) -> u64 {
         .sum()
 }
 
-/// Waits until `pid` sleeps in poll(2), then watches it for `window`: it must not wake
-/// up once (no polling, no timers).
+/// Whether `pid`'s main thread sleeps in the kernel where the supervisor waits: in
+/// poll(2) (its event loop) or, waiting for the workspace lock, in flock(2).
+pub fn asleep_waiting(pid: i32) -> bool {
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    wchan.contains("poll") || wchan.contains("lock")
+}
+
+/// Waits until `pid` sleeps in poll(2) or flock(2) ([`asleep_waiting`]), then watches
+/// it for `window`: it must not wake up once (no polling, no timers).
 pub fn assert_idle(pid: i32, window: Duration) {
-    wait_until(&format!("pid {pid} asleep in poll"), LIMIT, || {
-        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
-            .unwrap_or_default()
-            .contains("poll")
+    wait_until(&format!("pid {pid} asleep in poll or flock"), LIMIT, || {
+        asleep_waiting(pid)
     });
     let before = context_switches(pid);
     std::thread::sleep(window);
