@@ -823,15 +823,24 @@ fn a_worktree_loop_waiting_to_restart_stays_registered_under_its_supervisor() {
     ]));
     wt_loop.expect_line("started");
     let sup = wt_loop.pid().as_raw();
+    // Once the child has exited and the restart is due later, the metadata says so
+    // (the registry named the supervisor already while the worktree was made, so it
+    // is no sign of the wait).
+    let wt = only_worktree(&ws);
+    let status = || {
+        let mut cmd = Command::new(bin());
+        cmd.arg("-C").arg(&wt).args(["status", "--json"]);
+        json_of(&Proc::spawn(cmd).finish())
+    };
+    wait_until("the metadata to show the coming restart", LIMIT, || {
+        status()["next_start"].is_string()
+    });
     // While it waits, loops.json names the supervisor (the child is gone; its pid
     // would get the entry pruned, or name a stranger once reused).
     wait_until("loops.json to name the supervisor", LIMIT, || {
         registry(&ws).iter().any(|e| e["pid"] == sup)
     });
-    let wt = only_worktree(&ws);
-    let mut cmd = Command::new(bin());
-    cmd.arg("-C").arg(&wt).args(["status", "--json"]);
-    let status = json_of(&Proc::spawn(cmd).finish());
+    let status = status();
     assert_eq!(status["restarts"], 0, "{status}");
     assert_eq!(status["last_exit"]["status"], 75, "{status}");
     assert!(status["next_start"].is_string(), "{status}");
