@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks ralph-supervise against flock(1) (and tini, hyperfine-free) in one run.
 #   bench/run.sh [--quick] [--only=containment|--only=scale]   prints the Markdown report; BENCHMARKS.md holds the last one
+# (bench/phases.py, bench/timeline.py and bench/ab.py take a launch, a hand-off or a
+# change apart; see BENCHMARKS.md.)
 # Needs: cargo, gcc (for the tiny C child used to timestamp), python3, flock(1), git.
 # Installs nothing: it says what is missing and stops.
 set -euo pipefail
@@ -33,6 +35,16 @@ esac
 mkdir -p target/bench
 gcc -O2 -Wall -o target/bench/stamp bench/stamp.c
 python3 bench/bench.py target/release/ralph-supervise target/bench/stamp $static_bin "$@"
+# A launch taken apart (bench/phases.py: perf tracepoints, root only).
+case " $* " in
+  *" --only="*) ;;
+  *) if [ "$(id -u)" = 0 ] && command -v perf >/dev/null; then
+       echo; echo "### a launch taken apart (bench/phases.py, perf tracepoints)"; echo
+       python3 bench/phases.py target/release/ralph-supervise
+     else
+       echo "bench: the launch's phases need root and perf; skipped" >&2
+     fi ;;
+esac
 # The full run ends with the scale figures.
 case " $* " in
   *" --only="*) ;;
