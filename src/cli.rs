@@ -313,6 +313,9 @@ pub(crate) struct ProbeArgs {
     /// Before ready, try to start N `sleep` processes and print "spawned K"
     #[arg(long, value_name = "N")]
     pub(crate) spawn: Option<u32>,
+    /// Panic right after ready (the binary's panic path)
+    #[arg(long)]
+    pub(crate) panic: bool,
 }
 
 impl From<ProbeArgs> for ProbeSettings {
@@ -325,6 +328,7 @@ impl From<ProbeArgs> for ProbeSettings {
             report_file: a.report_file,
             burn_ms: a.burn_ms,
             spawn: a.spawn,
+            panic: a.panic,
         }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct ProbeSettings {
     pub(crate) burn_ms: Option<u64>,
     /// Try to start this many `sleep` processes; print how many started (a limit test).
     pub(crate) spawn: Option<u32>,
+    /// Panic right after `ready` (the binary's exit status and output on a panic).
+    pub(crate) panic: bool,
 }
 
 /// Signals the probe reports (and so catches): the forwarded ones plus a few strays.
@@ -78,6 +80,9 @@ pub(crate) fn probe(settings: ProbeSettings) -> Result<ExitStatus, Failure> {
         std::fs::write(&tmp, "ready\n")
             .and_then(|()| std::fs::rename(&tmp, path))
             .or_fail(format!("probe: cannot write {}", path.display()))?;
+    }
+    if settings.panic {
+        panic!("probe: asked to panic");
     }
     if let Some(code) = settings.exit {
         return Ok(ExitStatus::Child(code));
