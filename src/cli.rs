@@ -316,6 +316,13 @@ pub(crate) struct ProbeArgs {
     /// Panic right after ready (the binary's panic path)
     #[arg(long)]
     pub(crate) panic: bool,
+    /// Instead of reporting, exec the command after `--` with clone3 failing (ENOSYS),
+    /// as under a seccomp profile that predates it: the supervisor's fallback spawn
+    #[arg(long, requires = "command")]
+    pub(crate) exec_without_clone3: bool,
+    /// The command for --exec-without-clone3
+    #[arg(last = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
 }
 
 impl From<ProbeArgs> for ProbeSettings {
@@ -329,6 +336,7 @@ impl From<ProbeArgs> for ProbeSettings {
             burn_ms: a.burn_ms,
             spawn: a.spawn,
             panic: a.panic,
+            exec_without_clone3: a.exec_without_clone3.then_some(a.command),
         }
     }
 }

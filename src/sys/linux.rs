@@ -275,6 +275,46 @@ static FLOCK_FILTER: [libc::sock_filter; 9] = [
     bpf(RET, 0, 0, libc::SECCOMP_RET_ALLOW),      // 8: allow
 ];
 
+/// For tests: `clone3` of the native ABI fails with ENOSYS, as under a container
+/// runtime whose seccomp profile predates it (or a kernel before 5.3), so that the
+/// supervisor's fallback spawn (std's) runs. Jump offsets as in [`FLOCK_FILTER`].
+static NO_CLONE3_FILTER: [libc::sock_filter; 6] = [
+    bpf(LD_ABS, 0, 0, ARCH),                                       // 0: A = arch
+    bpf(JEQ, 0, 3, ARCHES[0].0),                                   // 1: native? 2 : 5
+    bpf(LD_ABS, 0, 0, NR),                                         // 2: A = nr
+    bpf(JEQ, 0, 1, libc::SYS_clone3 as u32),                       // 3: clone3? 4 : 5
+    bpf(RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32), // 4: fail
+    bpf(RET, 0, 0, libc::SECCOMP_RET_ALLOW),                       // 5: allow
+];
+
+/// Installs [`NO_CLONE3_FILTER`] on this process (inherited by every child; with
+/// `no_new_privs`, so that it needs no privilege). For the test probe only.
+pub(crate) fn deny_clone3() -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: NO_CLONE3_FILTER.len() as u16,
+        filter: NO_CLONE3_FILTER.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with integer arguments; seccomp with a pointer to a stack value that
+    // points at the static program, both alive for the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = libc::SECCOMP_FILTER_FLAG_TSYNC;
+        let prog = &prog as *const libc::sock_fprog;
+        if libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            prog,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Whether this machine can hand the lock over: `Err` names what is missing (kernel too
 /// old, seccomp not built in, or forbidden by a container's profile).
 pub(crate) fn handover_available() -> Result<(), String> {

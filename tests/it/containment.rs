@@ -717,8 +717,11 @@ fn stop_ends_an_orphaned_loop_through_its_cgroup() {
     }
 }
 
-/// The command is found, run and refused alike whether it starts in its cgroup
-/// (`clone3`, `sys/spawn.rs`) or by std's spawn (the tree mode): the child's `PATH`
+/// The command is found, run and refused alike whether it starts by `clone3`
+/// (`sys/spawn.rs`: into its cgroup, or on x86-64 in the tree mode too) or by std's
+/// spawn, the fallback where `clone3` fails (here made to fail with ENOSYS, as under a
+/// seccomp profile that predates it: `probe --exec-without-clone3`), in either
+/// containment (the fallback's cgroup by a write to `cgroup.procs`): the child's `PATH`
 /// (here from `[run.env]`) is searched in order, a file without `#!` runs under
 /// `/bin/sh`, one found but not executable is 126 even when a later entry has
 /// nothing, none is 127; the child gets the supervisor's environment with the
@@ -758,8 +761,18 @@ fn the_command_starts_alike_in_its_cgroup_and_by_std_spawn() {
     ] {
         ws.write_policy(&format!("[run.env]\nPATH = \"{path}\"\nFOO = \"bar\"\n"));
         let mut outcomes = Vec::new();
-        for mode in modes {
-            let mut cmd = ws.cmd(&["run", "--containment", mode, "--", "tool", "x"]);
+        for (mode, std_spawn) in modes.iter().flat_map(|m| [(m, false), (m, true)]) {
+            let run = ["run", "--containment", mode, "--", "tool", "x"];
+            let mut cmd = match std_spawn {
+                false => ws.cmd(&run),
+                true => {
+                    let ws_path = ws.path.to_str().unwrap();
+                    let mut args = vec!["probe", "--exec-without-clone3", "--", bin()];
+                    args.extend(["-C", ws_path]);
+                    args.extend(run);
+                    ws.cmd(&args)
+                }
+            };
             cmd.env("RALPH_FENCING_TOKEN", "7");
             let out = Proc::spawn(cmd).finish();
             let (cgroup, rest): (Vec<&str>, Vec<&str>) =
