@@ -746,11 +746,13 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// The child's own stack for [`clone_vfork`]: mapped, with a guard page below it
 /// (a child running over it faults instead of writing into our memory), unmapped on
-/// drop.
+/// drop. (x86-64 only, as [`clone_vfork`].)
+#[cfg(target_arch = "x86_64")]
 pub(crate) struct ChildStack {
     base: *mut libc::c_void,
     len: usize,
 }
+#[cfg(target_arch = "x86_64")]
 impl ChildStack {
     /// Room for the child's few frames up to `exec` (system calls on values computed
     /// before the clone): 64 KiB, most of it never touched.
@@ -780,6 +782,7 @@ impl ChildStack {
         Ok(stack)
     }
 }
+#[cfg(target_arch = "x86_64")]
 impl Drop for ChildStack {
     fn drop(&mut self) {
         // SAFETY: the mapping `new` made, unmapped once.
