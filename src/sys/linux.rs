@@ -828,7 +828,14 @@ pub(crate) fn clone_vfork(
     // its stack: it clears the frame pointer, calls `child(arg)` (the pointers it was
     // given in r12 and r13) and ends with exit_group(2), never returning here. We do
     // not run again until it has exec'd or exited (CLONE_VFORK), so it has our memory
-    // to itself but for our other threads, which it does not touch.
+    // to itself but for our other threads, which it does not touch. Signals: the child
+    // starts with our mask (every signal we read blocked) and our dispositions, which
+    // are the defaults but for glibc's two reserved signals, whose handlers ignore what
+    // they were not sent by this very process and are reset in the child before it
+    // unblocks anything; no handler of ours may be installed in the supervisor, as one
+    // would run in the child on our memory. A stop signal (Ctrl-Z) caught between the
+    // child's `tcsetpgrp` and its `exec` stops it with us still suspended, until a
+    // SIGCONT, as with `posix_spawn`.
     unsafe {
         std::arch::asm!(
             "syscall",
