@@ -717,6 +717,17 @@ fn stop_ends_an_orphaned_loop_through_its_cgroup() {
     }
 }
 
+/// `ralph-supervise -C <ws> run --containment MODE -- command...`, which starts the
+/// command by `clone3` (`std_spawn` false) or, with `clone3` refused, by std's spawn.
+fn run_cmd(ws: &Workspace, mode: &str, std_spawn: bool, command: &[&str]) -> Command {
+    let mut run = vec!["run", "--containment", mode, "--"];
+    run.extend_from_slice(command);
+    let ws_path = ws.path.to_str().unwrap();
+    let mut args = vec!["probe", "--exec-without-clone3", "--", bin(), "-C", ws_path];
+    args.extend(run.iter().copied());
+    ws.cmd(if std_spawn { &args } else { &run })
+}
+
 /// The command is found, run and refused alike whether it starts by `clone3`
 /// (`sys/spawn.rs`: into its cgroup, or on x86-64 in the tree mode too) or by std's
 /// spawn, the fallback where `clone3` fails (here made to fail with ENOSYS, as under a
@@ -762,17 +773,7 @@ fn the_command_starts_alike_in_its_cgroup_and_by_std_spawn() {
         ws.write_policy(&format!("[run.env]\nPATH = \"{path}\"\nFOO = \"bar\"\n"));
         let mut outcomes = Vec::new();
         for (mode, std_spawn) in modes.iter().flat_map(|m| [(m, false), (m, true)]) {
-            let run = ["run", "--containment", mode, "--", "tool", "x"];
-            let mut cmd = match std_spawn {
-                false => ws.cmd(&run),
-                true => {
-                    let ws_path = ws.path.to_str().unwrap();
-                    let mut args = vec!["probe", "--exec-without-clone3", "--", bin()];
-                    args.extend(["-C", ws_path]);
-                    args.extend(run);
-                    ws.cmd(&args)
-                }
-            };
+            let mut cmd = run_cmd(&ws, mode, std_spawn, &["tool", "x"]);
             cmd.env("RALPH_FENCING_TOKEN", "7");
             let out = Proc::spawn(cmd).finish();
             let (cgroup, rest): (Vec<&str>, Vec<&str>) =
@@ -807,4 +808,53 @@ fn the_command_starts_alike_in_its_cgroup_and_by_std_spawn() {
         seen[2].2.trim(),
         "ralph-supervise: tool: command not found; check the name and PATH"
     );
+}
+
+/// A large environment (1.2 MB in `[run.env]`) and argument list (20,000 arguments)
+/// reach the command whole, and one past the kernel's limit (a 200 KB variable: E2BIG)
+/// is one line and 125, alike by `clone3` and by std's spawn, in the tree and the cgroup.
+#[test]
+fn large_environments_and_argument_lists_start_alike_or_fail_alike() {
+    let in_cgroup = cgroup_or_skip("large environments in the cgroup").is_some();
+    let modes: &[&str] = if in_cgroup {
+        &["cgroup", "tree"]
+    } else {
+        &["tree"]
+    };
+    let ws = Workspace::new();
+    let value = "v".repeat(100_000);
+    let mut policy = String::from("[run.env]\n");
+    for i in 0..12 {
+        policy.push_str(&format!("BIG{i} = \"{value}\"\n"));
+    }
+    ws.write_policy(&policy);
+    let args: Vec<String> = (1..=20_000).map(|n| format!("a{n}")).collect();
+    let script = "env | grep -c '^BIG'; printf %s \"$BIG11\" | wc -c; echo $#; eval echo \\${$#}";
+    let mut command = vec!["sh", "-c", script, "sh"];
+    command.extend(args.iter().map(String::as_str));
+    for mode in modes {
+        for std_spawn in [false, true] {
+            let out = Proc::spawn(run_cmd(&ws, mode, std_spawn, &command)).finish();
+            assert_eq!(out.code(), 0, "{mode} {std_spawn}: {}", out.stderr);
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            assert_eq!(
+                lines,
+                ["12", "100000", "20000", "a20000"],
+                "{mode} {std_spawn}"
+            );
+        }
+    }
+    // One string longer than the kernel takes (MAX_ARG_STRLEN, 128 KiB).
+    ws.write_policy(&format!("[run.env]\nHUGE = \"{}\"\n", "v".repeat(200_000)));
+    for mode in modes {
+        for std_spawn in [false, true] {
+            let out = Proc::spawn(run_cmd(&ws, mode, std_spawn, &["true"])).finish();
+            assert_eq!(out.code(), 125, "{mode} {std_spawn}: {out:?}");
+            assert_eq!(
+                out.stderr.trim(),
+                "ralph-supervise: cannot start true: Argument list too long (os error 7)",
+                "{mode} {std_spawn}"
+            );
+        }
+    }
 }
