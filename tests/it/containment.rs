@@ -3,7 +3,8 @@
 //! ignorer), a fan-out of 200 in new sessions, with and without a cgroup; bystanders
 //! started the same way outside the loop are never touched; limits where the
 //! controller exists, the warning and 125 otherwise; accounting against a child of
-//! known CPU use; Ctrl-Z stops the whole job.
+//! known CPU use; Ctrl-Z stops the whole job. The command starts alike by `clone3` and
+//! by std's spawn (the fallback where `clone3` is refused).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
