@@ -38,6 +38,9 @@ fn main() {
     if !out.status.success() || !archive.is_absolute() || !archive.is_file() {
         return;
     }
+    // Run again when the archive changes or goes (a compiler upgrade that removes the
+    // old version's directory), rather than link against a path that is gone.
+    println!("cargo:rerun-if-changed={}", archive.display());
     let dir = PathBuf::from(var("OUT_DIR"));
     let script = format!("INPUT(\"{}\")\n", archive.display());
     if std::fs::write(dir.join("libgcc_s.so"), script).is_ok() {

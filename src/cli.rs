@@ -313,6 +313,16 @@ pub(crate) struct ProbeArgs {
     /// Before ready, try to start N `sleep` processes and print "spawned K"
     #[arg(long, value_name = "N")]
     pub(crate) spawn: Option<u32>,
+    /// Panic right after ready (the binary's panic path)
+    #[arg(long)]
+    pub(crate) panic: bool,
+    /// Instead of reporting, exec the command after `--` with clone3 failing (ENOSYS),
+    /// as under a seccomp profile that predates it: the supervisor's fallback spawn
+    #[arg(long, requires = "command")]
+    pub(crate) exec_without_clone3: bool,
+    /// The command for --exec-without-clone3
+    #[arg(last = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
 }
 
 impl From<ProbeArgs> for ProbeSettings {
@@ -325,6 +335,8 @@ impl From<ProbeArgs> for ProbeSettings {
             report_file: a.report_file,
             burn_ms: a.burn_ms,
             spawn: a.spawn,
+            panic: a.panic,
+            exec_without_clone3: a.exec_without_clone3.then_some(a.command),
         }
     }
 }

@@ -64,7 +64,8 @@ pub fn main() -> u8 {
     sys::start_up();
     let cli = cli::parse();
     let log_format = cli.global.log_format;
-    let status = match run(cli) {
+    // (The binary's `main` flushes standard output once this returns.)
+    match run(cli) {
         Ok(status) => status.code(),
         Err(failure) => {
             // Through the logging writer: a broken stderr must not turn the exit status
@@ -72,10 +73,7 @@ pub fn main() -> u8 {
             logging::print_error(&failure.error, failure.status.code(), log_format);
             failure.status.code()
         }
-    };
-    // Returned to C's `main`, not through std's exit path: flush what is buffered.
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    status
+    }
 }
 
 /// Runs one parsed command line.

@@ -30,6 +30,11 @@ pub(crate) struct ProbeSettings {
     pub(crate) burn_ms: Option<u64>,
     /// Try to start this many `sleep` processes; print how many started (a limit test).
     pub(crate) spawn: Option<u32>,
+    /// Panic right after `ready` (the binary's exit status and output on a panic).
+    pub(crate) panic: bool,
+    /// Exec this command, nothing else, with `clone3` failing ENOSYS in it and its
+    /// descendants (the supervisor's fallback spawn, as under an older container runtime).
+    pub(crate) exec_without_clone3: Option<Vec<std::ffi::OsString>>,
 }
 
 /// Signals the probe reports (and so catches): the forwarded ones plus a few strays.
@@ -38,6 +43,18 @@ const REPORTED: [i32; 10] = [
 ];
 
 pub(crate) fn probe(settings: ProbeSettings) -> Result<ExitStatus, Failure> {
+    if let Some(command) = &settings.exec_without_clone3 {
+        use std::os::unix::process::CommandExt;
+        crate::sys::deny_clone3().or_fail("probe: cannot deny clone3")?;
+        let (program, args) = command.split_first().ok_or_else(|| {
+            Failure::msg(
+                ExitStatus::Usage,
+                "probe: --exec-without-clone3 needs a command",
+            )
+        })?;
+        let e = std::process::Command::new(program).args(args).exec();
+        return Err(e).or_fail(format!("probe: cannot run {}", program.to_string_lossy()));
+    }
     let out = std::io::stdout();
     let mut out = out.lock();
     let report = report();
@@ -78,6 +95,9 @@ pub(crate) fn probe(settings: ProbeSettings) -> Result<ExitStatus, Failure> {
         std::fs::write(&tmp, "ready\n")
             .and_then(|()| std::fs::rename(&tmp, path))
             .or_fail(format!("probe: cannot write {}", path.display()))?;
+    }
+    if settings.panic {
+        panic!("probe: asked to panic");
     }
     if let Some(code) = settings.exit {
         return Ok(ExitStatus::Child(code));

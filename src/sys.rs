@@ -70,7 +70,7 @@ pub(crate) use os::sigqueue;
 pub(crate) use os::spawn_direct;
 pub(crate) use os::{
     EventSource, Listener, ProcessHandle, SI_KERNEL, SI_QUEUE, Trapped, abstract_socket_addr,
-    become_subreaper, handover_available, realtime_min, reserve, watch_signal,
+    become_subreaper, deny_clone3, handover_available, realtime_min, reserve, watch_signal,
 };
 #[cfg(target_os = "linux")]
 pub(crate) use spawn::spawn_direct;
@@ -451,16 +451,31 @@ pub(crate) fn start_up() {
         revents: 0,
     });
     // SAFETY: `fds` is an array of three initialised pollfd structures, as passed.
-    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } < 0 {
-        return;
-    }
-    for pollfd in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
+    let polled = unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } >= 0;
+    for pollfd in &fds {
+        let closed = match polled {
+            true => pollfd.revents & libc::POLLNVAL != 0,
+            // (poll may fail for want of memory: then each is asked, as std does.)
+            // SAFETY: F_GETFD on a descriptor number reads its flags and changes nothing.
+            false => unsafe {
+                libc::fcntl(pollfd.fd, libc::F_GETFD) == -1
+                    && io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+            },
+        };
+        if !closed {
+            continue;
+        }
         // The lowest free descriptor, so this one (lower ones are open or reopened);
         // not close-on-exec, as the command inherits it: kept open for good.
         let mode = nix::sys::stat::Mode::empty();
-        if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, mode) {
-            debug_assert_eq!(null.as_raw_fd(), pollfd.fd);
-            let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
+        match nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, mode) {
+            Ok(null) => {
+                debug_assert_eq!(null.as_raw_fd(), pollfd.fd);
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
+            }
+            // Left closed, the next file opened (the lock file) would take its place
+            // and log lines would land in it: stop here, as Rust's own start-up does.
+            Err(_) => std::process::abort(),
         }
     }
 }

@@ -127,8 +127,16 @@ fn wrong_type(path: &str, expected: &str, value: &DeValue) -> String {
         (Some(key), None) => key.expected,
         _ => expected,
     };
-    let (found, hint) = (a(value.type_str()), hint(path));
-    format!("{path} must be {expected}, found {found}; {hint}")
+    let found = match value {
+        // `[[hooks.on_start]]`: not "an array", which an array of strings also is.
+        DeValue::Array(items)
+            if !items.is_empty() && items.iter().all(|i| i.get_ref().is_table()) =>
+        {
+            "an array of tables".to_string()
+        }
+        _ => a(value.type_str()),
+    };
+    format!("{path} must be {expected}, found {found}; {}", hint(path))
 }
 
 /// The sections of the file, in file order: each must be one of the schema's, and a
@@ -232,7 +240,8 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
 /// whole number as an integer, anything else as a string.
 /// A table key's flag (`--restart-exit 75=30m`) gives one entry, read as `{ 75 = "30m" }`.
 pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> Result<(), String> {
-    let value = |text: &str| match text.trim().parse::<i64>() {
+    // (Past i64, TOML's range, too: the key's own rule then says it is out of range.)
+    let value = |text: &str| match text.trim().parse::<i128>() {
         Ok(number) => number.to_string(),
         Err(_) => quoted(text),
     };

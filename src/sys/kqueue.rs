@@ -405,6 +405,11 @@ pub(crate) fn handover_available() -> Result<(), String> {
     Err("this system has no seccomp user notification (the hand-over is Linux's)".into())
 }
 
+/// No `clone3` here to deny: the spawn is std's already (for the test probe).
+pub(crate) fn deny_clone3() -> io::Result<()> {
+    Ok(())
+}
+
 /// Never called ([`handover_available`] says no).
 pub(crate) fn install_flock_filter(_sock: std::os::fd::RawFd) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())

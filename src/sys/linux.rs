@@ -275,6 +275,46 @@ static FLOCK_FILTER: [libc::sock_filter; 9] = [
     bpf(RET, 0, 0, libc::SECCOMP_RET_ALLOW),      // 8: allow
 ];
 
+/// For tests: `clone3` of the native ABI fails with ENOSYS, as under a container
+/// runtime whose seccomp profile predates it (or a kernel before 5.3), so that the
+/// supervisor's fallback spawn (std's) runs. Jump offsets as in [`FLOCK_FILTER`].
+static NO_CLONE3_FILTER: [libc::sock_filter; 6] = [
+    bpf(LD_ABS, 0, 0, ARCH),                                       // 0: A = arch
+    bpf(JEQ, 0, 3, ARCHES[0].0),                                   // 1: native? 2 : 5
+    bpf(LD_ABS, 0, 0, NR),                                         // 2: A = nr
+    bpf(JEQ, 0, 1, libc::SYS_clone3 as u32),                       // 3: clone3? 4 : 5
+    bpf(RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32), // 4: fail
+    bpf(RET, 0, 0, libc::SECCOMP_RET_ALLOW),                       // 5: allow
+];
+
+/// Installs [`NO_CLONE3_FILTER`] on this process (inherited by every child; with
+/// `no_new_privs`, so that it needs no privilege). For the test probe only.
+pub(crate) fn deny_clone3() -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: NO_CLONE3_FILTER.len() as u16,
+        filter: NO_CLONE3_FILTER.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with integer arguments; seccomp with a pointer to a stack value that
+    // points at the static program, both alive for the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = libc::SECCOMP_FILTER_FLAG_TSYNC;
+        let prog = &prog as *const libc::sock_fprog;
+        if libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            prog,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Whether this machine can hand the lock over: `Err` names what is missing (kernel too
 /// old, seccomp not built in, or forbidden by a container's profile).
 pub(crate) fn handover_available() -> Result<(), String> {
@@ -706,11 +746,13 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// The child's own stack for [`clone_vfork`]: mapped, with a guard page below it
 /// (a child running over it faults instead of writing into our memory), unmapped on
-/// drop.
+/// drop. (x86-64 only, as [`clone_vfork`].)
+#[cfg(target_arch = "x86_64")]
 pub(crate) struct ChildStack {
     base: *mut libc::c_void,
     len: usize,
 }
+#[cfg(target_arch = "x86_64")]
 impl ChildStack {
     /// Room for the child's few frames up to `exec` (system calls on values computed
     /// before the clone): 64 KiB, most of it never touched.
@@ -740,6 +782,7 @@ impl ChildStack {
         Ok(stack)
     }
 }
+#[cfg(target_arch = "x86_64")]
 impl Drop for ChildStack {
     fn drop(&mut self) {
         // SAFETY: the mapping `new` made, unmapped once.
@@ -785,7 +828,14 @@ pub(crate) fn clone_vfork(
     // its stack: it clears the frame pointer, calls `child(arg)` (the pointers it was
     // given in r12 and r13) and ends with exit_group(2), never returning here. We do
     // not run again until it has exec'd or exited (CLONE_VFORK), so it has our memory
-    // to itself but for our other threads, which it does not touch.
+    // to itself but for our other threads, which it does not touch. Signals: the child
+    // starts with our mask (every signal we read blocked) and our dispositions, which
+    // are the defaults but for glibc's two reserved signals, whose handlers ignore what
+    // they were not sent by this very process and are reset in the child before it
+    // unblocks anything; no handler of ours may be installed in the supervisor, as one
+    // would run in the child on our memory. A stop signal (Ctrl-Z) caught between the
+    // child's `tcsetpgrp` and its `exec` stops it with us still suspended, until a
+    // SIGCONT, as with `posix_spawn`.
     unsafe {
         std::arch::asm!(
             "syscall",

@@ -131,6 +131,11 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
         "2:12",
         "hooks.on_start must be an array of strings",
     ),
+    (
+        "[hooks]\n[[hooks.on_start]]\n",
+        "2:1",
+        "hooks.on_start must be an array of strings, found an array of tables",
+    ),
     ("[hooks]\non_exit = []\n", "2:11", "the array is empty"),
     ("[hooks]\ntimeout = \"soon\"\n", "2:11", "soon"),
     (
@@ -267,6 +272,17 @@ fn bad_flag_values_are_usage_errors() {
         assert_eq!(out.code(), 2, "{args:?}: {out:?}");
         assert!(out.stderr.contains("error:"), "{args:?}: {}", out.stderr);
     }
+    // A whole number past TOML's 64 bits is still a number, out of the key's range.
+    let out = ws.run(&[
+        "run",
+        "--max-restarts",
+        "99999999999999999999",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    let words = "restart.max: 99999999999999999999 is out of range";
+    assert!(out.stderr.contains(words), "{}", out.stderr);
     assert!(
         !ws.path.join(".ralph").exists(),
         "a usage error touched .ralph"

@@ -1,6 +1,7 @@
 //! A broken stderr (a pipe whose reader is gone, a terminal that hung up) never ends
 //! supervision: log lines are dropped and counted, the loop still stops on request,
-//! records its run and releases the workspace. Also: the final error line in JSON.
+//! records its run and releases the workspace. Also: the final error line in JSON, and
+//! what the binary's own entry point must do at start-up and on a panic.
 
 use nix::fcntl::OFlag;
 use std::os::fd::OwnedFd;
@@ -275,4 +276,20 @@ fn closed_standard_descriptors_are_reopened_on_dev_null() {
         0,
         "the history is JSON lines"
     );
+}
+
+/// The binary's entry point is C's `main` (src/main.rs), yet a panic ends as under Rust's
+/// own start-up: its message once, then status 101 where panics unwind (debug builds;
+/// release builds abort), not a second panic for unwinding out of a C function.
+#[test]
+fn a_panic_is_one_message_and_status_101() {
+    let ws = Workspace::new();
+    let out = ws.run(&["probe", "--panic"]);
+    assert!(out.stdout.ends_with("ready"), "{out:?}");
+    assert_eq!(out.stderr.matches("panicked at").count(), 1, "{out:?}");
+    assert!(out.stderr.contains("probe: asked to panic"), "{out:?}");
+    assert!(!out.stderr.contains("cannot unwind"), "{out:?}");
+    if cfg!(debug_assertions) {
+        assert_eq!(out.status.code(), Some(101), "{out:?}");
+    }
 }

@@ -3,7 +3,8 @@
 //! ignorer), a fan-out of 200 in new sessions, with and without a cgroup; bystanders
 //! started the same way outside the loop are never touched; limits where the
 //! controller exists, the warning and 125 otherwise; accounting against a child of
-//! known CPU use; Ctrl-Z stops the whole job.
+//! known CPU use; Ctrl-Z stops the whole job. The command starts alike by `clone3` and
+//! by std's spawn (the fallback where `clone3` is refused).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -717,8 +718,22 @@ fn stop_ends_an_orphaned_loop_through_its_cgroup() {
     }
 }
 
-/// The command is found, run and refused alike whether it starts in its cgroup
-/// (`clone3`, `sys/spawn.rs`) or by std's spawn (the tree mode): the child's `PATH`
+/// `ralph-supervise -C <ws> run --containment MODE -- command...`, which starts the
+/// command by `clone3` (`std_spawn` false) or, with `clone3` refused, by std's spawn.
+fn run_cmd(ws: &Workspace, mode: &str, std_spawn: bool, command: &[&str]) -> Command {
+    let mut run = vec!["run", "--containment", mode, "--"];
+    run.extend_from_slice(command);
+    let ws_path = ws.path.to_str().unwrap();
+    let mut args = vec!["probe", "--exec-without-clone3", "--", bin(), "-C", ws_path];
+    args.extend(run.iter().copied());
+    ws.cmd(if std_spawn { &args } else { &run })
+}
+
+/// The command is found, run and refused alike whether it starts by `clone3`
+/// (`sys/spawn.rs`: into its cgroup, or on x86-64 in the tree mode too) or by std's
+/// spawn, the fallback where `clone3` fails (here made to fail with ENOSYS, as under a
+/// seccomp profile that predates it: `probe --exec-without-clone3`), in either
+/// containment (the fallback's cgroup by a write to `cgroup.procs`): the child's `PATH`
 /// (here from `[run.env]`) is searched in order, a file without `#!` runs under
 /// `/bin/sh`, one found but not executable is 126 even when a later entry has
 /// nothing, none is 127; the child gets the supervisor's environment with the
@@ -758,8 +773,8 @@ fn the_command_starts_alike_in_its_cgroup_and_by_std_spawn() {
     ] {
         ws.write_policy(&format!("[run.env]\nPATH = \"{path}\"\nFOO = \"bar\"\n"));
         let mut outcomes = Vec::new();
-        for mode in modes {
-            let mut cmd = ws.cmd(&["run", "--containment", mode, "--", "tool", "x"]);
+        for (mode, std_spawn) in modes.iter().flat_map(|m| [(m, false), (m, true)]) {
+            let mut cmd = run_cmd(&ws, mode, std_spawn, &["tool", "x"]);
             cmd.env("RALPH_FENCING_TOKEN", "7");
             let out = Proc::spawn(cmd).finish();
             let (cgroup, rest): (Vec<&str>, Vec<&str>) =
@@ -794,4 +809,53 @@ fn the_command_starts_alike_in_its_cgroup_and_by_std_spawn() {
         seen[2].2.trim(),
         "ralph-supervise: tool: command not found; check the name and PATH"
     );
+}
+
+/// A large environment (1.2 MB in `[run.env]`) and argument list (20,000 arguments)
+/// reach the command whole, and one past the kernel's limit (a 200 KB variable: E2BIG)
+/// is one line and 125, alike by `clone3` and by std's spawn, in the tree and the cgroup.
+#[test]
+fn large_environments_and_argument_lists_start_alike_or_fail_alike() {
+    let in_cgroup = cgroup_or_skip("large environments in the cgroup").is_some();
+    let modes: &[&str] = if in_cgroup {
+        &["cgroup", "tree"]
+    } else {
+        &["tree"]
+    };
+    let ws = Workspace::new();
+    let value = "v".repeat(100_000);
+    let mut policy = String::from("[run.env]\n");
+    for i in 0..12 {
+        policy.push_str(&format!("BIG{i} = \"{value}\"\n"));
+    }
+    ws.write_policy(&policy);
+    let args: Vec<String> = (1..=20_000).map(|n| format!("a{n}")).collect();
+    let script = "env | grep -c '^BIG'; printf %s \"$BIG11\" | wc -c; echo $#; eval echo \\${$#}";
+    let mut command = vec!["sh", "-c", script, "sh"];
+    command.extend(args.iter().map(String::as_str));
+    for mode in modes {
+        for std_spawn in [false, true] {
+            let out = Proc::spawn(run_cmd(&ws, mode, std_spawn, &command)).finish();
+            assert_eq!(out.code(), 0, "{mode} {std_spawn}: {}", out.stderr);
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            assert_eq!(
+                lines,
+                ["12", "100000", "20000", "a20000"],
+                "{mode} {std_spawn}"
+            );
+        }
+    }
+    // One string longer than the kernel takes (MAX_ARG_STRLEN, 128 KiB).
+    ws.write_policy(&format!("[run.env]\nHUGE = \"{}\"\n", "v".repeat(200_000)));
+    for mode in modes {
+        for std_spawn in [false, true] {
+            let out = Proc::spawn(run_cmd(&ws, mode, std_spawn, &["true"])).finish();
+            assert_eq!(out.code(), 125, "{mode} {std_spawn}: {out:?}");
+            assert_eq!(
+                out.stderr.trim(),
+                "ralph-supervise: cannot start true: Argument list too long (os error 7)",
+                "{mode} {std_spawn}"
+            );
+        }
+    }
 }

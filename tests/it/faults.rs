@@ -1,5 +1,5 @@
 //! Faults of the machine: a full file system, a read-only `.ralph`, too few file
-//! descriptors. Each gets one clear line and the documented code, and nothing written
+//! descriptors, no `/dev/null`. Each gets one clear line and the documented code, and nothing written
 //! earlier under `.ralph/` is corrupted (its bytes are compared before and after).
 //!
 //! Full and read-only file systems need a mount namespace (`unshare --mount`); where
@@ -316,4 +316,23 @@ fn too_few_file_descriptors_fail_cleanly() {
     }
     assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
     println!("faults: fd limits 6..=24: {failed} refused with EMFILE (125), {ok} ran");
+}
+
+/// No `/dev/null` (a bare chroot or mount namespace) to put on a standard descriptor the
+/// supervisor was started without: it stops at once (SIGABRT, as Rust's own start-up
+/// does), before it opens anything that could take that descriptor's place, such as the
+/// lock file, which its log lines would then fill. (It ran on, with fd 2 left closed.)
+#[test]
+fn no_dev_null_for_a_closed_stderr_stops_before_anything_is_opened() {
+    use std::os::unix::process::ExitStatusExt;
+    if !mount_ns_permitted() {
+        println!("skipped: unshare --mount is not permitted here");
+        return;
+    }
+    let ws = Workspace::new();
+    let out = tempfile::tempdir().unwrap();
+    let script = "mount -t tmpfs tmpfs /dev; exec \"$BIN\" -C \"$W\" -vv run -- true 2>&-";
+    let o = in_mount_ns(&ws, out.path(), script);
+    assert_eq!(o.status.signal(), Some(libc::SIGABRT), "{o:?}");
+    assert!(!ws.path.join(".ralph").exists(), "{o:?}");
 }

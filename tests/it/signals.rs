@@ -244,3 +244,60 @@ fn usr1_and_usr2_reach_the_child_alone_and_spare_its_helpers() {
         !alive(sleep) && !alive(helper)
     });
 }
+
+/// A storm of signals at the supervisor while it starts its command again and again
+/// (each start a `clone3` that suspends the supervisor until the child has exec'd, see
+/// `sys/spawn.rs`): forwarded ones (WINCH, which the command ignores), a stray one
+/// (URG) and spurious CHLDs. Every run starts and is counted, the supervisor exits with
+/// the command's status when its restart budget is spent, and nothing is left. (Some
+/// 40,000-70,000 signals here. All three are ignored by default, so the few that may
+/// reach another process after ours is reaped do it no harm.)
+#[test]
+fn a_signal_storm_during_restarts_loses_no_run() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const RESTARTS: usize = 40;
+    let ws = Workspace::new();
+    ws.write_policy("[restart]\nbackoff_initial = \"1ms\"\nbackoff_max = \"1ms\"\n");
+    let runs = ws.path.join("runs");
+    let script = format!("echo run >> {}; echo run", runs.display());
+    let max = RESTARTS.to_string();
+    let args = ["run", "--restart", "always", "--max-restarts", &max, "--"];
+    let mut args = args.to_vec();
+    args.extend(["sh", "-c", &script]);
+    let mut p = Proc::spawn(ws.cmd(&args));
+    p.expect_line("run");
+    let pid = p.pid();
+    let done = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                for sig in [Signal::SIGWINCH, Signal::SIGCHLD, Signal::SIGURG] {
+                    if nix::sys::signal::kill(pid, sig).is_err() {
+                        return sent;
+                    }
+                    sent += 1;
+                }
+                std::thread::yield_now();
+            }
+            sent
+        })
+    };
+    for _ in 0..RESTARTS {
+        p.expect_line("run");
+    }
+    let out = p.finish();
+    done.store(true, Ordering::Relaxed);
+    let sent = storm.join().unwrap();
+    assert!(sent > 0, "no signal was sent");
+    assert_eq!(out.code(), 0, "the command's status: {out:?}");
+    let lines = std::fs::read_to_string(&runs).unwrap().lines().count();
+    assert_eq!(lines, RESTARTS + 1, "every run ran once: {out:?}");
+    let text = std::fs::read_to_string(ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(record["restarts"], RESTARTS as u64, "{record}");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(!ws.lock_held());
+}
