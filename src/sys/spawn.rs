@@ -126,7 +126,9 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
 /// is given. Returns the child's pid; `None` when it cannot be done this way (no
 /// `clone3`, or with a cgroup no `CLONE_INTO_CGROUP`: a kernel older than 5.3 or 5.7;
 /// not x86-64 and no cgroup; a NUL byte in the command): the caller then spawns the
-/// usual way.
+/// usual way. Of `cmd` only the program, arguments, environment and working directory
+/// are taken (standard streams are inherited); anything else set on it (`stdin`,
+/// `pre_exec`, `uid`, ...) would be ignored here, so the caller sets none.
 pub(crate) fn spawn_direct(
     cmd: &Command,
     prepared: &Prepared,
