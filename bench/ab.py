@@ -21,6 +21,7 @@ import time
 # NEW STAMP satisfy it, and neither helper uses them).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import timed_runs, workspace  # noqa: E402
+import procs  # noqa: E402
 
 OLD, NEW, STAMP = (os.path.abspath(a) for a in sys.argv[1:4])
 QUICK = "--quick" in sys.argv
@@ -64,26 +65,7 @@ def syscalls(argv):
 
 def handoff_once(binary, ws):
     """`binary` None: flock(1) holds and `flock -w` waits."""
-    lock = os.path.join(ws, ".ralph", "loop.lock")
-    holder = subprocess.Popen([FLOCK, lock, STAMP, "--wait-stdin"] if binary is None else
-                              [binary, "-C", ws, "run", "--", STAMP, "--wait-stdin"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "ready"
-    waiter = subprocess.Popen([FLOCK, "-w", "60", lock, STAMP] if binary is None else
-                              [binary, "-q", "-C", ws, "run", "--on-conflict", "wait", "--", STAMP],
-                              stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    # Blocked in flock(2) (flock -w; ralph-supervise since its wait wakes once) or in
-    # poll(2) (ralph-supervise before that: a helper thread in flock(2)).
-    while not any(w in open(f"/proc/{waiter.pid}/wchan").read() for w in ("lock", "poll")):
-        assert time.monotonic() < deadline, "the waiter never blocked"
-        time.sleep(0.001)
-    time.sleep(0.005)
-    holder.stdin.close()
-    exited = int(holder.stdout.readline())
-    started = int(waiter.stdout.readline())
-    holder.wait()
-    waiter.wait()
+    _, _, exited, started = procs.handoff(FLOCK, STAMP, binary, ws)
     return (started - exited) / 1e6
 
 

@@ -16,6 +16,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import wchan  # noqa: E402
+
 BIN = os.path.abspath(sys.argv[1])
 STAMP = os.path.abspath(sys.argv[2])
 # Optional: the same binary built statically (bench/run.sh builds it).
@@ -189,14 +192,6 @@ def conflict():
     base = statistics.median(res["flock -n FILE true"])
     for k, v in res.items():
         record("conflict path (lock held)", k, v, base=base)
-
-
-def wchan(pid):
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def wait_blocked(pid, word):

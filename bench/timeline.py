@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import procs  # noqa: E402
+
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 STAMP = os.path.abspath(ARGS[0])
 BINS = [os.path.abspath(b) for b in ARGS[1:]]
@@ -51,37 +54,10 @@ def workspace(binary):
     return d
 
 
-def wchan(pid):
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def handoff(binary):
     """One hand-off; returns the pids and the two stamps."""
     ws = workspace(binary)
-    lock = os.path.join(ws, ".ralph", "loop.lock")
-    holder = subprocess.Popen([FLOCK, lock, STAMP, "--wait-stdin"] if binary is None else
-                              [binary, "-C", ws, "run", "--", STAMP, "--wait-stdin"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "ready"
-    waiter = subprocess.Popen([FLOCK, "-w", "60", lock, STAMP] if binary is None else
-                              [binary, "-q", "-C", ws, "run", "--on-conflict", "wait", "--", STAMP],
-                              stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    # The main thread blocks in flock(2) (flock -w; ralph-supervise with one wake-up) or
-    # in poll(2) (a helper thread in flock(2)).
-    while not any(w in wchan(waiter.pid) for w in ("lock", "poll")):
-        assert time.monotonic() < deadline, "the waiter never blocked"
-        time.sleep(0.001)
-    time.sleep(0.005)
-    holder.stdin.close()
-    exited = int(holder.stdout.readline())
-    started = int(waiter.stdout.readline())
-    holder.wait()
-    waiter.wait()
+    holder, waiter, exited, started = procs.handoff(FLOCK, STAMP, binary, ws)
     shutil.rmtree(ws)
     return {"holder": holder.pid, "waiter": waiter.pid, "exited": exited, "started": started}
 

@@ -129,15 +129,7 @@ fn stop_signals_end_the_wait_and_nothing_runs() {
         let mut holder = ws.start_probe(&["--prompt", "holder"], &["--exit-on", "TERM"]);
         let before = std::fs::read(ws.lock_path()).unwrap();
         let ran = ws.path.join("ran");
-        let mut waiter = Proc::spawn(ws.cmd(&[
-            "run",
-            "--on-conflict",
-            "wait",
-            "--",
-            "touch",
-            ran.to_str().unwrap(),
-        ]));
-        stderr_has(&waiter, "waiting for the lock held by");
+        let mut waiter = waiter_touching(&ws, &ran);
         waiter.signal(sig);
         assert_eq!(waiter.wait(LIMIT).code(), Some(code), "{sig}");
         assert!(!ran.exists(), "the child never ran");
@@ -186,16 +178,8 @@ fn a_stop_signal_as_the_wait_begins_still_ends_it() {
     let holder = FlockHolder::start(&ws);
     let ran = ws.path.join("ran");
     for _ in 0..8 {
-        let mut waiter = Proc::spawn(ws.cmd(&[
-            "run",
-            "--on-conflict",
-            "wait",
-            "--",
-            "touch",
-            ran.to_str().unwrap(),
-        ]));
         // Said just before the wait blocks: the signal lands around the flock's start.
-        stderr_has(&waiter, "waiting for the lock held by");
+        let mut waiter = waiter_touching(&ws, &ran);
         waiter.signal(Signal::SIGTERM);
         assert_eq!(waiter.wait(LIMIT).code(), Some(143));
     }
@@ -452,4 +436,12 @@ fn shipped_example_policies_validate() {
         }
     }
     assert!(checked >= 4, "examples for each way of use");
+}
+
+/// `run --on-conflict wait -- touch RAN`, once it says it waits for the holder.
+fn waiter_touching(ws: &Workspace, ran: &std::path::Path) -> Proc {
+    let ran = ran.to_str().unwrap();
+    let waiter = Proc::spawn(ws.cmd(&["run", "--on-conflict", "wait", "--", "touch", ran]));
+    stderr_has(&waiter, "waiting for the lock held by");
+    waiter
 }
