@@ -245,6 +245,10 @@ pub(crate) struct Prepared {
     ttou: libc::sigset_t,
     empty: libc::sigset_t,
     reserved: std::ops::Range<i32>,
+    /// The one signal we install a handler of our own for (the lock wait's, Linux):
+    /// reset in the child like the reserved ones, so that no code of ours can run there
+    /// in signal context (on x86-64 the child shares our memory until it execs).
+    own_handler: Option<i32>,
 }
 
 impl Prepared {
@@ -263,6 +267,10 @@ impl Prepared {
             // keeps an ignored disposition: reset them in the child with the raw
             // system call.
             reserved: os::reserved_signals(),
+            #[cfg(target_os = "linux")]
+            own_handler: Some(flock_wait::wake_signal()),
+            #[cfg(not(target_os = "linux"))]
+            own_handler: None,
         }
     }
 
@@ -295,7 +303,7 @@ impl Prepared {
                 libc::tcsetpgrp(tty, libc::getpid());
             }
         }
-        for sig in self.reserved.clone() {
+        for sig in self.reserved.clone().chain(self.own_handler) {
             os::reset_reserved_signal(sig);
         }
         // SAFETY: restores the empty mask std gave the child; async-signal-safe.

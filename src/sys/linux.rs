@@ -831,9 +831,10 @@ pub(crate) fn clone_vfork(
     // to itself but for our other threads, which it does not touch. Signals: the child
     // starts with our mask (every signal we read blocked) and our dispositions, which
     // are the defaults but for glibc's two reserved signals, whose handlers ignore what
-    // they were not sent by this very process and are reset in the child before it
-    // unblocks anything; no handler of ours may be installed in the supervisor, as one
-    // would run in the child on our memory. A stop signal (Ctrl-Z) caught between the
+    // they were not sent by this very process, and the lock wait's wake signal (a handler
+    // of ours that only stores to an atomic); all three are reset in the child before it
+    // unblocks anything (`Prepared::apply`). Any other handler of ours would have to be
+    // reset there too, or it could run in the child on our memory. A stop signal (Ctrl-Z) caught between the
     // child's `tcsetpgrp` and its `exec` stops it with us still suspended, until a
     // SIGCONT, as with `posix_spawn`.
     unsafe {
