@@ -51,16 +51,7 @@ fn fail_names_the_holder_with_the_configured_code() {
 fn wait_blocks_without_polling_and_hands_off_on_release() {
     let ws = Workspace::new();
     let holder = FlockHolder::start(&ws);
-    let mut waiter = Proc::spawn(ws.cmd(&[
-        "run",
-        "--on-conflict",
-        "wait",
-        "--",
-        bin(),
-        "probe",
-        "--exit",
-        "0",
-    ]));
+    let mut waiter = Proc::spawn(waiting_probe(&ws));
     stderr_has(&waiter, "waiting for the lock held by");
     // Waiting costs no wake-ups.
     assert_idle(waiter.pid().as_raw(), Duration::from_millis(300));
@@ -148,16 +139,7 @@ fn stop_signals_end_the_wait_and_nothing_runs() {
 fn stray_signals_neither_kill_nor_end_the_wait() {
     let ws = Workspace::new();
     let holder = FlockHolder::start(&ws);
-    let mut waiter = Proc::spawn(ws.cmd(&[
-        "run",
-        "--on-conflict",
-        "wait",
-        "--",
-        bin(),
-        "probe",
-        "--exit",
-        "0",
-    ]));
+    let mut waiter = Proc::spawn(waiting_probe(&ws));
     stderr_has(&waiter, "waiting for the lock held by");
     for sig in [Signal::SIGALRM, Signal::SIGUSR1, Signal::SIGWINCH] {
         waiter.signal(sig);
@@ -194,16 +176,7 @@ fn a_stop_signal_as_the_wait_begins_still_ends_it() {
 fn the_wait_goes_on_after_stray_signals_and_a_stop() {
     let ws = Workspace::new();
     let holder = FlockHolder::start(&ws);
-    let mut cmd = ws.cmd(&[
-        "run",
-        "--on-conflict",
-        "wait",
-        "--",
-        bin(),
-        "probe",
-        "--exit",
-        "0",
-    ]);
+    let mut cmd = waiting_probe(&ws);
     // A job of its own: a job-control stop sent to it alone stops its whole group.
     cmd.process_group(0);
     let mut waiter = Proc::spawn(cmd);
@@ -444,4 +417,18 @@ fn waiter_touching(ws: &Workspace, ran: &std::path::Path) -> Proc {
     let waiter = Proc::spawn(ws.cmd(&["run", "--on-conflict", "wait", "--", "touch", ran]));
     stderr_has(&waiter, "waiting for the lock held by");
     waiter
+}
+
+/// `run --on-conflict wait -- ralph-supervise probe --exit 0`, not yet spawned.
+fn waiting_probe(ws: &Workspace) -> std::process::Command {
+    ws.cmd(&[
+        "run",
+        "--on-conflict",
+        "wait",
+        "--",
+        bin(),
+        "probe",
+        "--exit",
+        "0",
+    ])
 }
