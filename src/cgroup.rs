@@ -397,23 +397,19 @@ impl Cgroup {
         let Some([cpu, memory_peak, pids_peak]) = &self.accounting else {
             return read_usage(&self.path).unwrap_or_default();
         };
-        let text = |f: &Option<fs::File>| {
+        let usage = parse_usage(|name| {
             use std::os::unix::fs::FileExt;
+            let file = match name {
+                "cpu.stat" => cpu,
+                "memory.peak" => memory_peak,
+                "pids.peak" => pids_peak,
+                _ => return None,
+            };
             let mut buf = [0u8; 4096];
-            let n = f.as_ref()?.read_at(&mut buf, 0).ok()?;
+            let n = file.as_ref()?.read_at(&mut buf, 0).ok()?;
             Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-        };
-        let number = |f: &Option<fs::File>| text(f).and_then(|t| t.trim().parse().ok());
-        let Some(cpu) = text(cpu) else {
-            return Usage::default();
-        };
-        Usage {
-            user_us: key_value(&cpu, "user_usec").unwrap_or(0),
-            system_us: key_value(&cpu, "system_usec").unwrap_or(0),
-            memory_peak: number(memory_peak),
-            memory_now: None,
-            pids_peak: number(pids_peak),
-        }
+        });
+        usage.unwrap_or_default()
     }
 
     /// Removes it (and empty cgroups the loop made below it); fails while a process
@@ -432,12 +428,14 @@ pub(crate) fn usage_at(path: &Path) -> Option<(Usage, usize)> {
 /// What the cgroup at `path` has used: CPU from `cpu.stat` (`None` when it cannot be
 /// read), memory and processes where those controllers are on.
 fn read_usage(path: &Path) -> Option<Usage> {
-    let cpu = crate::sys::read_text(path.join("cpu.stat")).ok()?;
-    let number = |file: &str| {
-        crate::sys::read_text(path.join(file))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-    };
+    parse_usage(|name| crate::sys::read_text(path.join(name)).ok())
+}
+
+/// A cgroup's usage from the text of its files as `text` gives it (`None`: not there or
+/// unreadable): `None` without `cpu.stat`.
+fn parse_usage(text: impl Fn(&str) -> Option<String>) -> Option<Usage> {
+    let cpu = text("cpu.stat")?;
+    let number = |file: &str| text(file).and_then(|t| t.trim().parse().ok());
     Some(Usage {
         user_us: key_value(&cpu, "user_usec").unwrap_or(0),
         system_us: key_value(&cpu, "system_usec").unwrap_or(0),
