@@ -184,7 +184,7 @@ pub(crate) fn run(
             break child.wait().ok();
         }
         let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, crate::supervisor::poll_timeout(Some(deadline))) {
+        match poll(&mut fds, crate::sys::poll_timeout(Some(deadline))) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 warn!("hooks.{name}: poll: {e}");

@@ -185,6 +185,19 @@ pub(crate) fn read_text(path: impl AsRef<std::path::Path>) -> io::Result<String>
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// `poll`'s timeout for `deadline` (none: wait without one), rounded up to the next
+/// millisecond, so that a wake-up never comes just before the deadline and spins.
+pub(crate) fn poll_timeout(deadline: Option<std::time::Instant>) -> nix::poll::PollTimeout {
+    let Some(deadline) = deadline else {
+        return nix::poll::PollTimeout::NONE;
+    };
+    let ms = deadline
+        .saturating_duration_since(std::time::Instant::now())
+        .as_micros()
+        .div_ceil(1000);
+    nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX)
+}
+
 /// `flock(2)` operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FlockOp {

@@ -516,7 +516,7 @@ impl Fleet {
             }
         });
         let result = loop {
-            let timeout = crate::supervisor::poll_timeout(deadline);
+            let timeout = crate::sys::poll_timeout(deadline);
             let mut fds = [
                 PollFd::new(done_rx.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),

@@ -50,7 +50,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
@@ -104,19 +104,6 @@ impl AsFd for Signals {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.source.as_fd()
     }
-}
-
-/// `poll`'s timeout for `deadline` (none: wait without one), rounded up to the next
-/// millisecond, so that a wake-up never comes just before the deadline and spins.
-pub(crate) fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
-    let Some(deadline) = deadline else {
-        return PollTimeout::NONE;
-    };
-    let ms = deadline
-        .saturating_duration_since(Instant::now())
-        .as_micros()
-        .div_ceil(1000);
-    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
 }
 
 /// A spawned child: its pid is also its process-group id.
@@ -265,7 +252,7 @@ pub(crate) fn supervise(
         if let Some(status) = machine.finished() {
             return Ok(status);
         }
-        let timeout = poll_timeout(machine.deadline());
+        let timeout = sys::poll_timeout(machine.deadline());
         // The loop's cgroup, if any, raises POLLPRI when it empties (`cgroup.events`);
         // fleet mode's side channel is readable when its lock needs attention.
         let side = hooks.side_channel();

@@ -256,10 +256,7 @@ fn watch(shared: &Shared, events: Option<OwnedFd>, deadline: Option<Instant>, wa
                 revents: 0,
             },
         ];
-        let timeout = deadline.map_or(-1, |d| {
-            let us = d.saturating_duration_since(Instant::now()).as_micros();
-            us.div_ceil(1000).min(i32::MAX as u128) as i32
-        });
+        let timeout = i32::from(super::poll_timeout(deadline));
         // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
         if shared.state.load(Ordering::Acquire) == DONE || fds[0].revents != 0 {

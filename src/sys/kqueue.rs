@@ -501,16 +501,10 @@ impl<'a> LockWaiter<'a> {
         events: Option<BorrowedFd<'_>>,
         deadline: Option<std::time::Instant>,
     ) -> io::Result<super::LockWait> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use nix::poll::{PollFd, PollFlags, poll};
         use std::io::Read;
         loop {
-            let timeout = deadline.map_or(PollTimeout::NONE, |d| {
-                let ms = d
-                    .saturating_duration_since(std::time::Instant::now())
-                    .as_micros()
-                    .div_ceil(1000);
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            });
+            let timeout = super::poll_timeout(deadline);
             let mut fds = vec![PollFd::new(self.woken.as_fd(), PollFlags::POLLIN)];
             fds.extend(events.map(|e| PollFd::new(e, PollFlags::POLLIN)));
             match poll(&mut fds, timeout) {
