@@ -426,6 +426,26 @@ impl PtyShell {
         }
     }
 
+    /// Sends `keys` to a program that may throw away what is typed ahead (less flushes
+    /// its input on an interrupt), again every second until `want` appears after the
+    /// cursor; then moves the cursor past it as [`PtyShell::expect`] does.
+    pub fn send_until(&mut self, keys: &str, want: &str) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            self.send(keys);
+            let again = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < again.min(deadline) {
+                if self.out.lock().unwrap()[self.cursor..].contains(want) {
+                    return self.expect(want);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if Instant::now() >= deadline {
+                return self.expect(want);
+            }
+        }
+    }
+
     /// All terminal output so far.
     pub fn screen(&self) -> String {
         self.out.lock().unwrap().clone()
