@@ -81,10 +81,9 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
     let global = cli.global;
     match cli.command {
         Command::Run(args) => {
-            let workspace = workspace::resolve(global.workspace.as_deref())?;
+            let (workspace, repo) = workspace::resolve_in_repo(global.workspace.as_deref())?;
             let effective = effective_policy(&workspace, &args.policy, &global)?;
             init_logging(&global, Some(&effective.policy));
-            let repo = workspace::git_toplevel(&workspace);
             let policy = effective.policy;
             let settings = run::RunSettings {
                 on_conflict: conflict::policy_for(policy.conflict.policy, repo.is_some()),
@@ -116,9 +115,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
         }
         Command::Status { json, fleet } | Command::List { json, fleet } if fleet => {
             init_logging(&global, None);
-            let workspace = workspace::resolve(global.workspace.as_deref())?;
+            let (workspace, repo) = workspace::resolve_in_repo(global.workspace.as_deref())?;
             let effective = effective_policy(&workspace, &PolicyArgs::default(), &global)?;
-            let repo = workspace::git_toplevel(&workspace);
             let every_key = matches!(cli.command, Command::List { .. });
             fleet::show(&effective.policy, repo.as_deref(), every_key, json)
         }

@@ -13,6 +13,14 @@ pub(crate) use crate::ralph_dir::{RALPH_DIR, RalphDir};
 /// Resolves the workspace: `explicit` (from `-C`), else the enclosing git work tree,
 /// else the current directory. Always absolute and canonical.
 pub(crate) fn resolve(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
+    resolve_in_repo(explicit).map(|(workspace, _)| workspace)
+}
+
+/// [`resolve`], with the git top-level the workspace is in (if any), found in the same
+/// walk up.
+pub(crate) fn resolve_in_repo(
+    explicit: Option<&Path>,
+) -> Result<(PathBuf, Option<PathBuf>), Failure> {
     if let Some(dir) = explicit {
         let usage = |why: &dyn std::fmt::Display| {
             let dir = crate::present::path(dir);
@@ -23,17 +31,19 @@ pub(crate) fn resolve(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
         if !dir.is_dir() {
             return Err(usage(&"not a directory"));
         }
-        return Ok(dir);
+        let repo = git_toplevel(&dir);
+        return Ok((dir, repo));
     }
     let cwd = std::env::current_dir()
         .and_then(|d| d.canonicalize())
         .map_err(|e| Failure::msg(ExitStatus::Failure, format!("current directory: {e}")))?;
-    Ok(git_toplevel(&cwd).unwrap_or(cwd))
+    let repo = git_toplevel(&cwd);
+    Ok((repo.clone().unwrap_or(cwd), repo))
 }
 
 /// The nearest ancestor of `dir` (itself included) that contains `.git` — a directory
 /// in a main work tree, a file in a linked worktree.
-pub(crate) fn git_toplevel(dir: &Path) -> Option<PathBuf> {
+fn git_toplevel(dir: &Path) -> Option<PathBuf> {
     dir.ancestors()
         .find(|d| d.join(".git").symlink_metadata().is_ok())
         .map(Path::to_path_buf)
