@@ -411,6 +411,19 @@ def proc_status(pid):
         return {l.split(":")[0]: l.split(":")[1].strip() for l in f if ":" in l}
 
 
+def resident_code(pid, binary):
+    """kB of the binary's code resident in `pid` (its executable mapping's Rss)."""
+    mapping, kb = None, 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 6:
+                mapping = (fields[1], fields[5])
+            elif fields[0] == "Rss:" and mapping == ("r-xp", binary):
+                kb += int(fields[1])
+    return kb
+
+
 def idle_and_rss():
     ws = workspace()
     secs = 2 if QUICK else 10
@@ -440,7 +453,8 @@ def idle_and_rss():
                       ([("tini", [TINI, "-s", "--", STAMP, "--wait-stdin"])] if TINI else []):
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         p.stdout.readline()
-        rss.append((name, proc_status(p.pid)["VmHWM"]))
+        code = f"{resident_code(p.pid, argv[0])} kB" if argv[0] in (BIN, STATIC) else ""
+        rss.append((name, proc_status(p.pid)["VmHWM"], code))
         p.stdin.close()
         p.wait()
     return idle, rss
@@ -539,10 +553,10 @@ def main():
     for name, n, note in idle:
         print(f"| {name} | {n} | {note} |")
     print("\n### memory and size\n")
-    print("| subject | peak RSS (VmHWM) |")
-    print("|---|---|")
-    for name, v in rss:
-        print(f"| {name} | {v} |")
+    print("| subject | peak RSS (VmHWM) | its code resident |")
+    print("|---|---|---|")
+    for name, v, code in rss:
+        print(f"| {name} | {v} | {code} |")
     print(f"\nBinary size: {size} bytes ({size / 1024 / 1024:.2f} MiB), release profile, stripped.")
     if STATIC:
         ssize = os.path.getsize(STATIC)
