@@ -88,7 +88,7 @@ macro_rules! schema {
             unset: { let _u = ""; $(let _u = $unset;)? _u },
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             entry: <$kind as Kind>::ENTRY,
-            read: |p, de| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, <$kind as serde::Deserialize>::deserialize(de)?.out())),
+            read: |p, de| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, serde_path_to_error::deserialize::<_, $kind>(de)?.out())),
             show: |p| <$kind as Kind>::show(&p.$sec.$key),
         }),+),+];
     };
@@ -175,7 +175,7 @@ pub(crate) struct Key {
     /// What a value of another type is told it must be, and what to write instead.
     expected: &'static str,
     hint: fn(Option<&str>) -> String,
-    read: fn(&mut Policy, toml::de::ValueDeserializer) -> Result<(), toml::de::Error>,
+    read: fn(&mut Policy, toml::de::ValueDeserializer) -> Result<(), ReadError>,
     show: fn(&Policy) -> Option<String>,
 }
 impl Key {

@@ -1,16 +1,16 @@
 //! Reading a policy file: toml parses it into a spanned tree, and serde's derived readers
 //! read that through toml's own deserializer, which puts on each complaint the span of
-//! the key or value it was reading. [`complaint`] finds that key or value in the tree and
-//! writes the one line `file:line:col: key: what; what to do` in the key's words (the
-//! schema's `expected` and `hint`): serde's own wording for a value of another type and
-//! for an unknown key (its `Error::invalid_type` and `unknown_field`) is recognised and
-//! rewritten. Sections are checked first; within them, entries are read in file order
-//! (toml's `preserve_order`), so the first problem in the file is the one reported.
+//! the key or value it was reading; `serde_path_to_error` records that key or value's
+//! path. [`complaint`] follows the path to it in the tree and writes the one line
+//! `file:line:col: key: what; what to do` in the key's words (the schema's `expected` and
+//! `hint`): serde's own wording for a value of another type and for an unknown key (its
+//! `Error::invalid_type` and `unknown_field`) is recognised and rewritten. Sections are
+//! checked first; within them, entries are read in file order (toml's `preserve_order`),
+//! so the first problem in the file is the one reported.
 
-use std::ops::Range;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde_path_to_error::Segment;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, Error, ValueDeserializer};
 
@@ -22,52 +22,9 @@ use crate::present::short_duration as format_duration;
 
 /// A complaint: where it is (a byte offset; none for a TOML error without a span), what.
 type Bad = (Option<usize>, String);
+/// A complaint of toml's deserializer with the path of the key or value it is about.
+pub(crate) type ReadError = serde_path_to_error::Error<Error>;
 
-/// The key or value a complaint is about: its path (`hooks.on_exit[1]`; a key's is its
-/// table's), the key's name if it is a key, where it begins, the value.
-struct Hit<'a, 'i> {
-    path: String,
-    key: Option<String>,
-    at: usize,
-    value: &'a DeValue<'i>,
-}
-/// The key or value at `span` within `value`, whose path is `path`.
-fn find<'a, 'i>(
-    value: &'a Spanned<DeValue<'i>>,
-    path: String,
-    span: &Range<usize>,
-) -> Option<Hit<'a, 'i>> {
-    let hit = |path, key, value: &'a Spanned<DeValue<'i>>| {
-        let at = span.start;
-        Some(Hit {
-            path,
-            key,
-            at,
-            value: value.get_ref(),
-        })
-    };
-    if value.span() == *span {
-        return hit(path, None, value);
-    }
-    let children: Vec<(String, Option<Range<usize>>, _)> = match value.get_ref() {
-        DeValue::Table(table) => table
-            .iter()
-            .map(|(k, v)| (k.get_ref().to_string(), Some(k.span()), v))
-            .collect(),
-        DeValue::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("[{i}]"), None, v))
-            .collect(),
-        _ => return None,
-    };
-    children.into_iter().find_map(
-        |(name, key_span, child)| match key_span.as_ref() == Some(span) {
-            true => hit(path.clone(), Some(name), child),
-            false => find(child, child_path(&path, &name), span),
-        },
-    )
-}
 /// `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
 fn child_path(path: &str, name: &str) -> String {
     match path {
@@ -78,32 +35,44 @@ fn child_path(path: &str, name: &str) -> String {
 }
 
 /// toml's complaint `e` about `root` (whose path is `base`: empty for a file, the key for
-/// a flag's value) as our one line, at the key or value it is about (`root` when toml
-/// gave no place: a rule checked after the value was read).
-fn complaint(root: &Spanned<DeValue>, base: &str, e: &Error) -> Bad {
-    let (msg, span) = (e.message(), e.span().unwrap_or(root.span()));
-    let Some(hit) = find(root, base.to_string(), &span) else {
-        return (Some(span.start), msg.to_string());
-    };
-    let path = hit.path;
-    let msg = match (msg, hit.key) {
-        (m, Some(name)) if m.starts_with("unknown field") => {
-            let keys = TABLE.iter().filter(|k| k.section == path).map(|k| k.name);
-            let keys = keys.collect::<Vec<_>>().join(", ");
-            format!("unknown key {name:?} in [{path}]; expected one of {keys}")
+/// a flag's value) as our one line, at the key or value it is about: serde's path leads
+/// to the value (the outermost with the complaint's span), and a span before the value's
+/// is its key's.
+fn complaint(root: &Spanned<DeValue>, base: &str, e: &ReadError) -> Bad {
+    let (msg, span) = (e.inner().message(), e.inner().span().unwrap_or(root.span()));
+    let (mut table, mut path, mut name, mut value) = (String::new(), base.to_string(), None, root);
+    for segment in e.path() {
+        // (Not into an item that begins and ends with it: `[[hooks.on_start]]`'s table.)
+        if value.span() == span {
+            break;
         }
-        // (A dotted key's table begins where its key does.)
-        (m, name) if m.starts_with("invalid type: ") => {
+        let child = match (segment, value.get_ref()) {
+            (Segment::Map { key }, DeValue::Table(table)) => table.get(key.as_str()),
+            (Segment::Seq { index }, DeValue::Array(items)) => items.get(*index),
+            _ => None,
+        };
+        let Some(child) = child else { break };
+        let next = child_path(&path, &segment.to_string());
+        (table, path, name, value) = (path, next, Some(segment.to_string()), child);
+    }
+    let msg = match (msg, name) {
+        (m, Some(name)) if m.starts_with("unknown field") => {
+            let keys = TABLE.iter().filter(|k| k.section == table).map(|k| k.name);
+            let keys = keys.collect::<Vec<_>>().join(", ");
+            format!("unknown key {name:?} in [{table}]; expected one of {keys}")
+        }
+        // A rule on a key (`[run.env]`'s names, `[restart.exit]`'s codes).
+        (m, _) if span.start < value.span().start => format!("{table}: {m}"),
+        (m, _) if m.starts_with("invalid type: ") => {
             let expected = m.rsplit_once(", expected ").map_or("", |(_, e)| e);
-            let path = name.map_or(path.clone(), |name| child_path(&path, &name));
-            wrong_type(&path, expected, hit.value)
+            wrong_type(&path, expected, value.get_ref())
         }
         ("integer number overflowed", _) => {
             format!("{path}: the number is out of range; {}", hint(&path))
         }
         (m, _) => format!("{path}: {m}"),
     };
-    (Some(hit.at), msg)
+    (Some(span.start), msg)
 }
 /// The key `path` is at or in (`run.env` for `run.env.A`), and the entry or item in it
 /// (`A`, `[1]`): a key is `section.name`, neither with a dot or a bracket.
@@ -209,7 +178,7 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let (span, table) = (doc.span(), doc.into_inner());
     let root = Spanned::new(span, DeValue::Table(table));
     // The first problem in the file: in its sections' shape, or in what serde reads.
-    let file = File::deserialize(ValueDeserializer::from(root.clone()));
+    let file = serde_path_to_error::deserialize::<_, File>(ValueDeserializer::from(root.clone()));
     let file = match (sections(&root), file.map_err(|e| complaint(&root, "", &e))) {
         (Err((from, shape)), Err(read)) => {
             return Err(if Some(from) <= read.0 { shape } else { read });
