@@ -125,17 +125,13 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
             _ if !names.contains(&name) => {
                 format!("unknown key {name:?} at top level; expected one of the sections {list}")
             }
-            DeValue::Table(keys) => {
-                let date = |(_, v): &(_, &Spanned<DeValue>)| v.get_ref().is_datetime();
-                match keys.iter().find(date) {
-                    None => continue,
-                    Some((key, v)) => {
-                        let path = child_path(name, key.get_ref());
-                        let msg = wrong_type(&path, "", v.get_ref());
-                        return Err((v.span().start, (Some(v.span().start), msg)));
-                    }
+            DeValue::Table(keys) => match keys.iter().find(|(_, v)| v.get_ref().is_datetime()) {
+                None => continue,
+                Some((key, v)) => {
+                    let msg = wrong_type(&child_path(name, key.get_ref()), "", v.get_ref());
+                    return Err((v.span().start, (Some(v.span().start), msg)));
                 }
-            }
+            },
             DeValue::Array(_) => format!(
                 "{name} must be a section, found an array; write a [{name}] section (one pair of brackets)"
             ),
@@ -187,21 +183,17 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
         (Ok(()), Ok(file)) => PolicyFile::from(file),
     };
     // Checked once the whole file is read: `backoff_max` may come first.
-    let (restart, dur) = (&file.values.restart, |d| quoted(&format_duration(d)));
-    let set = |key| file.set.contains(key);
-    if set("restart.backoff_max")
-        && set("restart.backoff_initial")
+    let restart = &file.values.restart;
+    let section = root.get_ref().as_table().and_then(|t| t.get("restart"));
+    let key = |name| section?.get_ref().as_table()?.get(name);
+    if let (Some(at), Some(_)) = (key("backoff_max"), key("backoff_initial"))
         && restart.backoff_max < restart.backoff_initial
     {
-        let section = root
-            .get_ref()
-            .as_table()
-            .and_then(|root| root.get("restart"));
-        let at =
-            section.and_then(|r| Some(r.get_ref().as_table()?.get("backoff_max")?.span().start));
+        let dur = |d| quoted(&format_duration(d));
         let (max, initial) = (dur(restart.backoff_max), dur(restart.backoff_initial));
         let what = format!("restart.backoff_max {max} is shorter than restart.backoff_initial");
-        return Err((at, format!("{what} {initial}; make it at least as long")));
+        let msg = format!("{what} {initial}; make it at least as long");
+        return Err((Some(at.span().start), msg));
     }
     Ok(file)
 }
