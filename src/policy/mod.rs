@@ -23,6 +23,7 @@ pub(crate) use read::*;
 pub(crate) use show::show;
 
 use crate::conflict::{AfterTimeout, OnConflict};
+use crate::containment::{ContainmentMode, Orphans};
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
 use crate::handover::Handover;
 use crate::logging::{LogFormat, LogLevel};
@@ -34,17 +35,6 @@ pub(crate) const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
 pub(crate) const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
 pub(crate) const USER_FILE: &str = "ralph-supervise/policy.toml";
 
-crate::setting::keywords! {
-    Orphans "What happens to the processes the command started that are still running after it exits." {
-        Kill = "kill", "The stop signal, then KILL after `grace`, to every one of them, whatever its process group or session.";
-        Leave = "leave", "Leave them running (a stop then reaches the command's process group only).";
-    }
-    Containment "How the processes the command starts are kept track of." {
-        Auto = "auto", "A cgroup where cgroup v2 is writable, else the process tree.";
-        Cgroup = "cgroup", "A cgroup of the loop's own; exit 125 when none can be made.";
-        Tree = "tree", "The process tree: the supervisor is a subreaper and finds every descendant in /proc.";
-    }
-}
 /// The key table: `key: Kind = default, "man text" [, unset "meaning"] [, flag name];`.
 macro_rules! schema {
     ($([$sec:ident] $Sec:ident $sdoc:literal {
@@ -112,7 +102,7 @@ schema! {
         signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal;
         grace: Dur = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace;
         orphans: Orphans = Orphans::Kill, "What happens to the processes the command started (its descendants, whatever their process group or session) that still run after it exits.";
-        containment: Containment = Containment::Auto, "How the loop's processes are contained: \"cgroup\" runs the command in a cgroup v2 of its own (below the one ralph-supervise started in), so that every process it starts is found, stopped (`cgroup.kill`), frozen on Ctrl-Z and accounted, and the cgroup is removed at the end; \"tree\" finds them as descendants (ralph-supervise is their subreaper), confirming each by its start time before a signal. \"auto\" takes a cgroup where one can be made.", flag containment;
+        containment: ContainmentMode = ContainmentMode::Auto, "How the loop's processes are contained: \"cgroup\" runs the command in a cgroup v2 of its own (below the one ralph-supervise started in), so that every process it starts is found, stopped (`cgroup.kill`), frozen on Ctrl-Z and accounted, and the cgroup is removed at the end; \"tree\" finds them as descendants (ralph-supervise is their subreaper), confirming each by its start time before a signal. \"auto\" takes a cgroup where one can be made.", flag containment;
     }
     [restart] Restart "`[restart]`: when and how fast the child is started again." {
         policy: RestartWhen = RestartWhen::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;

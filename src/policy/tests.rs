@@ -128,7 +128,7 @@ fn full_file() -> PolicyFile {
             signal: libc::SIGINT,
             grace: Duration::from_secs(90),
             orphans: Orphans::Leave,
-            containment: Containment::Tree,
+            containment: ContainmentMode::Tree,
         };
         p.restart = Restart {
             policy: RestartWhen::Always,
@@ -446,7 +446,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.fleet.endpoints.as_deref(), Some(&endpoints[..]));
     assert_eq!(p.fleet.key.as_deref(), Some("x/y"));
     assert_eq!(p.fleet.ttl, Duration::from_secs(2));
-    assert_eq!(p.stop.containment, Containment::Cgroup);
+    assert_eq!(p.stop.containment, ContainmentMode::Cgroup);
     // Keys without a flag keep the file's values.
     assert_eq!(p.conflict.after_timeout, AfterTimeout::Worktree);
     assert_eq!(p.worktree.on_exit, OnExit::QueueMerge);
@@ -1099,7 +1099,7 @@ fn keyword_values_match_the_code() {
         ),
         (
             "stop.containment",
-            spelled(Containment::ALL, <Containment as Keyword>::as_str),
+            spelled(ContainmentMode::ALL, <ContainmentMode as Keyword>::as_str),
         ),
         (
             "restart.policy",
