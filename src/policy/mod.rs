@@ -68,8 +68,7 @@ macro_rules! schema {
                 out
             }
         }
-        /// Every key as `"section.key"`; every key's row.
-        pub(crate) const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
+        /// Every key's row.
         pub(crate) const TABLE: &[Key] = &[$($(Key {
             section: stringify!($sec), name: stringify!($key), doc: $doc,
             full: concat!(stringify!($sec), ".", stringify!($key)),
@@ -281,7 +280,7 @@ pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) ->
     let mut policy = file
         .as_ref()
         .map_or_else(Policy::default, |(_, f)| f.values.clone());
-    let mut sources: BTreeMap<_, _> = KEYS.iter().map(|key| (*key, Source::Default)).collect();
+    let mut sources: BTreeMap<_, _> = TABLE.iter().map(|k| (k.full, Source::Default)).collect();
     for key in TABLE {
         if let Some((path, _)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
             sources.insert(key.full, Source::File(path.clone()));

@@ -13,6 +13,48 @@ macro_rules! set {
     }};
 }
 
+/// Every key as `"section.key"`, in the table's order.
+const KEYS: &[&str] = &[
+    "conflict.policy",
+    "conflict.wait_timeout",
+    "conflict.after_timeout",
+    "conflict.exit_code",
+    "worktree.dir",
+    "worktree.branch_prefix",
+    "worktree.sync",
+    "worktree.on_exit",
+    "worktree.copy",
+    "stop.signal",
+    "stop.grace",
+    "stop.orphans",
+    "stop.containment",
+    "restart.policy",
+    "restart.max",
+    "restart.backoff_initial",
+    "restart.backoff_max",
+    "restart.window",
+    "restart.exit",
+    "run.max_runtime",
+    "run.stall_timeout",
+    "run.env",
+    "lock.handover",
+    "limits.memory_max",
+    "limits.pids_max",
+    "limits.cpu_max",
+    "limits.required",
+    "hooks.on_start",
+    "hooks.on_exit",
+    "hooks.timeout",
+    "fleet.endpoints",
+    "fleet.key",
+    "fleet.ttl",
+    "fleet.tls_ca",
+    "fleet.tls_cert",
+    "fleet.tls_key",
+    "log.format",
+    "log.level",
+];
+
 /// A policy file setting `keys` to the values `values` gives them.
 fn file_setting(keys: &[&'static str], values: impl FnOnce(&mut Policy)) -> PolicyFile {
     let mut file = PolicyFile::default();
