@@ -15,8 +15,6 @@ use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[cfg(test)]
-use crate::limits::{Cpu, Memory, Pids};
 pub(crate) use kinds::*;
 pub use read::parse_str;
 pub(crate) use read::*;
@@ -252,10 +250,8 @@ pub(crate) fn find(
             let home = env("HOME").filter(|h| !h.is_empty());
             let home = home.map(|h| PathBuf::from(h).join(".config"));
             let user = xdg.filter(|p| p.is_absolute()).or(home);
-            let candidates = [
-                Some(ws.join(WORKSPACE_FILE)),
-                user.map(|c| c.join(USER_FILE)),
-            ];
+            let user = user.map(|config| config.join(USER_FILE));
+            let candidates = [Some(ws.join(WORKSPACE_FILE)), user];
             // One counts if it exists, readable or not; one in a directory we may not search
             // (a service user with `HOME=/root`) is skipped like a missing one.
             let present = |p: &PathBuf| match std::fs::metadata(p) {
@@ -265,24 +261,21 @@ pub(crate) fn find(
             return Ok(candidates.into_iter().flatten().find(present));
         }
     };
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == NotFound => {
-            let msg = format!("{}: policy file not found ({how}", path.display());
-            Err(Failure::msg(ExitStatus::BadPolicy, msg))
-        }
-        _ => Ok(Some(path.to_path_buf())),
+    if std::fs::metadata(path).is_err_and(|e| e.kind() == NotFound) {
+        let msg = format!("{}: policy file not found ({how}", path.display());
+        return Err(Failure::msg(ExitStatus::BadPolicy, msg));
     }
+    Ok(Some(path.to_path_buf()))
 }
 
 /// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
 /// is raised to it (same source), so `--restart-delay 2m` means two minutes.
 pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
-    let mut policy = file
-        .as_ref()
-        .map_or_else(Policy::default, |(_, f)| f.values.clone());
+    let (file, read) = file.unzip();
+    let (mut policy, set) = read.map(|f| (f.values, f.set)).unwrap_or_default();
     let mut sources: BTreeMap<_, _> = TABLE.iter().map(|k| (k.full, Source::Default)).collect();
     for key in TABLE {
-        if let Some((path, _)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
+        if let Some(path) = file.as_ref().filter(|_| set.contains(key.full)) {
             sources.insert(key.full, Source::File(path.clone()));
         }
         let texts = key.flag.and_then(|flag| flags.0.get(flag));
@@ -298,7 +291,6 @@ pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) ->
         let source = sources["restart.backoff_initial"].clone();
         sources.insert("restart.backoff_max", source);
     }
-    let file = file.map(|(path, _)| path);
     Effective {
         policy,
         file,

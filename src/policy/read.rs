@@ -147,9 +147,8 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
 
 /// Reads, parses and checks one policy file.
 pub(crate) fn load(path: &Path) -> Result<PolicyFile, Failure> {
-    let fail = |msg: String| Failure::msg(ExitStatus::BadPolicy, msg);
     let fix = "check that the policy file exists and is readable";
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("{}: {e}; {fix}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| located(path, "", None, &format!("{e}; {fix}")))?;
     match std::str::from_utf8(&bytes) {
         Ok(text) => parse_str(text, path),
         Err(e) => {

@@ -1,5 +1,6 @@
 use super::read::line_col;
 use super::*;
+use crate::limits::{Cpu, Memory, Pids};
 use crate::present::short_duration as format_duration;
 use crate::supervisor::machine::ExitRule;
 use std::collections::HashMap;
