@@ -56,15 +56,15 @@ macro_rules! schema {
             #[serde(deny_unknown_fields)]
             pub(crate) struct $Sec { $(pub(crate) $key: Option<$kind>,)+ })+
         }
-        impl From<file::File> for PolicyFile {
-            fn from(file: file::File) -> PolicyFile {
-                let mut out = PolicyFile::default();
-                $(if let Some(sec) = file.$sec { $(if let Some(value) = sec.$key {
-                    out.values.$sec.$key = Kind::out(value);
-                    out.set.insert(concat!(stringify!($sec), ".", stringify!($key)));
-                })+ })+
-                out
-            }
+        /// Puts the values `file` sets over `policy`'s (a table's entries are added over
+        /// its); the keys it sets.
+        fn apply(file: file::File, policy: &mut Policy) -> BTreeSet<&'static str> {
+            let mut set = BTreeSet::new();
+            $(if let Some(sec) = file.$sec { $(if let Some(value) = sec.$key {
+                <$kind as Kind>::merge(&mut policy.$sec.$key, value.out());
+                set.insert(concat!(stringify!($sec), ".", stringify!($key)));
+            })+ })+
+            set
         }
         /// Every key's row.
         pub(crate) const TABLE: &[Key] = &[$($(Key {
@@ -75,7 +75,6 @@ macro_rules! schema {
             unset: { let _u = ""; $(let _u = $unset;)? _u },
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             entry: <$kind as Kind>::ENTRY,
-            read: |p, de| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, serde_path_to_error::deserialize::<_, $kind>(de)?.out())),
             show: |p| <$kind as Kind>::show(&p.$sec.$key),
         }),+),+];
     };
@@ -162,7 +161,6 @@ pub(crate) struct Key {
     /// What a value of another type is told it must be, and what to write instead.
     expected: &'static str,
     hint: fn(Option<&str>) -> String,
-    read: fn(&mut Policy, toml::de::ValueDeserializer) -> Result<(), ReadError>,
     show: fn(&Policy) -> Option<String>,
 }
 impl Key {

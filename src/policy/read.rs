@@ -8,6 +8,7 @@
 //! checked first; within them, entries are read in file order (toml's `preserve_order`),
 //! so the first problem in the file is the one reported.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_path_to_error::Segment;
@@ -16,14 +17,14 @@ use toml::de::{DeTable, DeValue, Error, ValueDeserializer};
 
 use super::file::File;
 use super::show::{quoted, toml_key};
-use super::{Key, Policy, PolicyFile, TABLE};
+use super::{Key, Policy, PolicyFile, TABLE, apply};
 use crate::exit::{ExitStatus, Failure};
 use crate::present::short_duration as format_duration;
 
 /// A complaint: where it is (a byte offset; none for a TOML error without a span), what.
 type Bad = (Option<usize>, String);
 /// A complaint of toml's deserializer with the path of the key or value it is about.
-pub(crate) type ReadError = serde_path_to_error::Error<Error>;
+type ReadError = serde_path_to_error::Error<Error>;
 
 /// `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
 fn child_path(path: &str, name: &str) -> String {
@@ -34,13 +35,12 @@ fn child_path(path: &str, name: &str) -> String {
     }
 }
 
-/// toml's complaint `e` about `root` (whose path is `base`: empty for a file, the key for
-/// a flag's value) as our one line, at the key or value it is about: serde's path leads
-/// to the value (the outermost with the complaint's span), and a span before the value's
-/// is its key's.
-fn complaint(root: &Spanned<DeValue>, base: &str, e: &ReadError) -> Bad {
+/// toml's complaint `e` about the file `root` as our one line, at the key or value it is
+/// about: serde's path leads to the value (the outermost with the complaint's span), and
+/// a span before the value's is its key's.
+fn complaint(root: &Spanned<DeValue>, e: &ReadError) -> Bad {
     let (msg, span) = (e.inner().message(), e.inner().span().unwrap_or(root.span()));
-    let (mut table, mut path, mut name, mut value) = (String::new(), base.to_string(), None, root);
+    let (mut table, mut path, mut name, mut value) = (String::new(), String::new(), None, root);
     for segment in e.path() {
         // (Not into an item that begins and ends with it: `[[hooks.on_start]]`'s table.)
         if value.span() == span {
@@ -162,9 +162,12 @@ pub(crate) fn load(path: &Path) -> Result<PolicyFile, Failure> {
 
 /// [`load`] without the file system (for tests and fuzzing): errors name `path`.
 pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
-    parse(text).map_err(|(at, msg)| located(path, text, at, &msg))
+    let mut values = Policy::default();
+    let set = read(text, &mut values).map_err(|(at, msg)| located(path, text, at, &msg))?;
+    Ok(PolicyFile { values, set })
 }
-fn parse(text: &str) -> Result<PolicyFile, Bad> {
+/// Reads policy file `text` over `policy`; the keys it sets.
+fn read(text: &str, policy: &mut Policy) -> Result<BTreeSet<&'static str>, Bad> {
     let doc = DeTable::parse(text).map_err(|e| {
         let what = e.message().trim_end();
         let msg = format!("invalid TOML: {what}; fix the syntax there");
@@ -174,15 +177,15 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let root = Spanned::new(span, DeValue::Table(table));
     // The first problem in the file: in its sections' shape, or in what serde reads.
     let file = serde_path_to_error::deserialize::<_, File>(ValueDeserializer::from(root.clone()));
-    let file = match (sections(&root), file.map_err(|e| complaint(&root, "", &e))) {
+    let set = match (sections(&root), file.map_err(|e| complaint(&root, &e))) {
         (Err((from, shape)), Err(read)) => {
             return Err(if Some(from) <= read.0 { shape } else { read });
         }
         (Err((_, bad)), _) | (_, Err(bad)) => return Err(bad),
-        (Ok(()), Ok(file)) => PolicyFile::from(file),
+        (Ok(()), Ok(file)) => apply(file, policy),
     };
     // Checked once the whole file is read: `backoff_max` may come first.
-    let restart = &file.values.restart;
+    let restart = &policy.restart;
     let section = root.get_ref().as_table().and_then(|t| t.get("restart"));
     let key = |name| section?.get_ref().as_table()?.get(name);
     if let (Some(at), Some(_)) = (key("backoff_max"), key("backoff_initial"))
@@ -194,10 +197,10 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
         let msg = format!("{what} {initial}; make it at least as long");
         return Err((Some(at.span().start), msg));
     }
-    Ok(file)
+    Ok(set)
 }
-/// Sets `key` from a command-line flag's text, read as the file's value would be: a
-/// whole number as an integer, anything else as a string.
+/// Sets `key` from a command-line flag's text, read by [`read`] as a file that sets only
+/// that key: a whole number as an integer, anything else as a string.
 /// A table key's flag (`--restart-exit 75=30m`) gives one entry, read as `{ 75 = "30m" }`.
 pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> Result<(), String> {
     // (Past i64, TOML's range, too: the key's own rule then says it is out of range.)
@@ -212,11 +215,8 @@ pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> R
             None => return Err(format!("{text:?} is not {entry}; write it like 75=30m")),
         },
     };
-    let doc = format!("v = {text}");
-    let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
-    let value = doc.get_ref().get("v").ok_or("no value")?;
-    (key.read)(policy, ValueDeserializer::from(value.clone()))
-        .map_err(|e| complaint(value, key.full, &e).1)
+    let doc = format!("[{}]\n{} = {text}", key.section, key.name);
+    read(&doc, policy).map(drop).map_err(|(_, msg)| msg)
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
