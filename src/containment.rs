@@ -185,10 +185,10 @@ pub(crate) struct Containment {
 }
 
 /// `[limits]`: the loop's most memory, processes and CPU.
-pub(crate) type Limits = (Option<Memory>, Option<Pids>, Option<Cpu>);
+pub(crate) type LimitSettings = (Option<Memory>, Option<Pids>, Option<Cpu>);
 
 /// The controllers a limit needs, with the cgroup file and its value.
-fn limit_files(limits: Limits) -> Vec<(&'static str, &'static str, String)> {
+fn limit_files(limits: LimitSettings) -> Vec<(&'static str, &'static str, String)> {
     let (memory, pids, cpu) = limits;
     let mut files = Vec::new();
     if let Some(m) = memory {
@@ -224,7 +224,7 @@ impl Containment {
     pub(crate) fn set_up(
         orphans: Orphans,
         wanted: ContainmentMode,
-        limits: Limits,
+        limits: LimitSettings,
         required: bool,
     ) -> Result<Containment, Failure> {
         let limits = limit_files(limits);
