@@ -56,8 +56,8 @@ macro_rules! schema {
             #[serde(deny_unknown_fields)]
             pub(crate) struct $Sec { $(pub(crate) $key: Option<$kind>,)+ })+
         }
-        /// Puts the values `file` sets over `policy`'s (a table's entries are added over
-        /// its); the keys it sets.
+        /// Puts the values `file` sets over `policy`'s (a table of entries adds them to its
+        /// own); the keys it sets.
         fn apply(file: file::File, policy: &mut Policy) -> BTreeSet<&'static str> {
             let mut set = BTreeSet::new();
             $(if let Some(sec) = file.$sec { $(if let Some(value) = sec.$key {
