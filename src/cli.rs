@@ -496,7 +496,7 @@ mod tests {
     #[test]
     fn keywords_match_clap_spellings() {
         use crate::conflict::{AfterTimeout, OnConflict};
-        use crate::policy::{Containment, Orphans};
+        use crate::containment::{ContainmentMode, Orphans};
         use crate::supervisor::machine::RestartWhen;
         use crate::worktree::OnExit;
         fn check<K: Keyword + std::fmt::Display>() {
@@ -511,7 +511,7 @@ mod tests {
         check::<AfterTimeout>();
         check::<OnExit>();
         check::<Orphans>();
-        check::<Containment>();
+        check::<ContainmentMode>();
         check::<RestartWhen>();
         check::<LogFormat>();
         assert_eq!("on-failure".parse(), Ok(RestartWhen::OnFailure));

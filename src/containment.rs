@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::cgroup::{self, Cgroup, Hierarchy};
 use crate::exit::{ExitStatus, Failure};
-use crate::policy::{self, Orphans, Policy};
+use crate::limits::{Cpu, Memory, Pids};
 use crate::procfs;
 use crate::sys::{ProcessHandle, Rusage};
 
@@ -53,6 +53,18 @@ impl fmt::Display for Mode {
             Mode::Cgroup => "cgroup",
             Mode::Tree => "tree",
         })
+    }
+}
+
+crate::setting::keywords! {
+    Orphans "What happens to the processes the command started that are still running after it exits." {
+        Kill = "kill", "The stop signal, then KILL after `grace`, to every one of them, whatever its process group or session.";
+        Leave = "leave", "Leave them running (a stop then reaches the command's process group only).";
+    }
+    ContainmentMode "How the processes the command starts are kept track of." {
+        Auto = "auto", "A cgroup where cgroup v2 is writable, else the process tree.";
+        Cgroup = "cgroup", "A cgroup of the loop's own; exit 125 when none can be made.";
+        Tree = "tree", "The process tree: the supervisor is a subreaper and finds every descendant in /proc.";
     }
 }
 
@@ -172,17 +184,20 @@ pub(crate) struct Containment {
     reaped: Rusage,
 }
 
+/// `[limits]`: the loop's most memory, processes and CPU.
+pub(crate) type LimitSettings = (Option<Memory>, Option<Pids>, Option<Cpu>);
+
 /// The controllers a limit needs, with the cgroup file and its value.
-fn limit_files(policy: &Policy) -> Vec<(&'static str, &'static str, String)> {
-    let l = &policy.limits;
+fn limit_files(limits: LimitSettings) -> Vec<(&'static str, &'static str, String)> {
+    let (memory, pids, cpu) = limits;
     let mut files = Vec::new();
-    if let Some(m) = l.memory_max {
+    if let Some(m) = memory {
         files.push(("memory", "memory.max", m.cgroup_value(physical_memory())));
     }
-    if let Some(p) = l.pids_max {
+    if let Some(p) = pids {
         files.push(("pids", "pids.max", p.cgroup_value()));
     }
-    if let Some(c) = l.cpu_max {
+    if let Some(c) = cpu {
         files.push(("cpu", "cpu.max", c.cgroup_value()));
     }
     files
@@ -206,12 +221,17 @@ impl Containment {
     /// once the run is going to happen, so that a run refused at once (`--on-conflict
     /// fail`) makes none and looks for none; only `stop.containment = "cgroup"` checks
     /// here that one can be made (the hierarchy found, our cgroup writable).
-    pub(crate) fn set_up(policy: &Policy) -> Result<Containment, Failure> {
-        let limits = limit_files(policy);
+    pub(crate) fn set_up(
+        orphans: Orphans,
+        wanted: ContainmentMode,
+        limits: LimitSettings,
+        required: bool,
+    ) -> Result<Containment, Failure> {
+        let limits = limit_files(limits);
         let mut this = Containment {
             mode: Mode::Tree,
-            kill_orphans: policy.stop.orphans == Orphans::Kill,
-            cgroup_required: policy.stop.containment == policy::Containment::Cgroup,
+            kill_orphans: orphans == Orphans::Kill,
+            cgroup_required: wanted == ContainmentMode::Cgroup,
             pending: false,
             hierarchy: None,
             cgroup: None,
@@ -221,15 +241,15 @@ impl Containment {
             frozen: false,
             reaped: Rusage::default(),
         };
-        let why_not = match policy.stop.containment {
-            policy::Containment::Tree => Some("stop.containment is \"tree\"".to_string()),
+        let why_not = match wanted {
+            ContainmentMode::Tree => Some("stop.containment is \"tree\"".to_string()),
             // No limits: nothing to refuse up front but a cgroup that `cgroup` requires
             // and that cannot be (our cgroup not writable); `ready` does the rest.
-            policy::Containment::Auto if limits.is_empty() => {
+            ContainmentMode::Auto if limits.is_empty() => {
                 this.pending = true;
                 None
             }
-            policy::Containment::Cgroup if limits.is_empty() => {
+            ContainmentMode::Cgroup if limits.is_empty() => {
                 match usable_hierarchy() {
                     Ok(h) => this.hierarchy = Some(h),
                     // (Exit 125: `cgroup` is required here.)
@@ -238,7 +258,7 @@ impl Containment {
                 this.pending = true;
                 None
             }
-            policy::Containment::Auto | policy::Containment::Cgroup => match make_cgroup() {
+            ContainmentMode::Auto | ContainmentMode::Cgroup => match make_cgroup() {
                 Ok((hierarchy, cgroup)) => {
                     this.mode = Mode::Cgroup;
                     this.hierarchy = Some(hierarchy);
@@ -267,7 +287,7 @@ impl Containment {
                 [many @ .., last] => format!("{} or {last} controller", many.join(", ")),
                 [] => "controller".to_string(),
             };
-            if policy.limits.required {
+            if required {
                 this.finish();
                 return Err(Failure::msg(
                     ExitStatus::Failure,

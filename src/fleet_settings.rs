@@ -119,6 +119,14 @@ fn check_endpoint(text: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `fleet.key`: `key`, if it can be a fleet key ([`check_fleet_key`]).
+pub(crate) fn key(key: String) -> Result<String, String> {
+    match check_fleet_key(&key) {
+        Ok(()) => Ok(key),
+        Err(why) => Err(format!("{key:?} is not a usable key ({why})")),
+    }
+}
+
 /// Why `key` cannot be a fleet key, if it cannot: etcd takes any bytes, but the key is
 /// also a name in logs, `etcdctl` commands and shells.
 pub(crate) fn check_fleet_key(key: &str) -> Result<(), String> {

@@ -26,14 +26,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::child_env;
 use crate::conflict::{self, Moment, Next, OnConflict};
-use crate::containment::Containment;
+use crate::containment::{Containment, Orphans};
 use crate::exit::{ChildOutcome, ExitStatus, Failure, ResultExt};
 use crate::fleet::Fleet;
 use crate::history;
 use crate::hooks;
 use crate::lock::{self, Acquire, LockFile};
 use crate::metadata::{Metadata, Mode, format_time, truncate_prompt};
-use crate::policy::{Orphans, Policy};
+use crate::policy::Policy;
 use crate::procfs;
 use crate::supervisor::machine::{self, Decision, Machine, StopReason, Verdict};
 use crate::supervisor::{self, Change, Child, Hooks, Signals};
@@ -101,7 +101,9 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     // The loop's containment (a cgroup, or its process tree) and its limits, decided
     // before anything is locked: a limit that must apply and cannot is refused up front
     // (125). The cgroup itself is made once the run will happen (`tree.ready()`).
-    let mut tree = Containment::set_up(&settings.policy)?;
+    let (stop, l) = (&settings.policy.stop, &settings.policy.limits);
+    let limits = (l.memory_max, l.pids_max, l.cpu_max);
+    let mut tree = Containment::set_up(stop.orphans, stop.containment, limits, l.required)?;
 
     // Before the workspace is taken: "always" where the system cannot is refused.
     settings.handover = crate::handover::plan(settings.policy.lock.handover, &settings.command)?;

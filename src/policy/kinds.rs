@@ -3,7 +3,8 @@
 //! each mistake; and its [`Kind`]: what the man page calls it, what a value of the wrong
 //! type is told, and how it is shown as TOML. A rule that belongs to a domain is that
 //! room's own (`crate::limits`, `crate::fleet_settings`, `crate::signals`, `crate::hooks`,
-//! `crate::worktree::copy`, `crate::supervisor::machine`, `crate::child_env`).
+//! `crate::worktree::copy`, `crate::worktree::id`, `crate::supervisor::machine`,
+//! `crate::child_env`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ pub(crate) use crate::setting::{Keyword, Text};
 use crate::signals::{self, SIGNAL};
 use crate::supervisor::machine::{EXIT_ACTION, ExitActions, ExitRule};
 use crate::worktree::copy::{GLOBS, Glob};
+use crate::worktree::id::branch_prefix;
 
 /// How a key's value is read, checked and shown. `DOC` names the type in the man page;
 /// `EXPECTED` is what a value of another type is told it must be, and `hint` what to
@@ -119,12 +121,7 @@ kinds! {
         "" => Err("the directory is empty; use a directory like \".worktrees\"".into()),
         _ => Ok(PathBuf::from(dir)),
     }, |dir| quoted(&dir.to_string_lossy());
-    BranchPrefix(String) from String, "string", "a string", |_| "write a prefix in quotes, like \"ralph/\"", |prefix| {
-        match crate::worktree::id::branch_prefix_problem(&prefix) {
-            None => Ok(prefix),
-            Some(why) => Err(format!("{prefix:?} is not a usable branch prefix ({why}); use a prefix like \"ralph/\"")),
-        }
-    }, |prefix| quoted(prefix);
+    BranchPrefix(String) from String, "string", "a string", |_| "write a prefix in quotes, like \"ralph/\"", |prefix| branch_prefix(prefix), |prefix| quoted(prefix);
     Signal(i32) from Text, "string or integer", "a signal name or number", |_| SIGNAL, |text| signals::setting(text), |signal| quoted(&signals::name(*signal));
     Globs(Vec<String>) from Vec<Glob>, "array of strings", "an array of strings", |_| GLOBS, |globs| {
         Ok(globs.into_iter().map(|glob| glob.0).collect())
@@ -139,10 +136,7 @@ kinds! {
     }, |pids| match pids { Pids::Count(n) => n.to_string(), Pids::Max => quoted("max") };
     CpuMax(Cpu) from String, "string", "a string", |_| CPU, |text| text.parse(), |cpu| quoted(&cpu.to_string());
     Endpoints(Vec<String>) from fleet::Endpoints, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| Ok(urls.0), |urls| toml_value(urls);
-    FleetKey(String) from String, "string", "a string", |_| "write a key in quotes, like \"acme/api/main\"", |key| {
-        fleet::check_fleet_key(&key).map_err(|why| format!("{key:?} is not a usable key ({why})"))?;
-        Ok(key)
-    }, |key| quoted(key);
+    FleetKey(String) from String, "string", "a string", |_| "write a key in quotes, like \"acme/api/main\"", |key| fleet::key(key), |key| quoted(key);
     FleetTtl(Duration) from String, "duration, at least 2s", "a duration string", |_| DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
     TlsFile(PathBuf) from String, "string (a file)", "a string", |_| "write the PEM file's path in quotes", |path| fleet::tls_file(&path), |path| quoted(&path.to_string_lossy());
     Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| hooks::ARGV, |words| Ok(words.0), |argv| toml_value(argv);

@@ -15,14 +15,13 @@ use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[cfg(test)]
-use crate::limits::{Cpu, Memory, Pids};
 pub(crate) use kinds::*;
 pub use read::parse_str;
 pub(crate) use read::*;
 pub(crate) use show::show;
 
 use crate::conflict::{AfterTimeout, OnConflict};
+use crate::containment::{ContainmentMode, Orphans};
 use crate::exit::{CONFLICT_DEFAULT, ExitStatus, Failure};
 use crate::handover::Handover;
 use crate::logging::{LogFormat, LogLevel};
@@ -34,17 +33,6 @@ pub(crate) const ENV_POLICY: &str = "RALPH_SUPERVISE_POLICY";
 pub(crate) const WORKSPACE_FILE: &str = ".ralph/supervise.toml";
 pub(crate) const USER_FILE: &str = "ralph-supervise/policy.toml";
 
-crate::setting::keywords! {
-    Orphans "What happens to the processes the command started that are still running after it exits." {
-        Kill = "kill", "The stop signal, then KILL after `grace`, to every one of them, whatever its process group or session.";
-        Leave = "leave", "Leave them running (a stop then reaches the command's process group only).";
-    }
-    Containment "How the processes the command starts are kept track of." {
-        Auto = "auto", "A cgroup where cgroup v2 is writable, else the process tree.";
-        Cgroup = "cgroup", "A cgroup of the loop's own; exit 125 when none can be made.";
-        Tree = "tree", "The process tree: the supervisor is a subreaper and finds every descendant in /proc.";
-    }
-}
 /// The key table: `key: Kind = default, "man text" [, unset "meaning"] [, flag name];`.
 macro_rules! schema {
     ($([$sec:ident] $Sec:ident $sdoc:literal {
@@ -68,18 +56,17 @@ macro_rules! schema {
             #[serde(deny_unknown_fields)]
             pub(crate) struct $Sec { $(pub(crate) $key: Option<$kind>,)+ })+
         }
-        impl From<file::File> for PolicyFile {
-            fn from(file: file::File) -> PolicyFile {
-                let mut out = PolicyFile::default();
-                $(if let Some(sec) = file.$sec { $(if let Some(value) = sec.$key {
-                    out.values.$sec.$key = Kind::out(value);
-                    out.set.insert(concat!(stringify!($sec), ".", stringify!($key)));
-                })+ })+
-                out
-            }
+        /// Puts the values `file` sets over `policy`'s (a table of entries adds them to its
+        /// own); the keys it sets.
+        fn apply(file: file::File, policy: &mut Policy) -> BTreeSet<&'static str> {
+            let mut set = BTreeSet::new();
+            $(if let Some(sec) = file.$sec { $(if let Some(value) = sec.$key {
+                <$kind as Kind>::merge(&mut policy.$sec.$key, value.out());
+                set.insert(concat!(stringify!($sec), ".", stringify!($key)));
+            })+ })+
+            set
         }
-        /// Every key as `"section.key"`; every key's row.
-        pub(crate) const KEYS: &[&str] = &[$($(concat!(stringify!($sec), ".", stringify!($key))),+),+];
+        /// Every key's row.
         pub(crate) const TABLE: &[Key] = &[$($(Key {
             section: stringify!($sec), name: stringify!($key), doc: $doc,
             full: concat!(stringify!($sec), ".", stringify!($key)),
@@ -88,7 +75,6 @@ macro_rules! schema {
             unset: { let _u = ""; $(let _u = $unset;)? _u },
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             entry: <$kind as Kind>::ENTRY,
-            read: |p, de| Ok(<$kind as Kind>::merge(&mut p.$sec.$key, <$kind as serde::Deserialize>::deserialize(de)?.out())),
             show: |p| <$kind as Kind>::show(&p.$sec.$key),
         }),+),+];
     };
@@ -112,7 +98,7 @@ schema! {
         signal: Signal = libc::SIGTERM, "Signal that asks the command to stop: a name (\"TERM\", \"SIGINT\") or a number.", flag stop_signal;
         grace: Dur = Duration::from_secs(10), "Time between the stop signal and KILL.", flag stop_grace;
         orphans: Orphans = Orphans::Kill, "What happens to the processes the command started (its descendants, whatever their process group or session) that still run after it exits.";
-        containment: Containment = Containment::Auto, "How the loop's processes are contained: \"cgroup\" runs the command in a cgroup v2 of its own (below the one ralph-supervise started in), so that every process it starts is found, stopped (`cgroup.kill`), frozen on Ctrl-Z and accounted, and the cgroup is removed at the end; \"tree\" finds them as descendants (ralph-supervise is their subreaper), confirming each by its start time before a signal. \"auto\" takes a cgroup where one can be made.", flag containment;
+        containment: ContainmentMode = ContainmentMode::Auto, "How the loop's processes are contained: \"cgroup\" runs the command in a cgroup v2 of its own (below the one ralph-supervise started in), so that every process it starts is found, stopped (`cgroup.kill`), frozen on Ctrl-Z and accounted, and the cgroup is removed at the end; \"tree\" finds them as descendants (ralph-supervise is their subreaper), confirming each by its start time before a signal. \"auto\" takes a cgroup where one can be made.", flag containment;
     }
     [restart] Restart "`[restart]`: when and how fast the child is started again." {
         policy: RestartWhen = RestartWhen::Never, "When the command is started again after it exits. The workspace lock stays held across restarts; a stop ends them.", flag restart;
@@ -175,7 +161,6 @@ pub(crate) struct Key {
     /// What a value of another type is told it must be, and what to write instead.
     expected: &'static str,
     hint: fn(Option<&str>) -> String,
-    read: fn(&mut Policy, toml::de::ValueDeserializer) -> Result<(), toml::de::Error>,
     show: fn(&Policy) -> Option<String>,
 }
 impl Key {
@@ -263,10 +248,8 @@ pub(crate) fn find(
             let home = env("HOME").filter(|h| !h.is_empty());
             let home = home.map(|h| PathBuf::from(h).join(".config"));
             let user = xdg.filter(|p| p.is_absolute()).or(home);
-            let candidates = [
-                Some(ws.join(WORKSPACE_FILE)),
-                user.map(|c| c.join(USER_FILE)),
-            ];
+            let user = user.map(|config| config.join(USER_FILE));
+            let candidates = [Some(ws.join(WORKSPACE_FILE)), user];
             // One counts if it exists, readable or not; one in a directory we may not search
             // (a service user with `HOME=/root`) is skipped like a missing one.
             let present = |p: &PathBuf| match std::fs::metadata(p) {
@@ -276,24 +259,21 @@ pub(crate) fn find(
             return Ok(candidates.into_iter().flatten().find(present));
         }
     };
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == NotFound => {
-            let msg = format!("{}: policy file not found ({how}", path.display());
-            Err(Failure::msg(ExitStatus::BadPolicy, msg))
-        }
-        _ => Ok(Some(path.to_path_buf())),
+    if std::fs::metadata(path).is_err_and(|e| e.kind() == NotFound) {
+        let msg = format!("{}: policy file not found ({how}", path.display());
+        return Err(Failure::msg(ExitStatus::BadPolicy, msg));
     }
+    Ok(Some(path.to_path_buf()))
 }
 
 /// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
 /// is raised to it (same source), so `--restart-delay 2m` means two minutes.
 pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) -> Effective {
-    let mut policy = file
-        .as_ref()
-        .map_or_else(Policy::default, |(_, f)| f.values.clone());
-    let mut sources: BTreeMap<_, _> = KEYS.iter().map(|key| (*key, Source::Default)).collect();
+    let (file, read) = file.unzip();
+    let (mut policy, set) = read.map(|f| (f.values, f.set)).unwrap_or_default();
+    let mut sources: BTreeMap<_, _> = TABLE.iter().map(|k| (k.full, Source::Default)).collect();
     for key in TABLE {
-        if let Some((path, _)) = file.as_ref().filter(|(_, f)| f.set.contains(key.full)) {
+        if let Some(path) = file.as_ref().filter(|_| set.contains(key.full)) {
             sources.insert(key.full, Source::File(path.clone()));
         }
         let texts = key.flag.and_then(|flag| flags.0.get(flag));
@@ -309,7 +289,6 @@ pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) ->
         let source = sources["restart.backoff_initial"].clone();
         sources.insert("restart.backoff_max", source);
     }
-    let file = file.map(|(path, _)| path);
     Effective {
         policy,
         file,

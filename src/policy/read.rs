@@ -1,73 +1,31 @@
 //! Reading a policy file: toml parses it into a spanned tree, and serde's derived readers
 //! read that through toml's own deserializer, which puts on each complaint the span of
-//! the key or value it was reading. [`complaint`] finds that key or value in the tree and
-//! writes the one line `file:line:col: key: what; what to do` in the key's words (the
-//! schema's `expected` and `hint`): serde's own wording for a value of another type and
-//! for an unknown key (its `Error::invalid_type` and `unknown_field`) is recognised and
-//! rewritten. Sections are checked first; within them, entries are read in file order
-//! (toml's `preserve_order`), so the first problem in the file is the one reported.
+//! the key or value it was reading; `serde_path_to_error` records that key or value's
+//! path. [`complaint`] follows the path to it in the tree and writes the one line
+//! `file:line:col: key: what; what to do` in the key's words (the schema's `expected` and
+//! `hint`): serde's own wording for a value of another type and for an unknown key (its
+//! `Error::invalid_type` and `unknown_field`) is recognised and rewritten. Sections are
+//! checked first; within them, entries are read in file order (toml's `preserve_order`),
+//! so the first problem in the file is the one reported.
 
-use std::ops::Range;
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde_path_to_error::Segment;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, Error, ValueDeserializer};
 
 use super::file::File;
 use super::show::{quoted, toml_key};
-use super::{Key, Policy, PolicyFile, TABLE};
+use super::{Key, Policy, PolicyFile, TABLE, apply};
 use crate::exit::{ExitStatus, Failure};
 use crate::present::short_duration as format_duration;
 
 /// A complaint: where it is (a byte offset; none for a TOML error without a span), what.
 type Bad = (Option<usize>, String);
+/// A complaint of toml's deserializer with the path of the key or value it is about.
+type ReadError = serde_path_to_error::Error<Error>;
 
-/// The key or value a complaint is about: its path (`hooks.on_exit[1]`; a key's is its
-/// table's), the key's name if it is a key, where it begins, the value.
-struct Hit<'a, 'i> {
-    path: String,
-    key: Option<String>,
-    at: usize,
-    value: &'a DeValue<'i>,
-}
-/// The key or value at `span` within `value`, whose path is `path`.
-fn find<'a, 'i>(
-    value: &'a Spanned<DeValue<'i>>,
-    path: String,
-    span: &Range<usize>,
-) -> Option<Hit<'a, 'i>> {
-    let hit = |path, key, value: &'a Spanned<DeValue<'i>>| {
-        let at = span.start;
-        Some(Hit {
-            path,
-            key,
-            at,
-            value: value.get_ref(),
-        })
-    };
-    if value.span() == *span {
-        return hit(path, None, value);
-    }
-    let children: Vec<(String, Option<Range<usize>>, _)> = match value.get_ref() {
-        DeValue::Table(table) => table
-            .iter()
-            .map(|(k, v)| (k.get_ref().to_string(), Some(k.span()), v))
-            .collect(),
-        DeValue::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("[{i}]"), None, v))
-            .collect(),
-        _ => return None,
-    };
-    children.into_iter().find_map(
-        |(name, key_span, child)| match key_span.as_ref() == Some(span) {
-            true => hit(path.clone(), Some(name), child),
-            false => find(child, child_path(&path, &name), span),
-        },
-    )
-}
 /// `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
 fn child_path(path: &str, name: &str) -> String {
     match path {
@@ -77,33 +35,44 @@ fn child_path(path: &str, name: &str) -> String {
     }
 }
 
-/// toml's complaint `e` about `root` (whose path is `base`: empty for a file, the key for
-/// a flag's value) as our one line, at the key or value it is about (`root` when toml
-/// gave no place: a rule checked after the value was read).
-fn complaint(root: &Spanned<DeValue>, base: &str, e: &Error) -> Bad {
-    let (msg, span) = (e.message(), e.span().unwrap_or(root.span()));
-    let Some(hit) = find(root, base.to_string(), &span) else {
-        return (Some(span.start), msg.to_string());
-    };
-    let path = hit.path;
-    let msg = match (msg, hit.key) {
-        (m, Some(name)) if m.starts_with("unknown field") => {
-            let keys = TABLE.iter().filter(|k| k.section == path).map(|k| k.name);
-            let keys = keys.collect::<Vec<_>>().join(", ");
-            format!("unknown key {name:?} in [{path}]; expected one of {keys}")
+/// toml's complaint `e` about the file `root` as our one line, at the key or value it is
+/// about: serde's path leads to the value (the outermost with the complaint's span), and
+/// a span before the value's is its key's.
+fn complaint(root: &Spanned<DeValue>, e: &ReadError) -> Bad {
+    let (msg, span) = (e.inner().message(), e.inner().span().unwrap_or(root.span()));
+    let (mut table, mut path, mut name, mut value) = (String::new(), String::new(), None, root);
+    for segment in e.path() {
+        // (Not into an item that begins and ends with it: `[[hooks.on_start]]`'s table.)
+        if value.span() == span {
+            break;
         }
-        // (A dotted key's table begins where its key does.)
-        (m, name) if m.starts_with("invalid type: ") => {
+        let child = match (segment, value.get_ref()) {
+            (Segment::Map { key }, DeValue::Table(table)) => table.get(key.as_str()),
+            (Segment::Seq { index }, DeValue::Array(items)) => items.get(*index),
+            _ => None,
+        };
+        let Some(child) = child else { break };
+        let next = child_path(&path, &segment.to_string());
+        (table, path, name, value) = (path, next, Some(segment.to_string()), child);
+    }
+    let msg = match (msg, name) {
+        (m, Some(name)) if m.starts_with("unknown field") => {
+            let keys = TABLE.iter().filter(|k| k.section == table).map(|k| k.name);
+            let keys = keys.collect::<Vec<_>>().join(", ");
+            format!("unknown key {name:?} in [{table}]; expected one of {keys}")
+        }
+        // A rule on a key (`[run.env]`'s names, `[restart.exit]`'s codes).
+        (m, _) if span.start < value.span().start => format!("{table}: {m}"),
+        (m, _) if m.starts_with("invalid type: ") => {
             let expected = m.rsplit_once(", expected ").map_or("", |(_, e)| e);
-            let path = name.map_or(path.clone(), |name| child_path(&path, &name));
-            wrong_type(&path, expected, hit.value)
+            wrong_type(&path, expected, value.get_ref())
         }
         ("integer number overflowed", _) => {
             format!("{path}: the number is out of range; {}", hint(&path))
         }
         (m, _) => format!("{path}: {m}"),
     };
-    (Some(hit.at), msg)
+    (Some(span.start), msg)
 }
 /// The key `path` is at or in (`run.env` for `run.env.A`), and the entry or item in it
 /// (`A`, `[1]`): a key is `section.name`, neither with a dot or a bracket.
@@ -156,17 +125,13 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
             _ if !names.contains(&name) => {
                 format!("unknown key {name:?} at top level; expected one of the sections {list}")
             }
-            DeValue::Table(keys) => {
-                let date = |(_, v): &(_, &Spanned<DeValue>)| v.get_ref().is_datetime();
-                match keys.iter().find(date) {
-                    None => continue,
-                    Some((key, v)) => {
-                        let path = child_path(name, key.get_ref());
-                        let msg = wrong_type(&path, "", v.get_ref());
-                        return Err((v.span().start, (Some(v.span().start), msg)));
-                    }
+            DeValue::Table(keys) => match keys.iter().find(|(_, v)| v.get_ref().is_datetime()) {
+                None => continue,
+                Some((key, v)) => {
+                    let msg = wrong_type(&child_path(name, key.get_ref()), "", v.get_ref());
+                    return Err((v.span().start, (Some(v.span().start), msg)));
                 }
-            }
+            },
             DeValue::Array(_) => format!(
                 "{name} must be a section, found an array; write a [{name}] section (one pair of brackets)"
             ),
@@ -182,9 +147,8 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
 
 /// Reads, parses and checks one policy file.
 pub(crate) fn load(path: &Path) -> Result<PolicyFile, Failure> {
-    let fail = |msg: String| Failure::msg(ExitStatus::BadPolicy, msg);
     let fix = "check that the policy file exists and is readable";
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("{}: {e}; {fix}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| located(path, "", None, &format!("{e}; {fix}")))?;
     match std::str::from_utf8(&bytes) {
         Ok(text) => parse_str(text, path),
         Err(e) => {
@@ -198,9 +162,12 @@ pub(crate) fn load(path: &Path) -> Result<PolicyFile, Failure> {
 
 /// [`load`] without the file system (for tests and fuzzing): errors name `path`.
 pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
-    parse(text).map_err(|(at, msg)| located(path, text, at, &msg))
+    let mut values = Policy::default();
+    let set = read(text, &mut values).map_err(|(at, msg)| located(path, text, at, &msg))?;
+    Ok(PolicyFile { values, set })
 }
-fn parse(text: &str) -> Result<PolicyFile, Bad> {
+/// Reads policy file `text` over `policy`; the keys it sets.
+fn read(text: &str, policy: &mut Policy) -> Result<BTreeSet<&'static str>, Bad> {
     let doc = DeTable::parse(text).map_err(|e| {
         let what = e.message().trim_end();
         let msg = format!("invalid TOML: {what}; fix the syntax there");
@@ -209,35 +176,31 @@ fn parse(text: &str) -> Result<PolicyFile, Bad> {
     let (span, table) = (doc.span(), doc.into_inner());
     let root = Spanned::new(span, DeValue::Table(table));
     // The first problem in the file: in its sections' shape, or in what serde reads.
-    let file = File::deserialize(ValueDeserializer::from(root.clone()));
-    let file = match (sections(&root), file.map_err(|e| complaint(&root, "", &e))) {
+    let file = serde_path_to_error::deserialize::<_, File>(ValueDeserializer::from(root.clone()));
+    let set = match (sections(&root), file.map_err(|e| complaint(&root, &e))) {
         (Err((from, shape)), Err(read)) => {
             return Err(if Some(from) <= read.0 { shape } else { read });
         }
         (Err((_, bad)), _) | (_, Err(bad)) => return Err(bad),
-        (Ok(()), Ok(file)) => PolicyFile::from(file),
+        (Ok(()), Ok(file)) => apply(file, policy),
     };
     // Checked once the whole file is read: `backoff_max` may come first.
-    let (restart, dur) = (&file.values.restart, |d| quoted(&format_duration(d)));
-    let set = |key| file.set.contains(key);
-    if set("restart.backoff_max")
-        && set("restart.backoff_initial")
+    let restart = &policy.restart;
+    let section = root.get_ref().as_table().and_then(|t| t.get("restart"));
+    let key = |name| section?.get_ref().as_table()?.get(name);
+    if let (Some(at), Some(_)) = (key("backoff_max"), key("backoff_initial"))
         && restart.backoff_max < restart.backoff_initial
     {
-        let section = root
-            .get_ref()
-            .as_table()
-            .and_then(|root| root.get("restart"));
-        let at =
-            section.and_then(|r| Some(r.get_ref().as_table()?.get("backoff_max")?.span().start));
+        let dur = |d| quoted(&format_duration(d));
         let (max, initial) = (dur(restart.backoff_max), dur(restart.backoff_initial));
         let what = format!("restart.backoff_max {max} is shorter than restart.backoff_initial");
-        return Err((at, format!("{what} {initial}; make it at least as long")));
+        let msg = format!("{what} {initial}; make it at least as long");
+        return Err((Some(at.span().start), msg));
     }
-    Ok(file)
+    Ok(set)
 }
-/// Sets `key` from a command-line flag's text, read as the file's value would be: a
-/// whole number as an integer, anything else as a string.
+/// Sets `key` from a command-line flag's text, read by [`read`] as a file that sets only
+/// that key: a whole number as an integer, anything else as a string.
 /// A table key's flag (`--restart-exit 75=30m`) gives one entry, read as `{ 75 = "30m" }`.
 pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> Result<(), String> {
     // (Past i64, TOML's range, too: the key's own rule then says it is out of range.)
@@ -252,11 +215,8 @@ pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> R
             None => return Err(format!("{text:?} is not {entry}; write it like 75=30m")),
         },
     };
-    let doc = format!("v = {text}");
-    let doc = DeTable::parse(&doc).map_err(|e| e.message().to_string())?;
-    let value = doc.get_ref().get("v").ok_or("no value")?;
-    (key.read)(policy, ValueDeserializer::from(value.clone()))
-        .map_err(|e| complaint(value, key.full, &e).1)
+    let doc = format!("[{}]\n{} = {text}", key.section, key.name);
+    read(&doc, policy).map(drop).map_err(|(_, msg)| msg)
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {

@@ -1,5 +1,6 @@
 use super::read::line_col;
 use super::*;
+use crate::limits::{Cpu, Memory, Pids};
 use crate::present::short_duration as format_duration;
 use crate::supervisor::machine::ExitRule;
 use std::collections::HashMap;
@@ -12,6 +13,48 @@ macro_rules! set {
         f.set.contains(key).then(|| f.values.$sec.$key.clone())
     }};
 }
+
+/// Every key as `"section.key"`, in the table's order.
+const KEYS: &[&str] = &[
+    "conflict.policy",
+    "conflict.wait_timeout",
+    "conflict.after_timeout",
+    "conflict.exit_code",
+    "worktree.dir",
+    "worktree.branch_prefix",
+    "worktree.sync",
+    "worktree.on_exit",
+    "worktree.copy",
+    "stop.signal",
+    "stop.grace",
+    "stop.orphans",
+    "stop.containment",
+    "restart.policy",
+    "restart.max",
+    "restart.backoff_initial",
+    "restart.backoff_max",
+    "restart.window",
+    "restart.exit",
+    "run.max_runtime",
+    "run.stall_timeout",
+    "run.env",
+    "lock.handover",
+    "limits.memory_max",
+    "limits.pids_max",
+    "limits.cpu_max",
+    "limits.required",
+    "hooks.on_start",
+    "hooks.on_exit",
+    "hooks.timeout",
+    "fleet.endpoints",
+    "fleet.key",
+    "fleet.ttl",
+    "fleet.tls_ca",
+    "fleet.tls_cert",
+    "fleet.tls_key",
+    "log.format",
+    "log.level",
+];
 
 /// A policy file setting `keys` to the values `values` gives them.
 fn file_setting(keys: &[&'static str], values: impl FnOnce(&mut Policy)) -> PolicyFile {
@@ -128,7 +171,7 @@ fn full_file() -> PolicyFile {
             signal: libc::SIGINT,
             grace: Duration::from_secs(90),
             orphans: Orphans::Leave,
-            containment: Containment::Tree,
+            containment: ContainmentMode::Tree,
         };
         p.restart = Restart {
             policy: RestartWhen::Always,
@@ -446,7 +489,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.fleet.endpoints.as_deref(), Some(&endpoints[..]));
     assert_eq!(p.fleet.key.as_deref(), Some("x/y"));
     assert_eq!(p.fleet.ttl, Duration::from_secs(2));
-    assert_eq!(p.stop.containment, Containment::Cgroup);
+    assert_eq!(p.stop.containment, ContainmentMode::Cgroup);
     // Keys without a flag keep the file's values.
     assert_eq!(p.conflict.after_timeout, AfterTimeout::Worktree);
     assert_eq!(p.worktree.on_exit, OnExit::QueueMerge);
@@ -1099,7 +1142,7 @@ fn keyword_values_match_the_code() {
         ),
         (
             "stop.containment",
-            spelled(Containment::ALL, <Containment as Keyword>::as_str),
+            spelled(ContainmentMode::ALL, <ContainmentMode as Keyword>::as_str),
         ),
         (
             "restart.policy",

@@ -75,11 +75,11 @@ pub fn generate_id(prompt: &str, taken: &dyn Fn(&str) -> bool) -> String {
     }
 }
 
-/// Why `prefix` cannot start a git branch name `<prefix><id>`, if it cannot (git's
-/// ref-name rules that a prefix can break).
-pub(crate) fn branch_prefix_problem(prefix: &str) -> Option<&'static str> {
+/// `prefix`, if it can start a git branch name `<prefix><id>`; else why it cannot (git's
+/// ref-name rules that a prefix can break) and what to use.
+pub(crate) fn branch_prefix(prefix: String) -> Result<String, String> {
     let parts = || prefix.split('/');
-    Some(if prefix.starts_with('/') || prefix.starts_with('-') {
+    let why = if prefix.starts_with('/') || prefix.starts_with('-') {
         "it may not start with / or -"
     } else if prefix.contains("..") || prefix.contains("//") || prefix.contains("@{") {
         "it may not contain .., // or @{"
@@ -93,8 +93,12 @@ pub(crate) fn branch_prefix_problem(prefix: &str) -> Option<&'static str> {
     } else if parts().any(|part| part.ends_with(".lock")) {
         "no part of it may end in .lock"
     } else {
-        return None;
-    })
+        return Ok(prefix);
+    };
+    let use_ = "use a prefix like \"ralph/\"";
+    Err(format!(
+        "{prefix:?} is not a usable branch prefix ({why}); {use_}"
+    ))
 }
 
 /// Whether `id` has the shape [`generate_id`] produces: `[a-z0-9]` runs joined by single
