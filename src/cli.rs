@@ -131,13 +131,15 @@ pub(crate) enum Command {
     },
 }
 
+/// `run`'s arguments; the policy flags are `P` ([`UnhelpedPolicyArgs`] in [`parse`]'s
+/// parser of `run` alone).
 #[derive(Debug, Args)]
-pub(crate) struct RunArgs {
+pub(crate) struct RunArgs<P: Args = PolicyArgs> {
     /// Task text recorded in the lock metadata [default: the command line]
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
     pub(crate) prompt: Option<OsString>,
     #[command(flatten)]
-    pub(crate) policy: PolicyArgs,
+    pub(crate) policy: P,
     /// The command to run, with its arguments
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND", value_parser = clap::value_parser!(OsString))]
     pub(crate) command: Vec<OsString>,
@@ -161,19 +163,22 @@ fn policy_flags() -> impl Iterator<Item = &'static Key> {
     TABLE.iter().filter(local)
 }
 
-/// `--stop-grace`'s argument: help from the key's meaning and default, keyword values
-/// as possible values, the value checked by [`Overrides::set`] (a bad one exits 2).
-fn policy_flag(key: &'static Key) -> clap::Arg {
+/// `--stop-grace`'s argument: help from the key's meaning and default (without `help`,
+/// none: see [`parse`]), keyword values as possible values, the value checked by
+/// [`Overrides::set`] (a bad one exits 2).
+fn policy_flag(key: &'static Key, help: bool) -> clap::Arg {
     let plain = |text: &str| text.replace('`', "");
     let name = key.flag.unwrap_or_default();
-    let default = key
-        .default()
-        .map_or_else(String::from, |d| d.trim_matches('"').into());
-    let meaning = plain(key.doc.split(". ").next().unwrap_or(key.doc));
-    let meaning = meaning.trim_end_matches('.');
-    let help = match key.entry {
-        None => format!("{meaning} [default: {default}]"),
-        Some(_) => format!("{meaning} (repeatable)"),
+    let text = || {
+        let default = key
+            .default()
+            .map_or_else(String::from, |d| d.trim_matches('"').into());
+        let meaning = plain(key.doc.split(". ").next().unwrap_or(key.doc));
+        let meaning = meaning.trim_end_matches('.');
+        match key.entry {
+            None => format!("{meaning} [default: {default}]"),
+            Some(_) => format!("{meaning} (repeatable)"),
+        }
     };
     let value_name = match key.kind {
         _ if key.entry.is_some() => key.entry.unwrap_or_default().to_string(),
@@ -188,8 +193,8 @@ fn policy_flag(key: &'static Key) -> clap::Arg {
     };
     let arg = clap::Arg::new(name)
         .long(name.replace('_', "-"))
-        .value_name(value_name)
-        .help(help);
+        .value_name(value_name);
+    let arg = if help { arg.help(text()) } else { arg };
     let arg = match key.entry {
         Some(_) => arg.action(clap::ArgAction::Append),
         None => arg,
@@ -204,26 +209,56 @@ fn policy_flag(key: &'static Key) -> clap::Arg {
     };
     match key.values {
         [] => arg.value_parser(check),
-        values => arg.value_parser(PossibleValuesParser::new(
-            values
-                .iter()
-                .map(|(v, meaning)| PossibleValue::new(*v).help(plain(meaning))),
-        )),
+        values => arg.value_parser(PossibleValuesParser::new(values.iter().map(
+            |(v, meaning)| match help {
+                true => PossibleValue::new(*v).help(plain(meaning)),
+                false => PossibleValue::new(*v),
+            },
+        ))),
     }
+}
+
+/// `--policy` and the policy flags, with their help or (`help` false) without.
+fn policy_args(cmd: clap::Command, help: bool) -> clap::Command {
+    let policy = clap::Arg::new("policy")
+        .long("policy")
+        .value_name("FILE")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help("Policy file [default: $RALPH_SUPERVISE_POLICY, .ralph/supervise.toml, $XDG_CONFIG_HOME/ralph-supervise/policy.toml]");
+    let flags = policy_flags().map(|key| policy_flag(key, help));
+    cmd.arg(policy).args(flags.collect::<Vec<_>>())
 }
 
 impl clap::Args for PolicyArgs {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        let policy = clap::Arg::new("policy")
-            .long("policy")
-            .value_name("FILE")
-            .value_parser(clap::value_parser!(PathBuf))
-            .help("Policy file [default: $RALPH_SUPERVISE_POLICY, .ralph/supervise.toml, $XDG_CONFIG_HOME/ralph-supervise/policy.toml]");
-        let flags = policy_flags().map(policy_flag);
-        cmd.arg(policy).args(flags.collect::<Vec<_>>())
+        policy_args(cmd, true)
     }
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
         Self::augment_args(cmd)
+    }
+}
+
+/// [`PolicyArgs`] without the help texts, for the `run` parser of [`parse`]: writing
+/// each flag's help (its default as TOML, its keywords' meanings) was most of that
+/// parser's work, and its help is never shown.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UnhelpedPolicyArgs(PolicyArgs);
+
+impl clap::Args for UnhelpedPolicyArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        policy_args(cmd, false)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for UnhelpedPolicyArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        PolicyArgs::from_arg_matches(m).map(UnhelpedPolicyArgs)
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(m)
     }
 }
 
@@ -373,17 +408,26 @@ struct RunOnly {
 
 #[derive(Debug, Subcommand)]
 enum RunOnlyCommand {
-    Run(RunArgs),
+    Run(RunArgs<UnhelpedPolicyArgs>),
 }
 
 /// Parses the command line. A `run` line goes through a parser that knows only `run`;
 /// anything else, and any `run` line that parser does not accept as it is (help,
 /// errors), goes through the full parser, so every message is the full parser's.
 pub(crate) fn parse() -> Cli {
-    if subcommand_name(std::env::args_os().skip(1)).is_some_and(|name| name == "run")
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(cli) = plain_run(&args) {
+        return cli;
+    }
+    if subcommand_name(args.into_iter()).is_some_and(|name| name == "run")
         && let Ok(r) = <RunOnly as Parser>::try_parse()
     {
         let RunOnlyCommand::Run(args) = r.command;
+        let args = RunArgs {
+            prompt: args.prompt,
+            policy: args.policy.0,
+            command: args.command,
+        };
         return Cli {
             global: r.global,
             command: Command::Run(args),
@@ -394,6 +438,98 @@ pub(crate) fn parse() -> Cli {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => escaped_error(e).exit(),
     }
+}
+
+/// The common `run` lines, read without clap: building even the `run`-only parser and
+/// running it was 45 % of the instructions of a refused run (`--on-conflict fail`).
+/// Global flags (`-C DIR`, `--workspace[=]DIR`, `--log-format[=]FORMAT`, `-v`..., `-q`...)
+/// and `run`'s flags (`--prompt`, `--policy` and the policy flags, each `--flag VALUE`
+/// or `--flag=VALUE`; `--handover` alone or `--handover=VALUE`), then `--` and the
+/// command. Each value is checked as clap's parser checks it. Anything else (another
+/// spelling, a flag given twice, a value that starts with `-` or is empty, a word that
+/// is not UTF-8, a bad value, help) is `None`, and clap parses the line: every message
+/// and every decision other than these lines' is clap's.
+fn plain_run(args: &[OsString]) -> Option<Cli> {
+    let mut global = GlobalArgs {
+        workspace: None,
+        log_format: None,
+        verbose: 0,
+        quiet: 0,
+    };
+    let (mut prompt, mut policy, mut run) = (None, PolicyArgs::default(), false);
+    let mut seen = Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        let word = word.to_str()?;
+        if word == "--" {
+            let command: Vec<OsString> = words.cloned().collect();
+            let counts = (global.verbose > 0 && global.quiet > 0) || command.is_empty();
+            return (run && !counts).then_some(Cli {
+                global,
+                command: Command::Run(RunArgs {
+                    prompt,
+                    policy,
+                    command,
+                }),
+            });
+        }
+        if word == "run" && !run {
+            run = true;
+            continue;
+        }
+        // `-v`, `-vv`, `-q`...: counted, as clap counts them.
+        if let Some(letters) = word.strip_prefix('-')
+            && let Some(letter) = letters.bytes().next().filter(|l| b"vq".contains(l))
+            && letters.bytes().all(|b| b == letter)
+        {
+            // (Given both before and after `run`, clap keeps the count after it.)
+            let (count, side) = match letter {
+                b'v' => (&mut global.verbose, ["-v", "run -v"]),
+                _ => (&mut global.quiet, ["-q", "run -q"]),
+            };
+            if seen.contains(&side[usize::from(!run)]) {
+                return None;
+            }
+            seen.push(side[usize::from(run)]);
+            *count = count.checked_add(u8::try_from(letters.len()).ok()?)?;
+            continue;
+        }
+        let (flag, inline) = match word.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value)),
+            _ => (word, None),
+        };
+        let name = match flag {
+            "-C" if inline.is_none() => "workspace",
+            _ => flag.strip_prefix("--")?,
+        };
+        let key = TABLE
+            .iter()
+            .find(|k| k.flag.is_some_and(|f| f.replace('_', "-") == name));
+        let repeatable = key.is_some_and(|k| k.entry.is_some());
+        if seen.contains(&name) && !repeatable {
+            return None;
+        }
+        seen.push(name);
+        let value = match (name, inline) {
+            ("handover", None) => "always",
+            (_, Some(value)) => value,
+            (_, None) => words.next()?.to_str()?,
+        };
+        if value.is_empty() || value.starts_with('-') {
+            return None;
+        }
+        match (name, key) {
+            ("workspace", _) => global.workspace = Some(PathBuf::from(value)),
+            ("log-format", _) => global.log_format = Some(LogFormat::parse(value).ok()?),
+            ("prompt", _) if run => prompt = Some(OsString::from(value)),
+            ("policy", _) if run => policy.policy = Some(PathBuf::from(value)),
+            (_, Some(key)) if run && !GLOBAL_FLAGS.contains(&key.flag?) => {
+                policy.overrides.set(key.flag?, value).ok()?;
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// A usage error whose quoted arguments have their control characters escaped: clap
@@ -480,9 +616,180 @@ mod tests {
         let (Command::Run(a), RunOnlyCommand::Run(b)) = (full.command, fast.command) else {
             panic!("not run")
         };
-        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(format!("{:?}", a.policy), format!("{:?}", b.policy.0));
+        assert_eq!((a.prompt, a.command), (b.prompt, b.command));
         assert_eq!(format!("{:?}", full.global), format!("{:?}", fast.global));
     }
+
+    fn words(line: &[&str]) -> Vec<OsString> {
+        line.iter().map(OsString::from).collect()
+    }
+
+    /// What clap makes of `line`, as text (`None`: a usage error, help or version).
+    fn by_clap(line: &[OsString]) -> Option<String> {
+        let argv = std::iter::once(OsString::from("ralph-supervise")).chain(line.iter().cloned());
+        <Cli as Parser>::try_parse_from(argv)
+            .ok()
+            .map(|cli| format!("{cli:?}"))
+    }
+
+    #[test]
+    fn common_run_lines_are_read_without_clap_as_clap_reads_them() {
+        for line in [
+            &["run", "--", "ralph", "run"][..],
+            &[
+                "-C",
+                "/w",
+                "run",
+                "--on-conflict",
+                "wait",
+                "--",
+                "x",
+                "--flag",
+            ],
+            &[
+                "-q",
+                "--workspace=/w",
+                "run",
+                "--stop-grace=3s",
+                "--handover",
+                "--",
+                "x",
+            ],
+            &[
+                "run",
+                "-vv",
+                "--restart-exit",
+                "75=30m",
+                "--restart-exit=1=stop",
+                "--",
+                "x",
+            ],
+            &[
+                "--log-format",
+                "json",
+                "run",
+                "--policy",
+                "p.toml",
+                "--prompt",
+                "a task",
+                "--",
+                "x",
+            ],
+        ] {
+            let line = words(line);
+            let plain = plain_run(&line).map(|cli| format!("{cli:?}"));
+            assert!(plain.is_some(), "{line:?} is read without clap");
+            assert_eq!(plain, by_clap(&line), "{line:?}");
+        }
+        // Left to clap: its own messages, or spellings this reader does not take.
+        for line in [
+            &["run", "--stop-grace", "1s", "--stop-grace", "2s", "--", "x"][..],
+            &["run", "--handover", "never", "--", "x"],
+            &["-v", "-q", "run", "--", "x"],
+            &["run", "--stop-grace", "soon", "--", "x"],
+            &["run", "--max-restarts", "-1", "--", "x"],
+            &["run", "--help"],
+            &["run", "x"],
+            &["run", "--"],
+            &["-vq", "run", "--", "x"],
+            &["--on-conflict", "wait", "run", "--", "x"],
+            &["status", "--", "x"],
+        ] {
+            assert!(
+                plain_run(&words(line)).is_none(),
+                "{line:?} is left to clap"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// Whatever the reader without clap accepts, clap reads the same way.
+        #[test]
+        fn the_plain_run_reader_agrees_with_clap(
+            before in proptest::collection::vec(proptest::sample::select(GLOBAL_WORDS), 0..4),
+            run in proptest::bool::weighted(0.9),
+            flags in proptest::collection::vec(proptest::sample::select(RUN_WORDS), 0..7),
+            end in proptest::bool::weighted(0.9),
+            command in proptest::collection::vec(proptest::sample::select(&["x", "--y", "-", "--", "run"][..]), 0..3),
+        ) {
+            let mut line: Vec<&str> = before;
+            line.extend(run.then_some("run"));
+            line.extend(flags);
+            line.extend(end.then_some("--"));
+            line.extend(command);
+            let line = words(&line);
+            if let Some(cli) = plain_run(&line) {
+                proptest::prop_assert_eq!(Some(format!("{cli:?}")), by_clap(&line), "{:?}", line);
+            }
+        }
+    }
+
+    const GLOBAL_WORDS: &[&str] = &[
+        "-C",
+        "/w",
+        "--workspace",
+        "--workspace=/v",
+        "-v",
+        "-vv",
+        "-q",
+        "-qq",
+        "-vq",
+        "--log-format",
+        "json",
+        "--log-format=text",
+        "--log-format=xml",
+        "run",
+        "",
+    ];
+    const RUN_WORDS: &[&str] = &[
+        "--prompt",
+        "a task",
+        "--prompt=-dash",
+        "--policy",
+        "p.toml",
+        "--policy=",
+        "-C",
+        "/w",
+        "--on-conflict",
+        "wait",
+        "fail",
+        "Wait",
+        "--on-conflict=worktree",
+        "--stop-grace",
+        "3s",
+        "soon",
+        "--stop-grace=1m",
+        " 5s",
+        "--restart-exit",
+        "75=30m",
+        "--restart-exit=1=stop",
+        "--restart-exit=x",
+        "--handover",
+        "--handover=never",
+        "never",
+        "--max-restarts",
+        "5",
+        "-1",
+        "--wait-timeout=",
+        "--wait-timeout",
+        "0s",
+        "--restart",
+        "on-failure",
+        "--containment",
+        "tree",
+        "--stop-signal=INT",
+        "--help",
+        "-h",
+        "-x",
+        "--nope",
+        "é",
+        "-v",
+        "-q",
+        "--log-format",
+        "json",
+    ];
 
     #[test]
     fn durations() {
