@@ -41,11 +41,12 @@ fn main() {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = PathBuf::from(var("OUT_DIR"));
     static_unwinder(&cc, &out);
-    if packed_relocations_run(&cc, &out) {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    let packed = ["-Wl,-z,pack-relative-relocs".to_string()];
+    if links_and_runs(&out, "relr", &packed) {
+        println!("cargo:rustc-link-arg-bins={}", packed[0]);
     }
-    if let Some(script) = hot_functions(&cc, &out) {
-        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+    if let Some(script) = hot_functions(&out) {
+        println!("cargo:rustc-link-arg-bins={script}");
     }
 }
 
@@ -71,38 +72,58 @@ fn static_unwinder(cc: &str, out: &Path) {
     }
 }
 
-/// Whether a position-independent program with relative relocations, linked with them
-/// packed, links and runs here (the linker knows the option, the C library `DT_RELR`).
-fn packed_relocations_run(cc: &str, out: &Path) -> bool {
-    let (source, program) = (out.join("relr.c"), out.join("relr"));
-    let text = "static int x[8];\nint *p[8] = {x, x + 1, x + 2, x + 3, x + 4, x + 5, x + 6, x + 7};\nint main(void) { return *p[7]; }\n";
-    if std::fs::write(&source, text).is_err() {
+/// Whether a small Rust program, built by the compiler, flags and linker that build this
+/// package (`RUSTC`, `RUSTFLAGS`, a configured linker) with `link_args` added, links and
+/// runs here: a linker that does not know an option or a script's command (gold has no
+/// `INSERT`), or a C library that cannot load what it made (`DT_RELR` before glibc
+/// 2.36), and the option is not used.
+fn links_and_runs(out: &Path, name: &str, link_args: &[String]) -> bool {
+    let (source, program) = (out.join(format!("{name}.rs")), out.join(name));
+    if std::fs::write(&source, "fn main() {}\n").is_err() {
         return false;
     }
-    let linked = Command::new(cc)
-        .args(["-fPIE", "-pie", "-Wl,-z,pack-relative-relocs", "-o"])
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let mut build = Command::new(rustc);
+    build
+        .arg("--edition=2021")
+        .arg("-o")
         .arg(&program)
-        .arg(&source)
-        .output();
-    linked.is_ok_and(|o| o.status.success())
+        .arg(&source);
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    build.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    if let Ok(linker) = std::env::var("RUSTC_LINKER") {
+        build.arg(format!("-Clinker={linker}"));
+    }
+    build.args(link_args.iter().map(|a| format!("-Clink-arg={a}")));
+    build.output().is_ok_and(|o| o.status.success())
         && Command::new(&program).status().is_ok_and(|s| s.success())
 }
 
-/// The linker script that puts the listed functions in `.text.hot`, ahead of `.init`
-/// (next to `.init`, `.fini` and `.plt`, which every run touches too), if a C program
-/// linked with it runs here. Each line of the list is a symbol name whose hashes are
-/// `*` (`_ZN15ralph_supervise3run3run17h*E`, `_RNvCs*_3std...`); with function sections
-/// each function is in `.text.<symbol>` (`.text.unlikely.<symbol>` when the compiler
-/// deems it cold), with a `.<n>` suffix where LTO renamed a duplicate. The C start-up
-/// files and the unwinder (whose constructor runs at every start) come first.
-fn hot_functions(cc: &str, out: &Path) -> Option<PathBuf> {
+/// The linker script that puts the listed functions in `.text.hot`, ahead of `.text`
+/// (`-Wl,-T,<script>`), if a program linked with it runs here. Each line of the list is a
+/// symbol name whose hashes are `*` (`_ZN15ralph_supervise3run3run17h*E`,
+/// `_RNvCs*_3std...`); with function sections each function is in `.text.<symbol>`
+/// (`.text.unlikely.<symbol>` when the compiler deems it cold), with a `.<n>` suffix
+/// where LTO renamed a duplicate. The C start-up files and the unwinder (whose
+/// constructor runs at every start) come first.
+fn hot_functions(out: &Path) -> Option<String> {
     let list = Path::new(&std::env::var("CARGO_MANIFEST_DIR").ok()?).join("link/hot-functions.txt");
     println!("cargo:rerun-if-changed={}", list.display());
     let list = std::fs::read_to_string(list).ok()?;
     let glob = |c: char| c.is_ascii_alphanumeric() || "_$.*".contains(c);
-    let mut script = String::from(
-        "SECTIONS {\n  .text.hot : {\n    *crt*.o(.text .text.*)\n    *libgcc_eh.a:*(.text .text.*)\n",
-    );
+    let mut script = String::from("SECTIONS {\n  .text.hot : {\n");
+    for start in [
+        "crt1.o",
+        "Scrt1.o",
+        "rcrt1.o",
+        "crti.o",
+        "crtbegin*.o",
+        "crtend*.o",
+        "crtn.o",
+    ] {
+        script += &format!("    */{start}(.text .text.*)\n");
+    }
+    script += "    *libgcc_eh.a:*(.text .text.*)\n";
     for name in list.lines().map(str::trim) {
         if name.is_empty() || name.starts_with('#') || !name.chars().all(glob) {
             continue;
@@ -110,17 +131,9 @@ fn hot_functions(cc: &str, out: &Path) -> Option<PathBuf> {
         let sections = [".text.", ".text.unlikely."].map(|at| format!("{at}{name} {at}{name}.*"));
         script += &format!("    *({})\n", sections.join(" "));
     }
-    script += "  }\n}\nINSERT BEFORE .init;\n";
-    let (path, source, program) = (out.join("hot.ld"), out.join("hot.c"), out.join("hot"));
+    script += "  }\n}\nINSERT BEFORE .text;\n";
+    let path = out.join("hot.ld");
     std::fs::write(&path, script).ok()?;
-    std::fs::write(&source, "int main(void) { return 0; }\n").ok()?;
-    let linked = Command::new(cc)
-        .arg(format!("-Wl,-T,{}", path.display()))
-        .arg("-o")
-        .arg(&program)
-        .arg(&source)
-        .output();
-    let runs = linked.is_ok_and(|o| o.status.success())
-        && Command::new(&program).status().is_ok_and(|s| s.success());
-    runs.then_some(path)
+    let arg = format!("-Wl,-T,{}", path.display());
+    links_and_runs(out, "hot", std::slice::from_ref(&arg)).then_some(arg)
 }
