@@ -453,7 +453,7 @@ def idle_and_rss():
                       ([("tini", [TINI, "-s", "--", STAMP, "--wait-stdin"])] if TINI else []):
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         p.stdout.readline()
-        code = f"{resident_code(p.pid, argv[0])} kB" if argv[0] in (BIN, STATIC) else ""
+        code = f"{resident_code(p.pid, os.path.realpath(argv[0]))} kB" if argv[0] in (BIN, STATIC) else ""
         rss.append((name, proc_status(p.pid)["VmHWM"], code))
         p.stdin.close()
         p.wait()

@@ -38,7 +38,9 @@ def build():
 
 
 def functions(binary):
-    """(file offset, symbol) of every function in the executable segment."""
+    """(file offset, symbols) of every function in the executable segment: all the names
+    at an address (identical functions merged into one have several, and the section
+    is named after one of them)."""
     text = None
     for line in subprocess.run(["readelf", "-lW", binary], capture_output=True, text=True,
                                check=True).stdout.splitlines():
@@ -53,7 +55,7 @@ def functions(binary):
         if len(f) == 4 and f[2] in "tT" and int(f[1], 16) > 0:
             at = int(f[0], 16)
             if vaddr <= at < vaddr + size:
-                found.setdefault(at - vaddr + offset, f[3])
+                found.setdefault(at - vaddr + offset, []).append(f[3])
     return sorted(found.items())
 
 
@@ -93,14 +95,16 @@ def workloads(binary):
     """The runs whose code is placed ahead: the launch as bench.py measures it, a failing
     command, a restart under a policy file, a git repository, the conflict policies
     (fail, a timed-out wait, a hand-off, a worktree), a forwarded stop, the lock
-    hand-over and a runtime limit."""
+    hand-over, a runtime limit, and a process tree instead of a cgroup."""
     q = subprocess.DEVNULL
     run = lambda ws, *args, **kw: subprocess.run([binary, "-q", "-C", ws, "run", *args],
                                                   stdout=q, stderr=q, **kw)
     plain = tempfile.mkdtemp(prefix="rs-hot-")
-    # In the workspace, as from a shell there, and with -C, as bench.py and services do.
+    # In the workspace, as from a shell there, and with -C, as bench.py and services do;
+    # as a process tree too (the containment where no cgroup can be made).
     subprocess.run([binary, "run", "--", "true"], cwd=plain, stdout=q, stderr=q)
     run(plain, "--", "true")
+    run(plain, "--containment", "tree", "--", "sh", "-c", "sleep 0.1 & exit 3")
     run(plain, "--", "sh", "-c", "exit 3")
     run(plain, "--max-runtime", "100ms", "--", "sleep", "5")
     os.makedirs(os.path.join(plain, ".ralph"), exist_ok=True)
@@ -146,12 +150,26 @@ def pattern(symbol):
 
 
 def remove_probes():
-    """Disables and removes this script's probes (left behind by a run cut short too)."""
-    enable = os.path.join(TRACE, "events", GROUP, "enable")
-    if os.path.exists(enable):
+    """Disables and removes this script's probes, and only them (left behind by a run
+    cut short too)."""
+    group = os.path.join(TRACE, "events", GROUP)
+    if os.path.exists(group):
         print("hot.py: removing the probes (a few minutes)", file=sys.stderr)
-        write(enable, "0")
-        write(os.path.join(TRACE, "uprobe_events"), "")
+        write(os.path.join(group, "enable"), "0")
+        names = [e for e in os.listdir(group) if os.path.isdir(os.path.join(group, e))]
+        add(os.path.join(TRACE, "uprobe_events"), [f"-:{GROUP}/{e}\n" for e in names])
+
+
+def add(path, lines):
+    """Appends `lines` in writes tracefs takes whole (it parses at most a page a time)."""
+    chunk = ""
+    for line in lines:
+        if len(chunk) + len(line) > 3000:
+            write(path, chunk, append=True)
+            chunk = ""
+        chunk += line
+    if chunk:
+        write(path, chunk, append=True)
 
 
 def main():
@@ -164,19 +182,13 @@ def main():
     funcs = functions(binary)
     events = os.path.join(TRACE, "uprobe_events")
     print(f"hot.py: {len(funcs)} functions; setting their probes", file=sys.stderr)
-    chunk = ""
-    for i, (offset, _) in enumerate(funcs):
-        line = f"p:{GROUP}/f{i} {binary}:{offset:#x}\n"
-        if len(chunk) + len(line) > 3000:  # tracefs parses a write of up to a page
-            write(events, chunk, append=True)
-            chunk = ""
-        chunk += line
-    write(events, chunk, append=True)
-    enable = os.path.join(TRACE, "events", GROUP, "enable")
+    settings = {name: open(os.path.join(TRACE, name)).read().strip()
+                for name in ("tracing_on", "buffer_size_kb")}
     try:
+        add(events, [f"p:{GROUP}/f{i} {binary}:{offset:#x}\n" for i, (offset, _) in enumerate(funcs)])
         write(os.path.join(TRACE, "trace"), "")
         write(os.path.join(TRACE, "buffer_size_kb"), "65536")
-        write(enable, "1")
+        write(os.path.join(TRACE, "events", GROUP, "enable"), "1")
         write(os.path.join(TRACE, "tracing_on"), "1")
         workloads(binary)
     finally:
@@ -184,13 +196,15 @@ def main():
         with open(os.path.join(TRACE, "trace")) as f:
             trace = f.read()
         remove_probes()
+        for name, value in settings.items():
+            write(os.path.join(TRACE, name), value)
     order, seen = [], set()
     for m in re.finditer(rf"{GROUP}/f(\d+)|\bf(\d+): \(", trace):
         i = int(m.group(1) or m.group(2))
-        name = pattern(funcs[i][1])
-        if name not in seen:
-            seen.add(name)
-            order.append(name)
+        for name in map(pattern, funcs[i][1]):
+            if name not in seen:
+                seen.add(name)
+                order.append(name)
     if "LOST" in trace or len(order) < 100:
         sys.exit(f"hot.py: the trace lost events or saw too few calls ({len(order)})")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
