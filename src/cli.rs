@@ -200,12 +200,12 @@ fn policy_flag(key: &'static Key, help: bool) -> clap::Arg {
         None => arg,
     };
     // `--handover` alone: "always" (an optional value must then follow `=`).
-    let arg = match name {
-        "handover" => arg
+    let arg = match bare_value(name) {
+        Some(value) => arg
             .num_args(0..=1)
             .require_equals(true)
-            .default_missing_value("always"),
-        _ => arg,
+            .default_missing_value(value),
+        None => arg,
     };
     match key.values {
         [] => arg.value_parser(check),
@@ -216,6 +216,12 @@ fn policy_flag(key: &'static Key, help: bool) -> clap::Arg {
             },
         ))),
     }
+}
+
+/// The value of flag `name` given alone (`--handover` is `--handover=always`); such a
+/// flag's value must follow `=`.
+fn bare_value(name: &str) -> Option<&'static str> {
+    (name == "handover").then_some("always")
 }
 
 /// `--policy` and the policy flags, with their help or (`help` false) without.
@@ -510,10 +516,11 @@ fn plain_run(args: &[OsString]) -> Option<Cli> {
             return None;
         }
         seen.push(name);
-        let value = match (name, inline) {
-            ("handover", None) => "always",
-            (_, Some(value)) => value,
-            (_, None) => words.next()?.to_str()?,
+        let bare = key.and_then(|k| bare_value(k.flag?));
+        let value = match (inline, bare) {
+            (Some(value), _) => value,
+            (None, Some(value)) => value,
+            (None, None) => words.next()?.to_str()?,
         };
         if value.is_empty() || value.starts_with('-') {
             return None;
