@@ -16,13 +16,15 @@
 //! - The functions a run calls placed together, ahead of the rest of the code
 //!   (`link/hot-functions.txt`, made by `bench/hot.py`): the kernel maps a program's code
 //!   64 KiB around each page first touched, so the ~400 KB a run uses, spread over all
-//!   1.4 MB, kept nearly all of it resident; together, they keep about 650 kB resident
-//!   (peak RSS 3,108 -> about 2,400 kB, BENCHMARKS.md). A linker script that only adds an
-//!   output section (`INSERT`), so the linker's own layout stays as it is; a name the list
+//!   1.4 MB, kept nearly all of it resident; together, about 450 kB is (peak RSS 3,108
+//!   -> 2,136 kB, BENCHMARKS.md). A linker script that only adds an output section
+//!   (`INSERT`), so the linker's own layout stays as it is; a name the list
 //!   has that the build lacks matches nothing, and a function missing from the list stays
 //!   where the linker puts it: a stale list costs memory, never correctness.
 //!
-//! For another system, a static build or a cross build nothing changes.
+//! Each is tried first on a small Rust program built as this package is (its compiler,
+//! flags and linker: gold, say, has no `INSERT`); where it fails, it is not used. For
+//! another system, a static build or a cross build nothing changes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes link/hot-functions.txt: the functions of ralph-supervise that its runs call, in
 the order they are first called, which build.rs places together ahead of the rest of
-the code (a run then keeps about 650 kB of code resident instead of 1.4 MB; see
-BENCHMARKS.md, "hot functions").
+the code (a run then keeps about 450 kB of code resident instead of 1.4 MB; see
+BENCHMARKS.md, "Optimisations, before and after").
 
     sudo bench/hot.py
 
