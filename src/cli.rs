@@ -694,6 +694,8 @@ mod tests {
             &["run", "--stop-grace", "1s", "--stop-grace", "2s", "--", "x"][..],
             &["run", "--handover", "never", "--", "x"],
             &["-v", "-q", "run", "--", "x"],
+            // (clap keeps the count given after `run`: found by the property test below)
+            &["-v", "run", "-v", "--", "x"],
             &["run", "--stop-grace", "soon", "--", "x"],
             &["run", "--max-restarts", "-1", "--", "x"],
             &["run", "--help"],
