@@ -469,8 +469,9 @@ fn plain_run(args: &[OsString]) -> Option<Cli> {
         let word = word.to_str()?;
         if word == "--" {
             let command: Vec<OsString> = words.cloned().collect();
-            let counts = (global.verbose > 0 && global.quiet > 0) || command.is_empty();
-            return (run && !counts).then_some(Cli {
+            // (-v with -q, and no command, are clap's errors to report.)
+            let clap_refuses = (global.verbose > 0 && global.quiet > 0) || command.is_empty();
+            return (run && !clap_refuses).then_some(Cli {
                 global,
                 command: Command::Run(RunArgs {
                     prompt,
