@@ -287,32 +287,44 @@ static NO_CLONE3_FILTER: [libc::sock_filter; 6] = [
     bpf(RET, 0, 0, libc::SECCOMP_RET_ALLOW),                       // 5: allow
 ];
 
-/// Installs [`NO_CLONE3_FILTER`] on this process (inherited by every child; with
-/// `no_new_privs`, so that it needs no privilege). For the test probe only.
-pub(crate) fn deny_clone3() -> io::Result<()> {
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)`: the system call's result (with
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`, the listener's descriptor), or -1 with `errno`
+/// set. Async-signal-safe: a stack value pointing at a static program, one system call.
+fn set_filter(program: &'static [libc::sock_filter], flags: libc::c_ulong) -> libc::c_long {
     let prog = libc::sock_fprog {
-        len: NO_CLONE3_FILTER.len() as u16,
-        filter: NO_CLONE3_FILTER.as_ptr() as *mut libc::sock_filter,
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
     };
-    // SAFETY: prctl with integer arguments; seccomp with a pointer to a stack value that
-    // points at the static program, both alive for the call.
+    // SAFETY: `prog` points at the static program for the duration of the call.
     unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let flags = libc::SECCOMP_FILTER_FLAG_TSYNC;
-        let prog = &prog as *const libc::sock_fprog;
-        if libc::syscall(
+        libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
             flags,
-            prog,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+            &prog as *const libc::sock_fprog,
+        )
     }
-    Ok(())
+}
+
+/// `no_new_privs` for this thread and its children (what seccomp wants of a process
+/// without CAP_SYS_ADMIN). Async-signal-safe.
+fn no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    match unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Installs [`NO_CLONE3_FILTER`] on this process (inherited by every child; with
+/// `no_new_privs`, so that it needs no privilege). For the test probe only.
+pub(crate) fn deny_clone3() -> io::Result<()> {
+    no_new_privs()?;
+    let flags = libc::SECCOMP_FILTER_FLAG_TSYNC;
+    match set_filter(&NO_CLONE3_FILTER, flags) {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// Whether this machine can hand the lock over: `Err` names what is missing (kernel too
@@ -375,10 +387,6 @@ pub(crate) fn handover_available() -> Result<(), String> {
 /// Installs [`FLOCK_FILTER`] with a listener in a forked child, which exits at once:
 /// whether this process's children can have one.
 fn try_listener() -> io::Result<()> {
-    let prog = libc::sock_fprog {
-        len: FLOCK_FILTER.len() as u16,
-        filter: FLOCK_FILTER.as_ptr() as *mut libc::sock_filter,
-    };
     // SAFETY: fork; the child makes only async-signal-safe calls (prctl, seccomp, _exit)
     // on a stack value pointing at a static program, then exits without returning.
     let pid = unsafe { libc::fork() };
@@ -386,15 +394,12 @@ fn try_listener() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: see above; `no_new_privs` and the filter die with this child.
+        // (`no_new_privs` and the filter die with this child.)
+        let _ = no_new_privs();
+        let flags = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+        let r = set_filter(&FLOCK_FILTER, flags);
+        // SAFETY: reads this thread's errno, then _exit(2): async-signal-safe.
         unsafe {
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-            let r = libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                &prog as *const libc::sock_fprog,
-            );
             let code = if r < 0 { *libc::__errno_location() } else { 0 };
             libc::_exit(code.clamp(0, 255));
         }
@@ -423,27 +428,11 @@ fn try_listener() -> io::Result<()> {
 /// cannot raise privileges inside the loop). Async-signal-safe: system calls on stack
 /// values and a static program; no allocation.
 pub(crate) fn install_flock_filter(sock: RawFd) -> io::Result<()> {
-    let prog = libc::sock_fprog {
-        len: FLOCK_FILTER.len() as u16,
-        filter: FLOCK_FILTER.as_ptr() as *mut libc::sock_filter,
-    };
-    let install = || {
-        // SAFETY: `prog` points at the static program for the duration of the call.
-        unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
-                &prog as *const libc::sock_fprog,
-            )
-        }
-    };
+    let flags = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW;
+    let install = || set_filter(&FLOCK_FILTER, flags);
     let mut listener = install();
     if listener < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EACCES) {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        no_new_privs()?;
         listener = install();
     }
     if listener < 0 {
