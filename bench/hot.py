@@ -24,6 +24,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import wchan  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "link", "hot-functions.txt")
 TRACE = "/sys/kernel/tracing"
@@ -85,7 +88,7 @@ def settle(ws, pattern, what):
 
 def blocked(pid):
     deadline = time.monotonic() + 10
-    while not any(w in open(f"/proc/{pid}/wchan").read() for w in ("lock", "poll")):
+    while not any(w in wchan(pid) for w in ("lock", "poll")):
         if time.monotonic() > deadline:
             sys.exit("hot.py: the waiter never blocked")
         time.sleep(0.005)
