@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 
-use crate::present::short_duration as format_duration;
+use crate::setting::short_duration as format_duration;
 
 /// The shortest lease: below it a keep-alive round trip and a stop grace do not fit.
 pub(crate) const MIN_TTL: Duration = Duration::from_secs(2);

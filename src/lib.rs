@@ -104,7 +104,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
             init_logging(&global, None);
             let workspace = workspace::resolve(global.workspace.as_deref())?;
             let effective = effective_policy(&workspace, &args, &global)?;
-            logging::print(&policy::show(&effective))?;
+            logging::print(&present::policy(&effective))?;
             Ok(ExitStatus::SUCCESS)
         }
         Command::Policy(PolicyCommand::Check { file }) => {
@@ -193,12 +193,13 @@ fn effective_policy(
     args: &PolicyArgs,
     global: &GlobalArgs,
 ) -> Result<policy::Effective, Failure> {
-    policy::effective(
-        args.policy.as_deref(),
-        workspace,
-        &|name| std::env::var_os(name),
+    let env = |name: &str| std::env::var_os(name);
+    let file = policy::find(args.policy.as_deref(), workspace, &env)?;
+    let file = file.map(|path| policy::load(&path).map(|f| (path, f)));
+    Ok(policy::resolve(
+        file.transpose()?,
         &args.overrides(global.log_format),
-    )
+    ))
 }
 
 /// Logging from flags, then the policy's `[log]`, then defaults.

@@ -20,7 +20,9 @@ use serde::Serialize;
 use crate::history;
 use crate::lock::{Holder, LoopState, MetaState};
 use crate::metadata::{LastExit, Mode, format_time};
+use crate::policy::{Effective, Source, TABLE};
 use crate::procfs;
+use crate::setting::short_duration;
 use crate::supervisor::machine::{Decision, Verdict, Why};
 use crate::worktree::registry;
 
@@ -463,6 +465,31 @@ fn last_exit(last: &LastExit) -> String {
 // ---------------------------------------------------------------------------------
 // restarts
 
+/// `policy show`: the effective policy as TOML, each value followed by where it came from
+/// (`# default`, `# <file>`, `# --flag`). Unset optional values are shown as comments, so
+/// the output is itself a valid policy file describing the same policy.
+pub(crate) fn policy(e: &Effective) -> String {
+    let mut out = match &e.file {
+        Some(file) => format!("# effective policy; file: {}\n", path(file)),
+        None => "# effective policy; no policy file, built-in defaults\n".to_string(),
+    };
+    for (i, key) in TABLE.iter().enumerate() {
+        if i == 0 || TABLE[i - 1].section != key.section {
+            let _ = writeln!(out, "\n[{}]", key.section);
+        }
+        let origin = match e.source(key.full) {
+            Source::Default => "default".to_string(),
+            Source::File(file) => path(file),
+            Source::Flag => key.long_flag().unwrap_or_default(),
+        };
+        let _ = match (key.show)(&e.policy) {
+            Some(value) => writeln!(out, "{} = {value}  # {origin}", key.name),
+            None => writeln!(out, "# {} not set: {}  # {origin}", key.name, key.unset),
+        };
+    }
+    out
+}
+
 /// The rule that decided, as the policy spells it: `restart.exit 75 = "30m"`,
 /// `restart.policy = "on-failure"`.
 pub(crate) fn restart_why(why: Why) -> String {
@@ -470,11 +497,6 @@ pub(crate) fn restart_why(why: Why) -> String {
         Why::Exit(status, rule) => format!("restart.exit {status} = \"{rule}\""),
         Why::Policy(when) => format!("restart.policy = \"{when}\""),
     }
-}
-
-/// `1h30m`, `250ms`.
-pub(crate) fn short_duration(d: std::time::Duration) -> String {
-    humantime::format_duration(d).to_string().replace(' ', "")
 }
 
 /// The log line of a decision after a run ended by itself, e.g.

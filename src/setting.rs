@@ -3,8 +3,9 @@
 //! imports the room's types): keyword enums ([`keywords!`]: a closed set of spellings,
 //! each with its meaning, for serde, clap's possible values and the man page) and
 //! strings with a rule ([`checked_str`]), values that are a string or an integer
-//! ([`Text`]). Each is declared in the room that acts on it
-//! (`conflict`, `worktree`, `logging`, `hooks`, `fleet_settings`, ...).
+//! ([`Text`]), durations (read and written as humantime spells them). Each is declared
+//! in the room that acts on it (`conflict`, `worktree`, `logging`, `hooks`,
+//! `fleet_settings`, ...).
 
 use serde::de::{Deserialize, Deserializer, Error, Visitor};
 
@@ -106,4 +107,21 @@ impl Visitor<'_> for TextVisitor {
     fn visit_i128<E: Error>(self, n: i128) -> Result<Text, E> {
         Ok(Text::Int(n))
     }
+}
+
+/// What to write for a duration.
+pub(crate) const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
+
+/// A human duration, `"1h30m"`.
+pub(crate) fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        let why = e.to_string(); // without the unit table humantime appends: the hint suffices
+        let why = why.split(", supported units").next().unwrap_or_default();
+        format!("{text:?} is not a duration ({why}); {DURATION}")
+    })
+}
+
+/// `1h30m`, `250ms`.
+pub(crate) fn short_duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
 }

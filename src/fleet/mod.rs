@@ -247,7 +247,7 @@ impl Fleet {
                     format!(
                         "etcd at {} did not answer within {}; check [fleet] endpoints and that etcd runs (nothing was started)",
                         settings.endpoints.join(", "),
-                        crate::present::short_duration(limit)
+                        crate::setting::short_duration(limit)
                     ),
                 ));
             }
@@ -602,7 +602,7 @@ impl Fleet {
             _ => warn!(
                 "cannot release the fleet lock {} (revoking the lease failed); it frees when the lease expires, within {}",
                 self.settings.key,
-                crate::present::short_duration(self.settings.ttl)
+                crate::setting::short_duration(self.settings.ttl)
             ),
         }
     }
@@ -889,7 +889,7 @@ pub(crate) fn stop(policy: &Policy, key: &str, timeout: Duration) -> Result<Exit
             ExitStatus::Timeout,
             format!(
                 "fleet key {key} is still held by {who} after {}; it was asked to stop",
-                crate::present::short_duration(timeout)
+                crate::setting::short_duration(timeout)
             ),
         )),
         StopOutcome::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),

@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use serde::de::{self, Deserialize, DeserializeOwned, Deserializer};
 
-use super::show::{quoted, toml_key};
 use crate::child_env::{EnvName, EnvValue};
 use crate::fleet_settings::{self as fleet, ENDPOINT};
 use crate::hooks::{self, Words};
 use crate::limits::{CPU, Cpu, MEMORY, Memory, PIDS, Pids};
-use crate::present::short_duration as format_duration;
-pub(crate) use crate::setting::{Keyword, Text};
+use crate::setting::short_duration as format_duration;
+pub(crate) use crate::setting::{DURATION, Keyword, Text, duration};
 use crate::signals::{self, SIGNAL};
 use crate::supervisor::machine::{EXIT_ACTION, ExitActions, ExitRule};
 use crate::worktree::copy::{GLOBS, Glob};
@@ -100,7 +99,6 @@ macro_rules! kinds {
     )+};
 }
 
-pub(crate) const DURATION: &str = "write a duration like \"30s\", \"5m\" or \"1h30m\"";
 const EXIT_CODE: &str = "an exit code from 1 to 255 (default 75)";
 
 kinds! {
@@ -146,15 +144,6 @@ kinds! {
     }, |env| Ok(env.into_iter().map(|(name, value)| (name.0, value.0)).collect()), |env| toml_value(env);
 }
 
-/// A human duration, `"1h30m"`.
-pub(crate) fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        let why = e.to_string(); // without the unit table humantime appends: the hint suffices
-        let why = why.split(", supported units").next().unwrap_or_default();
-        format!("{text:?} is not a duration ({why}); {DURATION}")
-    })
-}
-
 impl Kind for ExitActions {
     type Out = BTreeMap<u8, ExitRule>;
     const DOC: &'static str = "table of exit actions";
@@ -178,6 +167,18 @@ impl Kind for ExitActions {
     }
 }
 
+/// A string as TOML writes it: `"a \"b\""`.
+pub(crate) fn quoted(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+/// A TOML key: bare when it can be, quoted otherwise.
+pub(crate) fn toml_key(key: &str) -> String {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    match !key.is_empty() && key.chars().all(bare) {
+        true => key.to_string(),
+        false => quoted(key),
+    }
+}
 /// A value as TOML writes it: `["a", "b"]`, `{ A = "1" }`.
 fn toml_value<T: Clone + Into<toml::Value>>(value: &T) -> String {
     value.clone().into().to_string()

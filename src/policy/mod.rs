@@ -7,7 +7,6 @@
 
 mod kinds;
 mod read;
-mod show;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -18,7 +17,6 @@ use std::time::Duration;
 pub(crate) use kinds::*;
 pub use read::parse_str;
 pub(crate) use read::*;
-pub(crate) use show::show;
 
 use crate::conflict::{AfterTimeout, OnConflict};
 use crate::containment::{ContainmentMode, Orphans};
@@ -76,6 +74,7 @@ macro_rules! schema {
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             entry: <$kind as Kind>::ENTRY,
             show: |p| <$kind as Kind>::show(&p.$sec.$key),
+            over: |to, from| <$kind as Kind>::merge(&mut to.$sec.$key, from.$sec.$key.clone()),
         }),+),+];
     };
 }
@@ -152,7 +151,8 @@ pub(crate) struct Key {
     pub(crate) kind: &'static str,
     /// Each keyword with its meaning; empty for other kinds.
     pub(crate) values: &'static [(&'static str, &'static str)],
-    unset: &'static str,
+    /// What leaving the key unset means (`policy show`, the man page).
+    pub(crate) unset: &'static str,
     /// The command-line flag's name (`stop_grace`), if the key has one.
     pub(crate) flag: Option<&'static str>,
     /// For a table of entries: how its flag's value is written (`CODE=ACTION`); the flag
@@ -161,7 +161,10 @@ pub(crate) struct Key {
     /// What a value of another type is told it must be, and what to write instead.
     expected: &'static str,
     hint: fn(Option<&str>) -> String,
-    show: fn(&Policy) -> Option<String>,
+    /// Its value in a policy as TOML; `None` when unset.
+    pub(crate) show: fn(&Policy) -> Option<String>,
+    /// Puts its value in the second policy over the first's.
+    over: fn(&mut Policy, &Policy),
 }
 impl Key {
     /// The built-in default as TOML, or what leaving the key unset means.
@@ -172,9 +175,6 @@ impl Key {
     pub(crate) fn long_flag(&self) -> Option<String> {
         Some(format!("--{}", self.flag?.replace('_', "-")))
     }
-}
-fn key(full: &str) -> Option<&'static Key> {
-    TABLE.iter().find(|k| k.full == full)
 }
 
 /// Where a value came from.
@@ -205,28 +205,10 @@ impl Effective {
     }
 }
 
-/// Values given on the command line, as text by flag name (`stop_grace`): checked by
-/// [`Overrides::set`], read like the file's values. Set ones win; a table key's flag
-/// (`restart_exit`) keeps every value given, in order, each an entry.
+/// Values given on the command line ([`Overrides::set`]), read as the file's are: the
+/// last given wins; a table key's flag (`restart_exit`) adds each entry, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Overrides(BTreeMap<&'static str, Vec<String>>);
-impl Overrides {
-    /// Sets flag `name` (`stop_grace`) to `text`, or adds the entry `text` for a table
-    /// key's flag; `Err` says why the value is not valid.
-    pub(crate) fn set(&mut self, name: &str, text: &str) -> Result<(), String> {
-        let key = TABLE
-            .iter()
-            .find(|k| k.flag == Some(name))
-            .ok_or("no such flag")?;
-        read_text(key, &mut Policy::default(), text)?;
-        let texts = self.0.entry(key.flag.unwrap_or_default()).or_default();
-        if key.entry.is_none() {
-            texts.clear();
-        }
-        texts.push(text.to_string());
-        Ok(())
-    }
-}
+pub(crate) struct Overrides(Box<PolicyFile>);
 
 type EnvFn<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 const NAMED: &str = "named by $RALPH_SUPERVISE_POLICY); check the path, or unset the variable";
@@ -276,11 +258,9 @@ pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) ->
         if let Some(path) = file.as_ref().filter(|_| set.contains(key.full)) {
             sources.insert(key.full, Source::File(path.clone()));
         }
-        let texts = key.flag.and_then(|flag| flags.0.get(flag));
-        for text in texts.into_iter().flatten() {
-            if read_text(key, &mut policy, text).is_ok() {
-                sources.insert(key.full, Source::Flag);
-            }
+        if flags.0.set.contains(key.full) {
+            (key.over)(&mut policy, &flags.0.values);
+            sources.insert(key.full, Source::Flag);
         }
     }
     let restart = &mut policy.restart;
@@ -294,17 +274,6 @@ pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) ->
         file,
         sources,
     }
-}
-
-/// [`find`], [`load`] and [`resolve`] in one: the effective policy for a run.
-pub(crate) fn effective(
-    at: Option<&Path>,
-    ws: &Path,
-    env: EnvFn,
-    o: &Overrides,
-) -> Result<Effective, Failure> {
-    let file = find(at, ws, env)?.map(|path| load(&path).map(|f| (path, f)));
-    Ok(resolve(file.transpose()?, o))
 }
 
 #[cfg(test)]

@@ -16,24 +16,14 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, Error, ValueDeserializer};
 
 use super::file::File;
-use super::show::{quoted, toml_key};
-use super::{Key, Policy, PolicyFile, TABLE, apply};
+use super::{Key, Overrides, Policy, PolicyFile, TABLE, apply, quoted, toml_key};
 use crate::exit::{ExitStatus, Failure};
-use crate::present::short_duration as format_duration;
+use crate::setting::short_duration as format_duration;
 
 /// A complaint: where it is (a byte offset; none for a TOML error without a span), what.
 type Bad = (Option<usize>, String);
 /// A complaint of toml's deserializer with the path of the key or value it is about.
 type ReadError = serde_path_to_error::Error<Error>;
-
-/// `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
-fn child_path(path: &str, name: &str) -> String {
-    match path {
-        "" => name.to_string(),
-        _ if name.starts_with('[') => format!("{path}{name}"),
-        _ => format!("{path}.{name}"),
-    }
-}
 
 /// toml's complaint `e` about the file `root` as our one line, at the key or value it is
 /// about: serde's path leads to the value (the outermost with the complaint's span), and
@@ -52,8 +42,13 @@ fn complaint(root: &Spanned<DeValue>, e: &ReadError) -> Bad {
             _ => None,
         };
         let Some(child) = child else { break };
-        let next = child_path(&path, &segment.to_string());
-        (table, path, name, value) = (path, next, Some(segment.to_string()), child);
+        // `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
+        let (step, dot) = (segment.to_string(), if path.is_empty() { "" } else { "." });
+        let next = match step.starts_with('[') {
+            true => format!("{path}{step}"),
+            false => format!("{path}{dot}{step}"),
+        };
+        (table, path, name, value) = (path, next, Some(step), child);
     }
     let msg = match (msg, name) {
         (m, Some(name)) if m.starts_with("unknown field") => {
@@ -82,7 +77,8 @@ fn key_of(path: &str) -> (Option<&'static Key>, Option<&str>) {
         .find(['.', '['])
         .map_or(path.len(), |end| name + end);
     let item = path[end..].trim_start_matches('.');
-    (super::key(&path[..end]), (!item.is_empty()).then_some(item))
+    let key = TABLE.iter().find(|k| k.full == &path[..end]);
+    (key, (!item.is_empty()).then_some(item))
 }
 /// What to write at `path`, in its key's words.
 fn hint(path: &str) -> String {
@@ -128,7 +124,7 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
             DeValue::Table(keys) => match keys.iter().find(|(_, v)| v.get_ref().is_datetime()) {
                 None => continue,
                 Some((key, v)) => {
-                    let msg = wrong_type(&child_path(name, key.get_ref()), "", v.get_ref());
+                    let msg = wrong_type(&format!("{name}.{}", key.get_ref()), "", v.get_ref());
                     return Err((v.span().start, (Some(v.span().start), msg)));
                 }
             },
@@ -175,8 +171,8 @@ fn read(text: &str, policy: &mut Policy) -> Result<BTreeSet<&'static str>, Bad> 
     })?;
     let (span, table) = (doc.span(), doc.into_inner());
     let root = Spanned::new(span, DeValue::Table(table));
-    // The first problem in the file: in its sections' shape, or in what serde reads.
     let file = serde_path_to_error::deserialize::<_, File>(ValueDeserializer::from(root.clone()));
+    // The first problem in the file: in its sections' shape, or in what serde reads.
     let set = match (sections(&root), file.map_err(|e| complaint(&root, &e))) {
         (Err((from, shape)), Err(read)) => {
             return Err(if Some(from) <= read.0 { shape } else { read });
@@ -199,24 +195,33 @@ fn read(text: &str, policy: &mut Policy) -> Result<BTreeSet<&'static str>, Bad> 
     }
     Ok(set)
 }
-/// Sets `key` from a command-line flag's text, read by [`read`] as a file that sets only
-/// that key: a whole number as an integer, anything else as a string.
-/// A table key's flag (`--restart-exit 75=30m`) gives one entry, read as `{ 75 = "30m" }`.
-pub(crate) fn read_text(key: &'static Key, policy: &mut Policy, text: &str) -> Result<(), String> {
-    // (Past i64, TOML's range, too: the key's own rule then says it is out of range.)
-    let value = |text: &str| match text.trim().parse::<i128>() {
-        Ok(number) => number.to_string(),
-        Err(_) => quoted(text),
-    };
-    let text = match key.entry {
-        None => value(text),
-        Some(entry) => match text.split_once('=') {
-            Some((name, v)) => format!("{{ {} = {} }}", toml_key(name.trim()), value(v)),
-            None => return Err(format!("{text:?} is not {entry}; write it like 75=30m")),
-        },
-    };
-    let doc = format!("[{}]\n{} = {text}", key.section, key.name);
-    read(&doc, policy).map(drop).map_err(|(_, msg)| msg)
+impl Overrides {
+    /// Sets flag `name`'s (`stop_grace`) key from `text`, read by [`read`] as a file that
+    /// sets only that key: a whole number as an integer, anything else as a string. A
+    /// table key's flag (`--restart-exit 75=30m`) adds one entry, read as `{ 75 = "30m" }`.
+    /// `Err` says why the value is not valid.
+    pub(crate) fn set(&mut self, name: &str, text: &str) -> Result<(), String> {
+        let key = TABLE
+            .iter()
+            .find(|k| k.flag == Some(name))
+            .ok_or("no such flag")?;
+        // (Past i64, TOML's range, too: the key's own rule then says it is out of range.)
+        let value = |text: &str| match text.trim().parse::<i128>() {
+            Ok(number) => number.to_string(),
+            Err(_) => quoted(text),
+        };
+        let text = match key.entry {
+            None => value(text),
+            Some(entry) => match text.split_once('=') {
+                Some((name, v)) => format!("{{ {} = {} }}", toml_key(name.trim()), value(v)),
+                None => return Err(format!("{text:?} is not {entry}; write it like 75=30m")),
+            },
+        };
+        let doc = format!("[{}]\n{} = {text}", key.section, key.name);
+        let set = read(&doc, &mut self.0.values).map_err(|(_, msg)| msg)?;
+        self.0.set.extend(set);
+        Ok(())
+    }
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
 fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {

@@ -75,7 +75,7 @@ impl std::fmt::Display for ExitRule {
         match self {
             ExitRule::Stop => f.write_str("stop"),
             ExitRule::Backoff => f.write_str("restart"),
-            ExitRule::After(delay) => f.write_str(&crate::present::short_duration(*delay)),
+            ExitRule::After(delay) => f.write_str(&crate::setting::short_duration(*delay)),
         }
     }
 }

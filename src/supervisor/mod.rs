@@ -489,7 +489,7 @@ fn act(action: Action, ctx: &mut Context<'_>) {
         Action::Ignored(sig) => warn!("ignoring {}", signals::name(sig)),
         Action::Stalled(idle) => warn!(
             "stalled: under 1 % of a CPU and no file changed for {}; stopping the command (status 124)",
-            crate::present::short_duration(Duration::from_secs(idle.as_secs()))
+            crate::setting::short_duration(Duration::from_secs(idle.as_secs()))
         ),
         Action::Spawn | Action::Decided(_) => unreachable!("carry_out spawns and records"),
     }
