@@ -350,17 +350,9 @@ impl Containment {
     }
 
     /// With a cgroup below a cgroup of our own (not the root), turns on the memory and
-    /// pids controllers it offers, for `memory.peak` and `pids.peak`; quietly. Then
-    /// opens the files the run's accounting reads at its end ([`Cgroup::open_accounting`]),
-    /// so that the end, on the hand-off's path, only reads them.
-    fn enable_for_accounting(&mut self) {
-        self.enable_controllers();
-        if let Some(c) = &mut self.cgroup {
-            c.open_accounting();
-        }
-    }
-
-    fn enable_controllers(&self) {
+    /// pids controllers it offers, for `memory.peak` and `pids.peak`; quietly. (The
+    /// files they bring are opened once the command runs: [`Containment::spawned`].)
+    fn enable_for_accounting(&self) {
         let (Some(h), Some(_)) = (&self.hierarchy, &self.cgroup) else {
             return;
         };
@@ -405,8 +397,22 @@ impl Containment {
     /// time, when the caller has read it already).
     pub(crate) fn spawned(&mut self, pid: u32, start: Option<u64>) {
         self.pgid = Some(Pid::from_raw(pid as i32));
+        // The command's arrival made the cgroup populated: reading `cgroup.events` now
+        // takes that change, so that the first `poll` sleeps until the next one.
+        self.rearm();
         if self.since.is_none() {
             self.since = start.or_else(|| procfs::start_time(pid));
+            // After the first start, while the command execs (off the launch's path):
+            // the files the run's accounting reads at its end opened, so that the end,
+            // on the hand-off's path, only reads them; and empty cgroups of earlier runs
+            // removed.
+            if let (Some(h), Some(c)) = (&self.hierarchy, &mut self.cgroup) {
+                c.open_accounting();
+                let removed = h.remove_stale();
+                if removed > 0 {
+                    debug!(removed, "removed empty cgroups of earlier runs");
+                }
+            }
         }
     }
 
@@ -655,7 +661,7 @@ fn self_leaf() -> String {
     format!("{}-self", own_name())
 }
 
-/// The loop's cgroup below ours, after removing stale ones of earlier runs.
+/// The loop's cgroup below ours.
 fn make_cgroup() -> Result<(Hierarchy, Cgroup), String> {
     let h = usable_hierarchy()?;
     let c = create_below(&h)?;
@@ -675,12 +681,9 @@ fn usable_hierarchy() -> Result<Hierarchy, String> {
     Ok(h)
 }
 
-/// Makes the loop's cgroup below ours, after removing stale ones of earlier runs.
+/// Makes the loop's cgroup below ours (stale ones of earlier runs are removed once the
+/// command runs: [`Containment::spawned`]).
 fn create_below(h: &Hierarchy) -> Result<Cgroup, String> {
-    let removed = h.remove_stale();
-    if removed > 0 {
-        debug!(removed, "removed empty cgroups of earlier runs");
-    }
     let name = own_name();
     h.create(&name)
         .map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))
