@@ -30,13 +30,17 @@ use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-use tracing::{Event, Level, Subscriber};
+use std::sync::OnceLock;
+
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::exit::{ExitStatus, Failure};
 use crate::present::escape;
@@ -183,10 +187,6 @@ pub(crate) fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
                 .parse()
                 .unwrap_or_else(|_| Targets::new().with_target("ralph_supervise", Level::INFO))
         });
-    // The builder filters at INFO by default; `filter` decides instead.
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(Level::TRACE)
-        .with_writer(|| Stderr);
     FORMAT.store(
         match format {
             LogFormat::Text => 1,
@@ -194,23 +194,81 @@ pub(crate) fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
         },
         Ordering::Relaxed,
     );
-    let _ = match format {
-        LogFormat::Text => {
-            let ansi = std::io::stderr().is_terminal();
-            builder
-                .with_ansi(ansi)
-                .event_format(Text { ansi })
-                .finish()
-                .with(filter)
-                .try_init()
-        }
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(false)
-            .finish()
-            .with(filter)
-            .try_init(),
+    let lazy = Lazy {
+        filter,
+        format,
+        made: OnceLock::new(),
     };
+    let _ = tracing::subscriber::set_global_default(lazy);
+}
+
+/// The installed subscriber: `filter` decides at each call site, and the formatter with
+/// tracing's span registry (a 32 KiB table zeroed, about 40,000 instructions) is built
+/// at the first event or span that passes it, so a run that logs nothing (the usual one
+/// at the default level) never builds it.
+struct Lazy {
+    filter: Targets,
+    format: LogFormat,
+    made: OnceLock<Box<dyn Subscriber + Send + Sync>>,
+}
+
+impl Lazy {
+    fn made(&self) -> &(dyn Subscriber + Send + Sync) {
+        let make = || -> Box<dyn Subscriber + Send + Sync> {
+            // The builder filters at INFO by default; `filter` decides instead.
+            let builder = tracing_subscriber::fmt()
+                .with_max_level(Level::TRACE)
+                .with_writer(|| Stderr);
+            match self.format {
+                LogFormat::Text => {
+                    let ansi = std::io::stderr().is_terminal();
+                    Box::new(builder.with_ansi(ansi).event_format(Text { ansi }).finish())
+                }
+                LogFormat::Json => Box::new(builder.json().with_current_span(false).finish()),
+            }
+        };
+        &**self.made.get_or_init(make)
+    }
+}
+
+impl Subscriber for Lazy {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        match self.enabled(metadata) {
+            true => Interest::always(),
+            false => Interest::never(),
+        }
+    }
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.filter
+            .would_enable(metadata.target(), metadata.level())
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Layer::<tracing_subscriber::Registry>::max_level_hint(&self.filter)
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        self.made().new_span(span)
+    }
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        self.made().record(span, values)
+    }
+    fn record_follows_from(&self, span: &Id, follows: &Id) {
+        self.made().record_follows_from(span, follows)
+    }
+    fn event(&self, event: &Event<'_>) {
+        self.made().event(event)
+    }
+    fn enter(&self, span: &Id) {
+        self.made().enter(span)
+    }
+    fn exit(&self, span: &Id) {
+        self.made().exit(span)
+    }
+    fn clone_span(&self, id: &Id) -> Id {
+        self.made().clone_span(id)
+    }
+    fn try_close(&self, id: Id) -> bool {
+        self.made().try_close(id)
+    }
 }
 
 /// `ralph-supervise: warning: message key=value`.
