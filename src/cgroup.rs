@@ -50,10 +50,8 @@ impl Hierarchy {
     pub(crate) fn locate() -> Result<Hierarchy, WhyNot> {
         let mountinfo = crate::sys::read_text("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let (root, mount) = mountinfo
-            .lines()
-            .find_map(parse_cgroup2_mount)
-            .ok_or("no cgroup v2 file system is mounted")?;
+        let (root, mount) =
+            cgroup2_mount(&mountinfo).ok_or("no cgroup v2 file system is mounted")?;
         let cgroup = crate::sys::read_text("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let own_path = cgroup
@@ -199,6 +197,15 @@ fn remove_tree(path: &Path) -> io::Result<()> {
         }
     }
     fs::remove_dir(path)
+}
+
+/// `(root, mount point)` of the first `cgroup2` mount in `/proc/self/mountinfo`: its line
+/// found by the file system type written after the line's one ` - ` (a space in a path
+/// is written `\040`), in one search of the whole text rather than one per line.
+fn cgroup2_mount(mountinfo: &str) -> Option<(String, PathBuf)> {
+    let at = mountinfo.find(" - cgroup2 ")?;
+    let start = mountinfo[..at].rfind('\n').map_or(0, |i| i + 1);
+    parse_cgroup2_mount(mountinfo[start..].lines().next()?)
 }
 
 /// `(root, mount point)` of a `cgroup2` line of `/proc/self/mountinfo`.
@@ -463,6 +470,12 @@ mod tests {
             parse_cgroup2_mount(spaced),
             Some(("/a b".into(), PathBuf::from("/mnt/c g")))
         );
+        // In the whole file: the first cgroup2 line, wherever it is; none, none.
+        let file = format!("{v1}\n22 27 0:21 / /proc rw - proc proc rw\n{spaced}\n{hybrid}\n");
+        assert_eq!(cgroup2_mount(&file), parse_cgroup2_mount(spaced));
+        assert_eq!(cgroup2_mount(spaced), parse_cgroup2_mount(spaced));
+        assert_eq!(cgroup2_mount(&format!("{v1}\n{v1}\n")), None);
+        assert_eq!(cgroup2_mount(""), None);
     }
 
     #[test]
