@@ -25,10 +25,10 @@
 //! page tables at the clone nor, after it, the pages the parent writes (165 page faults
 //! per `run -- true` instead of 203, 8 % less CPU). Elsewhere it is a fork-like copy.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::RawFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 
 use super::{Prepared, os};
@@ -38,6 +38,9 @@ struct Exec {
     /// Paths to try in order (one when the program names a path).
     candidates: Vec<CString>,
     argv: Vec<CString>,
+    /// Our variables the command's changes leave alone, as the C library holds them.
+    inherited: Vec<&'static CStr>,
+    /// The variables the command sets.
     env: Vec<CString>,
     cwd: Option<CString>,
 }
@@ -64,23 +67,34 @@ impl Exec {
         for arg in cmd.get_args() {
             argv.push(cstring(arg.as_bytes())?);
         }
-        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        for (key, value) in cmd.get_envs() {
-            vars.retain(|(k, _)| k != key);
-            if let Some(value) = value {
-                vars.push((key.to_os_string(), value.to_os_string()));
+        // Our environment with the command's changes, in the order std's spawn gives
+        // it: ours (each string passed on as it is, not copied), less every variable
+        // the command sets or removes, then those it sets.
+        let changes: Vec<(&OsStr, Option<&OsStr>)> = cmd.get_envs().collect();
+        let (mut inherited, mut path) = (Vec::new(), None);
+        for entry in environ() {
+            let bytes = entry.to_bytes();
+            // The name ends at the first `=` after its first byte (std's reading; an
+            // entry without one is skipped, as std skips it).
+            let Some(eq) = bytes.iter().skip(1).position(|b| *b == b'=') else {
+                continue;
+            };
+            let (name, value) = (&bytes[..eq + 1], &bytes[eq + 2..]);
+            if changes.iter().any(|(key, _)| key.as_bytes() == name) {
+                continue;
             }
+            if name == b"PATH" && path.is_none() {
+                path = Some(value.to_vec());
+            }
+            inherited.push(entry);
         }
-        let path = vars
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_bytes().to_vec());
-        let mut env = Vec::with_capacity(vars.len());
-        for (k, v) in vars {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            env.push(CString::new(kv).ok()?);
+        let mut env = Vec::new();
+        for (key, value) in changes {
+            let Some(value) = value else { continue };
+            if key == "PATH" {
+                path = Some(value.as_bytes().to_vec());
+            }
+            env.push(CString::new([key.as_bytes(), b"=", value.as_bytes()].concat()).ok()?);
         }
         let candidates = if program.contains(&b'/') {
             vec![cstring(program)?]
@@ -107,10 +121,31 @@ impl Exec {
         Some(Exec {
             candidates,
             argv,
+            inherited,
             env,
             cwd,
         })
     }
+}
+
+/// This process's environment as the C library holds it, one `NAME=value` string each.
+fn environ() -> Vec<&'static CStr> {
+    unsafe extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    let mut out = Vec::new();
+    // SAFETY: `environ` is the C library's NULL-terminated array of NUL-terminated
+    // strings. Nothing in ralph-supervise changes its environment (no `setenv`,
+    // `putenv` or `std::env::set_var`; a test checks the source), so the array and its
+    // strings stay as they are, here and in the child until it execs.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            out.push(CStr::from_ptr(*entry));
+            entry = entry.add(1);
+        }
+    }
+    out
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
@@ -136,7 +171,10 @@ pub(crate) fn spawn_direct(
 ) -> Option<io::Result<u32>> {
     let exec = Exec::of(cmd)?;
     let argv = pointers(&exec.argv);
-    let envp = pointers(&exec.env);
+    let inherited = exec.inherited.iter().map(|e| e.as_ptr());
+    let envp: Vec<*const libc::c_char> = (inherited.chain(exec.env.iter().map(|e| e.as_ptr())))
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     // `/bin/sh FILE ARGS...` for a file the kernel cannot execute (no `#!`), as glibc's
     // execvp runs it; slot 1 is filled in the child.
     let sh = c"/bin/sh";
@@ -341,12 +379,51 @@ mod tests {
         let mut cmd = Command::new("x");
         cmd.env("RS_SPAWN_TEST", "1").env_remove("HOME");
         let exec = Exec::of(&cmd).unwrap();
-        let env: Vec<&str> = exec.env.iter().map(|e| e.to_str().unwrap()).collect();
+        let env: Vec<&str> = (exec.inherited.iter().copied())
+            .chain(exec.env.iter().map(|e| e.as_c_str()))
+            .map(|e| e.to_str().unwrap())
+            .collect();
         assert!(env.contains(&"RS_SPAWN_TEST=1"));
         assert!(!env.iter().any(|e| e.starts_with("HOME=")));
+        // Ours, as std reads it, with the changes: in std's order.
+        let mut ours: Vec<String> = std::env::vars_os()
+            .filter(|(k, _)| k != "RS_SPAWN_TEST" && k != "HOME")
+            .map(|(k, v)| format!("{}={}", k.to_str().unwrap(), v.to_str().unwrap()))
+            .collect();
+        ours.push("RS_SPAWN_TEST=1".to_string());
+        assert_eq!(env, ours);
         assert!(
             Exec::of(Command::new("x").arg("a\0b")).is_none(),
             "std reports it"
         );
+    }
+
+    /// [`environ`] hands the child the C library's own strings: sound only while nothing
+    /// in the program changes the environment.
+    #[test]
+    fn nothing_changes_our_environment() {
+        // (Each name in two parts, so that this file, checked too, does not hold it.)
+        let calls = [("set", "_var("), ("remove", "_var("), ("set", "env(")];
+        let calls = calls
+            .into_iter()
+            .chain([("put", "env("), ("clear", "env(")]);
+        let calls: Vec<String> = calls.map(|(a, b)| format!("{a}{b}")).collect();
+        let mut dirs = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(text) = std::fs::read_to_string(&path) {
+                    for call in &calls {
+                        assert!(
+                            !text.contains(call.as_str()),
+                            "{} calls {call}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
