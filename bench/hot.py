@@ -175,6 +175,14 @@ def add(path, lines):
         write(path, chunk, append=True)
 
 
+def setting(name):
+    """A tracefs setting as it can be written back: a buffer never used yet reads
+    `7 (expanded: 1408)`, the size it takes once used being the second number."""
+    text = open(os.path.join(TRACE, name)).read().strip()
+    m = re.search(r"\(expanded: (\d+)\)", text)
+    return m.group(1) if m else text.split()[0]
+
+
 def main():
     if os.geteuid() != 0 or not os.path.isdir(os.path.join(TRACE, "events")):
         sys.exit(f"hot.py: needs root and tracefs at {TRACE}")
@@ -185,8 +193,7 @@ def main():
     funcs = functions(binary)
     events = os.path.join(TRACE, "uprobe_events")
     print(f"hot.py: {len(funcs)} functions; setting their probes", file=sys.stderr)
-    settings = {name: open(os.path.join(TRACE, name)).read().strip()
-                for name in ("tracing_on", "buffer_size_kb")}
+    settings = {name: setting(name) for name in ("tracing_on", "buffer_size_kb")}
     try:
         add(events, [f"p:{GROUP}/f{i} {binary}:{offset:#x}\n" for i, (offset, _) in enumerate(funcs)])
         write(os.path.join(TRACE, "trace"), "")
