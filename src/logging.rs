@@ -21,6 +21,10 @@
 //! the children it starts get the default action back from std and from the
 //! supervisor's signal reset.)
 //!
+//! The subscriber installed is [`Lazy`]: the filter answers at each call site, and the
+//! formatter with tracing's span registry is built at the first line that passes it, so
+//! a run with nothing to say (the usual one) never pays for them.
+//!
 //! Log messages quote what came from outside (prompts, command words, paths, error
 //! messages): in text lines every control character is written escaped
 //! ([`crate::present::escape`]), so that a newline cannot forge a second line and an
