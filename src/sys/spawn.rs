@@ -67,9 +67,11 @@ impl Exec {
         for arg in cmd.get_args() {
             argv.push(cstring(arg.as_bytes())?);
         }
-        // Our environment with the command's changes, in the order std's spawn gives
-        // it: ours (each string passed on as it is, not copied), less every variable
-        // the command sets or removes, then those it sets.
+        // Our environment with the command's changes: ours in their order (each string
+        // passed on as it is, not copied), less every variable the command sets or
+        // removes, then those it sets. (std's spawn, the fallback, sorts them by name
+        // and keeps the last of a name given twice; the command reads the same values
+        // either way unless our own environment names a variable twice.)
         let changes: Vec<(&OsStr, Option<&OsStr>)> = cmd.get_envs().collect();
         let (mut inherited, mut path) = (Vec::new(), None);
         for entry in environ() {
@@ -131,15 +133,19 @@ impl Exec {
 /// This process's environment as the C library holds it, one `NAME=value` string each.
 fn environ() -> Vec<&'static CStr> {
     unsafe extern "C" {
-        static environ: *const *const libc::c_char;
+        // (`mut`: `setenv` may point it at a new array; std declares it so too.)
+        static mut environ: *const *const libc::c_char;
     }
     let mut out = Vec::new();
     // SAFETY: `environ` is the C library's NULL-terminated array of NUL-terminated
-    // strings. Nothing in ralph-supervise changes its environment (no `setenv`,
-    // `putenv` or `std::env::set_var`; a test checks the source), so the array and its
-    // strings stay as they are, here and in the child until it execs.
+    // strings, read once, by value. What is relied on: no code in this process changes
+    // the environment while the supervisor runs (no `setenv`, `putenv`, `unsetenv`:
+    // ralph-supervise's own sources never do, which `nothing_changes_our_environment`
+    // checks, and no dependency it uses does), so the array and its strings stay as
+    // they are, here and in the child until it execs. (glibc never frees a string
+    // `setenv` stored either; a `putenv` string is its caller's.)
     unsafe {
-        let mut entry = environ;
+        let mut entry = (&raw const environ).read();
         while !entry.is_null() && !(*entry).is_null() {
             out.push(CStr::from_ptr(*entry));
             entry = entry.add(1);
@@ -163,7 +169,7 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
 /// not x86-64 and no cgroup; a NUL byte in the command): the caller then spawns the
 /// usual way. Of `cmd` only the program, arguments, environment and working directory
 /// are taken (standard streams are inherited); anything else set on it (`stdin`,
-/// `pre_exec`, `uid`, ...) would be ignored here, so the caller sets none.
+/// `pre_exec`, `uid`, `env_clear`, ...) would be ignored here, so the caller sets none.
 pub(crate) fn spawn_direct(
     cmd: &Command,
     prepared: &Prepared,
