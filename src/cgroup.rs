@@ -19,8 +19,9 @@
 //! holds the supervisor (cgroup v2 allows no process in a cgroup that hands controllers
 //! down), the supervisor first moves itself into a leaf named the same with `-self`.
 //! A later run removes such cgroups once they are empty and their supervisor is gone
-//! ([`Hierarchy::remove_stale`]): one that was SIGKILLed, or left processes behind
-//! with `stop.orphans = "leave"`. Only a supervisor of the same pid namespace is
+//! ([`Hierarchy::remove_stale`], once its command has started, or before it makes its
+//! own if that fails): one that was SIGKILLed, or left processes behind with
+//! `stop.orphans = "leave"`. Only a supervisor of the same pid namespace is
 //! judged (a pid means another process in another namespace).
 
 use std::fs;
@@ -151,7 +152,11 @@ impl Hierarchy {
             let Some((pid, start, ns)) = owner(name) else {
                 continue;
             };
-            if Some(ns) != crate::procfs::pid_namespace() || crate::procfs::alive(pid, Some(start))
+            // (Ours is never stale, whatever its name says of our start time.)
+            let ours = pid == std::process::id();
+            if ours
+                || Some(ns) != crate::procfs::pid_namespace()
+                || crate::procfs::alive(pid, Some(start))
             {
                 continue;
             }

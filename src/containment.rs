@@ -182,6 +182,8 @@ pub(crate) struct Containment {
     frozen: bool,
     /// What the reaped processes used.
     reaped: Rusage,
+    /// The first start's tidying is done ([`Containment::spawned`]).
+    tidied: bool,
 }
 
 /// `[limits]`: the loop's most memory, processes and CPU.
@@ -240,6 +242,7 @@ impl Containment {
             stopped: Vec::new(),
             frozen: false,
             reaped: Rusage::default(),
+            tidied: false,
         };
         let why_not = match wanted {
             ContainmentMode::Tree => Some("stop.containment is \"tree\"".to_string()),
@@ -402,17 +405,14 @@ impl Containment {
         self.rearm();
         if self.since.is_none() {
             self.since = start.or_else(|| procfs::start_time(pid));
-            // After the first start, while the command execs (off the launch's path):
-            // the files the run's accounting reads at its end opened, so that the end,
-            // on the hand-off's path, only reads them; and empty cgroups of earlier runs
-            // removed.
-            if let (Some(h), Some(c)) = (&self.hierarchy, &mut self.cgroup) {
-                c.open_accounting();
-                let removed = h.remove_stale();
-                if removed > 0 {
-                    debug!(removed, "removed empty cgroups of earlier runs");
-                }
-            }
+        }
+        // After the first start, while the command execs (off the launch's path): the
+        // files the run's accounting reads at its end opened, so that the end, on the
+        // hand-off's path, only reads them; and empty cgroups of earlier runs removed.
+        if let (Some(h), Some(c), false) = (&self.hierarchy, &mut self.cgroup, self.tidied) {
+            self.tidied = true;
+            c.open_accounting();
+            remove_stale(h);
         }
     }
 
@@ -681,12 +681,23 @@ fn usable_hierarchy() -> Result<Hierarchy, String> {
     Ok(h)
 }
 
-/// Makes the loop's cgroup below ours (stale ones of earlier runs are removed once the
-/// command runs: [`Containment::spawned`]).
+/// Makes the loop's cgroup below ours. Stale ones of earlier runs are removed once the
+/// command runs ([`Containment::spawned`]), or first when the `mkdir` fails (they may
+/// be what fills `cgroup.max.descendants`).
 fn create_below(h: &Hierarchy) -> Result<Cgroup, String> {
     let name = own_name();
-    h.create(&name)
-        .map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))
+    let made = h.create(&name).or_else(|_| {
+        remove_stale(h);
+        h.create(&name)
+    });
+    made.map_err(|e| format!("cannot make {}: {e}", h.own.join(&name).display()))
+}
+
+fn remove_stale(h: &Hierarchy) {
+    let removed = h.remove_stale();
+    if removed > 0 {
+        debug!(removed, "removed empty cgroups of earlier runs");
+    }
 }
 
 /// Enables the limits' controllers and writes the limits; `Some((missing, why))` for
