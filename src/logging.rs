@@ -22,8 +22,8 @@
 //! supervisor's signal reset.)
 //!
 //! The subscriber installed is [`Lazy`]: the filter answers at each call site, and the
-//! formatter with tracing's span registry is built at the first line that passes it, so
-//! a run with nothing to say (the usual one) never pays for them.
+//! formatter with tracing's span registry is built at the first line or span that
+//! passes it, so a run with nothing to say (the usual one) never pays for them.
 //!
 //! Log messages quote what came from outside (prompts, command words, paths, error
 //! messages): in text lines every control character is written escaped
@@ -40,6 +40,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_core::span::Current;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
@@ -209,7 +210,9 @@ pub(crate) fn init(format: LogFormat, level: &str, verbose: u8, quiet: u8) {
 /// The installed subscriber: `filter` decides at each call site, and the formatter with
 /// tracing's span registry (a 32 KiB table zeroed, about 40,000 instructions) is built
 /// at the first event or span that passes it, so a run that logs nothing (the usual one
-/// at the default level) never builds it.
+/// at the default level) never builds it. (Building it must not log: a line from
+/// `make` would wait for itself. `downcast_raw` is not passed on: nothing asks the
+/// dispatcher for a subscriber's type.)
 struct Lazy {
     filter: Targets,
     format: LogFormat,
@@ -272,6 +275,11 @@ impl Subscriber for Lazy {
     }
     fn try_close(&self, id: Id) -> bool {
         self.made().try_close(id)
+    }
+    fn current_span(&self) -> Current {
+        self.made
+            .get()
+            .map_or_else(Current::none, |made| made.current_span())
     }
 }
 
