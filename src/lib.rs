@@ -193,13 +193,12 @@ fn effective_policy(
     args: &PolicyArgs,
     global: &GlobalArgs,
 ) -> Result<policy::Effective, Failure> {
-    let env = |name: &str| std::env::var_os(name);
-    let file = policy::find(args.policy.as_deref(), workspace, &env)?;
-    let file = file.map(|path| policy::load(&path).map(|f| (path, f)));
-    Ok(policy::resolve(
-        file.transpose()?,
+    policy::effective(
+        args.policy.as_deref(),
+        workspace,
+        &|name| std::env::var_os(name),
         &args.overrides(global.log_format),
-    ))
+    )
 }
 
 /// Logging from flags, then the policy's `[log]`, then defaults.

@@ -1,6 +1,6 @@
 //! What people and scripts read: the one-line description of a lock holder, the text
-//! of `status`, the tables of `list` and `history`, and the JSON shapes of `status
-//! --json` and `list --json`.
+//! of `status`, the tables of `list` and `history`, the effective policy of `policy
+//! show`, and the JSON shapes of `status --json` and `list --json`.
 //!
 //! It exists so that the core (`lock`, `conflict`, `control`) finds and decides, and
 //! never formats: the wording of a log line or a table column changes here alone. The
@@ -465,31 +465,6 @@ fn last_exit(last: &LastExit) -> String {
 // ---------------------------------------------------------------------------------
 // restarts
 
-/// `policy show`: the effective policy as TOML, each value followed by where it came from
-/// (`# default`, `# <file>`, `# --flag`). Unset optional values are shown as comments, so
-/// the output is itself a valid policy file describing the same policy.
-pub(crate) fn policy(e: &Effective) -> String {
-    let mut out = match &e.file {
-        Some(file) => format!("# effective policy; file: {}\n", path(file)),
-        None => "# effective policy; no policy file, built-in defaults\n".to_string(),
-    };
-    for (i, key) in TABLE.iter().enumerate() {
-        if i == 0 || TABLE[i - 1].section != key.section {
-            let _ = writeln!(out, "\n[{}]", key.section);
-        }
-        let origin = match e.source(key.full) {
-            Source::Default => "default".to_string(),
-            Source::File(file) => path(file),
-            Source::Flag => key.long_flag().unwrap_or_default(),
-        };
-        let _ = match (key.show)(&e.policy) {
-            Some(value) => writeln!(out, "{} = {value}  # {origin}", key.name),
-            None => writeln!(out, "# {} not set: {}  # {origin}", key.name, key.unset),
-        };
-    }
-    out
-}
-
 /// The rule that decided, as the policy spells it: `restart.exit 75 = "30m"`,
 /// `restart.policy = "on-failure"`.
 pub(crate) fn restart_why(why: Why) -> String {
@@ -537,6 +512,34 @@ pub(crate) fn decision(d: &Decision) -> String {
             )
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// policy show
+
+/// `policy show`: the effective policy as TOML, each value followed by where it came from
+/// (`# default`, `# <file>`, `# --flag`). Unset optional values are shown as comments, so
+/// the output is itself a valid policy file describing the same policy.
+pub(crate) fn policy(e: &Effective) -> String {
+    let mut out = match &e.file {
+        Some(file) => format!("# effective policy; file: {}\n", path(file)),
+        None => "# effective policy; no policy file, built-in defaults\n".to_string(),
+    };
+    for (i, key) in TABLE.iter().enumerate() {
+        if i == 0 || TABLE[i - 1].section != key.section {
+            let _ = writeln!(out, "\n[{}]", key.section);
+        }
+        let origin = match e.source(key.full) {
+            Source::Default => "default".to_string(),
+            Source::File(file) => path(file),
+            Source::Flag => key.long_flag().unwrap_or_default(),
+        };
+        let _ = match (key.show)(&e.policy) {
+            Some(value) => writeln!(out, "{} = {value}  # {origin}", key.name),
+            None => writeln!(out, "# {} not set: {}  # {origin}", key.name, key.unset),
+        };
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 //! imports the room's types): keyword enums ([`keywords!`]: a closed set of spellings,
 //! each with its meaning, for serde, clap's possible values and the man page) and
 //! strings with a rule ([`checked_str`]), values that are a string or an integer
-//! ([`Text`]), durations (read and written as humantime spells them). Each is declared
-//! in the room that acts on it (`conflict`, `worktree`, `logging`, `hooks`,
-//! `fleet_settings`, ...).
+//! ([`Text`]), each declared in the room that acts on it (`conflict`, `worktree`,
+//! `logging`, `hooks`, `fleet_settings`, ...); and durations, read and written as
+//! humantime spells them ([`duration`], [`short_duration`]).
 
 use serde::de::{Deserialize, Deserializer, Error, Visitor};
 

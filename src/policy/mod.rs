@@ -166,6 +166,9 @@ pub(crate) struct Key {
     /// Puts its value in the second policy over the first's.
     over: fn(&mut Policy, &Policy),
 }
+fn key(full: &str) -> Option<&'static Key> {
+    TABLE.iter().find(|k| k.full == full)
+}
 impl Key {
     /// The built-in default as TOML, or what leaving the key unset means.
     pub(crate) fn default(&self) -> Result<String, &'static str> {
@@ -274,6 +277,17 @@ pub(crate) fn resolve(file: Option<(PathBuf, PolicyFile)>, flags: &Overrides) ->
         file,
         sources,
     }
+}
+
+/// [`find`], [`load`] and [`resolve`] in one: the effective policy for a run.
+pub(crate) fn effective(
+    at: Option<&Path>,
+    ws: &Path,
+    env: EnvFn,
+    o: &Overrides,
+) -> Result<Effective, Failure> {
+    let file = find(at, ws, env)?.map(|path| load(&path).map(|f| (path, f)));
+    Ok(resolve(file.transpose()?, o))
 }
 
 #[cfg(test)]

@@ -77,8 +77,7 @@ fn key_of(path: &str) -> (Option<&'static Key>, Option<&str>) {
         .find(['.', '['])
         .map_or(path.len(), |end| name + end);
     let item = path[end..].trim_start_matches('.');
-    let key = TABLE.iter().find(|k| k.full == &path[..end]);
-    (key, (!item.is_empty()).then_some(item))
+    (super::key(&path[..end]), (!item.is_empty()).then_some(item))
 }
 /// What to write at `path`, in its key's words.
 fn hint(path: &str) -> String {

@@ -497,7 +497,7 @@ fn every_flag_overrides_the_full_file() {
     assert_eq!(p.restart.backoff_max, Duration::from_secs(3600));
     assert_eq!(p.log.level, LogLevel::Trace);
     for key in KEYS {
-        let expected = if key_named(key).unwrap().flag.is_some() {
+        let expected = if super::key(key).unwrap().flag.is_some() {
             Source::Flag
         } else {
             Source::File(path.clone())
@@ -716,18 +716,12 @@ fn effective_finds_loads_and_resolves() {
     let ws_file = tmp.path().join(".ralph/supervise.toml");
     std::fs::create_dir_all(ws_file.parent().unwrap()).unwrap();
     std::fs::write(&ws_file, "[stop]\ngrace = \"3s\"\n").unwrap();
-    // As a run does: find, load, resolve.
-    let effective = || -> Result<Effective, Failure> {
-        let file = find(None, tmp.path(), &env_of(&[]))?;
-        let file = file.map(|path| load(&path).map(|f| (path, f)));
-        Ok(resolve(file.transpose()?, &Overrides::default()))
-    };
-    let e = effective().unwrap();
+    let e = effective(None, tmp.path(), &env_of(&[]), &Overrides::default()).unwrap();
     assert_eq!(e.file, Some(ws_file.clone()));
     assert_eq!(e.policy.stop.grace, Duration::from_secs(3));
     assert_eq!(e.source("stop.grace"), &Source::File(ws_file.clone()));
     std::fs::write(&ws_file, "[stop]\ngrace = 3\n").unwrap();
-    let err = effective().unwrap_err();
+    let err = effective(None, tmp.path(), &env_of(&[]), &Overrides::default()).unwrap_err();
     assert_eq!(err.status, ExitStatus::BadPolicy);
 }
 
@@ -1110,7 +1104,7 @@ fn the_key_docs_cover_every_key_with_its_default() {
         .map(|key| {
             (
                 *key,
-                key_named(key)
+                super::key(key)
                     .unwrap()
                     .default()
                     .unwrap_or_else(|u| format!("not set ({u})")),
@@ -1158,7 +1152,7 @@ fn keyword_values_match_the_code() {
         ("log.format", vec!["text", "json"]),
     ];
     for (key, values) in expected {
-        let doc = key_named(key).unwrap();
+        let doc = super::key(key).unwrap();
         let listed: Vec<&str> = doc.values.iter().map(|(v, _)| *v).collect();
         assert_eq!(listed, values, "{key}");
     }
@@ -1314,9 +1308,4 @@ fn integers_past_64_bits() {
     for (text, expected) in cases {
         assert_eq!(error(text), expected, "{text:?}");
     }
-}
-
-/// The key table's row for `full` (`"stop.grace"`).
-fn key_named(full: &str) -> Option<&'static Key> {
-    TABLE.iter().find(|k| k.full == full)
 }
