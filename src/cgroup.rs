@@ -7,8 +7,10 @@
 //! `memory.peak` / `pids.peak` account for it. Only files are read and written here
 //! (no `unsafe`); [`crate::containment`] decides when.
 //!
-//! The hierarchy is found from `/proc/self/mountinfo` (the `cgroup2` mount, wherever it
-//! is: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts) and the process's
+//! The hierarchy is found where systemd mounts it (`/sys/fs/cgroup`, or
+//! `/sys/fs/cgroup/unified` on hybrid hosts), looking at that one mount
+//! ([`crate::sys::cgroup2_mount_root`], Linux 6.8), else from `/proc/self/mountinfo` (the
+//! first `cgroup2` mount, wherever it is) and the process's
 //! own cgroup from the `0::` line of `/proc/self/cgroup`. Without either (no cgroup v2,
 //! or not Linux) there is none, and the process tree contains the loop instead.
 //!
@@ -49,10 +51,19 @@ pub(crate) type WhyNot = String;
 impl Hierarchy {
     /// The cgroup v2 mount and our cgroup in it.
     pub(crate) fn locate() -> Result<Hierarchy, WhyNot> {
-        let mountinfo = crate::sys::read_text("/proc/self/mountinfo")
-            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let (root, mount) =
-            cgroup2_mount(&mountinfo).ok_or("no cgroup v2 file system is mounted")?;
+        // Where systemd mounts it (one mount looked at each), else the first cgroup2
+        // mount of all.
+        let usual = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].map(PathBuf::from);
+        let found =
+            (usual.into_iter()).find_map(|m| Some((crate::sys::cgroup2_mount_root(&m)?, m)));
+        let (root, mount) = match found {
+            Some(found) => found,
+            None => {
+                let mountinfo = crate::sys::read_text("/proc/self/mountinfo")
+                    .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+                cgroup2_mount(&mountinfo).ok_or("no cgroup v2 file system is mounted")?
+            }
+        };
         let cgroup = crate::sys::read_text("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let own_path = cgroup
@@ -481,6 +492,32 @@ mod tests {
         assert_eq!(cgroup2_mount(spaced), parse_cgroup2_mount(spaced));
         assert_eq!(cgroup2_mount(&format!("{v1}\n{v1}\n")), None);
         assert_eq!(cgroup2_mount(""), None);
+    }
+
+    /// The look at one mount agrees with `/proc/self/mountinfo` where systemd mounts
+    /// cgroup v2, and finds nothing where it is not mounted.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn one_mount_looked_at_agrees_with_mountinfo() {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mut agreed = 0;
+        for m in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/proc", "/"] {
+            let in_table = (mountinfo.lines().filter_map(parse_cgroup2_mount))
+                .find(|(_, point)| point == Path::new(m));
+            match crate::sys::cgroup2_mount_root(Path::new(m)) {
+                Some(root) => {
+                    assert_eq!(Some((root, PathBuf::from(m))), in_table, "{m}");
+                    agreed += 1;
+                }
+                None if in_table.is_some() => {
+                    eprintln!("{m}: not looked at alone (statmount needs Linux 6.8)")
+                }
+                None => {}
+            }
+        }
+        if agreed == 0 {
+            eprintln!("no cgroup v2 at /sys/fs/cgroup(/unified) looked at alone here");
+        }
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub(crate) use os::sigqueue;
 pub(crate) use os::spawn_direct;
 pub(crate) use os::{
     EventSource, Listener, ProcessHandle, SI_KERNEL, SI_QUEUE, Trapped, abstract_socket_addr,
-    become_subreaper, deny_clone3, handover_available, realtime_min, reserve, watch_signal,
+    become_subreaper, cgroup2_mount_root, deny_clone3, handover_available, realtime_min, reserve,
+    watch_signal,
 };
 #[cfg(target_os = "linux")]
 pub(crate) use spawn::spawn_direct;

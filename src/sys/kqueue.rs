@@ -393,6 +393,11 @@ pub(crate) fn spawn_direct(
     None
 }
 
+/// No cgroups here.
+pub(crate) fn cgroup2_mount_root(_path: &std::path::Path) -> Option<String> {
+    None
+}
+
 /// Disk space is not reserved ahead of a rewrite here (no `FALLOC_FL_KEEP_SIZE`): the
 /// write takes its chance, as on a Linux file system without `fallocate`.
 pub(crate) fn reserve(_fd: BorrowedFd<'_>, _offset: u64, _len: u64) -> io::Result<()> {
