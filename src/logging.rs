@@ -32,9 +32,8 @@
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
