@@ -25,6 +25,15 @@ type Bad = (Option<usize>, String);
 /// A complaint of toml's deserializer with the path of the key or value it is about.
 type ReadError = serde_path_to_error::Error<Error>;
 
+/// `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
+fn child_path(path: &str, name: &str) -> String {
+    match path {
+        "" => name.to_string(),
+        _ if name.starts_with('[') => format!("{path}{name}"),
+        _ => format!("{path}.{name}"),
+    }
+}
+
 /// toml's complaint `e` about the file `root` as our one line, at the key or value it is
 /// about: serde's path leads to the value (the outermost with the complaint's span), and
 /// a span before the value's is its key's.
@@ -42,13 +51,8 @@ fn complaint(root: &Spanned<DeValue>, e: &ReadError) -> Bad {
             _ => None,
         };
         let Some(child) = child else { break };
-        // `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
-        let (step, dot) = (segment.to_string(), if path.is_empty() { "" } else { "." });
-        let next = match step.starts_with('[') {
-            true => format!("{path}{step}"),
-            false => format!("{path}{dot}{step}"),
-        };
-        (table, path, name, value) = (path, next, Some(step), child);
+        let next = child_path(&path, &segment.to_string());
+        (table, path, name, value) = (path, next, Some(segment.to_string()), child);
     }
     let msg = match (msg, name) {
         (m, Some(name)) if m.starts_with("unknown field") => {
@@ -123,7 +127,7 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
             DeValue::Table(keys) => match keys.iter().find(|(_, v)| v.get_ref().is_datetime()) {
                 None => continue,
                 Some((key, v)) => {
-                    let msg = wrong_type(&format!("{name}.{}", key.get_ref()), "", v.get_ref());
+                    let msg = wrong_type(&child_path(name, key.get_ref()), "", v.get_ref());
                     return Err((v.span().start, (Some(v.span().start), msg)));
                 }
             },
