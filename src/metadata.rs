@@ -214,6 +214,12 @@ pub(crate) mod rfc3339 {
         s.serialize_str(&super::format_time(t))
     }
 
+    /// As precise as the time is (0, 3, 6 or 9 digits), for a file that holds other
+    /// writers' times: ralph's nanoseconds go back as they came.
+    pub(crate) fn exact<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    }
+
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(d)?;
         DateTime::parse_from_rfc3339(&text)

@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use tracing::{debug, error, info, warn};
 
 use crate::child_env;
@@ -666,7 +666,8 @@ impl Session<'_> {
             let entry = worktree::registry::Entry {
                 id: created.id.clone(),
                 pid,
-                started: self.meta.started,
+                // To the millisecond, as the metadata writes it.
+                started: self.meta.started.trunc_subsecs(3),
                 prompt: self.meta.prompt.clone(),
                 worktree_path: created.path.clone(),
                 workspace: created.path.clone(),

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -26,7 +26,9 @@ pub struct Entry {
     pub(crate) id: String,
     /// The pid `ralph loops stop` signals: the child's.
     pub(crate) pid: u32,
-    #[serde(with = "crate::metadata::rfc3339")]
+    /// Ours to the millisecond, as in the lock's metadata; others' written back exactly.
+    #[serde(serialize_with = "crate::metadata::rfc3339::exact")]
+    #[serde(deserialize_with = "crate::metadata::rfc3339::deserialize")]
     pub(crate) started: DateTime<Utc>,
     pub(crate) prompt: String,
     /// Absolute; empty for a loop in the main workspace (ralph omits the field then).
@@ -199,7 +201,7 @@ pub(crate) fn reserve(
     let entry = Entry {
         id: id.to_string(),
         pid: std::process::id(),
-        started: Utc::now(),
+        started: Utc::now().trunc_subsecs(3),
         prompt: crate::metadata::truncate_prompt(prompt),
         worktree_path: path.to_path_buf(),
         workspace: path.to_path_buf(),
@@ -586,6 +588,7 @@ mod tests {
         let loops = raw["loops"].as_array().unwrap();
         assert_eq!(loops.len(), 3, "{raw}");
         assert_eq!(loops[0]["hat"], "builder");
+        assert_eq!(loops[0]["started"], "2026-01-02T03:04:05.678901234Z");
         assert!(
             loops[0].get("worktree_path").is_none(),
             "primary entry grew a worktree_path"
