@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub(crate) use kinds::*;
-pub use read::parse_str;
+pub use read::parse;
 pub(crate) use read::*;
 
 use crate::conflict::{AfterTimeout, OnConflict};

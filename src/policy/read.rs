@@ -148,19 +148,17 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
 pub(crate) fn load(path: &Path) -> Result<PolicyFile, Failure> {
     let fix = "check that the policy file exists and is readable";
     let bytes = std::fs::read(path).map_err(|e| located(path, "", None, &format!("{e}; {fix}")))?;
-    match std::str::from_utf8(&bytes) {
-        Ok(text) => parse_str(text, path),
-        Err(e) => {
-            // Report where the bad bytes begin, on the valid prefix.
-            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
-            let msg = "the file is not valid UTF-8; save it as UTF-8 text";
-            Err(located(path, valid, Some(e.valid_up_to()), msg))
-        }
-    }
+    parse(&bytes, path)
 }
 
 /// [`load`] without the file system (for tests and fuzzing): errors name `path`.
-pub fn parse_str(text: &str, path: &Path) -> Result<PolicyFile, Failure> {
+pub fn parse(bytes: &[u8], path: &Path) -> Result<PolicyFile, Failure> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        // Where the bad bytes begin, on the valid prefix.
+        let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+        let msg = "the file is not valid UTF-8; save it as UTF-8 text";
+        located(path, valid, Some(e.valid_up_to()), msg)
+    })?;
     let mut values = Policy::default();
     let set = read(text, &mut values).map_err(|(at, msg)| located(path, text, at, &msg))?;
     Ok(PolicyFile { values, set })

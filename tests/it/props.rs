@@ -89,7 +89,7 @@ fn tomlish() -> impl Strategy<Value = String> {
 proptest! {
     #[test]
     fn policy_text_parses_or_fails_with_a_location(text in prop_oneof![tomlish(), "\\PC{0,80}"]) {
-        if let Err(failure) = policy::parse_str(&text, Path::new("p.toml")) {
+        if let Err(failure) = policy::parse(text.as_bytes(), Path::new("p.toml")) {
             prop_assert_eq!(failure.status, ExitStatus::BadPolicy);
             let msg = format!("{:#}", failure.error);
             // p.toml:LINE:COL: ...
