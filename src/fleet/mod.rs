@@ -240,7 +240,7 @@ impl Fleet {
         });
         let client = match connected {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(failure(&settings.endpoints, &e)),
+            Ok(Err(e)) => return Err(failure(&settings, &e)),
             Err(_) => {
                 return Err(Failure::msg(
                     ExitStatus::Unavailable,
@@ -289,7 +289,7 @@ impl Fleet {
         });
         let id = match granted {
             Ok(Ok(resp)) => resp.id(),
-            Ok(Err(e)) => return Err(failure(&self.settings.endpoints, &e)),
+            Ok(Err(e)) => return Err(failure(&self.settings, &e)),
             Err(_) => {
                 return Err(unavailable(
                     &self.settings.endpoints,
@@ -332,7 +332,7 @@ impl Fleet {
         });
         let queued = match queued {
             Ok(Ok(q)) => q,
-            Ok(Err(e)) => return Err(failure(&self.settings.endpoints, &e)),
+            Ok(Err(e)) => return Err(failure(&self.settings, &e)),
             Err(_) => return Err(unavailable(&self.settings.endpoints, "no answer")),
         };
         let token = queued.revision;
@@ -452,7 +452,7 @@ impl Fleet {
         });
         match asked {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(failure(&self.settings.endpoints, &e)),
+            Ok(Err(e)) => Err(failure(&self.settings, &e)),
             Err(_) => Err(unavailable(&self.settings.endpoints, "no answer")),
         }
     }
@@ -617,7 +617,7 @@ impl Fleet {
         });
         match listed {
             Ok(Ok(entries)) => Ok(entries),
-            Ok(Err(e)) => Err(failure(&self.settings.endpoints, &e)),
+            Ok(Err(e)) => Err(failure(&self.settings, &e)),
             Err(_) => Err(unavailable(&self.settings.endpoints, "no answer")),
         }
     }
@@ -646,7 +646,7 @@ impl Fleet {
         });
         let lease = match lease {
             Ok(Ok(resp)) => resp.id(),
-            Ok(Err(e)) => return Err(failure(&self.settings.endpoints, &e)),
+            Ok(Err(e)) => return Err(failure(&self.settings, &e)),
             Err(_) => return Err(unavailable(&self.settings.endpoints, "no answer")),
         };
         self.lease = Some(lease);
@@ -657,7 +657,7 @@ impl Fleet {
         let task = async move { lock::wait_gone(&mut client, &gone, rev).await };
         let outcome = match self.interruptible(task, Some(Instant::now() + timeout), signals)? {
             Interruptible::Done(Ok(())) => StopOutcome::Stopped(owner.describe()),
-            Interruptible::Done(Err(e)) => return Err(failure(&self.settings.endpoints, &e)),
+            Interruptible::Done(Err(e)) => return Err(failure(&self.settings, &e)),
             Interruptible::Interrupted(sig) => StopOutcome::Interrupted(sig),
             Interruptible::TimedOut => StopOutcome::TimedOut(owner.describe()),
         };
@@ -747,26 +747,40 @@ enum Interruptible<T> {
 }
 
 fn unavailable(endpoints: &[String], why: &str) -> Failure {
-    Failure::msg(
-        ExitStatus::Unavailable,
-        format!(
-            "etcd at {} is unavailable ({why}); check [fleet] endpoints and that etcd runs",
-            endpoints.join(", ")
-        ),
-    )
+    unreachable(endpoints, why, "check [fleet] endpoints and that etcd runs")
 }
 
-/// An etcd error as an exit status: refused credentials 77, anything else 69.
-fn failure(endpoints: &[String], e: &etcd_client::Error) -> Failure {
+fn unreachable(endpoints: &[String], why: &str, fix: &str) -> Failure {
+    let msg = format!(
+        "etcd at {} is unavailable ({why}); {fix}",
+        endpoints.join(", ")
+    );
+    Failure::msg(ExitStatus::Unavailable, msg)
+}
+
+/// An etcd error as an exit status: refused credentials 77, anything else 69. A
+/// connection that failed is told by its deepest cause too ("transport error: stream
+/// closed because of a broken pipe"), and a TLS mistake is named: a certificate of
+/// etcd's we cannot verify points at `tls_ca` (or at the endpoint's name, when the
+/// certificate is for another); a connection to an https endpoint that fails when we
+/// have no client certificate, at `tls_cert`.
+fn failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
+    let endpoints = &settings.endpoints;
+    let (why, mut cause) = match e {
+        etcd_client::Error::GRpcStatus(status) => (
+            status.message().to_string(),
+            std::error::Error::source(status),
+        ),
+        e => (e.to_string(), std::error::Error::source(e)),
+    };
     if let etcd_client::Error::GRpcStatus(status) = e {
         // gRPC's codes: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED.
-        let message = status.message();
         let refused = matches!(status.code() as i32, 7 | 16)
-            || message.contains("authentication failed")
-            || message.contains("user name is empty")
-            || message.contains("invalid auth token")
-            || message.contains("permission denied");
-        if message.contains("authentication is not enabled") {
+            || why.contains("authentication failed")
+            || why.contains("user name is empty")
+            || why.contains("invalid auth token")
+            || why.contains("permission denied");
+        if why.contains("authentication is not enabled") {
             return Failure::msg(
                 ExitStatus::NoPermission,
                 format!(
@@ -779,14 +793,36 @@ fn failure(endpoints: &[String], e: &etcd_client::Error) -> Failure {
             return Failure::msg(
                 ExitStatus::NoPermission,
                 format!(
-                    "etcd at {} refused the credentials ({message}); check {ENV_USER} and {ENV_PASSWORD}",
+                    "etcd at {} refused the credentials ({why}); check {ENV_USER} and {ENV_PASSWORD}",
                     endpoints.join(", ")
                 ),
             );
         }
-        return unavailable(endpoints, message);
     }
-    unavailable(endpoints, &e.to_string())
+    let mut deepest = None;
+    while let Some(inner) = cause {
+        deepest = Some(inner.to_string());
+        cause = inner.source();
+    }
+    let why = match deepest {
+        Some(inner) if !why.contains(&inner) => format!("{why}: {inner}"),
+        _ => why,
+    };
+    let https = endpoints.iter().any(|url| url.starts_with("https://"));
+    if why.contains("invalid peer certificate: certificate not valid for name") {
+        let fix = "name etcd in [fleet] endpoints as its certificate does";
+        return unreachable(endpoints, &why, fix);
+    }
+    if why.contains("invalid peer certificate") {
+        let fix =
+            "set [fleet] tls_ca to the PEM file of the authority that signed etcd's certificate";
+        return unreachable(endpoints, &why, fix);
+    }
+    if https && settings.tls_cert.is_none() {
+        let fix = "check [fleet] endpoints and that etcd runs; an etcd that asks for client certificates needs [fleet] tls_cert and tls_key";
+        return unreachable(endpoints, &why, fix);
+    }
+    unavailable(endpoints, &why)
 }
 
 /// The settings `status/list/stop --fleet` connect with: the policy's endpoints (a

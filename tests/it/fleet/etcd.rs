@@ -1,5 +1,7 @@
 //! Real etcd members for the fleet tests: Debian's `etcd` on loopback ports in a temp
-//! dir, one member or a cluster of three, killed (continued first, if stopped) on drop.
+//! dir, one member or a cluster of three, killed (continued first, if stopped) on drop;
+//! or one member serving TLS and asking for client certificates, with certificates
+//! made by openssl ([`Tls`]).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -44,6 +46,95 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A certificate authority, etcd's certificate for 127.0.0.1 and a client certificate,
+/// made by openssl in a temp dir; and a second authority that signed nothing of etcd's.
+pub struct Tls {
+    dir: tempfile::TempDir,
+}
+
+impl Tls {
+    /// `None` without openssl: the reason printed, or a failure under CI.
+    pub fn make() -> Option<Tls> {
+        let tls = Tls {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(tls.dir.path())
+                .output();
+            match out {
+                Ok(out) if out.status.success() => true,
+                Ok(out) => panic!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)),
+                Err(_) => false,
+            }
+        };
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (key, pem, subject) = (
+                format!("{ca}.key"),
+                format!("{ca}.pem"),
+                format!("/CN={ca}"),
+            );
+            let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+            args.extend(new_key);
+            args.extend(["-keyout", &key, "-out", &pem]);
+            if !openssl(&args) {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "openssl is needed for the fleet TLS test (Debian: openssl); .ci/run installs it"
+                );
+                eprintln!("skipped: openssl not installed (Debian: openssl)");
+                return None;
+            }
+        }
+        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            let (key, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            let ext = format!("{name}.ext");
+            let text = format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n");
+            std::fs::write(tls.dir.path().join(&ext), text).unwrap();
+            let subject = format!("/CN={name}");
+            let mut args = vec!["req", "-subj", &subject];
+            args.extend(new_key);
+            args.extend(["-keyout", &key, "-out", &csr]);
+            assert!(openssl(&args));
+            assert!(openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ]));
+        }
+        Some(tls)
+    }
+
+    /// A file made: `ca.pem`, `other-ca.pem`, `client.pem`, `client.key`, ...
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
 pub struct Member {
     child: Child,
     pub client_url: String,
@@ -53,12 +144,25 @@ pub struct Member {
 pub struct Cluster {
     _dir: tempfile::TempDir,
     pub members: Vec<Member>,
+    /// With TLS: the authority, and etcdctl's client certificate and key.
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl Cluster {
     /// Starts `n` members and waits until the cluster answers.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, None)
+    }
+
+    /// One member serving https with `tls`'s certificate and asking every client for a
+    /// certificate its authority signed.
+    pub fn start_tls(tls: &Tls) -> Cluster {
+        Cluster::start_with(1, Some(tls))
+    }
+
+    fn start_with(n: usize, tls: Option<&Tls>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = (ports.iter().enumerate())
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
@@ -67,11 +171,19 @@ impl Cluster {
         let token = format!("t{}", std::process::id());
         let members = (ports.iter().enumerate())
             .map(|(i, (client, peer))| {
-                let client_url = format!("http://127.0.0.1:{client}");
+                let client_url = format!("{scheme}://127.0.0.1:{client}");
                 let peer_url = format!("http://127.0.0.1:{peer}");
                 let data: PathBuf = dir.path().join(format!("m{i}"));
                 let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
-                let child = Command::new("etcd")
+                let mut etcd = Command::new("etcd");
+                if let Some(tls) = tls {
+                    let file = |name| tls.file(name);
+                    etcd.arg("--cert-file").arg(file("server.pem"));
+                    etcd.arg("--key-file").arg(file("server.key"));
+                    etcd.arg("--trusted-ca-file").arg(file("ca.pem"));
+                    etcd.arg("--client-cert-auth");
+                }
+                let child = etcd
                     .args(["--name", &format!("m{i}")])
                     .arg("--data-dir")
                     .arg(&data)
@@ -95,7 +207,12 @@ impl Cluster {
                 }
             })
             .collect();
-        let cluster = Cluster { _dir: dir, members };
+        let tls = tls.map(|tls| ["ca.pem", "client.pem", "client.key"].map(|f| tls.file(f)));
+        let cluster = Cluster {
+            _dir: dir,
+            members,
+            tls,
+        };
         wait_until("etcd to answer", Duration::from_secs(30), || {
             cluster
                 .etcdctl(&["put", "ralph-supervise-test/ready", "1"])
@@ -120,9 +237,12 @@ impl Cluster {
         let mut cmd = Command::new("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoints()])
-            .args(["--dial-timeout", "2s", "--command-timeout", "5s"])
-            .args(args)
-            .stdin(Stdio::null());
+            .args(["--dial-timeout", "2s", "--command-timeout", "5s"]);
+        if let Some([ca, cert, key]) = &self.tls {
+            cmd.arg("--cacert").arg(ca);
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        cmd.args(args).stdin(Stdio::null());
         cmd
     }
 

@@ -423,6 +423,66 @@ fn refused_credentials_exit_77_and_credentials_never_show() {
     assert!(!shown.stdout.contains("R00t-pw"));
 }
 
+/// An etcd that serves TLS and asks for client certificates: taken with the
+/// authority's file and a client certificate; refused, one line, 69 and nothing run,
+/// without the client certificate (naming `tls_cert`), with another authority (naming
+/// `tls_ca`) and with a name the certificate does not list (naming the endpoints).
+#[test]
+fn tls_with_a_client_certificate_and_each_mistake_named() {
+    if !etcd::available() {
+        return;
+    }
+    let Some(tls) = etcd::Tls::make() else {
+        return;
+    };
+    let cluster = Cluster::start_tls(&tls);
+    let url = cluster.endpoints();
+    let ws = host("git@git.example.com:acme/api.git");
+    let marker = ws.path.join("ran");
+    let script = format!(
+        "echo token=$RALPH_FENCING_TOKEN; touch {}",
+        marker.display()
+    );
+    let run = |url: &str, files: &[(&str, &str)]| {
+        let mut policy = format!("[fleet]\nendpoints = [{url:?}]\n");
+        for (key, file) in files {
+            policy.push_str(&format!("{key} = {:?}\n", tls.file(file)));
+        }
+        ws.write_policy(&policy);
+        ws.run(&["run", "--", "sh", "-c", &script])
+    };
+    let client = [("tls_cert", "client.pem"), ("tls_key", "client.key")];
+    let refused = |out: &crate::harness::Output, fix: &str| {
+        assert_eq!(out.code(), 69, "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains(fix), "{}", out.stderr);
+        assert!(!marker.exists(), "the command ran: {}", out.stderr);
+    };
+    refused(
+        &run(&url, &[("tls_ca", "ca.pem")]),
+        "[fleet] tls_cert and tls_key",
+    );
+    let other = [("tls_ca", "other-ca.pem"), client[0], client[1]];
+    refused(&run(&url, &other), "set [fleet] tls_ca");
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let right = [("tls_ca", "ca.pem"), client[0], client[1]];
+    refused(&run(&by_name, &right), "name etcd in [fleet] endpoints");
+    let out = run(&url, &right);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let token: i64 = (out.stdout.trim().strip_prefix("token="))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no fencing token: {}", out.stdout));
+    assert!(token > 0 && marker.exists());
+    // Released: the key is gone (etcdctl over TLS with the client certificate).
+    let got = cluster.etcdctl(&["get", "--prefix", "ralph-supervise/lock/", "--keys-only"]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(String::from_utf8_lossy(&got.stdout).trim().is_empty());
+}
+
 /// `etcdctl lock` and a supervisor see each other's locks.
 #[test]
 fn a_key_held_with_etcdctl_lock_is_respected_and_etcdctl_waits_for_us() {
