@@ -392,8 +392,7 @@ fn keyword<K: Keyword>() -> impl TypedValueParser<Value = K> {
 
 /// Human durations: `30s`, `5m`, `1h30m`, `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e} (use a duration like 30s, 5m or 1h30m)"))
+    crate::setting::duration(text)
 }
 
 fn parse_signal(text: &str) -> Result<i32, String> {

@@ -178,7 +178,7 @@ pub(crate) fn run(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let limit = humantime::format_duration(timeout);
+            let limit = crate::setting::short_duration(timeout);
             warn!("hooks.{name}: {program} ran longer than hooks.timeout ({limit}); killing it");
             let _ = killpg(pgid, Signal::SIGKILL);
             break child.wait().ok();

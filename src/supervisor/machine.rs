@@ -61,12 +61,12 @@ pub(crate) enum ExitRule {
 
 /// An exit rule as the policy file and the logs spell it: `stop`, `restart`, `30m`.
 impl std::str::FromStr for ExitRule {
-    type Err = humantime::DurationError;
+    type Err = String;
     fn from_str(text: &str) -> Result<ExitRule, Self::Err> {
         Ok(match text {
             "stop" => ExitRule::Stop,
             "restart" => ExitRule::Backoff,
-            delay => ExitRule::After(humantime::parse_duration(delay)?),
+            delay => ExitRule::After(crate::setting::duration(delay)?),
         })
     }
 }
