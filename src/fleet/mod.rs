@@ -94,14 +94,19 @@ impl Settings {
             Some(key) => key.clone(),
             None => default_key(repo)?,
         };
-        Ok(Some(Settings {
+        Ok(Some(Settings::with(policy, endpoints, key)))
+    }
+
+    /// The policy's `[fleet]` settings with these endpoints and this key.
+    fn with(policy: &Policy, endpoints: Vec<String>, key: String) -> Settings {
+        Settings {
             endpoints,
             key,
             ttl: policy.fleet.ttl,
             tls_ca: policy.fleet.tls_ca.clone(),
             tls_cert: policy.fleet.tls_cert.clone(),
             tls_key: policy.fleet.tls_key.clone(),
-        }))
+        }
     }
 
     /// The grace a lost lease leaves the child: `min(stop.grace, ttl/3)`.
@@ -240,7 +245,7 @@ impl Fleet {
         });
         let client = match connected {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(failure(&settings, &e)),
+            Ok(Err(e)) => return Err(connect_failure(&settings, &e)),
             Err(_) => {
                 return Err(Failure::msg(
                     ExitStatus::Unavailable,
@@ -747,10 +752,10 @@ enum Interruptible<T> {
 }
 
 fn unavailable(endpoints: &[String], why: &str) -> Failure {
-    unreachable(endpoints, why, "check [fleet] endpoints and that etcd runs")
+    unavailable_with(endpoints, why, "check [fleet] endpoints and that etcd runs")
 }
 
-fn unreachable(endpoints: &[String], why: &str, fix: &str) -> Failure {
+fn unavailable_with(endpoints: &[String], why: &str, fix: &str) -> Failure {
     let msg = format!(
         "etcd at {} is unavailable ({why}); {fix}",
         endpoints.join(", ")
@@ -758,14 +763,9 @@ fn unreachable(endpoints: &[String], why: &str, fix: &str) -> Failure {
     Failure::msg(ExitStatus::Unavailable, msg)
 }
 
-/// An etcd error as an exit status: refused credentials 77, anything else 69. A
-/// connection that failed is told by its deepest cause too ("transport error: stream
-/// closed because of a broken pipe"), and a TLS mistake is named: a certificate of
-/// etcd's we cannot verify points at `tls_ca` (or at the endpoint's name, when the
-/// certificate is for another); a connection to an https endpoint that fails when we
-/// have no client certificate, at `tls_cert`.
-fn failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
-    let endpoints = &settings.endpoints;
+/// What went wrong, with the deepest cause when it says more: "transport error: stream
+/// closed because of a broken pipe", "tcp connect error: Connection refused (os error 111)".
+fn why(e: &etcd_client::Error) -> String {
     let (why, mut cause) = match e {
         etcd_client::Error::GRpcStatus(status) => (
             status.message().to_string(),
@@ -773,6 +773,21 @@ fn failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
         ),
         e => (e.to_string(), std::error::Error::source(e)),
     };
+    let mut deepest = None;
+    while let Some(inner) = cause {
+        deepest = Some(inner.to_string());
+        cause = inner.source();
+    }
+    match deepest {
+        Some(inner) if !why.contains(&inner) => format!("{why}: {inner}"),
+        _ => why,
+    }
+}
+
+/// An etcd error as an exit status: refused credentials 77, anything else 69.
+fn failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
+    let endpoints = &settings.endpoints;
+    let why = why(e);
     if let etcd_client::Error::GRpcStatus(status) = e {
         // gRPC's codes: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED.
         let refused = matches!(status.code() as i32, 7 | 16)
@@ -799,30 +814,46 @@ fn failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
             );
         }
     }
-    let mut deepest = None;
-    while let Some(inner) = cause {
-        deepest = Some(inner.to_string());
-        cause = inner.source();
-    }
-    let why = match deepest {
-        Some(inner) if !why.contains(&inner) => format!("{why}: {inner}"),
-        _ => why,
-    };
-    let https = endpoints.iter().any(|url| url.starts_with("https://"));
-    if why.contains("invalid peer certificate: certificate not valid for name") {
-        let fix = "name etcd in [fleet] endpoints as its certificate does";
-        return unreachable(endpoints, &why, fix);
-    }
-    if why.contains("invalid peer certificate") {
-        let fix =
-            "set [fleet] tls_ca to the PEM file of the authority that signed etcd's certificate";
-        return unreachable(endpoints, &why, fix);
-    }
-    if https && settings.tls_cert.is_none() {
-        let fix = "check [fleet] endpoints and that etcd runs; an etcd that asks for client certificates needs [fleet] tls_cert and tls_key";
-        return unreachable(endpoints, &why, fix);
-    }
     unavailable(endpoints, &why)
+}
+
+/// How a TLS connection that the server ended shows, after the TCP connect: the end of
+/// the stream, or the server's alert (which of the two depends on timing).
+const TLS_ENDED: &[&str] = &[
+    "broken pipe",
+    "connection reset",
+    "fatal alert",
+    "close_notify",
+];
+
+/// [`failure`] for the first connection, where TLS mistakes show, each naming what to
+/// set: a certificate of etcd's that `tls_ca`'s authority did not sign, one for another
+/// name than the endpoint's, one refused otherwise (its dates, its key usage); and an
+/// https connection etcd ended, which it does to a client without a certificate its
+/// authority signed.
+fn connect_failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
+    let why = why(e);
+    let https = settings
+        .endpoints
+        .iter()
+        .any(|url| url.starts_with("https://"));
+    let fix = if why.contains("invalid peer certificate: UnknownIssuer") {
+        "set [fleet] tls_ca to the PEM file of the authority that signed etcd's certificate"
+    } else if why.contains("invalid peer certificate: certificate not valid for name") {
+        "name etcd in [fleet] endpoints as its certificate does"
+    } else if why.contains("invalid peer certificate") {
+        "check etcd's certificate (its dates, its key usage) and [fleet] tls_ca"
+    } else if https && TLS_ENDED.iter().any(|end| why.contains(end)) {
+        match settings.tls_cert {
+            None => "etcd may ask for a client certificate: set [fleet] tls_cert and tls_key",
+            Some(_) => {
+                "check [fleet] tls_cert and tls_key: etcd takes client certificates its authority signed"
+            }
+        }
+    } else {
+        return failure(settings, e);
+    };
+    unavailable_with(&settings.endpoints, &why, fix)
 }
 
 /// The settings `status/list/stop --fleet` connect with: the policy's endpoints (a
@@ -843,20 +874,7 @@ fn control_settings(
         (None, true) => default_key(repo)?,
         (None, false) => String::new(),
     };
-    let mut settings = Settings::from_policy(policy, None)
-        .ok()
-        .flatten()
-        .unwrap_or(Settings {
-            endpoints: endpoints.clone(),
-            key: String::new(),
-            ttl: policy.fleet.ttl,
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
-        });
-    settings.endpoints = endpoints;
-    settings.key = key;
-    Ok(settings)
+    Ok(Settings::with(policy, endpoints, key))
 }
 
 /// `status --fleet` (this workspace's key; exit 0 when held, 3 when not) and `list

@@ -47,7 +47,8 @@ fn free_port() -> u16 {
 }
 
 /// A certificate authority, etcd's certificate for 127.0.0.1 and a client certificate,
-/// made by openssl in a temp dir; and a second authority that signed nothing of etcd's.
+/// made by openssl in a temp dir; and a second authority, which signed another client
+/// certificate (`other-client.pem`).
 pub struct Tls {
     dir: tempfile::TempDir,
 }
@@ -94,7 +95,12 @@ impl Tls {
                 return None;
             }
         }
-        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        let signed = [
+            ("server", "serverAuth", "ca"),
+            ("client", "clientAuth", "ca"),
+            ("other-client", "clientAuth", "other-ca"),
+        ];
+        for (name, usage, ca) in signed {
             let (key, csr, pem) = (
                 format!("{name}.key"),
                 format!("{name}.csr"),
@@ -108,23 +114,18 @@ impl Tls {
             args.extend(new_key);
             args.extend(["-keyout", &key, "-out", &csr]);
             assert!(openssl(&args));
-            assert!(openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+            let mut args = vec!["x509", "-req", "-in", &csr, "-days", "2", "-extfile", &ext];
+            args.extend([
                 "-CA",
-                "ca.pem",
+                &ca_pem,
                 "-CAkey",
-                "ca.key",
+                &ca_key,
                 "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
                 "-out",
                 &pem,
-            ]));
+            ]);
+            assert!(openssl(&args));
         }
         Some(tls)
     }

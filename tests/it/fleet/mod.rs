@@ -357,6 +357,11 @@ fn etcd_down_at_start_is_one_line_and_exit_69_with_nothing_run() {
     assert_eq!(out.code(), 69, "{}", out.stderr);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains(&url), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Connection refused"),
+        "the cause: {}",
+        out.stderr
+    );
     assert!(!marker.exists());
     assert!(
         !ws.lock_path().exists(),
@@ -424,9 +429,11 @@ fn refused_credentials_exit_77_and_credentials_never_show() {
 }
 
 /// An etcd that serves TLS and asks for client certificates: taken with the
-/// authority's file and a client certificate; refused, one line, 69 and nothing run,
-/// without the client certificate (naming `tls_cert`), with another authority (naming
-/// `tls_ca`) and with a name the certificate does not list (naming the endpoints).
+/// authority's file and a client certificate (by `run`, `list --fleet` and `status
+/// --fleet`); refused, one line, 69 and nothing run, without a client certificate or
+/// with one of another authority (naming `tls_cert`), with another authority in
+/// `tls_ca` (naming it) and with a name the certificate does not list (naming the
+/// endpoints).
 #[test]
 fn tls_with_a_client_certificate_and_each_mistake_named() {
     if !etcd::available() {
@@ -451,29 +458,36 @@ fn tls_with_a_client_certificate_and_each_mistake_named() {
         ws.write_policy(&policy);
         ws.run(&["run", "--", "sh", "-c", &script])
     };
-    let client = [("tls_cert", "client.pem"), ("tls_key", "client.key")];
     let refused = |out: &crate::harness::Output, fix: &str| {
         assert_eq!(out.code(), 69, "{}", out.stderr);
         assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
         assert!(out.stderr.contains(fix), "{}", out.stderr);
         assert!(!marker.exists(), "the command ran: {}", out.stderr);
     };
+    let ca = ("tls_ca", "ca.pem");
+    let client = [ca, ("tls_cert", "client.pem"), ("tls_key", "client.key")];
+    refused(&run(&url, &[ca]), "set [fleet] tls_cert and tls_key");
+    let other_client = [
+        ca,
+        ("tls_cert", "other-client.pem"),
+        ("tls_key", "other-client.key"),
+    ];
     refused(
-        &run(&url, &[("tls_ca", "ca.pem")]),
-        "[fleet] tls_cert and tls_key",
+        &run(&url, &other_client),
+        "check [fleet] tls_cert and tls_key",
     );
-    let other = [("tls_ca", "other-ca.pem"), client[0], client[1]];
-    refused(&run(&url, &other), "set [fleet] tls_ca");
+    let other_ca = [("tls_ca", "other-ca.pem"), client[1], client[2]];
+    refused(&run(&url, &other_ca), "set [fleet] tls_ca");
     let by_name = url.replace("127.0.0.1", "localhost");
-    let right = [("tls_ca", "ca.pem"), client[0], client[1]];
-    refused(&run(&by_name, &right), "name etcd in [fleet] endpoints");
-    let out = run(&url, &right);
+    refused(&run(&by_name, &client), "name etcd in [fleet] endpoints");
+    let out = run(&url, &client);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let token: i64 = (out.stdout.trim().strip_prefix("token="))
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("no fencing token: {}", out.stdout));
     assert!(token > 0 && marker.exists());
-    // Released: the key is gone (etcdctl over TLS with the client certificate).
+    // Released: the key is gone (etcdctl over TLS with the client certificate); and the
+    // control commands connect with the same files.
     let got = cluster.etcdctl(&["get", "--prefix", "ralph-supervise/lock/", "--keys-only"]);
     assert!(
         got.status.success(),
@@ -481,6 +495,10 @@ fn tls_with_a_client_certificate_and_each_mistake_named() {
         String::from_utf8_lossy(&got.stderr)
     );
     assert!(String::from_utf8_lossy(&got.stdout).trim().is_empty());
+    let list = ws.run(&["list", "--fleet"]);
+    assert_eq!(list.code(), 0, "{}", list.stderr);
+    let status = ws.run(&["status", "--fleet"]);
+    assert_eq!(status.code(), 3, "not held: {}", status.stderr);
 }
 
 /// `etcdctl lock` and a supervisor see each other's locks.
