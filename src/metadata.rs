@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Longest prompt ralph stores; longer ones are cut to 97 characters plus `...`.
@@ -178,6 +178,24 @@ pub(crate) fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Now, to the millisecond: what [`format_time`] writes, so that the time held is the
+/// time written (the metadata's `started`, our loop registry entries').
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+/// An RFC 3339 time, in UTC. One RFC 3339 cannot write in UTC (before year 0 or after
+/// 9999, once its offset is applied) is refused, so that a registry entry holding one is
+/// kept as it was rather than written back unreadable.
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let t = DateTime::parse_from_rfc3339(text).map_err(|e| e.to_string())?;
+    let t = t.with_timezone(&Utc);
+    match t.year() {
+        0..=9999 => Ok(t),
+        _ => Err(format!("{text:?} is out of range in UTC")),
+    }
+}
+
 /// [`rfc3339`] for an optional time.
 pub(crate) mod rfc3339_option {
     use chrono::{DateTime, Utc};
@@ -198,8 +216,8 @@ pub(crate) mod rfc3339_option {
     ) -> Result<Option<DateTime<Utc>>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(text) => DateTime::parse_from_rfc3339(&text)
-                .map(|t| Some(t.with_timezone(&Utc)))
+            Some(text) => super::parse_time(&text)
+                .map(Some)
                 .map_err(serde::de::Error::custom),
         }
     }
@@ -207,24 +225,28 @@ pub(crate) mod rfc3339_option {
 
 /// Serde helpers for `DateTime<Utc>` as RFC 3339 with `Z` (ralph's timestamps).
 pub(crate) mod rfc3339 {
-    use chrono::{DateTime, Utc};
+    use chrono::{DateTime, SecondsFormat, Timelike, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(crate) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_time(t))
     }
 
-    /// As precise as the time is (0, 3, 6 or 9 digits), for a file that holds other
-    /// writers' times: ralph's nanoseconds go back as they came.
+    /// For a file that holds other writers' times (`loops.json`): the same instant, as
+    /// precisely as it is, so ralph's nanoseconds go back as they came (chrono's own
+    /// form, which ralph writes); a time to the millisecond, as [`super::format_time`]
+    /// writes it. In UTC, with `Z`.
     pub(crate) fn exact<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        let digits = match t.nanosecond() % 1_000_000 {
+            0 => SecondsFormat::Millis,
+            _ => SecondsFormat::AutoSi,
+        };
+        s.serialize_str(&t.to_rfc3339_opts(digits, true))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+        super::parse_time(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -277,6 +299,50 @@ mod tests {
         let json = m.to_json();
         assert!(json.contains("\"workspace\":\"/w/\u{fffd}\""), "{json}");
         assert!(Metadata::parse(json.as_bytes()).unwrap().is_some());
+    }
+
+    #[test]
+    fn registry_times_go_back_as_the_same_instant_as_precisely() {
+        #[derive(Deserialize, Serialize)]
+        struct T {
+            #[serde(serialize_with = "rfc3339::exact")]
+            #[serde(deserialize_with = "rfc3339::deserialize")]
+            t: DateTime<Utc>,
+        }
+        let again = |text: &str| {
+            let json = serde_json::json!({ "t": text }).to_string();
+            let read: Result<T, _> = serde_json::from_str(&json);
+            read.map(|t| {
+                serde_json::to_value(t).unwrap()["t"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+        };
+        // ralph's (chrono's own form), ours, and others' as the same instant.
+        for same in [
+            "2026-01-02T03:04:05.678901234Z",
+            "2026-01-02T03:04:05.678901Z",
+        ] {
+            assert_eq!(again(same).unwrap(), same);
+        }
+        assert_eq!(
+            again("2026-01-02T03:04:05.120Z").unwrap(),
+            "2026-01-02T03:04:05.120Z"
+        );
+        assert_eq!(
+            again("2026-01-02T03:04:05Z").unwrap(),
+            "2026-01-02T03:04:05.000Z"
+        );
+        assert_eq!(
+            again("2026-01-02T05:04:05.5+02:00").unwrap(),
+            "2026-01-02T03:04:05.500Z"
+        );
+        // What UTC cannot write as RFC 3339 is refused (the registry keeps that entry as
+        // it was).
+        assert!(again("0000-01-01T00:30:00+01:00").is_err());
+        assert!(again("9999-12-31T23:59:59-01:00").is_err());
+        assert_eq!(now(), now().trunc_subsecs(3));
     }
 
     #[test]

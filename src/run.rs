@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
 
 use crate::child_env;
@@ -366,7 +366,7 @@ fn run_locked(
         info!("removed a stale {}", stop_request::FILE);
     }
     let Holds { tree, fleet } = holds;
-    let started = Utc::now();
+    let started = crate::metadata::now();
     let mut meta = metadata(settings, place, started, tree);
     meta.fleet = fleet.as_deref().and_then(|f| {
         Some(crate::metadata::FleetFacts {
@@ -666,8 +666,7 @@ impl Session<'_> {
             let entry = worktree::registry::Entry {
                 id: created.id.clone(),
                 pid,
-                // To the millisecond, as the metadata writes it.
-                started: self.meta.started.trunc_subsecs(3),
+                started: self.meta.started,
                 prompt: self.meta.prompt.clone(),
                 worktree_path: created.path.clone(),
                 workspace: created.path.clone(),

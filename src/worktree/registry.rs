@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -26,7 +26,8 @@ pub struct Entry {
     pub(crate) id: String,
     /// The pid `ralph loops stop` signals: the child's.
     pub(crate) pid: u32,
-    /// Ours to the millisecond, as in the lock's metadata; others' written back exactly.
+    /// Ours to the millisecond, as in the lock's metadata; others' written back as the
+    /// same instant, as precisely (`rfc3339::exact`).
     #[serde(serialize_with = "crate::metadata::rfc3339::exact")]
     #[serde(deserialize_with = "crate::metadata::rfc3339::deserialize")]
     pub(crate) started: DateTime<Utc>,
@@ -201,7 +202,7 @@ pub(crate) fn reserve(
     let entry = Entry {
         id: id.to_string(),
         pid: std::process::id(),
-        started: Utc::now().trunc_subsecs(3),
+        started: crate::metadata::now(),
         prompt: crate::metadata::truncate_prompt(prompt),
         worktree_path: path.to_path_buf(),
         workspace: path.to_path_buf(),

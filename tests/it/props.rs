@@ -33,6 +33,28 @@ fn jsonish() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A loop registry as ralph writes it, with start times in every form RFC 3339 allows
+/// (0 to 9 digits of fraction, any offset, years at the edges).
+fn registryish() -> impl Strategy<Value = Vec<u8>> {
+    let started = (
+        prop_oneof![Just(0u32), Just(1), 1970u32..2100, Just(9999)],
+        0u32..24,
+        "(\\.[0-9]{1,9})?",
+        prop_oneof![Just("Z".to_string()), "[+-](0[0-9]|1[0-4]):[0-5][0-9]"],
+    )
+        .prop_map(|(year, hour, fraction, offset)| {
+            format!("{year:04}-01-01T{hour:02}:30:00{fraction}{offset}")
+        });
+    let entry = ("[a-z]{1,8}", any::<u32>(), started, "\\PC{0,20}").prop_map(|(id, pid, started, prompt)| {
+        serde_json::json!({"id": id, "pid": pid, "started": started, "prompt": prompt})
+    });
+    proptest::collection::vec(entry, 0..4).prop_map(|loops| {
+        serde_json::json!({ "loops": loops })
+            .to_string()
+            .into_bytes()
+    })
+}
+
 fn tomlish() -> impl Strategy<Value = String> {
     let section = prop_oneof![
         Just("conflict"),
@@ -88,8 +110,13 @@ fn tomlish() -> impl Strategy<Value = String> {
 
 proptest! {
     #[test]
-    fn policy_text_parses_or_fails_with_a_location(text in prop_oneof![tomlish(), "\\PC{0,80}"]) {
-        if let Err(failure) = policy::parse(text.as_bytes(), Path::new("p.toml")) {
+    fn policy_text_parses_or_fails_with_a_location(bytes in prop_oneof![
+        tomlish().prop_map(String::into_bytes),
+        "\\PC{0,80}".prop_map(String::into_bytes),
+        proptest::collection::vec(any::<u8>(), 0..80),
+    ]) {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(failure) = policy::parse(&bytes, Path::new("p.toml")) {
             prop_assert_eq!(failure.status, ExitStatus::BadPolicy);
             let msg = format!("{:#}", failure.error);
             // p.toml:LINE:COL: ...
@@ -115,11 +142,11 @@ proptest! {
     }
 
     #[test]
-    fn registry_parses_or_is_corrupt_and_rewrites_to_a_fixed_point(bytes in jsonish()) {
+    fn registry_parses_or_is_corrupt_and_rewrites_to_a_fixed_point(bytes in prop_oneof![jsonish(), registryish()]) {
         if let Ok(entries) = registry::parse(&bytes) {
             let written = registry::rewrite(&bytes).unwrap();
             let again = registry::parse(&written).unwrap();
-            prop_assert_eq!(again.len(), entries.len());
+            prop_assert_eq!(&again, &entries);
             prop_assert_eq!(registry::rewrite(&written).unwrap(), written);
         }
     }
