@@ -5,8 +5,9 @@
 //! read so that a lock written by ralph itself parses too.
 
 use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, Datelike, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Longest prompt ralph stores; longer ones are cut to 97 characters plus `...`.
@@ -181,7 +182,13 @@ pub(crate) fn format_time(t: &DateTime<Utc>) -> String {
 /// Now, to the millisecond: what [`format_time`] writes, so that the time held is the
 /// time written (the metadata's `started`, our loop registry entries').
 pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(3)
+    // As `Utc::now` makes it, with the nanoseconds cut before (chrono's `trunc_subsecs`
+    // would bring its date arithmetic onto every run's path).
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let nanos = now.subsec_millis() * 1_000_000;
+    DateTime::from_timestamp(now.as_secs() as i64, nanos).unwrap_or_default()
 }
 
 /// An RFC 3339 time, in UTC. One RFC 3339 cannot write in UTC (before year 0 or after
@@ -253,6 +260,7 @@ pub(crate) mod rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Timelike;
 
     #[test]
     fn prompt_cut_like_ralph() {
@@ -342,7 +350,9 @@ mod tests {
         // it was).
         assert!(again("0000-01-01T00:30:00+01:00").is_err());
         assert!(again("9999-12-31T23:59:59-01:00").is_err());
-        assert_eq!(now(), now().trunc_subsecs(3));
+        let t = now();
+        assert_eq!(t.nanosecond() % 1_000_000, 0, "{t}");
+        assert!((Utc::now() - t).num_milliseconds() < 60_000, "{t}");
     }
 
     #[test]
