@@ -232,7 +232,7 @@ pub(crate) mod rfc3339_option {
 
 /// Serde helpers for `DateTime<Utc>` as RFC 3339 with `Z` (ralph's timestamps).
 pub(crate) mod rfc3339 {
-    use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+    use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(crate) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -240,15 +240,10 @@ pub(crate) mod rfc3339 {
     }
 
     /// For a file that holds other writers' times (`loops.json`): the same instant, as
-    /// precisely as it is, so ralph's nanoseconds go back as they came (chrono's own
-    /// form, which ralph writes); a time to the millisecond, as [`super::format_time`]
-    /// writes it. In UTC, with `Z`.
+    /// precisely as it is (no fraction, or 3, 6 or 9 digits), in UTC with `Z`: chrono's
+    /// own form, which is how ralph writes its times, so they go back as they came.
     pub(crate) fn exact<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        let digits = match t.nanosecond() % 1_000_000 {
-            0 => SecondsFormat::Millis,
-            _ => SecondsFormat::AutoSi,
-        };
-        s.serialize_str(&t.to_rfc3339_opts(digits, true))
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -327,20 +322,18 @@ mod tests {
                     .to_string()
             })
         };
-        // ralph's (chrono's own form), ours, and others' as the same instant.
+        // ralph's (chrono's own form) as they came; others' as the same instant.
         for same in [
             "2026-01-02T03:04:05.678901234Z",
             "2026-01-02T03:04:05.678901Z",
+            "2026-01-02T03:04:05.120Z",
+            "2026-01-02T03:04:05Z",
         ] {
             assert_eq!(again(same).unwrap(), same);
         }
         assert_eq!(
-            again("2026-01-02T03:04:05.120Z").unwrap(),
-            "2026-01-02T03:04:05.120Z"
-        );
-        assert_eq!(
-            again("2026-01-02T03:04:05Z").unwrap(),
-            "2026-01-02T03:04:05.000Z"
+            again("2026-01-02T03:04:05.000Z").unwrap(),
+            "2026-01-02T03:04:05Z"
         );
         assert_eq!(
             again("2026-01-02T05:04:05.5+02:00").unwrap(),
