@@ -789,13 +789,15 @@ fn failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
     let endpoints = &settings.endpoints;
     let why = why(e);
     if let etcd_client::Error::GRpcStatus(status) = e {
-        // gRPC's codes: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED.
+        // gRPC's codes: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED; etcd's own words (not
+        // a cause below them: "permission denied" may be the system's, on a connect).
+        let message = status.message();
         let refused = matches!(status.code() as i32, 7 | 16)
-            || why.contains("authentication failed")
-            || why.contains("user name is empty")
-            || why.contains("invalid auth token")
-            || why.contains("permission denied");
-        if why.contains("authentication is not enabled") {
+            || message.contains("authentication failed")
+            || message.contains("user name is empty")
+            || message.contains("invalid auth token")
+            || message.contains("permission denied");
+        if message.contains("authentication is not enabled") {
             return Failure::msg(
                 ExitStatus::NoPermission,
                 format!(
