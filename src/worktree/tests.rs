@@ -565,59 +565,6 @@ fn gc_dry_run_then_real() {
     drop(lock);
 }
 
-/// `cargo test --release -- --ignored --nocapture timing`: create vs plain
-/// `git worktree add` on a repository of 5,000 small files.
-#[test]
-#[ignore]
-fn timing_5000_files() {
-    let (_tmp, root) = repo();
-    for d in 0..50 {
-        let dir = root.join(format!("d{d}"));
-        fs::create_dir(&dir).unwrap();
-        for f in 0..100 {
-            fs::write(dir.join(format!("f{f}.txt")), format!("{d} {f}\n")).unwrap();
-        }
-    }
-    g(&root, &["add", "-A"]);
-    g(&root, &["commit", "-q", "-m", "many"]);
-    fs::write(root.join("d0/f0.txt"), "changed\n").unwrap();
-    fs::write(root.join("untracked.txt"), "u\n").unwrap();
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    // Interleaved, so load from other processes hits all three alike.
-    let (mut plain, mut ours, mut ours_carry) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..5 {
-        let t = std::time::Instant::now();
-        g(
-            &root,
-            &[
-                "worktree",
-                "add",
-                "-q",
-                "-b",
-                &format!("plain{i}"),
-                &format!(".worktrees/plain{i}"),
-                "HEAD",
-            ],
-        );
-        plain.push(t.elapsed().as_secs_f64() * 1000.0);
-        let t = std::time::Instant::now();
-        create(&spec(&root, "timing run", false)).unwrap();
-        ours.push(t.elapsed().as_secs_f64() * 1000.0);
-        let t = std::time::Instant::now();
-        create(&spec(&root, "timing run", true)).unwrap();
-        ours_carry.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    eprintln!(
-        "5000 files, median of 5: git worktree add {:.1} ms; create {:.1} ms; create+carry {:.1} ms",
-        median(plain),
-        median(ours),
-        median(ours_carry)
-    );
-}
-
 #[test]
 fn copy_brings_ignored_files_over_and_nothing_more() {
     let (tmp, root) = repo();
