@@ -54,15 +54,13 @@ macro_rules! schema {
             #[serde(deny_unknown_fields)]
             pub(crate) struct $Sec { $(pub(crate) $key: Option<$kind>,)+ })+
         }
-        /// Puts the values `file` sets over `policy`'s (a table of entries adds them to its
-        /// own); the keys it sets.
-        fn apply(file: file::File, policy: &mut Policy) -> BTreeSet<&'static str> {
-            let mut set = BTreeSet::new();
+        /// Puts the values `file` sets over `to`'s (a table of entries adds them to its
+        /// own), and adds the keys it sets to `to`'s.
+        fn apply(file: file::File, to: &mut PolicyFile) {
             $(if let Some(sec) = file.$sec { $(if let Some(value) = sec.$key {
-                <$kind as Kind>::merge(&mut policy.$sec.$key, value.out());
-                set.insert(concat!(stringify!($sec), ".", stringify!($key)));
+                <$kind as Kind>::merge(&mut to.values.$sec.$key, value.out());
+                to.set.insert(concat!(stringify!($sec), ".", stringify!($key)));
             })+ })+
-            set
         }
         /// Every key's row.
         pub(crate) const TABLE: &[Key] = &[$($(Key {

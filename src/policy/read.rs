@@ -8,7 +8,6 @@
 //! checked first; within them, entries are read in file order (toml's `preserve_order`),
 //! so the first problem in the file is the one reported.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_path_to_error::Segment;
@@ -16,7 +15,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, Error, ValueDeserializer};
 
 use super::file::File;
-use super::{Key, Overrides, Policy, PolicyFile, TABLE, apply, quoted, toml_key};
+use super::{Key, Overrides, PolicyFile, TABLE, apply, quoted, toml_key};
 use crate::exit::{ExitStatus, Failure};
 use crate::setting::short_duration as format_duration;
 
@@ -159,12 +158,12 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<PolicyFile, Failure> {
         let msg = "the file is not valid UTF-8; save it as UTF-8 text";
         located(path, valid, Some(e.valid_up_to()), msg)
     })?;
-    let mut values = Policy::default();
-    let set = read(text, &mut values).map_err(|(at, msg)| located(path, text, at, &msg))?;
-    Ok(PolicyFile { values, set })
+    let mut file = PolicyFile::default();
+    read(text, &mut file).map_err(|(at, msg)| located(path, text, at, &msg))?;
+    Ok(file)
 }
-/// Reads policy file `text` over `policy`; the keys it sets.
-fn read(text: &str, policy: &mut Policy) -> Result<BTreeSet<&'static str>, Bad> {
+/// Reads policy file `text` over `to`: its values, and the keys it sets.
+fn read(text: &str, to: &mut PolicyFile) -> Result<(), Bad> {
     let doc = DeTable::parse(text).map_err(|e| {
         let what = e.message().trim_end();
         let msg = format!("invalid TOML: {what}; fix the syntax there");
@@ -174,15 +173,15 @@ fn read(text: &str, policy: &mut Policy) -> Result<BTreeSet<&'static str>, Bad> 
     let root = Spanned::new(span, DeValue::Table(table));
     let file = serde_path_to_error::deserialize::<_, File>(ValueDeserializer::from(root.clone()));
     // The first problem in the file: in its sections' shape, or in what serde reads.
-    let set = match (sections(&root), file.map_err(|e| complaint(&root, &e))) {
+    match (sections(&root), file.map_err(|e| complaint(&root, &e))) {
         (Err((from, shape)), Err(read)) => {
             return Err(if Some(from) <= read.0 { shape } else { read });
         }
         (Err((_, bad)), _) | (_, Err(bad)) => return Err(bad),
-        (Ok(()), Ok(file)) => apply(file, policy),
-    };
+        (Ok(()), Ok(file)) => apply(file, to),
+    }
     // Checked once the whole file is read: `backoff_max` may come first.
-    let restart = &policy.restart;
+    let restart = &to.values.restart;
     let section = root.get_ref().as_table().and_then(|t| t.get("restart"));
     let key = |name| section?.get_ref().as_table()?.get(name);
     if let (Some(at), Some(_)) = (key("backoff_max"), key("backoff_initial"))
@@ -194,7 +193,7 @@ fn read(text: &str, policy: &mut Policy) -> Result<BTreeSet<&'static str>, Bad> 
         let msg = format!("{what} {initial}; make it at least as long");
         return Err((Some(at.span().start), msg));
     }
-    Ok(set)
+    Ok(())
 }
 impl Overrides {
     /// Sets flag `name`'s (`stop_grace`) key from `text`, read by [`read`] as a file that
@@ -219,9 +218,7 @@ impl Overrides {
             },
         };
         let doc = format!("[{}]\n{} = {text}", key.section, key.name);
-        let set = read(&doc, &mut self.0.values).map_err(|(_, msg)| msg)?;
-        self.0.set.extend(set);
-        Ok(())
+        read(&doc, &mut self.0).map_err(|(_, msg)| msg)
     }
 }
 /// `<file>:<line>:<col>: <msg>`, status 78.
