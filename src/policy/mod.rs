@@ -222,31 +222,29 @@ pub(crate) fn find(
     ws: &Path,
     env: EnvFn,
 ) -> Result<Option<PathBuf>, Failure> {
-    let named = env(ENV_POLICY).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let (path, how) = match (explicit, &named) {
-        (Some(path), _) => (path, "given by --policy); check the path"),
-        (None, Some(path)) => (path.as_path(), NAMED),
-        (None, None) => {
-            let xdg = env("XDG_CONFIG_HOME").map(PathBuf::from);
-            let home = env("HOME").filter(|h| !h.is_empty());
-            let home = home.map(|h| PathBuf::from(h).join(".config"));
-            let user = xdg.filter(|p| p.is_absolute()).or(home);
-            let user = user.map(|config| config.join(USER_FILE));
-            let candidates = [Some(ws.join(WORKSPACE_FILE)), user];
-            // One counts if it exists, readable or not; one in a directory we may not search
-            // (a service user with `HOME=/root`) is skipped like a missing one.
-            let present = |p: &PathBuf| match std::fs::metadata(p) {
-                Err(e) => !matches!(e.kind(), NotFound | PermissionDenied | NotADirectory),
-                Ok(_) => true,
-            };
-            return Ok(candidates.into_iter().flatten().find(present));
+    let named = env(ENV_POLICY).filter(|v| !v.is_empty());
+    let named = named.map(|path| (PathBuf::from(path), NAMED));
+    let given = explicit.map(|path| (path.to_path_buf(), "given by --policy); check the path"));
+    if let Some((path, how)) = given.or(named) {
+        if std::fs::metadata(&path).is_err_and(|e| e.kind() == NotFound) {
+            let msg = format!("{}: policy file not found ({how}", path.display());
+            return Err(Failure::msg(ExitStatus::BadPolicy, msg));
         }
-    };
-    if std::fs::metadata(path).is_err_and(|e| e.kind() == NotFound) {
-        let msg = format!("{}: policy file not found ({how}", path.display());
-        return Err(Failure::msg(ExitStatus::BadPolicy, msg));
+        return Ok(Some(path));
     }
-    Ok(Some(path.to_path_buf()))
+    let xdg = env("XDG_CONFIG_HOME").map(PathBuf::from);
+    let home = env("HOME").filter(|h| !h.is_empty());
+    let home = home.map(|h| PathBuf::from(h).join(".config"));
+    let user = xdg.filter(|p| p.is_absolute()).or(home);
+    let user = user.map(|config| config.join(USER_FILE));
+    let candidates = [Some(ws.join(WORKSPACE_FILE)), user];
+    // One counts if it exists, readable or not; one in a directory we may not search
+    // (a service user with `HOME=/root`) is skipped like a missing one.
+    let present = |p: &PathBuf| match std::fs::metadata(p) {
+        Err(e) => !matches!(e.kind(), NotFound | PermissionDenied | NotADirectory),
+        Ok(_) => true,
+    };
+    Ok(candidates.into_iter().flatten().find(present))
 }
 
 /// Flags over the file over defaults. A `backoff_max` below the resulting `backoff_initial`
