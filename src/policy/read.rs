@@ -182,8 +182,7 @@ fn read(text: &str, to: &mut PolicyFile) -> Result<(), Bad> {
     }
     // Checked once the whole file is read: `backoff_max` may come first.
     let restart = &to.values.restart;
-    let section = root.get_ref().as_table().and_then(|t| t.get("restart"));
-    let key = |name| section?.get_ref().as_table()?.get(name);
+    let key = |name: &str| root.get_ref().get("restart")?.get_ref().get(name);
     if let (Some(at), Some(_)) = (key("backoff_max"), key("backoff_initial"))
         && restart.backoff_max < restart.backoff_initial
     {
