@@ -25,7 +25,7 @@ use crate::worktree::copy::{GLOBS, Glob};
 use crate::worktree::id::branch_prefix;
 
 /// How a key's value is read, checked and shown. `DOC` names the type in the man page;
-/// `EXPECTED` is what a value of another type is told it must be, and `hint` what to
+/// `EXPECTED` is what a value of another type is told it must be, and `HINT` what to
 /// write instead (for the value, or for one entry or item of it); `show` is `None`
 /// when unset.
 pub(crate) trait Kind: DeserializeOwned {
@@ -36,7 +36,7 @@ pub(crate) trait Kind: DeserializeOwned {
     /// A table whose flag takes one entry per use, written like this (`CODE=ACTION`);
     /// each use adds its entry over the file's.
     const ENTRY: Option<&'static str> = None;
-    fn hint(item: Option<&str>) -> String;
+    const HINT: fn(Option<&str>) -> String;
     fn out(self) -> Self::Out;
     fn show(value: &Self::Out) -> Option<String>;
     /// Puts a value read over the one there: replaces it (a table of entries adds them).
@@ -50,9 +50,7 @@ impl<K: Keyword + DeserializeOwned> Kind for K {
     const DOC: &'static str = "string";
     const EXPECTED: &'static str = "a string";
     const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
-    fn hint(_: Option<&str>) -> String {
-        format!("write one of {}, in quotes", K::list())
-    }
+    const HINT: fn(Option<&str>) -> String = |_| format!("write one of {}, in quotes", K::list());
     fn out(self) -> K {
         self
     }
@@ -65,9 +63,7 @@ impl<K: Kind> Kind for Option<K> {
     const DOC: &'static str = K::DOC;
     const EXPECTED: &'static str = K::EXPECTED;
     const VALUES: &'static [(&'static str, &'static str)] = K::VALUES;
-    fn hint(item: Option<&str>) -> String {
-        K::hint(item)
-    }
+    const HINT: fn(Option<&str>) -> String = K::HINT;
     fn out(self) -> Self::Out {
         self.map(K::out)
     }
@@ -93,7 +89,7 @@ macro_rules! kinds {
             type Out = $out;
             const DOC: &'static str = $doc;
             const EXPECTED: &'static str = $expected;
-            fn hint($i: Option<&str>) -> String { $hint.into() }
+            const HINT: fn(Option<&str>) -> String = |$i| $hint.into();
             fn out(self) -> $out { self.0 }
             fn show($x: &$out) -> Option<String> { Some($show) }
         }
@@ -150,10 +146,10 @@ impl Kind for ExitActions {
     const DOC: &'static str = "table of exit actions";
     const EXPECTED: &'static str = "a table";
     const ENTRY: Option<&'static str> = Some("CODE=ACTION");
-    fn hint(item: Option<&str>) -> String {
+    const HINT: fn(Option<&str>) -> String = |item| {
         let table = "write a [restart.exit] section with lines like 75 = \"30m\"";
         item.map_or(table, |_| EXIT_ACTION).into()
-    }
+    };
     fn out(self) -> Self::Out {
         self.0
     }

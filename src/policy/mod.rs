@@ -67,7 +67,7 @@ macro_rules! schema {
             section: stringify!($sec), name: stringify!($key), doc: $doc,
             full: concat!(stringify!($sec), ".", stringify!($key)),
             kind: <$kind as Kind>::DOC, values: <$kind as Kind>::VALUES,
-            expected: <$kind as Kind>::EXPECTED, hint: <$kind as Kind>::hint,
+            expected: <$kind as Kind>::EXPECTED, hint: <$kind as Kind>::HINT,
             unset: { let _u = ""; $(let _u = $unset;)? _u },
             flag: { let _f: Option<&str> = None; $(let _f = Some(stringify!($flag));)? _f },
             entry: <$kind as Kind>::ENTRY,
