@@ -70,7 +70,8 @@ pub(crate) fn apply(
     cmd.env("RALPH_LOOP_INDEX", loop_index.to_string());
     // Fleet mode: larger for every later holder of the key, on any host.
     cmd.env_remove("RALPH_FENCING_TOKEN");
-    // The etcd credentials are the supervisor's, not the agent's.
+    // The etcd credentials are the supervisor's, not the agent's (`main` has taken them
+    // out of our own environment already: `fleet_settings::take_credentials`).
     cmd.env_remove("RALPH_SUPERVISE_ETCD_USER");
     cmd.env_remove("RALPH_SUPERVISE_ETCD_PASSWORD");
     if let Some(token) = token {

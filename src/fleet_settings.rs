@@ -4,11 +4,38 @@
 //! binary was built with; only `run` needs the feature to act on them.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 
 use crate::setting::short_duration as format_duration;
+
+/// The credentials, from the environment only (never the policy file, never logged).
+pub(crate) const ENV_USER: &str = "RALPH_SUPERVISE_ETCD_USER";
+pub(crate) const ENV_PASSWORD: &str = "RALPH_SUPERVISE_ETCD_PASSWORD";
+static CREDENTIALS: OnceLock<Option<(String, String)>> = OnceLock::new();
+
+/// Reads the etcd user name and password once, at start-up, and takes both variables out
+/// of the process's environment, so that nothing ralph-supervise starts (the command, a
+/// hook, git and the repository's own git hooks) inherits them, whatever it is built
+/// with. Called from `main` before any thread is started.
+pub(crate) fn take_credentials() {
+    let [user, password] = [ENV_USER, ENV_PASSWORD].map(|name| {
+        let value = crate::sys::take_env(name)?;
+        value.into_string().ok()
+    });
+    let user = user.filter(|u| !u.is_empty());
+    let _ = CREDENTIALS.set(user.map(|user| (user, password.unwrap_or_default())));
+}
+/// The user name and password [`take_credentials`] found, if a user name was set.
+#[cfg_attr(
+    not(feature = "fleet"),
+    expect(dead_code, reason = "read by fleet mode only")
+)]
+pub(crate) fn credentials() -> Option<&'static (String, String)> {
+    CREDENTIALS.get()?.as_ref()
+}
 
 /// The shortest lease: below it a keep-alive round trip and a stop grace do not fit.
 pub(crate) const MIN_TTL: Duration = Duration::from_secs(2);

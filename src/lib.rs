@@ -62,6 +62,7 @@ pub fn main() -> u8 {
     // instead of killing us before the exit status is settled; no standard descriptor
     // left closed.
     sys::start_up();
+    fleet_settings::take_credentials();
     let cli = cli::parse();
     let log_format = cli.global.log_format;
     // (The binary's `main` flushes standard output once this returns.)

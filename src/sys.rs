@@ -502,6 +502,17 @@ pub(crate) fn start_up() {
     }
 }
 
+/// Takes variable `name` out of the process's environment, so that no process started
+/// later inherits it; its value, if it was set.
+pub(crate) fn take_env(name: &str) -> Option<std::ffi::OsString> {
+    let value = std::env::var_os(name)?;
+    // SAFETY: called only at start-up, from `main`, before any thread is started (the
+    // signal, fleet and log threads come later), so nothing reads the environment
+    // meanwhile; and before any spawn borrows its strings (`spawn::environ`).
+    unsafe { std::env::remove_var(name) };
+    Some(value)
+}
+
 /// Restores SIGPIPE's default action (ignored at start-up, [`start_up`]), so that the test
 /// probe, whose output is piped into `head`, ends like any other Unix tool. (The
 /// subcommands keep it ignored and handle EPIPE: see `logging`.)

@@ -66,9 +66,7 @@ use crate::supervisor::machine::Event;
 pub(crate) use key::default_key;
 pub(crate) use lock::Entry;
 
-/// The credentials, from the environment only (never the policy file, never logged).
-pub(crate) const ENV_USER: &str = "RALPH_SUPERVISE_ETCD_USER";
-pub(crate) const ENV_PASSWORD: &str = "RALPH_SUPERVISE_ETCD_PASSWORD";
+pub(crate) use crate::fleet_settings::{ENV_PASSWORD, ENV_USER};
 
 /// Fleet mode's settings for one run, from the policy.
 #[derive(Debug, Clone)]
@@ -122,10 +120,8 @@ impl Settings {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(limit)
             .with_keep_alive(ping, (self.ttl / 4).max(Duration::from_secs(1)));
-        let user = std::env::var(ENV_USER).ok().filter(|u| !u.is_empty());
-        if let Some(user) = user {
-            let password = std::env::var(ENV_PASSWORD).unwrap_or_default();
-            options = options.with_user(user, password);
+        if let Some((user, password)) = crate::fleet_settings::credentials() {
+            options = options.with_user(user.as_str(), password.as_str());
         }
         let read = |path: &PathBuf| {
             std::fs::read(path).map_err(|e| {

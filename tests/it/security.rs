@@ -338,6 +338,54 @@ fn environment_secrets_never_reach_ralph_files() {
     }
 }
 
+/// The etcd credentials are the supervisor's alone: the command, both hooks, and git with
+/// the repository's own git hooks (shared by every worktree, so an agent may plant one)
+/// see neither variable nor its value.
+#[test]
+fn etcd_credentials_reach_no_process_the_supervisor_starts() {
+    let ws = Workspace::git();
+    let out_dir = tempfile::tempdir().unwrap();
+    let seen = |name: &str| out_dir.path().join(name);
+    let dump = |name: &str| format!("env > {}", seen(name).display());
+    let git_hook = ws.path.join(".git/hooks/post-checkout");
+    std::fs::write(&git_hook, format!("#!/bin/sh\n{}\n", dump("git-hook"))).unwrap();
+    std::fs::set_permissions(&git_hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = ws.path.join("hooks.toml");
+    let hook = |name: &str| format!("[\"sh\", \"-c\", {:?}]", dump(name));
+    let text = format!(
+        "[hooks]\non_start = {}\non_exit = {}\n",
+        hook("on-start"),
+        hook("on-exit")
+    );
+    std::fs::write(&policy, text).unwrap();
+    // Held, so that the run is a worktree launch: git makes the worktree and runs the hook.
+    let _primary = hold(&ws);
+    let mut cmd = ws.cmd(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--on-conflict",
+        "worktree",
+        "--",
+        "sh",
+        "-c",
+        &dump("command"),
+    ]);
+    cmd.env("RALPH_SUPERVISE_ETCD_USER", "agents-user")
+        .env("RALPH_SUPERVISE_ETCD_PASSWORD", "pw-s3cret");
+    let out = Proc::spawn(cmd).finish();
+    assert_eq!(out.code(), 0, "{out:?}");
+    for name in ["git-hook", "on-start", "command", "on-exit"] {
+        wait_until(name, LIMIT, || seen(name).exists());
+        let env = std::fs::read_to_string(seen(name)).unwrap();
+        // (The environment did reach it: HOME and PATH are passed on.)
+        assert!(env.contains("PATH="), "{name}: {env}");
+        for leak in ["RALPH_SUPERVISE_ETCD", "agents-user", "pw-s3cret"] {
+            assert!(!env.contains(leak), "{leak} reached the {name}: {env}");
+        }
+    }
+}
+
 /// Plants `victim` as a second name (hard link) at `.ralph/<name>`.
 fn hard_link_victim(ws: &Workspace, name: &str, contents: &str) -> std::path::PathBuf {
     let link = ws.path.join(".ralph").join(name);
