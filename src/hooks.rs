@@ -13,8 +13,9 @@
 //! The supervisor waits for it on its signalfd, bounded by `[hooks] timeout`; then the
 //! hook's process group is killed. A stop (INT, TERM, HUP, QUIT, a stop request) that
 //! arrives meanwhile is passed on to the hook; every signal read while a hook runs is
-//! handed back to the caller, which queues it again after `on_start`, so the run reacts
-//! to it as usual. A hook's failure is logged (its program name and status, never its
+//! handed back to the caller. After `on_start`, a stop among them means the command is
+//! never started ([`first_stop`]), as systemd starts no `ExecStart=` once a stop came
+//! during `ExecStartPre=`; other signals are queued again for the event loop. A hook's failure is logged (its program name and status, never its
 //! environment) and changes nothing else.
 
 use std::os::fd::AsFd;
@@ -30,6 +31,7 @@ use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, Visitor};
 use tracing::{debug, info, warn};
 
 use crate::signals::{self, Class, classify};
+use crate::supervisor::machine::StopReason;
 use crate::supervisor::{Received, Signals};
 use crate::sys::{self, ChildSetup};
 
@@ -219,6 +221,18 @@ pub(crate) fn run(
         None => {}
     }
     received
+}
+
+/// The first stop among `received` (read while `on_start` ran): what it stops for, and
+/// the signal the command would have been stopped with (`default` for a stop request
+/// that names none).
+pub(crate) fn first_stop(received: &[Received], default: i32) -> Option<(StopReason, i32)> {
+    received.iter().find_map(|signal| {
+        match crate::stop_request::decode(signal.signo, signal.code, signal.value) {
+            Some(requested) => Some((StopReason::StopRequest, requested.unwrap_or(default))),
+            None => stop_signal(signal).map(|sig| (StopReason::Signal(sig), sig)),
+        }
+    })
 }
 
 /// The signal a stop read from the signalfd means for a hook, if it is one.

@@ -400,13 +400,29 @@ fn run_locked(
         )),
         Ok(()) => {
             let mut told = run_facts(settings, place);
+            let mut received = Vec::new();
             if let Some(argv) = &settings.policy.hooks.on_start {
                 let timeout = settings.policy.hooks.timeout;
-                let received = hooks::run("on_start", argv, &told, timeout, signals);
-                // A stop that came meanwhile is acted on once the command runs.
-                hooks::requeue(&received);
+                received = hooks::run("on_start", argv, &told, timeout, signals);
             }
-            let result = supervise(&mut session, signals, tree);
+            let result = match hooks::first_stop(&received, settings.policy.stop.signal) {
+                // A stop came while `on_start` ran: the command is never started.
+                Some((reason, signal)) => {
+                    info!(
+                        "stopped before the command started ({})",
+                        stopped_by(reason)
+                    );
+                    crate::service::stopping();
+                    let config = machine_config(&settings.policy, false);
+                    let machine =
+                        Machine::stopped_before_start(config, reason, signal, Instant::now());
+                    Ok((ExitStatus::Signaled(signal), machine))
+                }
+                None => {
+                    hooks::requeue(&received);
+                    supervise(&mut session, signals, tree)
+                }
+            };
             told.reason = result.as_ref().ok().map(|(_, machine)| {
                 machine
                     .stop_reason()

@@ -417,6 +417,21 @@ impl Machine {
         }
     }
 
+    /// A machine for a child that is never started: a stop (`reason`) came first, during
+    /// `hooks.on_start`. It ends as that stop would have ended the child, killed by
+    /// `signal` (128+N), with nothing to restart.
+    pub(crate) fn stopped_before_start(
+        config: Config,
+        reason: StopReason,
+        signal: i32,
+        now: Instant,
+    ) -> Machine {
+        let mut machine = Machine::new(config, now);
+        machine.stop = Some(reason);
+        machine.state = State::Exited(ExitStatus::Signaled(signal));
+        machine
+    }
+
     pub(crate) fn state(&self) -> State {
         self.state
     }
@@ -997,6 +1012,26 @@ mod tests {
             max_runtime: None,
             stall_timeout: None,
         }
+    }
+
+    #[test]
+    fn a_stop_before_the_start_ends_as_it_would_have_ended_the_child() {
+        let restart = Restart {
+            when: RestartWhen::Always,
+            ..Restart::NEVER
+        };
+        let config = Config {
+            restart,
+            ..config()
+        };
+        let now = Instant::now();
+        let mut m = Machine::stopped_before_start(config, StopReason::StopRequest, 15, now);
+        assert_eq!(m.finished(), Some(ExitStatus::Signaled(15)));
+        assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
+        assert_eq!((m.outcome(), m.restarts(), m.deadline()), (None, 0, None));
+        // Whatever comes later, nothing starts.
+        assert!(m.handle(Event::Signal(libc::SIGINT), now).is_empty());
+        assert_eq!(m.finished(), Some(ExitStatus::Signaled(15)));
     }
 
     fn machine(job_control: bool) -> (Machine, Instant) {

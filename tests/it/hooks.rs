@@ -200,41 +200,49 @@ fn a_failing_or_slow_hook_is_logged_and_changes_no_exit_status() {
     );
 }
 
-#[test]
-fn a_stop_during_on_start_reaches_the_hook_and_then_the_loop() {
-    let ws = Workspace::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("hook.ready");
-    let exit_env = dir.path().join("exit.env");
+/// A policy whose `on_start` hook waits for `stop` (a signal's name) after writing
+/// `ready`, and whose `on_exit` hook writes its environment to `exit_env`.
+fn hooks_waiting_for(stop: &str, ready: &Path, exit_env: &Path) -> (tempfile::TempDir, String) {
     let on_start = argv(&[
         bin(),
         "probe",
         "--exit-on",
-        "TERM",
+        stop,
         "--ready-file",
         ready.to_str().unwrap(),
     ]);
     let on_exit = argv(&["sh", "-c", "env > \"$1\"", "sh", exit_env.to_str().unwrap()]);
-    let (_p, policy) = policy_file(&format!(
+    policy_file(&format!(
         "[hooks]\non_start = {on_start}\non_exit = {on_exit}\ntimeout = \"20s\"\n"
-    ));
+    ))
+}
+
+#[test]
+fn a_stop_during_on_start_reaches_the_hook_and_the_command_never_starts() {
+    let ws = Workspace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, exit_env) = (dir.path().join("hook.ready"), dir.path().join("exit.env"));
+    let started = dir.path().join("command.started");
+    let (_p, policy) = hooks_waiting_for("TERM", &ready, &exit_env);
     let p = Proc::spawn(ws.cmd(&[
         "run",
         "--policy",
         &policy,
         "--",
-        bin(),
-        "probe",
-        "--exit-on",
-        "TERM",
+        "sh",
+        "-c",
+        "touch \"$1\"",
+        "sh",
+        started.to_str().unwrap(),
     ]));
     wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
     p.signal(Signal::SIGTERM);
     let out = p.finish();
-    // The hook died of the TERM passed on; the loop, started after it, was stopped.
+    // The hook died of the TERM passed on; the command was never started.
     assert!(out.stderr.contains("hooks.on_start:"), "{out:?}");
     assert!(out.stderr.contains("killed by SIGTERM"), "{out:?}");
     assert_eq!(out.code(), 128 + 15, "{out:?}");
+    assert!(!started.exists(), "the command ran after the stop: {out:?}");
     wait_until("the on_exit hook", LIMIT, || exit_env.exists());
     let told = std::fs::read_to_string(&exit_env).unwrap();
     assert!(
@@ -242,6 +250,60 @@ fn a_stop_during_on_start_reaches_the_hook_and_then_the_loop() {
         "{told}"
     );
     assert!(told.contains("RALPH_SUPERVISE_EXIT_STATUS=143"), "{told}");
+    assert!(!ws.lock_held(), "{out:?}");
+    let history = std::fs::read_to_string(ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(history.trim()).unwrap();
+    assert_eq!(record["stopped_by"], "signal SIGTERM", "{record}");
+    assert_eq!(record["status"], 143, "{record}");
+    assert_eq!(record["child_pid"], serde_json::Value::Null, "{record}");
+}
+
+/// Ctrl-C during a worktree loop's `on_start`: nothing starts, and the worktree made for
+/// it is taken away again, branch and registry entry with it.
+#[test]
+fn a_stop_during_on_start_leaves_no_worktree() {
+    let ws = Workspace::git();
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, exit_env) = (dir.path().join("hook.ready"), dir.path().join("exit.env"));
+    let started = dir.path().join("command.started");
+    let (_p, policy) = hooks_waiting_for("INT", &ready, &exit_env);
+    let primary = ws.start_probe(&["--prompt", "primary"], &["--exit-on", "TERM"]);
+    let branches = ws.git_cmd(&["branch", "--list"]);
+    let p = Proc::spawn(ws.cmd(&[
+        "run",
+        "--policy",
+        &policy,
+        "--on-conflict",
+        "worktree",
+        "--prompt",
+        "never started",
+        "--",
+        "sh",
+        "-c",
+        "touch \"$1\"",
+        "sh",
+        started.to_str().unwrap(),
+    ]));
+    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    p.signal(Signal::SIGINT);
+    let out = p.finish();
+    assert_eq!(out.code(), 128 + 2, "{out:?}");
+    assert!(!started.exists(), "the command ran after the stop: {out:?}");
+    let left: Vec<_> = std::fs::read_dir(ws.path.join(".worktrees"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(ws.git_cmd(&["branch", "--list"]), branches);
+    let list = ws.run(&["list", "--json"]);
+    assert!(!list.stdout.contains("never-started"), "{list:?}");
+    wait_until("the on_exit hook", LIMIT, || exit_env.exists());
+    let told = std::fs::read_to_string(&exit_env).unwrap();
+    assert!(
+        told.contains("RALPH_SUPERVISE_REASON=signal SIGINT"),
+        "{told}"
+    );
+    primary.signal(Signal::SIGTERM);
+    assert_eq!(primary.finish().code(), 143);
 }
 
 #[test]
