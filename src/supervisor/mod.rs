@@ -375,7 +375,12 @@ fn carry_out(
         info!("max_runtime reached: stopping the command (status 124)");
     }
     if was_stopping && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
-        warn!("the command did not stop within its stop grace: KILL to every process of the loop");
+        let why = match event {
+            Event::Deadline => "the command did not stop within its stop grace".to_string(),
+            Event::Signal(sig) => format!("a second stop signal ({})", signals::name(sig)),
+            _ => "a second stop".to_string(),
+        };
+        warn!("{why}: KILL to every process of the loop");
     }
     if was_draining && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
         let n = ctx.tree.left().len();

@@ -111,6 +111,13 @@ fn second_stop_signal_escalates_at_once() {
     p.signal(Signal::SIGTERM);
     // With a 10-minute grace, exiting at all proves the escalation.
     assert_eq!(p.wait(LIMIT).code(), Some(128 + 9));
+    // And the log says what escalated, not a grace that never ran out.
+    let log = p.stderr();
+    assert!(
+        log.contains("a second stop signal (SIGTERM): KILL to every process of the loop"),
+        "{log}"
+    );
+    assert!(!log.contains("stop grace"), "{log}");
 }
 
 /// Starts the supervisor from python with SIGCHLD ignored and INT/TERM blocked — the
