@@ -7,7 +7,7 @@
 //! `crate::child_env`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, DeserializeOwned, Deserializer};
@@ -21,6 +21,7 @@ use crate::setting::{DURATION, duration};
 pub(crate) use crate::setting::{Keyword, Text};
 use crate::signals::{self, SIGNAL};
 use crate::supervisor::machine::{EXIT_ACTION, ExitActions, ExitRule};
+use crate::worktree::check_dir;
 use crate::worktree::copy::{GLOBS, Glob};
 use crate::worktree::id::branch_prefix;
 
@@ -112,9 +113,8 @@ kinds! {
         let use_ = format!("use 0 to {}, or leave the key out for no limit", u32::MAX);
         u32::try_from(max).map_err(|_| format!("{max} is out of range; {use_}"))
     }, |max| max.to_string();
-    Dir(PathBuf) from String, "string", "a string", |_| "write a directory in quotes, like \".worktrees\"", |dir| match dir.as_str() {
-        "" => Err("the directory is empty; use a directory like \".worktrees\"".into()),
-        _ => Ok(PathBuf::from(dir)),
+    Dir(PathBuf) from String, "string", "a string", |_| "write a directory in quotes, like \".worktrees\"", |dir| {
+        check_dir(Path::new(&dir)).map(|()| PathBuf::from(dir))
     }, |dir| quoted(&dir.to_string_lossy());
     BranchPrefix(String) from String, "string", "a string", |_| "write a prefix in quotes, like \"ralph/\"", |prefix| branch_prefix(prefix), |prefix| quoted(prefix);
     Signal(i32) from Text, "string or integer", "a signal name or number", |_| SIGNAL, |text| signals::setting(text), |signal| quoted(&signals::name(*signal));

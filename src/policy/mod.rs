@@ -85,7 +85,7 @@ schema! {
         exit_code: ExitCode = CONFLICT_DEFAULT, "Exit status for \"fail\" and for a timed-out wait.", flag conflict_exit_code;
     }
     [worktree] Worktree "`[worktree]`: how worktree launches are laid out and cleaned up." {
-        dir: Dir = PathBuf::from(".worktrees"), "Directory the worktrees are made in, one subdirectory per loop id; relative to the repository's top level.";
+        dir: Dir = PathBuf::from(".worktrees"), "Directory the worktrees are made in, one subdirectory per loop id: relative to the repository's top level (not leaving it with `..`, not in `.git` or `.ralph`), or absolute.";
         branch_prefix: BranchPrefix = "ralph/".to_string(), "Prefix of each worktree's branch name, followed by the loop id. It must be usable in a git ref name.";
         sync: Bool = true, "Carry uncommitted work (modified, staged, deleted and untracked files that are not ignored) over into the new worktree.";
         on_exit: OnExit = OnExit::Keep, "What happens to a worktree when its loop ends.";

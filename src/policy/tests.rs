@@ -903,6 +903,14 @@ fn bad_values() {
             "P:2:7: worktree.dir: the directory is empty; use a directory like \".worktrees\"",
         ),
         (
+            "[worktree]\ndir = \"../wt\"\n",
+            "P:2:7: worktree.dir: \"../wt\" is not a usable worktree directory (it may not leave the repository with ..); use a directory inside the repository like \".worktrees\", or an absolute path",
+        ),
+        (
+            "[worktree]\ndir = \".git/wt\"\n",
+            "P:2:7: worktree.dir: \".git/wt\" is not a usable worktree directory (git's and ralph's own directories are not for worktrees); use a directory inside the repository like \".worktrees\", or an absolute path",
+        ),
+        (
             "[worktree]\nbranch_prefix = \"a b/\"\n",
             "P:2:17: worktree.branch_prefix: \"a b/\" is not a usable branch prefix (it may not contain spaces, control characters or any of ~^:?*[\\); use a prefix like \"ralph/\"",
         ),

@@ -259,18 +259,33 @@ fn inspect(dir: &Path, purpose: Purpose) -> Result<Option<Repo>, Failure> {
     }))
 }
 
-/// `dir` must be relative without `..`, or absolute; returns the absolute worktrees
-/// directory and its path relative to the repo root when inside it.
+/// Why `dir` cannot be `[worktree] dir`, if it cannot: it is relative to the
+/// repository's top level without `..`, and not in `.git` or `.ralph`, or absolute.
+pub(crate) fn check_dir(dir: &Path) -> Result<(), String> {
+    let first = dir.components().find_map(|c| match c {
+        Component::Normal(name) if dir.is_relative() => Some(name),
+        _ => None,
+    });
+    let why = if dir.as_os_str().is_empty() {
+        return Err("the directory is empty; use a directory like \".worktrees\"".into());
+    } else if dir.components().any(|c| c == Component::ParentDir) {
+        "it may not leave the repository with .."
+    } else if first.is_some_and(|first| first == ".git" || first == RALPH_DIR) {
+        "git's and ralph's own directories are not for worktrees"
+    } else {
+        return Ok(());
+    };
+    let use_ = "use a directory inside the repository like \".worktrees\", or an absolute path";
+    Err(format!(
+        "{:?} is not a usable worktree directory ({why}); {use_}",
+        dir.display()
+    ))
+}
+
+/// The absolute worktrees directory for `dir` (see [`check_dir`]), and its path
+/// relative to the repo root when inside it.
 fn worktrees_dir(root: &Path, dir: &Path) -> Result<(PathBuf, Option<PathBuf>), Failure> {
-    if dir.as_os_str().is_empty() || dir.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(Failure::msg(
-            ExitStatus::Failure,
-            format!(
-                "worktree dir {:?} must be a path inside the repository without \"..\"",
-                dir.display()
-            ),
-        ));
-    }
+    check_dir(dir).map_err(|why| Failure::msg(ExitStatus::Failure, why))?;
     let abs = root.join(dir);
     let rel = abs.strip_prefix(root).ok().map(|r| {
         r.components()
