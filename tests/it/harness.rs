@@ -124,9 +124,15 @@ impl Workspace {
 
     /// `ralph-supervise -C <ws> <args>`, not yet spawned.
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_in(&self.path, args)
+    }
+
+    /// `ralph-supervise -C <dir> <args>` from `dir` (a subdirectory of the workspace, a
+    /// worktree), not yet spawned.
+    pub fn cmd_in(&self, dir: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
-        cmd.arg("-C").arg(&self.path).args(args);
-        cmd.current_dir(&self.path);
+        cmd.arg("-C").arg(dir).args(args);
+        cmd.current_dir(dir);
         cmd.stdin(Stdio::null());
         cmd.env_remove("RUST_LOG");
         cmd
@@ -158,11 +164,16 @@ impl Workspace {
 
     /// Starts `ralph-supervise -C <ws> run [opts] -- <probe args>` and waits for `ready`.
     pub fn start_probe(&self, run_opts: &[&str], probe_args: &[&str]) -> Proc {
+        self.start_probe_in(&self.path, run_opts, probe_args)
+    }
+
+    /// [`Workspace::start_probe`] with `-C <dir>`.
+    pub fn start_probe_in(&self, dir: &Path, run_opts: &[&str], probe_args: &[&str]) -> Proc {
         let mut args = vec!["run"];
         args.extend_from_slice(run_opts);
         args.extend(["--", bin(), "probe"]);
         args.extend_from_slice(probe_args);
-        let mut p = Proc::spawn(self.cmd(&args));
+        let mut p = Proc::spawn(self.cmd_in(dir, &args));
         p.expect_line("ready");
         // The supervisor records the child's pid right after the spawn, concurrently with
         // the child's start: wait for it, so tests see the settled metadata.
