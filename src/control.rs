@@ -107,7 +107,7 @@ pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failur
         status.mode.get_or_insert(Mode::Primary);
         rows.push(ListRow::Workspace(Box::new(status)));
     }
-    let registry = worktree::registry::list(&workspace.join(crate::workspace::RALPH_DIR))?;
+    let registry = worktree::registry::list(&registry_dir(workspace))?;
     for entry in registry {
         let wt = (!entry.worktree_path.as_os_str().is_empty()).then(|| entry.worktree_path.clone());
         let state = match &wt {
@@ -291,7 +291,7 @@ fn find_loop(workspace: &Path, id: &str) -> Result<Option<PathBuf>, Failure> {
     if primary.meta().and_then(|m| m.loop_id.as_deref()) == Some(id) {
         return Ok(Some(workspace.to_path_buf()));
     }
-    let entries = worktree::registry::list(&workspace.join(crate::workspace::RALPH_DIR))?;
+    let entries = worktree::registry::list(&registry_dir(workspace))?;
     Ok(entries.into_iter().find(|e| e.id == id).map(|e| {
         if e.worktree_path.as_os_str().is_empty() {
             e.workspace
@@ -301,14 +301,22 @@ fn find_loop(workspace: &Path, id: &str) -> Result<Option<PathBuf>, Failure> {
     }))
 }
 
+/// The `.ralph/` holding the registry of the worktree loops of `workspace`'s repository:
+/// its main work tree's, where `run` registers them ([`crate::workspace::repo_root`]).
+fn registry_dir(workspace: &Path) -> PathBuf {
+    crate::workspace::repo_root(workspace).join(crate::workspace::RALPH_DIR)
+}
+
 /// The newest history record of loop `id` (worktree loops write the main repository's
-/// history; look in both places).
+/// history, a primary its workspace's: look in both places).
 fn last_record(workspace: &Path, target: &Path, id: &str) -> Option<history::Record> {
-    [workspace, target].iter().find_map(|ws| {
-        let dir = RalphDir::open_existing(ws).ok()??;
-        let (records, _) = history::read(&dir).ok()?;
-        records.into_iter().rev().find(|r| r.id == id)
-    })
+    [target, crate::workspace::repo_root(workspace).as_path()]
+        .iter()
+        .find_map(|ws| {
+            let dir = RalphDir::open_existing(ws).ok()??;
+            let (records, _) = history::read(&dir).ok()?;
+            records.into_iter().rev().find(|r| r.id == id)
+        })
 }
 
 /// `wait`: blocks until the workspace is free. 0, or 124 at the timeout.

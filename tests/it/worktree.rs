@@ -725,6 +725,76 @@ fn a_loop_launched_from_inside_a_worktree_loop_goes_to_the_main_repository() {
     }
 }
 
+/// `-C` naming a subdirectory: the primary locks `<sub>/.ralph/loop.lock`, but a worktree
+/// loop is registered in `<repo>/.ralph/loops.json` (where ralph looks), and `list` and
+/// `stop ID` find it there with the same `-C`, from the top, and from a worktree.
+#[test]
+fn list_and_stop_with_c_naming_a_subdirectory_find_its_worktree_loops() {
+    let ws = Workspace::git();
+    let sub = ws.path.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("file"), "tracked\n").unwrap();
+    ws.git_cmd(&["add", "sub/file"]);
+    ws.git_cmd(&["commit", "-q", "-m", "sub"]);
+    let mut primary = ws.start_probe_in(&sub, &["--prompt", "primary"], &["--exit-on", "TERM"]);
+    assert!(
+        sub.join(".ralph/loop.lock").is_file(),
+        "the primary's lock is the subdirectory's"
+    );
+    let mut wt_loop = ws.start_probe_in(&sub, &["--prompt", "sub three"], &["--exit-on", "TERM"]);
+    let wt = only_worktree(&ws);
+    let id = id_of(&wt);
+    assert_eq!(wt_loop.value("cwd"), wt.to_str().unwrap());
+    wait_until("the loop in the repository's loops.json", LIMIT, || {
+        registry(&ws).iter().any(|e| e["id"] == id.as_str())
+    });
+
+    let list_in = |dir: &Path| json_of(&Proc::spawn(ws.cmd_in(dir, &["list", "--json"])).finish());
+    for dir in [sub.as_path(), ws.path.as_path(), wt.as_path()] {
+        let list = list_in(dir);
+        let row = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("-C {} list: no {id} in {list}", dir.display()));
+        assert_eq!(row["mode"], "worktree", "{row}");
+        assert_eq!(row["running"], true, "{row}");
+        assert_eq!(row["worktree"], wt.to_str().unwrap(), "{row}");
+    }
+    // With `-C sub`, the subdirectory's own primary is listed too.
+    let list = list_in(&sub);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["mode"] == "primary" && r["running"] == true && r["prompt"] == "primary"),
+        "{list}"
+    );
+
+    let stop = Proc::spawn(ws.cmd_in(&sub, &["stop", &id, "--timeout", "10s"])).finish();
+    assert_eq!(stop.code(), 0, "{stop:?}");
+    assert!(
+        stop.stdout.starts_with(&format!("stopped {id} in "))
+            && stop.stdout.contains("killed by SIGTERM"),
+        "{}",
+        stop.stdout
+    );
+    wt_loop.expect_line("cleanup done");
+    assert_eq!(wt_loop.finish().code(), 143);
+    assert!(
+        registry(&ws).iter().all(|e| e["id"] != id.as_str()),
+        "deregistered: {:?}",
+        registry(&ws)
+    );
+    // The primary in the subdirectory was not touched.
+    let status = Proc::spawn(ws.cmd_in(&sub, &["status"])).finish();
+    assert_eq!(status.code(), 0, "{status:?}");
+    primary.signal(Signal::SIGTERM);
+    primary.expect_line("cleanup done");
+    assert_eq!(primary.finish().code(), 143);
+}
+
 /// `ralph loops discard <id>` as ralph does it: the registry entry removed in place
 /// under the file's flock, then `git worktree remove --force`.
 fn discard_like_ralph(ws: &Workspace, id: &str, wt: &Path) -> std::process::Output {
