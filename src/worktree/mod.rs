@@ -206,15 +206,12 @@ fn inspect(dir: &Path, purpose: Purpose) -> Result<Option<Repo>, Failure> {
             "--show-toplevel",
             "--git-path",
             "info/exclude",
-            "--git-common-dir",
         ],
         None,
     )?;
     let text = out.text();
     let mut lines = text.lines();
-    let (Some(root), Some(exclude), common, true) =
-        (lines.next(), lines.next(), lines.next(), out.ok)
-    else {
+    let (Some(root), Some(exclude), true) = (lines.next(), lines.next(), out.ok) else {
         return Err(Failure::msg(
             ExitStatus::Failure,
             format!(
@@ -242,14 +239,8 @@ fn inspect(dir: &Path, purpose: Purpose) -> Result<Option<Repo>, Failure> {
         ["symbolic-ref", "--quiet", "--short", "HEAD"],
         None,
     )?;
-    // In a linked worktree the common git dir is the main work tree's `.git`.
-    let main = common
-        .map(Path::new)
-        .filter(|c| c.file_name().is_some_and(|n| n == ".git"))
-        .and_then(Path::parent)
-        .filter(|m| m.is_dir())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(root));
+    // The one rule `list`, `stop` and `gc` find the registry by, too.
+    let main = crate::workspace::main_work_tree(Path::new(root));
     Ok(Some(Repo {
         main,
         root: PathBuf::from(root),
