@@ -834,6 +834,7 @@ fn probe_loop_lock(wt: &Path) -> Result<(bool, Option<LockFile>), Failure> {
 /// `<repo>/<dir>` with their branches (when named `<prefix>...`). A worktree is clean
 /// when it has no uncommitted changes and no commit the main work tree's HEAD lacks.
 /// Those with unmerged work are listed, never deleted. `dry_run` changes nothing.
+/// `repo` is any directory of the repository (a subdirectory, a linked worktree).
 pub(crate) fn gc(
     repo: &Path,
     dir: &Path,
@@ -848,6 +849,14 @@ pub(crate) fn gc(
             not_git: true,
             ..GcReport::default()
         });
+    };
+    // Worktrees, the registry and the repo lock belong to the main work tree, as in
+    // `create_with`, also when gc runs in a linked worktree (in a worktree loop); a
+    // worktree is clean against the main work tree's HEAD.
+    let info = if info.main == info.root {
+        info
+    } else {
+        inspect(&info.main, Purpose::Gc)?.unwrap_or(info)
     };
     let root = info.root;
     let (wt_root, _) = worktrees_dir(&root, dir)?;

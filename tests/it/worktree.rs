@@ -580,6 +580,14 @@ fn gc_removes_clean_finished_worktrees_and_prunes_dead_entries() {
         running_wt.display()
     ));
     assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
+    // The same from a subdirectory and from inside a worktree loop: gc works on the
+    // repository's registry and worktrees wherever in it it runs.
+    std::fs::create_dir(ws.path.join("sub")).unwrap();
+    for dir in [ws.path.join("sub"), running_wt.clone()] {
+        let there = Proc::spawn(ws.cmd_in(&dir, &["gc", "--dry-run"])).finish();
+        assert_eq!(there.code(), 0, "{there:?}");
+        assert_eq!(there.stdout, out.stdout, "-C {}", dir.display());
+    }
     assert_eq!(std::fs::read(&registry_path).unwrap(), before_registry);
     assert_eq!(ralph_branches(&ws), before_branches);
     assert_eq!(worktree_dirs(&ws).len(), 3);
