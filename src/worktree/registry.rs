@@ -7,7 +7,9 @@
 //! and synced, so even a reader that ignores the lock never sees it empty or cut.
 //! Nothing anybody else wrote is lost: unknown fields of an entry, unknown top-level
 //! keys and entries we cannot read are written back as they were; a file that is not
-//! JSON at all is copied aside before it is replaced.
+//! JSON at all is copied aside before it is replaced, and what can still be read of it
+//! (every whole entry, so no live loop drops out of `ralph loops list`) is carried into
+//! the new list ([`Data::salvage`]).
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +65,15 @@ enum Slot {
     Opaque(Value),
 }
 
+impl Slot {
+    fn read(item: Value) -> Slot {
+        match serde_json::from_value::<Entry>(item.clone()) {
+            Ok(entry) => Slot::Known(entry),
+            Err(_) => Slot::Opaque(item),
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Default)]
 struct Data {
@@ -82,16 +93,38 @@ impl Data {
         };
         let loops = match rest.remove("loops") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .map(|item| match serde_json::from_value::<Entry>(item.clone()) {
-                    Ok(entry) => Slot::Known(entry),
-                    Err(_) => Slot::Opaque(item),
-                })
-                .collect(),
+            Some(Value::Array(items)) => items.into_iter().map(Slot::read).collect(),
             Some(_) => return Err("\"loops\" is not an array".into()),
         };
         Ok(Data { loops, rest })
+    }
+
+    /// What can still be read of a file [`Data::parse`] calls corrupt (cut short, two
+    /// entries without a comma between them, junk after the end): walked as the JSON it
+    /// should be, element by element, each whole top-level key and each whole element of
+    /// `loops` is kept as it was; past the point where that walk breaks, every whole
+    /// object that reads as one of our entries is kept too. What is cut or unreadable is
+    /// dropped here (the caller keeps a copy of the file). On a file `parse` reads, this
+    /// is the same data.
+    fn salvage(bytes: &[u8]) -> Data {
+        let mut data = Data::default();
+        let mut cursor = Cursor { bytes, at: 0 };
+        let _ = cursor.walk(&mut data);
+        let mut at = cursor.at;
+        while let Some(found) = bytes[at..].iter().position(|&b| b == b'{') {
+            let mut entry = Cursor {
+                bytes,
+                at: at + found,
+            };
+            match entry.value().map(Slot::read) {
+                Some(known @ Slot::Known(_)) => {
+                    data.loops.push(known);
+                    at = entry.at;
+                }
+                _ => at += found + 1,
+            }
+        }
+        data
     }
 
     fn to_json(&self) -> Result<Vec<u8>, Failure> {
@@ -142,6 +175,71 @@ impl Data {
     }
 }
 
+/// A place in a registry's bytes, for [`Data::salvage`]'s walk.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    /// Skips whitespace, then takes `byte` if it is next.
+    fn eat(&mut self, byte: u8) -> bool {
+        while self.bytes.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+        let next = self.bytes.get(self.at) == Some(&byte);
+        self.at += usize::from(next);
+        next
+    }
+
+    /// The whole JSON value next (read as [`Data::parse`] reads it), moving past it;
+    /// `None`, not moving, when there is none.
+    fn value(&mut self) -> Option<Value> {
+        let mut values =
+            serde_json::Deserializer::from_slice(&self.bytes[self.at..]).into_iter::<Value>();
+        let value = values.next()?.ok()?;
+        self.at += values.byte_offset();
+        Some(value)
+    }
+
+    /// Reads the top-level object into `data` as far as it is well-formed; `None` where
+    /// it breaks (`self.at` is there).
+    fn walk(&mut self, data: &mut Data) -> Option<()> {
+        self.eat(b'{').then_some(())?;
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            let Value::String(key) = self.value()? else {
+                return None;
+            };
+            self.eat(b':').then_some(())?;
+            if key == "loops" {
+                // A repeated key counts once, its last time, as `parse` reads it.
+                data.loops.clear();
+                if !self.eat(b'[') {
+                    self.value()?.is_null().then_some(())?;
+                } else if !self.eat(b']') {
+                    loop {
+                        data.loops.push(Slot::read(self.value()?));
+                        if self.eat(b']') {
+                            break;
+                        }
+                        self.eat(b',').then_some(())?;
+                    }
+                }
+            } else {
+                let value = self.value()?;
+                data.rest.insert(key, value);
+            }
+            if self.eat(b'}') {
+                return Some(());
+            }
+            self.eat(b',').then_some(())?;
+        }
+    }
+}
+
 /// Parses registry contents the way every edit does: the readable entries, or why the
 /// file is corrupt (it would then be kept aside). Empty or blank means no loops.
 pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
@@ -153,6 +251,14 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
 pub fn rewrite(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let data = Data::parse(bytes)?;
     data.to_json().map_err(|f| format!("{:#}", f.error))
+}
+
+/// What an edit writes back for corrupt `bytes`, before its change: the entries and
+/// keys that could still be read ([`Data::salvage`]), for tests and fuzzing.
+pub fn rewrite_salvaged(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    Data::salvage(bytes)
+        .to_json()
+        .map_err(|f| format!("{:#}", f.error))
 }
 
 impl Entry {
@@ -266,7 +372,8 @@ pub(crate) fn deregister(repo_ralph_dir: &Path, id: &str) -> Result<(), Failure>
 }
 
 /// The entries as the file lists them (dead ones included), read under a shared lock.
-/// A corrupt file lists nothing (with a warning) and is left for the next edit to keep.
+/// A corrupt file lists what can still be read of it (with a warning) and is left for
+/// the next edit to keep.
 pub(crate) fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
     let Some(dir) = RalphDir::at(repo_ralph_dir, false)? else {
         return Ok(Vec::new());
@@ -274,14 +381,17 @@ pub(crate) fn list(repo_ralph_dir: &Path) -> Result<Vec<Entry>, Failure> {
     let Some(file) = dir.open_locked(REGISTRY_FILE, Access::Read, false)? else {
         return Ok(Vec::new());
     };
-    match Data::parse(&read(&file)?) {
+    let bytes = read(&file)?;
+    match Data::parse(&bytes) {
         Ok(data) => Ok(data.known()),
         Err(why) => {
+            let known = Data::salvage(&bytes).known();
             tracing::warn!(
                 path = %file.path().display(),
-                "loop registry is corrupt ({why}); listing no loops from it"
+                "loop registry is corrupt ({why}); listing {} of its loops (the ones still readable)",
+                known.len()
             );
-            Ok(Vec::new())
+            Ok(known)
         }
     }
 }
@@ -322,12 +432,15 @@ fn edit<R>(
         Ok(data) => data,
         Err(why) => {
             let aside = keep_aside(&dir, &old)?;
+            let salvaged = Data::salvage(&old);
             tracing::warn!(
                 path = %file.path().display(),
                 copy = %aside.display(),
-                "loop registry was corrupt ({why}); kept a copy and started a fresh list"
+                "loop registry was corrupt ({why}); kept a copy, and {} of its entries \
+                 (the ones still readable) in the new list",
+                salvaged.loops.len()
             );
-            Data::default()
+            salvaged
         }
     };
     let result = change(&mut data);
@@ -651,6 +764,96 @@ mod tests {
         std::fs::write(dir.join(REGISTRY_FILE), b"[1,2,3]").unwrap();
         register(&dir, entry("after-shape", std::process::id())).unwrap();
         assert_eq!(list(&dir).unwrap().len(), 1);
+    }
+
+    fn ids(listed: &[Entry]) -> Vec<&str> {
+        listed.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_corrupt_file_keeps_the_entries_still_readable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".ralph");
+        std::fs::create_dir(&dir).unwrap();
+        let me = std::process::id();
+        let dead = dead_pid();
+        // Cut short in its last entry: ralph's live loop (a field and a precision of
+        // its own), someone's entry we cannot read, a dead loop, a foreign key.
+        let cut = format!(
+            r#"{{"version":3,"loops":[
+              {{"id":"loop-1700000000-ab12","pid":{me},"started":"2026-01-02T03:04:05.678901234Z","prompt":"primary","workspace":"/repo","hat":"builder"}},
+              {{"id":"weird","pid":"not a number","note":"keep me"}},
+              {{"id":"dead-one","pid":{dead},"started":"2026-01-02T03:04:05Z","prompt":"p","workspace":"/repo"}},
+              {{"id":"cut-short","pid":{me},"star"#
+        );
+        std::fs::write(dir.join(REGISTRY_FILE), &cut).unwrap();
+        // Listing reads what it can and leaves the file as it is.
+        assert_eq!(
+            ids(&list(&dir).unwrap()),
+            ["loop-1700000000-ab12", "dead-one"]
+        );
+        assert_eq!(
+            std::fs::read(dir.join(REGISTRY_FILE)).unwrap(),
+            cut.as_bytes()
+        );
+
+        register(&dir, entry("after-corrupt", me)).unwrap();
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(REGISTRY_FILE)).unwrap()).unwrap();
+        assert_eq!(raw["version"], 3, "{raw}");
+        let loops = raw["loops"].as_array().unwrap();
+        assert_eq!(loops.len(), 3, "{raw}");
+        assert_eq!(loops[0]["id"], "loop-1700000000-ab12");
+        assert_eq!(loops[0]["hat"], "builder");
+        assert_eq!(loops[0]["started"], "2026-01-02T03:04:05.678901234Z");
+        assert!(loops[0].get("worktree_path").is_none(), "{raw}");
+        assert_eq!(loops[1]["note"], "keep me");
+        assert_eq!(loops[2]["id"], "after-corrupt");
+        let copies: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("loops.json.corrupt-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(std::fs::read(dir.join(&copies[0])).unwrap(), cut.as_bytes());
+
+        // No comma between two entries, junk after the end, an entry after the junk.
+        let entry_text = |id: &str| {
+            format!(
+                r#"{{"id":"{id}","pid":{me},"started":"2026-01-02T03:04:05Z","prompt":"p","workspace":"/repo"}}"#
+            )
+        };
+        let broken = format!(
+            "{{\"loops\":[{} {}]}} junk {{\"x\": {}}}",
+            entry_text("one"),
+            entry_text("two"),
+            entry_text("three")
+        );
+        std::fs::write(dir.join(REGISTRY_FILE), &broken).unwrap();
+        assert_eq!(ids(&list(&dir).unwrap()), ["one", "two", "three"]);
+        prune(&dir).unwrap();
+        assert_eq!(ids(&list(&dir).unwrap()), ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn salvage_reads_a_valid_file_as_parse_does() {
+        let me = std::process::id();
+        for text in [
+            String::new(),
+            " \n".into(),
+            "{}".into(),
+            r#"{"loops":null,"a":1}"#.into(),
+            r#"{"loops":[{"x":1}],"b":{"c":[1,2]},"loops":[]}"#.into(),
+            format!(
+                r#"{{ "loops" : [ {{"id":"a","pid":{me},"started":"2026-01-02T03:04:05Z","prompt":"p"}} , 7 ] , "v" : 2.5 }}"#
+            ),
+        ] {
+            assert_eq!(
+                rewrite_salvaged(text.as_bytes()).unwrap(),
+                rewrite(text.as_bytes()).unwrap(),
+                "{text}"
+            );
+        }
     }
 
     #[test]

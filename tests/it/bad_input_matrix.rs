@@ -498,6 +498,74 @@ fn corrupt_registry_is_kept_aside_on_a_worktree_launch() {
 }
 
 #[test]
+fn corrupt_registry_keeps_its_live_loops_on_a_worktree_launch() {
+    // ralph's loop, alive (a real process), and an entry cut short after it.
+    let ws = Workspace::git();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    let live = Proc::spawn({
+        let mut c = Command::new("sleep");
+        c.arg("100");
+        c
+    });
+    let ralph_entry = format!(
+        r#"{{"id":"loop-1700000000-ab12","pid":{},"started":"2026-01-02T03:04:05.678901234Z","prompt":"ralph's","workspace":"{}","hat":"builder"}}"#,
+        live.pid(),
+        ws.path.display()
+    );
+    let bytes = format!(r#"{{"loops":[{ralph_entry},{{"id":"loop-1700000001-cd34","pid":"#);
+    let registry = ws.path.join(".ralph/loops.json");
+    std::fs::write(&registry, &bytes).unwrap();
+    let listed = |ws: &Workspace| {
+        let out = ws.run(&["list", "--json"]);
+        assert_eq!(out.code(), 0, "{out:?}");
+        out.stdout
+    };
+    assert!(listed(&ws).contains("loop-1700000000-ab12"));
+
+    let holder = FlockHolder::start(&ws);
+    let out = ws.run(&[
+        "run",
+        "--on-conflict",
+        "worktree",
+        "--prompt",
+        "x",
+        "--",
+        "true",
+    ]);
+    holder.release();
+    assert_eq!(out.code(), 0, "{out:?}");
+    let warnings: Vec<_> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("loop registry was corrupt"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", out.stderr);
+    assert!(
+        warnings[0].contains("kept a copy, and 1 of its entries"),
+        "{}",
+        out.stderr
+    );
+    let copies: Vec<_> = std::fs::read_dir(ws.path.join(".ralph"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("loops.json.corrupt-")
+        })
+        .collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(std::fs::read(copies[0].path()).unwrap(), bytes.as_bytes());
+    // The live loop is still listed, every field of it as ralph wrote it.
+    let after: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&registry).unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&ralph_entry).unwrap();
+    assert_eq!(after["loops"], serde_json::json!([want]), "{after}");
+    assert!(listed(&ws).contains("loop-1700000000-ab12"));
+    drop(live);
+}
+
+#[test]
 fn corrupt_history_costs_only_its_bad_lines() {
     let ws = Workspace::new();
     assert_eq!(ws.run(&["run", "--", "true"]).code(), 0);

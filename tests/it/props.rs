@@ -147,7 +147,43 @@ proptest! {
             let written = registry::rewrite(&bytes).unwrap();
             let again = registry::parse(&written).unwrap();
             prop_assert_eq!(&again, &entries);
+            prop_assert_eq!(registry::rewrite(&written).unwrap(), written.clone());
+            prop_assert_eq!(registry::rewrite_salvaged(&bytes).unwrap(), written);
+        } else {
+            // What a corrupt file's salvage writes is a registry of its own.
+            let written = registry::rewrite_salvaged(&bytes).unwrap();
             prop_assert_eq!(registry::rewrite(&written).unwrap(), written);
+        }
+    }
+
+    #[test]
+    fn a_cut_registry_keeps_every_whole_entry_before_the_cut(ids in proptest::collection::vec("[a-z]{1,8}", 1..5), cut in any::<proptest::sample::Index>()) {
+        let texts: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                serde_json::json!({"id": id, "pid": 1, "started": "2026-01-02T03:04:05.678901234Z", "prompt": "p", "hat": id})
+                    .to_string()
+            })
+            .collect();
+        let text = format!("{{\"loops\":[{}],\"v\":1}}", texts.join(","));
+        let at = cut.index(text.len());
+        let mut whole = Vec::new();
+        let mut end = "{\"loops\":[".len();
+        for (id, t) in ids.iter().zip(&texts) {
+            end += t.len();
+            if end <= at {
+                whole.push(id.clone());
+            }
+            end += 1;
+        }
+        let written = registry::rewrite_salvaged(&text.as_bytes()[..at]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        let loops = v["loops"].as_array().unwrap();
+        let kept: Vec<&str> = loops.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        prop_assert_eq!(kept, whole);
+        for e in loops {
+            prop_assert_eq!(&e["hat"], &e["id"]);
+            prop_assert_eq!(&e["started"], "2026-01-02T03:04:05.678901234Z");
         }
     }
 
