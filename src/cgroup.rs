@@ -442,10 +442,11 @@ impl Cgroup {
     }
 }
 
-/// What a cgroup recorded in a lock file has used so far (for `status`).
-pub(crate) fn usage_at(path: &Path) -> Option<(Usage, usize)> {
+/// What a cgroup recorded in a lock file has used so far, and the pids in it (for
+/// `status`).
+pub(crate) fn usage_at(path: &Path) -> Option<(Usage, Vec<u32>)> {
     let usage = read_usage(path)?;
-    Some((usage, pids(&path.join("cgroup.procs")).len()))
+    Some((usage, pids(&path.join("cgroup.procs"))))
 }
 
 /// What the cgroup at `path` has used: CPU from `cpu.stat` (`None` when it cannot be

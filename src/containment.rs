@@ -87,7 +87,7 @@ pub(crate) struct Accounting {
 pub(crate) struct Live {
     pub(crate) cpu_ms: u64,
     /// The cgroup's `memory.current` (with the memory controller), else the sum of
-    /// the processes' resident memory.
+    /// the resident memory of the processes alive (the cgroup's or the tree's).
     pub(crate) memory_bytes: Option<u64>,
     pub(crate) processes: usize,
 }
@@ -106,22 +106,28 @@ pub(crate) fn live(meta: &crate::metadata::Metadata) -> Option<Live> {
     }
     match meta.contained.containment.as_deref()? {
         "cgroup" => {
-            let (usage, processes) = cgroup::usage_at(meta.contained.cgroup.as_deref()?)?;
+            let (usage, members) = cgroup::usage_at(meta.contained.cgroup.as_deref()?)?;
             Some(Live {
                 cpu_ms: (usage.user_us + usage.system_us) / 1000,
-                memory_bytes: usage.memory_now,
-                processes,
+                memory_bytes: (usage.memory_now)
+                    .or_else(|| procfs::processes(&members).as_deref().map(resident)),
+                processes: members.len(),
             })
         }
         _ => {
             let members = procfs::descendants(supervisor, 0)?;
             Some(Live {
                 cpu_ms: procfs::tree_cpu(supervisor).as_millis() as u64,
-                memory_bytes: Some(members.iter().map(|d| d.rss).sum()),
+                memory_bytes: Some(resident(&members)),
                 processes: members.len(),
             })
         }
     }
+}
+
+/// The resident memory of `members` together, in bytes.
+fn resident(members: &[procfs::Descendant]) -> u64 {
+    members.iter().map(|d| d.rss).sum()
 }
 
 /// The cgroup of the loop `meta` records, once its supervisor is gone (SIGKILLed): the
@@ -739,4 +745,56 @@ fn apply_limits(
         }
     }
     (!failed.is_empty()).then_some((failed, why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `status`'s figures for a cgroup without the memory controller (no
+    /// `memory.current`): the resident memory of its processes, as in tree mode. The
+    /// cgroup is a stand-in directory with the files such a cgroup has, listing this
+    /// process, so this runs without a writable cgroup v2 (the real one is
+    /// `tests/it/containment.rs`'s `status_shows_the_memory_of_a_loop_in_its_cgroup`).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_cgroup_without_the_memory_controller_reports_resident_memory() {
+        let group = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        std::fs::write(
+            group.path().join("cpu.stat"),
+            "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\n",
+        )
+        .unwrap();
+        std::fs::write(group.path().join("cgroup.procs"), format!("{me}\n")).unwrap();
+        let meta = crate::metadata::Metadata::parse(
+            serde_json::json!({
+                "pid": me,
+                "started": "2026-01-02T03:04:05Z",
+                "prompt": "p",
+                "supervisor_pid": me,
+                "supervisor_start_time": procfs::start_time(me),
+                "containment": "cgroup",
+                "cgroup": group.path(),
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+        .unwrap();
+        let now = live(&meta).unwrap();
+        assert_eq!((now.cpu_ms, now.processes), (3, 1));
+        let ours = procfs::processes(&[me]).unwrap()[0].rss;
+        let memory = now
+            .memory_bytes
+            .expect("resident memory without memory.current");
+        // Our resident set, read twice: allocations between the reads move it a little.
+        assert!(
+            ours > 0 && memory.abs_diff(ours) < 64 << 20,
+            "{memory} vs {ours}"
+        );
+        // With the memory controller, its figure.
+        std::fs::write(group.path().join("memory.current"), "12345\n").unwrap();
+        assert_eq!(live(&meta).unwrap().memory_bytes, Some(12345));
+    }
 }

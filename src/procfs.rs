@@ -326,7 +326,8 @@ pub(crate) fn tree_cpu(root: u32) -> std::time::Duration {
     ticks_to_duration(ticks)
 }
 
-/// A live (not zombie) descendant of some process, as `/proc/PID/stat` shows it.
+/// A live (not zombie) process of a loop (a descendant of its supervisor, or a member
+/// of its cgroup), as `/proc/PID/stat` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Descendant {
     pub(crate) pid: u32,
@@ -346,8 +347,8 @@ pub(crate) struct Descendant {
 #[cfg(target_os = "linux")]
 pub(crate) fn descendants(root: u32, since: u64) -> Option<Vec<Descendant>> {
     // (pid, (ppid, state is zombie, descendant))
-    let all = every_stat(parse_descendant)?;
     let page = page_size();
+    let all = every_stat(|pid, stat| parse_process(pid, stat, page))?;
     let mut found = Vec::new();
     let mut parents = vec![root];
     while let Some(parent) = parents.pop() {
@@ -355,10 +356,7 @@ pub(crate) fn descendants(root: u32, since: u64) -> Option<Vec<Descendant>> {
             if *ppid == parent && d.pid != root {
                 parents.push(d.pid);
                 if !zombie && d.start_time >= since {
-                    found.push(Descendant {
-                        rss: d.rss * page,
-                        ..*d
-                    });
+                    found.push(*d);
                 }
             }
         }
@@ -368,6 +366,24 @@ pub(crate) fn descendants(root: u32, since: u64) -> Option<Vec<Descendant>> {
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn descendants(_root: u32, _since: u64) -> Option<Vec<Descendant>> {
+    None
+}
+
+/// The live (not zombie) processes among `pids` (a cgroup's members), as
+/// [`descendants`] gives them; those gone are left out. `None` without `/proc`.
+#[cfg(target_os = "linux")]
+pub(crate) fn processes(pids: &[u32]) -> Option<Vec<Descendant>> {
+    let page = page_size();
+    let live = pids.iter().filter_map(|&pid| {
+        let stat = crate::sys::read_text(format!("/proc/{pid}/stat")).ok()?;
+        let (_, zombie, d) = parse_process(pid, &stat, page)?;
+        (!zombie).then_some(d)
+    });
+    Some(live.collect())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn processes(_pids: &[u32]) -> Option<Vec<Descendant>> {
     None
 }
 
@@ -406,6 +422,14 @@ fn page_size() -> u64 {
         .flatten()
         .and_then(|p| u64::try_from(p).ok())
         .unwrap_or(4096)
+}
+
+/// (ppid, zombie, the descendant) from a stat line, its rss in bytes of `page`.
+#[cfg(target_os = "linux")]
+fn parse_process(pid: u32, stat: &str, page: u64) -> Option<(u32, bool, Descendant)> {
+    let (ppid, zombie, d) = parse_descendant(pid, stat)?;
+    let rss = d.rss * page;
+    Some((ppid, zombie, Descendant { rss, ..d }))
 }
 
 /// (ppid, zombie, the descendant with rss in pages) from a stat line.
