@@ -405,7 +405,15 @@ fn run_locked(
                 let timeout = settings.policy.hooks.timeout;
                 received = hooks::run("on_start", argv, &told, timeout, signals);
             }
-            let result = match hooks::first_stop(&received, settings.policy.stop.signal) {
+            let stop_signal = settings.policy.stop.signal;
+            let stop = hooks::first_stop(&received, stop_signal).or_else(|| {
+                // A stop file written meanwhile (`ralph loops stop`): nobody runs yet to
+                // honour it but us. (One left from before was removed at the lock.)
+                let asked = settings.policy.hooks.on_start.is_some()
+                    && stop_request::remove(dir).unwrap_or(false);
+                asked.then_some((StopReason::StopRequest, stop_signal))
+            });
+            let result = match stop {
                 // A stop came while `on_start` ran: the command is never started.
                 Some((reason, signal)) => {
                     info!(

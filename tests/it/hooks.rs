@@ -258,6 +258,41 @@ fn a_stop_during_on_start_reaches_the_hook_and_the_command_never_starts() {
     assert_eq!(record["child_pid"], serde_json::Value::Null, "{record}");
 }
 
+/// `ralph loops stop` (its stop file) during `on_start`: nobody runs to honour it but
+/// the supervisor, which takes it and never starts the command.
+#[test]
+fn a_stop_file_written_during_on_start_means_the_command_never_starts() {
+    let ws = Workspace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, started) = (dir.path().join("hook.ready"), dir.path().join("started"));
+    // The hook ends once the stop file is there (it is not passed a signal for it).
+    let script = "touch \"$1\"; while [ ! -e .ralph/stop-requested ]; do sleep 0.01; done";
+    let on_start = argv(&["sh", "-c", script, "sh", ready.to_str().unwrap()]);
+    let (_p, policy) = policy_file(&format!("[hooks]\non_start = {on_start}\n"));
+    let p = Proc::spawn(ws.cmd(&[
+        "run",
+        "--policy",
+        &policy,
+        "--",
+        "sh",
+        "-c",
+        "touch \"$1\"",
+        "sh",
+        started.to_str().unwrap(),
+    ]));
+    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    std::fs::write(ws.path.join(".ralph/stop-requested"), "").unwrap();
+    let out = p.finish();
+    assert_eq!(out.code(), 128 + 15, "{out:?}");
+    assert!(!started.exists(), "the command ran after the stop: {out:?}");
+    assert!(!ws.path.join(".ralph/stop-requested").exists());
+    let history = std::fs::read_to_string(ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(history.trim()).unwrap();
+    assert_eq!(record["stopped_by"], "stop-request", "{record}");
+    // (No child at all: one started and stopped at once may not get to its `touch`.)
+    assert_eq!(record["child_pid"], serde_json::Value::Null, "{record}");
+}
+
 /// Ctrl-C during a worktree loop's `on_start`: nothing starts, and the worktree made for
 /// it is taken away again, branch and registry entry with it.
 #[test]
