@@ -15,8 +15,9 @@
 //! arrives meanwhile is passed on to the hook; every signal read while a hook runs is
 //! handed back to the caller. After `on_start`, a stop among them means the command is
 //! never started ([`first_stop`]), as systemd starts no `ExecStart=` once a stop came
-//! during `ExecStartPre=`; other signals are queued again for the event loop. A hook's failure is logged (its program name and status, never its
-//! environment) and changes nothing else.
+//! during `ExecStartPre=`; other signals are queued again for the event loop. A hook's
+//! failure is logged (its program name and status, never its environment) and changes
+//! nothing else.
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -197,7 +198,7 @@ pub(crate) fn run(
             if classify(signal.signo) == Class::Child {
                 continue; // the hook's, or an orphan's (reaped by the event loop later)
             }
-            if let Some(sig) = stop_signal(&signal) {
+            if let Some((_, sig)) = stop(&signal, libc::SIGTERM) {
                 debug!("hooks.{name}: passing {} on", signals::name(sig));
                 if let Ok(sig) = Signal::try_from(sig) {
                     let _ = killpg(pgid, sig);
@@ -223,26 +224,20 @@ pub(crate) fn run(
     received
 }
 
-/// The first stop among `received` (read while `on_start` ran): what it stops for, and
-/// the signal the command would have been stopped with (`default` for a stop request
-/// that names none).
+/// The first stop among `received` (read while `on_start` ran): see [`stop`].
 pub(crate) fn first_stop(received: &[Received], default: i32) -> Option<(StopReason, i32)> {
-    received.iter().find_map(|signal| {
-        match crate::stop_request::decode(signal.signo, signal.code, signal.value) {
-            Some(requested) => Some((StopReason::StopRequest, requested.unwrap_or(default))),
-            None => stop_signal(signal).map(|sig| (StopReason::Signal(sig), sig)),
-        }
-    })
+    received.iter().find_map(|signal| stop(signal, default))
 }
 
-/// The signal a stop read from the signalfd means for a hook, if it is one.
-fn stop_signal(signal: &Received) -> Option<i32> {
+/// What a signal read from the signalfd stops for, if it is a stop, and the signal it
+/// means: its own, or the one a stop request names (`default` when it names none).
+fn stop(signal: &Received, default: i32) -> Option<(StopReason, i32)> {
     if let Some(requested) = crate::stop_request::decode(signal.signo, signal.code, signal.value) {
-        return Some(requested.unwrap_or(libc::SIGTERM));
+        return Some((StopReason::StopRequest, requested.unwrap_or(default)));
     }
     match Signal::try_from(signal.signo) {
         Ok(Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT) => {
-            Some(signal.signo)
+            Some((StopReason::Signal(signal.signo), signal.signo))
         }
         _ => None,
     }

@@ -405,15 +405,7 @@ fn run_locked(
                 let timeout = settings.policy.hooks.timeout;
                 received = hooks::run("on_start", argv, &told, timeout, signals);
             }
-            let stop_signal = settings.policy.stop.signal;
-            let stop = hooks::first_stop(&received, stop_signal).or_else(|| {
-                // A stop file written meanwhile (`ralph loops stop`): nobody runs yet to
-                // honour it but us. (One left from before was removed at the lock.)
-                let asked = settings.policy.hooks.on_start.is_some()
-                    && stop_request::remove(dir).unwrap_or(false);
-                asked.then_some((StopReason::StopRequest, stop_signal))
-            });
-            let result = match stop {
+            let result = match stop_before_start(settings, &received, dir) {
                 // A stop came while `on_start` ran: the command is never started.
                 Some((reason, signal)) => {
                     info!(
@@ -480,6 +472,23 @@ fn run_locked(
         spawned,
         discarded,
     }
+}
+
+/// A stop that came while `hooks.on_start` ran (`received`, and the stop file): what it
+/// stops for and the signal it means; the command is then never started.
+fn stop_before_start(
+    settings: &RunSettings,
+    received: &[supervisor::Received],
+    dir: &RalphDir,
+) -> Option<(StopReason, i32)> {
+    let stop_signal = settings.policy.stop.signal;
+    hooks::first_stop(received, stop_signal).or_else(|| {
+        // A stop file written meanwhile (`ralph loops stop`): nobody runs yet to honour
+        // it but us. (One left from before was removed at the lock.)
+        let asked =
+            settings.policy.hooks.on_start.is_some() && stop_request::remove(dir).unwrap_or(false);
+        asked.then_some((StopReason::StopRequest, stop_signal))
+    })
 }
 
 /// Spawns the child and supervises it (and its restarts) to the end.
