@@ -340,7 +340,7 @@ fn environment_secrets_never_reach_ralph_files() {
 
 /// The etcd credentials are the supervisor's alone: the command, both hooks, and git with
 /// the repository's own git hooks (shared by every worktree, so an agent may plant one)
-/// see neither variable nor its value.
+/// see neither variable nor its value, not even in the supervisor's /proc/PID/environ.
 #[test]
 fn etcd_credentials_reach_no_process_the_supervisor_starts() {
     let ws = Workspace::git();
@@ -369,13 +369,18 @@ fn etcd_credentials_reach_no_process_the_supervisor_starts() {
         "--",
         "sh",
         "-c",
-        &dump("command"),
+        // And what the supervisor started with, as /proc shows it to the same user.
+        &format!(
+            "{}; cat /proc/$PPID/environ > {}",
+            dump("command"),
+            seen("supervisor").display()
+        ),
     ]);
     cmd.env("RALPH_SUPERVISE_ETCD_USER", "agents-user")
         .env("RALPH_SUPERVISE_ETCD_PASSWORD", "pw-s3cret");
     let out = Proc::spawn(cmd).finish();
     assert_eq!(out.code(), 0, "{out:?}");
-    for name in ["git-hook", "on-start", "command", "on-exit"] {
+    for name in ["git-hook", "on-start", "command", "on-exit", "supervisor"] {
         wait_until(name, LIMIT, || seen(name).exists());
         let env = std::fs::read_to_string(seen(name)).unwrap();
         // (The environment did reach it: HOME and PATH are passed on.)
