@@ -11,15 +11,16 @@
 //! loop's output stream.
 //!
 //! The supervisor waits for it on its signalfd, bounded by `[hooks] timeout`; then the
-//! hook's process group is killed. A stop (INT, TERM, HUP, QUIT, a stop request) that
-//! arrives meanwhile is passed on to the hook; every signal read while a hook runs is
-//! handed back to the caller. After `on_start`, a stop among them means the command is
-//! never started ([`first_stop`]), as systemd starts no `ExecStart=` once a stop came
-//! during `ExecStartPre=`; other signals are queued again for the event loop. A hook's
-//! failure is logged (its program name and status, never its environment) and changes
-//! nothing else.
+//! hook's process group is killed. A stop (INT, TERM, HUP, QUIT, a stop request, and
+//! for `on_start` fleet mode's `stop --fleet` or lost lease) that arrives meanwhile is
+//! passed on to the hook; every signal read while a hook runs is handed back to the
+//! caller. After `on_start`, a stop among them (or a stop file, or a fleet report) means
+//! the command is never started ([`first_stop`], `run`'s `stop_before_start`), as
+//! systemd starts no `ExecStart=` once a stop came during `ExecStartPre=`; other
+//! signals are queued again for the event loop. A hook's failure is logged (its program
+//! name and status, never its environment) and changes nothing else.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,13 +125,17 @@ impl<'de> DeserializeSeed<'de> for Arg {
 }
 
 /// Runs hook `name` (`on_start`) with `argv` to its end or `timeout`; returns the
-/// signals read meanwhile (see the module documentation).
+/// signals read meanwhile (see the module documentation). A stop request that names
+/// no signal, and a report on fleet mode's `side` channel, reach the hook as
+/// `stop_signal` (the policy's), as they would the command.
 pub(crate) fn run(
     name: &str,
     argv: &[String],
     facts: &Facts,
     timeout: Duration,
+    stop_signal: i32,
     signals: &Signals,
+    mut side: Option<BorrowedFd<'_>>,
 ) -> Vec<Received> {
     let Some((program, args)) = argv.split_first() else {
         return Vec::new();
@@ -186,7 +191,8 @@ pub(crate) fn run(
             let _ = killpg(pgid, Signal::SIGKILL);
             break child.wait().ok();
         }
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        fds.extend(side.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match poll(&mut fds, crate::sys::poll_timeout(Some(deadline))) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
@@ -194,11 +200,27 @@ pub(crate) fn run(
                 break child.wait().ok();
             }
         }
+        if fds
+            .get(1)
+            .and_then(PollFd::revents)
+            .is_some_and(|r| !r.is_empty())
+        {
+            // Fleet mode reports only stops (a lost lease, `stop --fleet`): passed on
+            // once; the caller reads which it was.
+            debug!(
+                "hooks.{name}: a fleet report: passing {} on",
+                signals::name(stop_signal)
+            );
+            if let Ok(sig) = Signal::try_from(stop_signal) {
+                let _ = killpg(pgid, sig);
+            }
+            side = None;
+        }
         while let Ok(Some(signal)) = signals.next_info() {
             if classify(signal.signo) == Class::Child {
                 continue; // the hook's, or an orphan's (reaped by the event loop later)
             }
-            if let Some((_, sig)) = stop(&signal, libc::SIGTERM) {
+            if let Some((_, sig)) = stop(&signal, stop_signal) {
                 debug!("hooks.{name}: passing {} on", signals::name(sig));
                 if let Ok(sig) = Signal::try_from(sig) {
                     let _ = killpg(pgid, sig);

@@ -170,8 +170,8 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
             Ok(status) => status.code(),
             Err(failure) => failure.status.code(),
         });
-        let timeout = settings.policy.hooks.timeout;
-        hooks::run("on_exit", argv, &facts, timeout, &signals);
+        let (timeout, stop) = (settings.policy.hooks.timeout, settings.policy.stop.signal);
+        hooks::run("on_exit", argv, &facts, timeout, stop, &signals, None);
     }
     status
 }
@@ -402,12 +402,13 @@ fn run_locked(
             let mut told = run_facts(settings, place);
             let mut received = Vec::new();
             if let Some(argv) = &settings.policy.hooks.on_start {
-                let timeout = settings.policy.hooks.timeout;
-                received = hooks::run("on_start", argv, &told, timeout, signals);
+                let (timeout, stop) = (settings.policy.hooks.timeout, settings.policy.stop.signal);
+                let side = session.side_channel();
+                received = hooks::run("on_start", argv, &told, timeout, stop, signals, side);
             }
-            let result = match stop_before_start(settings, &received, dir) {
+            let result = match session.stop_before_start(&received) {
                 // A stop came while `on_start` ran: the command is never started.
-                Some((reason, signal)) => {
+                Some((reason, status)) => {
                     info!(
                         "stopped before the command started ({})",
                         stopped_by(reason)
@@ -415,8 +416,8 @@ fn run_locked(
                     crate::service::stopping();
                     let config = machine_config(&settings.policy, false);
                     let machine =
-                        Machine::stopped_before_start(config, reason, signal, Instant::now());
-                    Ok((ExitStatus::Signaled(signal), machine))
+                        Machine::stopped_before_start(config, reason, status, Instant::now());
+                    Ok((status, machine))
                 }
                 None => {
                     hooks::requeue(&received);
@@ -472,23 +473,6 @@ fn run_locked(
         spawned,
         discarded,
     }
-}
-
-/// A stop that came while `hooks.on_start` ran (`received`, and the stop file): what it
-/// stops for and the signal it means; the command is then never started.
-fn stop_before_start(
-    settings: &RunSettings,
-    received: &[supervisor::Received],
-    dir: &RalphDir,
-) -> Option<(StopReason, i32)> {
-    let stop_signal = settings.policy.stop.signal;
-    hooks::first_stop(received, stop_signal).or_else(|| {
-        // A stop file written meanwhile (`ralph loops stop`): nobody runs yet to honour
-        // it but us. (One left from before was removed at the lock.)
-        let asked =
-            settings.policy.hooks.on_start.is_some() && stop_request::remove(dir).unwrap_or(false);
-        asked.then_some((StopReason::StopRequest, stop_signal))
-    })
 }
 
 /// Spawns the child and supervises it (and its restarts) to the end.
@@ -824,6 +808,39 @@ impl Hooks for Session<'_> {
 }
 
 impl Session<'_> {
+    /// A stop that came while `hooks.on_start` ran, with the status it ends the run
+    /// with; the command is then never started. Read from what the hook's wait took off
+    /// the signalfd (`received`), the stop file, and fleet mode's reports.
+    fn stop_before_start(
+        &mut self,
+        received: &[supervisor::Received],
+    ) -> Option<(StopReason, ExitStatus)> {
+        let stop_signal = self.settings.policy.stop.signal;
+        if let Some((reason, signal)) = hooks::first_stop(received, stop_signal) {
+            return Some((reason, ExitStatus::Signaled(signal)));
+        }
+        // (Without `on_start` there was no time for either.)
+        self.settings.policy.hooks.on_start.as_ref()?;
+        // A stop file written meanwhile (`ralph loops stop`): nobody runs yet to honour
+        // it but us. (One left from before was removed at the lock.)
+        if stop_request::remove(self.dir).unwrap_or(false) {
+            return Some((StopReason::StopRequest, ExitStatus::Signaled(stop_signal)));
+        }
+        // `stop --fleet`, or a lease lost: the command must not start without the key.
+        self.side_events()
+            .into_iter()
+            .find_map(|event| match event {
+                machine::Event::LeaseLost { .. } => {
+                    Some((StopReason::LeaseLost, ExitStatus::Unavailable))
+                }
+                machine::Event::StopRequest { signal } => Some((
+                    StopReason::StopRequest,
+                    ExitStatus::Signaled(signal.unwrap_or(stop_signal)),
+                )),
+                _ => None,
+            })
+    }
+
     /// Whether this worktree loop's worktree is removed or being removed: its `.ralph/`
     /// is gone, or its `.git` file (`git worktree remove` deletes the whole tree, in
     /// directory order), or — once `loop.lock` was deleted (`lock_deleted`) — its

@@ -418,17 +418,17 @@ impl Machine {
     }
 
     /// A machine for a child that is never started: a stop (`reason`) came first, during
-    /// `hooks.on_start`. It ends as that stop would have ended the child, killed by
-    /// `signal` (128+N), with nothing to restart.
+    /// `hooks.on_start`. It ends with `status`, as that stop would have ended the child
+    /// (128+N for its signal, 69 for a lost lease), with nothing to restart.
     pub(crate) fn stopped_before_start(
         config: Config,
         reason: StopReason,
-        signal: i32,
+        status: ExitStatus,
         now: Instant,
     ) -> Machine {
         let mut machine = Machine::new(config, now);
         machine.stop = Some(reason);
-        machine.state = State::Exited(ExitStatus::Signaled(signal));
+        machine.state = State::Exited(status);
         machine
     }
 
@@ -1025,7 +1025,8 @@ mod tests {
             ..config()
         };
         let now = Instant::now();
-        let mut m = Machine::stopped_before_start(config, StopReason::StopRequest, 15, now);
+        let killed = ExitStatus::Signaled(15);
+        let mut m = Machine::stopped_before_start(config, StopReason::StopRequest, killed, now);
         assert_eq!(m.finished(), Some(ExitStatus::Signaled(15)));
         assert_eq!(m.stop_reason(), Some(StopReason::StopRequest));
         assert_eq!((m.outcome(), m.restarts(), m.deadline()), (None, 0, None));

@@ -293,6 +293,37 @@ fn a_stop_file_written_during_on_start_means_the_command_never_starts() {
     assert_eq!(record["child_pid"], serde_json::Value::Null, "{record}");
 }
 
+/// `ralph-supervise stop` (naming no signal) during `on_start` reaches the hook as the
+/// policy's stop signal, as it would reach the command, and ends the run with it.
+#[test]
+fn a_stop_request_during_on_start_is_the_policys_stop_signal() {
+    let ws = Workspace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, exit_env) = (dir.path().join("hook.ready"), dir.path().join("exit.env"));
+    let (_p, policy) = hooks_waiting_for("INT", &ready, &exit_env);
+    let p = Proc::spawn(ws.cmd(&[
+        "run",
+        "--policy",
+        &policy,
+        "--stop-signal",
+        "INT",
+        "--",
+        "true",
+    ]));
+    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    let stop = ws.run(&["stop", "--timeout", "20s"]);
+    assert_eq!(stop.code(), 0, "{stop:?}");
+    let out = p.finish();
+    assert_eq!(out.code(), 128 + 2, "{out:?}");
+    assert!(out.stderr.contains("killed by SIGINT"), "{out:?}");
+    wait_until("the on_exit hook", LIMIT, || exit_env.exists());
+    let told = std::fs::read_to_string(&exit_env).unwrap();
+    assert!(
+        told.contains("RALPH_SUPERVISE_REASON=stop-request"),
+        "{told}"
+    );
+}
+
 /// Ctrl-C during a worktree loop's `on_start`: nothing starts, and the worktree made for
 /// it is taken away again, branch and registry entry with it.
 #[test]

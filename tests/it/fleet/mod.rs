@@ -667,6 +667,46 @@ fn stop_fleet_key_stops_a_loop_on_another_host() {
     assert_eq!(again.code(), 3, "{}", again.stderr);
 }
 
+/// `stop --fleet` while the holder's `on_start` hook runs: the hook gets the stop
+/// signal, the command never starts, the key is let go.
+#[test]
+fn stop_fleet_during_on_start_means_the_command_never_starts() {
+    let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, started) = (dir.path().join("hook.ready"), dir.path().join("started"));
+    let on_start = format!(
+        "[\"{}\", \"probe\", \"--exit-on\", \"TERM\", \"--ready-file\", \"{}\"]",
+        bin(),
+        ready.display()
+    );
+    a.write_policy(&format!(
+        "[hooks]\non_start = {on_start}\ntimeout = \"20s\"\n"
+    ));
+    let mut args = fleet_args(&endpoints, "10s");
+    let touch = format!("touch {}", started.display());
+    args.extend(["--", "sh", "-c", &touch]);
+    let holder = Proc::spawn(a.cmd(&[&["run"][..], &args].concat()));
+    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    b.write_policy(&format!("[fleet]\nendpoints = [\"{endpoints}\"]\n"));
+    let out = b.run(&["stop", "--fleet", KEY]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let held = holder.finish();
+    assert_eq!(held.code(), 143, "{held:?}");
+    assert!(
+        !started.exists(),
+        "the command ran after the stop: {held:?}"
+    );
+    assert!(
+        held.stderr
+            .contains("stopped before the command started (stop-request)"),
+        "{held:?}"
+    );
+    let status = b.run(&["status", "--fleet"]);
+    assert!(status.stdout.contains("is free"), "{}", status.stdout);
+}
+
 #[test]
 fn a_timed_out_wait_across_hosts_can_fall_back_to_a_worktree() {
     let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
