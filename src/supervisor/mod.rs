@@ -378,6 +378,9 @@ fn carry_out(
         let why = match event {
             Event::Deadline => "the command did not stop within its stop grace".to_string(),
             Event::Signal(sig) => format!("a second stop signal ({})", signals::name(sig)),
+            Event::StopRequest { signal: Some(sig) } => {
+                format!("a stop request with {}", signals::name(sig))
+            }
             _ => "a second stop".to_string(),
         };
         warn!("{why}: KILL to every process of the loop");

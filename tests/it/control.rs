@@ -199,6 +199,11 @@ fn stop_times_out_with_124() {
     let killed = ws.run(&["stop", "--kill"]);
     assert_eq!(killed.code(), 0, "{killed:?}");
     assert_eq!(p.wait(LIMIT).code(), Some(137));
+    let log = p.stderr();
+    assert!(
+        log.contains("a stop request with SIGKILL: KILL to every process of the loop"),
+        "{log}"
+    );
 }
 
 #[test]
