@@ -103,26 +103,39 @@ impl Data {
     /// entries without a comma between them, junk after the end): walked as the JSON it
     /// should be, element by element, each whole top-level key and each whole element of
     /// `loops` is kept as it was; past the point where that walk breaks, every whole
-    /// object that reads as one of our entries is kept too. What is cut or unreadable is
-    /// dropped here (the caller keeps a copy of the file). On a file `parse` reads, this
-    /// is the same data.
+    /// object that reads as one of our entries is taken for one (once per id), wherever
+    /// it sits. What is cut or unreadable is dropped here (the caller keeps a copy of the
+    /// file). On a file `parse` reads, this is the same data. The search past the break
+    /// reads at most [`SALVAGE_BUDGET`] bytes, however the file is made.
     fn salvage(bytes: &[u8]) -> Data {
         let mut data = Data::default();
         let mut cursor = Cursor { bytes, at: 0 };
         let _ = cursor.walk(&mut data);
-        let mut at = cursor.at;
+        let (mut at, mut budget) = (cursor.at, SALVAGE_BUDGET);
+        let mut ids: std::collections::HashSet<String> =
+            data.known().into_iter().map(|e| e.id).collect();
         while let Some(found) = bytes[at..].iter().position(|&b| b == b'{') {
+            let start = at + found;
+            // An entry is far shorter than this: no try reads further.
             let mut entry = Cursor {
-                bytes,
-                at: at + found,
+                bytes: &bytes[..bytes.len().min(start + SALVAGE_WINDOW)],
+                at: start,
             };
-            match entry.value().map(Slot::read) {
-                Some(known @ Slot::Known(_)) => {
-                    data.loops.push(known);
-                    at = entry.at;
+            let (read, next) = match entry.try_value().map(Slot::read) {
+                Ok(Slot::Known(known)) => {
+                    if ids.insert(known.id.clone()) {
+                        data.loops.push(Slot::Known(known));
+                    }
+                    (0, entry.at)
                 }
-                _ => at += found + 1,
-            }
+                // Something else whole (entries may be inside it), or nothing.
+                Ok(Slot::Opaque(_)) => (entry.at - start, start + 1),
+                Err(read) => (read, start + 1),
+            };
+            let Some(left) = budget.checked_sub(read) else {
+                break;
+            };
+            (budget, at) = (left, next);
         }
         data
     }
@@ -175,6 +188,12 @@ impl Data {
     }
 }
 
+/// The most [`Data::salvage`] reads past the point where a corrupt file breaks, beyond
+/// the entries it finds there (0.33 s at worst, measured on crafted files), and the most
+/// one try reads.
+const SALVAGE_BUDGET: usize = 8 << 20;
+const SALVAGE_WINDOW: usize = 16 << 10;
+
 /// A place in a registry's bytes, for [`Data::salvage`]'s walk.
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -195,11 +214,26 @@ impl Cursor<'_> {
     /// The whole JSON value next (read as [`Data::parse`] reads it), moving past it;
     /// `None`, not moving, when there is none.
     fn value(&mut self) -> Option<Value> {
-        let mut values =
-            serde_json::Deserializer::from_slice(&self.bytes[self.at..]).into_iter::<Value>();
-        let value = values.next()?.ok()?;
-        self.at += values.byte_offset();
-        Some(value)
+        self.try_value().ok()
+    }
+
+    /// [`Cursor::value`], or how many bytes were read before it was found wanting.
+    fn try_value(&mut self) -> Result<Value, usize> {
+        let rest = &self.bytes[self.at..];
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(value)) => {
+                self.at += values.byte_offset();
+                Ok(value)
+            }
+            // Where it broke, from its line and column (both 1-based, in bytes).
+            Some(Err(e)) => {
+                let lines = rest.split(|&b| b == b'\n').take(e.line().saturating_sub(1));
+                let line_start: usize = lines.map(|line| line.len() + 1).sum();
+                Err(rest.len().min(line_start + e.column()))
+            }
+            None => Err(rest.len()),
+        }
     }
 
     /// Reads the top-level object into `data` as far as it is well-formed; `None` where
@@ -218,7 +252,8 @@ impl Cursor<'_> {
                 // A repeated key counts once, its last time, as `parse` reads it.
                 data.loops.clear();
                 if !self.eat(b'[') {
-                    self.value()?.is_null().then_some(())?;
+                    // Not a list (null, or something `parse` refuses): no entries.
+                    self.value()?;
                 } else if !self.eat(b']') {
                     loop {
                         data.loops.push(Slot::read(self.value()?));
@@ -833,6 +868,31 @@ mod tests {
         assert_eq!(ids(&list(&dir).unwrap()), ["one", "two", "three"]);
         prune(&dir).unwrap();
         assert_eq!(ids(&list(&dir).unwrap()), ["one", "two", "three"]);
+
+        // Written twice: each entry once.
+        let whole = format!(
+            r#"{{"loops":[{},{}]}}"#,
+            entry_text("one"),
+            entry_text("two")
+        );
+        std::fs::write(dir.join(REGISTRY_FILE), format!("{whole}\n{whole}")).unwrap();
+        assert_eq!(ids(&list(&dir).unwrap()), ["one", "two"]);
+    }
+
+    /// Past the break, the search for entries reads a bounded number of bytes, however
+    /// the file is made: an entry behind more junk than that is not looked for.
+    #[test]
+    fn the_search_past_the_break_is_bounded() {
+        let me = std::process::id();
+        let entry = format!(
+            r#"{{"id":"far","pid":{me},"started":"2026-01-02T03:04:05Z","prompt":"p","workspace":"/r"}}"#
+        );
+        // Each junk object reads as JSON to the end of its try, and fails there.
+        let junk = format!("{{\"k\":\"{}", "x".repeat(SALVAGE_WINDOW));
+        let file = |tries: usize| format!("x{}{entry}", junk.repeat(tries)).into_bytes();
+        let within = SALVAGE_BUDGET / SALVAGE_WINDOW - 1;
+        assert_eq!(ids(&Data::salvage(&file(within)).known()), ["far"]);
+        assert!(Data::salvage(&file(within + 2)).known().is_empty());
     }
 
     #[test]
@@ -844,6 +904,7 @@ mod tests {
             "{}".into(),
             r#"{"loops":null,"a":1}"#.into(),
             r#"{"loops":[{"x":1}],"b":{"c":[1,2]},"loops":[]}"#.into(),
+            r#"{"a":1,"loops":5,"b":2,"loops":[]}"#.into(),
             format!(
                 r#"{{ "loops" : [ {{"id":"a","pid":{me},"started":"2026-01-02T03:04:05Z","prompt":"p"}} , 7 ] , "v" : 2.5 }}"#
             ),
