@@ -442,11 +442,22 @@ impl Cgroup {
     }
 }
 
-/// What a cgroup recorded in a lock file has used so far, and the pids in it (for
-/// `status`).
+/// What a cgroup recorded in a lock file has used so far, and the pids in it and in the
+/// cgroups below it (for `status`).
 pub(crate) fn usage_at(path: &Path) -> Option<(Usage, Vec<u32>)> {
     let usage = read_usage(path)?;
-    Some((usage, pids(&path.join("cgroup.procs"))))
+    let mut members = Vec::new();
+    let mut groups = vec![path.to_path_buf()];
+    while let Some(group) = groups.pop() {
+        members.extend(pids(&group.join("cgroup.procs")));
+        let below = fs::read_dir(&group).into_iter().flatten().flatten();
+        groups.extend(
+            below
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    Some((usage, members))
 }
 
 /// What the cgroup at `path` has used: CPU from `cpu.stat` (`None` when it cannot be

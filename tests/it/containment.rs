@@ -334,8 +334,24 @@ fn status_shows_the_memory_of_a_loop_in_its_cgroup() {
         memory.is_some_and(|m| (100_000..=2_000_000_000).contains(&m)),
         "child {child}: {json}"
     );
+    // Moved into a cgroup below the loop's (as a nested service manager would): still
+    // counted, and its memory with it.
+    let below = cgroup.join("below");
+    std::fs::create_dir(&below).unwrap();
+    std::fs::write(below.join("cgroup.procs"), &child).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ws.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["usage"]["processes"], 1, "{json}");
+    let memory = json["usage"]["memory_bytes"].as_u64();
+    assert!(
+        memory.is_some_and(|m| (100_000..=2_000_000_000).contains(&m)),
+        "child {child} below: {json}"
+    );
     p.signal(Signal::SIGTERM);
     assert_eq!(p.finish().code(), 128 + libc::SIGTERM);
+    wait_until("the loop's cgroup to be removed", LIMIT, || {
+        !cgroup.exists()
+    });
 }
 
 /// `--containment tree` as root: no cgroup is made, the tree mode is recorded.
