@@ -435,6 +435,16 @@ fn corrupt_locked_lock_file_names_the_holder_and_is_kept() {
     assert_eq!(status.code(), 0, "{status:?}");
 }
 
+/// The contents of every copy of a corrupt registry kept aside in `.ralph/`.
+fn corrupt_copies(ws: &Workspace) -> Vec<Vec<u8>> {
+    let entries = std::fs::read_dir(ws.path.join(".ralph")).unwrap().flatten();
+    let copies = entries.filter(|e| {
+        let name = e.file_name();
+        name.to_string_lossy().starts_with("loops.json.corrupt-")
+    });
+    copies.map(|e| std::fs::read(e.path()).unwrap()).collect()
+}
+
 #[test]
 fn corrupt_registry_is_kept_aside_on_a_worktree_launch() {
     for (what, bytes) in [
@@ -477,17 +487,7 @@ fn corrupt_registry_is_kept_aside_on_a_worktree_launch() {
         ]);
         assert_eq!(out.code(), 0, "{what}: {out:?}");
         assert!(out.stderr.contains("kept a copy"), "{what}: {}", out.stderr);
-        let copies: Vec<_> = std::fs::read_dir(ws.path.join(".ralph"))
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("loops.json.corrupt-")
-            })
-            .collect();
-        assert_eq!(copies.len(), 1, "{what}");
-        assert_eq!(std::fs::read(copies[0].path()).unwrap(), bytes, "{what}");
+        assert_eq!(corrupt_copies(&ws), std::slice::from_ref(&bytes), "{what}");
         let reg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&during).unwrap()).unwrap();
         assert_eq!(reg["loops"].as_array().unwrap().len(), 1, "{what}: {reg}");
@@ -545,17 +545,7 @@ fn corrupt_registry_keeps_its_live_loops_on_a_worktree_launch() {
         "{}",
         out.stderr
     );
-    let copies: Vec<_> = std::fs::read_dir(ws.path.join(".ralph"))
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("loops.json.corrupt-")
-        })
-        .collect();
-    assert_eq!(copies.len(), 1);
-    assert_eq!(std::fs::read(copies[0].path()).unwrap(), bytes.as_bytes());
+    assert_eq!(corrupt_copies(&ws), [bytes.as_bytes()]);
     // The live loop is still listed, every field of it as ralph wrote it.
     let after: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&registry).unwrap()).unwrap();

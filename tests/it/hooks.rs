@@ -200,59 +200,99 @@ fn a_failing_or_slow_hook_is_logged_and_changes_no_exit_status() {
     );
 }
 
-/// A policy whose `on_start` hook waits for `stop` (a signal's name) after writing
-/// `ready`, and whose `on_exit` hook writes its environment to `exit_env`.
-fn hooks_waiting_for(stop: &str, ready: &Path, exit_env: &Path) -> (tempfile::TempDir, String) {
-    let on_start = argv(&[
-        bin(),
-        "probe",
-        "--exit-on",
-        stop,
-        "--ready-file",
-        ready.to_str().unwrap(),
-    ]);
-    let on_exit = argv(&["sh", "-c", "env > \"$1\"", "sh", exit_env.to_str().unwrap()]);
-    policy_file(&format!(
-        "[hooks]\non_start = {on_start}\non_exit = {on_exit}\ntimeout = \"20s\"\n"
-    ))
+/// A run whose `on_start` hook is stopped: its files, in a directory of their own.
+struct StoppedStart {
+    _dir: tempfile::TempDir,
+    _policy: tempfile::TempDir,
+    /// Written by the hook once it runs.
+    ready: PathBuf,
+    /// Written by the command, were it ever started.
+    started: PathBuf,
+    /// The `on_exit` hook's environment.
+    exit_env: PathBuf,
+    policy: String,
+}
+
+impl StoppedStart {
+    /// `on_start` writes `ready` and then runs until `stop` (a signal's name), or with
+    /// `stop` "file" until the workspace's stop file is there; `on_exit` writes its
+    /// environment.
+    fn new(stop: &str) -> StoppedStart {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let (ready, started, exit_env) = (path("hook.ready"), path("started"), path("exit.env"));
+        let ready_arg = ready.to_str().unwrap();
+        let on_start = match stop {
+            "file" => {
+                let wait =
+                    "touch \"$1\"; while [ ! -e .ralph/stop-requested ]; do sleep 0.01; done";
+                argv(&["sh", "-c", wait, "sh", ready_arg])
+            }
+            _ => argv(&[bin(), "probe", "--exit-on", stop, "--ready-file", ready_arg]),
+        };
+        let on_exit = argv(&["sh", "-c", "env > \"$1\"", "sh", exit_env.to_str().unwrap()]);
+        let (policy_dir, policy) = policy_file(&format!(
+            "[hooks]\non_start = {on_start}\non_exit = {on_exit}\ntimeout = \"20s\"\n"
+        ));
+        StoppedStart {
+            _dir: dir,
+            _policy: policy_dir,
+            ready,
+            started,
+            exit_env,
+            policy,
+        }
+    }
+
+    /// `run --policy <it> <opts> -- <a command that writes started>`, its hook running.
+    fn run(&self, ws: &Workspace, opts: &[&str]) -> Proc {
+        let touch = format!("touch {}", self.started.display());
+        let mut args = vec!["run", "--policy", &self.policy];
+        args.extend_from_slice(opts);
+        args.extend(["--", "sh", "-c", &touch]);
+        let p = Proc::spawn(ws.cmd(&args));
+        wait_until("the on_start hook to be ready", LIMIT, || {
+            self.ready.exists()
+        });
+        p
+    }
+
+    /// The run ended with `code` without starting the command; what `on_exit` was told.
+    fn check(&self, out: &Output, code: i32) -> String {
+        assert_eq!(out.code(), code, "{out:?}");
+        assert!(
+            !self.started.exists(),
+            "the command ran after the stop: {out:?}"
+        );
+        wait_until("the on_exit hook", LIMIT, || self.exit_env.exists());
+        std::fs::read_to_string(&self.exit_env).unwrap()
+    }
+}
+
+/// The history's last record.
+fn last_record(ws: &Workspace) -> serde_json::Value {
+    let history = std::fs::read_to_string(ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
+    serde_json::from_str(history.lines().last().unwrap()).unwrap()
 }
 
 #[test]
 fn a_stop_during_on_start_reaches_the_hook_and_the_command_never_starts() {
     let ws = Workspace::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (ready, exit_env) = (dir.path().join("hook.ready"), dir.path().join("exit.env"));
-    let started = dir.path().join("command.started");
-    let (_p, policy) = hooks_waiting_for("TERM", &ready, &exit_env);
-    let p = Proc::spawn(ws.cmd(&[
-        "run",
-        "--policy",
-        &policy,
-        "--",
-        "sh",
-        "-c",
-        "touch \"$1\"",
-        "sh",
-        started.to_str().unwrap(),
-    ]));
-    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    let stopped = StoppedStart::new("TERM");
+    let p = stopped.run(&ws, &[]);
     p.signal(Signal::SIGTERM);
     let out = p.finish();
-    // The hook died of the TERM passed on; the command was never started.
+    let told = stopped.check(&out, 128 + 15);
+    // The hook died of the TERM passed on.
     assert!(out.stderr.contains("hooks.on_start:"), "{out:?}");
     assert!(out.stderr.contains("killed by SIGTERM"), "{out:?}");
-    assert_eq!(out.code(), 128 + 15, "{out:?}");
-    assert!(!started.exists(), "the command ran after the stop: {out:?}");
-    wait_until("the on_exit hook", LIMIT, || exit_env.exists());
-    let told = std::fs::read_to_string(&exit_env).unwrap();
     assert!(
         told.contains("RALPH_SUPERVISE_REASON=signal SIGTERM"),
         "{told}"
     );
     assert!(told.contains("RALPH_SUPERVISE_EXIT_STATUS=143"), "{told}");
     assert!(!ws.lock_held(), "{out:?}");
-    let history = std::fs::read_to_string(ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
-    let record: serde_json::Value = serde_json::from_str(history.trim()).unwrap();
+    let record = last_record(&ws);
     assert_eq!(record["stopped_by"], "signal SIGTERM", "{record}");
     assert_eq!(record["status"], 143, "{record}");
     assert_eq!(record["child_pid"], serde_json::Value::Null, "{record}");
@@ -263,31 +303,16 @@ fn a_stop_during_on_start_reaches_the_hook_and_the_command_never_starts() {
 #[test]
 fn a_stop_file_written_during_on_start_means_the_command_never_starts() {
     let ws = Workspace::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (ready, started) = (dir.path().join("hook.ready"), dir.path().join("started"));
-    // The hook ends once the stop file is there (it is not passed a signal for it).
-    let script = "touch \"$1\"; while [ ! -e .ralph/stop-requested ]; do sleep 0.01; done";
-    let on_start = argv(&["sh", "-c", script, "sh", ready.to_str().unwrap()]);
-    let (_p, policy) = policy_file(&format!("[hooks]\non_start = {on_start}\n"));
-    let p = Proc::spawn(ws.cmd(&[
-        "run",
-        "--policy",
-        &policy,
-        "--",
-        "sh",
-        "-c",
-        "touch \"$1\"",
-        "sh",
-        started.to_str().unwrap(),
-    ]));
-    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    let stopped = StoppedStart::new("file");
+    let p = stopped.run(&ws, &[]);
     std::fs::write(ws.path.join(".ralph/stop-requested"), "").unwrap();
-    let out = p.finish();
-    assert_eq!(out.code(), 128 + 15, "{out:?}");
-    assert!(!started.exists(), "the command ran after the stop: {out:?}");
+    let told = stopped.check(&p.finish(), 128 + 15);
+    assert!(
+        told.contains("RALPH_SUPERVISE_REASON=stop-request"),
+        "{told}"
+    );
     assert!(!ws.path.join(".ralph/stop-requested").exists());
-    let history = std::fs::read_to_string(ws.path.join(".ralph/supervise/runs.jsonl")).unwrap();
-    let record: serde_json::Value = serde_json::from_str(history.trim()).unwrap();
+    let record = last_record(&ws);
     assert_eq!(record["stopped_by"], "stop-request", "{record}");
     // (No child at all: one started and stopped at once may not get to its `touch`.)
     assert_eq!(record["child_pid"], serde_json::Value::Null, "{record}");
@@ -298,26 +323,13 @@ fn a_stop_file_written_during_on_start_means_the_command_never_starts() {
 #[test]
 fn a_stop_request_during_on_start_is_the_policys_stop_signal() {
     let ws = Workspace::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (ready, exit_env) = (dir.path().join("hook.ready"), dir.path().join("exit.env"));
-    let (_p, policy) = hooks_waiting_for("INT", &ready, &exit_env);
-    let p = Proc::spawn(ws.cmd(&[
-        "run",
-        "--policy",
-        &policy,
-        "--stop-signal",
-        "INT",
-        "--",
-        "true",
-    ]));
-    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    let stopped = StoppedStart::new("INT");
+    let p = stopped.run(&ws, &["--stop-signal", "INT"]);
     let stop = ws.run(&["stop", "--timeout", "20s"]);
     assert_eq!(stop.code(), 0, "{stop:?}");
     let out = p.finish();
-    assert_eq!(out.code(), 128 + 2, "{out:?}");
+    let told = stopped.check(&out, 128 + 2);
     assert!(out.stderr.contains("killed by SIGINT"), "{out:?}");
-    wait_until("the on_exit hook", LIMIT, || exit_env.exists());
-    let told = std::fs::read_to_string(&exit_env).unwrap();
     assert!(
         told.contains("RALPH_SUPERVISE_REASON=stop-request"),
         "{told}"
@@ -329,32 +341,19 @@ fn a_stop_request_during_on_start_is_the_policys_stop_signal() {
 #[test]
 fn a_stop_during_on_start_leaves_no_worktree() {
     let ws = Workspace::git();
-    let dir = tempfile::tempdir().unwrap();
-    let (ready, exit_env) = (dir.path().join("hook.ready"), dir.path().join("exit.env"));
-    let started = dir.path().join("command.started");
-    let (_p, policy) = hooks_waiting_for("INT", &ready, &exit_env);
+    let stopped = StoppedStart::new("INT");
     let primary = ws.start_probe(&["--prompt", "primary"], &["--exit-on", "TERM"]);
     let branches = ws.git_cmd(&["branch", "--list"]);
-    let p = Proc::spawn(ws.cmd(&[
-        "run",
-        "--policy",
-        &policy,
-        "--on-conflict",
-        "worktree",
-        "--prompt",
-        "never started",
-        "--",
-        "sh",
-        "-c",
-        "touch \"$1\"",
-        "sh",
-        started.to_str().unwrap(),
-    ]));
-    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    let p = stopped.run(
+        &ws,
+        &["--on-conflict", "worktree", "--prompt", "never started"],
+    );
     p.signal(Signal::SIGINT);
-    let out = p.finish();
-    assert_eq!(out.code(), 128 + 2, "{out:?}");
-    assert!(!started.exists(), "the command ran after the stop: {out:?}");
+    let told = stopped.check(&p.finish(), 128 + 2);
+    assert!(
+        told.contains("RALPH_SUPERVISE_REASON=signal SIGINT"),
+        "{told}"
+    );
     let left: Vec<_> = std::fs::read_dir(ws.path.join(".worktrees"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
@@ -362,12 +361,6 @@ fn a_stop_during_on_start_leaves_no_worktree() {
     assert_eq!(ws.git_cmd(&["branch", "--list"]), branches);
     let list = ws.run(&["list", "--json"]);
     assert!(!list.stdout.contains("never-started"), "{list:?}");
-    wait_until("the on_exit hook", LIMIT, || exit_env.exists());
-    let told = std::fs::read_to_string(&exit_env).unwrap();
-    assert!(
-        told.contains("RALPH_SUPERVISE_REASON=signal SIGINT"),
-        "{told}"
-    );
     primary.signal(Signal::SIGTERM);
     assert_eq!(primary.finish().code(), 143);
 }

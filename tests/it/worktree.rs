@@ -103,6 +103,25 @@ fn hold(ws: &Workspace) -> Proc {
     ws.start_probe(&["--prompt", "primary"], &["--exit-on", "TERM"])
 }
 
+/// `stop` (its output) stopped worktree loop `id` (a probe that exits on TERM), which
+/// cleaned up and left the registry.
+fn stopped_by_id(ws: &Workspace, stop: Output, id: &str, mut wt_loop: Proc) {
+    assert_eq!(stop.code(), 0, "{stop:?}");
+    assert!(
+        stop.stdout.starts_with(&format!("stopped {id} in "))
+            && stop.stdout.contains("killed by SIGTERM"),
+        "{}",
+        stop.stdout
+    );
+    wt_loop.expect_line("cleanup done");
+    assert_eq!(wt_loop.finish().code(), 143);
+    assert!(
+        registry(ws).iter().all(|e| e["id"] != id),
+        "deregistered: {:?}",
+        registry(ws)
+    );
+}
+
 fn git_identity(cmd: &mut Command) -> &mut Command {
     cmd.env("GIT_AUTHOR_NAME", "t")
         .env("GIT_AUTHOR_EMAIL", "t@example.com")
@@ -127,7 +146,7 @@ fn a_taken_git_workspace_runs_the_second_loop_in_a_worktree() {
     ws.git_cmd(&["commit", "-q", "-m", "ignore"]);
     let mut holder = hold(&ws);
 
-    let mut wt_loop = ws.start_probe(&["--prompt", "fix the parser"], &["--exit-on", "TERM"]);
+    let wt_loop = ws.start_probe(&["--prompt", "fix the parser"], &["--exit-on", "TERM"]);
     let wt = only_worktree(&ws);
     let id = id_of(&wt);
     assert_eq!(wt_loop.value("cwd"), wt.to_str().unwrap());
@@ -196,20 +215,11 @@ fn a_taken_git_workspace_runs_the_second_loop_in_a_worktree() {
     );
 
     // `stop <id>` from the main repository finds the loop through the registry.
-    let stop = ws.run(&["stop", &id, "--timeout", "10s"]);
-    assert_eq!(stop.code(), 0, "{stop:?}");
-    assert!(
-        stop.stdout.starts_with(&format!("stopped {id} in "))
-            && stop.stdout.contains("killed by SIGTERM"),
-        "{}",
-        stop.stdout
-    );
-    wt_loop.expect_line("cleanup done");
-    assert_eq!(wt_loop.finish().code(), 143);
-    assert!(
-        registry(&ws).iter().all(|e| e["id"] != id.as_str()),
-        "deregistered: {:?}",
-        registry(&ws)
+    stopped_by_id(
+        &ws,
+        ws.run(&["stop", &id, "--timeout", "10s"]),
+        &id,
+        wt_loop,
     );
     assert!(wt.is_dir(), "on_exit = keep leaves the worktree");
     assert_eq!(ralph_branches(&ws), vec![format!("ralph/{id}")]);
@@ -749,7 +759,7 @@ fn list_and_stop_with_c_naming_a_subdirectory_find_its_worktree_loops() {
         sub.join(".ralph/loop.lock").is_file(),
         "the primary's lock is the subdirectory's"
     );
-    let mut wt_loop = ws.start_probe_in(&sub, &["--prompt", "sub three"], &["--exit-on", "TERM"]);
+    let wt_loop = ws.start_probe_in(&sub, &["--prompt", "sub three"], &["--exit-on", "TERM"]);
     let wt = only_worktree(&ws);
     let id = id_of(&wt);
     assert_eq!(wt_loop.value("cwd"), wt.to_str().unwrap());
@@ -781,20 +791,7 @@ fn list_and_stop_with_c_naming_a_subdirectory_find_its_worktree_loops() {
     );
 
     let stop = Proc::spawn(ws.cmd_in(&sub, &["stop", &id, "--timeout", "10s"])).finish();
-    assert_eq!(stop.code(), 0, "{stop:?}");
-    assert!(
-        stop.stdout.starts_with(&format!("stopped {id} in "))
-            && stop.stdout.contains("killed by SIGTERM"),
-        "{}",
-        stop.stdout
-    );
-    wt_loop.expect_line("cleanup done");
-    assert_eq!(wt_loop.finish().code(), 143);
-    assert!(
-        registry(&ws).iter().all(|e| e["id"] != id.as_str()),
-        "deregistered: {:?}",
-        registry(&ws)
-    );
+    stopped_by_id(&ws, stop, &id, wt_loop);
     // The primary in the subdirectory was not touched.
     let status = Proc::spawn(ws.cmd_in(&sub, &["status"])).finish();
     assert_eq!(status.code(), 0, "{status:?}");
