@@ -525,7 +525,7 @@ fn environ_strings() -> Vec<*mut libc::c_char> {
 
 /// Takes variable `name` out of the process's environment, so that no process started
 /// later inherits it, and blanks its string where the C library held it (what
-/// `/proc/PID/environ` and `ps -e` read: the environment the process started with);
+/// `/proc/PID/environ` and `ps e` read: the environment the process started with);
 /// its value, if it was set.
 pub(crate) fn take_env(name: &str) -> Option<std::ffi::OsString> {
     let value = std::env::var_os(name)?;
