@@ -56,6 +56,8 @@ use exit::ResultExt;
 pub(crate) use exit::{ExitStatus, Failure};
 
 /// Parses, logs, dispatches, prints the one error line, and returns the exit status.
+/// The process's entry point, called once, before any other thread exists: it takes
+/// the etcd credentials out of the environment (`sys::take_env`).
 pub fn main() -> u8 {
     // What Rust's start-up would have done (the binary skips it, see main.rs): SIGPIPE
     // ignored, so output to a closed pipe fails with EPIPE, which `logging` handles,

@@ -502,53 +502,17 @@ pub(crate) fn start_up() {
     }
 }
 
-unsafe extern "C" {
-    // (`mut`: `setenv` may point it at a new array; std declares it so too.)
-    static mut environ: *const *mut libc::c_char;
-}
-
-/// The C library's environment array as it is now: a pointer to each `NAME=value`
-/// string (NUL-terminated).
-fn environ_strings() -> Vec<*mut libc::c_char> {
-    let mut out = Vec::new();
-    // SAFETY: `environ` is the C library's NULL-terminated array of pointers, read once,
-    // by value, by the one thread that changes it (if any does: see `take_env`).
-    unsafe {
-        let mut entry = (&raw const environ).read();
-        while !entry.is_null() && !(*entry).is_null() {
-            out.push(*entry);
-            entry = entry.add(1);
-        }
-    }
-    out
-}
-
 /// Takes variable `name` out of the process's environment, so that no process started
-/// later inherits it, and blanks its string where the C library held it (what
-/// `/proc/PID/environ` and `ps e` read: the environment the process started with);
+/// later inherits it, and blanks it in the environment the process started with, where
+/// the system keeps it readable to the same user (Linux: `/proc/PID/environ`, `ps e`);
 /// its value, if it was set.
 pub(crate) fn take_env(name: &str) -> Option<std::ffi::OsString> {
     let value = std::env::var_os(name)?;
-    let prefix = [name.as_bytes(), b"="].concat();
-    let held: Vec<_> = (environ_strings().into_iter())
-        .filter(|&string| {
-            // SAFETY: each pointer is a NUL-terminated string of the environment.
-            let string = unsafe { std::ffi::CStr::from_ptr(string) };
-            string.to_bytes().starts_with(&prefix)
-        })
-        .collect();
     // SAFETY: called only at start-up, from `main`, before any thread is started (the
     // signal, fleet and log threads come later), so nothing reads the environment
     // meanwhile; and before any spawn borrows its strings (`spawn::environ`).
     unsafe { std::env::remove_var(name) };
-    for string in held {
-        // SAFETY: `unsetenv` has dropped `string` from the array without freeing it (a
-        // string of the initial environment, on the main thread's stack, or one
-        // `setenv` allocated, which glibc never frees); nothing else refers to it (no
-        // thread yet, no `getenv` result kept), so its bytes, up to its NUL, are ours
-        // to overwrite.
-        unsafe { string.write_bytes(0, libc::strlen(string)) };
-    }
+    os::blank_initial_env(name);
     Some(value)
 }
 

@@ -340,6 +340,11 @@ pub(crate) fn process_identity(pid: u32) -> Option<(u64, bool)> {
     Some((start, info.ki_stat == libc::SZOMB))
 }
 
+/// Linux blanks the variable in the environment block the process started with; here
+/// the kernel's copy (`ps e`, `KERN_PROCARGS2`) is left as it is: `sys::take_env` only
+/// takes it out of `environ`.
+pub(crate) fn blank_initial_env(_name: &str) {}
+
 /// Makes this process the reaper of its descendants (`procctl(PROC_REAP_ACQUIRE)`).
 #[cfg(target_os = "freebsd")]
 pub(crate) fn become_subreaper() -> io::Result<()> {

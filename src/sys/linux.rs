@@ -104,6 +104,48 @@ impl AsFd for ProcessHandle {
     }
 }
 
+/// Overwrites with NULs each `NAME=value` string of variable `name` in the environment
+/// block the kernel gave the process at exec (`env_start`..`env_end`, fields 50 and 51
+/// of `/proc/self/stat`), which `/proc/PID/environ` reads whatever `environ` says now.
+/// For `sys::take_env`, once the variable is out of `environ`.
+pub(crate) fn blank_initial_env(name: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields from the third on, after the command name's closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3)?.parse::<usize>().ok();
+    let (Some(start), Some(end)) = (field(50), field(51)) else {
+        return;
+    };
+    let prefix = [name.as_bytes(), b"="].concat();
+    let mut at = start;
+    while at < end {
+        // SAFETY: `start..end` is this process's environment block as the kernel set it
+        // up at exec, on the main thread's stack, mapped and writable for the process's
+        // life; reads and writes stay inside it, through raw pointers (no reference to
+        // it is made). What is written is only `name`'s strings, which `unsetenv` has
+        // just taken out of `environ` (glibc never frees them: not its own), while no
+        // other thread exists; `environ` may still point at other strings here, which
+        // are left as they are.
+        unsafe {
+            let string = at as *mut u8;
+            let mut len = 0;
+            while at + len < end && string.add(len).read() != 0 {
+                len += 1;
+            }
+            let matches =
+                len >= prefix.len() && (0..prefix.len()).all(|i| string.add(i).read() == prefix[i]);
+            if matches {
+                string.write_bytes(0, len);
+            }
+            at += len + 1;
+        }
+    }
+}
+
 /// Makes this process a child subreaper: orphaned descendants are re-parented to it.
 pub(crate) fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)

@@ -132,18 +132,27 @@ impl Exec {
 
 /// This process's environment as the C library holds it, one `NAME=value` string each.
 fn environ() -> Vec<&'static CStr> {
-    let strings = super::environ_strings();
-    // SAFETY: each is a NUL-terminated string of the C library's environment. What is
-    // relied on for `'static`: no code in this process changes the environment while
-    // the supervisor runs (no `setenv`, `putenv`, `unsetenv`: ralph-supervise's own
-    // sources never do but once, in `sys::take_env` at start-up, before anything reads
-    // it here, which `nothing_changes_our_environment` checks; and no dependency it
-    // uses does), so the array and its strings stay as they are, here and in the child
-    // until it execs. (glibc never frees a string `setenv` stored either; a `putenv`
-    // string is its caller's.)
-    (strings.into_iter())
-        .map(|string| unsafe { CStr::from_ptr(string) })
-        .collect()
+    unsafe extern "C" {
+        // (`mut`: `setenv` may point it at a new array; std declares it so too.)
+        static mut environ: *const *const libc::c_char;
+    }
+    let mut out = Vec::new();
+    // SAFETY: `environ` is the C library's NULL-terminated array of NUL-terminated
+    // strings, read once, by value. What is relied on: no code in this process changes
+    // the environment while the supervisor runs (no `setenv`, `putenv`, `unsetenv`:
+    // ralph-supervise's own sources never do but once, in `sys::take_env` at start-up,
+    // before anything reads it here, which `nothing_changes_our_environment` checks;
+    // and no dependency it uses does), so the array and its strings stay as they are,
+    // here and in the child until it execs. (glibc never frees a string `setenv`
+    // stored either; a `putenv` string is its caller's.)
+    unsafe {
+        let mut entry = (&raw const environ).read();
+        while !entry.is_null() && !(*entry).is_null() {
+            out.push(CStr::from_ptr(*entry));
+            entry = entry.add(1);
+        }
+    }
+    out
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {

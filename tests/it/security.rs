@@ -391,6 +391,48 @@ fn etcd_credentials_reach_no_process_the_supervisor_starts() {
     }
 }
 
+/// A library preloaded into the supervisor that changes the password before `main`:
+/// `putenv` with a string of its own (read-only: writing to it would crash the
+/// supervisor), or `setenv` (a copy: the string the supervisor started with stays in
+/// /proc/PID/environ unless that is blanked too).
+#[test]
+fn credentials_changed_before_main_are_still_taken_and_blanked() {
+    let ws = Workspace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("pre.c");
+    std::fs::write(
+        &source,
+        "#include <stdlib.h>\n\
+         __attribute__((constructor)) static void init(void) {\n\
+           if (getenv(\"PRE_PUTENV\")) putenv(\"RALPH_SUPERVISE_ETCD_PASSWORD=in-rodata\");\n\
+           if (getenv(\"PRE_SETENV\")) setenv(\"RALPH_SUPERVISE_ETCD_PASSWORD\", \"copy\", 1);\n\
+         }\n",
+    )
+    .unwrap();
+    let library = dir.path().join("pre.so");
+    let built = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .output()
+        .expect("gcc");
+    assert!(built.status.success(), "{built:?}");
+    for how in ["PRE_PUTENV", "PRE_SETENV"] {
+        let seen = dir.path().join(format!("{how}.environ"));
+        let copy = format!("cat /proc/$PPID/environ > {}", seen.display());
+        let mut cmd = ws.cmd(&["run", "--", "sh", "-c", &copy]);
+        cmd.env("LD_PRELOAD", &library)
+            .env(how, "1")
+            .env("RALPH_SUPERVISE_ETCD_USER", "agents-user")
+            .env("RALPH_SUPERVISE_ETCD_PASSWORD", "pw-s3cret");
+        let out = Proc::spawn(cmd).finish();
+        assert_eq!(out.code(), 0, "{how}: {out:?}");
+        let environ = String::from_utf8_lossy(&std::fs::read(&seen).unwrap()).into_owned();
+        assert!(environ.contains(how), "{how}: {environ}");
+        assert!(!environ.contains("pw-s3cret"), "{how}: {environ}");
+    }
+}
+
 /// Plants `victim` as a second name (hard link) at `.ralph/<name>`.
 fn hard_link_victim(ws: &Workspace, name: &str, contents: &str) -> std::path::PathBuf {
     let link = ws.path.join(".ralph").join(name);
