@@ -816,29 +816,29 @@ impl Session<'_> {
         received: &[supervisor::Received],
     ) -> Option<(StopReason, ExitStatus)> {
         let stop_signal = self.settings.policy.stop.signal;
-        if let Some((reason, signal)) = hooks::first_stop(received, stop_signal) {
-            return Some((reason, ExitStatus::Signaled(signal)));
-        }
-        // (Without `on_start` there was no time for either.)
+        // (Without `on_start` there was no time for a stop.)
         self.settings.policy.hooks.on_start.as_ref()?;
+        // `stop --fleet`, or a lease lost: first, as a lost lease decides the status (69)
+        // whatever else came, and the command must not start without the key.
+        let events = self.side_events();
+        let lost = (events.iter()).any(|e| matches!(e, machine::Event::LeaseLost { .. }));
+        let fleet = events.into_iter().find_map(|event| match event {
+            _ if lost => Some((StopReason::LeaseLost, ExitStatus::Unavailable)),
+            machine::Event::StopRequest { signal } => Some((
+                StopReason::StopRequest,
+                ExitStatus::Signaled(signal.unwrap_or(stop_signal)),
+            )),
+            _ => None,
+        });
+        let signalled = hooks::first_stop(received, stop_signal);
+        let signalled = signalled.map(|(reason, signal)| (reason, ExitStatus::Signaled(signal)));
         // A stop file written meanwhile (`ralph loops stop`): nobody runs yet to honour
         // it but us. (One left from before was removed at the lock.)
-        if stop_request::remove(self.dir).unwrap_or(false) {
-            return Some((StopReason::StopRequest, ExitStatus::Signaled(stop_signal)));
-        }
-        // `stop --fleet`, or a lease lost: the command must not start without the key.
-        self.side_events()
-            .into_iter()
-            .find_map(|event| match event {
-                machine::Event::LeaseLost { .. } => {
-                    Some((StopReason::LeaseLost, ExitStatus::Unavailable))
-                }
-                machine::Event::StopRequest { signal } => Some((
-                    StopReason::StopRequest,
-                    ExitStatus::Signaled(signal.unwrap_or(stop_signal)),
-                )),
-                _ => None,
-            })
+        let file = || {
+            let asked = stop_request::remove(self.dir).unwrap_or(false);
+            asked.then_some((StopReason::StopRequest, ExitStatus::Signaled(stop_signal)))
+        };
+        fleet.or(signalled).or_else(file)
     }
 
     /// Whether this worktree loop's worktree is removed or being removed: its `.ralph/`

@@ -106,7 +106,7 @@ impl Data {
     /// object that reads as one of our entries is taken for one (once per id), wherever
     /// it sits. What is cut or unreadable is dropped here (the caller keeps a copy of the
     /// file). On a file `parse` reads, this is the same data. The search past the break
-    /// reads at most [`SALVAGE_BUDGET`] bytes, however the file is made.
+    /// is bounded however the file is made ([`SALVAGE_BUDGET`]).
     fn salvage(bytes: &[u8]) -> Data {
         let mut data = Data::default();
         let mut cursor = Cursor { bytes, at: 0 };
@@ -116,7 +116,8 @@ impl Data {
             data.known().into_iter().map(|e| e.id).collect();
         while let Some(found) = bytes[at..].iter().position(|&b| b == b'{') {
             let start = at + found;
-            // An entry is far shorter than this: no try reads further.
+            // No try reads further: an entry is far shorter (one longer, a path of
+            // thousands of escaped characters, is not found past the break).
             let mut entry = Cursor {
                 bytes: &bytes[..bytes.len().min(start + SALVAGE_WINDOW)],
                 at: start,
@@ -189,8 +190,8 @@ impl Data {
 }
 
 /// The most [`Data::salvage`] reads past the point where a corrupt file breaks, beyond
-/// the entries it finds there (0.33 s at worst, measured on crafted files), and the most
-/// one try reads.
+/// the entries it finds there (give or take one try; 0.33 s at worst, measured on
+/// crafted files), and the most one try reads.
 const SALVAGE_BUDGET: usize = 8 << 20;
 const SALVAGE_WINDOW: usize = 16 << 10;
 
@@ -226,7 +227,7 @@ impl Cursor<'_> {
                 self.at += values.byte_offset();
                 Ok(value)
             }
-            // Where it broke, from its line and column (both 1-based, in bytes).
+            // Where it broke: serde_json's line (1-based) and its column in bytes.
             Some(Err(e)) => {
                 let lines = rest.split(|&b| b == b'\n').take(e.line().saturating_sub(1));
                 let line_start: usize = lines.map(|line| line.len() + 1).sum();

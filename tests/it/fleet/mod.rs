@@ -667,6 +667,27 @@ fn stop_fleet_key_stops_a_loop_on_another_host() {
     assert_eq!(again.code(), 3, "{}", again.stderr);
 }
 
+/// `run <fleet args: ttl> -- <writes started>` in `ws`, whose `on_start` hook (a probe
+/// that exits on TERM) is ready; the files in the returned directory.
+fn holder_in_on_start(ws: &Workspace, endpoints: &str, ttl: &str) -> (Proc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("hook.ready");
+    let on_start = format!(
+        "[\"{}\", \"probe\", \"--exit-on\", \"TERM\", \"--ready-file\", \"{}\"]",
+        bin(),
+        ready.display()
+    );
+    ws.write_policy(&format!(
+        "[hooks]\non_start = {on_start}\ntimeout = \"20s\"\n"
+    ));
+    let mut args = fleet_args(endpoints, ttl);
+    let touch = format!("touch {}", dir.path().join("started").display());
+    args.extend(["--", "sh", "-c", &touch]);
+    let holder = Proc::spawn(ws.cmd(&[&["run"][..], &args].concat()));
+    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    (holder, dir)
+}
+
 /// `stop --fleet` while the holder's `on_start` hook runs: the hook gets the stop
 /// signal, the command never starts, the key is let go.
 #[test]
@@ -674,21 +695,8 @@ fn stop_fleet_during_on_start_means_the_command_never_starts() {
     let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (ready, started) = (dir.path().join("hook.ready"), dir.path().join("started"));
-    let on_start = format!(
-        "[\"{}\", \"probe\", \"--exit-on\", \"TERM\", \"--ready-file\", \"{}\"]",
-        bin(),
-        ready.display()
-    );
-    a.write_policy(&format!(
-        "[hooks]\non_start = {on_start}\ntimeout = \"20s\"\n"
-    ));
-    let mut args = fleet_args(&endpoints, "10s");
-    let touch = format!("touch {}", started.display());
-    args.extend(["--", "sh", "-c", &touch]);
-    let holder = Proc::spawn(a.cmd(&[&["run"][..], &args].concat()));
-    wait_until("the on_start hook to be ready", LIMIT, || ready.exists());
+    let (holder, dir) = holder_in_on_start(&a, &endpoints, "10s");
+    let started = dir.path().join("started");
     b.write_policy(&format!("[fleet]\nendpoints = [\"{endpoints}\"]\n"));
     let out = b.run(&["stop", "--fleet", KEY]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -705,6 +713,28 @@ fn stop_fleet_during_on_start_means_the_command_never_starts() {
     );
     let status = b.run(&["status", "--fleet"]);
     assert!(status.stdout.contains("is free"), "{}", status.stdout);
+}
+
+/// The lease is lost while `on_start` runs (etcd frozen): the hook gets the stop signal,
+/// the command never starts without the key, and the run ends with 69.
+#[test]
+fn a_lease_lost_during_on_start_means_the_command_never_starts() {
+    if !etcd::available() {
+        return;
+    }
+    let mut cluster = Cluster::start(1);
+    let ws = host("git@git.example.com:acme/api.git");
+    let (holder, dir) = holder_in_on_start(&ws, &cluster.endpoints(), "3s");
+    cluster.freeze(0);
+    let out = holder.finish();
+    cluster.thaw(0);
+    assert_eq!(out.code(), 69, "{out:?}");
+    assert!(!dir.path().join("started").exists(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("stopped before the command started (fleet-lease-lost)"),
+        "{out:?}"
+    );
 }
 
 #[test]
