@@ -44,6 +44,18 @@ fn parse_stat_start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// Where the kernel put this process's environment at exec: `env_start`..`env_end`
+/// (fields 50 and 51 of `/proc/self/stat`), the bytes `/proc/PID/environ` shows.
+#[cfg(target_os = "linux")]
+pub(crate) fn own_env_block() -> Option<(usize, usize)> {
+    let mut buf = [0; 1024];
+    let stat = read_stat(std::process::id(), &mut buf)?;
+    // `rest` starts at field 3 (state); field 50 is the 48th from there.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(47);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
     crate::sys::process_identity(pid).map(|(start, _)| start)

@@ -105,19 +105,11 @@ impl AsFd for ProcessHandle {
 }
 
 /// Overwrites with NULs each `NAME=value` string of variable `name` in the environment
-/// block the kernel gave the process at exec (`env_start`..`env_end`, fields 50 and 51
-/// of `/proc/self/stat`), which `/proc/PID/environ` reads whatever `environ` says now.
-/// For `sys::take_env`, once the variable is out of `environ`.
+/// block the kernel gave the process at exec (`procfs::own_env_block`), which
+/// `/proc/PID/environ` reads whatever `environ` says now. For `sys::take_env`, once the
+/// variable is out of `environ`.
 pub(crate) fn blank_initial_env(name: &str) {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return;
-    };
-    // Fields from the third on, after the command name's closing parenthesis.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let field = |n: usize| fields.get(n - 3)?.parse::<usize>().ok();
-    let (Some(start), Some(end)) = (field(50), field(51)) else {
+    let Some((start, end)) = crate::procfs::own_env_block() else {
         return;
     };
     let prefix = [name.as_bytes(), b"="].concat();
