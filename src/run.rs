@@ -400,12 +400,15 @@ fn run_locked(
         )),
         Ok(()) => {
             let mut told = run_facts(settings, place);
-            let mut received = Vec::new();
-            if let Some(argv) = &settings.policy.hooks.on_start {
-                let (timeout, stop) = (settings.policy.hooks.timeout, settings.policy.stop.signal);
-                let side = session.side_channel();
-                received = hooks::run("on_start", argv, &told, timeout, stop, signals, side);
-            }
+            let received = match &settings.policy.hooks.on_start {
+                None => Vec::new(),
+                Some(argv) => {
+                    let (timeout, stop) =
+                        (settings.policy.hooks.timeout, settings.policy.stop.signal);
+                    let side = session.side_channel();
+                    hooks::run("on_start", argv, &told, timeout, stop, signals, side)
+                }
+            };
             let result = match session.stop_before_start(&received) {
                 // A stop came while `on_start` ran: the command is never started.
                 Some((reason, status)) => {
@@ -822,14 +825,14 @@ impl Session<'_> {
         // whatever else came, and the command must not start without the key.
         let events = self.side_events();
         let lost = (events.iter()).any(|e| matches!(e, machine::Event::LeaseLost { .. }));
-        let fleet = events.into_iter().find_map(|event| match event {
-            _ if lost => Some((StopReason::LeaseLost, ExitStatus::Unavailable)),
-            machine::Event::StopRequest { signal } => Some((
-                StopReason::StopRequest,
-                ExitStatus::Signaled(signal.unwrap_or(stop_signal)),
-            )),
+        let asked = events.into_iter().find_map(|event| match event {
+            machine::Event::StopRequest { signal } => Some(signal.unwrap_or(stop_signal)),
             _ => None,
         });
+        let fleet = match (lost, asked) {
+            (true, _) => Some((StopReason::LeaseLost, ExitStatus::Unavailable)),
+            (false, asked) => asked.map(|sig| (StopReason::StopRequest, ExitStatus::Signaled(sig))),
+        };
         let signalled = hooks::first_stop(received, stop_signal);
         let signalled = signalled.map(|(reason, signal)| (reason, ExitStatus::Signaled(signal)));
         // A stop file written meanwhile (`ralph loops stop`): nobody runs yet to honour
