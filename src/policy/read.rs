@@ -230,14 +230,12 @@ fn located(path: &Path, text: &str, at: Option<usize>, msg: &str) -> Failure {
 }
 /// 1-based line and character (not byte) column of byte `offset` in `text`.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (before.matches('\n').count() + 1, col)
+    let within = |(i, c): &(usize, char)| i + c.len_utf8() <= offset;
+    let before = text.char_indices().take_while(within);
+    before.fold((1, 1), |(line, col), (_, c)| match c {
+        '\n' => (line + 1, 1),
+        _ => (line, col + 1),
+    })
 }
 /// "an integer", "a string".
 fn a(type_name: &str) -> String {
