@@ -529,7 +529,7 @@ pub(crate) fn policy(e: &Effective) -> String {
         if i == 0 || TABLE[i - 1].section != key.section {
             let _ = writeln!(out, "\n[{}]", key.section);
         }
-        let origin = match e.source(key.full) {
+        let origin = match &e.sources[key.full] {
             Source::Default => "default".to_string(),
             Source::File(file) => path(file),
             Source::Flag => key.long_flag().unwrap_or_default(),

@@ -199,12 +199,6 @@ pub(crate) struct Effective {
     pub(crate) file: Option<PathBuf>,
     pub(crate) sources: BTreeMap<&'static str, Source>,
 }
-impl Effective {
-    /// Where `key` (`"stop.grace"`) came from; [`Source::Default`] for unknown keys.
-    pub(crate) fn source(&self, key: &str) -> &Source {
-        self.sources.get(key).unwrap_or(&Source::Default)
-    }
-}
 
 /// Values given on the command line ([`Overrides::set`]), read as the file's are: the
 /// last given wins; a table key's flag (`restart_exit`) adds each entry, in order.

@@ -402,23 +402,23 @@ fn file_overrides_defaults_and_flags_override_file() {
     let p = &e.policy;
     // Flag over file.
     assert_eq!(p.conflict.policy, Some(OnConflict::Takeover));
-    assert_eq!(e.source("conflict.policy"), &Source::Flag);
+    assert_eq!(e.sources["conflict.policy"], Source::Flag);
     assert_eq!(p.stop.grace, Duration::from_secs(5));
-    assert_eq!(e.source("stop.grace"), &Source::Flag);
+    assert_eq!(e.sources["stop.grace"], Source::Flag);
     // Flag over default.
     assert_eq!(p.run.max_runtime, Some(Duration::from_secs(60)));
-    assert_eq!(e.source("run.max_runtime"), &Source::Flag);
+    assert_eq!(e.sources["run.max_runtime"], Source::Flag);
     // File over default.
     assert_eq!(p.stop.signal, libc::SIGINT);
-    assert_eq!(e.source("stop.signal"), &Source::File(path.clone()));
+    assert_eq!(e.sources["stop.signal"], Source::File(path.clone()));
     assert_eq!(p.restart.policy, RestartWhen::OnFailure);
     assert_eq!(p.restart.max, Some(3));
-    assert_eq!(e.source("restart.max"), &Source::File(path.clone()));
+    assert_eq!(e.sources["restart.max"], Source::File(path.clone()));
     assert_eq!(p.log.level, LogLevel::Debug);
     // Default.
     assert_eq!(p.stop.orphans, Orphans::Kill);
-    assert_eq!(e.source("stop.orphans"), &Source::Default);
-    assert_eq!(e.source("conflict.exit_code"), &Source::Default);
+    assert_eq!(e.sources["stop.orphans"], Source::Default);
+    assert_eq!(e.sources["conflict.exit_code"], Source::Default);
 
     let flagged: Vec<_> = e
         .sources
@@ -502,7 +502,7 @@ fn every_flag_overrides_the_full_file() {
         } else {
             Source::File(path.clone())
         };
-        assert_eq!(e.source(key), &expected, "{key}");
+        assert_eq!(e.sources[key], expected, "{key}");
     }
 }
 
@@ -512,7 +512,7 @@ fn restart_delay_raises_a_shorter_backoff_max() {
     let e = resolve(None, &flags);
     assert_eq!(e.policy.restart.backoff_initial, Duration::from_secs(120));
     assert_eq!(e.policy.restart.backoff_max, Duration::from_secs(120));
-    assert_eq!(e.source("restart.backoff_max"), &Source::Flag);
+    assert_eq!(e.sources["restart.backoff_max"], Source::Flag);
 }
 
 #[test]
@@ -719,7 +719,7 @@ fn effective_finds_loads_and_resolves() {
     let e = effective(None, tmp.path(), &env_of(&[]), &Overrides::default()).unwrap();
     assert_eq!(e.file, Some(ws_file.clone()));
     assert_eq!(e.policy.stop.grace, Duration::from_secs(3));
-    assert_eq!(e.source("stop.grace"), &Source::File(ws_file.clone()));
+    assert_eq!(e.sources["stop.grace"], Source::File(ws_file.clone()));
     std::fs::write(&ws_file, "[stop]\ngrace = 3\n").unwrap();
     let err = effective(None, tmp.path(), &env_of(&[]), &Overrides::default()).unwrap_err();
     assert_eq!(err.status, ExitStatus::BadPolicy);
@@ -1287,7 +1287,7 @@ fn restart_exit_flags_add_entries() {
         [(0, ExitRule::Stop), (75, ExitRule::Backoff)],
         "the last use of a code wins"
     );
-    assert_eq!(e.source("restart.exit"), &Source::Flag);
+    assert_eq!(e.sources["restart.exit"], Source::Flag);
     let shown = show(&e);
     assert!(
         shown.contains("exit = { 0 = \"stop\", 75 = \"restart\" }  # --restart-exit\n"),
