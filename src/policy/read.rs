@@ -174,9 +174,7 @@ fn read(text: &str, to: &mut PolicyFile) -> Result<(), Bad> {
     let file = serde_path_to_error::deserialize::<_, File>(ValueDeserializer::from(root.clone()));
     // The first problem in the file: in its sections' shape, or in what serde reads.
     match (sections(&root), file.map_err(|e| complaint(&root, &e))) {
-        (Err((from, shape)), Err(read)) => {
-            return Err(if Some(from) <= read.0 { shape } else { read });
-        }
+        (Err((from, _)), Err(read)) if read.0 < Some(from) => return Err(read),
         (Err((_, bad)), _) | (_, Err(bad)) => return Err(bad),
         (Ok(()), Ok(file)) => apply(file, to),
     }
