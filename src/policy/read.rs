@@ -94,15 +94,7 @@ fn wrong_type(path: &str, expected: &str, value: &DeValue) -> String {
         (Some(key), None) => key.expected,
         _ => expected,
     };
-    let found = match value {
-        // `[[hooks.on_start]]`: not "an array", which an array of strings also is.
-        DeValue::Array(items)
-            if !items.is_empty() && items.iter().all(|i| i.get_ref().is_table()) =>
-        {
-            "an array of tables".to_string()
-        }
-        _ => a(value.type_str()),
-    };
+    let found = a(value);
     format!("{path} must be {expected}, found {found}; {}", hint(path))
 }
 
@@ -135,7 +127,7 @@ fn sections(root: &Spanned<DeValue>) -> Result<(), (usize, Bad)> {
             ),
             other => format!(
                 "{name} must be a section, found {}; put its keys under a [{name}] header",
-                a(other.type_str())
+                a(other)
             ),
         };
         return Err((from, (Some(at), msg)));
@@ -235,8 +227,14 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
         _ => (line, col + 1),
     })
 }
-/// "an integer", "a string".
-fn a(type_name: &str) -> String {
+/// "an integer", "a string"; "an array of tables" for `[[hooks.on_start]]`, not "an
+/// array", which an array of strings also is.
+fn a(value: &DeValue) -> String {
+    let table = |item: &Spanned<DeValue>| item.get_ref().is_table();
+    let type_name = match value {
+        DeValue::Array(items) if !items.is_empty() && items.iter().all(table) => "array of tables",
+        _ => value.type_str(),
+    };
     let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
