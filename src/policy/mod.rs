@@ -234,10 +234,8 @@ pub(crate) fn find(
     let candidates = [Some(ws.join(WORKSPACE_FILE)), user];
     // One counts if it exists, readable or not; one in a directory we may not search
     // (a service user with `HOME=/root`) is skipped like a missing one.
-    let present = |p: &PathBuf| match std::fs::metadata(p) {
-        Err(e) => !matches!(e.kind(), NotFound | PermissionDenied | NotADirectory),
-        Ok(_) => true,
-    };
+    let absent = [NotFound, PermissionDenied, NotADirectory];
+    let present = |p: &PathBuf| !std::fs::metadata(p).is_err_and(|e| absent.contains(&e.kind()));
     Ok(candidates.into_iter().flatten().find(present))
 }
 
