@@ -25,10 +25,8 @@ use crate::worktree::check_dir;
 use crate::worktree::copy::{GLOBS, Glob};
 use crate::worktree::id::branch_prefix;
 
-/// How a key's value is read, checked and shown. `DOC` names the type in the man page;
-/// `EXPECTED` is what a value of another type is told it must be, and `HINT` what to
-/// write instead (for the value, or for one entry or item of it); `show` is `None`
-/// when unset.
+/// How a key's value is read, checked and shown: what its [`Key`](super::Key) row holds
+/// (`DOC` is its `kind`; `HINT` is for the value, or for one entry or item of it).
 pub(crate) trait Kind: DeserializeOwned {
     type Out: Clone;
     const DOC: &'static str;

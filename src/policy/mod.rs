@@ -54,8 +54,7 @@ macro_rules! schema {
             #[serde(deny_unknown_fields)]
             pub(crate) struct $Sec { $(pub(crate) $key: Option<$kind>,)+ })+
         }
-        /// Puts the values `file` sets over `to`'s (a table of entries adds them to its
-        /// own), and adds the keys it sets to `to`'s.
+        /// Puts the values `file` sets over `to`'s ([`Kind::merge`]); their keys go in `to.set`.
         fn apply(file: file::File, to: &mut PolicyFile) {
             $(if let Some(sec) = file.$sec { $(if let Some(value) = sec.$key {
                 <$kind as Kind>::merge(&mut to.values.$sec.$key, value.out());
@@ -153,8 +152,7 @@ pub(crate) struct Key {
     pub(crate) unset: &'static str,
     /// The command-line flag's name (`stop_grace`), if the key has one.
     pub(crate) flag: Option<&'static str>,
-    /// For a table of entries: how its flag's value is written (`CODE=ACTION`); the flag
-    /// may be repeated, each entry added over the file's.
+    /// For a table of entries, how its flag's value is written: [`Kind::ENTRY`].
     pub(crate) entry: Option<&'static str>,
     /// What a value of another type is told it must be, and what to write instead.
     expected: &'static str,
