@@ -21,8 +21,6 @@ use crate::setting::short_duration as format_duration;
 
 /// A complaint: where it is (a byte offset; none for a TOML error without a span), what.
 type Bad = (Option<usize>, String);
-/// A complaint of toml's deserializer with the path of the key or value it is about.
-type ReadError = serde_path_to_error::Error<Error>;
 
 /// `hooks.on_exit` and `[1]` as `hooks.on_exit[1]`, `run` and `env` as `run.env`.
 fn child_path(path: &str, name: &str) -> String {
@@ -36,7 +34,7 @@ fn child_path(path: &str, name: &str) -> String {
 /// toml's complaint `e` about the file `root` as our one line, at the key or value it is
 /// about: serde's path leads to the value (the outermost with the complaint's span), and
 /// a span before the value's is its key's.
-fn complaint(root: &Spanned<DeValue>, e: &ReadError) -> Bad {
+fn complaint(root: &Spanned<DeValue>, e: &serde_path_to_error::Error<Error>) -> Bad {
     let (msg, span) = (e.inner().message(), e.inner().span().unwrap_or(root.span()));
     let (mut table, mut path, mut name, mut value) = (String::new(), String::new(), None, root);
     for segment in e.path() {
