@@ -654,21 +654,25 @@ pub(crate) fn request_stop(
     let Ok(sig) = Signal::try_from(signal.unwrap_or(fallback)) else {
         return;
     };
-    if let Some(cgroup) = &t.cgroup
-        && signals::scope(sig as i32) == signals::Scope::Group
-    {
-        // No supervisor to carry the stop to the rest of the loop: its cgroup does (the
-        // child is in it too).
-        crate::containment::signal_orphaned(cgroup, sig as i32);
-    } else if let Some(child) = t.child {
-        let _ = match signals::scope(sig as i32) {
-            signals::Scope::Child => kill(child, sig),
-            signals::Scope::Group => killpg(child, sig),
-        };
-    } else {
-        // Supervisor and child gone: the loop's leftover holders of the lock.
-        for p in &t.leftovers {
-            signal_leftover(p, sig);
+    // Each target gets the signal, then CONT (as a supervisor sends them): a stopped
+    // process acts on it.
+    for sig in [sig, Signal::SIGCONT] {
+        if let Some(cgroup) = &t.cgroup
+            && signals::scope(sig as i32) == signals::Scope::Group
+        {
+            // No supervisor to carry the stop to the rest of the loop: its cgroup does
+            // (the child is in it too).
+            crate::containment::signal_orphaned(cgroup, sig as i32);
+        } else if let Some(child) = t.child {
+            let _ = match signals::scope(sig as i32) {
+                signals::Scope::Child => kill(child, sig),
+                signals::Scope::Group => killpg(child, sig),
+            };
+        } else {
+            // Supervisor and child gone: the loop's leftover holders of the lock.
+            for p in &t.leftovers {
+                signal_leftover(p, sig);
+            }
         }
     }
 }

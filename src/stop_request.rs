@@ -60,9 +60,13 @@ pub(crate) fn decode(signo: i32, code: i32, value: u64) -> Option<Option<i32>> {
 }
 
 /// Asks the supervisor `pid` to stop its loop, its command getting `signal` (`None`: the
-/// loop's own `stop.signal`).
+/// loop's own `stop.signal`); then continues it, as systemd follows `KillSignal=` with
+/// CONT: a supervisor stopped with its job (Ctrl-Z at a terminal) acts on the request now
+/// instead of when the job is next continued. (To a running one CONT does nothing.)
 pub(crate) fn ask(pid: Pid, signal: Option<i32>) -> io::Result<()> {
-    crate::sys::sigqueue(pid.as_raw(), CARRIER, encode(signal))
+    crate::sys::sigqueue(pid.as_raw(), CARRIER, encode(signal))?;
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    Ok(())
 }
 
 #[cfg(test)]

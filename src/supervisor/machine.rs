@@ -348,7 +348,8 @@ pub(crate) enum Action {
     /// `killpg(child_pgid, sig)`.
     SignalGroup(i32),
     /// `sig` to every process of the loop (its cgroup or process tree; with `orphans =
-    /// "leave"`, the child's process group).
+    /// "leave"`, the child's process group), then CONT unless `sig` is KILL: it is always
+    /// a stop, which a stopped process must be continued to act on.
     SignalTree(i32),
     /// Processes of the loop outlived KILL by [`KILL_WAIT`]: name them, go on without.
     Unended,

@@ -440,6 +440,13 @@ fn act(action: Action, ctx: &mut Context<'_>) {
         Action::SignalTree(sig) => {
             debug!(signal = %signals::name(sig), mode = %ctx.tree.mode(), "signalling every process of the loop");
             ctx.tree.signal_all(sig);
+            // A stop signal is followed by CONT, as systemd's `KillSignal=` is: a
+            // process stopped meanwhile (`kill -STOP`, Ctrl-Z with nobody to continue
+            // it) gets it now, and may stop gracefully instead of waiting for KILL.
+            if sig != libc::SIGKILL {
+                ctx.tree.thaw();
+                ctx.tree.signal_all(libc::SIGCONT);
+            }
         }
         Action::Unended => {
             let left = ctx.tree.left();

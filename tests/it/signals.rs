@@ -308,3 +308,27 @@ fn a_signal_storm_during_restarts_loses_no_run() {
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     assert!(!ws.lock_held());
 }
+
+/// Whether process `pid` is stopped (`T` in `/proc/PID/stat`).
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(") ").next().map(|rest| rest.starts_with('T')))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_stopped_command_is_continued_after_its_stop_signal() {
+    // `docker stop` (a plain TERM) to a loop whose command was stopped meanwhile: as
+    // systemd's KillSignal= is, the stop signal is followed by CONT, so the command
+    // stops gracefully (143 from its TERM) instead of waiting out the grace for KILL.
+    let ws = Workspace::new();
+    let mut p = ws.start_probe(&["--stop-grace", "60s"], &["--exit-on", "TERM"]);
+    let child: i32 = p.value("pid").parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGSTOP).unwrap();
+    wait_until("the command to stop", LIMIT, || stopped(child));
+    p.signal(Signal::SIGTERM);
+    p.expect_line("cleanup done");
+    let out = p.finish();
+    assert_eq!(out.code(), 143, "{}", out.stderr);
+}

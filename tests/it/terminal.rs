@@ -124,3 +124,27 @@ fn ctrl_z_stops_a_run_waiting_for_the_lock_and_fg_resumes_the_wait() {
     assert!(!screen.contains("ignoring SIGTSTP"), "{screen}");
     assert!(!ws.lock_held());
 }
+
+#[test]
+fn stop_ends_a_job_stopped_at_the_terminal_gracefully() {
+    // Ctrl-Z stops the supervisor with its command; `ralph-supervise stop` from elsewhere
+    // continues it (as systemd follows KillSignal= with CONT), so the command gets its
+    // TERM now and the stop reports the loop ended, instead of timing out.
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&run_line(
+        &ws,
+        &format!("-- {} probe --exit-on TERM", bin()),
+    ));
+    sh.expect("ready");
+    sh.send("\x1a");
+    sh.expect("Stopped");
+    sh.expect(PROMPT);
+    let out = ws.run(&["stop", "--timeout", "15s"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    sh.expect("signal SIGTERM");
+    sh.expect("cleanup done");
+    assert!(!ws.lock_held());
+    sh.send("wait; jobs; echo jobs-listed\n");
+    sh.expect("jobs-listed\r\n");
+}
