@@ -101,7 +101,9 @@ pub(crate) fn run(cli: Cli) -> Result<ExitStatus, Failure> {
                 command: args.command,
                 policy,
             };
-            run::run(settings)
+            let status = run::run(settings)?;
+            terminal::end_like_the_command(status);
+            Ok(status)
         }
         Command::Policy(PolicyCommand::Show(args)) => {
             init_logging(&global, None);

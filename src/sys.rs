@@ -104,6 +104,27 @@ pub(crate) fn sigqueue(pid: i32, sig: i32, value: usize) -> io::Result<()> {
     }
 }
 
+/// Dies of signal `sig`, as the command did, without a core file (the command's was
+/// written, if any): its default action restored, unblocked, raised. Returns when it
+/// does not kill us: as PID 1 of a namespace, where the kernel drops a signal whose
+/// action is the default.
+pub(crate) fn die_of(sig: i32) {
+    use nix::sys::resource::{Resource, setrlimit};
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    // SAFETY: SIG_DFL installs no code of ours; KILL and STOP, whose action cannot be
+    // changed, fail with EINVAL, and are raised as they are.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+    if let Ok(signal) = nix::sys::signal::Signal::try_from(sig) {
+        let mut only = nix::sys::signal::SigSet::empty();
+        only.add(signal);
+        let _ = only.thread_unblock();
+        let _ = nix::sys::signal::raise(signal);
+        let _ = only.thread_block();
+    }
+}
+
 /// One signal (or `.ralph/` change, as [`watch_signal`]) read from an [`EventSource`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Received {

@@ -30,6 +30,7 @@ use nix::sys::stat::{SFlag, fstat};
 use nix::sys::termios::tcgetsid;
 use nix::unistd::{Pid, getpgrp, getpid, getsid, isatty, tcgetpgrp, tcsetpgrp};
 
+use crate::exit::ExitStatus;
 use crate::sys::std_fd;
 
 /// Our controlling terminal, as one of our standard descriptors.
@@ -135,6 +136,22 @@ pub(crate) fn stop_self(sig: i32, job_has_it: bool) {
         _ => {
             let _ = kill(getpid(), Signal::SIGSTOP);
         }
+    }
+}
+
+/// The end of `run` at a terminal: when the status says the command died of signal N
+/// (or a stop by N came before it started), the supervisor dies of N too, everything
+/// else done, instead of exiting 128+N. The shell then does what it does when the
+/// command runs directly: it restores the terminal's modes that a full-screen program
+/// killed in raw mode left, and after INT it ends the loop or script it runs (bash
+/// ends a loop only when a job died of INT). `$?` is 128+N either way. Without a
+/// terminal (a service, CI, a pipe), and as PID 1, the exit status is 128+N.
+pub(crate) fn end_like_the_command(status: ExitStatus) {
+    if let ExitStatus::Signaled(sig) = status
+        && Terminal::detect().is_some()
+    {
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        crate::sys::die_of(sig);
     }
 }
 

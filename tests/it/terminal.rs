@@ -148,3 +148,42 @@ fn stop_ends_a_job_stopped_at_the_terminal_gracefully() {
     sh.send("wait; jobs; echo jobs-listed\n");
     sh.expect("jobs-listed\r\n");
 }
+
+#[test]
+fn ctrl_c_ends_the_shell_loop_that_runs_the_supervisor() {
+    // bash ends a loop only when its job died of INT: the supervisor dies of the
+    // command's signal at a terminal, so the loop ends as with the command run directly.
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    let run = run_line(&ws, &format!("-- {} probe --exit-on INT", bin()));
+    sh.send(&format!(
+        "for i in 1 2; do {}; echo after-$i; done; echo loop-done\n",
+        run.trim_end()
+    ));
+    sh.expect("ready");
+    sh.send("\x03");
+    sh.expect("cleanup done");
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 130);
+    let screen = sh.screen();
+    assert!(!screen.contains("after-1"), "{screen}");
+    assert!(!screen.contains("\nloop-done"), "{screen}");
+}
+
+#[test]
+fn the_terminal_modes_come_back_after_a_command_killed_in_raw_mode() {
+    // A full-screen program killed while the terminal is raw: bash restores the modes
+    // it saved, as it does for the command run directly, since the job died of a signal.
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&run_line(
+        &ws,
+        "-- sh -c 'stty raw -echo; echo raw-set; kill -KILL $$'",
+    ));
+    sh.expect("raw-set");
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 137);
+    sh.send("echo \"mode=$(stty -a | grep -o -- '-*isig' | head -n 1).\"\n");
+    sh.expect("mode=isig.");
+    assert!(!ws.lock_held());
+}
