@@ -412,11 +412,8 @@ fn run_locked(
             let result = match session.stop_before_start(&received) {
                 // A stop came while `on_start` ran: the command is never started.
                 Some((reason, status)) => {
-                    info!(
-                        "stopped before the command started ({})",
-                        stopped_by(reason)
-                    );
-                    crate::service::stopping();
+                    info!("stopped before the command started ({})", reason);
+                    crate::service::stopping(Some(&reason.to_string()));
                     let config = machine_config(&settings.policy, false);
                     let machine =
                         Machine::stopped_before_start(config, reason, status, Instant::now());
@@ -430,7 +427,7 @@ fn run_locked(
             told.reason = result.as_ref().ok().map(|(_, machine)| {
                 machine
                     .stop_reason()
-                    .map_or_else(|| "exit".to_string(), stopped_by)
+                    .map_or_else(|| "exit".to_string(), |reason| reason.to_string())
             });
             *facts = Some(told);
             result
@@ -495,7 +492,7 @@ fn supervise(
     let config = machine_config(&session.settings.policy, terminal.is_some());
     let mut machine = Machine::new(config, Instant::now());
     let status = supervisor::supervise(child, &mut machine, signals, terminal, session, tree)?;
-    crate::service::stopping();
+    crate::service::stopping(None);
     debug!(code = status.code(), "supervision over");
     Ok((status, machine))
 }
@@ -919,7 +916,7 @@ fn history_record(
         signal,
         status: status.code(),
         restarts: machine.restarts(),
-        stopped_by: machine.stop_reason().map(stopped_by),
+        stopped_by: machine.stop_reason().map(|reason| reason.to_string()),
         worktree: session.place.worktree().map(|c| c.path.clone()),
         supervisor_pid: std::process::id(),
         child_pid: session.child.map(|c| c.pid.as_raw() as u32),
@@ -937,19 +934,6 @@ fn history_record(
             .to_string()
         }),
         processes_peak: used.processes_peak,
-    }
-}
-
-/// What stopped the loop, in the history's `stopped_by` words (also `hooks.on_exit`'s
-/// `RALPH_SUPERVISE_REASON`).
-fn stopped_by(reason: StopReason) -> String {
-    match reason {
-        StopReason::Signal(sig) => format!("signal {}", signals::name(sig)),
-        StopReason::StopRequest => "stop-request".into(),
-        StopReason::MaxRuntime => "max-runtime".into(),
-        StopReason::Discarded => "discarded".into(),
-        StopReason::Stall => "stall".into(),
-        StopReason::LeaseLost => "fleet-lease-lost".into(),
     }
 }
 

@@ -5,6 +5,7 @@
 //! is a no-op.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::notify::Notifier;
 
@@ -32,9 +33,17 @@ pub(crate) fn ready_running(pid: u32, worktree: Option<&std::path::Path>) {
     }
 }
 
-/// STOPPING=1.
-pub(crate) fn stopping() {
-    if let Some(n) = notifier() {
-        n.stopping();
+/// STOPPING=1, once: when a stop begins (with `why`, for a STATUS= line: systemd then
+/// shows the service deactivating while the command has its grace, even when systemd
+/// did not start the stop), else at the end.
+pub(crate) fn stopping(why: Option<&str>) {
+    static SENT: AtomicBool = AtomicBool::new(false);
+    if let Some(n) = notifier()
+        && !SENT.swap(true, Ordering::Relaxed)
+    {
+        match why {
+            Some(why) => n.send(&format!("STOPPING=1\nSTATUS=stopping: {why}")),
+            None => n.stopping(),
+        };
     }
 }

@@ -288,6 +288,21 @@ pub(crate) enum StopReason {
     LeaseLost,
 }
 
+/// What stopped the loop, in the history's `stopped_by` words (also `hooks.on_exit`'s
+/// `RALPH_SUPERVISE_REASON`, and systemd's STATUS= line).
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Signal(sig) => write!(f, "signal {}", crate::signals::name(*sig)),
+            StopReason::StopRequest => f.write_str("stop-request"),
+            StopReason::MaxRuntime => f.write_str("max-runtime"),
+            StopReason::Discarded => f.write_str("discarded"),
+            StopReason::Stall => f.write_str("stall"),
+            StopReason::LeaseLost => f.write_str("fleet-lease-lost"),
+        }
+    }
+}
+
 /// Where the supervision is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {

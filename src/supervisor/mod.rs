@@ -371,8 +371,16 @@ fn carry_out(
     let was_draining = matches!(machine.state(), State::Draining { killed: false, .. });
     let had_reason = machine.stop_reason();
     let actions = machine.handle(event, now);
-    if had_reason.is_none() && machine.stop_reason() == Some(StopReason::MaxRuntime) {
-        info!("max_runtime reached: stopping the command (status 124)");
+    match machine.stop_reason() {
+        _ if had_reason.is_some() => {}
+        // (A stall may restart: not the service's stop.)
+        None | Some(StopReason::Stall) => {}
+        Some(reason) => {
+            if reason == StopReason::MaxRuntime {
+                info!("max_runtime reached: stopping the command (status 124)");
+            }
+            crate::service::stopping(Some(&reason.to_string()));
+        }
     }
     if was_stopping && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
         let why = match event {

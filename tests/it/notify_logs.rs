@@ -127,3 +127,34 @@ fn completions_generate_for_each_shell() {
     let out = ws.run(&["completions", "tcsh"]);
     assert_eq!(out.code(), 2);
 }
+
+#[test]
+fn stopping_is_sent_when_the_stop_begins_not_when_the_loop_has_ended() {
+    // systemd shows the service deactivating through the command's grace, also for a
+    // stop it did not start itself (here, a stop request).
+    let ws = Workspace::new();
+    let sock_path = ws.path.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut cmd = ws.cmd(&["run", "--stop-grace", "60s", "--", bin(), "probe"]);
+    cmd.env("NOTIFY_SOCKET", &sock_path);
+    let mut service = Proc::spawn(cmd);
+    service.expect_line("ready");
+    let child: i32 = service.value("pid").parse().unwrap();
+    let mut got = Vec::new();
+    recv_until(&sock, &mut got, "READY=1");
+    let stop = Proc::spawn(ws.cmd(&["stop", "--timeout", "60s"]));
+    recv_until(&sock, &mut got, "STOPPING=1");
+    // The probe reports TERM and goes on: its grace has 60 s to run.
+    service.expect_line("signal SIGTERM");
+    assert!(
+        alive(child),
+        "STOPPING=1 came with the stop, not at the end"
+    );
+    let stopping = got.iter().find(|m| m.contains("STOPPING=1")).unwrap();
+    assert_eq!(stopping, "STOPPING=1\nSTATUS=stopping: stop-request");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL).unwrap();
+    assert_eq!(service.finish().code(), 137);
+    assert_eq!(stop.finish().code(), 0);
+    // Once: nothing more after the end.
+    assert_eq!(got.iter().filter(|m| m.contains("STOPPING=1")).count(), 1);
+}
