@@ -104,6 +104,13 @@ pub(crate) fn sigqueue(pid: i32, sig: i32, value: usize) -> io::Result<()> {
     }
 }
 
+/// Whether `sig` is pending for this thread or the process (blocked, not yet read).
+pub(crate) fn pending(sig: i32) -> bool {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigpending fills the set it is given; it is read only when it succeeded.
+    unsafe { libc::sigpending(set.as_mut_ptr()) == 0 && libc::sigismember(set.as_ptr(), sig) == 1 }
+}
+
 /// Dies of signal `sig`, as the command did, without a core file (the command's was
 /// written, if any): its default action restored, unblocked, raised. Returns when it
 /// does not kill us: as PID 1 of a namespace, where the kernel drops a signal whose

@@ -118,6 +118,12 @@ fn writes_to_a_pipeline() -> bool {
 /// supervisor in the foreground job), every member has it already and only we stop: a
 /// second TSTP would stay pending in a member that catches it (less does) and stop it
 /// again at `fg`. Anything else stops only us, with STOP.
+///
+/// Where nobody above does job control (`tmux new-window CMD`, `ssh -t host CMD`, PID 1
+/// with a terminal), our process group is orphaned and the kernel discards TSTP, TTIN
+/// and TTOU, as it would for the command run directly: we are not stopped, and nothing
+/// will continue us. Then (no CONT pending on return) we continue ourselves: the loop
+/// resumes the command at once, as if continued.
 pub(crate) fn stop_self(sig: i32, job_has_it: bool) {
     let job_stop = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
     match Signal::try_from(sig) {
@@ -136,6 +142,9 @@ pub(crate) fn stop_self(sig: i32, job_has_it: bool) {
         _ => {
             let _ = kill(getpid(), Signal::SIGSTOP);
         }
+    }
+    if !crate::sys::pending(libc::SIGCONT) {
+        let _ = kill(getpid(), Signal::SIGCONT);
     }
 }
 

@@ -187,3 +187,26 @@ fn the_terminal_modes_come_back_after_a_command_killed_in_raw_mode() {
     sh.expect("mode=isig.");
     assert!(!ws.lock_held());
 }
+
+#[test]
+fn ctrl_z_with_no_job_control_above_is_undone_as_the_kernel_undoes_it() {
+    // The supervisor as the terminal's session leader (as in `tmux new-window CMD` or
+    // `ssh -t host CMD`): its process group is orphaned, so the kernel discards its
+    // Ctrl-Z, as it would the command's run directly. The command, stopped in its own
+    // group, is continued at once and keeps the terminal.
+    let ws = Workspace::new();
+    let mut cmd = std::process::Command::new("setsid");
+    cmd.args(["--ctty", bin(), "-C"])
+        .arg(&ws.path)
+        .args(["run", "--", bin(), "probe", "--echo-stdin"])
+        .env_remove("RUST_LOG");
+    let mut tty = PtyShell::spawn(cmd);
+    tty.expect("ready");
+    tty.send("\x1a");
+    tty.expect("signal SIGCONT");
+    tty.send("hello\n");
+    tty.expect("got hello");
+    tty.send("\x04");
+    tty.expect("eof");
+    wait_until("the lock to be released", LIMIT, || !ws.lock_held());
+}
