@@ -16,7 +16,9 @@
 //! `cat -n` in `X | cat -n` ran on and the shell waited for it. So when the supervisor's
 //! standard output is a pipe (or socket), it keeps the terminal: the job's own group
 //! stays in the foreground, the terminal's Ctrl-C and Ctrl-Z reach the supervisor and the
-//! rest of the job, and the supervisor forwards them to the child's group, once.
+//! rest of the job, and the supervisor forwards them to the child's group, once. A child
+//! that reads the terminal (or sets its modes) there stops for it (TTIN, TTOU): then it
+//! is lent the terminal and continued, as it could read it sharing the job's group.
 //!
 //! Whoever else is in the job, a child that stops for job control (TSTP, TTIN, TTOU)
 //! stops the whole job, as the terminal's signal would have without a supervisor: a
@@ -90,6 +92,12 @@ impl Terminal {
         }
     }
 
+    /// Makes `pgid` the foreground group even in a pipeline: the command asked for the
+    /// terminal (it stopped reading it from the background).
+    pub(crate) fn lend_to(&self, pgid: Pid) {
+        let _ = tcsetpgrp(self.fd(), pgid);
+    }
+
     /// Makes our own group the foreground group again.
     pub(crate) fn take_back(&self) {
         let _ = tcsetpgrp(self.fd(), getpgrp());
@@ -144,8 +152,13 @@ pub(crate) fn stop_self(sig: i32, job_has_it: bool) {
         }
     }
     if !crate::sys::pending(libc::SIGCONT) {
-        let _ = kill(getpid(), Signal::SIGCONT);
+        continue_self();
     }
+}
+
+/// Sends ourselves CONT: the event loop reads it as any CONT and resumes the command.
+pub(crate) fn continue_self() {
+    let _ = kill(getpid(), Signal::SIGCONT);
 }
 
 /// The end of `run` at a terminal: when the status says the command died of signal N

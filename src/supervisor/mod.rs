@@ -482,6 +482,19 @@ fn act(action: Action, ctx: &mut Context<'_>) {
             }
         }
         Action::StopSelf(sig) => {
+            // In a pipeline the command runs in the background of the terminal (see
+            // `terminal`): reading it or setting its modes stops it (TTIN, TTOU). While
+            // the job has the terminal, the command gets it and goes on, as it would
+            // sharing the job's group; the rest of the pipeline writes on behind it.
+            if let Some(t) = terminal
+                && [libc::SIGTTIN, libc::SIGTTOU].contains(&sig)
+                && t.is_foreground()
+            {
+                debug!(signal = %signals::name(sig), "the command asked for the terminal: it gets it");
+                t.lend_to(child.pid);
+                terminal::continue_self();
+                return;
+            }
             if let Some(t) = terminal
                 && t.foreground_is(child.pid)
             {

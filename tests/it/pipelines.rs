@@ -194,3 +194,33 @@ fn with_stdin_redirected_ctrl_z_still_stops_the_job() {
     assert_eq!(sh.status_of_last(), 130);
     assert!(!ws.lock_held());
 }
+
+#[test]
+fn piped_into_cat_a_command_reading_the_terminal_gets_it() {
+    // `X | cat -n` where X reads the terminal: X starts in the background of the
+    // terminal (the job keeps it, for a pager); its first read stops it (TTIN), and it
+    // gets the terminal and goes on, as with X run directly in the job's group.
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&format!(
+        "{bin} -C {} run -- {bin} probe --echo-stdin | cat -n\n",
+        ws.path.display(),
+        bin = bin()
+    ));
+    sh.expect("ready");
+    sh.send("hello\n");
+    sh.expect("got hello");
+    assert!(!sh.screen().contains("Stopped"), "{}", sh.screen());
+    // With the terminal, Ctrl-Z reaches the command, and stops the whole job; `fg`
+    // continues it, and its next read gets the terminal again.
+    sh.send("\x1a");
+    sh.expect("Stopped");
+    sh.expect(PROMPT);
+    sh.send("fg\n");
+    sh.send_until("again\n", "got again");
+    sh.send("\x04");
+    sh.expect("eof");
+    sh.expect(PROMPT);
+    assert_eq!(sh.status_of_last(), 0);
+    assert!(!ws.lock_held());
+}
