@@ -3,7 +3,8 @@
 //! The child's stdout and stderr are never touched: they are inherited descriptors, and
 //! the supervisor only ever writes its own lines to its own stderr. Text lines look like
 //! the one error line `main` prints (`ralph-supervise: warning: ...`), coloured only when
-//! stderr is a terminal.
+//! stderr is a terminal. When stderr is the journal's stream (systemd's `JOURNAL_STREAM`),
+//! each line begins with its syslog priority, `<4>` for a warning.
 //!
 //! A broken stderr never ends supervision. Every line goes through [`write_stderr`],
 //! which drops a line it cannot write (a hung-up terminal says EIO, a pipe whose reader
@@ -131,19 +132,68 @@ pub(crate) fn print(text: &str) -> Result<(), Failure> {
     }
 }
 
+/// Whether stderr is the journal's stream (systemd sets `JOURNAL_STREAM` to its
+/// `device:inode`; a stderr redirected elsewhere has another): then each line begins with
+/// its syslog priority, `<3>` to `<7>`, which journald reads as the line's priority
+/// (`SyslogLevelPrefix=`, on by default), so `journalctl -p warning` finds warnings.
+fn journal() -> bool {
+    static JOURNAL: OnceLock<bool> = OnceLock::new();
+    *JOURNAL.get_or_init(|| {
+        let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        nix::sys::stat::fstat(io::stderr())
+            .is_ok_and(|st| stream.to_str() == Some(&format!("{}:{}", st.st_dev, st.st_ino)))
+    })
+}
+
+/// A line's syslog priority prefix, when stderr is the journal's.
+fn priority(level: Level) -> &'static str {
+    if !journal() {
+        return "";
+    }
+    match level {
+        Level::ERROR => "<3>",
+        Level::WARN => "<4>",
+        Level::INFO => "<6>",
+        Level::DEBUG | Level::TRACE => "<7>",
+    }
+}
+
 /// The subscriber's writer: [`write_stderr`] for each formatted event (tracing-subscriber
-/// formats an event into one buffer and writes it with one `write_all`).
+/// formats an event into one buffer and writes it with one `write_all`), after the
+/// event's [`priority`] prefix.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Stderr;
+pub(crate) struct Stderr {
+    prefix: &'static str,
+}
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        write_stderr(buf);
+        match self.prefix {
+            "" => write_stderr(buf),
+            prefix => write_stderr(&[prefix.as_bytes(), buf].concat()),
+        };
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Makes a [`Stderr`] for each event, with its level's prefix.
+struct MakeStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MakeStderr {
+    type Writer = Stderr;
+    fn make_writer(&'a self) -> Stderr {
+        Stderr::default()
+    }
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Stderr {
+        Stderr {
+            prefix: priority(*meta.level()),
+        }
     }
 }
 
@@ -168,6 +218,7 @@ pub(crate) fn print_error(error: &anyhow::Error, status: u8, flag: Option<LogFor
     } else {
         format!("ralph-supervise: {}", escape(&format!("{error:#}")))
     };
+    line.insert_str(0, priority(Level::ERROR));
     line.push('\n');
     write_stderr(line.as_bytes());
 }
@@ -224,7 +275,7 @@ impl Lazy {
             // The builder filters at INFO by default; `filter` decides instead.
             let builder = tracing_subscriber::fmt()
                 .with_max_level(Level::TRACE)
-                .with_writer(|| Stderr);
+                .with_writer(MakeStderr);
             match self.format {
                 LogFormat::Text => {
                     let ansi = std::io::stderr().is_terminal();

@@ -158,3 +158,69 @@ fn stopping_is_sent_when_the_stop_begins_not_when_the_loop_has_ended() {
     // Once: nothing more after the end.
     assert_eq!(got.iter().filter(|m| m.contains("STOPPING=1")).count(), 1);
 }
+
+#[test]
+fn lines_carry_their_syslog_priority_when_stderr_is_the_journal() {
+    // systemd names the journal's stream in JOURNAL_STREAM (device:inode of stderr);
+    // journald reads a leading <N> as the line's priority.
+    let ws = Workspace::new();
+    let as_journal = |format: &str| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            "JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$@\"",
+            "sh",
+            bin(),
+            "-C",
+        ])
+        .arg(&ws.path)
+        .args([
+            "--log-format",
+            format,
+            "-v",
+            "run",
+            "--",
+            "/nonexistent/agent",
+        ])
+        .stdin(std::process::Stdio::null())
+        .env_remove("RUST_LOG");
+        Proc::spawn(cmd).finish()
+    };
+    let out = as_journal("text");
+    assert_eq!(out.code(), 127, "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<7>ralph-supervise: debug: ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("<3>ralph-supervise: ") && l.contains("not found")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| l.starts_with('<')), "{lines:?}");
+    let out = as_journal("json");
+    for line in out.stderr.lines() {
+        let (prefix, json) = line.split_at(3);
+        let v: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        let want = match v["level"].as_str() {
+            Some("ERROR") => "<3>",
+            Some("DEBUG") => "<7>",
+            other => panic!("{other:?} in {line:?}"),
+        };
+        assert_eq!(prefix, want, "{line}");
+    }
+    // Elsewhere (stderr not the stream named), no prefix.
+    let mut cmd = ws.cmd(&["run", "--", "/nonexistent/agent"]);
+    cmd.env("JOURNAL_STREAM", "1:2");
+    let out = Proc::spawn(cmd).finish();
+    assert!(
+        out.stderr.starts_with("ralph-supervise: "),
+        "{}",
+        out.stderr
+    );
+}
