@@ -187,20 +187,72 @@ pub(crate) async fn owner(c: &mut Client, key: &str) -> Result<Option<Owner>> {
     Ok(resp.kvs().first().map(Owner::from_kv))
 }
 
+/// How a request that failed is tried again: an expired or forgotten auth token is
+/// renewed at once; anything else after a pause (doubling up to 2 s), at debug level,
+/// with one warning once it persists. Refused credentials, and a refusal right after a
+/// new token was given, cannot be helped: they end the retrying.
+pub(crate) struct Retry {
+    what: &'static str,
+    pause: std::time::Duration,
+    failures: u32,
+    warned: bool,
+    renewed: Option<std::time::Instant>,
+}
+
+impl Retry {
+    pub(crate) fn new(what: &'static str) -> Retry {
+        Retry {
+            what,
+            pause: std::time::Duration::from_millis(100),
+            failures: 0,
+            warned: false,
+            renewed: None,
+        }
+    }
+
+    /// After `e`: `Ok` once it is time to try again, `Err` when trying again cannot help.
+    pub(crate) async fn after(&mut self, c: &Client, e: etcd_client::Error) -> Result<()> {
+        let mut e = e;
+        if super::auth_refused(&e) {
+            // A token renewed less than a second ago and refused again: not a matter of
+            // its age (etcd's tokens live whole seconds), but of the user's rights.
+            if self.renewed.is_some_and(|at| at.elapsed().as_secs() < 1) {
+                return Err(e);
+            }
+            match c.refresh_token().await {
+                Ok(()) => {
+                    tracing::debug!("{}: {e}; authenticated again", self.what);
+                    self.renewed = Some(std::time::Instant::now());
+                    return Ok(());
+                }
+                Err(refresh) if super::auth_refused(&refresh) => return Err(refresh),
+                Err(refresh) => e = refresh,
+            }
+        }
+        self.failures += 1;
+        if self.failures >= 5 && !self.warned {
+            self.warned = true;
+            tracing::warn!("{}: {}; still trying", self.what, super::why(&e));
+        } else {
+            tracing::debug!("{}: {e}; trying again", self.what);
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(std::time::Duration::from_secs(2));
+        Ok(())
+    }
+}
+
 /// Waits until no key queued before `revision` is left (etcd's `waitDeletes`): each
 /// time, the newest older key is watched until it is deleted. A failed request (a
-/// connection lost, a member restarting) is tried again: only the loss of our own
-/// lease ends a wait (the caller watches for it).
-pub(crate) async fn wait_turn(c: &mut Client, key: &str, revision: i64) {
-    let mut pause = std::time::Duration::from_millis(100);
+/// connection lost, a member restarting, a token expired) is tried again ([`Retry`]);
+/// refused credentials end the wait with their error. The loss of our own lease also
+/// ends it (the caller watches for that).
+pub(crate) async fn wait_turn(c: &mut Client, key: &str, revision: i64) -> Result<()> {
+    let mut retry = Retry::new("waiting for the fleet lock");
     loop {
         match wait_turn_once(c, key, revision).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::debug!("waiting for the fleet lock: {e}; trying again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(2));
-            }
+            Ok(()) => return Ok(()),
+            Err(e) => retry.after(c, e).await?,
         }
     }
 }
@@ -222,6 +274,14 @@ async fn wait_turn_once(c: &mut Client, key: &str, revision: i64) -> Result<()> 
     }
 }
 
+/// A watch etcd cancelled for a reason (a token it did not take: "permission
+/// denied"), as an error.
+fn cancelled(resp: &etcd_client::WatchResponse) -> Option<etcd_client::Error> {
+    let reason = resp.cancel_reason();
+    (resp.canceled() && !reason.is_empty())
+        .then(|| etcd_client::Error::WatchError(reason.to_string()))
+}
+
 /// Waits until `key` is deleted after revision `at` (at once if it was meanwhile).
 pub(crate) async fn wait_gone(c: &mut Client, key: &str, at: i64) -> Result<()> {
     let options = WatchOptions::new()
@@ -229,6 +289,9 @@ pub(crate) async fn wait_gone(c: &mut Client, key: &str, at: i64) -> Result<()> 
         .with_filters([WatchFilterType::NoPut]);
     let mut stream = c.watch(key, Some(options)).await?;
     while let Some(resp) = stream.message().await? {
+        if let Some(e) = cancelled(&resp) {
+            return Err(e);
+        }
         if resp.canceled()
             || resp
                 .events()
@@ -257,7 +320,9 @@ pub(crate) async fn ask_stop(
     Ok(())
 }
 
-/// Watches this holder's stop-request key from `from` on; each request is reported.
+/// Watches this holder's stop-request key from `from` on; each request is reported. A
+/// broken watch is opened again ([`Retry`]); credentials refused for good leave the
+/// holder deaf to stop requests, which is said once, and it keeps trying.
 pub(crate) async fn watch_stop(
     mut c: Client,
     key: String,
@@ -267,24 +332,48 @@ pub(crate) async fn watch_stop(
 ) {
     let stop = stop_key(&key, lease);
     let mut next = from;
+    let mut retry = Retry::new("watching for fleet stop requests");
+    let mut deaf = false;
     loop {
         let options = WatchOptions::new()
             .with_start_revision(next)
             .with_filters([WatchFilterType::NoDelete]);
-        if let Ok(mut stream) = c.watch(stop.clone(), Some(options)).await {
-            while let Ok(Some(resp)) = stream.message().await {
-                for event in resp.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    next = next.max(kv.mod_revision() + 1);
-                    let by = serde_json::from_slice::<serde_json::Value>(kv.value())
-                        .ok()
-                        .and_then(|v| v.get("by")?.as_str().map(str::to_string))
-                        .unwrap_or_else(|| "someone".into());
-                    notifier.send(super::FleetEvent::StopAsked(by));
+        let broken = match c.watch(stop.clone(), Some(options)).await {
+            Err(e) => e,
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Err(e) => break e,
+                    Ok(None) => break etcd_client::Error::WatchError("the watch ended".into()),
+                    Ok(Some(resp)) => {
+                        if let Some(e) = cancelled(&resp) {
+                            break e;
+                        }
+                        for event in resp.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            next = next.max(kv.mod_revision() + 1);
+                            let by = serde_json::from_slice::<serde_json::Value>(kv.value())
+                                .ok()
+                                .and_then(|v| v.get("by")?.as_str().map(str::to_string))
+                                .unwrap_or_else(|| "someone".into());
+                            notifier.send(super::FleetEvent::StopAsked(by));
+                        }
+                    }
                 }
+            },
+        };
+        if let Err(e) = retry.after(&c, broken).await {
+            if !deaf {
+                deaf = true;
+                tracing::warn!(
+                    "etcd refuses this holder's credentials ({}): it cannot hear fleet stop requests until they are taken again; check {} and {}",
+                    super::why(&e),
+                    super::ENV_USER,
+                    super::ENV_PASSWORD
+                );
             }
+            retry = Retry::new("watching for fleet stop requests");
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

@@ -121,7 +121,11 @@ impl Settings {
             .with_connect_timeout(limit)
             .with_keep_alive(ping, (self.ttl / 4).max(Duration::from_secs(1)));
         if let Some((user, password)) = crate::fleet_settings::credentials() {
-            options = options.with_user(user.as_str(), password.as_str());
+            // etcd's tokens expire (`--auth-token-ttl`, 5 min by default) and are forgotten
+            // when it restarts: each request refused for its token authenticates again.
+            options = options
+                .with_user(user.as_str(), password.as_str())
+                .with_auto_token_refresh(true);
         }
         let read = |path: &PathBuf| {
             std::fs::read(path).map_err(|e| {
@@ -484,16 +488,20 @@ impl Fleet {
         let mut lost = self.lost.clone();
         let task = async move {
             tokio::select! {
-                () = lock::wait_turn(&mut client, &key, token) => Ok(()),
-                _ = lost.wait_for(|l| l.is_some()) => Err("the lease was lost while waiting".to_string()),
+                done = lock::wait_turn(&mut client, &key, token) => done.map_err(Err),
+                _ = lost.wait_for(|l| l.is_some()) => Err(Ok("the lease was lost while waiting".to_string())),
             }
         };
         let deadline = timeout.map(|t| Instant::now() + t);
         match self.interruptible(task, deadline, signals)? {
             Interruptible::Done(Ok(())) => Ok(Waited::Acquired(())),
-            Interruptible::Done(Err(why)) => {
+            Interruptible::Done(Err(Ok(why))) => {
                 self.release();
                 Err(unavailable(&self.settings.endpoints, &why))
+            }
+            Interruptible::Done(Err(Err(e))) => {
+                self.release();
+                Err(failure(&self.settings, &e))
             }
             Interruptible::Interrupted(sig) => Ok(Waited::Interrupted(sig)),
             Interruptible::TimedOut => Ok(Waited::TimedOut),
@@ -780,19 +788,31 @@ fn why(e: &etcd_client::Error) -> String {
     }
 }
 
+/// Whether etcd refused the credentials or the token: gRPC's codes 7
+/// PERMISSION_DENIED, 16 UNAUTHENTICATED, or etcd's own words (not a cause below them:
+/// "permission denied" may be the system's, on a connect); a watch etcd cancelled as
+/// not permitted.
+pub(crate) fn auth_refused(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message();
+            matches!(status.code() as i32, 7 | 16)
+                || message.contains("authentication failed")
+                || message.contains("user name is empty")
+                || message.contains("invalid auth token")
+                || message.contains("permission denied")
+        }
+        etcd_client::Error::WatchError(reason) => reason.contains("permission denied"),
+        _ => false,
+    }
+}
+
 /// An etcd error as an exit status: refused credentials 77, anything else 69.
 fn failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
     let endpoints = &settings.endpoints;
     let why = why(e);
     if let etcd_client::Error::GRpcStatus(status) = e {
-        // gRPC's codes: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED; etcd's own words (not
-        // a cause below them: "permission denied" may be the system's, on a connect).
         let message = status.message();
-        let refused = matches!(status.code() as i32, 7 | 16)
-            || message.contains("authentication failed")
-            || message.contains("user name is empty")
-            || message.contains("invalid auth token")
-            || message.contains("permission denied");
         if message.contains("authentication is not enabled") {
             return Failure::msg(
                 ExitStatus::NoPermission,
@@ -802,15 +822,15 @@ fn failure(settings: &Settings, e: &etcd_client::Error) -> Failure {
                 ),
             );
         }
-        if refused {
-            return Failure::msg(
-                ExitStatus::NoPermission,
-                format!(
-                    "etcd at {} refused the credentials ({why}); check {ENV_USER} and {ENV_PASSWORD}",
-                    endpoints.join(", ")
-                ),
-            );
-        }
+    }
+    if auth_refused(e) {
+        return Failure::msg(
+            ExitStatus::NoPermission,
+            format!(
+                "etcd at {} refused the credentials ({why}); check {ENV_USER} and {ENV_PASSWORD}",
+                endpoints.join(", ")
+            ),
+        );
     }
     unavailable(endpoints, &why)
 }

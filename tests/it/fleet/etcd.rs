@@ -140,6 +140,9 @@ pub struct Member {
     child: Child,
     pub client_url: String,
     stopped: bool,
+    /// How it was started, to start it again on the same data ([`Cluster::restart`]).
+    argv: Vec<std::ffi::OsString>,
+    log: PathBuf,
 }
 
 pub struct Cluster {
@@ -147,21 +150,31 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// With TLS: the authority, and etcdctl's client certificate and key.
     tls: Option<[PathBuf; 3]>,
+    /// With authentication on: etcdctl's `--user` (root).
+    root: Option<String>,
 }
+
+/// The user [`Cluster::enable_auth`] makes for ralph-supervise, and its password.
+pub const USER: (&str, &str) = ("ralph", "Ra1ph-pw");
 
 impl Cluster {
     /// Starts `n` members and waits until the cluster answers.
     pub fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, None)
+        Cluster::start_with(n, None, &[])
+    }
+
+    /// Starts `n` members with these extra etcd flags.
+    pub fn start_args(n: usize, args: &[&str]) -> Cluster {
+        Cluster::start_with(n, None, args)
     }
 
     /// One member serving https with `tls`'s certificate and asking every client for a
     /// certificate its authority signed.
     pub fn start_tls(tls: &Tls) -> Cluster {
-        Cluster::start_with(1, Some(tls))
+        Cluster::start_with(1, Some(tls), &[])
     }
 
-    fn start_with(n: usize, tls: Option<&Tls>) -> Cluster {
+    fn start_with(n: usize, tls: Option<&Tls>, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
@@ -175,7 +188,7 @@ impl Cluster {
                 let client_url = format!("{scheme}://127.0.0.1:{client}");
                 let peer_url = format!("http://127.0.0.1:{peer}");
                 let data: PathBuf = dir.path().join(format!("m{i}"));
-                let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+                let log_path = dir.path().join(format!("m{i}.log"));
                 let mut etcd = Command::new("etcd");
                 if let Some(tls) = tls {
                     let file = |name| tls.file(name);
@@ -184,8 +197,7 @@ impl Cluster {
                     etcd.arg("--trusted-ca-file").arg(file("ca.pem"));
                     etcd.arg("--client-cert-auth");
                 }
-                let child = etcd
-                    .args(["--name", &format!("m{i}")])
+                etcd.args(["--name", &format!("m{i}")])
                     .arg("--data-dir")
                     .arg(&data)
                     .args(["--listen-client-urls", &client_url])
@@ -196,15 +208,14 @@ impl Cluster {
                     .args(["--initial-cluster-state", "new"])
                     .args(["--initial-cluster-token", &token])
                     .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log)
-                    .spawn()
-                    .expect("etcd");
+                    .args(extra);
+                let argv: Vec<_> = etcd.get_args().map(|a| a.to_os_string()).collect();
                 Member {
-                    child,
+                    child: spawn_etcd(&argv, &log_path),
                     client_url,
                     stopped: false,
+                    argv,
+                    log: log_path,
                 }
             })
             .collect();
@@ -213,13 +224,9 @@ impl Cluster {
             _dir: dir,
             members,
             tls,
+            root: None,
         };
-        wait_until("etcd to answer", Duration::from_secs(30), || {
-            cluster
-                .etcdctl(&["put", "ralph-supervise-test/ready", "1"])
-                .status
-                .success()
-        });
+        cluster.wait_ready();
         cluster
     }
 
@@ -242,6 +249,9 @@ impl Cluster {
         if let Some([ca, cert, key]) = &self.tls {
             cmd.arg("--cacert").arg(ca);
             cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        if let Some(root) = &self.root {
+            cmd.args(["--user", root]);
         }
         cmd.args(args).stdin(Stdio::null());
         cmd
@@ -275,6 +285,82 @@ impl Cluster {
         kill(Pid::from_raw(m.child.id() as i32), Signal::SIGCONT).unwrap();
         m.stopped = false;
     }
+
+    /// SIGKILLs member `i` (and reaps it).
+    pub fn kill(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let _ = m.child.kill();
+        let _ = m.child.wait();
+    }
+
+    /// Kills every member and starts them again on their data; waits until the
+    /// cluster answers.
+    pub fn restart(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        for m in &mut self.members {
+            m.child = spawn_etcd(&m.argv, &m.log);
+        }
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        wait_until("etcd to answer", Duration::from_secs(30), || {
+            self.etcdctl(&["put", "ralph-supervise-test/ready", "1"])
+                .status
+                .success()
+        });
+    }
+
+    /// Turns authentication on: a root user, and [`USER`] with read and write on
+    /// `ralph-supervise/` only; etcdctl uses root from then on.
+    pub fn enable_auth(&mut self) {
+        let ok = |c: &Cluster, args: &[&str]| {
+            let out = c.etcdctl(args);
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let user = format!("{}:{}", USER.0, USER.1);
+        ok(
+            self,
+            &["user", "add", "root:R00t-pw", "--interactive=false"],
+        );
+        ok(self, &["user", "add", &user, "--interactive=false"]);
+        ok(self, &["role", "add", "rs"]);
+        ok(
+            self,
+            &[
+                "role",
+                "grant-permission",
+                "rs",
+                "readwrite",
+                "--prefix=true",
+                "ralph-supervise/",
+            ],
+        );
+        ok(self, &["user", "grant-role", USER.0, "rs"]);
+        ok(self, &["auth", "enable"]);
+        self.root = Some("root:R00t-pw".into());
+    }
+}
+
+fn spawn_etcd(argv: &[std::ffi::OsString], log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new("etcd")
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("etcd")
 }
 
 impl Drop for Member {

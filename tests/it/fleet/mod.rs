@@ -768,3 +768,5 @@ fn a_timed_out_wait_across_hosts_can_fall_back_to_a_worktree() {
     );
     drop(holder);
 }
+
+mod resilience;
