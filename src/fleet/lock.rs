@@ -87,6 +87,9 @@ pub(crate) struct Owner {
     /// `None`: not a ralph-supervise (`etcdctl lock`, another tool).
     pub(crate) record: Option<Record>,
     pub(crate) key: String,
+    /// The revision etcd answered at (0 when not known): a watch from after it sees
+    /// what happens to the key next.
+    pub(crate) seen_at: i64,
 }
 
 impl Owner {
@@ -101,6 +104,7 @@ impl Owner {
             lease,
             record: serde_json::from_slice(kv.value()).ok(),
             key,
+            seen_at: 0,
         }
     }
 
@@ -184,7 +188,11 @@ pub(crate) async fn update(c: &mut Client, key: &str, lease: i64, value: String)
 /// The lock's owner now, if any.
 pub(crate) async fn owner(c: &mut Client, key: &str) -> Result<Option<Owner>> {
     let resp = c.get(prefix(key), Some(first_created())).await?;
-    Ok(resp.kvs().first().map(Owner::from_kv))
+    let at = resp.header().map_or(0, |h| h.revision());
+    Ok(resp.kvs().first().map(|kv| Owner {
+        seen_at: at,
+        ..Owner::from_kv(kv)
+    }))
 }
 
 /// How a request that failed is tried again: an expired or forgotten auth token is
@@ -282,26 +290,35 @@ fn cancelled(resp: &etcd_client::WatchResponse) -> Option<etcd_client::Error> {
         .then(|| etcd_client::Error::WatchError(reason.to_string()))
 }
 
-/// Waits until `key` is deleted after revision `at` (at once if it was meanwhile).
+/// Waits until `key` is deleted after revision `at` (at once if it was meanwhile). A
+/// watch etcd cancels because it compacted past `at` (or that ends) proves nothing:
+/// the key is looked up again, and watched from the revision of that answer.
 pub(crate) async fn wait_gone(c: &mut Client, key: &str, at: i64) -> Result<()> {
-    let options = WatchOptions::new()
-        .with_start_revision(at + 1)
-        .with_filters([WatchFilterType::NoPut]);
-    let mut stream = c.watch(key, Some(options)).await?;
-    while let Some(resp) = stream.message().await? {
-        if let Some(e) = cancelled(&resp) {
-            return Err(e);
+    let mut at = at;
+    loop {
+        let options = WatchOptions::new()
+            .with_start_revision(at + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let mut stream = c.watch(key, Some(options)).await?;
+        while let Some(resp) = stream.message().await? {
+            if let Some(e) = cancelled(&resp) {
+                return Err(e);
+            }
+            if resp.canceled() {
+                break;
+            }
+            if (resp.events().iter()).any(|e| e.event_type() == EventType::Delete) {
+                return Ok(());
+            }
         }
-        if resp.canceled()
-            || resp
-                .events()
-                .iter()
-                .any(|e| e.event_type() == EventType::Delete)
-        {
+        let resp = c
+            .get(key, Some(GetOptions::new().with_count_only()))
+            .await?;
+        if resp.count() == 0 {
             return Ok(());
         }
+        at = resp.header().map_or(at, |h| h.revision());
     }
-    Ok(())
 }
 
 /// The stop request a takeover or `stop --fleet` writes for the holder with lease
@@ -334,7 +351,7 @@ pub(crate) async fn watch_stop(
     let mut next = from;
     let mut retry = Retry::new("watching for fleet stop requests");
     let mut deaf = false;
-    loop {
+    'watch: loop {
         let options = WatchOptions::new()
             .with_start_revision(next)
             .with_filters([WatchFilterType::NoDelete]);
@@ -348,14 +365,27 @@ pub(crate) async fn watch_stop(
                         if let Some(e) = cancelled(&resp) {
                             break e;
                         }
+                        if resp.compact_revision() > 0 {
+                            // Compacted past `next` (while the watch was away): what
+                            // was asked meanwhile is still there, the request's key.
+                            match c.get(stop.clone(), None).await {
+                                Ok(got) => {
+                                    for kv in
+                                        got.kvs().iter().filter(|kv| kv.mod_revision() >= next)
+                                    {
+                                        notifier.send(super::FleetEvent::StopAsked(asked_by(kv)));
+                                    }
+                                    let at = got.header().map_or(0, |h| h.revision());
+                                    next = next.max(at + 1);
+                                    continue 'watch;
+                                }
+                                Err(e) => break e,
+                            }
+                        }
                         for event in resp.events() {
                             let Some(kv) = event.kv() else { continue };
                             next = next.max(kv.mod_revision() + 1);
-                            let by = serde_json::from_slice::<serde_json::Value>(kv.value())
-                                .ok()
-                                .and_then(|v| v.get("by")?.as_str().map(str::to_string))
-                                .unwrap_or_else(|| "someone".into());
-                            notifier.send(super::FleetEvent::StopAsked(by));
+                            notifier.send(super::FleetEvent::StopAsked(asked_by(kv)));
                         }
                     }
                 }
@@ -375,6 +405,14 @@ pub(crate) async fn watch_stop(
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
     }
+}
+
+/// Who asked, from a stop request's value ("someone" if it does not say).
+fn asked_by(kv: &KeyValue) -> String {
+    serde_json::from_slice::<serde_json::Value>(kv.value())
+        .ok()
+        .and_then(|v| v.get("by")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "someone".into())
 }
 
 /// Reserves worktree id `id` under `key` for `lease`; false if another has it.

@@ -662,7 +662,8 @@ impl Fleet {
         self.ask_stop_lease(key, holder, by)?;
         let mut client = self.client.clone();
         let gone = lock::lock_key(key, holder);
-        let rev = owner.revision;
+        // From the revision etcd showed the holder at (its own may be compacted away).
+        let rev = owner.seen_at.max(owner.revision);
         let task = async move { lock::wait_gone(&mut client, &gone, rev).await };
         let outcome = match self.interruptible(task, Some(Instant::now() + timeout), signals)? {
             Interruptible::Done(Ok(())) => StopOutcome::Stopped(owner.describe()),

@@ -346,6 +346,35 @@ impl Cluster {
         ok(self, &["auth", "enable"]);
         self.root = Some("root:R00t-pw".into());
     }
+
+    /// The current revision (etcd's header).
+    pub fn revision(&self) -> i64 {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status");
+        (status.as_array().into_iter().flatten())
+            .filter_map(|s| s["Status"]["header"]["revision"].as_i64())
+            .max()
+            .expect("a revision")
+    }
+
+    /// A few puts, then a compaction at the current revision: every watch from before
+    /// it is cancelled.
+    pub fn compact(&self) {
+        for _ in 0..3 {
+            assert!(
+                self.etcdctl(&["put", "ralph-supervise-test/x", "1"])
+                    .status
+                    .success()
+            );
+        }
+        let rev = self.revision().to_string();
+        let out = self.etcdctl(&["compact", &rev]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 fn spawn_etcd(argv: &[std::ffi::OsString], log: &std::path::Path) -> Child {

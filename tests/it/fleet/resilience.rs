@@ -124,3 +124,40 @@ fn a_waiter_whose_credentials_are_refused_for_good_exits_77() {
     holder.signal(Signal::SIGTERM);
     drop(holder);
 }
+
+/// `stop --fleet` once etcd has compacted past the holder's revision: it still waits
+/// until the holder lets go (here, KILLed after its stop grace).
+#[test]
+fn stop_fleet_waits_for_the_holder_after_a_compaction() {
+    let Some((cluster, endpoints, a, _)) = super::one_member_two_hosts() else {
+        return;
+    };
+    // A command that outlives its stop signal until the grace ends.
+    let holder = a.start_probe(
+        &["--fleet-endpoints", &endpoints, "--stop-grace", "2s"],
+        &[],
+    );
+    cluster.compact();
+    let stop = stop_from_elsewhere(&endpoints, false);
+    assert_eq!(stop.code(), 0, "{}", stop.stderr);
+    let got = cluster.etcdctl(&["get", "--prefix", "ralph-supervise/lock/", "--keys-only"]);
+    let left = String::from_utf8_lossy(&got.stdout);
+    assert!(left.trim().is_empty(), "stop said released, but: {left}");
+    assert_eq!(holder.finish().code(), 137);
+}
+
+/// After a compaction and a restart of etcd (the holder's stop watch reconnects from a
+/// compacted revision), the holder still hears `stop --fleet`.
+#[test]
+fn the_holder_hears_stop_after_a_compaction_and_an_etcd_restart() {
+    let Some((mut cluster, endpoints, a, _)) = super::one_member_two_hosts() else {
+        return;
+    };
+    let mut holder = spawn_probe(&a, &endpoints, &[], false);
+    holder.expect_line("ready");
+    cluster.compact();
+    cluster.restart();
+    let stop = stop_from_elsewhere(&endpoints, false);
+    assert_eq!(stop.code(), 0, "{}", stop.stderr);
+    assert_eq!(holder.finish().code(), 143);
+}
