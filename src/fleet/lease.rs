@@ -7,10 +7,14 @@
 //! reports [`FleetEvent::LeaseLost`]: the child is stopped with `grace` and KILLed,
 //! before `t + ttl`. A keep-alive answered with a TTL of 0 means the lease is gone
 //! (expired or revoked): reported at once.
+//!
+//! With several endpoints, a keep-alive that fails or is not answered within the
+//! pool's attempt limit (ttl/8) is sent again at once to the next endpoint: a member
+//! down or frozen costs one attempt, well inside the danger budget (at least ttl/2).
 
 use std::time::Duration;
 
-use etcd_client::Client;
+use super::pool::Pool;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 use tracing::{debug, warn};
@@ -18,7 +22,7 @@ use tracing::{debug, warn};
 use super::{FleetEvent, Notifier};
 
 pub(super) struct KeepAlive {
-    pub(super) client: Client,
+    pub(super) pool: Pool,
     pub(super) lease: i64,
     pub(super) ttl: Duration,
     /// The child's fleet grace.
@@ -36,7 +40,7 @@ pub(crate) fn danger_after(ttl: Duration, grace: Duration) -> Duration {
 
 pub(super) async fn keep_alive(k: KeepAlive) {
     let KeepAlive {
-        mut client,
+        pool,
         lease,
         ttl,
         grace,
@@ -48,11 +52,14 @@ pub(super) async fn keep_alive(k: KeepAlive) {
     let danger = danger_after(ttl, grace);
     let mut confirmed = Instant::from_std(confirmed);
     let mut stream = None;
+    let mut on = 0;
     let why = loop {
         let deadline = confirmed + danger;
         let attempt = async {
             if stream.is_none() {
-                stream = Some(client.lease_keep_alive(lease).await?);
+                let (i, client) = pool.current().await;
+                on = i;
+                stream = Some(client?.lease_keep_alive(lease).await?);
             }
             let (keeper, responses) = stream.as_mut().expect("set");
             let sent = Instant::now();
@@ -60,7 +67,16 @@ pub(super) async fn keep_alive(k: KeepAlive) {
             let answer = responses.message().await?;
             Ok::<_, etcd_client::Error>((sent, answer))
         };
-        match timeout_at(deadline, attempt).await {
+        let limit = deadline.min(Instant::now() + pool.attempt());
+        match timeout_at(limit, attempt).await {
+            Err(_) if Instant::now() < deadline => {
+                debug!(
+                    "keep-alive not answered within {:?}; asking the next endpoint",
+                    pool.attempt()
+                );
+                pool.failed(on);
+                stream = None;
+            }
             Err(_) => {
                 break format!(
                     "no keep-alive of the fleet lease was answered for {}ms; the lease ({}s) might lapse",
@@ -82,8 +98,9 @@ pub(super) async fn keep_alive(k: KeepAlive) {
             }
             Ok(Err(e)) => {
                 debug!("keep-alive failed: {e}");
+                pool.failed(on);
                 stream = None;
-                sleep(interval / 4).await;
+                sleep(interval / 8).await;
             }
         }
     };

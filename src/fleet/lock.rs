@@ -9,6 +9,8 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::pool::Pool;
+
 type Result<T> = std::result::Result<T, etcd_client::Error>;
 
 /// Every lock's keys are under this prefix.
@@ -218,6 +220,26 @@ impl Retry {
         }
     }
 
+    /// A request went through: failures from now on count afresh.
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+        self.pause = std::time::Duration::from_millis(100);
+    }
+
+    /// After `e`, which was not about the credentials, on an endpoint left for the next:
+    /// once it is time to try again.
+    pub(crate) async fn after_elsewhere(&mut self, e: etcd_client::Error) {
+        self.failures += 1;
+        if self.failures >= 5 && !self.warned {
+            self.warned = true;
+            tracing::warn!("{}: {}; still trying", self.what, super::why(&e));
+        } else {
+            tracing::debug!("{}: {e}; trying again", self.what);
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(std::time::Duration::from_secs(2));
+    }
+
     /// After `e`: `Ok` once it is time to try again, `Err` when trying again cannot help.
     pub(crate) async fn after(&mut self, c: &Client, e: etcd_client::Error) -> Result<()> {
         let mut e = e;
@@ -237,15 +259,7 @@ impl Retry {
                 Err(refresh) => e = refresh,
             }
         }
-        self.failures += 1;
-        if self.failures >= 5 && !self.warned {
-            self.warned = true;
-            tracing::warn!("{}: {}; still trying", self.what, super::why(&e));
-        } else {
-            tracing::debug!("{}: {e}; trying again", self.what);
-        }
-        tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(std::time::Duration::from_secs(2));
+        self.after_elsewhere(e).await;
         Ok(())
     }
 }
@@ -255,13 +269,44 @@ impl Retry {
 /// connection lost, a member restarting, a token expired) is tried again ([`Retry`]);
 /// refused credentials end the wait with their error. The loss of our own lease also
 /// ends it (the caller watches for that).
-pub(crate) async fn wait_turn(c: &mut Client, key: &str, revision: i64) -> Result<()> {
+pub(crate) async fn wait_turn(pool: &Pool, key: &str, revision: i64) -> Result<()> {
     let mut retry = Retry::new("waiting for the fleet lock");
     loop {
-        match wait_turn_once(c, key, revision).await {
-            Ok(()) => return Ok(()),
-            Err(e) => retry.after(c, e).await?,
-        }
+        let (i, c) = pool.current().await;
+        let e = match c {
+            Ok(mut c) => match wait_turn_once(&mut c, key, revision).await {
+                Ok(()) => return Ok(()),
+                Err(e) if super::auth_refused(&e) => {
+                    retry.after(&c, e).await?;
+                    continue;
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        pool.failed(i);
+        retry.after_elsewhere(e).await;
+    }
+}
+
+/// [`wait_gone`], tried again (on the next endpoint) when it fails ([`Retry`]).
+pub(crate) async fn wait_gone_retrying(pool: &Pool, key: &str, at: i64) -> Result<()> {
+    let mut retry = Retry::new("waiting for the fleet lock's holder to let go");
+    loop {
+        let (i, c) = pool.current().await;
+        let e = match c {
+            Ok(mut c) => match wait_gone(&mut c, key, at).await {
+                Ok(()) => return Ok(()),
+                Err(e) if super::auth_refused(&e) => {
+                    retry.after(&c, e).await?;
+                    continue;
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        pool.failed(i);
+        retry.after_elsewhere(e).await;
     }
 }
 
@@ -341,7 +386,7 @@ pub(crate) async fn ask_stop(
 /// broken watch is opened again ([`Retry`]); credentials refused for good leave the
 /// holder deaf to stop requests, which is said once, and it keeps trying.
 pub(crate) async fn watch_stop(
-    mut c: Client,
+    pool: Pool,
     key: String,
     lease: i64,
     from: i64,
@@ -352,6 +397,15 @@ pub(crate) async fn watch_stop(
     let mut retry = Retry::new("watching for fleet stop requests");
     let mut deaf = false;
     'watch: loop {
+        let (i, c) = pool.current().await;
+        let mut c = match c {
+            Ok(c) => c,
+            Err(e) => {
+                pool.failed(i);
+                retry.after_elsewhere(e).await;
+                continue;
+            }
+        };
         let options = WatchOptions::new()
             .with_start_revision(next)
             .with_filters([WatchFilterType::NoDelete]);
@@ -365,6 +419,7 @@ pub(crate) async fn watch_stop(
                         if let Some(e) = cancelled(&resp) {
                             break e;
                         }
+                        retry.reset();
                         if resp.compact_revision() > 0 {
                             // Compacted past `next` (while the watch was away): what
                             // was asked meanwhile is still there, the request's key.
@@ -391,7 +446,10 @@ pub(crate) async fn watch_stop(
                 }
             },
         };
-        if let Err(e) = retry.after(&c, broken).await {
+        if !super::auth_refused(&broken) {
+            pool.failed(i);
+            retry.after_elsewhere(broken).await;
+        } else if let Err(e) = retry.after(&c, broken).await {
             if !deaf {
                 deaf = true;
                 tracing::warn!(

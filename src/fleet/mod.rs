@@ -40,6 +40,7 @@
 pub(crate) mod key;
 mod lease;
 pub(crate) mod lock;
+mod pool;
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -49,9 +50,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
+use pool::Pool;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -164,6 +167,13 @@ impl Settings {
     fn connect_limit(&self) -> Duration {
         (self.ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
     }
+
+    /// With several endpoints, how long one may stay silent before the next is asked:
+    /// well inside the keep-alive's danger budget (see [`lease`]), so that a frozen
+    /// member costs one attempt, not the lease.
+    fn attempt_limit(&self) -> Duration {
+        (self.ttl / 8).clamp(Duration::from_millis(250), Duration::from_secs(2))
+    }
 }
 
 /// What the runtime tells the supervisor.
@@ -193,7 +203,7 @@ impl Notifier {
 /// One connection to etcd, and (in `run`) this run's lease and lock.
 pub(crate) struct Fleet {
     rt: Runtime,
-    client: Client,
+    pool: Pool,
     pub(crate) settings: Settings,
     /// This run's lease, once granted.
     lease: Option<i64>,
@@ -232,19 +242,22 @@ impl Fleet {
             .or_fail("cannot start the fleet runtime")?;
         let options = settings.options()?;
         let limit = settings.connect_limit();
-        let endpoints = settings.endpoints.clone();
+        let pool = Pool::new(&settings.endpoints, options, settings.attempt_limit());
+        // Several endpoints: each may take its attempt, and one more for the answer.
+        let limit = match settings.endpoints.len() {
+            1 => limit,
+            n => limit.max(settings.attempt_limit() * (n as u32 + 1)),
+        };
         let connected = rt.block_on(async {
-            tokio::time::timeout(limit, async {
-                let mut client = Client::connect(&endpoints, Some(options)).await?;
+            let probe = pool.call(|mut client| async move {
                 // A read: proves the cluster answers (and the credentials are taken).
                 let probe = etcd_client::GetOptions::new().with_count_only();
-                client.get(lock::LOCKS, Some(probe)).await?;
-                Ok::<_, etcd_client::Error>(client)
-            })
-            .await
+                client.get(lock::LOCKS, Some(probe)).await
+            });
+            tokio::time::timeout(limit, probe).await
         });
-        let client = match connected {
-            Ok(Ok(client)) => client,
+        match connected {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(connect_failure(&settings, &e)),
             Err(_) => {
                 return Err(Failure::msg(
@@ -256,7 +269,7 @@ impl Fleet {
                     ),
                 ));
             }
-        };
+        }
         let (lost_tx, lost) = watch::channel(None);
         let (tx, events) = mpsc::channel();
         let (wake_rx, wake_tx) = UnixStream::pair().or_fail("cannot create a socket pair")?;
@@ -265,7 +278,7 @@ impl Fleet {
         debug!(endpoints = ?settings.endpoints, key = %settings.key, "connected to etcd");
         Ok(Fleet {
             rt,
-            client,
+            pool,
             settings,
             lease: None,
             token: None,
@@ -286,11 +299,12 @@ impl Fleet {
     /// fleet grace (see [`Settings::grace`]).
     fn grant(&mut self, grace: Duration) -> Result<i64, Failure> {
         let ttl_secs = self.settings.ttl.as_secs_f64().ceil() as i64;
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let limit = self.settings.connect_limit();
         let sent = Instant::now();
         let granted = self.rt.block_on(async move {
-            tokio::time::timeout(limit, client.lease_grant(ttl_secs, None)).await
+            let grant = pool.call(|mut c| async move { c.lease_grant(ttl_secs, None).await });
+            tokio::time::timeout(limit, grant).await
         });
         let id = match granted {
             Ok(Ok(resp)) => resp.id(),
@@ -304,7 +318,7 @@ impl Fleet {
         };
         self.lease = Some(id);
         let task = lease::keep_alive(lease::KeepAlive {
-            client: self.client.clone(),
+            pool: self.pool.clone(),
             lease: id,
             ttl: self.settings.ttl,
             grace,
@@ -329,11 +343,15 @@ impl Fleet {
         let lease = self.grant(self.settings.grace(stop_grace))?;
         let record = lock::Record::new(workspace, prompt);
         let value = record.to_json();
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let limit = self.settings.connect_limit();
         let (k, v) = (self.settings.key.clone(), value.clone());
         let queued = self.rt.block_on(async move {
-            tokio::time::timeout(limit, lock::enqueue(&mut client, &k, lease, v)).await
+            let enqueue = pool.call(|mut c| {
+                let (k, v) = (k.clone(), v.clone());
+                async move { lock::enqueue(&mut c, &k, lease, v).await }
+            });
+            tokio::time::timeout(limit, enqueue).await
         });
         let queued = match queued {
             Ok(Ok(q)) => q,
@@ -398,12 +416,16 @@ impl Fleet {
         let (Some(lease), key) = (self.lease, self.settings.key.clone()) else {
             return;
         };
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let my = lock::lock_key(&key, lease);
         let limit = self.settings.connect_limit();
-        let _ = self
-            .rt
-            .block_on(async move { tokio::time::timeout(limit, client.delete(my, None)).await });
+        let _ = self.rt.block_on(async move {
+            let delete = pool.call(|mut c| {
+                let my = my.clone();
+                async move { c.delete(my, None).await }
+            });
+            tokio::time::timeout(limit, delete).await
+        });
     }
 
     /// The lock is ours: record it, watch for stop requests. `waited`: the record put
@@ -413,15 +435,19 @@ impl Fleet {
         let lease = self.lease.expect("granted");
         let key = self.settings.key.clone();
         if let Some(value) = waited {
-            let mut client = self.client.clone();
+            let pool = self.pool.clone();
             let (k, v) = (key.clone(), lock::Record::refresh_since(value));
             let limit = self.settings.connect_limit();
             let _ = self.rt.block_on(async move {
-                tokio::time::timeout(limit, lock::update(&mut client, &k, lease, v)).await
+                let update = pool.call(|mut c| {
+                    let (k, v) = (k.clone(), v.clone());
+                    async move { lock::update(&mut c, &k, lease, v).await }
+                });
+                tokio::time::timeout(limit, update).await
             });
         }
         let task = lock::watch_stop(
-            self.client.clone(),
+            self.pool.clone(),
             key.clone(),
             lease,
             token,
@@ -437,23 +463,31 @@ impl Fleet {
         let Some(lease) = self.lease else {
             return false;
         };
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let (key, id, value) = (self.settings.key.clone(), id.to_string(), record.to_json());
         let limit = self.settings.connect_limit();
         let done = self.rt.block_on(async move {
-            tokio::time::timeout(limit, lock::reserve(&mut client, &key, &id, lease, value)).await
+            let reserve = pool.call(|mut c| {
+                let (key, id, value) = (key.clone(), id.clone(), value.clone());
+                async move { lock::reserve(&mut c, &key, &id, lease, value).await }
+            });
+            tokio::time::timeout(limit, reserve).await
         });
         matches!(done, Ok(Ok(true)))
     }
 
     /// Asks the holder with lease `holder` to stop.
     fn ask_stop_lease(&mut self, key: &str, holder: i64, by: &str) -> Result<(), Failure> {
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let lease = self.lease;
         let (key, by) = (key.to_string(), by.to_string());
         let limit = self.settings.connect_limit();
         let asked = self.rt.block_on(async move {
-            tokio::time::timeout(limit, lock::ask_stop(&mut client, &key, holder, &by, lease)).await
+            let ask = pool.call(|mut c| {
+                let (key, by) = (key.clone(), by.clone());
+                async move { lock::ask_stop(&mut c, &key, holder, &by, lease).await }
+            });
+            tokio::time::timeout(limit, ask).await
         });
         match asked {
             Ok(Ok(())) => Ok(()),
@@ -463,13 +497,17 @@ impl Fleet {
     }
 
     fn owner_now(&mut self, key: &str) -> Option<lock::Owner> {
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let key = key.to_string();
         let limit = self.settings.connect_limit();
         self.rt
-            .block_on(
-                async move { tokio::time::timeout(limit, lock::owner(&mut client, &key)).await },
-            )
+            .block_on(async move {
+                let owner = pool.call(|mut c| {
+                    let key = key.clone();
+                    async move { lock::owner(&mut c, &key).await }
+                });
+                tokio::time::timeout(limit, owner).await
+            })
             .ok()?
             .ok()?
     }
@@ -483,12 +521,12 @@ impl Fleet {
         timeout: Option<Duration>,
         signals: &Signals,
     ) -> Result<Waited<()>, Failure> {
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let key = key.to_string();
         let mut lost = self.lost.clone();
         let task = async move {
             tokio::select! {
-                done = lock::wait_turn(&mut client, &key, token) => done.map_err(Err),
+                done = lock::wait_turn(&pool, &key, token) => done.map_err(Err),
                 _ = lost.wait_for(|l| l.is_some()) => Err(Ok("the lease was lost while waiting".to_string())),
             }
         };
@@ -601,13 +639,20 @@ impl Fleet {
         if self.lost().is_some() {
             return;
         }
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let limit = self.settings.connect_limit();
-        let revoked = self
-            .rt
-            .block_on(async move { tokio::time::timeout(limit, client.lease_revoke(lease)).await });
+        let revoked = self.rt.block_on(async move {
+            let revoke = pool.call(|mut c| async move { c.lease_revoke(lease).await });
+            tokio::time::timeout(limit, revoke).await
+        });
         match revoked {
             Ok(Ok(_)) => debug!("fleet lock released"),
+            // Revoked by an attempt whose answer was lost, or expired: gone either way.
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if status.message().contains("lease not found") =>
+            {
+                debug!("fleet lock released (the lease was gone already)")
+            }
             _ => warn!(
                 "cannot release the fleet lock {} (revoking the lease failed); it frees when the lease expires, within {}",
                 self.settings.key,
@@ -618,11 +663,15 @@ impl Fleet {
 
     /// Every holder and waiter under `key`, or under every key.
     pub(crate) fn list(&mut self, key: Option<&str>) -> Result<Vec<Entry>, Failure> {
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let key = key.map(str::to_string);
         let limit = self.settings.connect_limit();
         let listed = self.rt.block_on(async move {
-            tokio::time::timeout(limit, lock::list(&mut client, key.as_deref())).await
+            let list = pool.call(|mut c| {
+                let key = key.clone();
+                async move { lock::list(&mut c, key.as_deref()).await }
+            });
+            tokio::time::timeout(limit, list).await
         });
         match listed {
             Ok(Ok(entries)) => Ok(entries),
@@ -648,10 +697,11 @@ impl Fleet {
         };
         // The request lives as long as this short lease.
         let ttl = timeout.as_secs().clamp(5, 3600) as i64;
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let limit = self.settings.connect_limit();
         let lease = self.rt.block_on(async move {
-            tokio::time::timeout(limit, client.lease_grant(ttl, None)).await
+            let grant = pool.call(|mut c| async move { c.lease_grant(ttl, None).await });
+            tokio::time::timeout(limit, grant).await
         });
         let lease = match lease {
             Ok(Ok(resp)) => resp.id(),
@@ -660,11 +710,11 @@ impl Fleet {
         };
         self.lease = Some(lease);
         self.ask_stop_lease(key, holder, by)?;
-        let mut client = self.client.clone();
+        let pool = self.pool.clone();
         let gone = lock::lock_key(key, holder);
         // From the revision etcd showed the holder at (its own may be compacted away).
         let rev = owner.seen_at.max(owner.revision);
-        let task = async move { lock::wait_gone(&mut client, &gone, rev).await };
+        let task = async move { lock::wait_gone_retrying(&pool, &gone, rev).await };
         let outcome = match self.interruptible(task, Some(Instant::now() + timeout), signals)? {
             Interruptible::Done(Ok(())) => StopOutcome::Stopped(owner.describe()),
             Interruptible::Done(Err(e)) => return Err(failure(&self.settings, &e)),

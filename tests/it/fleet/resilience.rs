@@ -161,3 +161,77 @@ fn the_holder_hears_stop_after_a_compaction_and_an_etcd_restart() {
     assert_eq!(stop.code(), 0, "{}", stop.stderr);
     assert_eq!(holder.finish().code(), 143);
 }
+
+/// `run <fleet args: endpoints, ttl> <opts> -- true` in `ws`.
+fn run_true(ws: &Workspace, endpoints: &str, ttl: &str, opts: &[&str]) -> crate::harness::Output {
+    let mut args = vec!["run"];
+    args.extend(fleet_args(endpoints, ttl));
+    args.extend_from_slice(opts);
+    args.extend(["--", "true"]);
+    ws.run(&args)
+}
+
+/// Three members, the first of the list killed (quorum intact): runs, their releases
+/// and `status --fleet` go to the others.
+#[test]
+fn one_member_of_three_killed_costs_no_run_status_or_release() {
+    if !etcd::available() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let endpoints = cluster.endpoints();
+    cluster.kill(0);
+    let (a, _) = two_hosts();
+    for _ in 0..4 {
+        let out = run_true(&a, &endpoints, "10s", &[]);
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+        assert!(!out.stderr.contains("cannot release"), "{}", out.stderr);
+    }
+    a.write_policy(&format!("[fleet]\nendpoints = \"{endpoints}\"\n"));
+    for _ in 0..4 {
+        let status = a.run(&["status", "--fleet"]);
+        assert_eq!(status.code(), 3, "{}", status.stderr);
+    }
+}
+
+/// Three members, the first of the list frozen (SIGSTOP: it accepts connections and
+/// never answers): a holder that used it keeps its lease through several TTLs, another
+/// run still sees the holder, and the holder's release goes through.
+#[test]
+fn one_member_of_three_frozen_costs_no_run_and_no_lease() {
+    if !etcd::available() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let f = cluster.follower();
+    let mut urls: Vec<&str> = vec![&cluster.members[f].client_url];
+    urls.extend(
+        (cluster.members.iter().enumerate())
+            .filter(|(i, _)| *i != f)
+            .map(|(_, m)| m.client_url.as_str()),
+    );
+    let endpoints = urls.join(",");
+    let (a, b) = two_hosts();
+    let holder = a.start_probe(
+        &["--fleet-endpoints", &endpoints, "--fleet-ttl", "3s"],
+        &["--exit-on", "TERM"],
+    );
+    let child = a.child_pid();
+    cluster.freeze(f);
+    for _ in 0..3 {
+        let out = run_true(&b, &endpoints, "3s", &["--on-conflict", "fail"]);
+        assert_eq!(out.code(), 75, "{}", out.stderr);
+    }
+    // Two TTLs and more: the passing of time is what is tested.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        crate::harness::alive(child),
+        "the holder's command was stopped: {}",
+        holder.stderr()
+    );
+    holder.signal(Signal::SIGTERM);
+    let out = holder.finish();
+    assert_eq!(out.code(), 143, "{}", out.stderr);
+    assert!(!out.stderr.contains("cannot release"), "{}", out.stderr);
+    cluster.thaw(f);
+}
