@@ -137,11 +137,18 @@ pub(crate) struct Queued {
     pub(crate) owner: Option<Owner>,
 }
 
+/// Every key under a lock's prefix, oldest first. (No limit: keys of a nested lock,
+/// `<key>/<sub>/<lease>`, share the prefix and are skipped by [`of_lock`].)
 fn first_created() -> GetOptions {
     GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(1)
+}
+
+/// Whether `kv` is a contender of the lock with prefix `pfx` itself (`<pfx><lease>`),
+/// not of a lock on a key nested below it.
+fn of_lock(pfx: &str, kv: &KeyValue) -> bool {
+    (kv.key().strip_prefix(pfx.as_bytes())).is_some_and(|rest| !rest.contains(&b'/'))
 }
 
 /// Puts our key (once), and reads the owner, in one transaction.
@@ -160,7 +167,7 @@ pub(crate) async fn enqueue(
         ])
         .or_else([
             TxnOp::get(my.clone(), None),
-            TxnOp::get(pfx, Some(first_created())),
+            TxnOp::get(pfx.clone(), Some(first_created())),
         ]);
     let resp = c.txn(txn).await?;
     let responses = resp.op_responses();
@@ -173,7 +180,9 @@ pub(crate) async fn enqueue(
         }
     };
     let owner = match responses.last() {
-        Some(TxnOpResponse::Get(get)) => get.kvs().first().map(Owner::from_kv),
+        Some(TxnOpResponse::Get(get)) => (get.kvs().iter())
+            .find(|kv| of_lock(&pfx, kv))
+            .map(Owner::from_kv),
         _ => None,
     };
     Ok(Queued { revision, owner })
@@ -189,12 +198,15 @@ pub(crate) async fn update(c: &mut Client, key: &str, lease: i64, value: String)
 
 /// The lock's owner now, if any.
 pub(crate) async fn owner(c: &mut Client, key: &str) -> Result<Option<Owner>> {
-    let resp = c.get(prefix(key), Some(first_created())).await?;
+    let pfx = prefix(key);
+    let resp = c.get(pfx.clone(), Some(first_created())).await?;
     let at = resp.header().map_or(0, |h| h.revision());
-    Ok(resp.kvs().first().map(|kv| Owner {
-        seen_at: at,
-        ..Owner::from_kv(kv)
-    }))
+    Ok((resp.kvs().iter())
+        .find(|kv| of_lock(&pfx, kv))
+        .map(|kv| Owner {
+            seen_at: at,
+            ..Owner::from_kv(kv)
+        }))
 }
 
 /// How a request that failed is tried again: an expired or forgotten auth token is
@@ -316,10 +328,9 @@ async fn wait_turn_once(c: &mut Client, key: &str, revision: i64) -> Result<()> 
         let options = GetOptions::new()
             .with_prefix()
             .with_max_create_revision(revision - 1)
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(1);
+            .with_sort(SortTarget::Create, SortOrder::Descend);
         let resp = c.get(pfx.clone(), Some(options)).await?;
-        let Some(before) = resp.kvs().first() else {
+        let Some(before) = resp.kvs().iter().find(|kv| of_lock(&pfx, kv)) else {
             return Ok(());
         };
         let at = resp.header().map_or(0, |h| h.revision());
@@ -543,6 +554,9 @@ pub(crate) async fn list(c: &mut Client, key: Option<&str>) -> Result<Vec<Entry>
             continue;
         };
         let lock = name.0.to_string();
+        if key.is_some_and(|k| k != lock) {
+            continue;
+        }
         let role = match seen.insert(lock.clone()) {
             true => Role::Holder,
             false => Role::Waiter,
@@ -558,6 +572,9 @@ pub(crate) async fn list(c: &mut Client, key: Option<&str>) -> Result<Vec<Entry>
         else {
             continue;
         };
+        if key.is_some_and(|k| k != lock) {
+            continue;
+        }
         entries.push(entry(
             lock.to_string(),
             Role::Worktree,

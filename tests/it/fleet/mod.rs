@@ -770,3 +770,28 @@ fn a_timed_out_wait_across_hosts_can_fall_back_to_a_worktree() {
 }
 
 mod resilience;
+
+/// Keys nested in one another are separate locks: a holder of `acme/api` does not hold
+/// `acme`.
+#[test]
+fn a_nested_key_is_another_lock() {
+    let Some((_cluster, endpoints, a, b)) = one_member_two_hosts() else {
+        return;
+    };
+    let holder = start_holder(&a, &endpoints, &["--fleet-key", "acme/api"]);
+    let mut args = vec!["run"];
+    args.extend(fleet_args(&endpoints, "10s"));
+    args.extend(["--fleet-key", "acme", "--on-conflict", "fail", "--", "true"]);
+    let out = b.run(&args);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    b.write_policy(&format!(
+        "[fleet]\nendpoints = [\"{endpoints}\"]\nkey = \"acme\"\n"
+    ));
+    let status = b.run(&["status", "--fleet"]);
+    assert_eq!(status.code(), 3, "{}{}", status.stdout, status.stderr);
+    let stop = b.run(&["stop", "--fleet", "acme", "--timeout", "5s"]);
+    assert_eq!(stop.code(), 3, "{}", stop.stderr);
+    assert!(alive(a.child_pid()), "the acme/api holder was stopped");
+    holder.signal(Signal::SIGTERM);
+    assert_eq!(holder.finish().code(), 143);
+}
