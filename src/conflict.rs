@@ -108,8 +108,10 @@ pub(crate) enum Moment<'a> {
     /// A `wait` is about to block: what the run needs once it has the lock is made now,
     /// so that the hand-off does not wait for it.
     BeforeWait,
-    /// The local lock is ours and the fleet lock comes next: the run names itself in
-    /// the local one while it waits (a locked lock file is never empty for ralph).
+    /// The local lock is ours (however it was taken: at once, after a wait, by a
+    /// takeover): the run names itself in it before anything else, so that a
+    /// concurrent `ralph run` finds the locked file naming its holder (it fails hard on
+    /// an empty one), also while a fleet lock is waited for.
     Holding(&'a LockFile),
 }
 
@@ -123,14 +125,17 @@ pub(crate) fn acquire(
     fleet: Option<&mut Fleet>,
     mut at: impl FnMut(Moment<'_>) -> Result<(), Failure>,
 ) -> Result<Next, Failure> {
-    match (local_lock(dir, rules, signals, &mut at)?, fleet) {
-        (Next::Primary(lock), Some(fleet)) => {
-            if let Err(e) = at(Moment::Holding(&lock)) {
-                let _ = lock.release();
-                return Err(e);
-            }
-            fleet_lock(lock, fleet, rules, signals)
+    let next = local_lock(dir, rules, signals, &mut at)?;
+    if let Next::Primary(lock) = &next
+        && let Err(e) = at(Moment::Holding(lock))
+    {
+        if let Next::Primary(lock) = next {
+            let _ = lock.release();
         }
+        return Err(e);
+    }
+    match (next, fleet) {
+        (Next::Primary(lock), Some(fleet)) => fleet_lock(lock, fleet, rules, signals),
         (next, _) => Ok(next),
     }
 }

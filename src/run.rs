@@ -115,16 +115,18 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
     // The local lock, then in fleet mode the fleet lock. Before a wait blocks, the
     // cgroup is made and the supervisor's start time and host name looked up, so that
     // the hand-off does without these system calls (a run refused at once does without
-    // them altogether). While it waits for the fleet lock, the local one names this
-    // supervisor, under the loop id the run then keeps.
+    // them altogether). Once the local lock is ours, it names this supervisor at once
+    // (before the cgroup is made), under the loop id the run then keeps, also while it
+    // waits for the fleet lock.
     let mut loop_id = None;
     let at = |moment: Moment<'_>| match moment {
         Moment::BeforeWait => {
             self_identity();
             tree.ready()
         }
+        // First thing once the lock is ours, before the cgroup (a few ms): a locked
+        // file is never left empty for a concurrent `ralph run`, which fails hard on one.
         Moment::Holding(lock) => {
-            tree.ready()?;
             let place = Place::Primary {
                 workspace: &settings.workspace,
                 loop_id: loop_id.insert(new_loop_id()).clone(),
@@ -132,7 +134,7 @@ pub(crate) fn run(mut settings: RunSettings) -> Result<ExitStatus, Failure> {
             if let Err(e) = lock.write_metadata(&metadata(&settings, &place, Utc::now(), &tree)) {
                 warn!("cannot write {}: {e}", lock.path().display());
             }
-            Ok(())
+            tree.ready()
         }
     };
     let rules = settings.conflict_rules();
@@ -355,16 +357,6 @@ fn run_locked(
     holds: Holds<'_>,
 ) -> Ran {
     debug!(lock = %lock.path().display(), "lock acquired");
-    // Watch .ralph/ before removing a stale stop request, so a new one is never missed.
-    if let Err(e) = crate::watch::watch(dir, signals) {
-        warn!(
-            "cannot watch {}: {e}; stop requests will not be seen",
-            dir.path().display()
-        );
-    }
-    if stop_request::remove(dir).unwrap_or(false) {
-        info!("removed a stale {}", stop_request::FILE);
-    }
     let Holds { tree, fleet } = holds;
     let started = crate::metadata::now();
     let mut meta = metadata(settings, place, started, tree);
@@ -392,6 +384,8 @@ fn run_locked(
         honours_stop: settings.handover && crate::handover::is_ralph(&settings.command),
         stop_noted: false,
     };
+    // The metadata first (a worktree's lock was taken just now; the workspace's names
+    // us already), then the rest of the set-up.
     let result = match session.write_metadata() {
         Err(e) => Err(Failure::new(
             ExitStatus::Failure,
@@ -399,6 +393,17 @@ fn run_locked(
                 .context(format!("cannot write {}", session.lock.path().display())),
         )),
         Ok(()) => {
+            // Watch .ralph/ before removing a stale stop request, so a new one is never
+            // missed.
+            if let Err(e) = crate::watch::watch(dir, signals) {
+                warn!(
+                    "cannot watch {}: {e}; stop requests will not be seen",
+                    dir.path().display()
+                );
+            }
+            if stop_request::remove(dir).unwrap_or(false) {
+                info!("removed a stale {}", stop_request::FILE);
+            }
             let mut told = run_facts(settings, place);
             let received = match &settings.policy.hooks.on_start {
                 None => Vec::new(),

@@ -432,3 +432,63 @@ fn waiting_probe(ws: &Workspace) -> std::process::Command {
         "0",
     ])
 }
+
+/// The kernel's record of what happened in `.ralph/`, in order: `(name, what)`.
+fn ralph_dir_events(inotify: &nix::sys::inotify::Inotify) -> Vec<(String, &'static str)> {
+    use nix::sys::inotify::AddWatchFlags as F;
+    let mut seen = Vec::new();
+    while let Ok(events) = inotify.read_events() {
+        for e in events {
+            let name = e.name.map(|n| n.to_string_lossy().into_owned());
+            let what = if e.mask.contains(F::IN_DELETE) {
+                "deleted"
+            } else {
+                "modified"
+            };
+            seen.push((name.unwrap_or_default(), what));
+        }
+    }
+    seen
+}
+
+/// Once the lock is ours, the file names us before anything else is set up (the cgroup,
+/// the directory watch, a stale stop request's removal: milliseconds, during which a
+/// concurrent `ralph run` failed hard on the empty file with "Failed to parse lock
+/// metadata: Empty lock file"). The kernel orders the events: the lock file's write
+/// comes before the stale `stop-requested` goes, taken at once or after a wait.
+#[test]
+fn the_lock_names_its_holder_before_the_rest_of_the_set_up() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    for contended in [false, true] {
+        let ws = Workspace::new();
+        std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+        std::fs::write(ws.lock_path(), "").unwrap();
+        std::fs::write(ws.path.join(".ralph/stop-requested"), "").unwrap();
+        let holder = contended.then(|| FlockHolder::start(&ws));
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).unwrap();
+        inotify
+            .add_watch(
+                &ws.path.join(".ralph"),
+                AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DELETE,
+            )
+            .unwrap();
+        let mut p = Proc::spawn(ws.cmd(&["run", "--on-conflict", "wait", "--", "true"]));
+        if let Some(holder) = holder {
+            stderr_has(&p, "waiting for the lock held by");
+            holder.release();
+        }
+        assert_eq!(p.wait(LIMIT).code(), Some(0), "{}", p.stderr());
+        let events = ralph_dir_events(&inotify);
+        let at = |want: (&str, &str)| {
+            events
+                .iter()
+                .position(|(n, w)| (n.as_str(), *w) == want)
+                .unwrap_or_else(|| panic!("no {want:?} in {events:?}"))
+        };
+        assert!(
+            at(("loop.lock", "modified")) < at(("stop-requested", "deleted")),
+            "contended {contended}: the stale stop request went before the lock file named \
+             its holder: {events:?}"
+        );
+    }
+}
