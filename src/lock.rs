@@ -9,8 +9,12 @@
 //! [`LockFile::release`].
 //!
 //! The file is never deleted, renamed or recreated (a new inode would mean two primaries),
-//! and while locked it always holds valid JSON: new metadata is written padded with spaces
-//! over the old bytes, then the file is truncated to length.
+//! and from the first write after locking until the release it always holds valid JSON:
+//! new metadata is written in one `pwrite` over the old bytes, padded with spaces to the
+//! file's size, which does not shrink while locked (see [`RalphFile::write_in_place`]).
+//! The metadata is written first thing once the lock is taken ([`crate::conflict`]'s
+//! `Moment::Holding`); the release empties the file, so the next taker's file is empty
+//! between its `flock` and its first write (ralph's own taking has that instant too).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -107,9 +111,8 @@ impl LockFile {
         self.file.still_linked(dir)
     }
 
-    /// Replaces the metadata without the file ever being empty or invalid: the new JSON,
-    /// padded with spaces to the old length, is written over the old bytes, then the
-    /// file is truncated to the JSON's length.
+    /// Replaces the metadata without the file ever being empty, cut or invalid: the new
+    /// JSON, padded with spaces to the file's size, in one write over the old bytes.
     pub(crate) fn write_metadata(&self, meta: &Metadata) -> io::Result<()> {
         self.file.write_in_place(meta.to_json().into_bytes())
     }
@@ -418,7 +421,18 @@ mod tests {
         let raw = lock.read_raw().unwrap();
         let parsed = Metadata::parse(&raw).unwrap().unwrap();
         assert_eq!(parsed.prompt, "short");
-        assert_eq!(raw.len(), meta("short").to_json().len());
+        // Padded, never shrunk while locked: a reader that sized its read before the
+        // rewrite still gets one version whole.
+        let long = meta(&"long ".repeat(20)).to_json().len();
+        assert!(raw.len() > long, "{}", raw.len());
+        assert!(
+            raw[meta("short").to_json().len()..]
+                .iter()
+                .all(|&b| b == b' ')
+        );
+        // Longer again: it fits in the room left, the size stays.
+        lock.write_metadata(&meta(&"longer ".repeat(14))).unwrap();
+        assert_eq!(lock.read_raw().unwrap().len(), raw.len());
     }
 
     /// The lookup used where there is no `/proc/locks` (macOS, FreeBSD), run here on

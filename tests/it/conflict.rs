@@ -492,3 +492,86 @@ fn the_lock_names_its_holder_before_the_rest_of_the_set_up() {
         );
     }
 }
+
+/// A reader that reads the locked file as ralph does (`flock(LOCK_EX | LOCK_NB)`
+/// refused, then `read_to_string`, which sizes its read by `fstat`) while the supervisor
+/// rewrites it, here at every restart (the child's pid, the restart's record), a
+/// thousand times: the file never shrinks under it while the lock is held (nor grows
+/// but with room to spare), so such a read gets one version whole. It used to be cut to
+/// each version's length: a read sized before a rewrite that grew it got the old
+/// contents followed by the tail of the new (about 1 read in 1,000 here). Reads are not
+/// atomic against a concurrent write on every file system (ext4: a `read` racing a
+/// `pwrite` of the same page may mix them at 16-byte steps, about 1 in 5,000 here), so
+/// torn reads are counted and printed, and the file's sizes are what is asserted.
+#[test]
+fn a_contending_reader_never_sees_the_locked_file_shrink() {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path.join(".ralph")).unwrap();
+    let path = ws.lock_path();
+    std::fs::write(&path, "").unwrap();
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut sizes, mut torn) = (Vec::new(), 0);
+            while !done.load(Ordering::Relaxed) {
+                let file = std::fs::File::open(&path).unwrap();
+                let mut file = match nix::fcntl::Flock::lock(
+                    file,
+                    nix::fcntl::FlockArg::LockExclusiveNonblock,
+                ) {
+                    // Free: let go at once (dropping unlocks).
+                    Ok(_free) => continue,
+                    Err((file, _)) => file,
+                };
+                sizes.push(file.metadata().unwrap().size());
+                let mut text = String::new();
+                file.read_to_string(&mut text).unwrap();
+                if !text.trim().is_empty()
+                    && serde_json::from_str::<serde_json::Value>(&text).is_err()
+                {
+                    torn += 1;
+                }
+            }
+            (sizes, torn)
+        })
+    };
+    // `wait`: the reader's own probe may hold the lock for an instant as it starts.
+    let out = ws.run(&[
+        "run",
+        "--on-conflict",
+        "wait",
+        "--restart",
+        "always",
+        "--max-restarts",
+        "1000",
+        "--restart-delay",
+        "0s",
+        "--",
+        "true",
+    ]);
+    done.store(true, Ordering::Relaxed);
+    let (sizes, torn) = reader.join().unwrap();
+    println!("{} reads of the locked file, {torn} torn", sizes.len());
+    assert!(out.stderr.contains("giving up"), "{out:?}");
+    assert!(
+        sizes.len() > 100,
+        "the reader hardly ever met the lock held: {sizes:?}"
+    );
+    // Empty (0) only before the first write and after the release's truncation.
+    let written: Vec<u64> = sizes.into_iter().filter(|&s| s > 0).collect();
+    let shrunk = written.windows(2).filter(|w| w[1] < w[0]).count();
+    let mut distinct = written.clone();
+    distinct.dedup();
+    assert_eq!(
+        shrunk, 0,
+        "the locked file shrank {shrunk} times: sizes {distinct:?}"
+    );
+    assert!(
+        distinct.len() <= 3,
+        "the locked file grew at many rewrites: {distinct:?}"
+    );
+}
