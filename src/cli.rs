@@ -88,7 +88,9 @@ pub(crate) enum Command {
     },
     /// Prune dead registry entries and remove clean, finished worktrees
     ///
-    /// A worktree under worktree.dir is removed when no loop holds it, it has no
+    /// A worktree under worktree.dir is removed when no loop holds it (nor runs there
+    /// by the registry: a worktree loop ralph started itself holds no lock, and runs
+    /// while its pid lives and its directory is there), it has no
     /// uncommitted changes and no commit the main work tree's HEAD lacks; its branch
     /// is deleted with it when the name starts with worktree.branch_prefix. Worktrees
     /// with unmerged work are listed, never deleted; one whose .ralph/agent/context.md

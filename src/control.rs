@@ -114,10 +114,8 @@ pub(crate) fn list(workspace: &Path, as_json: bool) -> Result<ExitStatus, Failur
             Some(path) => inspect_with(path, &locks).ok(),
             None => None,
         };
-        let running = state
-            .as_ref()
-            .map(|s| s.held)
-            .unwrap_or_else(|| entry.alive());
+        // Held, or by ralph's measure (a worktree loop ralph started holds no lock).
+        let running = state.as_ref().is_some_and(|s| s.held) || entry.running();
         rows.push(ListRow::Registered(Registered::new(&entry, wt, running)));
     }
     if as_json {
@@ -163,6 +161,14 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
         },
     };
     let state = inspect(&target)?;
+    if !state.held
+        && let Some(id) = &settings.id
+        && let Some(entry) = worktree::registry::list(&registry_dir(workspace))?
+            .into_iter()
+            .find(|e| &e.id == id && e.runs_in(&target) && e.running())
+    {
+        return stop_unlocked(&entry, &target, settings, &signals);
+    }
     if !state.held {
         return Err(Failure::msg(
             ExitStatus::NotRunning,
@@ -269,6 +275,112 @@ pub(crate) fn stop(workspace: &Path, settings: &StopSettings) -> Result<ExitStat
             ))
         }
         Freed::Interrupted(sig) => Ok(ExitStatus::Signaled(sig)),
+    }
+}
+
+/// `stop ID` of a worktree loop that holds no lock (ralph's own: it judges such a loop
+/// by its registry entry), stopped as `ralph loops stop` does: the stop request file in
+/// the worktree's `.ralph/`, which ralph honours at its next iteration boundary; with
+/// `--signal` that signal to its pid, with `--kill` SIGKILL (`ralph loops stop
+/// --force`). Then waits, up to `--timeout`, for the process to exit.
+fn stop_unlocked(
+    entry: &worktree::registry::Entry,
+    wt: &Path,
+    settings: &StopSettings,
+    signals: &Signals,
+) -> Result<ExitStatus, Failure> {
+    use nix::sys::signal::{Signal, kill};
+    let pid = nix::unistd::Pid::from_raw(entry.pid as i32);
+    let name = present::escape(&entry.id).into_owned();
+    let started = Instant::now();
+    // Opened now: once the process is gone, its pid may name another.
+    let process = crate::sys::ProcessHandle::open(pid.as_raw()).ok();
+    let signal = match (settings.kill, settings.signal) {
+        (true, _) => Some(libc::SIGKILL),
+        (false, signal) => signal,
+    };
+    match signal {
+        Some(sig) => {
+            let sig = Signal::try_from(sig).or_fail("cannot stop the loop")?;
+            match &process {
+                Some(p) => p.signal(sig as i32),
+                None => kill(pid, sig).map_err(std::io::Error::from),
+            }
+            .or_fail(format!("cannot signal {name} (pid {pid})"))?;
+        }
+        None => {
+            let dir = RalphDir::open_or_create(wt)?;
+            crate::stop_request::create(&dir).or_fail(format!(
+                "cannot write the stop request in {}",
+                present::path(dir.path())
+            ))?;
+        }
+    }
+    let deadline = started + settings.timeout;
+    match wait_exit_or_signal(entry, process.as_ref(), deadline, signals)? {
+        Freed::Free => {}
+        Freed::Interrupted(sig) => return Ok(ExitStatus::Signaled(sig)),
+        Freed::TimedOut => {
+            return Err(Failure::msg(
+                ExitStatus::Timeout,
+                format!(
+                    "{name} (pid {pid}, not supervised) still running after {:?}; ralph stops at its next iteration boundary: wait longer (--timeout) or try --kill",
+                    settings.timeout
+                ),
+            ));
+        }
+    }
+    print(&format!(
+        "stopped {name} in {:.1}s: its process (pid {pid}, not supervised) exited\n",
+        started.elapsed().as_secs_f64()
+    ))?;
+    Ok(ExitStatus::SUCCESS)
+}
+
+/// Waits until the loop of `entry` has exited (`process`, its handle, readable), a stop
+/// signal comes, or `deadline` passes. Without a handle (the process was gone when it
+/// was opened, or a kernel without pidfds) the registry's measure is asked every 50 ms.
+fn wait_exit_or_signal(
+    entry: &worktree::registry::Entry,
+    process: Option<&crate::sys::ProcessHandle>,
+    deadline: Instant,
+    signals: &Signals,
+) -> Result<Freed, Failure> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        if process.is_none() && !entry.running() {
+            return Ok(Freed::Free);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(Freed::TimedOut);
+        }
+        let mut left = deadline - now;
+        if process.is_none() {
+            left = left.min(Duration::from_millis(50));
+        }
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(p) = process {
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        let ms = PollTimeout::try_from(left.as_millis()).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, ms) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(std::io::Error::from(e)).or_fail("cannot wait for the loop"),
+        }
+        let exited = fds
+            .get(1)
+            .and_then(|fd| fd.revents())
+            .is_some_and(|r| !r.is_empty());
+        while let Some(received) = signals.next_info().or_fail("cannot read signals")? {
+            if conflict::while_waiting(received.signo) == conflict::OnSignal::Interrupt {
+                return Ok(Freed::Interrupted(received.signo));
+            }
+        }
+        if exited {
+            return Ok(Freed::Free);
+        }
     }
 }
 

@@ -124,8 +124,9 @@ pub(crate) struct GcReport {
     pub(crate) removed: Vec<PathBuf>,
     /// Finished worktrees kept because they have changes or unmerged commits.
     pub(crate) unmerged: Vec<PathBuf>,
-    /// Worktrees whose loop is running (their `loop.lock` is held) or is being launched
-    /// (created less than [`GC_GRACE`] ago): left alone.
+    /// Worktrees whose loop is running (their `loop.lock` is held, or the registry lists
+    /// a live loop there, as ralph's own worktree loops hold no lock) or is being
+    /// launched (created less than [`GC_GRACE`] ago): left alone.
     pub(crate) running: Vec<PathBuf>,
     /// The workspace is not in a git repository: only the registry was looked at.
     pub(crate) not_git: bool,
@@ -874,11 +875,18 @@ pub(crate) fn gc(
         Some(repo_lock(&root)?)
     };
     let wt_root = wt_root.canonicalize().unwrap_or(wt_root);
+    // Loops that hold no lock in their worktree (ralph's own worktree loops) run as long
+    // as the registry's entry does by ralph's measure: its pid alive, its directory there.
+    let registered: Vec<registry::Entry> = registry::list(&root.join(RALPH_DIR))?
+        .into_iter()
+        .filter(registry::Entry::running)
+        .collect();
     for (path, branch) in worktree_list(&root)? {
         if path.parent() != Some(wt_root.as_path()) || !path.is_dir() {
             continue;
         }
-        let (running, _held) = probe_loop_lock(&path)?;
+        let (held, _held) = probe_loop_lock(&path)?;
+        let running = held || registered.iter().any(|e| e.runs_in(&path));
         let launching = fs::metadata(path.join(CONTEXT_FILE))
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GC_GRACE));

@@ -306,6 +306,21 @@ impl Entry {
             .is_some_and(|ns| crate::procfs::pid_namespace().is_some_and(|ours| ours != ns));
         elsewhere || pid_alive(self.pid)
     }
+
+    /// Whether the loop runs, as ralph judges it (`LoopEntry::is_alive`): its pid alive
+    /// ([`Self::alive`]; an entry records no start time to confirm it by) and its
+    /// worktree, when it names one, still a directory. A worktree loop ralph started
+    /// itself holds no lock in its worktree: this is all there is to tell it runs.
+    pub(crate) fn running(&self) -> bool {
+        self.alive() && (self.worktree_path.as_os_str().is_empty() || self.worktree_path.is_dir())
+    }
+
+    /// Whether the entry is the loop of worktree `wt` (paths compared resolved).
+    pub(crate) fn runs_in(&self, wt: &Path) -> bool {
+        !self.worktree_path.as_os_str().is_empty()
+            && (self.worktree_path == wt
+                || self.worktree_path.canonicalize().ok() == wt.canonicalize().ok())
+    }
 }
 
 /// Whether a process with this pid exists (EPERM: it does, another user's).

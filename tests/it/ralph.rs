@@ -516,3 +516,104 @@ fn ralph_started_in_a_subdirectory() {
     );
     r.no_worktree();
 }
+
+/// A worktree loop ralph started itself (the primary is ralph's own too) holds no lock
+/// in its worktree: ralph judges it by its registry entry (pid alive, directory there).
+/// `gc` keeps it, also once past the launch grace; `list` shows it running; `stop ID`
+/// stops it as `ralph loops stop` does (the stop request in its worktree, honoured at
+/// its next iteration) and reports it.
+#[test]
+fn native_ralph_worktree_loops_are_running_for_gc_list_and_stop() {
+    let Some(r) = Ralph::new(true) else { return };
+    // ralph's state and the worktrees ignored: a finished worktree would be clean.
+    std::fs::write(r.ws.path.join(".gitignore"), ".ralph/\n.worktrees/\n").unwrap();
+    r.ws.git_cmd(&["add", ".gitignore"]);
+    r.ws.git_cmd(&["commit", "-q", "-m", "ignore"]);
+    r.gate();
+    let native = |prompt: &str| {
+        let mut cmd = Command::new(&r.bin);
+        cmd.args(["run", "-a", "-c"])
+            .arg(r.ctl("ralph.yml"))
+            .args(["-p", prompt])
+            .current_dir(&r.ws.path)
+            .env_remove("RALPH_WORKSPACE_ROOT")
+            .stdin(std::process::Stdio::null());
+        git_identity(&mut cmd);
+        Proc::spawn(cmd)
+    };
+    let mut primary = native("native primary");
+    r.wait_iteration(1);
+    let mut second = native("native worktree");
+    r.wait_iteration(2);
+    let registry = r.ws.path.join(".ralph/loops.json");
+    let mut entry = serde_json::Value::Null;
+    wait_until("the worktree loop in ralph's registry", LIMIT, || {
+        let loops: serde_json::Value = std::fs::read_to_string(&registry)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if let Some(e) = loops["loops"].as_array().into_iter().flatten().find(|e| {
+            e["worktree_path"].as_str().is_some()
+                && e["pid"].as_i64() == Some(second.pid().as_raw().into())
+        }) {
+            entry = e.clone();
+        }
+        !entry.is_null()
+    });
+    let id = entry["id"].as_str().unwrap().to_string();
+    let wt = PathBuf::from(entry["worktree_path"].as_str().unwrap());
+    // Past the launch grace: only the registry says it runs.
+    let context = std::fs::File::options()
+        .write(true)
+        .open(wt.join(".ralph/agent/context.md"))
+        .unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(180);
+    context.set_modified(old).unwrap();
+    drop(context);
+
+    let gc = r.ws.run(&["gc"]);
+    assert_eq!(gc.code(), 0, "{}\n{}", gc.stdout, gc.stderr);
+    assert!(
+        wt.is_dir(),
+        "gc removed a running loop's worktree: {}",
+        gc.stdout
+    );
+    let kept = format!("keep {} (running", wt.display());
+    assert!(gc.stdout.contains(&kept), "{}", gc.stdout);
+    let list = r.ws.run(&["list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not listed: {rows}"));
+    assert_eq!(row["running"], true, "{row}");
+    assert!(
+        r.loops_list()
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("running"))
+    );
+
+    let stop = Proc::spawn(r.ws.cmd(&["stop", &id, "--timeout", "15s"]));
+    let request = wt.join(".ralph/stop-requested");
+    wait_until("the stop request in the worktree", LIMIT, || {
+        request.exists()
+    });
+    // The agents finish their iteration; the worktree loop then honours the request.
+    r.open_gate();
+    let out = stop.finish();
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!("stopped {id}")),
+        "{}",
+        out.stdout
+    );
+    assert!(second.wait(LIMIT).code().is_some());
+    assert!(!alive(second.pid().as_raw()));
+    // The primary is left running: ralph's own, stopped here by ralph's own means.
+    assert!(alive(primary.pid().as_raw()));
+    primary.signal(Signal::SIGTERM);
+    r.open_gate_if_waiting();
+    primary.wait(LIMIT);
+}
