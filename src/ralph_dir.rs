@@ -625,6 +625,10 @@ fn refuse(path: &Path, why: Why) -> Error {
     }
 }
 
+/// The room [`RalphFile::write_in_place`] leaves after contents that grew the file, so
+/// that the next rewrites (a child's pid, a restart's record) fit without growing it.
+const WRITE_ROOM: usize = 512;
+
 /// Whether writing `len` bytes at `offset` needs disk space reserved first. Not when
 /// they lie within one block of the file (at most a page): such a write either finds
 /// its block already the file's (an overwrite, or an extension inside the last block)
@@ -633,10 +637,6 @@ fn refuse(path: &Path, why: Why) -> Error {
 /// cannot stop half-way. The lock file's metadata is such a write: reserving its
 /// block made each release's truncation free an allocated block (ext4: 0.25 ms or
 /// more, on the hand-off's path), against microseconds for a block only written.
-/// The room [`RalphFile::write_in_place`] leaves after contents that grew the file, so
-/// that the next rewrites (a child's pid, a restart's record) fit without growing it.
-const WRITE_ROOM: usize = 512;
-
 fn needs_reserve(st: &FileStat, offset: u64, len: u64) -> bool {
     let block = (st.st_blksize as u64).clamp(512, 4096);
     len > 0 && offset / block != (offset + len - 1) / block
