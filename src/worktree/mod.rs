@@ -885,7 +885,8 @@ pub(crate) fn gc(
         if path.parent() != Some(wt_root.as_path()) || !path.is_dir() {
             continue;
         }
-        let (held, _held) = probe_loop_lock(&path)?;
+        // (`_guard` holds a free lock until the worktree is dealt with.)
+        let (held, _guard) = probe_loop_lock(&path)?;
         let running = held || registered.iter().any(|e| e.runs_in(&path));
         let launching = fs::metadata(path.join(CONTEXT_FILE))
             .and_then(|m| m.modified())

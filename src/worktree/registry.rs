@@ -317,9 +317,10 @@ impl Entry {
 
     /// Whether the entry is the loop of worktree `wt` (paths compared resolved).
     pub(crate) fn runs_in(&self, wt: &Path) -> bool {
+        let resolved = |p: &Path| p.canonicalize().ok();
         !self.worktree_path.as_os_str().is_empty()
             && (self.worktree_path == wt
-                || self.worktree_path.canonicalize().ok() == wt.canonicalize().ok())
+                || resolved(&self.worktree_path).is_some_and(|p| Some(p) == resolved(wt)))
     }
 }
 
