@@ -393,19 +393,30 @@ pub(crate) async fn ask_stop(
     Ok(())
 }
 
-/// Watches this holder's stop-request key from `from` on; each request is reported. A
-/// broken watch is opened again ([`Retry`]); credentials refused for good leave the
-/// holder deaf to stop requests, which is said once, and it keeps trying.
-pub(crate) async fn watch_stop(
+/// What a [`follow`]ed key showed.
+enum Seen<'a> {
+    /// An event the watch let through.
+    Event(&'a etcd_client::Event),
+    /// After etcd compacted past the watch's start: the key now (`None`: absent).
+    Now(Option<&'a KeyValue>),
+}
+
+/// Watches `key` from revision `from` on, with `filter`, and hands `seen` what it shows
+/// (and the revision the watch would start from again) until `seen` says it is done.
+/// A broken watch is opened again from after the last event ([`Retry`], named
+/// `watching`); one etcd compacted past that revision is answered by a look at the key.
+/// Credentials refused for good leave the holder blind to `what`, which is said once,
+/// and it keeps trying.
+async fn follow(
     pool: Pool,
+    (watching, what): (&'static str, &'static str),
     key: String,
-    lease: i64,
     from: i64,
-    notifier: super::Notifier,
+    filter: WatchFilterType,
+    mut seen: impl FnMut(Seen<'_>, i64) -> std::ops::ControlFlow<()>,
 ) {
-    let stop = stop_key(&key, lease);
     let mut next = from;
-    let mut retry = Retry::new("watching for fleet stop requests");
+    let mut retry = Retry::new(watching);
     let mut deaf = false;
     'watch: loop {
         let (i, c) = pool.current().await;
@@ -419,8 +430,8 @@ pub(crate) async fn watch_stop(
         };
         let options = WatchOptions::new()
             .with_start_revision(next)
-            .with_filters([WatchFilterType::NoDelete]);
-        let broken = match c.watch(stop.clone(), Some(options)).await {
+            .with_filters([filter]);
+        let broken = match c.watch(key.clone(), Some(options)).await {
             Err(e) => e,
             Ok(mut stream) => loop {
                 match stream.message().await {
@@ -432,14 +443,12 @@ pub(crate) async fn watch_stop(
                         }
                         retry.reset();
                         if resp.compact_revision() > 0 {
-                            // Compacted past `next` (while the watch was away): what
-                            // was asked meanwhile is still there, the request's key.
-                            match c.get(stop.clone(), None).await {
+                            // Compacted past `next` (while the watch was away): the key
+                            // as it is now says what happened meanwhile.
+                            match c.get(key.clone(), None).await {
                                 Ok(got) => {
-                                    for kv in
-                                        got.kvs().iter().filter(|kv| kv.mod_revision() >= next)
-                                    {
-                                        notifier.send(super::FleetEvent::StopAsked(asked_by(kv)));
+                                    if seen(Seen::Now(got.kvs().first()), next).is_break() {
+                                        return;
                                     }
                                     let at = got.header().map_or(0, |h| h.revision());
                                     next = next.max(at + 1);
@@ -449,9 +458,12 @@ pub(crate) async fn watch_stop(
                             }
                         }
                         for event in resp.events() {
-                            let Some(kv) = event.kv() else { continue };
-                            next = next.max(kv.mod_revision() + 1);
-                            notifier.send(super::FleetEvent::StopAsked(asked_by(kv)));
+                            if let Some(kv) = event.kv() {
+                                next = next.max(kv.mod_revision() + 1);
+                            }
+                            if seen(Seen::Event(event), next).is_break() {
+                                return;
+                            }
                         }
                     }
                 }
@@ -464,16 +476,90 @@ pub(crate) async fn watch_stop(
             if !deaf {
                 deaf = true;
                 tracing::warn!(
-                    "etcd refuses this holder's credentials ({}): it cannot hear fleet stop requests until they are taken again; check {} and {}",
+                    "etcd refuses this holder's credentials ({}): it cannot {what} until they are taken again; check {} and {}",
                     super::why(&e),
                     super::ENV_USER,
                     super::ENV_PASSWORD
                 );
             }
-            retry = Retry::new("watching for fleet stop requests");
+            retry = Retry::new(watching);
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
     }
+}
+
+/// Watches this holder's stop-request key from `from` on; each request is reported.
+pub(crate) async fn watch_stop(
+    pool: Pool,
+    key: String,
+    lease: i64,
+    from: i64,
+    notifier: super::Notifier,
+) {
+    let stop = stop_key(&key, lease);
+    follow(
+        pool,
+        (
+            "watching for fleet stop requests",
+            "hear fleet stop requests",
+        ),
+        stop,
+        from,
+        WatchFilterType::NoDelete,
+        |seen, from| {
+            let asked = match seen {
+                Seen::Event(event) => event.kv(),
+                // What was asked while the watch was away is still there.
+                Seen::Now(kv) => kv.filter(|kv| kv.mod_revision() >= from),
+            };
+            if let Some(kv) = asked {
+                notifier.send(super::FleetEvent::StopAsked(asked_by(kv)));
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .await
+}
+
+/// Watches the holder's own lock key (created at revision `token`): its deletion, by
+/// hand (`etcdctl del`) or with its lease (`etcdctl lease revoke`), means the lock is
+/// no longer ours, and is reported at once as a lost lease. (Our own release aborts
+/// this task before it revokes the lease.)
+pub(crate) async fn watch_held(
+    pool: Pool,
+    key: String,
+    lease: i64,
+    token: i64,
+    notifier: super::Notifier,
+) {
+    let my = lock_key(&key, lease);
+    let deleted = format!(
+        "the fleet lock key was deleted ({my}: removed by hand, or its lease revoked); the lock is no longer held"
+    );
+    follow(
+        pool,
+        (
+            "watching the fleet lock key",
+            "see its fleet lock key deleted",
+        ),
+        my,
+        token,
+        WatchFilterType::NoPut,
+        |seen, _| {
+            let gone = match seen {
+                Seen::Event(event) => event.event_type() == EventType::Delete,
+                // Absent, or put again (not ours: another create revision).
+                Seen::Now(kv) => kv.is_none_or(|kv| kv.create_revision() != token),
+            };
+            if !gone {
+                return std::ops::ControlFlow::Continue(());
+            }
+            tracing::warn!("{}: stopping the command", crate::present::escape(&deleted));
+            notifier.send(super::FleetEvent::LeaseLost(deleted.clone()));
+            std::ops::ControlFlow::Break(())
+        },
+    )
+    .await
 }
 
 /// Who asked, from a stop request's value ("someone" if it does not say).

@@ -29,6 +29,9 @@
 //! supervisor is told ([`FleetEvent::LeaseLost`]): it stops the child with the fleet
 //! grace `min(stop.grace, ttl/3)`, KILLs what is left, and exits 69 — before the lease
 //! can expire and another host can acquire.
+//! The holder also watches its own lock key: deleted by hand (`etcdctl del`) or with
+//! its lease (`etcdctl lease revoke`), the lock is no longer its own, and that is
+//! reported at once as the same loss ([`lock::watch_held`]).
 //!
 //! # Threads
 //!
@@ -428,8 +431,9 @@ impl Fleet {
         });
     }
 
-    /// The lock is ours: record it, watch for stop requests. `waited`: the record put
-    /// when we queued, whose `since` becomes now (taken at once, it is right already).
+    /// The lock is ours: record it, watch for stop requests and for the deletion of our
+    /// lock key. `waited`: the record put when we queued, whose `since` becomes now
+    /// (taken at once, it is right already).
     fn held(&mut self, token: i64, waited: Option<&str>) {
         self.token = Some(token);
         let lease = self.lease.expect("granted");
@@ -447,6 +451,14 @@ impl Fleet {
             });
         }
         let task = lock::watch_stop(
+            self.pool.clone(),
+            key.clone(),
+            lease,
+            token,
+            self.notifier.clone(),
+        );
+        self.tasks.push(self.rt.spawn(task));
+        let task = lock::watch_held(
             self.pool.clone(),
             key.clone(),
             lease,
@@ -630,8 +642,11 @@ impl Fleet {
     /// Gives the lock (and every reservation) back: revokes the lease, which deletes
     /// our keys at once. Best effort, bounded: etcd may be gone.
     pub(crate) fn release(&mut self) {
+        // Each task gone before the lease is revoked: the deletion of our lock key that
+        // the revocation causes is not reported as a loss.
         for task in self.tasks.drain(..) {
             task.abort();
+            let _ = self.rt.block_on(task);
         }
         let Some(lease) = self.lease.take() else {
             return;

@@ -795,3 +795,46 @@ fn a_nested_key_is_another_lock() {
     holder.signal(Signal::SIGTERM);
     assert_eq!(holder.finish().code(), 143);
 }
+
+/// The holder's lock key deleted by hand, or its lease revoked: it notices at once (a
+/// watch, not its next keep-alive), stops its command and exits 69, as for a lost
+/// lease; then another host can hold the key. Its own release is no loss.
+#[test]
+fn a_holder_whose_lock_key_is_deleted_or_lease_revoked_stops_at_once() {
+    let Some((cluster, endpoints, a, b)) = one_member_two_hosts() else {
+        return;
+    };
+    let prefix = format!("ralph-supervise/lock/{KEY}/");
+    for how in ["del", "revoke"] {
+        // A long TTL: the next keep-alive is 15 s away, so only a watch notices in time.
+        let holder = a.start_probe(&fleet_args(&endpoints, "60s"), &["--exit-on", "TERM"]);
+        let child = a.child_pid();
+        let got = cluster.etcdctl(&["get", "--prefix", &prefix, "--keys-only"]);
+        let got = String::from_utf8_lossy(&got.stdout).to_string();
+        let name = got.lines().find(|l| !l.is_empty()).expect("the lock key");
+        let lease = name.rsplit('/').next().unwrap();
+        let done = match how {
+            "del" => cluster.etcdctl(&["del", "--prefix", &prefix]),
+            _ => cluster.etcdctl(&["lease", "revoke", lease]),
+        };
+        assert!(done.status.success(), "{how}: {done:?}");
+        wait_until(
+            "the holder's command to stop",
+            Duration::from_secs(8),
+            || !alive(child),
+        );
+        let out = holder.finish();
+        assert_eq!(out.code(), 69, "{how}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("fleet lock key was deleted"),
+            "{how}: {}",
+            out.stderr
+        );
+        let mut args = vec!["run"];
+        args.extend(fleet_args(&endpoints, "10s"));
+        args.extend(["--on-conflict", "fail", "--", "true"]);
+        let next = b.run(&args);
+        assert_eq!(next.code(), 0, "{how}: {}", next.stderr);
+        assert!(!next.stderr.contains("deleted"), "{}", next.stderr);
+    }
+}
