@@ -676,31 +676,45 @@ pub(crate) fn fleet_table(entries: &[crate::fleet::Entry], key: Option<&str>) ->
             None => "no fleet locks\n".into(),
         };
     }
-    let mut out = format!(
-        "{:<40} {:<8} {:<20} {:>8} {:<24} {:>8}\n",
-        "KEY", "ROLE", "HOST", "PID", "SINCE", "TOKEN"
-    );
-    for e in entries {
-        let role = match (e.role, &e.id) {
-            (Role::Holder, _) => "holder".to_string(),
-            (Role::Waiter, _) => "waiter".to_string(),
-            (Role::Worktree, Some(id)) => format!("worktree {}", escape(id)),
-            (Role::Worktree, None) => "worktree".to_string(),
-        };
-        let host = match (&e.host, e.foreign) {
-            (Some(host), _) => escape(host).into_owned(),
-            (None, true) => "(another tool)".into(),
-            (None, false) => "-".into(),
-        };
+    let rows: Vec<[String; 6]> = (entries.iter())
+        .map(|e| {
+            let role = match (e.role, &e.id) {
+                (Role::Holder, _) => "holder".to_string(),
+                (Role::Waiter, _) => "waiter".to_string(),
+                (Role::Worktree, Some(id)) => format!("worktree {}", escape(id)),
+                (Role::Worktree, None) => "worktree".to_string(),
+            };
+            let host = match (&e.host, e.foreign) {
+                (Some(host), _) => escape(host).into_owned(),
+                (None, true) => "(another tool)".into(),
+                (None, false) => "-".into(),
+            };
+            [
+                escape(&e.key).into_owned(),
+                role,
+                host,
+                e.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                e.since
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |s| escape(s).into_owned()),
+                e.token.to_string(),
+            ]
+        })
+        .collect();
+    let head = ["KEY", "ROLE", "HOST", "PID", "SINCE", "TOKEN"].map(str::to_string);
+    // Each column as wide as its widest cell (a worktree's id, a long key), at least as
+    // wide as usual, so that every row's columns line up.
+    let mut w = [40, 8, 20, 8, 24, 8];
+    for (i, width) in w.iter_mut().enumerate() {
+        let widest = rows.iter().map(|r| r[i].chars().count()).max();
+        *width = (*width).max(widest.unwrap_or(0));
+    }
+    let mut out = String::new();
+    for [key, role, host, pid, since, token] in std::iter::once(head).chain(rows) {
         let _ = writeln!(
             out,
-            "{:<40} {:<8} {:<20} {:>8} {:<24} {:>8}",
-            escape(&e.key),
-            role,
-            host,
-            e.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-            e.since.as_deref().map_or_else(|| "-".into(), escape),
-            e.token,
+            "{key:<0$} {role:<1$} {host:<2$} {pid:>3$} {since:<4$} {token:>5$}",
+            w[0], w[1], w[2], w[3], w[4], w[5]
         );
     }
     out
@@ -1152,5 +1166,67 @@ mod tests {
             next.ends_with("(in 4m59s)") || next.ends_with("(in 5m00s)"),
             "{next}"
         );
+    }
+
+    #[cfg(feature = "fleet")]
+    #[test]
+    fn the_fleet_tables_columns_line_up_whatever_the_role_and_key() {
+        use crate::fleet::lock::{Entry, Role};
+        let entry = |key: &str, role, id: Option<&str>, host: Option<&str>| Entry {
+            key: key.into(),
+            role,
+            id: id.map(str::to_string),
+            host: host.map(str::to_string),
+            pid: host.map(|_| 4242),
+            since: host.map(|_| "2025-01-02T03:04:05Z".to_string()),
+            token: 17,
+            foreign: host.is_none(),
+        };
+        let long = "git.example.com/a-rather-long-organisation/api/feature/x";
+        let entries = [
+            entry("acme/api/main", Role::Holder, None, Some("h1")),
+            entry("acme/api/main", Role::Waiter, None, None),
+            entry(
+                "acme/api/main",
+                Role::Worktree,
+                Some("fix-login-brave-otter"),
+                Some("host-two.example"),
+            ),
+            entry(long, Role::Holder, None, Some("h3")),
+        ];
+        let text = fleet_table(&entries, None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        // Every column starts where its heading does.
+        let starts = |line: &str| {
+            let mut at = vec![0];
+            let chars: Vec<char> = line.chars().collect();
+            at.extend((1..chars.len()).filter(|&i| chars[i - 1] == ' ' && chars[i] != ' '));
+            at
+        };
+        let head = starts(lines[0]);
+        let (role, host, since) = (head[1], head[2], head[4]);
+        for line in &lines[1..] {
+            let at = |col: usize| line.chars().skip(col).collect::<String>();
+            assert!(!line[..role].ends_with(|c: char| c != ' '), "{text}");
+            assert!(
+                ["holder", "waiter", "worktree"]
+                    .iter()
+                    .any(|r| at(role).starts_with(r)),
+                "{text}"
+            );
+            assert!(
+                ["h1", "(another tool)", "host-two", "h3"]
+                    .iter()
+                    .any(|h| at(host).starts_with(h)),
+                "{text}"
+            );
+            assert!(
+                at(since).starts_with("2025-") || at(since).starts_with('-'),
+                "{text}"
+            );
+            assert!(line.ends_with("17"), "{text}");
+            assert_eq!(line.chars().count(), lines[0].chars().count(), "{text}");
+        }
     }
 }
