@@ -599,21 +599,22 @@ pub(crate) enum Role {
     Worktree,
 }
 
-/// One holder, waiter or worktree reservation, for `status/list --fleet`.
+/// One holder, waiter or worktree reservation, for `status/list --fleet`. As JSON (see
+/// ralph-supervise-status(1)): keys in alphabetical order (the fields' order), every key
+/// always present.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Entry {
-    pub(crate) key: String,
-    pub(crate) role: Role,
-    /// The worktree loop's id (reservations only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) id: Option<String>,
+    /// Not a ralph-supervise (`etcdctl lock`).
+    pub(crate) foreign: bool,
     pub(crate) host: Option<String>,
+    /// The worktree loop's id (reservations only).
+    pub(crate) id: Option<String>,
+    pub(crate) key: String,
     pub(crate) pid: Option<u32>,
+    pub(crate) role: Role,
     pub(crate) since: Option<String>,
     /// The create revision: the fencing token (a holder's), or the queue position.
     pub(crate) token: i64,
-    /// Not a ralph-supervise (`etcdctl lock`).
-    pub(crate) foreign: bool,
 }
 
 /// Every lock key (and reservation) under `key`, or under all keys; in each lock, the

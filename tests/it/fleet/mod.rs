@@ -639,6 +639,33 @@ fn worktree_ids_are_reserved_fleet_wide_and_listed() {
     assert_eq!(entries[0]["key"], KEY, "{entries}");
     assert_eq!(entries[0]["pid"], holder.pid().as_raw(), "{entries}");
     assert_eq!(entries[0]["token"], token_of(&holder), "{entries}");
+    // The documented shape (ralph-supervise-status(1)): an array of objects, each with
+    // every key, in alphabetical order; `id` null but for a reservation.
+    let documented = [
+        "foreign", "host", "id", "key", "pid", "role", "since", "token",
+    ];
+    let listed = b.run(&["list", "--fleet", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    for entries in [&entries, &listed] {
+        for entry in entries.as_array().unwrap() {
+            let keys: Vec<&str> = entry
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            assert_eq!(keys, documented, "{entry}");
+            let reserved = entry["role"] == "worktree";
+            assert_eq!(entry["id"].is_string(), reserved, "{entry}");
+        }
+    }
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    // (serde_json's map sorts keys: the order is read from the text.)
+    let first = json.stdout.split('}').next().unwrap();
+    let at: Vec<usize> = (documented.iter())
+        .map(|k| first.find(&format!("\"{k}\":")).unwrap_or(usize::MAX))
+        .collect();
+    assert!(at.is_sorted() && at[7] < usize::MAX, "{}", json.stdout);
     other.signal(Signal::SIGTERM);
     assert_eq!(other.finish().code(), 143);
     assert!(!keys("ralph-supervise/worktree/").contains(&reserved));
