@@ -9,10 +9,14 @@ use std::path::Path;
 use crate::exit::{ExitStatus, Failure};
 use crate::worktree::git;
 
+/// What `run` says to do when no key can be made.
+pub(crate) const FIX_RUN: &str = "set [fleet] key in the policy or pass --fleet-key";
+/// What `status --fleet` says (it takes no `--fleet-key`, nor `--policy`).
+pub(crate) const FIX_STATUS: &str = "set [fleet] key in the policy (.ralph/supervise.toml, or the file $RALPH_SUPERVISE_POLICY names), or run it in a clone of the repository (or name one with -C)";
+
 /// `github.com/acme/api/main` for the repository at `repo`, from `origin` and the branch
-/// checked out; a clear error when either is missing.
-pub(crate) fn default_key(repo: Option<&Path>) -> Result<String, Failure> {
-    let fix = "set [fleet] key in the policy or pass --fleet-key";
+/// checked out; a clear error when either is missing, saying to do `fix`.
+pub(crate) fn default_key(repo: Option<&Path>, fix: &str) -> Result<String, Failure> {
     let Some(repo) = repo else {
         let msg = format!("fleet mode: no key, and not in a git repository to make one; {fix}");
         return Err(Failure::msg(ExitStatus::Usage, msg));

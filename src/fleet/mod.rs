@@ -96,7 +96,7 @@ impl Settings {
         };
         let key = match &policy.fleet.key {
             Some(key) => key.clone(),
-            None => default_key(repo)?,
+            None => default_key(repo, key::FIX_RUN)?,
         };
         Ok(Some(Settings::with(policy, endpoints, key)))
     }
@@ -955,7 +955,7 @@ fn control_settings(
     };
     let key = match (&policy.fleet.key, need_key) {
         (Some(key), _) => key.clone(),
-        (None, true) => default_key(repo)?,
+        (None, true) => default_key(repo, key::FIX_STATUS)?,
         (None, false) => String::new(),
     };
     Ok(Settings::with(policy, endpoints, key))

@@ -865,3 +865,37 @@ fn a_holder_whose_lock_key_is_deleted_or_lease_revoked_stops_at_once() {
         assert!(!next.stderr.contains("deleted"), "{}", next.stderr);
     }
 }
+
+/// `status --fleet` where no key can be made says what `status` takes (the policy's key,
+/// $RALPH_SUPERVISE_POLICY, -C), not `--fleet-key`, which it rejects; and each works.
+#[test]
+fn status_fleet_without_a_key_says_what_status_takes() {
+    let Some((_cluster, endpoints, a, _)) = one_member_two_hosts() else {
+        return;
+    };
+    let plain = Workspace::new();
+    let policy = format!("[fleet]\nendpoints = [\"{endpoints}\"]\n");
+    plain.write_policy(&policy);
+    let out = plain.run(&["status", "--fleet"]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(!out.stderr.contains("--fleet-key"), "{}", out.stderr);
+    for fix in ["set [fleet] key", "$RALPH_SUPERVISE_POLICY", "-C"] {
+        assert!(out.stderr.contains(fix), "{fix}: {}", out.stderr);
+    }
+    let rejected = plain.run(&["status", "--fleet", "--fleet-key", KEY]);
+    assert_eq!(rejected.code(), 2, "{}", rejected.stderr);
+    // The policy named by the variable, with a key.
+    let keyed = plain.path.join("keyed.toml");
+    std::fs::write(&keyed, format!("{policy}key = \"{KEY}\"\n")).unwrap();
+    let mut cmd = plain.cmd(&["status", "--fleet"]);
+    cmd.env("RALPH_SUPERVISE_POLICY", &keyed);
+    let out = Proc::spawn(cmd).finish();
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(out.stdout.contains(&format!("fleet key {KEY} is free")));
+    // A clone of the repository, named with -C.
+    a.write_policy(&policy);
+    let out = a.run(&["status", "--fleet"]);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(out.stdout.contains(&format!("fleet key {KEY} is free")));
+}
