@@ -211,11 +211,19 @@ fn fleet_turn(
         Err(rules.refuse(msg))
     };
     match (rules.policy, rules.repo) {
-        (OnConflict::Fail, _) => {
+        (OnConflict::Fail, _) if askable => {
             return refuse(
                 fleet,
                 format!(
                     "{taken}; wait for it (--on-conflict wait) or ask it to stop (ralph-supervise stop --fleet {key})"
+                ),
+            );
+        }
+        (OnConflict::Fail, _) => {
+            return refuse(
+                fleet,
+                format!(
+                    "{taken}; wait for it (--on-conflict wait) or end it where it runs (not a ralph-supervise, it cannot be asked to stop)"
                 ),
             );
         }

@@ -176,7 +176,7 @@ fn assemble(cmd: &clap::Command, man: &Man, extra: &Roff) -> Vec<u8> {
 const REFERENCE: &str = include_str!("../man/src/reference.md");
 
 /// The prose files of each page, by page name, in the order they are rendered.
-const PROSE: [(&str, &[&str]); 5] = [
+const PROSE: [(&str, &[&str]); 6] = [
     (
         "ralph-supervise",
         &[REFERENCE, include_str!("../man/src/ralph-supervise.md")],
@@ -196,6 +196,10 @@ const PROSE: [(&str, &[&str]); 5] = [
     (
         "ralph-supervise-history",
         &[include_str!("../man/src/ralph-supervise-history.md")],
+    ),
+    (
+        "ralph-supervise-stop",
+        &[include_str!("../man/src/ralph-supervise-stop.md")],
     ),
 ];
 

@@ -986,7 +986,7 @@ pub(crate) fn show(
 }
 
 /// `stop --fleet KEY`: asks KEY's holder to stop and waits until it lets go (0), the
-/// timeout (124), or says nothing holds it (3).
+/// timeout (124), or says nothing holds it (3) or that its holder cannot be asked (69).
 pub(crate) fn stop(policy: &Policy, key: &str, timeout: Duration) -> Result<ExitStatus, Failure> {
     if let Err(why) = crate::fleet_settings::check_fleet_key(key) {
         return Err(Failure::msg(
@@ -1011,8 +1011,9 @@ pub(crate) fn stop(policy: &Policy, key: &str, timeout: Duration) -> Result<Exit
             ExitStatus::NotRunning,
             format!("nothing holds fleet key {key}"),
         )),
+        // Nothing here failed: a stop through etcd is not available for this holder.
         StopOutcome::Foreign(who) => Err(Failure::msg(
-            ExitStatus::Failure,
+            ExitStatus::Unavailable,
             format!(
                 "fleet key {key} is held by {who}, which cannot be asked to stop; stop it where it runs"
             ),

@@ -535,6 +535,22 @@ fn a_key_held_with_etcdctl_lock_is_respected_and_etcdctl_waits_for_us() {
     assert_eq!(out.code(), 75, "{}", out.stderr);
     assert!(out.stderr.contains("another tool"), "{}", out.stderr);
     assert!(out.stderr.contains(&name), "{}", out.stderr);
+    // It cannot be asked to stop: not advised, and refused with 69 (documented).
+    assert!(!out.stderr.contains("stop --fleet"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("end it where it runs"),
+        "{}",
+        out.stderr
+    );
+    ws.write_policy(&format!("[fleet]\nendpoints = [\"{endpoints}\"]\n"));
+    let stop = ws.run(&["stop", "--fleet", KEY]);
+    assert_eq!(stop.code(), 69, "{}", stop.stderr);
+    assert!(
+        stop.stderr
+            .contains("cannot be asked to stop; stop it where it runs"),
+        "{}",
+        stop.stderr
+    );
     // Killed, its key stays until its lease (2s) expires: a waiter gets it then.
     drop(tool);
     let holder = start_holder(&ws, &endpoints, &["--on-conflict", "wait"]);
