@@ -101,14 +101,25 @@ impl<'de> Deserialize<'de> for Endpoint {
     }
 }
 
-/// The lease's time to live: at least [`MIN_TTL`].
+/// The longest lease etcd grants (its `MaxLeaseTTL`, in seconds; etcd 3.4 answers a
+/// longer one "too large lease TTL").
+pub(crate) const MAX_TTL_SECS: u64 = 9_000_000_000;
+
+/// The lease's time to live: at least [`MIN_TTL`], at most [`MAX_TTL_SECS`] (the lease
+/// is granted in whole seconds, rounded up).
 pub(crate) fn ttl(ttl: Duration) -> Result<Duration, String> {
-    match ttl < MIN_TTL {
-        true => Err(format!(
+    if ttl < MIN_TTL {
+        Err(format!(
             "{:?} is under 2s; use a lease of at least \"2s\" (\"10s\" is usual)",
             format_duration(ttl)
-        )),
-        false => Ok(ttl),
+        ))
+    } else if ttl > Duration::from_secs(MAX_TTL_SECS) {
+        Err(format!(
+            "{:?} is over etcd's longest lease, {MAX_TTL_SECS}s; use a shorter lease (\"10s\" is usual)",
+            format_duration(ttl)
+        ))
+    } else {
+        Ok(ttl)
     }
 }
 
@@ -197,6 +208,19 @@ mod tests {
             "unix:///run/etcd.sock",
         ] {
             assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_ttl_is_one_etcd_grants() {
+        let max = Duration::from_secs(MAX_TTL_SECS);
+        assert_eq!(ttl(MIN_TTL), Ok(MIN_TTL));
+        assert_eq!(ttl(max), Ok(max));
+        for bad in [
+            MIN_TTL - Duration::from_millis(1),
+            max + Duration::from_millis(1),
+        ] {
+            assert!(ttl(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -130,7 +130,7 @@ kinds! {
     CpuMax(Cpu) from String, "string", "a string", |_| CPU, |text| text.parse(), |cpu| quoted(&cpu.to_string());
     Endpoints(Vec<String>) from fleet::Endpoints, "array of strings", "an array of URLs", |_| ENDPOINT, |urls| Ok(urls.0), |urls| toml_value(urls);
     FleetKey(String) from String, "string", "a string", |_| "write a key in quotes, like \"acme/api/main\"", |key| fleet::key(key), |key| quoted(key);
-    FleetTtl(Duration) from String, "duration, at least 2s", "a duration string", |_| DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
+    FleetTtl(Duration) from String, "duration, 2s to 9000000000s", "a duration string", |_| DURATION, |text| fleet::ttl(duration(&text)?), |d| quoted(&format_duration(*d));
     TlsFile(PathBuf) from String, "string (a file)", "a string", |_| "write the PEM file's path in quotes", |path| fleet::tls_file(&path), |path| quoted(&path.to_string_lossy());
     Argv(Vec<String>) from Words, "array of strings", "an array of strings", |_| hooks::ARGV, |words| Ok(words.0), |argv| toml_value(argv);
     Env(BTreeMap<String, String>) from BTreeMap<EnvName, EnvValue>, "table of strings", "a table", |item| match item {

@@ -126,7 +126,7 @@ schema! {
     [fleet] Fleet "`[fleet]`: fleet mode, one lock for a workspace key across hosts, on etcd (a binary built with the `fleet` feature)." {
         endpoints: Option<Endpoints> = None, "etcd client URLs, like [\"http://etcd-1:2379\", \"https://etcd-2:2379\"] (on the command line, comma-separated). Set, the run takes the fleet lock on `key` too, after the local lock and before the command starts. User name and password come only from RALPH_SUPERVISE_ETCD_USER and RALPH_SUPERVISE_ETCD_PASSWORD.", unset "no fleet lock", flag fleet_endpoints;
         key: Option<FleetKey> = None, "The fleet lock's key, made of letters, digits, dots, underscores, dashes and slashes only. Runs on any host with the same key exclude each other.", unset "from `git remote get-url origin` and the current branch, like \"github.com/acme/api/main\"", flag fleet_key;
-        ttl: FleetTtl = Duration::from_secs(10), "The lease's time to live, at least 2s. When keep-alives fail, the command is stopped (grace min(stop.grace, ttl/3)) before the lease can lapse.", flag fleet_ttl;
+        ttl: FleetTtl = Duration::from_secs(10), "The lease's time to live, from 2s to 9000000000s (etcd's longest). When keep-alives fail, the command is stopped (grace min(stop.grace, ttl/3)) before the lease can lapse.", flag fleet_ttl;
         tls_ca: Option<TlsFile> = None, "PEM file of the certificate authority that signs the etcd servers' certificates.", unset "none (an https endpoint needs it)";
         tls_cert: Option<TlsFile> = None, "PEM client certificate, with `tls_key`, for etcd servers that ask for one.", unset "none";
         tls_key: Option<TlsFile> = None, "PEM private key of `tls_cert`.", unset "none";

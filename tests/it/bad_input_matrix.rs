@@ -164,6 +164,11 @@ const BAD_POLICIES: &[(&str, &str, &str)] = &[
     ("[fleet]\nttl = \"1s\"\n", "2:7", "\"1s\" is under 2s"),
     ("[fleet]\nttl = \"1500ms\"\n", "2:7", "under 2s"),
     (
+        "[fleet]\nttl = \"100000000000s\"\n",
+        "2:7",
+        "is over etcd's longest lease, 9000000000s; use a shorter lease",
+    ),
+    (
         "[fleet]\nkey = \"acme/api main\"\n",
         "2:7",
         "\"acme/api main\" is not a usable key (' ' is not allowed",
@@ -255,6 +260,7 @@ fn bad_flag_values_are_usage_errors() {
         &["run", "--handover=sometimes", "--", "true"],
         &["run", "--log-format", "xml", "--", "true"],
         &["run", "--fleet-ttl", "1s", "--", "true"],
+        &["run", "--fleet-ttl", "9000000001s", "--", "true"],
         &["run", "--fleet-endpoints", "etcd:2379", "--", "true"],
         &["run", "--fleet-key", "a b", "--", "true"],
         &["run", "--containment", "jail", "--", "true"],
