@@ -133,25 +133,15 @@ impl Settings {
                 .with_user(user.as_str(), password.as_str())
                 .with_auto_token_refresh(true);
         }
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|e| {
-                Failure::msg(
-                    ExitStatus::BadPolicy,
-                    format!(
-                        "fleet TLS file {}: {e}; name a readable PEM file",
-                        path.display()
-                    ),
-                )
-            })
-        };
         if self.tls_ca.is_some() || self.tls_cert.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &self.tls_ca {
-                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+                tls = tls.ca_certificate(Certificate::from_pem(read_pem("tls_ca", ca)?));
             }
             match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => {
-                    tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+                    let (cert, key) = (read_pem("tls_cert", cert)?, read_pem("tls_key", key)?);
+                    tls = tls.identity(Identity::from_pem(cert, key));
                 }
                 (None, None) => {}
                 _ => {
@@ -177,6 +167,47 @@ impl Settings {
     fn attempt_limit(&self) -> Duration {
         (self.ttl / 8).clamp(Duration::from_millis(250), Duration::from_secs(2))
     }
+}
+
+/// The PEM file `[fleet] <setting>` names, read, if it holds what the setting needs: a
+/// private key for `tls_key`, a certificate for `tls_ca` and `tls_cert` (else the TLS
+/// library's error would come at the connection, and not name the file). 78 otherwise.
+fn read_pem(setting: &str, path: &Path) -> Result<Vec<u8>, Failure> {
+    let bad = |why: String| Failure::msg(ExitStatus::BadPolicy, why);
+    let file = crate::present::path(path);
+    let pem = std::fs::read(path).map_err(|e| {
+        bad(format!(
+            "[fleet] {setting} {file}: {e}; name a readable PEM file"
+        ))
+    })?;
+    let (wanted, fix) = match setting {
+        "tls_key" => (
+            "PRIVATE KEY",
+            "name the PEM file of the client certificate's private key",
+        ),
+        "tls_cert" => ("CERTIFICATE", "name the PEM file of the client certificate"),
+        _ => (
+            "CERTIFICATE",
+            "name the PEM file of the authority that signed etcd's certificate",
+        ),
+    };
+    // The labels of its blocks: `-----BEGIN EC PRIVATE KEY-----` is "EC PRIVATE KEY".
+    let text = String::from_utf8_lossy(&pem);
+    let labels: Vec<&str> = (text.lines())
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .filter(|label| (label.chars()).all(|c| c.is_ascii_uppercase() || c == ' '))
+        .collect();
+    if labels.iter().any(|label| label.ends_with(wanted)) {
+        return Ok(pem);
+    }
+    let holds = match labels.first() {
+        Some(label) => format!("holds a \"{label}\" block"),
+        None => "holds no PEM block".to_string(),
+    };
+    let wanted = wanted.to_lowercase();
+    Err(bad(format!(
+        "[fleet] {setting} {file} {holds}, not a {wanted}; {fix}"
+    )))
 }
 
 /// What the runtime tells the supervisor.

@@ -476,6 +476,33 @@ fn tls_with_a_client_certificate_and_each_mistake_named() {
         &run(&url, &other_client),
         "check [fleet] tls_cert and tls_key",
     );
+    // A file that holds the wrong thing is named when it is read (78).
+    let swapped: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[ca, client[1], ("tls_key", "client.pem")],
+            "[fleet] tls_key",
+        ),
+        (
+            &[ca, ("tls_cert", "client.key"), client[2]],
+            "[fleet] tls_cert",
+        ),
+        (
+            &[("tls_ca", "ca.key"), client[1], client[2]],
+            "[fleet] tls_ca",
+        ),
+    ];
+    for (files, named) in swapped {
+        let out = run(&url, files);
+        assert_eq!(out.code(), 78, "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains(named), "{}", out.stderr);
+        let wanted = match named {
+            "[fleet] tls_key" => "not a private key",
+            _ => "not a certificate",
+        };
+        assert!(out.stderr.contains(wanted), "{}", out.stderr);
+        assert!(!marker.exists(), "the command ran: {}", out.stderr);
+    }
     let other_ca = [("tls_ca", "other-ca.pem"), client[1], client[2]];
     refused(&run(&url, &other_ca), "set [fleet] tls_ca");
     let by_name = url.replace("127.0.0.1", "localhost");
