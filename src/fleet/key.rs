@@ -2,7 +2,9 @@
 //! clones of one repository on different hosts, on the same branch, name one lock
 //! without configuration. URLs are normalised (scheme, user, password, port and `.git`
 //! dropped; `host:path` scp syntax read as `host/path`; the host lower-cased), so that
-//! `git@github.com:acme/api.git` and `https://github.com/acme/api` give the same key.
+//! `git@github.com:acme/api.git` and `https://github.com/acme/api` give the same key. On
+//! GitHub, GitLab and Bitbucket, whose paths are case-insensitive, the path is
+//! lower-cased too (`Acme/API` is `acme/api` there); elsewhere its case is kept.
 
 use std::path::Path;
 
@@ -64,11 +66,28 @@ pub(crate) fn normalise_url(url: &str) -> String {
     let path = path.trim_matches('/');
     let path = path.strip_suffix(".git").unwrap_or(path);
     let path = path.trim_end_matches('/');
-    match host.is_empty() {
-        true => path.to_string(),
-        false => format!("{}/{path}", host.to_ascii_lowercase()),
+    if host.is_empty() {
+        return path.to_string();
+    }
+    let host = host.to_ascii_lowercase();
+    let host = (FORGES.iter())
+        .find(|(name, ssh)| host == *name || host == *ssh)
+        .map_or(host.as_str(), |(name, _)| name);
+    match FORGES.iter().any(|(name, _)| host == *name) {
+        // `Acme/API` and `acme/api` are one repository there.
+        true => format!("{host}/{}", path.to_ascii_lowercase()),
+        false => format!("{host}/{path}"),
     }
 }
+
+/// Hosts whose repository paths are case-insensitive, with the other name their SSH
+/// service answers to (on port 443). Elsewhere a path's case is kept: on a plain git
+/// server, as on its file system, `Acme/api` and `acme/api` may be two repositories.
+const FORGES: [(&str, &str); 3] = [
+    ("github.com", "ssh.github.com"),
+    ("gitlab.com", "altssh.gitlab.com"),
+    ("bitbucket.org", "altssh.bitbucket.org"),
+];
 
 /// Characters outside `[A-Za-z0-9._/-]` become `-`; empty parts are dropped.
 fn clean(key: &str) -> String {
@@ -96,10 +115,32 @@ mod tests {
             "https://alice:s3cret@github.com/acme/api.git",
             "ssh://git@GitHub.com:22/acme/api.git",
             "git+ssh://git@github.com/acme/api",
+            "https://github.com/Acme/API.git",
+            "ssh://git@ssh.github.com:443/ACME/api.git",
         ];
         for url in forms {
             assert_eq!(key_from(url, "main"), "github.com/acme/api/main", "{url}");
         }
+        let gitlab = [
+            "git@gitlab.com:Acme/Group/API.git",
+            "https://gitlab.com/acme/group/api",
+        ];
+        for url in gitlab {
+            assert_eq!(
+                key_from(url, "dev"),
+                "gitlab.com/acme/group/api/dev",
+                "{url}"
+            );
+        }
+        // Branches are case-sensitive everywhere, and so are paths on other hosts.
+        assert_eq!(
+            key_from("https://github.com/acme/api", "Main"),
+            "github.com/acme/api/Main"
+        );
+        assert_eq!(
+            key_from("git@Git.Example.com:Acme/API.git", "main"),
+            "git.example.com/Acme/API/main"
+        );
     }
 
     #[test]
