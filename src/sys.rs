@@ -118,6 +118,10 @@ pub(crate) fn pending(sig: i32) -> bool {
 pub(crate) fn die_of(sig: i32) {
     use nix::sys::resource::{Resource, setrlimit};
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    // A core_pattern that pipes to a program (systemd-coredump, apport) ignores the
+    // limit: not dumpable, the kernel calls no handler (as GNU timeout does).
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_dumpable(false);
     // SAFETY: SIG_DFL installs no code of ours; KILL and STOP, whose action cannot be
     // changed, fail with EINVAL, and are raised as they are.
     unsafe {
