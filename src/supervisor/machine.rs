@@ -535,6 +535,10 @@ impl Machine {
                 },
             ) => self.child_exited(outcome, tree_alive, now),
 
+            // A stop under way keeps its grace: a command that stops meanwhile (in the
+            // background of the terminal, it touched it while ending) is not followed,
+            // and KILL ends it at the grace.
+            (State::Stopping { .. }, Event::ChildStopped(_)) => vec![],
             (_, Event::ChildStopped(sig)) => {
                 if self.config.job_control && self.child_running() {
                     // We stop too, and go on when continued (`Resume`): the clock
@@ -1397,6 +1401,18 @@ mod tests {
         );
         assert_eq!(m.handle(exited(1, true), now), vec![Action::TakeTerminal]);
         assert_eq!(m.finished(), Some(ExitStatus::Child(1)));
+    }
+
+    #[test]
+    fn a_stop_under_way_does_not_follow_the_command_stopping() {
+        let (mut m, now) = machine(true);
+        m.handle(Event::Signal(libc::SIGTERM), now);
+        assert_eq!(m.handle(Event::ChildStopped(libc::SIGTTIN), now), vec![]);
+        // The grace still ends in KILL.
+        assert!(
+            m.handle(Event::Deadline, now + Duration::from_secs(3600))
+                .contains(&Action::SignalTree(libc::SIGKILL))
+        );
     }
 
     #[test]
