@@ -72,6 +72,12 @@ impl Terminal {
         tcgetpgrp(self.fd()).ok() == Some(getpgrp())
     }
 
+    /// [`Terminal::is_foreground`], known for sure: our process group is in our pid
+    /// namespace (outside it, `getpgrp` and `tcgetpgrp` both say 0, whoever has it).
+    pub(crate) fn surely_foreground(&self) -> bool {
+        getpgrp().as_raw() != 0 && self.is_foreground()
+    }
+
     /// Whether the child's group should get the terminal now: we are in the foreground
     /// and not the writing end of a pipeline (see the module's documentation).
     pub(crate) fn can_hand_over(&self) -> bool {
@@ -151,7 +157,10 @@ pub(crate) fn stop_self(sig: i32, job_has_it: bool) {
             let _ = kill(getpid(), Signal::SIGSTOP);
         }
     }
-    if !crate::sys::pending(libc::SIGCONT) {
+    // (Not when our process group is outside our pid namespace, `getpgrp` 0: as PID 1
+    // of `unshare --fork --pid` run by a shell, our own stop is dropped, but the job's
+    // other members stopped, and the shell will continue the job with `fg`.)
+    if !crate::sys::pending(libc::SIGCONT) && getpgrp().as_raw() != 0 {
         continue_self();
     }
 }
@@ -161,20 +170,33 @@ pub(crate) fn continue_self() {
     let _ = kill(getpid(), Signal::SIGCONT);
 }
 
-/// The end of `run` at a terminal: when the status says the command died of signal N
-/// (or a stop by N came before it started), the supervisor dies of N too, everything
-/// else done, instead of exiting 128+N. The shell then does what it does when the
-/// command runs directly: it restores the terminal's modes that a full-screen program
-/// killed in raw mode left, and after INT it ends the loop or script it runs (bash
-/// ends a loop only when a job died of INT). `$?` is 128+N either way. Without a
-/// terminal (a service, CI, a pipe), and as PID 1, the exit status is 128+N.
+/// The end of `run` as a job of an interactive shell: when the status says the command
+/// died of signal N (or a stop by N came before it started), the supervisor dies of N
+/// too, everything else done, instead of exiting 128+N. The shell then does what it
+/// does when the command runs directly: it restores the terminal's modes that a
+/// full-screen program killed in raw mode left, and after INT it ends the loop typed at
+/// it (bash ends a loop only when a job died of INT). `$?` is 128+N either way.
+/// Elsewhere — no terminal (a service, CI), a program or script that runs us in its own
+/// process group (Python's `subprocess`, `bash script.sh`), PID 1 — the exit status is
+/// 128+N, as DESIGN says.
 pub(crate) fn end_like_the_command(status: ExitStatus) {
     if let ExitStatus::Signaled(sig) = status
         && Terminal::detect().is_some()
+        && job_control_above()
     {
         let _ = std::io::Write::flush(&mut std::io::stdout());
         crate::sys::die_of(sig);
     }
+}
+
+/// Whether a job-control shell runs us: our parent, in our session, put us in a process
+/// group of our own (a job). Not a program or a non-interactive script, which leave us in
+/// theirs, nor a parent outside our pid namespace (`getppid` 0).
+fn job_control_above() -> bool {
+    let parent = nix::unistd::getppid();
+    parent.as_raw() != 0
+        && getsid(Some(parent)).ok() == getsid(None).ok()
+        && nix::unistd::getpgid(Some(parent)).ok() != Some(getpgrp())
 }
 
 /// Whether a job-control stop signal the supervisor received was sent by the terminal

@@ -371,16 +371,17 @@ fn carry_out(
     let was_draining = matches!(machine.state(), State::Draining { killed: false, .. });
     let had_reason = machine.stop_reason();
     let actions = machine.handle(event, now);
-    match machine.stop_reason() {
-        _ if had_reason.is_some() => {}
-        // (A stall may restart: not the service's stop.)
-        None | Some(StopReason::Stall) => {}
-        Some(reason) => {
-            if reason == StopReason::MaxRuntime {
-                info!("max_runtime reached: stopping the command (status 124)");
-            }
-            crate::service::stopping(Some(&reason.to_string()));
-        }
+    if had_reason.is_none() && machine.stop_reason() == Some(StopReason::MaxRuntime) {
+        info!("max_runtime reached: stopping the command (status 124)");
+    }
+    // A stop under way (its grace runs): the service is stopping. Not a stop request
+    // left for the command to honour (ralph finishes its iteration first, and systemd
+    // counts TimeoutStopSec from STOPPING=1), nor a stall, which may restart.
+    if !was_stopping
+        && matches!(machine.state(), State::Stopping { .. })
+        && let Some(reason) = machine.stop_reason().filter(|r| *r != StopReason::Stall)
+    {
+        crate::service::stopping(Some(&reason.to_string()));
     }
     if was_stopping && actions.contains(&Action::SignalTree(libc::SIGKILL)) {
         let why = match event {
@@ -488,7 +489,7 @@ fn act(action: Action, ctx: &mut Context<'_>) {
             // sharing the job's group; the rest of the pipeline writes on behind it.
             if let Some(t) = terminal
                 && [libc::SIGTTIN, libc::SIGTTOU].contains(&sig)
-                && t.is_foreground()
+                && t.surely_foreground()
             {
                 debug!(signal = %signals::name(sig), "the command asked for the terminal: it gets it");
                 t.lend_to(child.pid);

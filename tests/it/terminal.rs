@@ -210,3 +210,18 @@ fn ctrl_z_with_no_job_control_above_is_undone_as_the_kernel_undoes_it() {
     tty.expect("eof");
     wait_until("the lock to be released", LIMIT, || !ws.lock_held());
 }
+
+#[test]
+fn a_program_running_the_supervisor_at_a_terminal_gets_128_plus_n() {
+    // Only a job of an interactive shell sees the supervisor die of the command's
+    // signal; a program that runs it in its own process group gets the status 143.
+    let ws = Workspace::new();
+    let mut sh = PtyShell::bash(&ws.path);
+    sh.send(&format!(
+        "python3 -c 'import subprocess,sys; print(\"code\", subprocess.run(sys.argv[1:]).returncode)' {} -C {} run -- sh -c 'kill -TERM $$'\n",
+        bin(),
+        ws.path.display()
+    ));
+    sh.expect("code 143");
+    sh.expect(PROMPT);
+}
