@@ -282,32 +282,35 @@ impl Retry {
 /// refused credentials end the wait with their error. The loss of our own lease also
 /// ends it (the caller watches for that).
 pub(crate) async fn wait_turn(pool: &Pool, key: &str, revision: i64) -> Result<()> {
-    let mut retry = Retry::new("waiting for the fleet lock");
-    loop {
-        let (i, c) = pool.current().await;
-        let e = match c {
-            Ok(mut c) => match wait_turn_once(&mut c, key, revision).await {
-                Ok(()) => return Ok(()),
-                Err(e) if super::auth_refused(&e) => {
-                    retry.after(&c, e).await?;
-                    continue;
-                }
-                Err(e) => e,
-            },
-            Err(e) => e,
-        };
-        pool.failed(i);
-        retry.after_elsewhere(e).await;
-    }
+    retrying(pool, "waiting for the fleet lock", |mut c| async move {
+        wait_turn_once(&mut c, key, revision).await
+    })
+    .await
 }
 
 /// [`wait_gone`], tried again (on the next endpoint) when it fails ([`Retry`]).
 pub(crate) async fn wait_gone_retrying(pool: &Pool, key: &str, at: i64) -> Result<()> {
-    let mut retry = Retry::new("waiting for the fleet lock's holder to let go");
+    retrying(
+        pool,
+        "waiting for the fleet lock's holder to let go",
+        |mut c| async move { wait_gone(&mut c, key, at).await },
+    )
+    .await
+}
+
+/// Runs `op` on the pool's endpoint until it succeeds: a failure moves on to the next
+/// endpoint and is tried again ([`Retry`], which names it `what`); an expired token is
+/// renewed; refused credentials end it with their error.
+async fn retrying<F, Fut>(pool: &Pool, what: &'static str, mut op: F) -> Result<()>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut retry = Retry::new(what);
     loop {
         let (i, c) = pool.current().await;
         let e = match c {
-            Ok(mut c) => match wait_gone(&mut c, key, at).await {
+            Ok(c) => match op(c.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if super::auth_refused(&e) => {
                     retry.after(&c, e).await?;
